@@ -1,0 +1,379 @@
+"""Local stack launcher: simulated workers, processor, stock frontend and gateway on loopback.
+
+Everything binds to 127.0.0.1, discovery is file-based in a directory of the stack's own
+(``DYN_FILE_KV``), so two stacks on one machine never see each other's workers (brief 3.2).
+Every process is started in its own process group and stopped by that group, so nothing the
+launcher started outlives it; readiness is polled, never slept for.
+
+    python -m deploy.local_stack --workers 4 --speedup 10      # prints URLs, Ctrl-C stops
+
+Used by the tests and benchmarks as ``with LocalStack(StackConfig(...)) as stack: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO_ROOT / ".model" / "akr-tiny"
+PUBLIC_MODEL = "akr-tiny"
+# Workers register under an internal name so clients only address the processor's model.
+WORKER_MODEL = "akr-internal-workers"
+WORKER_ENDPOINT = "workers.backend.generate"
+
+
+@dataclass
+class StackConfig:
+    """What to start. ``speeds`` gives one speed-up ratio per worker (heterogeneous mix)."""
+
+    workers: int = 2
+    speedup: float = 10.0
+    speeds: list[float] | None = None
+    gpu_blocks: int = 1024
+    block_size: int = 64
+    model_dir: Path = DEFAULT_MODEL_DIR
+    # "ours": gateway -> stock frontend (round-robin) -> processor -> workers.
+    # any Dynamo router mode ("kv", "round-robin", "random"): stock frontend straight to workers.
+    arm: str = "ours"
+    frontend_args: list[str] = field(default_factory=list)
+    processor_env: dict[str, str] = field(default_factory=dict)
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    mocker_args: list[str] = field(default_factory=list)
+    workdir: Path | None = None
+    ready_timeout_s: float = 120.0
+
+    def worker_speeds(self) -> list[float]:
+        return list(self.speeds) if self.speeds else [self.speedup] * self.workers
+
+
+def free_port() -> int:
+    """A port free on loopback right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def loopback_env(file_kv: Path) -> dict[str, str]:
+    """Dynamo settings for a stack that uses no etcd/NATS and binds only to loopback."""
+    return {
+        "DYN_DISCOVERY_BACKEND": "file",
+        "DYN_REQUEST_PLANE": "tcp",
+        "DYN_EVENT_PLANE": "zmq",
+        "DYN_FILE_KV": str(file_kv),
+        "DYN_TCP_RPC_HOST": "127.0.0.1",
+        "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1",
+        "DYN_EVENT_PLANE_HOST": "127.0.0.1",
+        "DYN_SYSTEM_HOST": "127.0.0.1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+class StackError(RuntimeError):
+    """The stack did not come up; the message names the process and the tail of its log."""
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+
+class LocalStack:
+    """Start the processes of one stack; ``stop()`` (or leaving the ``with``) kills them all."""
+
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.config = config or StackConfig()
+        self._own_workdir = self.config.workdir is None
+        self.workdir = Path(self.config.workdir or tempfile.mkdtemp(prefix="akr-stack-"))
+        self.file_kv = self.workdir / "dynamo_kv"
+        self.env = {**os.environ, **loopback_env(self.file_kv)}
+        self.procs: list[_Proc] = []
+        self.frontend_port = free_port()
+        self.gateway_port = free_port() if self.config.arm == "ours" else None
+        self.processor_metrics_port = free_port() if self.config.arm == "ours" else None
+        self.trace_path = self.workdir / "traces" / "processor.jsonl"
+
+    # -- URLs ---------------------------------------------------------------------------------
+    @property
+    def frontend_url(self) -> str:
+        return f"http://127.0.0.1:{self.frontend_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        if self.gateway_port is None:
+            raise StackError(f"arm {self.config.arm!r} runs no gateway")
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def url(self) -> str:
+        """Where clients send requests: the gateway in our arm, else the stock frontend."""
+        return self.gateway_url if self.gateway_port is not None else self.frontend_url
+
+    @property
+    def model_name(self) -> str:
+        return PUBLIC_MODEL if self.config.arm == "ours" else WORKER_MODEL
+
+    @property
+    def processor_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.processor_metrics_port}/metrics"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.file_kv.mkdir(parents=True, exist_ok=True)
+        if not (self.config.model_dir / "tokenizer.json").exists():
+            from deploy.make_model import build
+
+            build(self.config.model_dir)
+        self._start_workers()
+        if self.config.arm == "ours":
+            self._start_processor()
+            self._start_frontend(["--router-mode", "round-robin"])
+            self._wait_model(self.frontend_url, PUBLIC_MODEL)
+            self._start_gateway()
+            self._wait_http(f"{self.gateway_url}/health")
+            self._wait_answer(self.gateway_url, PUBLIC_MODEL)
+        else:
+            self._start_frontend(["--router-mode", self.config.arm])
+            self._wait_model(self.frontend_url, WORKER_MODEL)
+            self._wait_answer(self.frontend_url, WORKER_MODEL)
+
+    def stop(self) -> None:
+        """SIGTERM every process group we started, then SIGKILL what is left."""
+        for proc in reversed(self.procs):
+            _signal_group(proc.popen, signal.SIGTERM)
+        deadline = time.monotonic() + 10.0
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc.popen, signal.SIGKILL)
+            try:
+                proc.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            proc.log.close()
+        self.procs.clear()
+
+    def pids(self) -> list[int]:
+        return [p.popen.pid for p in self.procs]
+
+    def worker_pids(self) -> list[int]:
+        return [p.popen.pid for p in self.procs if p.name.startswith("mocker")]
+
+    def kill(self, name: str) -> None:
+        """Kill one named process group (fault-injection in tests)."""
+        for proc in self.procs:
+            if proc.name == name:
+                _signal_group(proc.popen, signal.SIGKILL)
+                proc.popen.wait(timeout=10)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        for proc in self.procs:
+            if proc.name == name:
+                return "\n".join(proc.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    # -- processes ----------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
+        log_path = self.workdir / f"{name}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = {**self.env, **(extra_env or {})}
+        popen = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,  # own process group: stop() kills exactly what it started
+        )
+        self.procs.append(_Proc(name, popen, log_path, log))
+
+    def _start_workers(self) -> None:
+        groups = Counter(self.config.worker_speeds())
+        for index, (speed, count) in enumerate(sorted(groups.items())):
+            self._spawn(
+                f"mocker{index}",
+                [
+                    sys.executable, "-m", "dynamo.mocker",
+                    "--model-path", str(self.config.model_dir),
+                    "--model-name", WORKER_MODEL,
+                    "--endpoint", f"dyn://{WORKER_ENDPOINT}",
+                    "--num-workers", str(count),
+                    "--speedup-ratio", str(speed),
+                    "--num-gpu-blocks-override", str(self.config.gpu_blocks),
+                    "--block-size", str(self.config.block_size),
+                    "--discovery-backend", "file",
+                    "--request-plane", "tcp",
+                    "--event-plane", "zmq",
+                    *self.config.mocker_args,
+                ],
+            )
+
+    def _start_processor(self) -> None:
+        env = {
+            "AKR_PROCESSOR_MODEL_NAME": PUBLIC_MODEL,
+            "AKR_PROCESSOR_MODEL_PATH": str(self.config.model_dir),
+            "AKR_PROCESSOR_WORKER_ENDPOINT": WORKER_ENDPOINT,
+            "AKR_PROCESSOR_BLOCK_SIZE": str(self.config.block_size),
+            "AKR_PROCESSOR_METRICS_PORT": str(self.processor_metrics_port),
+            "AKR_PROCESSOR_TRACE_PATH": str(self.trace_path),
+            "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
+            **self.config.processor_env,
+        }
+        self._spawn("processor", [sys.executable, "-m", "processor"], env)
+
+    def _start_frontend(self, router_args: list[str]) -> None:
+        self._spawn(
+            "frontend",
+            [
+                sys.executable, "-m", "dynamo.frontend",
+                "--http-host", "127.0.0.1",
+                "--http-port", str(self.frontend_port),
+                "--discovery-backend", "file",
+                "--request-plane", "tcp",
+                "--event-plane", "zmq",
+                *router_args,
+                *self.config.frontend_args,
+            ],
+        )
+
+    def _start_gateway(self) -> None:
+        env = {
+            "AKR_GATEWAY_HOST": "127.0.0.1",
+            "AKR_GATEWAY_PORT": str(self.gateway_port),
+            "AKR_GATEWAY_UPSTREAM_URL": self.frontend_url,
+            "AKR_GATEWAY_PUBLIC_MODELS": PUBLIC_MODEL,
+            **self.config.gateway_env,
+        }
+        self._spawn("gateway", [sys.executable, "-m", "frontend"], env)
+
+    # -- readiness ----------------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            code = proc.popen.poll()
+            if code is not None:
+                raise StackError(
+                    f"{proc.name} exited with {code} during start-up:\n{self.log_tail(proc.name)}"
+                )
+
+    def _poll(self, what: str, probe: object) -> None:
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        delay = 0.05
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if probe():  # type: ignore[operator]
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+        raise StackError(f"timed out waiting for {what}")
+
+    def _wait_http(self, url: str) -> None:
+        self._poll(url, lambda: _http_get(url) is not None)
+
+    def _wait_model(self, base: str, model: str) -> None:
+        def listed() -> bool:
+            body = _http_get(f"{base}/v1/models")
+            return body is not None and any(m.get("id") == model for m in body.get("data", []))
+
+        self._poll(f"model {model} at {base}", listed)
+
+    def _wait_answer(self, base: str, model: str) -> None:
+        payload = {
+            "model": model,
+            "messages": [{"role": "user", "content": "ready?"}],
+            "max_tokens": 1,
+        }
+        self._poll(f"an answer from {base}", lambda: _http_post(f"{base}/v1/chat/completions", payload))
+
+
+def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(popen.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _http_get(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+            data = resp.read()
+            return json.loads(data) if data.startswith(b"{") else {}
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _http_post(url: str, payload: dict) -> bool:
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--speedup", type=float, default=10.0)
+    parser.add_argument("--speeds", type=str, default=None, help="comma list, one speed per worker")
+    parser.add_argument("--gpu-blocks", type=int, default=1024)
+    parser.add_argument("--arm", default="ours", help="ours | kv | round-robin | random")
+    args = parser.parse_args()
+    speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
+    config = StackConfig(
+        workers=args.workers, speedup=args.speedup, speeds=speeds, gpu_blocks=args.gpu_blocks,
+        arm=args.arm,
+    )
+    stack = LocalStack(config)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        stack.start()
+        print(f"stack ready (workdir {stack.workdir})")
+        print(f"  clients:          {stack.url}/v1/chat/completions  model={stack.model_name}")
+        print(f"  stock frontend:   {stack.frontend_url}")
+        if config.arm == "ours":
+            print(f"  processor metrics {stack.processor_metrics_url}")
+            print(f"  processor traces  {stack.trace_path}")
+        print("Ctrl-C stops every process of this stack.")
+        while True:
+            stack._check_alive()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

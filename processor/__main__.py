@@ -1,0 +1,50 @@
+"""Wiring of the processor component: runtime, registration as the public model, serving.
+
+Run with ``python -m processor``; configuration comes from ``AKR_PROCESSOR_*`` variables and
+Dynamo's own ``DYN_*`` variables (discovery backend, request and event planes, bindings).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvloop
+from dynamo.llm import ModelInput, ModelType, WorkerType, register_model
+from dynamo.runtime import DistributedRuntime, dynamo_worker
+from dynamo.runtime.logging import configure_dynamo_logging
+
+from processor.config import ProcessorConfig
+from processor.handler import ProcessorHandler
+
+configure_dynamo_logging()
+logger = logging.getLogger(__name__)
+
+
+@dynamo_worker()
+async def worker(runtime: DistributedRuntime) -> None:
+    config = ProcessorConfig()
+    handler = ProcessorHandler(runtime, config)
+    await handler.start()
+    endpoint = runtime.endpoint(config.endpoint)
+    await register_model(
+        ModelInput.Tokens,
+        ModelType.Chat | ModelType.Completions,
+        endpoint,
+        config.model_path,
+        config.model_name,
+        worker_type=WorkerType.Aggregated,
+        kv_cache_block_size=config.block_size,
+    )
+    logger.info("processor serving %s as model %s", config.endpoint, config.model_name)
+    try:
+        await endpoint.serve_endpoint(handler.generate, graceful_shutdown=True)
+    finally:
+        await handler.stop()
+
+
+def main() -> None:
+    uvloop.run(worker())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Shared fixtures: one real local stack per session for the tests that only read from it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from deploy.local_stack import LocalStack, StackConfig
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    """The PIDs among ``pids`` that still exist (zombies of reaped children do not)."""
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.append(pid)
+    return alive
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    """Gateway -> stock frontend -> processor -> 2 mocker workers, shared by read-only tests."""
+    with LocalStack(StackConfig(workers=2, speedup=10.0, gpu_blocks=512)) as running:
+        started = running.pids()
+        yield running
+    assert pids_alive(started) == [], "the session stack left processes behind"
