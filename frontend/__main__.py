@@ -1,0 +1,38 @@
+"""``python -m frontend [--host H] [--port P] [--upstream URL]``: run the gateway on uvloop.
+
+Settings come from ``AKR_GATEWAY_*`` environment variables (``frontend.config``); the flags
+override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvloop
+from aiohttp import web
+
+from frontend.app import build_app
+from frontend.config import GatewayConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m frontend", description=__doc__)
+    parser.add_argument("--host", help="listen address (AKR_GATEWAY_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (AKR_GATEWAY_PORT)")
+    parser.add_argument("--upstream", help="stock frontend base URL (AKR_GATEWAY_UPSTREAM_URL)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("upstream_url", args.upstream)) if v is not None}
+    cfg = GatewayConfig(**overrides)
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__name__).info("gateway on %s:%d -> %s", cfg.host, cfg.port,
+                                     cfg.upstream_url)
+    web.run_app(build_app(cfg), host=cfg.host, port=cfg.port, access_log=None,
+                handler_cancellation=True, print=None,
+                loop=uvloop.new_event_loop())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Pure translation of a client request into what Dynamo 1.6.1's stock frontend accepts.
+
+No I/O here, so it is unit-testable and property-testable on its own. The hint contract and the
+precedence rules live in ``router.hints``; this module only moves fields around:
+
+* ``prefix_id`` -> header ``x-dynamo-session-id`` (and an annotation);
+* every hint and the pin -> ``nvext.annotations`` (appended after the client's own, minus any
+  client string in the ``akr.`` namespace, which only the gateway may write);
+* ``osl`` (as int), ``latency_sensitivity``, ``priority`` -> the stock ``nvext.agent_hints``,
+  with the stock-only keys ``strict_priority``/``speculative_prefill`` passed through; every
+  other ``agent_hints`` key is dropped, since the stock frontend rejects unknown keys;
+* ``nvext.cache_control`` is dropped (carried by the ``akr.v1.pin`` annotation).
+
+Client headers are forwarded by allow-list only, so worker-pinning headers
+(``x-dynamo-worker-instance-id`` ...) and the stock frontend's other routing headers never pass
+unless ``allow_worker_pin_headers`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router import hints as H
+
+STOCK_AGENT_HINT_KEYS = ("priority", "strict_priority", "osl", "speculative_prefill",
+                         "latency_sensitivity")
+PASSTHROUGH_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate")
+PARENT_SESSION_HEADER = "x-dynamo-parent-session-id"
+# Headers the 1.6.1 frontend binary reads to pin a worker / rank (strings of dynamo/_core.so).
+WORKER_PIN_HEADERS = (
+    "x-dynamo-worker-instance-id",
+    "x-worker-instance-id",
+    "x-dynamo-prefill-instance-id",
+    "x-prefill-instance-id",
+    "x-dynamo-dp-rank",
+    "x-dp-rank",
+    "x-data-parallel-rank",
+    "x-dynamo-prefill-dp-rank",
+    "x-prefill-dp-rank",
+)
+_BASE_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """Result of ``translate``: ``body`` is the original object when ``changed`` is False."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+    hints: H.AgentHints
+    changed: bool
+
+
+def upstream_headers(
+    headers: Mapping[str, str], hints: H.AgentHints, *, allow_worker_pin_headers: bool = False
+) -> dict[str, str]:
+    """Allow-listed client headers plus the session header derived from ``prefix_id``."""
+    out = dict(_BASE_HEADERS)
+    for name in PASSTHROUGH_HEADERS:
+        v = headers.get(name)
+        if v is not None:
+            out[name] = v
+    parent = headers.get(PARENT_SESSION_HEADER)
+    if parent is not None:
+        out[PARENT_SESSION_HEADER] = H.check_prefix_id(parent.strip(),
+                                                        f"header:{PARENT_SESSION_HEADER}")
+    if hints.prefix_id is not None:
+        out[H.SESSION_HEADER] = hints.prefix_id
+    if allow_worker_pin_headers:
+        for name in WORKER_PIN_HEADERS:
+            v = headers.get(name)
+            if v is not None:
+                out[name] = v
+    return out
+
+
+def _stock_agent_hints(client: object, hints: H.AgentHints) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(client, dict):
+        for key in ("strict_priority", "speculative_prefill"):
+            if key in client:
+                out[key] = client[key]
+    if hints.priority is not None:
+        out["priority"] = hints.priority
+    if hints.osl is not None:
+        out["osl"] = hints.osl
+    if hints.latency_sensitivity is not None:
+        out["latency_sensitivity"] = hints.latency_sensitivity
+    return out
+
+
+def translate(
+    body: dict[str, Any], headers: Mapping[str, str], *, allow_worker_pin_headers: bool = False
+) -> Translation:
+    """Validate hints (raises ``router.hints.HintError``) and rewrite body and headers."""
+    nvext = body.get("nvext")
+    if nvext is not None and not isinstance(nvext, dict):
+        raise H.HintError("nvext", "must be an object")
+    nvext = nvext or {}
+    agent_hints = nvext.get("agent_hints")
+    hints = H.parse_hints(agent_hints, nvext.get("cache_control"), headers)
+    up_headers = upstream_headers(headers, hints,
+                                  allow_worker_pin_headers=allow_worker_pin_headers)
+    annotations = nvext.get("annotations")
+    if annotations is not None and not (
+        isinstance(annotations, list) and all(isinstance(a, str) for a in annotations)
+    ):
+        raise H.HintError("nvext.annotations", "must be an array of strings")
+    own = H.encode_annotations(hints)
+    forged = annotations is not None and any(a.startswith(H.ANNOTATION_NAMESPACE)
+                                             for a in annotations)
+    if (not own and not forged and agent_hints is None and "cache_control" not in nvext):
+        return Translation(body, up_headers, hints, changed=False)
+
+    new_nvext = {k: v for k, v in nvext.items()
+                 if k not in ("agent_hints", "cache_control", "annotations")}
+    stock = _stock_agent_hints(agent_hints, hints)
+    if stock:
+        new_nvext["agent_hints"] = stock
+    kept = H.strip_own(annotations) if annotations is not None else []
+    if kept or own:
+        new_nvext["annotations"] = kept + own
+    new_body = {k: v for k, v in body.items() if k != "nvext"}
+    if new_nvext:
+        new_body["nvext"] = new_nvext
+    return Translation(new_body, up_headers, hints, changed=True)

@@ -1,0 +1,173 @@
+"""Async JSONL trace writer shared by the gateway and the processor.
+
+Why: tracing must never slow the request path (NAT's "async" logs wrote files synchronously on
+the event loop). Callers ``put`` a record into a bounded queue, O(1) and never awaiting; when the
+queue is full the record is dropped and counted. One background task drains the queue in
+batches, encodes them with msgspec (``encode_lines``) and writes through ``aiofiles`` (a worker
+thread), so a slow or full disk only fills the queue. Files rotate by size: ``path`` ->
+``path.1`` -> ... -> ``path.N`` (oldest deleted).
+
+Records are encoded later, in the writer task: do not mutate a record after ``put``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import msgspec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JsonlWriter"]
+
+
+class JsonlWriter:
+    """Bounded, drop-when-full JSONL writer; ``start()`` inside a running loop, ``close()`` flushes.
+
+    Counters: ``written`` (records on disk), ``dropped`` (queue full or writer closed),
+    ``errors`` (records lost to encoding or I/O errors).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        queue_size: int = 10_000,
+        batch_max: int = 512,
+        max_bytes: int = 64 * 1024 * 1024,
+        backups: int = 3,
+    ) -> None:
+        if queue_size < 1 or batch_max < 1 or max_bytes < 1 or backups < 0:
+            raise ValueError("queue_size, batch_max, max_bytes must be >= 1 and backups >= 0")
+        self.path = Path(path)
+        self.batch_max = batch_max
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.written = 0
+        self.dropped = 0
+        self.errors = 0
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
+        self._encoder = msgspec.json.Encoder()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._file: Any = None
+        self._size = 0
+
+    # --- caller side ---------------------------------------------------------------------
+
+    def put(self, record: Any) -> bool:
+        """Queue one record; False (and ``dropped`` += 1) when full or closed. Never blocks."""
+        if self._closing:
+            self.dropped += 1
+            return False
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="jsonl-writer")
+
+    async def close(self) -> None:
+        """Stop accepting records, write everything already queued, close the file."""
+        self._closing = True
+        if self._task is None and not self._queue.empty():
+            self.start()
+        if self._task is not None:
+            # Wake a task idle on an empty queue. If the queue is full there is no room, but
+            # then the task is busy and stops once it has emptied the queue (_closing is set).
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(_STOP)
+            await self._task
+            self._task = None
+        await self._close_file()
+
+    # --- writer task ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            stop = any(r is _STOP for r in batch)
+            if stop:
+                batch = [r for r in batch if r is not _STOP]
+            if batch:
+                await self._write_batch(batch)
+            if (stop or self._closing) and self._queue.empty():
+                return
+
+    def _encode(self, batch: list[Any]) -> tuple[bytes, int]:
+        try:
+            return self._encoder.encode_lines(batch), len(batch)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            parts = []
+            for r in batch:
+                try:
+                    parts.append(self._encoder.encode(r))
+                except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+                    self.errors += 1
+            return (b"\n".join(parts) + b"\n" if parts else b""), len(parts)
+
+    async def _write_batch(self, batch: list[Any]) -> None:
+        data, n = self._encode(batch)
+        if not data:
+            return
+        try:
+            if self._file is None:
+                await self._open()
+            await self._write(data)
+            self._size += len(data)
+            self.written += n
+            if self._size >= self.max_bytes:
+                await self._rotate()
+        except OSError as e:
+            self.errors += n
+            log.warning("trace write to %s failed (%s); %d records lost", self.path, e, n)
+            await self._close_file()
+
+    async def _write(self, data: bytes) -> None:
+        """The only disk write; tests replace it to simulate a slow disk."""
+        await self._file.write(data)
+        await self._file.flush()
+
+    async def _open(self) -> None:
+        await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
+        self._file = await aiofiles.open(self.path, "ab")
+        self._size = (await aiofiles.os.stat(self.path)).st_size
+
+    async def _close_file(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                await f.close()
+
+    async def _rotate(self) -> None:
+        await self._close_file()
+        if self.backups == 0:
+            await aiofiles.os.remove(self.path)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                src = self.path.with_name(f"{self.path.name}.{i}")
+                if await aiofiles.os.path.exists(src):
+                    await aiofiles.os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            await aiofiles.os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._size = 0
+
+
+_STOP = object()

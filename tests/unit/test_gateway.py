@@ -1,0 +1,279 @@
+"""Gateway behaviour against a stand-in OpenAI-compatible upstream that echoes what it got."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from frontend.app import build_app
+from frontend.config import GatewayConfig
+
+CHAT = "/v1/chat/completions"
+NAT_NVEXT = {
+    "agent_hints": {"latency_sensitivity": 2.0, "osl": 512, "priority": 2,
+                    "prefix_id": "sess-123", "total_requests": 10, "iat": 250},
+    "cache_control": {"type": "ephemeral", "ttl": "3s"},
+}
+
+
+@dataclass
+class EchoUpstream:
+    """Echoes body and headers; streams SSE when asked; can stall or record cancellations."""
+
+    server: TestServer | None = None
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    stall_s: float = 0.0
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "tiny"}]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = json.loads(raw)
+        rec = {"body": body, "headers": {k.lower(): v for k, v in request.headers.items()},
+               "path": request.path}
+        self.seen.append(rec)
+        if body.get("bad_status"):
+            return web.json_response({"error": {"message": "nope"}}, status=body["bad_status"])
+        if self.stall_s:
+            await asyncio.sleep(self.stall_s)
+        if body.get("stream"):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            n = int(body.get("n_chunks", 3))
+            try:
+                for i in range(n):
+                    chunk = {"choices": [{"delta": {"content": f"{body.get('tag', '')}#{i}"}}]}
+                    await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    if body.get("chunk_delay"):
+                        await asyncio.sleep(body["chunk_delay"])
+                await resp.write(b"data: [DONE]\n\n")
+            except (asyncio.CancelledError, ConnectionResetError):
+                self.cancelled.set()
+                raise
+            return resp
+        return web.json_response({"echo": rec})
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[EchoUpstream]:
+    up = EchoUpstream()
+    up.server = TestServer(up.app())
+    await up.server.start_server()
+    yield up
+    await up.server.close()
+
+
+async def make_client(upstream_url: str, **cfg: Any) -> TestClient:
+    config = GatewayConfig(upstream_url=upstream_url, port=0, **cfg)
+    client = TestClient(TestServer(build_app(config)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def gw(upstream: EchoUpstream) -> AsyncIterator[TestClient]:
+    client = await make_client(upstream.url)
+    yield client
+    await client.close()
+
+
+async def test_health_and_models(gw: TestClient) -> None:
+    r = await gw.get("/health")
+    assert r.status == 200 and (await r.json())["status"] == "healthy"
+    r = await gw.get("/v1/models")
+    assert r.status == 200 and (await r.json())["data"][0]["id"] == "tiny"
+
+
+async def test_nat_body_is_translated(gw: TestClient, upstream: EchoUpstream) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+            "nvext": {**NAT_NVEXT, "annotations": ["mine", "akr.v1.total_requests=999"],
+                      "ignore_eos": True}}
+    r = await gw.post(CHAT, json=body, headers={"x-dynamo-worker-instance-id": "42",
+                                                "x-worker-instance-id": "42",
+                                                "x-request-id": "rq-1", "cookie": "a=b"})
+    assert r.status == 200
+    got = (await r.json())["echo"]
+    nvext = got["body"]["nvext"]
+    assert nvext["agent_hints"] == {"priority": 2, "osl": 512, "latency_sensitivity": 2.0}
+    assert "cache_control" not in nvext
+    assert nvext["ignore_eos"] is True
+    assert nvext["annotations"] == [
+        "mine", "akr.v1.prefix_id=sess-123", "akr.v1.total_requests=10", "akr.v1.iat_ms=250",
+        "akr.v1.osl=512", "akr.v1.priority=2", "akr.v1.latency_sensitivity=2.0",
+        "akr.v1.pin=ephemeral:3.0"]
+    h = got["headers"]
+    assert h["x-dynamo-session-id"] == "sess-123"
+    assert h["x-request-id"] == "rq-1"
+    assert "x-dynamo-worker-instance-id" not in h and "x-worker-instance-id" not in h
+    assert "cookie" not in h
+    assert got["body"]["messages"] == body["messages"]
+
+
+async def test_pin_headers_allowed_when_configured(upstream: EchoUpstream) -> None:
+    client = await make_client(upstream.url, allow_worker_pin_headers=True)
+    try:
+        r = await client.post(CHAT, json={"model": "tiny"},
+                              headers={"x-dynamo-worker-instance-id": "42"})
+        assert (await r.json())["echo"]["headers"]["x-dynamo-worker-instance-id"] == "42"
+    finally:
+        await client.close()
+
+
+async def test_plain_body_passes_byte_for_byte(gw: TestClient, upstream: EchoUpstream) -> None:
+    raw = b'{"model":"tiny",  "messages":[], "nvext": {"ignore_eos": true}}'
+    r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
+    assert r.status == 200
+    assert upstream.seen[-1]["body"] == json.loads(raw)
+    assert "x-dynamo-session-id" not in upstream.seen[-1]["headers"]
+
+
+async def test_header_hints(gw: TestClient, upstream: EchoUpstream) -> None:
+    r = await gw.post("/v1/completions", json={"model": "tiny", "prompt": "x"},
+                      headers={"x-akr-prefix-id": "h1", "x-akr-total-requests": "3",
+                               "x-akr-osl": "LOW", "x-akr-cache-ttl": "5m"})
+    assert r.status == 200
+    got = upstream.seen[-1]
+    assert got["path"] == "/v1/completions"
+    assert got["headers"]["x-dynamo-session-id"] == "h1"
+    assert got["body"]["nvext"]["agent_hints"] == {"osl": 128}
+    assert "akr.v1.pin=ephemeral:300.0" in got["body"]["nvext"]["annotations"]
+
+
+async def test_streaming_passthrough(gw: TestClient) -> None:
+    r = await gw.post(CHAT, json={"model": "tiny", "stream": True, "tag": "s",
+                                  "nvext": NAT_NVEXT})
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    text = (await r.read()).decode()
+    assert text.count("data: ") == 4 and text.endswith("data: [DONE]\n\n")
+    assert "s#2" in text
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"nvext": {"agent_hints": {"total_requests": 0}}}, "nvext.agent_hints.total_requests"),
+    ({"nvext": {"agent_hints": {"prefix_id": "a b"}}}, "nvext.agent_hints.prefix_id"),
+    ({"nvext": {"cache_control": {"type": "forever"}}}, "nvext.cache_control.type"),
+    ({"nvext": {"cache_control": {"type": "ephemeral", "ttl": "soon"}}},
+     "nvext.cache_control.ttl"),
+    ({"nvext": []}, "nvext"),
+    ({"nvext": {"annotations": "x"}}, "nvext.annotations"),
+])
+async def test_invalid_hint_400(gw: TestClient, upstream: EchoUpstream, body: dict,
+                                param: str) -> None:
+    r = await gw.post(CHAT, json={"model": "tiny", **body})
+    assert r.status == 400
+    err = (await r.json())["error"]
+    assert err["param"] == param and err["code"] == "invalid_hint"
+    assert err["type"] == "invalid_request_error" and param in err["message"]
+    assert upstream.seen == []
+
+
+async def test_invalid_header_hint_400(gw: TestClient) -> None:
+    r = await gw.post(CHAT, json={"model": "tiny"}, headers={"x-akr-iat": "-1"})
+    assert r.status == 400
+    assert (await r.json())["error"]["param"] == "header:x-akr-iat"
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[]", b"3", b"", b"\xff\xfe", b'{"a":1e999}'])
+async def test_invalid_json_400(gw: TestClient, raw: bytes) -> None:
+    r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
+    assert r.status == 400
+    err = (await r.json())["error"]
+    assert err["param"] == "body" and err["code"] == "invalid_json"
+
+
+async def test_body_too_large_413(upstream: EchoUpstream) -> None:
+    client = await make_client(upstream.url, max_body_bytes=2048)
+    try:
+        r = await client.post(CHAT, data=b"{" + b" " * 4096 + b"}")
+        assert r.status == 413 and (await r.json())["error"]["param"] == "body"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked upload
+            for _ in range(10):
+                yield b" " * 1024
+
+        r = await client.post(CHAT, data=chunks())
+        assert r.status == 413
+    finally:
+        await client.close()
+
+
+async def test_upstream_status_passes_through(gw: TestClient) -> None:
+    r = await gw.post(CHAT, json={"model": "tiny", "bad_status": 422})
+    assert r.status == 422 and (await r.json())["error"]["message"] == "nope"
+
+
+async def test_upstream_down_502() -> None:
+    client = await make_client("http://127.0.0.1:9")  # discard port: nothing listens
+    try:
+        r = await client.post(CHAT, json={"model": "tiny"})
+        assert r.status == 502 and (await r.json())["error"]["code"] == "upstream_unavailable"
+        r = await client.get("/v1/models")
+        assert r.status == 502
+    finally:
+        await client.close()
+
+
+async def test_upstream_timeout_504(upstream: EchoUpstream) -> None:
+    upstream.stall_s = 2.0
+    client = await make_client(upstream.url, upstream_read_timeout_s=0.2)
+    try:
+        r = await client.post(CHAT, json={"model": "tiny"})
+        assert r.status == 504 and (await r.json())["error"]["code"] == "upstream_timeout"
+    finally:
+        await client.close()
+
+
+async def test_client_disconnect_cancels_upstream(gw: TestClient,
+                                                  upstream: EchoUpstream) -> None:
+    url = gw.make_url(CHAT)
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(url, json={"model": "tiny", "stream": True, "n_chunks": 1000,
+                                       "chunk_delay": 0.01})
+        await resp.content.readline()  # first chunk arrived: the stream is flowing
+        resp.close()  # drop the connection mid-stream
+    await asyncio.wait_for(upstream.cancelled.wait(), timeout=5)
+
+
+async def test_metrics(gw: TestClient) -> None:
+    await gw.post(CHAT, json={"model": "tiny", "nvext": NAT_NVEXT})
+    await gw.post(CHAT, json={"model": "tiny", "nvext": {"agent_hints": {"iat": 0}}})
+    text = await (await gw.get("/metrics")).text()
+    assert 'akr_gateway_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text
+    assert 'akr_gateway_hints_total{field="prefix_id"} 1.0' in text
+    assert 'akr_gateway_rejects_total{field="nvext.agent_hints.iat"} 1.0' in text
+    assert "akr_gateway_upstream_latency_seconds_bucket" in text
+
+
+async def test_trace_written(upstream: EchoUpstream, tmp_path) -> None:
+    path = tmp_path / "gw.jsonl"
+    client = await make_client(upstream.url, trace_path=path)
+    await client.post(CHAT, json={"model": "tiny", "nvext": NAT_NVEXT})
+    await client.post(CHAT, json={"model": "tiny", "nvext": {"agent_hints": {"iat": 0}}})
+    await client.close()  # flushes the writer
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert recs[0]["status"] == 200 and recs[0]["hints"]["prefix_id"] == "sess-123"
+    assert recs[0]["hints"]["pin_ttl_s"] == 3.0
+    assert recs[1] == {**recs[1], "status": 400, "reject": "nvext.agent_hints.iat"}
