@@ -131,11 +131,12 @@ class JsonlWriter:
         try:
             if self._file is None:
                 await self._open()
+            if self._size > 0 and self._size + len(data) > self.max_bytes:
+                await self._rotate()  # before writing: a file only exceeds max_bytes when
+                await self._open()  # one batch alone does
             await self._write(data)
             self._size += len(data)
             self.written += n
-            if self._size >= self.max_bytes:
-                await self._rotate()
         except OSError as e:
             self.errors += n
             log.warning("trace write to %s failed (%s); %d records lost", self.path, e, n)

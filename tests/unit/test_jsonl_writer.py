@@ -1,0 +1,122 @@
+"""The trace writer never slows its callers: bounded queue, drops counted, rotation, flush."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from router.jsonl_writer import JsonlWriter
+
+
+def read_lines(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+
+async def test_writes_and_close_flushes(tmp_path: Path) -> None:
+    w = JsonlWriter(tmp_path / "sub" / "t.jsonl")
+    w.start()
+    for i in range(1000):
+        assert w.put({"i": i, "s": "x"})
+    await w.close()
+    recs = read_lines(tmp_path / "sub" / "t.jsonl")
+    assert [r["i"] for r in recs] == list(range(1000))
+    assert (w.written, w.dropped, w.errors) == (1000, 0, 0)
+    assert not w.put({"late": True}) and w.dropped == 1
+
+
+async def test_close_without_start_still_flushes(tmp_path: Path) -> None:
+    w = JsonlWriter(tmp_path / "t.jsonl")
+    w.put({"a": 1})
+    await w.close()
+    assert read_lines(tmp_path / "t.jsonl") == [{"a": 1}]
+
+
+async def test_slow_disk_never_slows_callers(tmp_path: Path) -> None:
+    w = JsonlWriter(tmp_path / "t.jsonl", queue_size=100, batch_max=10)
+    calls = 0
+
+    async def slow_write(data: bytes) -> None:  # a disk taking 200 ms per write
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+
+    w._write = slow_write  # type: ignore[method-assign]
+    w.start()
+    n = 20_000
+    t0 = time.perf_counter()
+    worst = 0.0
+    for i in range(n):
+        t = time.perf_counter()
+        w.put({"i": i})
+        worst = max(worst, time.perf_counter() - t)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5, f"{n} puts took {elapsed:.3f}s"  # ~µs each, no awaiting
+    assert worst < 0.05
+    assert w.dropped >= n - 100 - 10
+    # Meanwhile the loop stays free: a 10 ms sleep is not held up by the writer.
+    t = time.perf_counter()
+    await asyncio.sleep(0.01)
+    assert time.perf_counter() - t < 0.15
+    await w.close()
+    assert w.written + w.dropped == n and calls >= 1
+
+
+async def test_rotation_keeps_n_files(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    w = JsonlWriter(p, max_bytes=2000, backups=2, batch_max=8)
+    w.start()
+    for i in range(2000):
+        w.put({"i": i, "pad": "x" * 40})
+        if i % 50 == 0:
+            await asyncio.sleep(0.005)
+    await w.close()
+    files = sorted(x.name for x in tmp_path.iterdir())
+    assert files == ["t.jsonl", "t.jsonl.1", "t.jsonl.2"]
+    for f in files:
+        assert (tmp_path / f).stat().st_size <= 2000
+    newest = [r["i"] for r in read_lines(p)]
+    older = [r["i"] for r in read_lines(tmp_path / "t.jsonl.1")]
+    assert newest and older and older[-1] < newest[0]
+    assert newest[-1] == 1999 and w.written == 2000
+
+
+async def test_unencodable_record_is_counted_not_fatal(tmp_path: Path) -> None:
+    w = JsonlWriter(tmp_path / "t.jsonl")
+    w.start()
+    w.put({"ok": 1})
+    w.put({"bad": object()})
+    w.put({"ok": 2})
+    await w.close()
+    assert read_lines(tmp_path / "t.jsonl") == [{"ok": 1}, {"ok": 2}]
+    assert w.errors == 1 and w.written == 2
+
+
+async def test_io_error_is_counted_and_writer_survives(tmp_path: Path) -> None:
+    w = JsonlWriter(tmp_path / "t.jsonl")
+    fail = True
+
+    orig = w._write
+
+    async def flaky(data: bytes) -> None:
+        if fail:
+            raise OSError(28, "No space left on device")
+        await orig(data)
+
+    w._write = flaky  # type: ignore[method-assign]
+    w.start()
+    w.put({"a": 1})
+    await asyncio.sleep(0.05)
+    fail = False
+    w.put({"a": 2})
+    await w.close()
+    assert w.errors == 1 and w.written == 1
+    assert read_lines(tmp_path / "t.jsonl") == [{"a": 2}]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        JsonlWriter("x", queue_size=0)
