@@ -1,0 +1,239 @@
+"""Router configuration, read from ``AKR_ROUTER_*`` environment variables.
+
+Every tunable of the routing core lives here with a default and a description; the
+descriptions are the documented configuration table (one env var per field, e.g.
+``AKR_ROUTER_PREFILL_MS_PER_TOKEN=0.02``). Units are in the field names: ``_ms``
+milliseconds, ``_s`` seconds, ``_blocks`` KV blocks, ``_tokens`` tokens.
+
+Defaults are chosen so that, with the learner and affinity switched off, the score ranks
+workers exactly like Dynamo's default KV router (see ``router/cost.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RouterConfig(BaseSettings):
+    """Tunables of the routing core (prefix table, cost model, bandit, feedback)."""
+
+    model_config = SettingsConfigDict(env_prefix="AKR_ROUTER_", extra="ignore")
+
+    # --- KV geometry -------------------------------------------------------------------
+    block_size: int = Field(
+        64, ge=1, description="KV block size of the workers, in tokens (must match the engine)."
+    )
+    worker_capacity_blocks: int = Field(
+        16384,
+        ge=1,
+        description="KV capacity of a worker in blocks, used when the worker does not report "
+        "its own (eviction cost and the decode-utilization feature read it).",
+    )
+
+    # --- Prefix table ----------------------------------------------------------------
+    prefix_table_max_entries: int = Field(
+        100_000,
+        ge=1,
+        description="Maximum number of live prefixes (conversations) tracked; beyond it the "
+        "least recently seen one is evicted (counted in metrics).",
+    )
+    prefix_idle_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        description="A prefix not seen for this long (and not pinned) is forgotten.",
+    )
+    max_pin_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Upper bound on a client-requested pin TTL, so a client cannot reserve "
+        "capacity forever.",
+    )
+    sweep_batch: int = Field(
+        2048,
+        ge=1,
+        description="Maximum entries inspected per background sweep call (prefix table, pin "
+        "timers, pending feedback), keeping each sweep short.",
+    )
+    history_window_s: float = Field(
+        120.0,
+        ge=0,
+        description="History fallback: when no worker reports KV overlap, the prefix's home "
+        "worker is credited with its last prompt's blocks if it was seen within this window.",
+    )
+
+    # --- Cost model priors ----------------------------------------------------------
+    prefill_ms_per_token: float = Field(
+        0.015,
+        gt=0,
+        description="Prior prefill time per uncached or queued token (ms). Converts Dynamo's "
+        "block counts into predicted TTFT milliseconds.",
+    )
+    queue_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of prefill tokens already queued on a worker relative to this "
+        "request's own uncached tokens (1.0 = Dynamo's potential-prefill semantics).",
+    )
+    decode_ms_per_block: Optional[float] = Field(
+        None,
+        ge=0,
+        description="Cost (ms) per active decode block on a worker. Unset = "
+        "prefill_ms_per_token x block_size, i.e. Dynamo's 1:1 weighting of prefill blocks "
+        "and decode blocks.",
+    )
+    active_request_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Cost (ms) per active request on a worker (max of Dynamo's count and our "
+        "own in-flight count); 0 = Dynamo default (decode_active_request_weight=0).",
+    )
+    affinity_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the affinity value (keeping a conversation on the worker "
+        "holding its cache while reuse budget or pin lasts); 0 disables affinity.",
+    )
+    affinity_horizon: float = Field(
+        4.0,
+        gt=0,
+        description="Number of remaining requests of a conversation at which the affinity "
+        "value saturates.",
+    )
+    affinity_cap_ms: float = Field(
+        500.0,
+        ge=0,
+        description="Upper bound of the affinity value (ms): a home worker more than this much "
+        "worse than the best alternative loses the conversation.",
+    )
+    eviction_weight: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the eviction cost: recompute time of other conversations' "
+        "pinned blocks that placing this request on a full worker would push out.",
+    )
+
+    # --- Bandit (contextual Thompson sampling on latency residuals) --------------------
+    bandit_enabled: bool = Field(
+        True, description="Learn per-worker latency corrections from feedback."
+    )
+    prior_variance: float = Field(
+        0.05,
+        gt=0,
+        description="Prior variance of each TTFT regression weight (units of ttft_scale_ms "
+        "per standardized feature): how far a new worker's TTFT may be from the model.",
+    )
+    itl_prior_variance: float = Field(
+        0.01,
+        gt=0,
+        description="Prior variance of each ITL regression weight (units of itl_scale_ms per "
+        "standardized feature): 0.01 = +/-1 ms per output token at one sigma.",
+    )
+    noise_variance: float = Field(
+        0.25,
+        gt=0,
+        description="Observation noise variance of a standardized latency residual.",
+    )
+    forgetting: float = Field(
+        0.995,
+        gt=0,
+        le=1,
+        description="Per-observation discount of a worker's evidence toward the prior, so "
+        "the learner follows drift (effective memory ~ 1/(1-forgetting) observations).",
+    )
+    idle_forgetting_per_s: float = Field(
+        0.999,
+        gt=0,
+        le=1,
+        description="Per-second discount applied by the background sweep to every worker, so "
+        "a worker that stopped receiving traffic is eventually retried.",
+    )
+    exploration: float = Field(
+        1.0,
+        ge=0,
+        description="Scale of posterior sampling; divided by (1 + latency_sensitivity) per "
+        "request. 0 = greedy on the posterior mean.",
+    )
+    ttft_scale_ms: float = Field(
+        100.0, gt=0, description="Unit (ms) of the standardized TTFT residual."
+    )
+    itl_scale_ms: float = Field(
+        10.0, gt=0, description="Unit (ms per output token) of the standardized ITL residual."
+    )
+    itl_weight: float = Field(
+        0.1,
+        ge=0,
+        description="Weight of the learned ITL correction x expected output tokens in the "
+        "score. 1.0 would optimize predicted end-to-end time; the default favours TTFT (the "
+        "agent's critical path) and keeps cold-start ITL uncertainty from drowning the "
+        "cache-overlap signal.",
+    )
+    default_osl: int = Field(
+        256, ge=1, description="Expected output tokens when the client gives no osl hint."
+    )
+    residual_clip: float = Field(
+        50.0,
+        gt=0,
+        description="Standardized residuals are clipped to +/- this, so one outlier cannot "
+        "wreck a worker's posterior.",
+    )
+    baseline_ema: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="EMA rate of the fleet-average residual; per-worker corrections are "
+        "learned relative to it, so a new worker starts as an average one.",
+    )
+    feature_tokens_scale: float = Field(
+        1000.0, gt=0, description="Token features are divided by this (k-tokens)."
+    )
+    active_requests_scale: float = Field(
+        8.0, gt=0, description="The active-requests feature is divided by this."
+    )
+
+    # --- Feedback ------------------------------------------------------------------
+    max_pending_feedback: int = Field(
+        100_000,
+        ge=1,
+        description="Maximum decisions awaiting latency feedback; beyond it the oldest is "
+        "dropped (counted).",
+    )
+    feedback_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="A decision without feedback after this long is expired with the timeout "
+        "penalty.",
+    )
+    timeout_penalty_ms: float = Field(
+        5000.0,
+        ge=0,
+        description="Observed TTFT assumed for a request whose feedback timed out.",
+    )
+    failure_penalty_ms: float = Field(
+        2000.0,
+        ge=0,
+        description="Observed TTFT assumed for a request reported as failed (ok=False).",
+    )
+
+    # --- Misc ------------------------------------------------------------------------
+    top_k: int = Field(
+        3, ge=1, description="Number of best candidates (with score breakdown) in a decision."
+    )
+    seed: Optional[int] = Field(
+        None, description="Seed of the sampling RNG (set it for reproducible runs and tests)."
+    )
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> "RouterConfig":
+        if self.decode_ms_per_block is None:
+            # Dynamo scores prefill blocks and decode blocks 1:1; in ms that is one block's
+            # prefill time per decode block.
+            self.decode_ms_per_block = self.prefill_ms_per_token * self.block_size
+        return self
+
+    @property
+    def block_ms(self) -> float:
+        """Prefill time of one full block (ms): the unit that converts blocks to ms."""
+        return self.prefill_ms_per_token * self.block_size

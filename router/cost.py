@@ -1,0 +1,175 @@
+"""The routing score: predicted milliseconds a request costs on each worker (lower wins).
+
+Where it comes from
+-------------------
+Dynamo's KV router scores each worker by ``prefill blocks after overlap credit + decode
+blocks``: ``potential_prefill_tokens / block_size + potential_decode_blocks``, where
+``potential_prefill_tokens`` (from ``KvRouter.get_potential_loads``) is this request's
+uncached tokens on that worker plus the prefill already queued there. It forgets
+conversations between turns and cannot tell a fast worker from a slow one.
+
+NAT's prior art (brief section 4) adds agent hints through a 9-feature LinTS score, a Beta
+sample, an affinity bonus and a switching cost, and then *multiplies* the whole score by a
+load modifier. When the score is negative that product rewards the loaded worker, and a
+reward mixing queueing, prefill and decode into one number cannot say which went wrong.
+
+What we do instead
+------------------
+Every term is in milliseconds and they are only ever ADDED, so more load can only make a
+worker look worse, and each term can be printed in a trace:
+
+    ttft_ms     = prefill_ms_per_token * (uncached_tokens + queue_weight * queued_tokens)
+                  -- predicted time to first token: this request's prefill after the
+                     worker's cache overlap, behind the prefill already queued there.
+    decode_ms   = decode_ms_per_block * decode_blocks + active_request_ms * active_requests
+                  -- decode pressure (the request shares its batch with these blocks).
+    eviction_ms = eviction_weight * block_ms * overflow
+                  -- overflow = pinned blocks of OTHER live conversations that this
+                     request's new (uncached) blocks would push out of a full worker:
+                     min(pinned, new blocks - free blocks), free = capacity - decode
+                     blocks - pinned; block_ms is one block's recompute time.
+    affinity_ms = affinity_weight * min(affinity_cap_ms, block_ms * prefix_blocks)
+                  * reuse_factor, on the conversation's home worker only
+                  -- the prefill that later turns save by finding the cache where it is.
+                     reuse_factor = min(1, remaining_requests / affinity_horizon), or 1
+                     while the conversation is pinned. Capped, so an overloaded home
+                     loses once it is more than affinity_cap_ms worse.
+    learned_ms  = per-worker latency correction sampled by the bandit (router/bandit.py).
+
+    total_ms    = ttft_ms + decode_ms + eviction_ms + learned_ms - affinity_ms
+
+Equivalence with Dynamo: with ``queue_weight = 1``, ``decode_ms_per_block =
+prefill_ms_per_token * block_size`` (the config default), ``active_request_ms = 0``, no
+pins, affinity and learning off, ``total_ms = block_ms * dynamo_cost`` for every worker,
+so both pick the same worker (tests/unit/test_router_cost.py checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from router.config import RouterConfig
+
+
+@dataclass(slots=True)
+class CostBreakdown:
+    """Per-worker terms of the score, arrays of shape (W,). ``total`` = the score."""
+
+    uncached_tokens: np.ndarray
+    queued_tokens: np.ndarray
+    ttft_ms: np.ndarray
+    decode_ms: np.ndarray
+    eviction_ms: np.ndarray
+    affinity_ms: np.ndarray
+    learned_ms: np.ndarray
+
+    @property
+    def base(self) -> np.ndarray:
+        """Score without the affinity value (used to tell whether affinity decided)."""
+        return self.ttft_ms + self.decode_ms + self.eviction_ms + self.learned_ms
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.base - self.affinity_ms
+
+    def row(self, i: int) -> dict[str, float]:
+        """The terms of one worker, for traces."""
+        return {
+            "total_ms": float(self.total[i]),
+            "ttft_ms": float(self.ttft_ms[i]),
+            "decode_ms": float(self.decode_ms[i]),
+            "eviction_ms": float(self.eviction_ms[i]),
+            "affinity_ms": float(self.affinity_ms[i]),
+            "learned_ms": float(self.learned_ms[i]),
+            "uncached_tokens": float(self.uncached_tokens[i]),
+            "queued_tokens": float(self.queued_tokens[i]),
+        }
+
+
+def split_prefill(
+    prompt_tokens: int,
+    overlap_blocks: np.ndarray,
+    potential_prefill_tokens: np.ndarray,
+    block_size: int,
+    kv_overlap_blocks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split Dynamo's potential prefill into (this request's uncached, already queued).
+
+    ``potential_prefill_tokens`` was computed by Dynamo with the KV-event overlap
+    (``kv_overlap_blocks``, defaults to ``overlap_blocks``); the queued part is what remains
+    after removing this request's uncached tokens under that overlap. The uncached part is
+    then recomputed with ``overlap_blocks``, which may include the history fallback.
+    """
+    kv = overlap_blocks if kv_overlap_blocks is None else kv_overlap_blocks
+    uncached_kv = np.maximum(prompt_tokens - kv * block_size, 0.0)
+    queued = np.maximum(potential_prefill_tokens - uncached_kv, 0.0)
+    uncached = np.maximum(prompt_tokens - overlap_blocks * block_size, 0.0)
+    return uncached, queued
+
+
+def score(
+    cfg: RouterConfig,
+    *,
+    prompt_tokens: int,
+    overlap_blocks: np.ndarray,
+    potential_prefill_tokens: np.ndarray,
+    decode_blocks: np.ndarray,
+    active_requests: np.ndarray,
+    reserved_blocks: np.ndarray,
+    capacity_blocks: np.ndarray,
+    home: int = -1,
+    remaining_requests: int = 0,
+    pinned: bool = False,
+    prefix_blocks: int = 0,
+    kv_overlap_blocks: np.ndarray | None = None,
+    learned_ms: np.ndarray | None = None,
+) -> CostBreakdown:
+    """Score all W workers for one request; every array argument has shape (W,).
+
+    ``home`` is the index (not id) of the conversation's home worker, -1 if none;
+    ``reserved_blocks`` must already exclude this conversation's own reservation.
+    """
+    bs = cfg.block_size
+    block_ms = cfg.block_ms
+    uncached, queued = split_prefill(
+        prompt_tokens, overlap_blocks, potential_prefill_tokens, bs, kv_overlap_blocks
+    )
+    ttft = cfg.prefill_ms_per_token * (uncached + cfg.queue_weight * queued)
+    decode = cfg.decode_ms_per_block * decode_blocks
+    if cfg.active_request_ms:
+        decode = decode + cfg.active_request_ms * active_requests
+
+    # Eviction: free = capacity - active decode blocks - others' pinned blocks. New blocks
+    # beyond free space come out of the pinned ones (unpinned cached blocks are fair game).
+    new_blocks = np.ceil(uncached / bs)
+    free = np.maximum(capacity_blocks - decode_blocks - reserved_blocks, 0.0)
+    overflow = np.clip(new_blocks - free, 0.0, reserved_blocks)
+    eviction = (cfg.eviction_weight * block_ms) * overflow
+
+    affinity = np.zeros_like(ttft)
+    if home >= 0 and cfg.affinity_weight > 0 and (remaining_requests > 0 or pinned):
+        reuse = 1.0 if pinned else min(1.0, remaining_requests / cfg.affinity_horizon)
+        value = min(cfg.affinity_cap_ms, block_ms * prefix_blocks)
+        affinity[home] = cfg.affinity_weight * value * reuse
+
+    learned = np.zeros_like(ttft) if learned_ms is None else learned_ms
+    return CostBreakdown(
+        uncached_tokens=uncached,
+        queued_tokens=queued,
+        ttft_ms=ttft,
+        decode_ms=decode,
+        eviction_ms=eviction,
+        affinity_ms=affinity,
+        learned_ms=learned,
+    )
+
+
+def dynamo_cost(
+    potential_prefill_tokens: np.ndarray, decode_blocks: np.ndarray, block_size: int
+) -> np.ndarray:
+    """Dynamo 1.6.1's default worker cost (prefill_load_scale = 1, temperature 0):
+    potential prefill blocks (after overlap credit, incl. queued) + potential decode blocks.
+    Reference for the equivalence test; not used for routing."""
+    return potential_prefill_tokens / block_size + decode_blocks

@@ -1,0 +1,161 @@
+"""Decisions awaiting latency feedback, and the translation of feedback into learning.
+
+Each routed request leaves a ``Pending`` record (chosen worker, the features the bandit saw,
+the model's predicted TTFT, a deadline). ``report()`` turns the measured TTFT/ITL into
+standardized residuals for the bandit (router/bandit.py); a failed request is learned as a
+TTFT of ``failure_penalty_ms``. Records whose feedback never arrives are expired by
+``sweep(now)`` with ``timeout_penalty_ms``; the sweep runs in a background task, never on
+the request path (the prior art swept inline, per request).
+
+Bounded: at most ``max_pending_feedback`` records; when full the oldest is dropped without
+learning (counted in ``dropped``). Insertion order equals deadline order (one timeout for
+all), so the sweep only ever looks at the front of an ``OrderedDict``.
+
+Also keeps our own in-flight count per worker (decided, not yet reported or expired),
+which complements Dynamo's ``active_requests`` (Dynamo only counts requests routed through
+its own KvRouter calls).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional
+
+import numpy as np
+
+from router.bandit import WorkerBandit
+from router.config import RouterConfig
+
+
+class Pending:
+    """One decision waiting for feedback."""
+
+    __slots__ = ("worker_id", "features", "queued_tokens", "predicted_ttft_ms", "deadline")
+
+    def __init__(
+        self,
+        worker_id: int,
+        features: np.ndarray,
+        queued_tokens: float,
+        predicted_ttft_ms: float,
+        deadline: float,
+    ) -> None:
+        self.worker_id = worker_id
+        self.features = features  # bandit features of the chosen worker at decision time
+        self.queued_tokens = queued_tokens  # to re-predict TTFT with the observed cache hit
+        self.predicted_ttft_ms = predicted_ttft_ms
+        self.deadline = deadline  # monotonic seconds
+
+
+class FeedbackTracker:
+    """Bounded pending-feedback store feeding a ``WorkerBandit``."""
+
+    def __init__(self, cfg: RouterConfig, bandit: WorkerBandit) -> None:
+        self.cfg = cfg
+        self.bandit = bandit
+        self._pending: OrderedDict[str, Pending] = OrderedDict()
+        self.inflight: dict[int, int] = {}
+        self.dropped = 0  # evicted because the store was full
+        self.timeouts = 0  # expired by sweep with the timeout penalty
+        self.failures = 0  # reported ok=False
+        self.reports = 0  # reported ok=True
+        self.unknown_reports = 0  # report for an id we do not hold (late, dropped, foreign)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(
+        self,
+        request_id: str,
+        worker_id: int,
+        features: np.ndarray,
+        queued_tokens: float,
+        predicted_ttft_ms: float,
+        now: float,
+    ) -> None:
+        old = self._pending.pop(request_id, None)
+        if old is not None:  # a retried request id: the old decision is superseded
+            self._dec(old.worker_id)
+        self._pending[request_id] = Pending(
+            worker_id, features, queued_tokens, predicted_ttft_ms, now + self.cfg.feedback_timeout_s
+        )
+        self.inflight[worker_id] = self.inflight.get(worker_id, 0) + 1
+        if len(self._pending) > self.cfg.max_pending_feedback:
+            _, oldest = self._pending.popitem(last=False)
+            self._dec(oldest.worker_id)
+            self.dropped += 1
+
+    def report(
+        self,
+        request_id: str,
+        ttft_ms: Optional[float],
+        itl_ms: Optional[float],
+        uncached_tokens: Optional[int] = None,
+        output_tokens: int = 0,
+        ok: bool = True,
+    ) -> bool:
+        """Learn from one finished request. Returns False if the id is unknown."""
+        p = self._pending.pop(request_id, None)
+        if p is None:
+            self.unknown_reports += 1
+            return False
+        self._dec(p.worker_id)
+        cfg = self.cfg
+        x = p.features
+        predicted = p.predicted_ttft_ms
+        if uncached_tokens is not None:
+            # The engine told us the real cache hit: explain TTFT with it, so the residual
+            # measures the worker's speed, not our overlap estimate's error.
+            x = x.copy()
+            x[1] = uncached_tokens / cfg.feature_tokens_scale
+            predicted = cfg.prefill_ms_per_token * (
+                uncached_tokens + cfg.queue_weight * p.queued_tokens
+            )
+        if not ok or ttft_ms is None:
+            self.failures += 1
+            self.bandit.update(
+                p.worker_id, x, "ttft", (cfg.failure_penalty_ms - predicted) / cfg.ttft_scale_ms
+            )
+            return True
+        self.reports += 1
+        self.bandit.update(p.worker_id, x, "ttft", (ttft_ms - predicted) / cfg.ttft_scale_ms)
+        if itl_ms is not None and output_tokens > 1:
+            self.bandit.update(p.worker_id, x, "itl", itl_ms / cfg.itl_scale_ms)
+        return True
+
+    def sweep(self, now: float, batch: Optional[int] = None) -> int:
+        """Expire up to ``batch`` overdue decisions with the timeout penalty."""
+        batch = batch or self.cfg.sweep_batch
+        cfg = self.cfg
+        n = 0
+        pending = self._pending
+        while pending and n < batch:
+            rid, p = next(iter(pending.items()))
+            if p.deadline > now:
+                break
+            del pending[rid]
+            self._dec(p.worker_id)
+            self.timeouts += 1
+            n += 1
+            self.bandit.update(
+                p.worker_id,
+                p.features,
+                "ttft",
+                (cfg.timeout_penalty_ms - p.predicted_ttft_ms) / cfg.ttft_scale_ms,
+            )
+        return n
+
+    def forget_worker(self, worker_id: int) -> None:
+        """Drop a departed worker's in-flight count. Its pending records are not scanned;
+        they are reported or expire normally, and the bandit ignores updates for workers it
+        no longer tracks."""
+        self.inflight.pop(worker_id, None)
+
+    def _dec(self, worker_id: int) -> None:
+        c = self.inflight.get(worker_id)
+        if c is None:
+            return
+        if c <= 1:
+            del self.inflight[worker_id]
+        else:
+            self.inflight[worker_id] = c - 1

@@ -1,0 +1,321 @@
+"""The Router: one routing decision = prefix table lookup + cost model + bandit sample.
+
+``decide(request, signals, now)`` does O(workers) numpy work and a few dict operations:
+
+1. Look up the conversation (``prefix_id``) in the bounded prefix table (router/
+   prefix_table.py): its home worker, remaining reuse budget, pin, last prompt's blocks.
+2. History fallback: if no worker reports any KV overlap (workers without KV events, or
+   the events lag) but the table saw this conversation on worker ``w`` within
+   ``history_window_s``, credit ``w`` with the last prompt's blocks as overlap.
+3. Score every worker with the additive cost model (router/cost.py) plus the bandit's
+   sampled latency correction (router/bandit.py); pick the minimum.
+4. Record the request in the prefix table (budget, home, pin) and leave a pending
+   feedback record (router/feedback.py) for ``report()``.
+
+Reuse budget: the first request of a prefix sets ``remaining = total_requests - 1``; every
+later request decrements it; at zero the conversation is released unless pinned. Requests
+without a ``prefix_id`` are their own conversation: no table entry, no affinity.
+
+Expiry of table entries and feedback timeouts happen in ``sweep(now)``, which the caller
+runs from a background task; ``decide`` never sweeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import msgspec
+import numpy as np
+
+from router import cost
+from router.bandit import WorkerBandit, make_features
+from router.config import RouterConfig
+from router.feedback import FeedbackTracker
+from router.prefix_table import PrefixTable
+from router.signals import WorkerSignals
+
+Reason = Literal["sticky", "overlap", "load", "exploration", "pin"]
+
+
+class RouteRequest(msgspec.Struct, kw_only=True):
+    """What the router needs to know about one request (from the agent hints)."""
+
+    request_id: str
+    prefix_id: Optional[str] = None  # None: no hints; the request is its own conversation
+    prompt_tokens: int = 0
+    total_requests: int = 1  # requests this conversation will make in total
+    osl: Optional[int] = None  # expected output tokens; None -> config default_osl
+    iat_ms: Optional[float] = None  # expected gap between calls; carried to traces only
+    latency_sensitivity: float = 0.0  # higher = explore less
+    priority: int = 0  # engine queue priority; carried, not used for placement
+    pin_ttl_s: Optional[float] = None  # cache_control TTL; keeps the conversation pinned
+
+
+class Candidate(msgspec.Struct):
+    """One of the best-scored workers with its score breakdown (ms; lower is better)."""
+
+    worker_id: int
+    total_ms: float
+    ttft_ms: float
+    decode_ms: float
+    eviction_ms: float
+    affinity_ms: float
+    learned_ms: float
+    overlap_blocks: float
+    uncached_tokens: float
+    queued_tokens: float
+
+
+class Decision(msgspec.Struct):
+    """The routing decision, with enough context to explain it in a trace.
+
+    ``reason`` (first matching rule wins):
+
+    * ``"pin"``: the chosen worker is the conversation's home, its pin is active, and
+      without the affinity term another worker would have scored better.
+    * ``"sticky"``: same, but the affinity came from the remaining reuse budget (no pin).
+    * ``"exploration"``: the bandit's posterior *sample* changed the choice: with the
+      posterior-mean correction instead, another worker would have won.
+    * ``"overlap"``: the chosen worker has the largest KV overlap (> 0, incl. the history
+      fallback) for this prompt.
+    * ``"load"``: otherwise; the worker won on load (and learned speed) with no cache edge.
+    """
+
+    request_id: str
+    worker_id: int
+    reason: Reason
+    candidates: list[Candidate]
+    features: list[float]  # bandit features of the chosen worker (see bandit.FEATURES)
+    predicted_ttft_ms: float  # cost-model TTFT on the chosen worker (before learning)
+    home_worker_id: Optional[int] = None  # conversation's home before this decision
+    reuse_remaining: int = 0  # requests still expected after this one
+    pinned: bool = False
+    history_fallback: bool = False  # overlap came from the prefix table, not KV events
+
+
+class NoWorkers(RuntimeError):
+    """``decide`` was called with an empty worker set."""
+
+
+class Router:
+    """Agent-aware KV router core: pure logic, no I/O, no Dynamo imports."""
+
+    def __init__(self, cfg: Optional[RouterConfig] = None) -> None:
+        self.cfg = cfg or RouterConfig()
+        c = self.cfg
+        self.rng = np.random.default_rng(c.seed)
+        self.table = PrefixTable(
+            c.prefix_table_max_entries, c.prefix_idle_ttl_s, c.max_pin_ttl_s, c.sweep_batch
+        )
+        self.bandit = WorkerBandit(c, self.rng)
+        self.feedback = FeedbackTracker(c, self.bandit)
+        self._last_sweep: Optional[float] = None
+        self.decisions = 0
+        self.reasons: dict[str, int] = {r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin")}
+
+    # ------------------------------------------------------------------ decide
+    def decide(self, request: RouteRequest, signals: WorkerSignals, now: float) -> Decision:
+        cfg = self.cfg
+        ids = signals.worker_ids
+        if ids.shape[0] == 0:
+            raise NoWorkers("no workers to route to")
+        bs = cfg.block_size
+        prompt_blocks = request.prompt_tokens // bs
+
+        # 1) Conversation state.
+        entry = self.table.get(request.prefix_id, now) if request.prefix_id else None
+        home = -1
+        if entry is not None:
+            hit = np.flatnonzero(ids == entry.home)
+            if hit.size:  # the home may have left the fleet
+                home = int(hit[0])
+        pinned = entry is not None and entry.pinned(now)
+        remaining_before = entry.remaining if entry is not None else 0
+
+        # 2) History fallback for workers without KV events.
+        kv_overlap = signals.overlap_blocks
+        overlap = kv_overlap
+        fallback = False
+        if (
+            home >= 0
+            and entry is not None
+            and entry.blocks > 0
+            and now - entry.last_seen <= cfg.history_window_s
+            and not kv_overlap.any()
+        ):
+            overlap = kv_overlap.copy()
+            overlap[home] = min(entry.blocks, prompt_blocks)
+            fallback = True
+
+        reserved = signals.reserved_blocks
+        if reserved is None:
+            reserved = self.table.reserved_array(ids)
+        if home >= 0 and entry is not None and entry.reserved:
+            # A conversation does not evict its own pinned blocks.
+            reserved = reserved.copy()
+            reserved[home] = max(0.0, reserved[home] - entry.reserved)
+        active = np.maximum(signals.active_requests, signals.inflight)
+
+        # 3) Score.
+        costs = cost.score(
+            cfg,
+            prompt_tokens=request.prompt_tokens,
+            overlap_blocks=overlap,
+            potential_prefill_tokens=signals.potential_prefill_tokens,
+            decode_blocks=signals.decode_blocks,
+            active_requests=active,
+            reserved_blocks=reserved,
+            capacity_blocks=signals.capacity_blocks,
+            home=home,
+            remaining_requests=remaining_before,
+            pinned=pinned,
+            prefix_blocks=entry.blocks if entry is not None else 0,
+            kv_overlap_blocks=kv_overlap if fallback else None,
+        )
+        x = make_features(
+            cfg,
+            costs.uncached_tokens,
+            costs.queued_tokens,
+            signals.decode_blocks,
+            signals.capacity_blocks,
+            active,
+        )
+        learned_mean = None
+        if cfg.bandit_enabled:
+            osl = request.osl or cfg.default_osl
+            sampled, mean = self.bandit.sample(ids, x, request.latency_sensitivity)
+            # Standardized units -> ms: TTFT directly; ITL (ms/token) x expected tokens.
+            unit = np.array([cfg.ttft_scale_ms, cfg.itl_weight * osl * cfg.itl_scale_ms])
+            costs.learned_ms = unit @ sampled
+            learned_mean = unit @ mean
+        total = costs.total
+        i = int(np.argmin(total))
+        chosen = int(ids[i])
+
+        # Reason, by the rules in Decision's docstring.
+        reason: Reason
+        if i == home and costs.affinity_ms[i] > 0 and int(np.argmin(costs.base)) != i:
+            reason = "pin" if pinned else "sticky"
+        elif learned_mean is not None and int(
+            np.argmin(total - costs.learned_ms + learned_mean)
+        ) != i:
+            reason = "exploration"
+        elif overlap[i] > 0 and overlap[i] >= overlap.max():
+            reason = "overlap"
+        else:
+            reason = "load"
+        self.reasons[reason] += 1
+        self.decisions += 1
+
+        # Top-k candidates with their breakdown.
+        k = min(cfg.top_k, ids.shape[0])
+        top = np.argpartition(total, k - 1)[:k] if ids.shape[0] > k else np.arange(k)
+        top = top[np.argsort(total[top], kind="stable")]
+        candidates = [
+            Candidate(
+                worker_id=int(ids[j]),
+                total_ms=float(total[j]),
+                ttft_ms=float(costs.ttft_ms[j]),
+                decode_ms=float(costs.decode_ms[j]),
+                eviction_ms=float(costs.eviction_ms[j]),
+                affinity_ms=float(costs.affinity_ms[j]),
+                learned_ms=float(costs.learned_ms[j]),
+                overlap_blocks=float(overlap[j]),
+                uncached_tokens=float(costs.uncached_tokens[j]),
+                queued_tokens=float(costs.queued_tokens[j]),
+            )
+            for j in top
+        ]
+
+        # 4) Record.
+        home_id = entry.home if entry is not None else None
+        after = None
+        if request.prefix_id:
+            after = self.table.observe(
+                request.prefix_id,
+                chosen,
+                now,
+                request.total_requests,
+                prompt_blocks,
+                request.pin_ttl_s,
+            )
+        xi = x[i].copy()
+        self.feedback.add(
+            request.request_id,
+            chosen,
+            xi,
+            float(costs.queued_tokens[i]),
+            float(costs.ttft_ms[i]),
+            now,
+        )
+        return Decision(
+            request_id=request.request_id,
+            worker_id=chosen,
+            reason=reason,
+            candidates=candidates,
+            features=xi.tolist(),
+            predicted_ttft_ms=float(costs.ttft_ms[i]),
+            home_worker_id=home_id,
+            reuse_remaining=after.remaining if after is not None else 0,
+            pinned=after is not None and after.pinned(now),
+            history_fallback=fallback,
+        )
+
+    # ------------------------------------------------------------------ feedback
+    def report(
+        self,
+        request_id: str,
+        ttft_ms: Optional[float],
+        itl_ms: Optional[float],
+        uncached_tokens: Optional[int] = None,
+        output_tokens: int = 0,
+        ok: bool = True,
+    ) -> bool:
+        """Feed measured latency back; False if the request id is unknown (late/dropped)."""
+        return self.feedback.report(
+            request_id, ttft_ms, itl_ms, uncached_tokens, output_tokens, ok
+        )
+
+    def sweep(self, now: float) -> dict[str, int]:
+        """Background maintenance (never call on the request path): expire prefixes and
+        pins, time out feedback with the penalty, discount idle learner evidence."""
+        removed = self.table.sweep(now)
+        timed_out = self.feedback.sweep(now)
+        if self._last_sweep is not None and self.cfg.bandit_enabled:
+            elapsed = max(0.0, now - self._last_sweep)
+            if elapsed > 0:
+                self.bandit.decay(self.cfg.idle_forgetting_per_s**elapsed)
+        self._last_sweep = now
+        return {"prefixes_removed": removed, "feedback_timeouts": timed_out}
+
+    def remove_worker(self, worker_id: int) -> None:
+        """Forget a worker that left the fleet (learner row, reservations, in-flight)."""
+        self.bandit.remove(worker_id)
+        self.table.forget_worker(worker_id)
+        self.feedback.forget_worker(worker_id)
+
+    def inflight(self) -> dict[int, int]:
+        """Our own in-flight count per worker (for ``signals_from_potential_loads``)."""
+        return self.feedback.inflight
+
+    # ------------------------------------------------------------------ state
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes for metrics."""
+        return {
+            "decisions": self.decisions,
+            "reasons": dict(self.reasons),
+            "prefixes": len(self.table),
+            "prefix_evictions": self.table.evictions,
+            "prefix_expirations": self.table.expirations,
+            "pending_feedback": len(self.feedback),
+            "feedback_dropped": self.feedback.dropped,
+            "feedback_timeouts": self.feedback.timeouts,
+            "feedback_failures": self.feedback.failures,
+            "feedback_unknown": self.feedback.unknown_reports,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.bandit.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bandit.load_state_dict(state)

@@ -1,0 +1,184 @@
+"""Cost model: Dynamo equivalence, additivity of load, bounded affinity, eviction cost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router import cost
+from router.config import RouterConfig
+from router.policy import RouteRequest, Router
+from router.signals import WorkerSignals
+
+BS = 64
+
+
+def _random_fleet(rng: np.random.Generator, w: int, prompt: int) -> dict[str, np.ndarray]:
+    """Consistent Dynamo-like signals: potential prefill = uncached(overlap) + queued."""
+    overlap = rng.integers(0, prompt // BS + 1, size=w).astype(float)
+    overlap[rng.random(w) < 0.4] = 0.0
+    queued = rng.integers(0, 20_000, size=w).astype(float) * (rng.random(w) < 0.7)
+    uncached = np.maximum(prompt - overlap * BS, 0)
+    return {
+        "overlap_blocks": overlap,
+        "potential_prefill_tokens": uncached + queued,
+        "decode_blocks": rng.integers(0, 3000, size=w).astype(float),
+        "active_requests": rng.integers(0, 40, size=w).astype(float),
+        "queued": queued,
+    }
+
+
+def test_argmin_equals_dynamo_default_cost_with_learning_and_affinity_off() -> None:
+    """1000 random fleets: our total is block_ms x Dynamo's cost, so the argmin is the same
+    worker -- both via cost.score and end to end through Router.decide."""
+    cfg = RouterConfig(affinity_weight=0.0, bandit_enabled=False, seed=0)
+    router = Router(cfg)
+    rng = np.random.default_rng(1)
+    for trial in range(1000):
+        w = int(rng.integers(2, 17))
+        prompt = int(rng.integers(1, 30_000))
+        f = _random_fleet(rng, w, prompt)
+        dyn = cost.dynamo_cost(f["potential_prefill_tokens"], f["decode_blocks"], BS)
+        ours = cost.score(
+            cfg,
+            prompt_tokens=prompt,
+            overlap_blocks=f["overlap_blocks"],
+            potential_prefill_tokens=f["potential_prefill_tokens"],
+            decode_blocks=f["decode_blocks"],
+            active_requests=f["active_requests"],
+            reserved_blocks=np.zeros(w),
+            capacity_blocks=np.full(w, 1e9),
+        )
+        np.testing.assert_allclose(ours.total, cfg.block_ms * dyn, rtol=1e-12)
+        signals = WorkerSignals.build(
+            range(100, 100 + w),
+            overlap_blocks=f["overlap_blocks"],
+            potential_prefill_tokens=f["potential_prefill_tokens"],
+            decode_blocks=f["decode_blocks"],
+            active_requests=f["active_requests"],
+            capacity_blocks=1e9,
+        )
+        # A conversation with many requests to come: affinity is off, so it must not matter.
+        req = RouteRequest(
+            request_id=f"r{trial}", prefix_id=f"p{trial % 7}", prompt_tokens=prompt,
+            total_requests=50,
+        )
+        d = router.decide(req, signals, now=float(trial))
+        assert d.worker_id == 100 + int(np.argmin(dyn)), trial
+
+
+def _score(cfg: RouterConfig, f: dict[str, np.ndarray], prompt: int, **kw) -> cost.CostBreakdown:
+    w = f["overlap_blocks"].shape[0]
+    return cost.score(
+        cfg,
+        prompt_tokens=prompt,
+        overlap_blocks=f["overlap_blocks"],
+        potential_prefill_tokens=f["potential_prefill_tokens"],
+        decode_blocks=f["decode_blocks"],
+        active_requests=f["active_requests"],
+        reserved_blocks=kw.pop("reserved", np.zeros(w)),
+        capacity_blocks=kw.pop("capacity", np.full(w, 4096.0)),
+        **kw,
+    )
+
+
+def test_load_enters_additively_a_loaded_worker_never_gains() -> None:
+    """Adding queued prefill, decode blocks, active requests or others' pins to one worker
+    never lowers its score or improves its rank -- even when its score is negative (large
+    affinity and a negative learned correction), where a multiplicative load modifier would
+    reward it."""
+    cfg = RouterConfig(active_request_ms=2.0, affinity_cap_ms=5000.0)
+    rng = np.random.default_rng(2)
+    for trial in range(500):
+        w = int(rng.integers(2, 9))
+        prompt = int(rng.integers(64, 20_000))
+        f = _random_fleet(rng, w, prompt)
+        home = int(rng.integers(0, w))
+        learned = rng.normal(-300.0, 200.0, size=w)
+        kw = dict(home=home, remaining_requests=5, prefix_blocks=prompt // BS,
+                  learned_ms=learned, reserved=rng.integers(0, 3000, size=w).astype(float))
+        base = _score(cfg, f, prompt, **dict(kw))
+        j = int(rng.integers(0, w))
+        g = {k: v.copy() for k, v in f.items()}
+        g["potential_prefill_tokens"][j] += rng.integers(1, 10_000)
+        g["decode_blocks"][j] += rng.integers(0, 2000)
+        g["active_requests"][j] += rng.integers(0, 10)
+        kw2 = dict(kw)
+        kw2["reserved"] = kw["reserved"].copy()
+        kw2["reserved"][j] += rng.integers(0, 2000)
+        loaded = _score(cfg, g, prompt, **kw2)
+        assert loaded.total[j] > base.total[j]
+        others = np.arange(w) != j
+        np.testing.assert_allclose(loaded.total[others], base.total[others])
+        # Rank of the loaded worker can only get worse.
+        assert (loaded.total < loaded.total[j]).sum() >= (base.total < base.total[j]).sum()
+        # Additive: the affinity and learned terms are untouched by load.
+        assert loaded.affinity_ms[j] == base.affinity_ms[j]
+        assert loaded.learned_ms[j] == base.learned_ms[j]
+
+
+def test_affinity_is_bounded_so_an_overloaded_home_loses() -> None:
+    cfg = RouterConfig(affinity_cap_ms=200.0)
+    prompt = 20_000  # 312 blocks -> uncapped value 312 * 0.96 = 300 ms, capped to 200
+    f = {
+        "overlap_blocks": np.array([0.0, 0.0]),
+        "potential_prefill_tokens": np.array([prompt, prompt]).astype(float),
+        "decode_blocks": np.zeros(2),
+        "active_requests": np.zeros(2),
+    }
+    kw = dict(home=0, remaining_requests=10, prefix_blocks=prompt // BS)
+    s = _score(cfg, f, prompt, **kw)
+    assert s.affinity_ms[0] == pytest.approx(200.0) and s.affinity_ms[1] == 0.0
+    assert int(np.argmin(s.total)) == 0  # equal load: the conversation stays home
+    # Home has 150 ms more queued prefill (10k tokens): still within the cap -> stays.
+    f["potential_prefill_tokens"][0] += 10_000
+    assert int(np.argmin(_score(cfg, f, prompt, **kw).total)) == 0
+    # 250 ms more (another ~6.7k tokens): beyond the cap -> the conversation moves.
+    f["potential_prefill_tokens"][0] += 6_700
+    assert int(np.argmin(_score(cfg, f, prompt, **kw).total)) == 1
+
+
+def test_affinity_scales_with_remaining_budget_and_pin() -> None:
+    cfg = RouterConfig(affinity_horizon=4.0, affinity_cap_ms=1e6)
+    prompt = 6400  # 100 blocks -> 96 ms
+    f = {
+        "overlap_blocks": np.zeros(2),
+        "potential_prefill_tokens": np.full(2, float(prompt)),
+        "decode_blocks": np.zeros(2),
+        "active_requests": np.zeros(2),
+    }
+    vals = [
+        _score(cfg, f, prompt, home=0, remaining_requests=r, prefix_blocks=100).affinity_ms[0]
+        for r in (0, 1, 2, 4, 8)
+    ]
+    assert vals == pytest.approx([0.0, 24.0, 48.0, 96.0, 96.0])
+    pinned = _score(cfg, f, prompt, home=0, remaining_requests=0, pinned=True, prefix_blocks=100)
+    assert pinned.affinity_ms[0] == pytest.approx(96.0)
+
+
+def test_eviction_cost_only_when_new_blocks_exceed_unpinned_space() -> None:
+    cfg = RouterConfig()
+    prompt = 64 * 100  # 100 new blocks
+    f = {
+        "overlap_blocks": np.zeros(3),
+        "potential_prefill_tokens": np.full(3, float(prompt)),
+        "decode_blocks": np.array([800.0, 800.0, 800.0]),
+        "active_requests": np.zeros(3),
+    }
+    reserved = np.array([0.0, 150.0, 900.0])
+    s = _score(cfg, f, prompt, reserved=reserved, capacity=np.full(3, 1000.0))
+    # w0: 200 free, no pins -> 0. w1: 1000-800-150 = 50 free -> 50 pinned blocks pushed out.
+    # w2: free is negative -> all 100 new blocks come out of pinned ones.
+    np.testing.assert_allclose(s.eviction_ms, np.array([0.0, 50.0, 100.0]) * cfg.block_ms)
+    assert int(np.argmin(s.total)) == 0
+
+
+def test_history_fallback_split_keeps_queued_part() -> None:
+    """Dynamo computed potential prefill with zero overlap; the fallback overlap reduces only
+    the request's own uncached part, not the queue behind it."""
+    uncached, queued = cost.split_prefill(
+        6400, np.array([50.0, 0.0]), np.array([6400.0 + 1000, 6400.0]), 64,
+        kv_overlap_blocks=np.zeros(2),
+    )
+    np.testing.assert_allclose(uncached, [6400 - 50 * 64, 6400])
+    np.testing.assert_allclose(queued, [1000, 0])
