@@ -126,9 +126,12 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _models(request: web.Request) -> web.StreamResponse:
     m = request.app[METRICS_KEY]
     session = request.app[SESSION_KEY]
+    public = request.app[CONFIG_KEY].public_models
     try:
         async with session.get("v1/models", headers={"Accept-Encoding": "identity"}) as up:
             payload = await up.read()
+            if public and up.status == 200:
+                payload = _filter_models(payload, public)
             resp = web.Response(status=up.status, body=payload,
                                 headers={"Content-Type": up.headers.get("Content-Type", _JSON)})
     except (asyncio.TimeoutError, TimeoutError):
@@ -139,6 +142,16 @@ async def _models(request: web.Request) -> web.StreamResponse:
                               type_="upstream_error", code="upstream_unavailable")
     m.count_request("/v1/models", resp.status)
     return resp
+
+
+def _filter_models(payload: bytes, public: list[str]) -> bytes:
+    """Keep only the public models in an OpenAI model list (unparseable lists pass as is)."""
+    try:
+        doc = _decoder.decode(payload)
+        doc["data"] = [m for m in doc["data"] if isinstance(m, dict) and m.get("id") in public]
+        return _encoder.encode(doc)
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return payload
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
@@ -188,6 +201,12 @@ async def _proxy_post(request: web.Request, route: str, path: str) -> web.Stream
         m.rejects.labels("body").inc()
         m.count_request(route, body.status)
         return body
+    model = body.get("model")
+    if cfg.public_models and isinstance(model, str) and model not in cfg.public_models:
+        m.rejects.labels("model").inc()
+        m.count_request(route, 404)
+        return error_response(404, f"The model `{model[:256]}` does not exist", param="model",
+                              code="model_not_found")
     try:
         tr = translate(body, request.headers,
                        allow_worker_pin_headers=cfg.allow_worker_pin_headers)

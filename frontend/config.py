@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class GatewayConfig(BaseSettings):
@@ -52,5 +53,18 @@ class GatewayConfig(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Trace file size that triggers rotation."
     )
     trace_backups: int = Field(3, ge=0, description="Rotated trace files kept (path.1 ... path.N).")
+    public_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated model names clients may use; others get 404 and are hidden "
+        "from /v1/models (keeps the workers' internal model, which bypasses the processor, "
+        "unreachable). Empty = no filter.",
+    )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics.")
     log_level: str = Field("INFO", description="Python logging level of the gateway.")
+
+    @field_validator("public_models", mode="before")
+    @classmethod
+    def _split_models(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [m.strip() for m in v.split(",") if m.strip()]
+        return v

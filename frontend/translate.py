@@ -109,9 +109,10 @@ def translate(
     ):
         raise H.HintError("nvext.annotations", "must be an array of strings")
     own = H.encode_annotations(hints)
-    forged = annotations is not None and any(a.startswith(H.ANNOTATION_NAMESPACE)
-                                             for a in annotations)
-    if (not own and not forged and agent_hints is None and "cache_control" not in nvext):
+    if not own and "nvext" not in body:
+        # Raw bytes may go upstream as they are. Any body with "nvext" is re-encoded even
+        # when nothing changes: JSON with a duplicated key decodes to its last value here, and
+        # the upstream must never see a hint we did not validate.
         return Translation(body, up_headers, hints, changed=False)
 
     new_nvext = {k: v for k, v in nvext.items()

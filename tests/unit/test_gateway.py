@@ -52,7 +52,7 @@ class EchoUpstream:
         raw = await request.read()
         body = json.loads(raw)
         rec = {"body": body, "headers": {k.lower(): v for k, v in request.headers.items()},
-               "path": request.path}
+               "path": request.path, "raw": raw.decode()}
         self.seen.append(rec)
         if body.get("bad_status"):
             return web.json_response({"error": {"message": "nope"}}, status=body["bad_status"])
@@ -142,11 +142,14 @@ async def test_pin_headers_allowed_when_configured(upstream: EchoUpstream) -> No
 
 
 async def test_plain_body_passes_byte_for_byte(gw: TestClient, upstream: EchoUpstream) -> None:
-    raw = b'{"model":"tiny",  "messages":[], "nvext": {"ignore_eos": true}}'
+    raw = b'{"model":"tiny",  "messages":[], "max_tokens": 1}'
     r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
     assert r.status == 200
-    assert upstream.seen[-1]["body"] == json.loads(raw)
+    assert upstream.seen[-1]["raw"] == raw.decode()
     assert "x-dynamo-session-id" not in upstream.seen[-1]["headers"]
+    raw = b'{"model":"tiny", "nvext": {"ignore_eos": true}}'
+    await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
+    assert upstream.seen[-1]["body"] == json.loads(raw)
 
 
 async def test_header_hints(gw: TestClient, upstream: EchoUpstream) -> None:
@@ -277,3 +280,38 @@ async def test_trace_written(upstream: EchoUpstream, tmp_path) -> None:
     assert recs[0]["status"] == 200 and recs[0]["hints"]["prefix_id"] == "sess-123"
     assert recs[0]["hints"]["pin_ttl_s"] == 3.0
     assert recs[1] == {**recs[1], "status": 400, "reject": "nvext.agent_hints.iat"}
+
+
+async def test_public_models_filter(upstream: EchoUpstream, monkeypatch) -> None:
+    monkeypatch.setenv("AKR_GATEWAY_PUBLIC_MODELS", "tiny, other")
+    assert GatewayConfig().public_models == ["tiny", "other"]
+    client = await make_client(upstream.url, public_models=["other"])
+    try:
+        r = await client.get("/v1/models")
+        assert (await r.json())["data"] == []
+        r = await client.post(CHAT, json={"model": "tiny"})
+        assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"
+        r = await client.post(CHAT, json={"model": "other"})
+        assert r.status == 200
+    finally:
+        await client.close()
+
+
+def test_config_env(monkeypatch) -> None:
+    monkeypatch.setenv("AKR_GATEWAY_PORT", "9123")
+    monkeypatch.setenv("AKR_GATEWAY_UPSTREAM_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AKR_GATEWAY_ALLOW_WORKER_PIN_HEADERS", "true")
+    cfg = GatewayConfig()
+    assert (cfg.port, cfg.upstream_url, cfg.allow_worker_pin_headers) == (
+        9123, "http://127.0.0.1:1", True)
+    assert cfg.host == "127.0.0.1" and cfg.trace_path is None
+    for name, f in GatewayConfig.model_fields.items():
+        assert f.description, name
+
+
+async def test_duplicate_keys_cannot_smuggle_hints(gw: TestClient, upstream: EchoUpstream) -> None:
+    raw = (b'{"model":"tiny","nvext":{"agent_hints":{"prefix_id":"x y","total_requests":0},'
+           b'"cache_control":{"type":"forever"}},"nvext":{"ignore_eos":true}}')
+    r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
+    assert r.status == 200
+    assert upstream.seen[-1]["body"] == {"model": "tiny", "nvext": {"ignore_eos": True}}
