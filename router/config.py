@@ -144,11 +144,12 @@ class RouterConfig(BaseSettings):
         "the learner follows drift (effective memory ~ 1/(1-forgetting) observations).",
     )
     idle_forgetting_per_s: float = Field(
-        0.999,
+        0.995,
         gt=0,
         le=1,
-        description="Per-second discount applied by the background sweep to every worker, so "
-        "a worker that stopped receiving traffic is eventually retried.",
+        description="Per-second discount applied by the background sweep to every worker "
+        "(half-life ~140 s at 0.995), so a worker that stopped receiving traffic, e.g. after "
+        "a slow spell, is retried within minutes.",
     )
     exploration: float = Field(
         1.0,

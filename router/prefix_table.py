@@ -18,9 +18,10 @@ model reads "blocks reserved by pins on worker w" without touching the entries. 
 reserves ``blocks`` on its home worker exactly while its pin is active. Because pin expiry
 is detected lazily/by the sweep, the totals can lag real expiry by one sweep interval.
 
-Memory: measured with tracemalloc (tests/unit/test_router_prefix_table.py) at about 330
-bytes per tracked prefix, including the entry object, the OrderedDict slot and a 36-char
-``prefix_id`` string; 100k prefixes ~ 33 MB. Pinned entries add one heap item (~80 B).
+Memory: measured with tracemalloc (tests/unit/test_router_prefix_table.py) at about 300
+bytes per tracked prefix: ~210 B for the entry object and the OrderedDict slot plus ~85 B
+for a 36-character ``prefix_id`` string; 100k prefixes (the default cap) ~ 30 MB. A pinned
+entry adds one timer tuple in the heap (~120 B).
 """
 
 from __future__ import annotations
