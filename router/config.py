@@ -120,16 +120,16 @@ class RouterConfig(BaseSettings):
         True, description="Learn per-worker latency corrections from feedback."
     )
     prior_variance: float = Field(
-        0.05,
+        0.02,
         gt=0,
         description="Prior variance of each TTFT regression weight (units of ttft_scale_ms "
         "per standardized feature): how far a new worker's TTFT may be from the model.",
     )
     itl_prior_variance: float = Field(
-        0.01,
+        0.005,
         gt=0,
         description="Prior variance of each ITL regression weight (units of itl_scale_ms per "
-        "standardized feature): 0.01 = +/-1 ms per output token at one sigma.",
+        "standardized feature): 0.005 = +/-0.7 ms per output token at one sigma.",
     )
     noise_variance: float = Field(
         0.25,

@@ -28,11 +28,15 @@ worker look worse, and each term can be printed in a trace:
                      request's new (uncached) blocks would push out of a full worker:
                      min(pinned, new blocks - free blocks), free = capacity - decode
                      blocks - pinned; block_ms is one block's recompute time.
-    affinity_ms = affinity_weight * min(affinity_cap_ms, block_ms * prefix_blocks)
+    affinity_ms = affinity_weight * min(affinity_cap_ms, block_ms * exclusive_blocks)
                   * reuse_factor, on the conversation's home worker only
-                  -- the prefill that later turns save by finding the cache where it is.
-                     reuse_factor = min(1, remaining_requests / affinity_horizon), or 1
-                     while the conversation is pinned. Capped, so an overloaded home
+                  -- the value of keeping the conversation where its cache is: the
+                     recompute time of the blocks only the home holds (home overlap minus
+                     the best other worker's overlap; if another worker holds the same
+                     cache, moving loses nothing and the value is 0). Moving also leaves a
+                     stale duplicate behind and, without KV events, bets on a cache we
+                     cannot see. reuse_factor = min(1, remaining_requests /
+                     affinity_horizon), or 1 while pinned. Capped, so an overloaded home
                      loses once it is more than affinity_cap_ms worse.
     learned_ms  = per-worker latency correction sampled by the bandit (router/bandit.py).
 
@@ -122,13 +126,13 @@ def score(
     home: int = -1,
     remaining_requests: int = 0,
     pinned: bool = False,
-    prefix_blocks: int = 0,
     kv_overlap_blocks: np.ndarray | None = None,
     learned_ms: np.ndarray | None = None,
 ) -> CostBreakdown:
     """Score all W workers for one request; every array argument has shape (W,).
 
     ``home`` is the index (not id) of the conversation's home worker, -1 if none;
+    ``overlap_blocks`` may include the history fallback (the home's remembered blocks);
     ``reserved_blocks`` must already exclude this conversation's own reservation.
     """
     bs = cfg.block_size
@@ -151,8 +155,11 @@ def score(
     affinity = np.zeros_like(ttft)
     if home >= 0 and cfg.affinity_weight > 0 and (remaining_requests > 0 or pinned):
         reuse = 1.0 if pinned else min(1.0, remaining_requests / cfg.affinity_horizon)
-        value = min(cfg.affinity_cap_ms, block_ms * prefix_blocks)
-        affinity[home] = cfg.affinity_weight * value * reuse
+        others = np.delete(overlap_blocks, home)
+        exclusive = overlap_blocks[home] - (others.max() if others.size else 0.0)
+        if exclusive > 0:
+            value = min(cfg.affinity_cap_ms, block_ms * exclusive)
+            affinity[home] = cfg.affinity_weight * value * reuse
 
     learned = np.zeros_like(ttft) if learned_ms is None else learned_ms
     return CostBreakdown(

@@ -169,7 +169,6 @@ class Router:
             home=home,
             remaining_requests=remaining_before,
             pinned=pinned,
-            prefix_blocks=entry.blocks if entry is not None else 0,
             kv_overlap_blocks=kv_overlap if fallback else None,
         )
         x = make_features(
@@ -297,6 +296,11 @@ class Router:
     def inflight(self) -> dict[int, int]:
         """Our own in-flight count per worker (for ``signals_from_potential_loads``)."""
         return self.feedback.inflight
+
+    def inflight_array(self, worker_ids: np.ndarray) -> np.ndarray:
+        """In-flight counts aligned with ``worker_ids``."""
+        get = self.feedback.inflight.get
+        return np.fromiter((get(int(w), 0) for w in worker_ids), np.float64, len(worker_ids))
 
     # ------------------------------------------------------------------ state
     def stats(self) -> dict[str, Any]:

@@ -72,8 +72,8 @@ def test_latency_sensitive_requests_explore_less() -> None:
 
 def test_forgetting_follows_drift() -> None:
     """After 300 observations of +2 units then 300 of -2 units, a forgetting learner sits
-    near -2 (shrunk ~10% toward the prior: ~50 effective observations at noise variance
-    0.25 against prior variance 0.05); a non-forgetting one near the average 0."""
+    near -2 (shrunk toward the prior: ~50 effective observations at noise variance 0.25
+    against the prior variance); a non-forgetting one near the average 0."""
     x = np.array([1.0, 0, 0, 0, 0])
     means = {}
     for g in (0.98, 1.0):
@@ -83,7 +83,8 @@ def test_forgetting_follows_drift() -> None:
         for y in [2.0] * 300 + [-2.0] * 300:
             b.update(0, x, "ttft", y)
         means[g] = b.mean_correction(0, x, "ttft")
-    assert means[0.98] == pytest.approx(-2.0 * 50 / 0.25 / (50 / 0.25 + 1 / 0.05), abs=0.05)
+    pv = RouterConfig().prior_variance
+    assert means[0.98] == pytest.approx(-2.0 * 50 / 0.25 / (50 / 0.25 + 1 / pv), abs=0.05)
     assert abs(means[1.0]) < 0.1
 
 

@@ -95,7 +95,9 @@ def test_load_enters_additively_a_loaded_worker_never_gains() -> None:
         f = _random_fleet(rng, w, prompt)
         home = int(rng.integers(0, w))
         learned = rng.normal(-300.0, 200.0, size=w)
-        kw = dict(home=home, remaining_requests=5, prefix_blocks=prompt // BS,
+        f["overlap_blocks"][home] = prompt // BS  # the home holds the whole prompt
+        f["potential_prefill_tokens"][home] = f["queued"][home]
+        kw = dict(home=home, remaining_requests=5,
                   learned_ms=learned, reserved=rng.integers(0, 3000, size=w).astype(float))
         base = _score(cfg, f, prompt, **dict(kw))
         j = int(rng.integers(0, w))
@@ -119,40 +121,55 @@ def test_load_enters_additively_a_loaded_worker_never_gains() -> None:
 
 def test_affinity_is_bounded_so_an_overloaded_home_loses() -> None:
     cfg = RouterConfig(affinity_cap_ms=200.0)
-    prompt = 20_000  # 312 blocks -> uncapped value 312 * 0.96 = 300 ms, capped to 200
+    prompt = 20_000  # home holds 300 blocks: uncapped value 300 * 0.96 = 288 ms -> 200
     f = {
-        "overlap_blocks": np.array([0.0, 0.0]),
-        "potential_prefill_tokens": np.array([prompt, prompt]).astype(float),
+        "overlap_blocks": np.array([300.0, 0.0]),
+        "potential_prefill_tokens": np.array([prompt - 300 * BS, prompt]).astype(float),
         "decode_blocks": np.zeros(2),
         "active_requests": np.zeros(2),
     }
-    kw = dict(home=0, remaining_requests=10, prefix_blocks=prompt // BS)
+    kw = dict(home=0, remaining_requests=10)
     s = _score(cfg, f, prompt, **kw)
     assert s.affinity_ms[0] == pytest.approx(200.0) and s.affinity_ms[1] == 0.0
-    assert int(np.argmin(s.total)) == 0  # equal load: the conversation stays home
-    # Home has 150 ms more queued prefill (10k tokens): still within the cap -> stays.
-    f["potential_prefill_tokens"][0] += 10_000
-    assert int(np.argmin(_score(cfg, f, prompt, **kw).total)) == 0
-    # 250 ms more (another ~6.7k tokens): beyond the cap -> the conversation moves.
+    # Home's cache saves 288 ms of this prefill; with 450 ms of queue (30k tokens) the
+    # overlap alone would lose (-288 + 450 > 0) but affinity keeps it (162 - 200 < 0).
+    f["potential_prefill_tokens"][0] += 30_000
+    s = _score(cfg, f, prompt, **kw)
+    assert s.base[0] > s.base[1] and int(np.argmin(s.total)) == 0
+    # Another 100 ms of queue (6.7k tokens): beyond the cap -> the conversation moves.
     f["potential_prefill_tokens"][0] += 6_700
     assert int(np.argmin(_score(cfg, f, prompt, **kw).total)) == 1
 
 
+def test_affinity_counts_only_cache_the_home_holds_exclusively() -> None:
+    cfg = RouterConfig(affinity_cap_ms=1e6)
+    f = {
+        "overlap_blocks": np.array([100.0, 80.0, 0.0]),
+        "potential_prefill_tokens": np.zeros(3),
+        "decode_blocks": np.zeros(3),
+        "active_requests": np.zeros(3),
+    }
+    s = _score(cfg, f, 6400, home=0, remaining_requests=10)
+    assert s.affinity_ms[0] == pytest.approx(20 * cfg.block_ms)
+    f["overlap_blocks"][1] = 100.0  # worker 1 has the same cache: moving loses nothing
+    assert _score(cfg, f, 6400, home=0, remaining_requests=10).affinity_ms[0] == 0.0
+
+
 def test_affinity_scales_with_remaining_budget_and_pin() -> None:
     cfg = RouterConfig(affinity_horizon=4.0, affinity_cap_ms=1e6)
-    prompt = 6400  # 100 blocks -> 96 ms
+    prompt = 6400  # home holds 100 blocks -> 96 ms
     f = {
-        "overlap_blocks": np.zeros(2),
+        "overlap_blocks": np.array([100.0, 0.0]),
         "potential_prefill_tokens": np.full(2, float(prompt)),
         "decode_blocks": np.zeros(2),
         "active_requests": np.zeros(2),
     }
     vals = [
-        _score(cfg, f, prompt, home=0, remaining_requests=r, prefix_blocks=100).affinity_ms[0]
+        _score(cfg, f, prompt, home=0, remaining_requests=r).affinity_ms[0]
         for r in (0, 1, 2, 4, 8)
     ]
     assert vals == pytest.approx([0.0, 24.0, 48.0, 96.0, 96.0])
-    pinned = _score(cfg, f, prompt, home=0, remaining_requests=0, pinned=True, prefix_blocks=100)
+    pinned = _score(cfg, f, prompt, home=0, remaining_requests=0, pinned=True)
     assert pinned.affinity_ms[0] == pytest.approx(96.0)
 
 
