@@ -294,7 +294,8 @@ class LocalStack:
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-        raise StackError(f"timed out waiting for {what}")
+        tails = "\n".join(f"--- {p.name}.log\n{self.log_tail(p.name, 15)}" for p in self.procs)
+        raise StackError(f"timed out waiting for {what}\n{tails}")
 
     def _wait_http(self, url: str) -> None:
         self._poll(url, lambda: _http_get(url) is not None)

@@ -13,6 +13,9 @@ from dynamo.llm import ModelInput, ModelType, WorkerType, register_model
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
+from router.config import RouterConfig
+from router.policy import Router
+
 from processor.config import ProcessorConfig
 from processor.handler import ProcessorHandler
 
@@ -23,7 +26,7 @@ logger = logging.getLogger(__name__)
 @dynamo_worker()
 async def worker(runtime: DistributedRuntime) -> None:
     config = ProcessorConfig()
-    handler = ProcessorHandler(runtime, config)
+    handler = ProcessorHandler(runtime, config, Router(RouterConfig()))
     await handler.start()
     endpoint = runtime.endpoint(config.endpoint)
     await register_model(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,4 +30,48 @@ class ProcessorConfig(BaseSettings):
     )
     block_size: int = Field(
         64, ge=1, description="KV block size of the workers, in tokens (vLLM default 64)."
+    )
+    router_endpoint: str | None = Field(
+        None,
+        description=(
+            "Endpoint prefix (namespace.component) of a standalone router "
+            "(`python -m router`); unset = the router runs in-process (default)."
+        ),
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds.")
+    metrics_port: int | None = Field(
+        None, description="Port of the Prometheus /metrics endpoint; unset = not served."
+    )
+    trace_path: Path | None = Field(
+        None, description="JSONL request trace file; unset = no traces."
+    )
+    trace_queue_size: int = Field(
+        10_000, ge=1, description="Trace records buffered in memory; beyond it they are dropped."
+    )
+    trace_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Rotate the trace file at this size."
+    )
+    trace_backups: int = Field(3, ge=0, description="Rotated trace files kept.")
+    trace_tokens: int = Field(
+        0,
+        ge=0,
+        description="Log at most this many prompt/output token ids per trace record (0 = none).",
+    )
+    max_retries: int = Field(
+        2,
+        ge=0,
+        description="Retries on another worker when a worker fails before the first token.",
+    )
+    first_token_timeout_s: float = Field(
+        120.0, gt=0, description="A worker silent this long before its first token has failed."
+    )
+    sweep_interval_s: float = Field(
+        1.0, gt=0, description="Period of the background sweep (expiry, feedback timeouts, workers)."
+    )
+    forward_pins: bool = Field(
+        True,
+        description=(
+            "Forward cache pins to workers whose backend can pin (kv_hint envelope); "
+            "routing-level pinning applies either way."
+        ),
     )

@@ -1,40 +1,404 @@
-"""Request handler of the processor: pick a worker, forward the token request, stream back."""
+"""Request handler of the processor: hints in, routing decision, forwarding, measurement.
+
+Per request: read the hints (``router.hints.hints_from_request``: our gateway's annotations,
+then the stock carriers), ask the router for a worker over the live ones, forward the token
+request with ``client.direct`` and the handler's ``context`` (a client disconnect stops the
+worker), stream every output back as it comes, measure TTFT / inter-token latency / end to
+end / cached tokens, and only then hand feedback to the router and a record to the trace
+writer (both O(1), neither awaits I/O on the stream).
+
+Faults: a worker that fails (or stays silent past ``first_token_timeout_s``) before the first
+token is excluded and the request is retried on the next best worker, at most
+``max_retries`` times (counted); after tokens were sent the client gets a clean error. A
+worker that leaves discovery is dropped from routing by the next decision (decisions only
+consider ``client.instance_ids()``) and from the router's state by the background sweep.
+"""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import logging
+import time
+import uuid
+
+import msgspec
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dynamo.runtime import DistributedRuntime
+from router.hints import AgentHints, hints_from_request
+from router.jsonl_writer import JsonlWriter
+from router.kv_signals import KvSignalSource
+from router.load import LoadTracker
+from router.policy import Decision, RouteRequest, Router
 
 from processor.config import ProcessorConfig
+from processor.metrics import ProcessorMetrics
+from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
 
 logger = logging.getLogger(__name__)
 
+# osl when neither the hints nor max_tokens say: a typical agent tool-call answer.
+DEFAULT_OSL = 256
+
+
+class WorkerFailed(RuntimeError):
+    """The chosen worker failed; ``before_first_token`` tells whether a retry is safe."""
+
+    def __init__(self, worker_id: int, before_first_token: bool, cause: BaseException) -> None:
+        super().__init__(f"worker {worker_id:x} failed: {cause!r}")
+        self.worker_id = worker_id
+        self.before_first_token = before_first_token
+
+
+class _Measure:
+    """Timings and counts of one forwarding attempt (slots: one per request in flight)."""
+
+    __slots__ = ("start", "first", "last", "tokens", "cached", "finish_reason", "out_ids")
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.last = self.start
+        self.tokens = 0
+        self.cached: int | None = None
+        self.finish_reason: str | None = None
+        self.out_ids: list[int] | None = None
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first is None else (self.first - self.start) * 1000.0
+
+    @property
+    def itl_ms(self) -> float | None:
+        if self.first is None or self.tokens < 2:
+            return None
+        return (self.last - self.first) * 1000.0 / (self.tokens - 1)
+
 
 class ProcessorHandler:
-    """Forwards each preprocessed request to one worker chosen round-robin (skeleton)."""
+    """Owns the router, the load tracker, the trace writer and the metrics of one processor."""
 
-    def __init__(self, runtime: DistributedRuntime, config: ProcessorConfig) -> None:
+    def __init__(
+        self,
+        runtime: Any,
+        config: ProcessorConfig,
+        router: Router,
+        metrics: ProcessorMetrics | None = None,
+    ) -> None:
         self._runtime = runtime
         self._config = config
+        self.router = router
+        self.metrics = metrics or ProcessorMetrics()
+        self.load = LoadTracker(config.block_size)
         self._client: Any = None
-        self._turn = itertools.count()
+        self._signals: KvSignalSource | None = None
+        self._writer: JsonlWriter | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._known_workers: frozenset[int] = frozenset()
 
     async def start(self) -> None:
-        self._client = await self._runtime.endpoint(self._config.worker_endpoint).client()
+        from dynamo.llm import KvRouter, KvRouterConfig
+
+        endpoint = self._runtime.endpoint(self._config.worker_endpoint)
+        self._client = await endpoint.client()
         await self._client.wait_for_instances()
+        kv_router = KvRouter(endpoint, self._config.block_size, KvRouterConfig())
+        self._signals = KvSignalSource(
+            kv_router, self.load, self.router.cfg.worker_capacity_blocks
+        )
+        if self._config.trace_path is not None:
+            self._writer = JsonlWriter(
+                self._config.trace_path,
+                queue_size=self._config.trace_queue_size,
+                max_bytes=self._config.trace_max_bytes,
+                backups=self._config.trace_backups,
+            )
+            self._writer.start()
+        if self._config.metrics_port is not None:
+            self.metrics.serve(self._config.metrics_port, self._config.metrics_host)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
-        return None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._writer is not None:
+            await self._writer.close()
 
+    # -- background ---------------------------------------------------------------------------
+    async def _sweep_forever(self) -> None:
+        """Expiry, feedback timeouts and worker membership, off the request path."""
+        while True:
+            await asyncio.sleep(self._config.sweep_interval_s)
+            try:
+                self._sweep_once()
+            except Exception:  # keep sweeping; one bad pass must not stop expiry for good
+                logger.exception("sweep failed")
+
+    def _sweep_once(self) -> None:
+        live = frozenset(self._client.instance_ids())
+        for gone in self._known_workers - live:
+            logger.warning("worker %x left discovery; dropped from routing", gone)
+            self.router.remove_worker(gone)
+        self._known_workers = live
+        swept = self.router.sweep(time.monotonic())
+        if swept["feedback_timeouts"]:
+            self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
+        stats = self.router.stats()
+        self.metrics.workers.set(len(live))
+        self.metrics.pins.set(stats["pinned_prefixes"])
+        self.metrics.tracked_prefixes.set(stats["prefixes"])
+        if self._writer is not None:
+            dropped = self._writer.dropped - self.metrics.trace_dropped._value.get()  # noqa: SLF001
+            if dropped > 0:
+                self.metrics.trace_dropped.inc(dropped)
+
+    # -- request path -------------------------------------------------------------------------
     async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[Any]:
-        workers = self._client.instance_ids()
-        if not workers:
-            workers = await self._client.wait_for_instances()
-        worker_id = workers[next(self._turn) % len(workers)]
-        stream = await self._client.direct(request, worker_id, context=context)
-        async for item in stream:
-            yield item.data() if hasattr(item, "data") else item
+        arrival = time.time()
+        request_id = _request_id(context)
+        hints = hints_from_request(request)
+        token_ids: list[int] = request.get("token_ids") or []
+        route = _route_request(request_id, hints, request, len(token_ids))
+        self.metrics.active.inc()
+        excluded: set[int] = set()
+        attempt = 0
+        decision: Decision | None = None
+        decision_us = 0.0
+        measure = _Measure()
+        error: str | None = None
+        outcome = "error"
+        try:
+            while True:
+                decision, uncached, decision_us = await self._decide(
+                    route, token_ids, excluded, attempt
+                )
+                measure = _Measure()
+                try:
+                    forward = self._forward(request, context, decision, uncached, route, measure)
+                    async for item in forward:
+                        yield item
+                    outcome = "ok"
+                    break
+                except WorkerFailed as failure:
+                    self.metrics.worker_errors.labels(worker=f"{failure.worker_id:x}").inc()
+                    if failure.before_first_token and attempt < self._config.max_retries:
+                        excluded.add(failure.worker_id)
+                        attempt += 1
+                        self.metrics.retries.inc()
+                        logger.warning("%s; retrying request %s elsewhere", failure, request_id)
+                        continue
+                    error = str(failure)
+                    raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome, error = "cancelled", "client disconnected"
+            raise
+        except Exception as exc:
+            error = error or repr(exc)
+            raise
+        finally:
+            self.metrics.active.dec()
+            self._finish(arrival, request_id, route, request, token_ids, decision, decision_us,
+                         attempt, measure, outcome, error)
+
+    async def _decide(
+        self, route: RouteRequest, token_ids: list[int], excluded: set[int], attempt: int
+    ) -> tuple[Decision, dict[int, int], float]:
+        assert self._signals is not None, "start() first"
+        live = frozenset(self._client.instance_ids()) - excluded
+        if not live:
+            live = frozenset(await self._client.wait_for_instances()) - excluded
+        if not live:
+            raise RuntimeError("no live worker to route to")
+        t0 = time.perf_counter()
+        signals, uncached = await self._signals.signals(token_ids, live)
+        if len(signals) == 0:
+            raise RuntimeError("no live worker reported by the KV router")
+        if attempt:  # a retry is a new decision with its own feedback record
+            route = msgspec.structs.replace(route, request_id=f"{route.request_id}#{attempt}")
+        decision = self.router.decide(route, signals, time.monotonic())
+        decision_s = time.perf_counter() - t0
+        self.metrics.decision.observe(decision_s)
+        self.metrics.decisions.labels(
+            worker=f"{decision.worker_id:x}", reason=decision.reason
+        ).inc()
+        return decision, uncached, decision_s * 1e6
+
+    async def _forward(
+        self,
+        request: dict[str, Any],
+        context: Any,
+        decision: Decision,
+        uncached: dict[int, int],
+        route: RouteRequest,
+        measure: _Measure,
+    ) -> AsyncIterator[Any]:
+        """Stream one attempt from the chosen worker; raise ``WorkerFailed`` on its faults."""
+        wid = decision.worker_id
+        rid = decision.request_id
+        prompt = len(request.get("token_ids") or ())
+        self.load.start(rid, wid, uncached.get(wid, prompt), prompt, route.osl or DEFAULT_OSL)
+        keep_ids = self._config.trace_tokens
+        try:
+            try:
+                stream = await self._client.direct(request, wid, annotated=False, context=context)
+                iterator = stream.__aiter__()
+                first = await asyncio.wait_for(
+                    iterator.__anext__(), self._config.first_token_timeout_s
+                )
+            except StopAsyncIteration:
+                return
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:
+                raise WorkerFailed(wid, True, exc) from exc
+            measure.first = measure.last = time.perf_counter()
+            self.load.first_token(rid)
+            item: Any = first
+            while True:
+                _observe(measure, item, keep_ids)
+                yield item
+                try:
+                    item = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:
+                    raise WorkerFailed(wid, False, exc) from exc
+                measure.last = time.perf_counter()
+        finally:
+            self.load.finish(rid)
+
+    def _finish(
+        self,
+        arrival: float,
+        request_id: str,
+        route: RouteRequest,
+        request: dict[str, Any],
+        token_ids: list[int],
+        decision: Decision | None,
+        decision_us: float,
+        retries: int,
+        measure: _Measure,
+        outcome: str,
+        error: str | None,
+    ) -> None:
+        """Feedback, metrics and the trace record; O(1) work, no awaiting."""
+        e2e_ms = (time.perf_counter() - measure.start) * 1000.0
+        ttft_ms, itl_ms = measure.ttft_ms, measure.itl_ms
+        m = self.metrics
+        m.requests.labels(outcome=outcome).inc()
+        if ttft_ms is not None:
+            m.ttft.observe(ttft_ms / 1000.0)
+        if itl_ms is not None:
+            m.itl.observe(itl_ms / 1000.0)
+        m.e2e.observe(e2e_ms / 1000.0)
+        m.observe_tokens(len(token_ids), measure.cached or 0, measure.tokens)
+        if decision is not None and outcome != "cancelled":
+            uncached = None if measure.cached is None else max(0, len(token_ids) - measure.cached)
+            self.router.report(
+                decision.request_id,
+                ttft_ms,
+                itl_ms,
+                uncached_tokens=uncached,
+                output_tokens=measure.tokens,
+                ok=outcome == "ok",
+            )
+        elif decision is not None:
+            self.router.cancel(decision.request_id)
+        if self._writer is None:
+            return
+        keep = self._config.trace_tokens
+        self._writer.put(
+            TraceRecord(
+                v=SCHEMA_VERSION,
+                ts=arrival,
+                request_id=request_id,
+                prompt_tokens=len(token_ids),
+                block_size=self._config.block_size,
+                block_hashes=_block_hashes(token_ids, self._config.block_size),
+                prefix_id=route.prefix_id,
+                total_requests=route.total_requests,
+                iat_ms=route.iat_ms,
+                osl=route.osl,
+                latency_sensitivity=route.latency_sensitivity,
+                priority=route.priority,
+                pin_ttl_s=route.pin_ttl_s,
+                worker_id=None if decision is None else decision.worker_id,
+                reason=None if decision is None else decision.reason,
+                candidates=[]
+                if decision is None
+                else [_candidate(c) for c in decision.candidates],
+                decision_us=decision_us,
+                retries=retries,
+                ttft_ms=ttft_ms,
+                itl_ms=itl_ms,
+                e2e_ms=e2e_ms,
+                output_tokens=measure.tokens,
+                cached_tokens=measure.cached,
+                finish_reason=measure.finish_reason or (outcome if outcome != "ok" else None),
+                error=error,
+                prompt_token_ids=token_ids[:keep] if keep else None,
+                output_token_ids=measure.out_ids if keep else None,
+            )
+        )
+
+
+def _observe(measure: _Measure, item: Any, keep_ids: int) -> None:
+    """Count tokens and pick usage / finish reason out of one worker output."""
+    if not isinstance(item, dict):
+        return
+    ids = item.get("token_ids")
+    if ids:
+        measure.tokens += len(ids)
+        if keep_ids:
+            out = measure.out_ids if measure.out_ids is not None else []
+            if len(out) < keep_ids:
+                out.extend(ids[: keep_ids - len(out)])
+            measure.out_ids = out
+    usage = item.get("completion_usage")
+    if isinstance(usage, dict):
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and details.get("cached_tokens") is not None:
+            measure.cached = int(details["cached_tokens"])
+    if item.get("finish_reason"):
+        measure.finish_reason = str(item["finish_reason"])
+
+
+def _candidate(c: Any) -> Candidate:
+    terms = {
+        "ttft_ms": c.ttft_ms, "decode_ms": c.decode_ms, "eviction_ms": c.eviction_ms,
+        "affinity_ms": c.affinity_ms, "learned_ms": c.learned_ms,
+        "overlap_blocks": c.overlap_blocks, "queued_tokens": c.queued_tokens,
+    }
+    return Candidate(c.worker_id, round(c.total_ms, 3), {k: round(v, 3) for k, v in terms.items()})
+
+
+def _request_id(context: Any) -> str:
+    try:
+        rid = context.id()
+    except Exception:  # no context (direct calls in tests)
+        rid = None
+    return str(rid) if rid else uuid.uuid4().hex
+
+
+def _route_request(request_id: str, hints: AgentHints, request: dict[str, Any], prompt: int) -> RouteRequest:
+    stop = request.get("stop_conditions") or {}
+    osl = hints.osl or stop.get("max_tokens") or DEFAULT_OSL
+    return RouteRequest(
+        request_id=request_id,
+        prefix_id=hints.prefix_id,
+        prompt_tokens=prompt,
+        total_requests=hints.total_requests or 1,
+        osl=int(osl),
+        iat_ms=hints.iat_ms,
+        latency_sensitivity=hints.latency_sensitivity or 0.0,
+        priority=hints.priority or 0,
+        pin_ttl_s=hints.pin_ttl_s,
+    )
+
+
+def _block_hashes(token_ids: list[int], block_size: int) -> list[int]:
+    from dynamo.llm import compute_block_hash_for_seq
+
+    return list(compute_block_hash_for_seq(token_ids, block_size)) if token_ids else []

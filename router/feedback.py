@@ -123,6 +123,15 @@ class FeedbackTracker:
             self.bandit.update(p.worker_id, x, "itl", itl_ms / cfg.itl_scale_ms)
         return True
 
+    def discard(self, request_id: str) -> bool:
+        """Forget a decision without learning from it (the client went away: says nothing
+        about the worker)."""
+        p = self._pending.pop(request_id, None)
+        if p is None:
+            return False
+        self._dec(p.worker_id)
+        return True
+
     def sweep(self, now: float, batch: Optional[int] = None) -> int:
         """Expire up to ``batch`` overdue decisions with the timeout penalty."""
         batch = batch or self.cfg.sweep_batch

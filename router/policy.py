@@ -275,6 +275,10 @@ class Router:
             request_id, ttft_ms, itl_ms, uncached_tokens, output_tokens, ok
         )
 
+    def cancel(self, request_id: str) -> bool:
+        """The client cancelled: release the decision without feedback."""
+        return self.feedback.discard(request_id)
+
     def sweep(self, now: float) -> dict[str, int]:
         """Background maintenance (never call on the request path): expire prefixes and
         pins, time out feedback with the penalty, discount idle learner evidence."""
@@ -309,6 +313,7 @@ class Router:
             "decisions": self.decisions,
             "reasons": dict(self.reasons),
             "prefixes": len(self.table),
+            "pinned_prefixes": self.table.pinned,
             "prefix_evictions": self.table.evictions,
             "prefix_expirations": self.table.expirations,
             "pending_feedback": len(self.feedback),

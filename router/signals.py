@@ -56,7 +56,7 @@ class WorkerSignals:
         reserved_blocks: Iterable[float] | None = None,
     ) -> "WorkerSignals":
         """Convenience constructor (tests, simulations): missing arrays are zeros."""
-        ids = np.asarray(list(worker_ids), dtype=np.int64)
+        ids = np.asarray(list(worker_ids), dtype=np.uint64)  # Dynamo instance ids are u64
         n = ids.shape[0]
 
         def arr(v: Any) -> np.ndarray:
@@ -121,7 +121,7 @@ def signals_from_potential_loads(
     overlap = overlap or {}
     capacity = capacity or {}
     return WorkerSignals(
-        worker_ids=np.asarray(ids, dtype=np.int64),
+        worker_ids=np.asarray(ids, dtype=np.uint64),  # Dynamo instance ids are u64
         overlap_blocks=np.fromiter((overlap.get(w, 0) for w in ids), np.float64, len(ids)),
         potential_prefill_tokens=np.fromiter((prefill[w] for w in ids), np.float64, len(ids)),
         decode_blocks=np.fromiter((decode[w] for w in ids), np.float64, len(ids)),

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
-from tests.conftest import pids_alive
+from tests.conftest import pids_alive, wait_for_trace
 
 pytestmark = pytest.mark.integration
 
@@ -58,15 +58,21 @@ def test_completions_and_models_pass_through(stack: LocalStack) -> None:
     assert stack.model_name in [m["id"] for m in models["data"]]
 
 
+def worker_instance_ids(stack: LocalStack) -> set[int]:
+    """Instance ids of the mocker workers registered in this stack's discovery directory."""
+    ids = set()
+    for path in (stack.file_kv / "v1" / "instances").iterdir():
+        if path.name.startswith("workers%2Fbackend%2Fgenerate%2F"):
+            ids.add(int(json.loads(path.read_text())["instance_id"]))
+    return ids
+
+
 def test_request_reaches_a_worker_through_the_processor(stack: LocalStack) -> None:
-    """The processor's log names the worker instance it forwarded to, and that worker exists."""
-    before = stack.log_tail("processor", 10_000).count("Selected worker")
-    _chat(stack.gateway_url, stack.model_name, stream=False)
-    log = stack.log_tail("processor", 10_000)
-    assert log.count("Selected worker") > before
-    worker_ids = {p.name.rsplit("%2F", 1)[-1] for p in (stack.file_kv / "v1" / "instances").iterdir()
-                  if p.name.startswith("workers%2Fbackend%2Fgenerate%2F")}
-    assert worker_ids, "no mocker worker registered in this stack's discovery directory"
+    """The processor's trace names the worker it forwarded to, and that is a live mocker."""
+    _chat(stack.gateway_url, stack.model_name, stream=False, max_tokens=4)
+    records = wait_for_trace(stack, lambda r: r.output_tokens == 4)
+    assert records[-1].worker_id in worker_instance_ids(stack)
+    assert records[-1].finish_reason == "length"
 
 
 def test_two_stacks_run_side_by_side_without_seeing_each_other() -> None:

@@ -1,0 +1,120 @@
+"""Request/response trace records of the processor and their conversion to a replay trace.
+
+One JSON line per request, written off the event loop by ``router.jsonl_writer.JsonlWriter``.
+The schema is ``TraceRecord`` below (``python -m processor.traces schema`` prints it as JSON
+Schema); prompt and output token ids are absent unless ``AKR_PROCESSOR_TRACE_TOKENS`` > 0, then
+truncated to that many. ``block_hashes`` are Dynamo's block hashes of the prompt at the worker
+block size: enough to replay the cache behaviour of a workload without its text.
+
+``python -m processor.traces to-mooncake IN.jsonl OUT.jsonl`` writes a Mooncake-format trace
+(``timestamp`` ms from the first request, ``input_length``, ``output_length``, ``hash_ids``)
+with the block hashes renumbered densely; note the block size in the trace is the worker's
+(64 by default), not Mooncake's 512.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Candidate(msgspec.Struct, omit_defaults=True):
+    """One of the best-scored workers of a decision, with the terms of its score (ms)."""
+
+    worker_id: int
+    score: float
+    terms: dict[str, float] = {}
+
+
+class TraceRecord(msgspec.Struct, omit_defaults=True):
+    """One finished (or failed) request as the processor saw it."""
+
+    v: int
+    ts: float  # unix seconds when the request arrived
+    request_id: str
+    prompt_tokens: int
+    block_size: int
+    block_hashes: list[int]
+    # hints (None: not sent)
+    prefix_id: str | None = None
+    total_requests: int | None = None
+    iat_ms: int | None = None
+    osl: int | None = None
+    latency_sensitivity: float | None = None
+    priority: int | None = None
+    pin_ttl_s: float | None = None
+    # decision
+    worker_id: int | None = None
+    reason: str | None = None
+    candidates: list[Candidate] = []
+    decision_us: float | None = None
+    retries: int = 0
+    # outcome
+    ttft_ms: float | None = None
+    itl_ms: float | None = None
+    e2e_ms: float | None = None
+    output_tokens: int = 0
+    cached_tokens: int | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    prompt_token_ids: list[int] | None = None
+    output_token_ids: list[int] | None = None
+
+
+_decoder = msgspec.json.Decoder(TraceRecord)
+
+
+def read_records(path: Path) -> Iterator[TraceRecord]:
+    """Parse and validate every line of a trace file (raises on a line that breaks the schema)."""
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                yield _decoder.decode(line)
+
+
+def to_mooncake(records: Iterable[TraceRecord]) -> list[dict]:
+    """Mooncake replay rows: relative ms timestamps, lengths, densely renumbered block ids."""
+    ids: dict[int, int] = {}
+    rows: list[dict] = []
+    first: float | None = None
+    for rec in sorted(records, key=lambda r: r.ts):
+        first = rec.ts if first is None else first
+        rows.append(
+            {
+                "timestamp": int(round((rec.ts - first) * 1000)),
+                "input_length": rec.prompt_tokens,
+                "output_length": rec.output_tokens,
+                "hash_ids": [ids.setdefault(h, len(ids)) for h in rec.block_hashes],
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("schema", help="print the JSON Schema of a trace record")
+    conv = sub.add_parser("to-mooncake", help="convert a processor trace to a Mooncake trace")
+    conv.add_argument("src", type=Path)
+    conv.add_argument("dst", type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "schema":
+        json.dump(msgspec.json.schema(TraceRecord), sys.stdout, indent=2)
+        print()
+        return
+    rows = to_mooncake(read_records(args.src))
+    with args.dst.open("w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    print(f"{len(rows)} requests -> {args.dst}")
+
+
+if __name__ == "__main__":
+    main()
