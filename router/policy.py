@@ -182,7 +182,11 @@ class Router:
         learned_mean = None
         if cfg.bandit_enabled:
             osl = request.osl or cfg.default_osl
-            sampled, mean = self.bandit.sample(ids, x, request.latency_sensitivity)
+            # A conversation with a live home has its cache at stake: it follows the posterior
+            # mean (its feedback still teaches the learner) and exploration is left to
+            # requests with nothing cached to lose (an infinite sensitivity = no sampling).
+            sensitivity = request.latency_sensitivity if home < 0 else float("inf")
+            sampled, mean = self.bandit.sample(ids, x, sensitivity)
             # Standardized units -> ms: TTFT directly; ITL (ms/token) x expected tokens.
             unit = np.array([cfg.ttft_scale_ms, cfg.itl_weight * osl * cfg.itl_scale_ms])
             costs.learned_ms = unit @ sampled

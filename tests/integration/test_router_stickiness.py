@@ -1,0 +1,81 @@
+"""Issue 3 on the real stack: a conversation stays with its cache while other load moves away."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import httpx
+import pytest
+
+from deploy.local_stack import LocalStack, StackConfig
+from tests.conftest import wait_for_trace
+
+pytestmark = pytest.mark.integration
+
+WORDS = "agent tool search read cache block worker json value key list plan step".split()
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+async def _conversation(client: httpx.AsyncClient, url: str, model: str, turns: int) -> None:
+    rng = random.Random(1)
+    messages = [{"role": "system", "content": _text(rng, 2500)}]
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"tool result {turn}: {_text(rng, 150)}"})
+        body = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": 8,
+            "nvext": {"agent_hints": {"prefix_id": "conv-A", "total_requests": turns, "iat": 100}},
+        }
+        resp = await client.post(f"{url}/v1/chat/completions", json=body)
+        resp.raise_for_status()
+        messages.append({"role": "assistant", "content": resp.json()["choices"][0]["message"]["content"]})
+
+
+async def _background(client: httpx.AsyncClient, url: str, model: str, count: int) -> None:
+    """Unrelated single-shot requests with long, distinct prompts and long answers."""
+    rng = random.Random(2)
+
+    async def one(i: int) -> None:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": f"job {i}: {_text(rng, 900)}"}],
+            "max_tokens": 64,
+        }
+        (await client.post(f"{url}/v1/chat/completions", json=body)).raise_for_status()
+
+    for wave in range(count // 4):
+        await asyncio.gather(*(one(wave * 4 + k) for k in range(4)))
+
+
+def test_conversation_keeps_its_worker_while_other_load_moves_away() -> None:
+    turns, background = 8, 24
+    with LocalStack(StackConfig(workers=3, speedup=2.0, gpu_blocks=4096)) as stack:
+
+        async def drive() -> None:
+            async with httpx.AsyncClient(timeout=60) as client:
+                await asyncio.gather(
+                    _conversation(client, stack.url, stack.model_name, turns),
+                    _background(client, stack.url, stack.model_name, background),
+                )
+
+        asyncio.run(drive())
+        conv = wait_for_trace(stack, lambda r: r.prefix_id == "conv-A", count=turns)
+        rest = wait_for_trace(stack, lambda r: r.prefix_id is None and r.output_tokens == 64,
+                              count=background)
+
+    conv.sort(key=lambda r: r.ts)
+    home = conv[0].worker_id
+    assert [r.worker_id for r in conv] == [home] * turns, [r.reason for r in conv]
+    assert all((r.cached_tokens or 0) > 0 for r in conv[1:])
+    # the later turns hit more than the shared chat-template preamble: the conversation's cache
+    assert all((r.cached_tokens or 0) >= conv[i].prompt_tokens // 2 for i, r in enumerate(conv[1:]))
+    spread = Counter(r.worker_id for r in rest)
+    assert len(spread) == 3, spread
+    others = [n for w, n in spread.items() if w != home]
+    assert spread[home] <= min(others), (spread, home)
