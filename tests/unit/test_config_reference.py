@@ -1,0 +1,30 @@
+"""docs/CONFIG.md is generated from the configuration models and must not go stale."""
+
+from __future__ import annotations
+
+from deploy.config_reference import DOC, render
+from frontend.config import GatewayConfig
+from processor.config import ProcessorConfig
+from router.config import RouterConfig
+
+
+def test_config_reference_is_current() -> None:
+    assert DOC.read_text() == render(), "run: python -m deploy.config_reference"
+
+
+def test_every_field_is_documented() -> None:
+    text = render()
+    for model in (GatewayConfig, ProcessorConfig, RouterConfig):
+        prefix = model.model_config["env_prefix"]
+        for name, field in model.model_fields.items():
+            assert field.description, f"{prefix}{name.upper()} has no description"
+            assert f"`{prefix}{name.upper()}`" in text
+
+
+def test_environment_overrides_defaults(monkeypatch) -> None:
+    monkeypatch.setenv("AKR_ROUTER_EXPLORATION", "0.5")
+    monkeypatch.setenv("AKR_PROCESSOR_MAX_RETRIES", "4")
+    monkeypatch.setenv("AKR_GATEWAY_PUBLIC_MODELS", "a, b")
+    assert RouterConfig().exploration == 0.5
+    assert ProcessorConfig().max_retries == 4
+    assert GatewayConfig().public_models == ["a", "b"]
