@@ -12,13 +12,11 @@ cancels the generation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from frontend.config import GatewayConfig
 from frontend.metrics import GatewayMetrics
 from frontend.translate import WORKER_PIN_HEADERS, translate
+from frontend.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from router.hints import AgentHints, HintError
 from router.jsonl_writer import JsonlWriter
 
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
-SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+CLIENT_KEY = web.AppKey("client", UpstreamClient)
 TRACE_KEY = web.AppKey("trace", object)  # JsonlWriter | None
 
 _decoder = msgspec.json.Decoder()
@@ -62,19 +61,13 @@ def _sse_error(message: str) -> bytes:
 
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Pooled keep-alive session to the upstream and the optional trace writer."""
+    """Pooled keep-alive client to the upstream and the optional trace writer."""
     cfg = app[CONFIG_KEY]
-    connector = aiohttp.TCPConnector(limit=cfg.pool_size, limit_per_host=cfg.pool_size,
-                                     keepalive_timeout=cfg.keepalive_timeout_s, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=None, connect=cfg.upstream_connect_timeout_s,
-                                    sock_read=cfg.upstream_read_timeout_s)
-    session = aiohttp.ClientSession(
-        base_url=cfg.upstream_url.rstrip("/") + "/", connector=connector, timeout=timeout,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
-        skip_auto_headers=("User-Agent",),
-    )
-    app[SESSION_KEY] = session
+    client = UpstreamClient(cfg.upstream_url, pool_size=cfg.pool_size,
+                            connect_timeout=cfg.upstream_connect_timeout_s,
+                            read_timeout=cfg.upstream_read_timeout_s,
+                            keepalive_timeout=cfg.keepalive_timeout_s)
+    app[CLIENT_KEY] = client
     writer = None
     if cfg.trace_path is not None:
         writer = JsonlWriter(cfg.trace_path, queue_size=cfg.trace_queue_size,
@@ -84,7 +77,7 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await session.close()
+        await client.close()
         if writer is not None:
             await writer.close()
 
@@ -125,23 +118,30 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _models(request: web.Request) -> web.StreamResponse:
     m = request.app[METRICS_KEY]
-    session = request.app[SESSION_KEY]
     public = request.app[CONFIG_KEY].public_models
     try:
-        async with session.get("v1/models", headers={"Accept-Encoding": "identity"}) as up:
-            payload = await up.read()
-            if public and up.status == 200:
-                payload = _filter_models(payload, public)
-            resp = web.Response(status=up.status, body=payload,
-                                headers={"Content-Type": up.headers.get("Content-Type", _JSON)})
-    except (asyncio.TimeoutError, TimeoutError):
-        resp = error_response(504, "upstream timed out", type_="upstream_error",
-                              code="upstream_timeout")
-    except (aiohttp.ClientError, OSError) as e:
-        resp = error_response(502, f"upstream unavailable: {type(e).__name__}",
-                              type_="upstream_error", code="upstream_unavailable")
+        up = await request.app[CLIENT_KEY].request("GET", "/v1/models")
+        payload = await up.read()
+        if public and up.status == 200:
+            payload = _filter_models(payload, public)
+        resp = web.Response(status=up.status, body=payload,
+                            headers={"Content-Type": up.headers.get("content-type", _JSON)})
+    except UpstreamTimeout:
+        resp = _timeout_response()
+    except UpstreamError as e:
+        resp = _unavailable_response(e)
     m.count_request("/v1/models", resp.status)
     return resp
+
+
+def _timeout_response() -> web.Response:
+    return error_response(504, "upstream timed out", type_="upstream_error",
+                          code="upstream_timeout")
+
+
+def _unavailable_response(e: BaseException) -> web.Response:
+    return error_response(502, f"upstream unavailable: {e}", type_="upstream_error",
+                          code="upstream_unavailable")
 
 
 def _filter_models(payload: bytes, public: list[str]) -> bytes:
@@ -155,11 +155,11 @@ def _filter_models(payload: bytes, public: list[str]) -> bytes:
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
-    return await _proxy_post(request, "/v1/chat/completions", "v1/chat/completions")
+    return await _proxy_post(request, "/v1/chat/completions")
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy_post(request, "/v1/completions", "v1/completions")
+    return await _proxy_post(request, "/v1/completions")
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
@@ -185,7 +185,7 @@ def _decode(raw: bytes) -> dict[str, Any] | web.Response:
     return body
 
 
-async def _proxy_post(request: web.Request, route: str, path: str) -> web.StreamResponse:
+async def _proxy_post(request: web.Request, route: str) -> web.StreamResponse:
     t0 = time.perf_counter()
     app = request.app
     cfg, m = app[CONFIG_KEY], app[METRICS_KEY]
@@ -237,8 +237,8 @@ async def _proxy_post(request: web.Request, route: str, path: str) -> web.Stream
     status = 0
     t_headers = None
     try:
-        resp, status, t_headers = await _forward(request, app[SESSION_KEY], path, data,
-                                                 tr.headers, route, m)
+        resp, status, t_headers = await _forward(request, app[CLIENT_KEY], data, tr.headers,
+                                                 route, m)
         return resp
     finally:
         m.in_flight.dec()
@@ -253,39 +253,32 @@ async def _proxy_post(request: web.Request, route: str, path: str) -> web.Stream
             })
 
 
-async def _forward(request: web.Request, session: aiohttp.ClientSession, path: str,
-                   data: bytes, headers: dict[str, str], route: str, m: GatewayMetrics
+async def _forward(request: web.Request, client: UpstreamClient, data: bytes,
+                   headers: dict[str, str], route: str, m: GatewayMetrics
                    ) -> tuple[web.StreamResponse, int, float | None]:
     """Send upstream and relay the answer; returns (response, status, time of headers)."""
     t0 = time.perf_counter()
     try:
-        up = await session.post(path, data=data, headers=headers)
-    except (asyncio.TimeoutError, TimeoutError):
+        up = await client.request("POST", route, data, headers)
+    except UpstreamTimeout:
         m.upstream_errors.labels("timeout").inc()
-        return error_response(504, "upstream timed out", type_="upstream_error",
-                              code="upstream_timeout"), 504, None
-    except (aiohttp.ClientError, OSError) as e:
+        return _timeout_response(), 504, None
+    except UpstreamError as e:
         m.upstream_errors.labels("connect").inc()
-        return error_response(502, f"upstream unavailable: {type(e).__name__}",
-                              type_="upstream_error", code="upstream_unavailable"), 502, None
+        return _unavailable_response(e), 502, None
     t_headers = time.perf_counter()
     m.upstream_latency.labels(route).observe(t_headers - t0)
-    clean = False
     try:
-        ctype = up.headers.get("Content-Type", _JSON)
+        ctype = up.headers.get("content-type", _JSON)
         if not ctype.startswith("text/event-stream"):
             try:
                 payload = await up.read()
-            except (asyncio.TimeoutError, TimeoutError):
+            except UpstreamTimeout:
                 m.upstream_errors.labels("timeout").inc()
-                return error_response(504, "upstream timed out", type_="upstream_error",
-                                      code="upstream_timeout"), 504, t_headers
-            except (aiohttp.ClientError, OSError) as e:
+                return _timeout_response(), 504, t_headers
+            except UpstreamError as e:
                 m.upstream_errors.labels("read").inc()
-                return error_response(502, f"upstream failed: {type(e).__name__}",
-                                      type_="upstream_error",
-                                      code="upstream_unavailable"), 502, t_headers
-            clean = True
+                return _unavailable_response(e), 502, t_headers
             return web.Response(status=up.status, body=payload,
                                 headers={"Content-Type": ctype}), up.status, t_headers
         resp = web.StreamResponse(status=up.status, headers={
@@ -293,24 +286,19 @@ async def _forward(request: web.Request, session: aiohttp.ClientSession, path: s
         try:
             await resp.prepare(request)
             try:
-                async for chunk in up.content.iter_any():
+                async for chunk in up.iter_chunks():
                     await resp.write(chunk)  # awaits drain: the client's pace bounds our buffer
-            except (asyncio.TimeoutError, TimeoutError):
+            except UpstreamTimeout:
                 m.upstream_errors.labels("timeout").inc()
                 await resp.write(_sse_error("upstream timed out mid-stream"))
-            except aiohttp.ClientPayloadError:
+            except UpstreamError:
                 m.upstream_errors.labels("read").inc()
                 await resp.write(_sse_error("upstream stream broke"))
             await resp.write_eof()
         except ConnectionResetError:  # the client went away mid-stream (finally closes upstream)
             return resp, 499, t_headers
-        clean = True
         return resp, up.status, t_headers
     finally:
-        if clean:
-            up.release()
-        else:
-            # Client went away (ConnectionResetError / CancelledError) or the upstream broke:
-            # closing (not releasing) the connection makes the stock frontend cancel the request.
-            with contextlib.suppress(Exception):
-                up.close()
+        # No-op after a complete read; otherwise (client gone, cancelled, upstream broken)
+        # closing the connection makes the stock frontend cancel the generation.
+        up.close()

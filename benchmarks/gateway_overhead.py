@@ -1,0 +1,268 @@
+"""What the hint gateway adds, measured side by side against the stock frontend in one run.
+
+    python -m benchmarks.gateway_overhead [--rate 200] [--rounds 4] [--phase-s 5] [--arm direct]
+
+Starts a local stack (``deploy.local_stack``) with mocker workers at ``--speedup-ratio 0`` and
+asks for one token per request, so almost all remaining time is HTTP, templating and routing.
+Two targets get the same open-loop load in alternating phases (gateway, frontend, gateway, ...):
+
+* ``gateway``: the client sends NAT's body (``nvext.agent_hints`` with prefix_id/total_requests/
+  iat and ``nvext.cache_control``) to the gateway, which validates and translates it;
+* ``frontend``: the client sends the already translated equivalent (what the gateway would
+  forward) straight to the stock frontend, so everything behind the frontend does equal work.
+
+added_pXX = pXX(gateway) - pXX(frontend) of end-to-end client latency at ``--rate`` req/s.
+max_rps: closed loop with ``--concurrency`` clients per target, also alternating.
+
+``--arm direct`` (default): stock frontend -> workers (``round-robin``), with the gateway started
+here in front of it (same command and environment as the launcher uses), so the figure isolates
+the gateway. ``--arm ours``: the launcher's full stack (gateway -> frontend -> processor ->
+workers). Figures come from the simulated cluster on whatever machine runs this (2 cores here):
+they are not GPU numbers. Writes ``benchmarks/results/gateway_overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import uvloop
+
+from deploy.local_stack import LocalStack, StackConfig, free_port
+from frontend.translate import translate
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gateway_overhead.json"
+TARGET = {"added_p50_ms": 0.5, "added_p99_ms": 2.0}
+
+
+def nat_body(model: str, i: int) -> dict[str, Any]:
+    """A request as nvidia-nat-core 1.9.0's transport shapes it (brief section 5)."""
+    return {
+        "model": model,
+        "messages": [{"role": "system", "content": "You are a helpful agent."},
+                     {"role": "user", "content": f"step {i % 50}: pick the next tool"}],
+        "max_tokens": 1,
+        "nvext": {
+            "agent_hints": {"latency_sensitivity": 2.0, "osl": 512, "priority": 2,
+                            "prefix_id": f"bench-{i % 50}", "total_requests": 10, "iat": 250},
+            "cache_control": {"type": "ephemeral", "ttl": "3s"},
+        },
+    }
+
+
+def payloads(model: str, n: int = 50) -> tuple[list[tuple[bytes, dict[str, str]]],
+                                                list[tuple[bytes, dict[str, str]]]]:
+    """(gateway payloads, equivalent pre-translated payloads for the stock frontend)."""
+    gw, fe = [], []
+    for i in range(n):
+        body = nat_body(model, i)
+        gw.append((json.dumps(body).encode(), {"Content-Type": "application/json"}))
+        tr = translate(body, {})
+        fe.append((json.dumps(tr.body).encode(), tr.headers))
+    return gw, fe
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: bytes,
+               headers: dict[str, str]) -> float | None:
+    t0 = time.perf_counter()
+    try:
+        async with session.post(url, data=body, headers=headers) as r:
+            await r.read()
+            ok = r.status == 200
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        ok = False
+    return time.perf_counter() - t0 if ok else None
+
+
+async def open_loop(session: aiohttp.ClientSession, url: str,
+                    reqs: list[tuple[bytes, dict[str, str]]], rate: float, seconds: float
+                    ) -> tuple[list[float], int]:
+    """Fixed-interval arrivals at ``rate``; returns (latencies in s, errors)."""
+    loop = asyncio.get_running_loop()
+    n = int(rate * seconds)
+    start = loop.time()
+    tasks = []
+    for i in range(n):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        body, headers = reqs[i % len(reqs)]
+        tasks.append(asyncio.create_task(_one(session, url, body, headers)))
+    res = await asyncio.gather(*tasks)
+    lat = [x for x in res if x is not None]
+    return lat, n - len(lat)
+
+
+async def closed_loop(session: aiohttp.ClientSession, url: str,
+                      reqs: list[tuple[bytes, dict[str, str]]], concurrency: int,
+                      seconds: float) -> float:
+    """Completed requests per second with ``concurrency`` back-to-back clients."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal done
+        i = k
+        while time.perf_counter() < stop_at:
+            body, headers = reqs[i % len(reqs)]
+            if await _one(session, url, body, headers) is not None:
+                done += 1
+            i += concurrency
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    return done / (time.perf_counter() - t0)
+
+
+def _stats(lat: list[float]) -> dict[str, float]:
+    a = np.asarray(lat) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": int(a.size)}
+
+
+async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]]]]],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    conn = {name: aiohttp.TCPConnector(limit=0, keepalive_timeout=60) for name in targets}
+    sessions = {name: aiohttp.ClientSession(connector=conn[name],
+                                            timeout=aiohttp.ClientTimeout(total=30))
+                for name in targets}
+    lat: dict[str, list[float]] = {n: [] for n in targets}
+    errors = {n: 0 for n in targets}
+    rps: dict[str, list[float]] = {n: [] for n in targets}
+    try:
+        for name, (url, reqs) in targets.items():  # warm-up: pools, caches, JIT-free paths
+            await open_loop(sessions[name], url, reqs, args.rate, args.warmup_s)
+        for r in range(args.rounds):
+            order = list(targets) if r % 2 == 0 else list(reversed(targets))
+            for name in order:
+                url, reqs = targets[name]
+                got, err = await open_loop(sessions[name], url, reqs, args.rate, args.phase_s)
+                lat[name] += got
+                errors[name] += err
+                await asyncio.sleep(0.5)
+        for r in range(args.max_rounds):
+            order = list(targets) if r % 2 == 0 else list(reversed(targets))
+            for name in order:
+                url, reqs = targets[name]
+                rps[name].append(await closed_loop(sessions[name], url, reqs,
+                                                   args.concurrency, args.max_s))
+                await asyncio.sleep(0.5)
+    finally:
+        for s in sessions.values():
+            await s.close()
+    out: dict[str, Any] = {}
+    for name in targets:
+        out[name] = {**_stats(lat[name]), "errors": errors[name],
+                     "max_rps": float(np.mean(rps[name])) if rps[name] else None,
+                     "max_rps_rounds": rps[name]}
+    return out
+
+
+def _wait_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("gateway did not become healthy")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    arm = "ours" if args.arm == "ours" else "round-robin"
+    cfg = StackConfig(workers=args.workers, speedup=0.0, gpu_blocks=4096, arm=arm,
+                      gateway_env={"AKR_GATEWAY_LOG_LEVEL": "WARNING"})
+    gw_proc = None
+    with LocalStack(cfg) as stack:
+        if arm == "ours":
+            gateway_url = stack.gateway_url
+        else:
+            port = free_port()
+            env = {**stack.env, "AKR_GATEWAY_HOST": "127.0.0.1", "AKR_GATEWAY_PORT": str(port),
+                   "AKR_GATEWAY_UPSTREAM_URL": stack.frontend_url,
+                   "AKR_GATEWAY_LOG_LEVEL": "WARNING"}
+            gw_proc = subprocess.Popen([sys.executable, "-m", "frontend"], env=env,
+                                       start_new_session=True)
+            gateway_url = f"http://127.0.0.1:{port}"
+        try:
+            if gw_proc is not None:
+                _wait_health(f"{gateway_url}/health", gw_proc)
+            gw_reqs, fe_reqs = payloads(stack.model_name)
+            targets = {"gateway": (f"{gateway_url}/v1/chat/completions", gw_reqs),
+                       "frontend": (f"{stack.frontend_url}/v1/chat/completions", fe_reqs)}
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                res = runner.run(measure(targets, args))
+        finally:
+            if gw_proc is not None:
+                os.killpg(gw_proc.pid, signal.SIGTERM)
+                gw_proc.wait(timeout=10)
+    g, f = res["gateway"], res["frontend"]
+    added_p50 = g["p50_ms"] - f["p50_ms"]
+    added_p99 = g["p99_ms"] - f["p99_ms"]
+    return {
+        "label": ("simulated cluster (dynamo.mocker workers at --speedup-ratio 0, max_tokens 1) "
+                  f"on a {os.cpu_count()}-core machine; not GPU numbers"),
+        "arm": args.arm,
+        "rate_rps": args.rate,
+        "added_p50_ms": added_p50,
+        "added_p99_ms": added_p99,
+        "max_rps": {"gateway": g["max_rps"], "frontend": f["max_rps"]},
+        "gateway": g,
+        "frontend": f,
+        "target": TARGET,
+        "meets_target": added_p50 <= TARGET["added_p50_ms"] and added_p99 <= TARGET["added_p99_ms"],
+        "method": {"rounds": args.rounds, "phase_s": args.phase_s, "warmup_s": args.warmup_s,
+                   "concurrency": args.concurrency, "max_s": args.max_s,
+                   "max_rounds": args.max_rounds, "workers": args.workers,
+                   "arrivals": "fixed interval, open loop, alternating phases",
+                   "added": "pXX(gateway) - pXX(frontend), end-to-end client latency"},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", type=float, default=200.0, help="open-loop request rate, req/s")
+    p.add_argument("--rounds", type=int, default=4, help="alternating phases per target")
+    p.add_argument("--phase-s", type=float, default=5.0, help="seconds per phase")
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--concurrency", type=int, default=64, help="clients for max_rps")
+    p.add_argument("--max-s", type=float, default=4.0, help="seconds per max_rps phase")
+    p.add_argument("--max-rounds", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--arm", choices=["direct", "ours"], default="direct")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("added_p50_ms", "added_p99_ms", "max_rps",
+                                             "meets_target")}, indent=2))
+    print(f"gateway  p50 {result['gateway']['p50_ms']:.2f} ms  p99 "
+          f"{result['gateway']['p99_ms']:.2f} ms")
+    print(f"frontend p50 {result['frontend']['p50_ms']:.2f} ms  p99 "
+          f"{result['frontend']['p99_ms']:.2f} ms   -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""A lean pooled HTTP/1.1 client for the one trusted upstream (the stock Dynamo frontend).
+
+Why not ``aiohttp.ClientSession``: on the 2-core VM here its per-request bookkeeping (request
+and response objects, URL handling, tracing hooks, timers) cost about as much CPU as the whole
+server side and doubled what the gateway adds to latency. This client does only what a gateway
+needs: one pre-built request buffer written in one ``transport.write``, the response parsed by
+``httptools`` (llhttp, the parser of uvicorn, by the uvloop authors), keep-alive connections in
+an LIFO pool, and streaming with backpressure (the upstream socket stops being read while the
+client is slow). Talks only to the upstream given at construction, so it never follows
+redirects, handles no cookies and sends no proxy headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = ["UpstreamClient", "UpstreamError", "UpstreamResponse", "UpstreamTimeout"]
+
+_HIGH_WATER = 256 * 1024  # buffered response bytes beyond which the upstream socket is paused
+
+
+class UpstreamError(ConnectionError):
+    """The upstream could not be reached or broke the response."""
+
+
+class UpstreamTimeout(TimeoutError):
+    """Connect or read timeout."""
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; carries one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.done = False
+        self.got_bytes = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.headers_done = False
+        self.keep_alive = False
+        self.paused = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._fail(UpstreamError(f"bad response from upstream: {e}"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        self.closed = True
+        self._end("upstream closed the connection")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._end(f"upstream connection lost: {exc or 'closed'}")
+
+    def _end(self, why: str) -> None:
+        if self.done:
+            return
+        if (self.headers_done and "content-length" not in self.headers
+                and "transfer-encoding" not in self.headers):
+            self.done = True  # a body delimited by the end of the connection
+            self._wake()
+        else:
+            self._fail(UpstreamError(why))
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # only valid before completion
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self._wake()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next parser event (or an error); raises on timeout or error."""
+        if self.error is not None:
+            raise self.error
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        handle = loop.call_later(timeout, self._timeout, self.waiter)
+        try:
+            await self.waiter
+        finally:
+            handle.cancel()
+            self.waiter = None
+        if self.error is not None:
+            raise self.error
+
+    @staticmethod
+    def _timeout(fut: asyncio.Future[None]) -> None:
+        if not fut.done():
+            fut.set_exception(UpstreamTimeout("upstream read timed out"))
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+
+class UpstreamResponse:
+    """Status and headers are known; read the body with ``read()`` or ``iter_chunks()``."""
+
+    def __init__(self, client: UpstreamClient, conn: _Conn) -> None:
+        self._client = client
+        self._conn: _Conn | None = conn
+        self.status = conn.status
+        self.headers = conn.headers
+
+    async def read(self) -> bytes:
+        conn = self._require()
+        while not conn.done:
+            await conn.wait(self._client.read_timeout)
+        body = conn.take()
+        self.release()
+        return body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; the upstream is paused while the consumer lags."""
+        conn = self._require()
+        while True:
+            if conn.buffered:
+                yield conn.take()
+                continue
+            if conn.done:
+                break
+            await conn.wait(self._client.read_timeout)
+        self.release()
+
+    def _require(self) -> _Conn:
+        if self._conn is None:
+            raise UpstreamError("response already released")
+        return self._conn
+
+    def release(self) -> None:
+        """Return the connection to the pool (if the response was complete) or close it."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if conn.done and not conn.closed and conn.keep_alive:
+            self._client._put_back(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Abort: drop the connection, which tells the upstream the client went away."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class UpstreamClient:
+    """Pooled keep-alive HTTP/1.1 client for one ``http://host:port`` upstream."""
+
+    def __init__(self, base_url: str, *, pool_size: int = 256, connect_timeout: float = 5.0,
+                 read_timeout: float = 300.0, keepalive_timeout: float = 30.0) -> None:
+        u = urlsplit(base_url)
+        if u.scheme != "http" or not u.hostname:
+            raise ValueError(f"upstream must be an http://host[:port] URL, got {base_url!r}")
+        self.host = u.hostname
+        self.port = u.port or 80
+        self.prefix = u.path.rstrip("/")
+        self._host_header = f"{self.host}:{self.port}".encode()
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self._idle: collections.deque[tuple[_Conn, float]] = collections.deque()
+        self._slots = asyncio.Semaphore(pool_size)
+        self._closed = False
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: Mapping[str, str] | None = None) -> UpstreamResponse:
+        """Send and wait for the response headers (the body is read from the response)."""
+        head = self._head(method, path, body, headers)
+        await self._slots.acquire()
+        try:
+            for attempt in (0, 1):
+                conn = await self._acquire()
+                conn.transport.write(head + body if body else head)  # type: ignore[union-attr]
+                try:
+                    while not conn.headers_done:
+                        await conn.wait(self.read_timeout)
+                except UpstreamError:
+                    conn.close()
+                    # A pooled connection the upstream had already closed: nothing was
+                    # answered, so retry once on a fresh connection.
+                    if attempt == 0 and conn.reused and not conn.got_bytes:
+                        continue
+                    raise
+                except BaseException:
+                    conn.close()
+                    raise
+                return _Released(self, conn)
+            raise AssertionError("unreachable")
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _head(self, method: str, path: str, body: bytes,
+              headers: Mapping[str, str] | None) -> bytes:
+        lines = [f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1"),
+                 b"Host: ", self._host_header, b"\r\n",
+                 b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
+        if headers:
+            for k, v in headers.items():
+                lines.append(f"{k}: {v}\r\n".encode("latin-1"))
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def _acquire(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._idle:
+            conn, since = self._idle.pop()
+            if conn.closed or now - since > self.keepalive_timeout:
+                conn.close()
+                continue
+            conn._reset()
+            conn.parser = httptools.HttpResponseParser(conn)
+            conn.reused = True
+            return conn
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(_Conn, self.host, self.port)
+        except TimeoutError:
+            raise UpstreamTimeout("upstream connect timed out") from None
+        except OSError as e:
+            raise UpstreamError(f"cannot connect to upstream: {e}") from e
+        return conn
+
+    def _put_back(self, conn: _Conn) -> None:
+        if self._closed:
+            conn.close()
+            return
+        self._idle.append((conn, asyncio.get_running_loop().time()))
+
+    def _slot_done(self) -> None:
+        self._slots.release()
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop()[0].close()
+
+
+class _Released(UpstreamResponse):
+    """Frees the pool slot exactly once, however the response ends."""
+
+    def __init__(self, client: UpstreamClient, conn: _Conn) -> None:
+        super().__init__(client, conn)
+        self._slot = True
+
+    def _free(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._client._slot_done()
+
+    def release(self) -> None:
+        super().release()
+        self._free()
+
+    def close(self) -> None:
+        super().close()
+        self._free()

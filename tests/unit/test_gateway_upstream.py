@@ -1,0 +1,148 @@
+"""The lean upstream client: keep-alive reuse, stale connections, timeouts, streaming, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from frontend.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TestServer]:
+    peers: list[object] = []
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport)
+        body = await request.read()
+        if request.query.get("stall"):
+            await asyncio.sleep(float(request.query["stall"]))
+        if request.query.get("close"):
+            return web.Response(body=body, headers={"Connection": "close"})
+        if request.query.get("stream"):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            for i in range(int(request.query["stream"])):
+                await resp.write(b"x" * 65536)
+            return resp
+        return web.Response(body=body + b"|" + request.headers.get("x-k", "").encode())
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    srv = TestServer(app)
+    srv.peers = peers  # type: ignore[attr-defined]
+    await srv.start_server()
+    yield srv
+    await srv.close()
+
+
+def url(srv: TestServer) -> str:
+    return str(srv.make_url("")).rstrip("/")
+
+
+async def test_keepalive_reuses_one_connection(server: TestServer) -> None:
+    c = UpstreamClient(url(server))
+    for i in range(5):
+        r = await c.request("POST", "/a", f"b{i}".encode(), {"x-k": "v"})
+        assert r.status == 200 and await r.read() == f"b{i}|v".encode()
+    assert len({id(t) for t in server.peers}) == 1  # type: ignore[attr-defined]
+    await c.close()
+
+
+async def test_connection_close_is_honoured(server: TestServer) -> None:
+    c = UpstreamClient(url(server))
+    for _ in range(3):
+        r = await c.request("POST", "/a?close=1", b"z")
+        assert await r.read() == b"z"
+    assert len({id(t) for t in server.peers}) == 3  # type: ignore[attr-defined]
+    await c.close()
+
+
+async def test_stale_pooled_connection_is_retried(server: TestServer) -> None:
+    c = UpstreamClient(url(server))
+    r = await c.request("GET", "/a")
+    await r.read()
+    for t in server.peers:  # type: ignore[attr-defined]
+        t.close()  # the upstream drops its idle keep-alive connection
+    await asyncio.sleep(0.05)
+    r = await c.request("POST", "/b", b"again")
+    assert await r.read() == b"again|"
+    await c.close()
+
+
+async def test_streaming_and_backpressure(server: TestServer) -> None:
+    c = UpstreamClient(url(server))
+    r = await c.request("GET", "/s?stream=32")  # 2 MiB
+    total = 0
+    async for chunk in r.iter_chunks():
+        total += len(chunk)
+        await asyncio.sleep(0.001)  # a slow consumer
+    assert total == 32 * 65536
+    # The connection went back to the pool and works.
+    r = await c.request("POST", "/a", b"ok")
+    assert await r.read() == b"ok|"
+    await c.close()
+
+
+async def test_read_timeout() -> None:
+    async def stall(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/", stall)
+    srv = TestServer(app)
+    await srv.start_server()
+    try:
+        c = UpstreamClient(url(srv), read_timeout=0.2)
+        with pytest.raises(UpstreamTimeout):
+            await c.request("GET", "/")
+        await c.close()
+    finally:
+        await srv.close()
+
+
+async def test_unreachable_upstream() -> None:
+    c = UpstreamClient("http://127.0.0.1:9")
+    with pytest.raises(UpstreamError):
+        await c.request("GET", "/")
+    await c.close()
+
+
+async def test_garbage_from_upstream() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1000)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    c = UpstreamClient(f"http://127.0.0.1:{port}")
+    with pytest.raises(UpstreamError):
+        await c.request("GET", "/")
+    await c.close()
+    srv.close()
+    await srv.wait_closed()
+
+
+async def test_pool_size_bounds_concurrency(server: TestServer) -> None:
+    c = UpstreamClient(url(server), pool_size=2)
+
+    async def one(i: int) -> bytes:
+        r = await c.request("POST", "/a?stall=0.05", str(i).encode())
+        return await r.read()
+
+    got = await asyncio.gather(*(one(i) for i in range(6)))
+    assert got == [f"{i}|".encode() for i in range(6)]
+    assert len({id(t) for t in server.peers}) <= 2  # type: ignore[attr-defined]
+    await c.close()
+
+
+def test_rejects_non_http_url() -> None:
+    with pytest.raises(ValueError):
+        UpstreamClient("https://example.invalid")
