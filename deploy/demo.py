@@ -111,7 +111,6 @@ def main() -> None:
         elapsed = asyncio.run(workload(stack, sessions, turns))
         records = asyncio.run(wait_for_traces(stack, sessions * turns + 1))
         report(records, elapsed)
-        print(f"\ntrace: {stack.trace_path} (kept until the temp dir is cleaned)")
     print("stack stopped")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +55,8 @@ class StackConfig:
     gateway_env: dict[str, str] = field(default_factory=dict)
     mocker_args: list[str] = field(default_factory=list)
     workdir: Path | None = None
+    # A temporary workdir (logs, traces, discovery) is removed by stop() unless kept.
+    keep_workdir: bool = False
     ready_timeout_s: float = 120.0
 
     def worker_speeds(self) -> list[float]:
@@ -182,6 +185,8 @@ class LocalStack:
                 pass
             proc.log.close()
         self.procs.clear()
+        if self._own_workdir and not self.config.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def pids(self) -> list[int]:
         return [p.popen.pid for p in self.procs]
