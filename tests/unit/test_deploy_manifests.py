@@ -1,0 +1,195 @@
+"""Kubernetes and monitoring files parse and name only images, ports and variables that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib.metadata import version
+from pathlib import Path
+from typing import get_args
+
+import pytest
+import yaml
+
+from deploy.local_stack import REPO_ROOT
+from deploy.monitoring import names
+from deploy.vllm import envfile
+from deploy.vllm.launch import build_plan, parse_args, read_env_file
+from frontend.config import GatewayConfig
+from processor.config import ProcessorConfig
+from router.config import RouterConfig
+from router.policy import Reason
+
+K8S = REPO_ROOT / "deploy" / "k8s"
+MONITORING = REPO_ROOT / "deploy" / "monitoring"
+DGD_TYPES = {"frontend", "worker", "prefill", "decode", "planner", "epp"}  # v1beta1 enum
+
+
+def load_all(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+@pytest.fixture(scope="module")
+def dgd() -> dict:
+    docs = load_all(K8S / "dynamo-graph.yaml")
+    (graph,) = [d for d in docs if d["kind"] == "DynamoGraphDeployment"]
+    return graph
+
+
+@pytest.fixture(scope="module")
+def components(dgd: dict) -> dict[str, dict]:
+    """component name -> its main container."""
+    out = {}
+    for comp in dgd["spec"]["components"]:
+        (main,) = [c for c in comp["podTemplate"]["spec"]["containers"] if c["name"] == "main"]
+        out[comp["name"]] = main
+    return out
+
+
+@pytest.fixture(scope="module")
+def plan():
+    """The single-node launcher's defaults (no env file): the ports everything else must match."""
+    return build_plan(parse_args(["--workers", "8", "--model", "m", "--workdir", "/tmp/x"]), read_env_file(None))
+
+
+def test_every_yaml_and_json_file_parses() -> None:
+    files = [*K8S.glob("*.yaml"), *MONITORING.glob("*.yml"), *MONITORING.rglob("*.json")]
+    assert len(files) >= 4
+    for path in files:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        else:
+            assert load_all(path), path
+
+
+def test_graph_schema(dgd: dict) -> None:
+    assert dgd["apiVersion"] == "nvidia.com/v1beta1"
+    assert dgd["spec"]["backendFramework"] == "vllm"
+    comps = dgd["spec"]["components"]
+    names_ = [c["name"] for c in comps]
+    assert sorted(names_) == ["frontend", "gateway", "processor", "worker"]
+    for comp in comps:
+        assert re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?", comp["name"])
+        assert comp.get("type") in DGD_TYPES | {None}
+        assert isinstance(comp["replicas"], int)
+    assert {c["name"]: c.get("type") for c in comps}["worker"] == "worker"
+
+
+def dockerfile_version() -> str:
+    text = (K8S / "Dockerfile").read_text()
+    m = re.search(r"^ARG DYNAMO_VERSION=(\S+)$", text, re.M)
+    assert m
+    assert re.search(r"^FROM nvcr\.io/nvidia/ai-dynamo/vllm-runtime:\$\{DYNAMO_VERSION\}$", text, re.M)
+    return m.group(1)
+
+
+def test_image_tags_agree_with_dockerfile_and_installed_dynamo(components: dict[str, dict]) -> None:
+    tag = dockerfile_version()
+    assert tag == version("ai-dynamo-runtime") == version("ai-dynamo")
+    for name, main in components.items():
+        image, _, image_tag = main["image"].rpartition(":")
+        assert image.endswith("/agent-kv-router"), (name, main["image"])
+        assert image_tag == tag, (name, main["image"])
+
+
+def test_dockerfile_copies_only_what_exists() -> None:
+    for line in (K8S / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (REPO_ROOT / src).exists(), src
+
+
+def _env(main: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in main.get("env", [])}
+
+
+def test_env_names_exist_and_values_validate(components: dict[str, dict]) -> None:
+    known = set(envfile.model_variables())
+    for name, main in components.items():
+        env = _env(main)
+        # The processor also exports its endpoints in its shell command.
+        env_cmd = " ".join(main.get("args", [])) if main.get("command", [None])[0] == "/bin/sh" else ""
+        exported = dict(re.findall(r"(AKR_[A-Z0-9_]+)=\"([^\"]*)\"", env_cmd))
+        for var in [*env, *exported]:
+            if var.startswith("AKR_"):
+                assert var in known, f"{name}: {var} is not a configuration variable"
+        for prefix, model in (("AKR_GATEWAY_", GatewayConfig), ("AKR_PROCESSOR_", ProcessorConfig),
+                              ("AKR_ROUTER_", RouterConfig)):
+            model(**{k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)})
+
+
+def _ports(main: dict) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in main.get("ports", [])}
+
+
+def test_ports_match_launcher_and_config_defaults(components: dict[str, dict], plan) -> None:
+    gw, proc, fe, worker = (components[n] for n in ("gateway", "processor", "frontend", "worker"))
+    gateway_port = GatewayConfig.model_fields["port"].default
+    assert _ports(gw)["http"] == int(_env(gw)["AKR_GATEWAY_PORT"]) == gateway_port == plan.gateway_port
+    assert gw["readinessProbe"]["httpGet"]["port"] == gateway_port
+    assert _ports(proc)["metrics"] == int(_env(proc)["AKR_PROCESSOR_METRICS_PORT"]) == plan.processor_metrics_port
+    fe_port = int(fe["args"][fe["args"].index("--http-port") + 1])
+    assert fe_port == _ports(fe)["http"] == plan.frontend_port
+    assert _env(gw)["AKR_GATEWAY_UPSTREAM_URL"].endswith(f":{fe_port}")
+    assert GatewayConfig.model_fields["upstream_url"].default.endswith(f":{fe_port}")
+    kv = json.loads(worker["args"][worker["args"].index("--kv-events-config") + 1])
+    assert kv["enable_kv_cache_events"] is True
+    assert int(kv["endpoint"].rsplit(":", 1)[1]) == int(read_env_file(None)["LAUNCH_KV_EVENTS_PORT_BASE"])
+    block = worker["args"][worker["args"].index("--block-size") + 1]
+    assert block == _env(proc)["AKR_PROCESSOR_BLOCK_SIZE"] == _env(proc)["AKR_ROUTER_BLOCK_SIZE"]
+
+
+def test_worker_flags_match_the_launcher(components: dict[str, dict], plan) -> None:
+    """The k8s worker uses the launcher's worker flags, minus what the operator provides."""
+    launcher = next(p for p in plan.processes if p.name == "worker0").argv
+    k8s = components["worker"]["args"]
+    operator_side = {"--endpoint", "--discovery-backend", "--request-plane", "--event-plane"}
+    launcher_flags = {w for w in launcher if w.startswith("--")} - operator_side - {"--gpu-memory-utilization"}
+    assert {w for w in k8s if w.startswith("--")} == launcher_flags
+    assert components["worker"]["command"] == ["python3", "-m", "dynamo.vllm"]
+
+
+def test_gateway_service_and_pod_monitor_select_real_ports(components: dict[str, dict]) -> None:
+    docs = {d["kind"]: d for d in load_all(K8S / "dynamo-graph.yaml")}
+    svc = docs["Service"]
+    assert svc["spec"]["ports"][0]["targetPort"] == _ports(components["gateway"])["http"]
+    graph = docs["DynamoGraphDeployment"]
+    gw_labels = next(c for c in graph["spec"]["components"] if c["name"] == "gateway")["podTemplate"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= gw_labels.items()
+    all_port_names = {n for main in components.values() for n in _ports(main)}
+    for ep in docs["PodMonitor"]["spec"]["podMetricsEndpoints"]:
+        assert ep["port"] in all_port_names
+
+
+def test_prometheus_targets_are_the_launcher_ports(plan) -> None:
+    doc = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    for rule_file in doc["rule_files"]:
+        assert (MONITORING / rule_file).exists()
+    jobs = {j["job_name"]: [t for sc in j["static_configs"] for t in sc["targets"]] for j in doc["scrape_configs"]}
+    assert jobs["akr-gateway"] == [f"127.0.0.1:{plan.gateway_port}"]
+    assert jobs["akr-processor"] == [f"127.0.0.1:{plan.processor_metrics_port}"]
+    assert jobs["dynamo-frontend"] == [f"127.0.0.1:{plan.frontend_port}"]
+    assert jobs["dynamo-workers"] == [f"127.0.0.1:{p}" for p in plan.worker_system_ports]
+
+
+def test_dashboard_uses_only_recorded_or_raw_names_and_real_reasons() -> None:
+    raw, recorded = names.used_names()
+    for expr in names.dashboard_exprs():
+        for name in names.names_in(expr):
+            assert name in recorded or not name.startswith("akr:"), f"{name} is not recorded"
+    reasons = set(get_args(Reason))
+    for expr in [*names.rule_exprs().values(), *names.dashboard_exprs()]:
+        for values in re.findall(r'reason=~?"([^"]*)"', expr):
+            assert set(values.split("|")) <= reasons, expr
+    assert raw, "no raw metric found: the name pattern is broken"
+
+
+def test_recording_rule_names_follow_the_convention() -> None:
+    for record, expr in names.rule_exprs().items():
+        assert re.fullmatch(r"akr:[a-z0-9_]+:[a-z0-9_]+", record), record
+        assert names.names_in(expr), record
+
+
+def test_name_extraction() -> None:
+    expr = 'sum(rate(akr_processor_decisions_total{reason=~"sticky|pin",worker="akr_x"}[1m])) / akr:foo:bar'
+    assert names.names_in(expr) == {"akr_processor_decisions_total", "akr:foo:bar"}
