@@ -4,7 +4,9 @@
 
 Starts a local stack (``deploy.local_stack``) with mocker workers at ``--speedup-ratio 0`` and
 asks for one token per request, so almost all remaining time is HTTP, templating and routing.
-Two targets get the same open-loop load in alternating phases (gateway, frontend, gateway, ...):
+Two targets get the same open-loop load (fixed intervals at ``--rate``) in many short
+alternating phases (gateway, frontend, frontend, gateway, ...), so slow drifts and other load
+on the machine hit both alike while the stack only ever sees ``--rate``:
 
 * ``gateway``: the client sends NAT's body (``nvext.agent_hints`` with prefix_id/total_requests/
   iat and ``nvext.cache_control``) to the gateway, which validates and translates it;
@@ -12,7 +14,7 @@ Two targets get the same open-loop load in alternating phases (gateway, frontend
   forward) straight to the stock frontend, so everything behind the frontend does equal work.
 
 added_pXX = pXX(gateway) - pXX(frontend) of end-to-end client latency at ``--rate`` req/s.
-max_rps: closed loop with ``--concurrency`` clients per target, also alternating.
+max_rps: closed loop with ``--concurrency`` clients, one target at a time, alternating.
 
 ``--arm direct`` (default): stock frontend -> workers (``round-robin``), with the gateway started
 here in front of it (same command and environment as the launcher uses), so the figure isolates
@@ -134,15 +136,14 @@ def _stats(lat: list[float]) -> dict[str, float]:
 
 async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]]]]],
                   args: argparse.Namespace) -> dict[str, Any]:
-    conn = {name: aiohttp.TCPConnector(limit=0, keepalive_timeout=60) for name in targets}
-    sessions = {name: aiohttp.ClientSession(connector=conn[name],
-                                            timeout=aiohttp.ClientTimeout(total=30))
-                for name in targets}
+    sessions = {name: aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=30)) for name in targets}
     lat: dict[str, list[float]] = {n: [] for n in targets}
     errors = {n: 0 for n in targets}
     rps: dict[str, list[float]] = {n: [] for n in targets}
     try:
-        for name, (url, reqs) in targets.items():  # warm-up: pools, caches, JIT-free paths
+        for name, (url, reqs) in targets.items():  # warm-up: pools, caches
             await open_loop(sessions[name], url, reqs, args.rate, args.warmup_s)
         for r in range(args.rounds):
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
@@ -151,7 +152,6 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
                 got, err = await open_loop(sessions[name], url, reqs, args.rate, args.phase_s)
                 lat[name] += got
                 errors[name] += err
-                await asyncio.sleep(0.5)
         for r in range(args.max_rounds):
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
             for name in order:
@@ -231,7 +231,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "method": {"rounds": args.rounds, "phase_s": args.phase_s, "warmup_s": args.warmup_s,
                    "concurrency": args.concurrency, "max_s": args.max_s,
                    "max_rounds": args.max_rounds, "workers": args.workers,
-                   "arrivals": "fixed interval, open loop, alternating phases",
+                   "arrivals": "fixed interval, open loop at rate_rps, short phases "
+                               "alternating between the targets (ABBA...)",
                    "added": "pXX(gateway) - pXX(frontend), end-to-end client latency"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
@@ -243,8 +244,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=200.0, help="open-loop request rate, req/s")
-    p.add_argument("--rounds", type=int, default=4, help="alternating phases per target")
-    p.add_argument("--phase-s", type=float, default=5.0, help="seconds per phase")
+    p.add_argument("--rounds", type=int, default=20, help="alternating phases per target")
+    p.add_argument("--phase-s", type=float, default=1.0, help="seconds per phase")
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, default=64, help="clients for max_rps")
     p.add_argument("--max-s", type=float, default=4.0, help="seconds per max_rps phase")

@@ -1,19 +1,46 @@
 """``python -m frontend [--host H] [--port P] [--upstream URL]``: run the gateway on uvloop.
 
 Settings come from ``AKR_GATEWAY_*`` environment variables (``frontend.config``); the flags
-override them.
+override them. SIGTERM/SIGINT stop it cleanly (pending trace records are flushed).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 
 import uvloop
-from aiohttp import web
 
-from frontend.app import build_app
 from frontend.config import GatewayConfig
+
+log = logging.getLogger("frontend")
+
+
+async def _serve_fast(cfg: GatewayConfig) -> None:
+    from frontend.server import start_server, stop_server
+
+    gw, server = await start_server(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("gateway on %s:%d -> %s", cfg.host, cfg.port, cfg.upstream_url)
+    try:
+        await stop.wait()
+    finally:
+        await stop_server(gw, server)
+
+
+def _serve_aiohttp(cfg: GatewayConfig) -> None:
+    from aiohttp import web
+
+    from frontend.app import build_app
+
+    log.info("gateway (aiohttp) on %s:%d -> %s", cfg.host, cfg.port, cfg.upstream_url)
+    web.run_app(build_app(cfg), host=cfg.host, port=cfg.port, access_log=None,
+                handler_cancellation=True, print=None, loop=uvloop.new_event_loop())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,11 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = GatewayConfig(**overrides)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger(__name__).info("gateway on %s:%d -> %s", cfg.host, cfg.port,
-                                     cfg.upstream_url)
-    web.run_app(build_app(cfg), host=cfg.host, port=cfg.port, access_log=None,
-                handler_cancellation=True, print=None,
-                loop=uvloop.new_event_loop())
+    if cfg.server == "aiohttp":
+        _serve_aiohttp(cfg)
+    else:
+        uvloop.run(_serve_fast(cfg))
 
 
 if __name__ == "__main__":

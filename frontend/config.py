@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -58,6 +58,17 @@ class GatewayConfig(BaseSettings):
         description="Comma-separated model names clients may use; others get 404 and are hidden "
         "from /v1/models (keeps the workers' internal model, which bypasses the processor, "
         "unreachable). Empty = no filter.",
+    )
+    server: Literal["fast", "aiohttp"] = Field(
+        "fast",
+        description="HTTP server: 'fast' (asyncio + httptools, frontend.server) or 'aiohttp' "
+        "(frontend.app, ~3x the CPU per request).",
+    )
+    request_read_timeout_s: float = Field(
+        60.0, gt=0, description="A client must send a whole request within this time."
+    )
+    client_keepalive_timeout_s: float = Field(
+        75.0, gt=0, description="Idle client keep-alive connections are closed after this."
     )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics.")
     log_level: str = Field("INFO", description="Python logging level of the gateway.")

@@ -13,8 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from yarl import URL
+
 from frontend.app import build_app
 from frontend.config import GatewayConfig
+from frontend.server import start_server, stop_server
 
 CHAT = "/v1/chat/completions"
 NAT_NVEXT = {
@@ -85,16 +88,55 @@ async def upstream() -> AsyncIterator[EchoUpstream]:
     await up.server.close()
 
 
-async def make_client(upstream_url: str, **cfg: Any) -> TestClient:
-    config = GatewayConfig(upstream_url=upstream_url, port=0, **cfg)
+class FastClient:
+    """The deployed server (frontend.server) behind TestClient's small interface."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> FastClient:
+        self.gw, self.server = await start_server(self.config)
+        port = self.server.sockets[0].getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.session = aiohttp.ClientSession()
+        return self
+
+    def make_url(self, path: str) -> URL:
+        return URL(self.base + path)
+
+    async def post(self, path: str, **kw: Any) -> aiohttp.ClientResponse:
+        assert self.session is not None
+        return await self.session.post(self.base + path, **kw)
+
+    async def get(self, path: str, **kw: Any) -> aiohttp.ClientResponse:
+        assert self.session is not None
+        return await self.session.get(self.base + path, **kw)
+
+    async def close(self) -> None:
+        assert self.session is not None
+        await self.session.close()
+        await stop_server(self.gw, self.server)
+
+
+async def make_client(upstream_url: str, kind: str = "fast", **cfg: Any) -> Any:
+    config = GatewayConfig(upstream_url=upstream_url, host="127.0.0.1", port=0, **cfg)
+    if kind == "fast":
+        return await FastClient(config).start()
     client = TestClient(TestServer(build_app(config)))
     await client.start_server()
     return client
 
 
+@pytest.fixture(params=["fast", "aiohttp"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which server carries the gateway: the deployed one or the aiohttp adapter."""
+    return request.param
+
+
 @pytest.fixture
-async def gw(upstream: EchoUpstream) -> AsyncIterator[TestClient]:
-    client = await make_client(upstream.url)
+async def gw(kind: str, upstream: EchoUpstream) -> AsyncIterator[Any]:
+    client = await make_client(upstream.url, kind)
     yield client
     await client.close()
 
@@ -131,8 +173,8 @@ async def test_nat_body_is_translated(gw: TestClient, upstream: EchoUpstream) ->
     assert got["body"]["messages"] == body["messages"]
 
 
-async def test_pin_headers_allowed_when_configured(upstream: EchoUpstream) -> None:
-    client = await make_client(upstream.url, allow_worker_pin_headers=True)
+async def test_pin_headers_allowed_when_configured(kind: str, upstream: EchoUpstream) -> None:
+    client = await make_client(upstream.url, kind, allow_worker_pin_headers=True)
     try:
         r = await client.post(CHAT, json={"model": "tiny"},
                               headers={"x-dynamo-worker-instance-id": "42"})
@@ -207,8 +249,8 @@ async def test_invalid_json_400(gw: TestClient, raw: bytes) -> None:
     assert err["param"] == "body" and err["code"] == "invalid_json"
 
 
-async def test_body_too_large_413(upstream: EchoUpstream) -> None:
-    client = await make_client(upstream.url, max_body_bytes=2048)
+async def test_body_too_large_413(kind: str, upstream: EchoUpstream) -> None:
+    client = await make_client(upstream.url, kind, max_body_bytes=2048)
     try:
         r = await client.post(CHAT, data=b"{" + b" " * 4096 + b"}")
         assert r.status == 413 and (await r.json())["error"]["param"] == "body"
@@ -228,8 +270,8 @@ async def test_upstream_status_passes_through(gw: TestClient) -> None:
     assert r.status == 422 and (await r.json())["error"]["message"] == "nope"
 
 
-async def test_upstream_down_502() -> None:
-    client = await make_client("http://127.0.0.1:9")  # discard port: nothing listens
+async def test_upstream_down_502(kind: str) -> None:
+    client = await make_client("http://127.0.0.1:9", kind)  # discard port: nothing listens
     try:
         r = await client.post(CHAT, json={"model": "tiny"})
         assert r.status == 502 and (await r.json())["error"]["code"] == "upstream_unavailable"
@@ -239,9 +281,9 @@ async def test_upstream_down_502() -> None:
         await client.close()
 
 
-async def test_upstream_timeout_504(upstream: EchoUpstream) -> None:
+async def test_upstream_timeout_504(kind: str, upstream: EchoUpstream) -> None:
     upstream.stall_s = 2.0
-    client = await make_client(upstream.url, upstream_read_timeout_s=0.2)
+    client = await make_client(upstream.url, kind, upstream_read_timeout_s=0.2)
     try:
         r = await client.post(CHAT, json={"model": "tiny"})
         assert r.status == 504 and (await r.json())["error"]["code"] == "upstream_timeout"
@@ -270,9 +312,9 @@ async def test_metrics(gw: TestClient) -> None:
     assert "akr_gateway_upstream_latency_seconds_bucket" in text
 
 
-async def test_trace_written(upstream: EchoUpstream, tmp_path) -> None:
+async def test_trace_written(kind: str, upstream: EchoUpstream, tmp_path) -> None:
     path = tmp_path / "gw.jsonl"
-    client = await make_client(upstream.url, trace_path=path)
+    client = await make_client(upstream.url, kind, trace_path=path)
     await client.post(CHAT, json={"model": "tiny", "nvext": NAT_NVEXT})
     await client.post(CHAT, json={"model": "tiny", "nvext": {"agent_hints": {"iat": 0}}})
     await client.close()  # flushes the writer
@@ -282,10 +324,10 @@ async def test_trace_written(upstream: EchoUpstream, tmp_path) -> None:
     assert recs[1] == {**recs[1], "status": 400, "reject": "nvext.agent_hints.iat"}
 
 
-async def test_public_models_filter(upstream: EchoUpstream, monkeypatch) -> None:
+async def test_public_models_filter(kind: str, upstream: EchoUpstream, monkeypatch) -> None:
     monkeypatch.setenv("AKR_GATEWAY_PUBLIC_MODELS", "tiny, other")
     assert GatewayConfig().public_models == ["tiny", "other"]
-    client = await make_client(upstream.url, public_models=["other"])
+    client = await make_client(upstream.url, kind, public_models=["other"])
     try:
         r = await client.get("/v1/models")
         assert (await r.json())["data"] == []

@@ -21,11 +21,9 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from frontend.app import build_app
-from frontend.config import GatewayConfig
 from frontend.translate import STOCK_AGENT_HINT_KEYS, WORKER_PIN_HEADERS, translate
 from router import hints as H
-from tests.unit.test_gateway import EchoUpstream
+from tests.unit.test_gateway import EchoUpstream, make_client
 
 CHAT = "/v1/chat/completions"
 HINT_KEYS = ["prefix_id", "total_requests", "osl", "iat", "latency_sensitivity", "priority",
@@ -89,7 +87,7 @@ def hostile_body(draw: st.DrawFn) -> bytes:
 class Env:
     loop: asyncio.Runner
     upstream: EchoUpstream
-    gateway: TestServer
+    gateway: Any  # FastClient or aiohttp TestClient
     session: aiohttp.ClientSession
 
     def url(self, path: str) -> str:
@@ -99,17 +97,15 @@ class Env:
         return self.loop.run(coro)
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
+@pytest.fixture(scope="module", params=["fast", "aiohttp"])
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     runner = asyncio.Runner()
 
     async def setup() -> Env:
         up = EchoUpstream()
         up.server = TestServer(up.app())
         await up.server.start_server()
-        gw = TestServer(build_app(GatewayConfig(upstream_url=up.url, port=0,
-                                                max_body_bytes=64 * 1024)))
-        await gw.start_server()
+        gw = await make_client(up.url, request.param, max_body_bytes=64 * 1024)
         return Env(runner, up, gw, aiohttp.ClientSession())
 
     e = runner.run(setup())

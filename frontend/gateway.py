@@ -1,0 +1,298 @@
+"""The gateway's request handling, independent of the HTTP server that carries it.
+
+Why separate: the deployed server (``frontend.server``, asyncio + httptools) and the aiohttp
+adapter (``frontend.app``) share exactly this logic, and tests run both. ``Gateway.handle``
+takes the parsed request and returns a ``Reply`` (whole body) or a ``StreamReply`` (SSE relayed
+chunk by chunk from the upstream; the server writes it with backpressure and calls ``close()``
+at the end, which on an early end closes the upstream connection so the stock frontend cancels
+the generation).
+
+Error answers use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400
+``invalid_hint`` / ``invalid_json``, 404 ``model_not_found``, 413 ``body_too_large``, 502
+``upstream_unavailable``, 504 ``upstream_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from frontend.config import GatewayConfig
+from frontend.metrics import GatewayMetrics
+from frontend.translate import WORKER_PIN_HEADERS, translate
+from frontend.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
+from router.hints import AgentHints, HintError
+from router.jsonl_writer import JsonlWriter
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+POST_ROUTES = ("/v1/chat/completions", "/v1/completions")
+GET_ROUTES = ("/v1/models", "/health", "/metrics")
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_HINT_FIELDS = AgentHints.__struct_fields__
+_HEALTH = b'{"status":"healthy"}'
+
+
+@dataclass(slots=True)
+class Reply:
+    """A whole answer."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StreamReply:
+    """An SSE answer relayed from the upstream; iterate ``chunks()``, then ``close()``."""
+
+    status: int
+    content_type: str
+    upstream: UpstreamResponse
+    gateway: Gateway
+    finish: Any  # callable(status) recording metrics and the trace record
+    complete: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        m = self.gateway.metrics
+        try:
+            async for chunk in self.upstream.iter_chunks():
+                yield chunk
+        except UpstreamTimeout:
+            m.upstream_errors.labels("timeout").inc()
+            yield sse_error("upstream timed out mid-stream", "upstream_timeout")
+        except UpstreamError:
+            m.upstream_errors.labels("read").inc()
+            yield sse_error("upstream stream broke", "upstream_unavailable")
+        self.complete = True
+
+    def close(self) -> None:
+        """No-op after a complete relay; otherwise drops the upstream connection."""
+        self.upstream.close()
+        self.finish(self.status if self.complete else 499)
+
+
+def error_reply(status: int, message: str, *, param: str | None = None,
+                code: str | None = None, type_: str = "invalid_request_error") -> Reply:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return Reply(status, _encoder.encode(body))
+
+
+def sse_error(message: str, code: str) -> bytes:
+    err = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+    return b"data: " + _encoder.encode(err) + b"\n\n"
+
+
+def _timeout_reply() -> Reply:
+    return error_reply(504, "upstream timed out", type_="upstream_error",
+                       code="upstream_timeout")
+
+
+def _unavailable_reply(e: BaseException) -> Reply:
+    return error_reply(502, f"upstream unavailable: {e}", type_="upstream_error",
+                       code="upstream_unavailable")
+
+
+class Gateway:
+    """Routes, validation, translation, forwarding, metrics and traces of the hint gateway."""
+
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.client = UpstreamClient(
+            config.upstream_url, pool_size=config.pool_size,
+            connect_timeout=config.upstream_connect_timeout_s,
+            read_timeout=config.upstream_read_timeout_s,
+            keepalive_timeout=config.keepalive_timeout_s)
+        self.trace: JsonlWriter | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.trace_path is not None and self.trace is None:
+            self.trace = JsonlWriter(cfg.trace_path, queue_size=cfg.trace_queue_size,
+                                     max_bytes=cfg.trace_max_bytes, backups=cfg.trace_backups)
+            self.trace.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.trace is not None:
+            await self.trace.close()
+
+    # --- entry points ------------------------------------------------------------------------
+
+    async def handle(self, method: str, path: str, headers: Mapping[str, str],
+                     body: bytes) -> Reply | StreamReply:
+        """One request; ``headers`` must look up case-insensitively or be lower-case."""
+        path = path.split("?", 1)[0]
+        if path in POST_ROUTES:
+            if method != "POST":
+                return self._method_not_allowed(path, "POST")
+            return await self._proxy_post(path, headers, body)
+        if path in GET_ROUTES and (path != "/metrics" or self.config.metrics_enabled):
+            if method not in ("GET", "HEAD"):
+                return self._method_not_allowed(path, "GET")
+            if path == "/health":
+                return Reply(200, _HEALTH)
+            if path == "/metrics":
+                return self._metrics()
+            return await self._models()
+        self.metrics.count_request("other", 404)
+        return error_reply(404, f"no route {method} {path[:200]}", code="not_found")
+
+    def too_large(self, path: str) -> Reply:
+        """The answer for a body over ``max_body_bytes`` (the server stops reading it)."""
+        self.metrics.rejects.labels("body").inc()
+        self.metrics.count_request(path if path in POST_ROUTES else "other", 413)
+        return error_reply(413, f"request body exceeds {self.config.max_body_bytes} bytes",
+                           param="body", code="body_too_large")
+
+    def _method_not_allowed(self, path: str, allow: str) -> Reply:
+        self.metrics.count_request(path, 405)
+        r = error_reply(405, f"use {allow} for {path}", code="method_not_allowed")
+        r.headers["Allow"] = allow
+        return r
+
+    # --- GET routes --------------------------------------------------------------------------
+
+    def _metrics(self) -> Reply:
+        m = self.metrics
+        if self.trace is not None:
+            m.trace_dropped.set(self.trace.dropped)
+        return Reply(200, generate_latest(m.registry), CONTENT_TYPE_LATEST)
+
+    async def _models(self) -> Reply:
+        public = self.config.public_models
+        try:
+            up = await self.client.request("GET", "/v1/models")
+            try:
+                payload = await up.read()
+            finally:
+                up.close()
+            if public and up.status == 200:
+                payload = _filter_models(payload, public)
+            reply = Reply(up.status, payload, up.headers.get("content-type", JSON))
+        except UpstreamTimeout:
+            reply = _timeout_reply()
+        except UpstreamError as e:
+            reply = _unavailable_reply(e)
+        self.metrics.count_request("/v1/models", reply.status)
+        return reply
+
+    # --- POST routes -------------------------------------------------------------------------
+
+    def _reject(self, route: str, reply: Reply, field: str) -> Reply:
+        self.metrics.rejects.labels(field).inc()
+        self.metrics.count_request(route, reply.status)
+        if self.trace is not None:
+            self.trace.put({"ts": time.time(), "route": route, "status": reply.status,
+                            "reject": field})
+        return reply
+
+    async def _proxy_post(self, route: str, headers: Mapping[str, str],
+                          raw: bytes) -> Reply | StreamReply:
+        t0 = time.perf_counter()
+        cfg, m = self.config, self.metrics
+        try:
+            body = _decoder.decode(raw)
+        except (msgspec.DecodeError, RecursionError, ValueError) as e:
+            return self._reject(route, error_reply(
+                400, f"request body is not valid JSON: {e}", param="body", code="invalid_json"),
+                "body")
+        if not isinstance(body, dict):
+            return self._reject(route, error_reply(
+                400, "request body must be a JSON object", param="body", code="invalid_json"),
+                "body")
+        model = body.get("model")
+        if cfg.public_models and isinstance(model, str) and model not in cfg.public_models:
+            return self._reject(route, error_reply(
+                404, f"The model `{model[:256]}` does not exist", param="model",
+                code="model_not_found"), "model")
+        try:
+            tr = translate(body, headers, allow_worker_pin_headers=cfg.allow_worker_pin_headers)
+            data = _encoder.encode(tr.body) if tr.changed else raw
+        except HintError as e:
+            return self._reject(route, error_reply(
+                400, f"invalid hint {e.field}: {e.reason}", param=e.field, code="invalid_hint"),
+                e.field)
+        except (msgspec.EncodeError, OverflowError, TypeError, ValueError, RecursionError) as e:
+            return self._reject(route, error_reply(
+                400, f"request body cannot be forwarded: {e}", param="body",
+                code="invalid_json"), "body")
+        hints = tr.hints
+        if not hints.is_empty():
+            for f in _HINT_FIELDS:
+                if getattr(hints, f) is not None:
+                    m.count_hint(f)
+        if not cfg.allow_worker_pin_headers:
+            for name in WORKER_PIN_HEADERS:
+                if name in headers:
+                    m.dropped_headers.inc()
+
+        t_up = time.perf_counter()
+        t_headers: float | None = None
+
+        def finish(status: int) -> None:
+            m.count_request(route, status)
+            if self.trace is not None:
+                self.trace.put({
+                    "ts": time.time(), "route": route, "status": status,
+                    "latency_ms": (time.perf_counter() - t0) * 1e3,
+                    "upstream_ttfb_ms": None if t_headers is None else (t_headers - t0) * 1e3,
+                    "hints": msgspec.structs.asdict(hints) if not hints.is_empty() else None,
+                })
+
+        try:
+            up = await self.client.request("POST", route, data, tr.headers)
+        except UpstreamTimeout:
+            m.upstream_errors.labels("timeout").inc()
+            finish(504)
+            return _timeout_reply()
+        except UpstreamError as e:
+            m.upstream_errors.labels("connect").inc()
+            finish(502)
+            return _unavailable_reply(e)
+        except BaseException:  # cancelled: the client went away while we waited
+            finish(499)
+            raise
+        t_headers = time.perf_counter()
+        m.upstream_latency.labels(route).observe(t_headers - t_up)
+        ctype = up.headers.get("content-type", JSON)
+        if ctype.startswith("text/event-stream"):
+            return StreamReply(up.status, ctype, up, self, finish)
+        try:
+            payload = await up.read()
+        except UpstreamTimeout:
+            m.upstream_errors.labels("timeout").inc()
+            finish(504)
+            return _timeout_reply()
+        except UpstreamError as e:
+            m.upstream_errors.labels("read").inc()
+            finish(502)
+            return _unavailable_reply(e)
+        except BaseException:
+            finish(499)
+            raise
+        finally:
+            up.close()  # no-op after a complete read
+        finish(up.status)
+        return Reply(up.status, payload, ctype)
+
+
+def _filter_models(payload: bytes, public: list[str]) -> bytes:
+    """Keep only the public models in an OpenAI model list (unparseable lists pass as is)."""
+    try:
+        doc = _decoder.decode(payload)
+        doc["data"] = [m for m in doc["data"] if isinstance(m, dict) and m.get("id") in public]
+        return _encoder.encode(doc)
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return payload
