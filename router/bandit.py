@@ -52,14 +52,13 @@ def make_features(
     capacity_blocks: np.ndarray,
     active_requests: np.ndarray,
 ) -> np.ndarray:
-    """Standardized feature matrix, shape (W, DIM)."""
-    w = uncached_tokens.shape[0]
-    x = np.empty((w, DIM))
+    """Standardized feature matrix, shape (W, DIM), filled column by column in place."""
+    x = np.empty((uncached_tokens.shape[0], DIM))
     x[:, 0] = 1.0
-    x[:, 1] = uncached_tokens / cfg.feature_tokens_scale
-    x[:, 2] = queued_tokens / cfg.feature_tokens_scale
-    x[:, 3] = decode_blocks / np.maximum(capacity_blocks, 1.0)
-    x[:, 4] = active_requests / cfg.active_requests_scale
+    np.divide(uncached_tokens, cfg.feature_tokens_scale, out=x[:, 1])
+    np.divide(queued_tokens, cfg.feature_tokens_scale, out=x[:, 2])
+    np.divide(decode_blocks, np.maximum(capacity_blocks, 1.0), out=x[:, 3])
+    np.divide(active_requests, cfg.active_requests_scale, out=x[:, 4])
     return x
 
 
@@ -162,7 +161,7 @@ class WorkerBandit:
         self._free: list[int] = list(range(self._heads.capacity - 1, -1, -1))
         # Cache of the last worker-id array -> rows (the fleet rarely changes); a slice
         # when the rows are contiguous, so sampling reads views instead of copies.
-        self._last_ids: Optional[np.ndarray] = None
+        self._last_ids: Optional[tuple[np.dtype, bytes]] = None
         self._last_rows: np.ndarray | slice = slice(0, 0)
 
     # ---------------------------------------------------------------- workers
@@ -182,12 +181,14 @@ class WorkerBandit:
         return r
 
     def rows(self, worker_ids: np.ndarray) -> np.ndarray | slice:
-        if self._last_ids is not None and np.array_equal(worker_ids, self._last_ids):
+        # Compared as raw bytes (+ dtype): much cheaper than np.array_equal per decision.
+        key = (worker_ids.dtype, worker_ids.tobytes())
+        if key == self._last_ids:
             return self._last_rows
         rows = np.fromiter((self.row(int(w)) for w in worker_ids), dtype=np.intp)
         n = rows.shape[0]
         contiguous = n > 0 and rows[-1] - rows[0] == n - 1 and bool(np.all(np.diff(rows) == 1))
-        self._last_ids = worker_ids.copy()
+        self._last_ids = key
         self._last_rows = slice(int(rows[0]), int(rows[0]) + n) if contiguous else rows
         return self._last_rows
 

@@ -106,10 +106,12 @@ def split_prefill(
     after removing this request's uncached tokens under that overlap. The uncached part is
     then recomputed with ``overlap_blocks``, which may include the history fallback.
     """
-    kv = overlap_blocks if kv_overlap_blocks is None else kv_overlap_blocks
-    uncached_kv = np.maximum(prompt_tokens - kv * block_size, 0.0)
-    queued = np.maximum(potential_prefill_tokens - uncached_kv, 0.0)
     uncached = np.maximum(prompt_tokens - overlap_blocks * block_size, 0.0)
+    if kv_overlap_blocks is None:
+        uncached_kv = uncached
+    else:
+        uncached_kv = np.maximum(prompt_tokens - kv_overlap_blocks * block_size, 0.0)
+    queued = np.maximum(potential_prefill_tokens - uncached_kv, 0.0)
     return uncached, queued
 
 
@@ -147,21 +149,27 @@ def score(
 
     # Eviction: free = capacity - active decode blocks - others' pinned blocks. New blocks
     # beyond free space come out of the pinned ones (unpinned cached blocks are fair game).
-    new_blocks = np.ceil(uncached / bs)
-    free = np.maximum(capacity_blocks - decode_blocks - reserved_blocks, 0.0)
-    overflow = np.clip(new_blocks - free, 0.0, reserved_blocks)
-    eviction = (cfg.eviction_weight * block_ms) * overflow
+    # Without pins anywhere (the common case) overflow is clipped to 0: skip the arithmetic.
+    if np.count_nonzero(reserved_blocks):
+        new_blocks = np.ceil(uncached / bs)
+        free = np.maximum(capacity_blocks - decode_blocks - reserved_blocks, 0.0)
+        overflow = np.clip(new_blocks - free, 0.0, reserved_blocks)
+        eviction = (cfg.eviction_weight * block_ms) * overflow
+    else:
+        eviction = np.zeros(ttft.shape)
 
-    affinity = np.zeros_like(ttft)
+    affinity = np.zeros(ttft.shape)
     if home >= 0 and cfg.affinity_weight > 0 and (remaining_requests > 0 or pinned):
         reuse = 1.0 if pinned else min(1.0, remaining_requests / cfg.affinity_horizon)
-        others = np.delete(overlap_blocks, home)
-        exclusive = overlap_blocks[home] - (others.max() if others.size else 0.0)
+        # Best overlap among the other workers (0 if the home is the only worker).
+        others = overlap_blocks.astype(np.float64)  # a copy
+        others[home] = -np.inf
+        exclusive = overlap_blocks[home] - (others.max() if others.size > 1 else 0.0)
         if exclusive > 0:
             value = min(cfg.affinity_cap_ms, block_ms * exclusive)
             affinity[home] = cfg.affinity_weight * value * reuse
 
-    learned = np.zeros_like(ttft) if learned_ms is None else learned_ms
+    learned = np.zeros(ttft.shape) if learned_ms is None else learned_ms
     return CostBreakdown(
         uncached_tokens=uncached,
         queued_tokens=queued,

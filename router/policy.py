@@ -32,7 +32,7 @@ from router.bandit import WorkerBandit, make_features
 from router.config import RouterConfig
 from router.feedback import FeedbackTracker
 from router.prefix_table import PrefixTable
-from router.signals import WorkerSignals
+from router.signals import WorkerSignals, aligned
 
 Reason = Literal["sticky", "overlap", "load", "exploration", "pin"]
 
@@ -126,7 +126,7 @@ class Router:
         entry = self.table.get(request.prefix_id, now) if request.prefix_id else None
         home = -1
         if entry is not None:
-            hit = np.flatnonzero(ids == entry.home)
+            hit = (ids == entry.home).nonzero()[0]
             if hit.size:  # the home may have left the fleet
                 home = int(hit[0])
         pinned = entry is not None and entry.pinned(now)
@@ -141,15 +141,15 @@ class Router:
             and entry is not None
             and entry.blocks > 0
             and now - entry.last_seen <= cfg.history_window_s
-            and not kv_overlap.any()
+            and not np.count_nonzero(kv_overlap)  # no KV overlap anywhere (cheaper: any())
         ):
             overlap = kv_overlap.copy()
             overlap[home] = min(entry.blocks, prompt_blocks)
             fallback = True
 
         reserved = signals.reserved_blocks
-        if reserved is None:
-            reserved = self.table.reserved_array(ids)
+        if reserved is None:  # pinned blocks per worker from the prefix table (often none)
+            reserved = aligned(ids, self.table.reserved_by_worker())
         if home >= 0 and entry is not None and entry.reserved:
             # A conversation does not evict its own pinned blocks.
             reserved = reserved.copy()
@@ -190,17 +190,18 @@ class Router:
             # Standardized units -> ms: TTFT directly; ITL (ms/token) x expected tokens.
             unit = np.array([cfg.ttft_scale_ms, cfg.itl_weight * osl * cfg.itl_scale_ms])
             costs.learned_ms = unit @ sampled
-            learned_mean = unit @ mean
+            if sampled is not mean:  # no sample drawn: nothing to explain by exploration
+                learned_mean = unit @ mean
         total = costs.total
-        i = int(np.argmin(total))
+        i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
         chosen = int(ids[i])
 
         # Reason, by the rules in Decision's docstring.
         reason: Reason
-        if i == home and costs.affinity_ms[i] > 0 and int(np.argmin(costs.base)) != i:
+        if i == home and costs.affinity_ms[i] > 0 and int(costs.base.argmin()) != i:
             reason = "pin" if pinned else "sticky"
         elif learned_mean is not None and int(
-            np.argmin(total - costs.learned_ms + learned_mean)
+            (total - costs.learned_ms + learned_mean).argmin()
         ) != i:
             reason = "exploration"
         elif overlap[i] > 0 and overlap[i] >= overlap.max():
@@ -212,8 +213,8 @@ class Router:
 
         # Top-k candidates with their breakdown.
         k = min(cfg.top_k, ids.shape[0])
-        top = np.argpartition(total, k - 1)[:k] if ids.shape[0] > k else np.arange(k)
-        top = top[np.argsort(total[top], kind="stable")]
+        top = total.argpartition(k - 1)[:k] if ids.shape[0] > k else np.arange(k)
+        top = top[total[top].argsort(kind="stable")]
         candidates = [
             Candidate(
                 worker_id=int(ids[j]),

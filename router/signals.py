@@ -15,6 +15,7 @@ is the best rank's (max overlap); decode blocks and active requests are worker t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
@@ -92,6 +93,49 @@ def overlap_from_scores(scores: Mapping[str, Any]) -> dict[int, int]:
     return out
 
 
+def aggregate_ranks(
+    worker_ids: np.ndarray, prefill: np.ndarray, *summed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+    """Per-(worker, dp_rank) columns -> per-worker columns, sorted by worker id.
+
+    Returns ``(ids, prefill_min, [sum of each summed column], ranks_per_worker)``: the
+    prefill is the least loaded rank's (min), the other columns are worker totals (sum).
+    With one rank per worker (the usual case) this is only a sort.
+    """
+    order = worker_ids.argsort(kind="stable")
+    ids = worker_ids[order]
+    n = ids.shape[0]
+    same_as_previous = ids[1:] == ids[:-1]
+    if not np.count_nonzero(same_as_previous):
+        return ids, prefill[order], [c[order] for c in summed], np.ones(n)
+    starts = np.flatnonzero(np.concatenate(([True], ~same_as_previous)))
+    return (
+        ids[starts],
+        np.minimum.reduceat(prefill[order], starts),
+        [np.add.reduceat(c[order], starts) for c in summed],
+        np.diff(starts, append=n).astype(np.float64),
+    )
+
+
+def constant(n: int, value: float) -> np.ndarray:
+    """``np.full(n, value)`` without its Python-level overhead (a few µs per call)."""
+    out = np.empty(n)
+    out.fill(value)
+    return out
+
+
+def aligned(
+    ids: list[int] | np.ndarray, values: Optional[Mapping[int, float]], default: float = 0.0
+) -> np.ndarray:
+    """``[values.get(w, default) for w in ids]`` as a float array, without a Python loop."""
+    n = len(ids)
+    if not values:
+        return constant(n, default)
+    if isinstance(ids, np.ndarray):
+        ids = ids.tolist()
+    return np.fromiter(map(values.get, ids, repeat(default)), np.float64, n)
+
+
 def signals_from_potential_loads(
     loads: list[dict[str, Any]],
     inflight: Mapping[int, int],
@@ -108,31 +152,28 @@ def signals_from_potential_loads(
     lets the Router fill it. ``overlap``: device overlap blocks per worker
     (``overlap_from_scores``). ``capacity``: KV blocks per worker when known.
     """
-    prefill: dict[int, float] = {}
-    decode: dict[int, float] = {}
-    active: dict[int, float] = {}
-    for row in loads:
-        wid = int(row["worker_id"])
-        p = float(row.get("potential_prefill_tokens", 0) or 0)
-        prefill[wid] = min(prefill.get(wid, p), p)
-        decode[wid] = decode.get(wid, 0.0) + float(row.get("potential_decode_blocks", 0) or 0)
-        active[wid] = active.get(wid, 0.0) + float(row.get("active_requests", 0) or 0)
-    ids = sorted(prefill)
-    overlap = overlap or {}
-    capacity = capacity or {}
+    n = len(loads)
+    wids = np.fromiter((int(r["worker_id"]) for r in loads), np.uint64, n)  # u64 ids
+
+    def column(key: str) -> np.ndarray:
+        return np.fromiter((r.get(key, 0) or 0 for r in loads), np.float64, n)
+
+    ids_arr, prefill, (decode, active), _ = aggregate_ranks(
+        wids,
+        column("potential_prefill_tokens"),
+        column("potential_decode_blocks"),
+        column("active_requests"),
+    )
+    ids = ids_arr.tolist()
     return WorkerSignals(
-        worker_ids=np.asarray(ids, dtype=np.uint64),  # Dynamo instance ids are u64
-        overlap_blocks=np.fromiter((overlap.get(w, 0) for w in ids), np.float64, len(ids)),
-        potential_prefill_tokens=np.fromiter((prefill[w] for w in ids), np.float64, len(ids)),
-        decode_blocks=np.fromiter((decode[w] for w in ids), np.float64, len(ids)),
-        active_requests=np.fromiter((active[w] for w in ids), np.float64, len(ids)),
-        inflight=np.fromiter((inflight.get(w, 0) for w in ids), np.float64, len(ids)),
-        capacity_blocks=np.fromiter(
-            (capacity.get(w, default_capacity_blocks) for w in ids), np.float64, len(ids)
-        ),
-        reserved_blocks=None
-        if reserved is None
-        else np.fromiter((reserved.get(w, 0) for w in ids), np.float64, len(ids)),
+        worker_ids=ids_arr,
+        overlap_blocks=aligned(ids, overlap),
+        potential_prefill_tokens=prefill,
+        decode_blocks=decode,
+        active_requests=active,
+        inflight=aligned(ids, inflight),
+        capacity_blocks=aligned(ids, capacity, default_capacity_blocks),
+        reserved_blocks=None if reserved is None else aligned(ids, reserved),
     )
 
 
