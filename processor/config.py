@@ -65,6 +65,15 @@ class ProcessorConfig(BaseSettings):
     first_token_timeout_s: float = Field(
         120.0, gt=0, description="A worker silent this long before its first token has failed."
     )
+    worker_quarantine_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "A worker that just failed a request is left out of routing this long, so later "
+            "requests do not try a dead worker until discovery drops it (about 10 s with file "
+            "discovery); ignored while every live worker is in quarantine. 0 = off."
+        ),
+    )
     sweep_interval_s: float = Field(
         1.0, gt=0, description="Period of the background sweep (expiry, feedback timeouts, workers)."
     )

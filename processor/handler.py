@@ -11,7 +11,10 @@ Faults: a worker that fails (or stays silent past ``first_token_timeout_s``) bef
 token is excluded and the request is retried on the next best worker, at most
 ``max_retries`` times (counted); after tokens were sent the client gets a clean error. A
 worker that leaves discovery is dropped from routing by the next decision (decisions only
-consider ``client.instance_ids()``) and from the router's state by the background sweep.
+consider ``client.instance_ids()``) and from the router's state by the background sweep. As
+discovery notices a killed worker only after its lease runs out (about 10 s with file
+discovery), a worker that fails a request is also quarantined for ``worker_quarantine_s``:
+later decisions leave it out unless no other worker is live.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class ProcessorHandler:
         self._writer: JsonlWriter | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._known_workers: frozenset[int] = frozenset()
+        self._quarantine: dict[int, float] = {}  # worker -> monotonic end; <= live workers
 
     async def start(self) -> None:
         from dynamo.llm import KvRouter, KvRouterConfig
@@ -140,11 +144,15 @@ class ProcessorHandler:
             logger.warning("worker %x left discovery; dropped from routing", gone)
             self.router.remove_worker(gone)
         self._known_workers = live
+        now = time.monotonic()
+        for wid, until in list(self._quarantine.items()):
+            if until <= now or wid not in live:
+                del self._quarantine[wid]
         swept = self.router.sweep(time.monotonic())
         if swept["feedback_timeouts"]:
             self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
         stats = self.router.stats()
-        self.metrics.workers.set(len(live))
+        self.metrics.workers.set(len(live - self._quarantine.keys()))
         self.metrics.pins.set(stats["pinned_prefixes"])
         self.metrics.tracked_prefixes.set(stats["prefixes"])
         if self._writer is not None:
@@ -177,10 +185,18 @@ class ProcessorHandler:
                     forward = self._forward(request, context, decision, uncached, route, measure)
                     async for item in forward:
                         yield item
-                    outcome = "ok"
+                    # A client disconnect kills the context: the worker stops and its stream
+                    # simply ends, so an ended stream alone does not mean success.
+                    outcome = "cancelled" if _context_cancelled(context) else "ok"
+                    if outcome == "cancelled":
+                        error = "client disconnected"
                     break
                 except WorkerFailed as failure:
                     self.metrics.worker_errors.labels(worker=f"{failure.worker_id:x}").inc()
+                    if self._config.worker_quarantine_s > 0:
+                        self._quarantine[failure.worker_id] = (
+                            time.monotonic() + self._config.worker_quarantine_s
+                        )
                     if failure.before_first_token and attempt < self._config.max_retries:
                         excluded.add(failure.worker_id)
                         attempt += 1
@@ -209,6 +225,11 @@ class ProcessorHandler:
             live = frozenset(await self._client.wait_for_instances()) - excluded
         if not live:
             raise RuntimeError("no live worker to route to")
+        if self._quarantine:
+            now = time.monotonic()
+            healthy = frozenset(w for w in live if self._quarantine.get(w, 0.0) <= now)
+            if healthy:
+                live = healthy
         t0 = time.perf_counter()
         signals, uncached = await self._signals.signals(token_ids, live)
         if len(signals) == 0:
@@ -372,6 +393,16 @@ def _candidate(c: Any) -> Candidate:
         "overlap_blocks": c.overlap_blocks, "queued_tokens": c.queued_tokens,
     }
     return Candidate(c.worker_id, round(c.total_ms, 3), {k: round(v, 3) for k, v in terms.items()})
+
+
+def _context_cancelled(context: Any) -> bool:
+    """Whether the request's context was stopped or killed (client gone); False without one."""
+    if context is None:
+        return False
+    try:
+        return bool(context.is_stopped() or context.is_killed())
+    except Exception:
+        return False
 
 
 def _request_id(context: Any) -> str:

@@ -109,6 +109,10 @@ class JsonlWriter:
                 batch = [r for r in batch if r is not _STOP]
             if batch:
                 await self._write_batch(batch)
+            # Unbind the written records before waiting for the next one: otherwise the last
+            # batch (up to batch_max records, each with its prompt's block hashes) stays alive
+            # while the writer idles, retained memory growing with prompt length.
+            first = batch = None
             if (stop or self._closing) and self._queue.empty():
                 return
 

@@ -120,3 +120,30 @@ async def test_io_error_is_counted_and_writer_survives(tmp_path: Path) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         JsonlWriter("x", queue_size=0)
+
+
+async def test_written_records_are_not_kept_alive_while_idle(tmp_path: Path) -> None:
+    """Once written, a batch is released even if no further record arrives (memory of the
+    processor would otherwise hold the last batch's block hashes for as long as it idles)."""
+    import gc
+    import weakref
+
+    import msgspec
+
+    class Rec(msgspec.Struct, weakref=True):
+        block_hashes: list[int]
+
+    w = JsonlWriter(tmp_path / "t.jsonl")
+    w.start()
+    recs = [Rec(list(range(500))) for _ in range(3)]
+    refs = [weakref.ref(r) for r in recs]
+    for r in recs:
+        w.put(r)
+    del recs, r
+    deadline = time.monotonic() + 5
+    while w.written < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the writer is idle, waiting for the next record
+    gc.collect()
+    assert w.written == 3 and all(ref() is None for ref in refs)
+    await w.close()

@@ -1,0 +1,71 @@
+"""The processor's Prometheus endpoint is scraped and its values match what the test sent."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.local_stack import LocalStack
+from tests.integration.processor_util import chat, metric, poll, scrape
+
+pytestmark = pytest.mark.integration
+
+N = 8
+
+
+def test_metrics_match_the_requests_sent(stack: LocalStack) -> None:
+    url = stack.processor_metrics_url
+    before = scrape(url)
+    usages = []
+    for i in range(N):
+        _, usage = chat(
+            stack.gateway_url if i % 2 else stack.frontend_url,
+            stack.model_name,
+            f"metrics probe {i}: " + "lorem ipsum " * (10 * i + 1),
+            max_tokens=3 + i,
+            stream=bool(i % 3),
+        )
+        usages.append(usage)
+
+    def settled() -> dict | None:
+        now = scrape(url)
+        done = metric(now, "akr_processor_requests_total", outcome="ok") - metric(
+            before, "akr_processor_requests_total", outcome="ok"
+        )
+        return now if done >= N else None
+
+    after = poll(f"{N} finished requests in the metrics", settled, 10.0)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    prompt = sum(u["prompt_tokens"] for u in usages)
+    output = sum(u["completion_tokens"] for u in usages)
+    assert output == sum(3 + i for i in range(N))
+    assert delta("akr_processor_requests_total", outcome="ok") == N
+    assert delta("akr_processor_requests_total", outcome="error") == 0
+    assert delta("akr_processor_prompt_tokens_total") == prompt
+    assert delta("akr_processor_output_tokens_total") == output
+    cached = [
+        (u.get("prompt_tokens_details") or {}).get("cached_tokens") for u in usages
+    ]
+    if all(c is not None for c in cached):  # the frontend passes the worker's cache hit on
+        assert delta("akr_processor_cached_tokens_total") == sum(cached)
+    assert delta("akr_processor_ttft_seconds_count") == N
+    assert delta("akr_processor_e2e_seconds_count") == N
+    assert delta("akr_processor_itl_seconds_count") == N  # every request had >= 2 tokens
+    assert delta("akr_processor_decision_seconds_count") == N
+    assert delta("akr_processor_decisions_total") == N
+    assert delta("akr_processor_retries_total") == 0
+    assert metric(after, "akr_processor_active_requests") == 0
+    assert metric(after, "akr_processor_workers") == 2
+    ratio = metric(after, "akr_processor_cached_tokens_total") / metric(
+        after, "akr_processor_prompt_tokens_total"
+    )
+    assert metric(after, "akr_processor_kv_hit_ratio") == pytest.approx(ratio)
+    # Decisions are labelled by a live worker and a documented reason.
+    labels = {
+        dict(lbl)["reason"]
+        for (name, lbl), v in after.items()
+        if name == "akr_processor_decisions_total" and v
+    }
+    assert labels <= {"sticky", "overlap", "load", "exploration", "pin"}
