@@ -69,10 +69,10 @@ class StreamReply:
             async for chunk in self.upstream.iter_chunks():
                 yield chunk
         except UpstreamTimeout:
-            m.upstream_errors.labels("timeout").inc()
+            m.upstream_error("timeout")
             yield sse_error("upstream timed out mid-stream", "upstream_timeout")
         except UpstreamError:
-            m.upstream_errors.labels("read").inc()
+            m.upstream_error("read")
             yield sse_error("upstream stream broke", "upstream_unavailable")
         self.complete = True
 
@@ -151,7 +151,7 @@ class Gateway:
 
     def too_large(self, path: str) -> Reply:
         """The answer for a body over ``max_body_bytes`` (the server stops reading it)."""
-        self.metrics.rejects.labels("body").inc()
+        self.metrics.reject("body")
         self.metrics.count_request(path if path in POST_ROUTES else "other", 413)
         return error_reply(413, f"request body exceeds {self.config.max_body_bytes} bytes",
                            param="body", code="body_too_large")
@@ -167,7 +167,7 @@ class Gateway:
     def _metrics(self) -> Reply:
         m = self.metrics
         if self.trace is not None:
-            m.trace_dropped.set(self.trace.dropped)
+            m.trace_dropped = self.trace.dropped
         return Reply(200, generate_latest(m.registry), CONTENT_TYPE_LATEST)
 
     async def _models(self) -> Reply:
@@ -191,7 +191,7 @@ class Gateway:
     # --- POST routes -------------------------------------------------------------------------
 
     def _reject(self, route: str, reply: Reply, field: str) -> Reply:
-        self.metrics.rejects.labels(field).inc()
+        self.metrics.reject(field)
         self.metrics.count_request(route, reply.status)
         if self.trace is not None:
             self.trace.put({"ts": time.time(), "route": route, "status": reply.status,
@@ -236,7 +236,7 @@ class Gateway:
         if not cfg.allow_worker_pin_headers:
             for name in WORKER_PIN_HEADERS:
                 if name in headers:
-                    m.dropped_headers.inc()
+                    m.dropped_pin_headers += 1
 
         t_up = time.perf_counter()
         t_headers: float | None = None
@@ -254,29 +254,29 @@ class Gateway:
         try:
             up = await self.client.request("POST", route, data, tr.headers)
         except UpstreamTimeout:
-            m.upstream_errors.labels("timeout").inc()
+            m.upstream_error("timeout")
             finish(504)
             return _timeout_reply()
         except UpstreamError as e:
-            m.upstream_errors.labels("connect").inc()
+            m.upstream_error("connect")
             finish(502)
             return _unavailable_reply(e)
         except BaseException:  # cancelled: the client went away while we waited
             finish(499)
             raise
         t_headers = time.perf_counter()
-        m.upstream_latency.labels(route).observe(t_headers - t_up)
+        m.observe_upstream(route, t_headers - t_up)
         ctype = up.headers.get("content-type", JSON)
         if ctype.startswith("text/event-stream"):
             return StreamReply(up.status, ctype, up, self, finish)
         try:
             payload = await up.read()
         except UpstreamTimeout:
-            m.upstream_errors.labels("timeout").inc()
+            m.upstream_error("timeout")
             finish(504)
             return _timeout_reply()
         except UpstreamError as e:
-            m.upstream_errors.labels("read").inc()
+            m.upstream_error("read")
             finish(502)
             return _unavailable_reply(e)
         except BaseException:

@@ -1,12 +1,41 @@
-"""Prometheus metrics of the gateway, on a registry of its own (one per app, test-friendly)."""
+"""Prometheus metrics of the gateway, on a registry of its own (one per gateway, test-friendly).
+
+Why plain counters and a collector: the request path only bumps Python ints in dicts (tens of
+nanoseconds, no locks); the Prometheus families are built when /metrics is scraped. The gateway
+runs on one event loop thread, so no lock is needed.
+
+Exposed: ``akr_gateway_requests_total{route,status}``, ``akr_gateway_hints_total{field}``
+(requests carrying each hint, after validation), ``akr_gateway_rejects_total{field}``,
+``akr_gateway_upstream_errors_total{kind}``, ``akr_gateway_dropped_pin_headers_total``,
+``akr_gateway_upstream_latency_seconds{route}`` (histogram, time to upstream response headers),
+``akr_gateway_trace_dropped`` (trace records dropped because the queue was full).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import bisect
+from collections import defaultdict
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 # Upstream time to response headers: ~1 ms (overhead) up to minutes (long prefill queues).
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0, 120.0, 300.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _Histogram:
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # last = +Inf
+        self.total = 0.0
 
 
 class GatewayMetrics:
@@ -14,37 +43,78 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("akr_gateway_requests", "Requests answered, by route and status",
-                                ["route", "status"], registry=r)
-        self.hints = Counter("akr_gateway_hints",
-                             "Requests carrying each hint field (after validation)", ["field"],
-                             registry=r)
-        self.rejects = Counter("akr_gateway_rejects",
-                               "Requests rejected by the gateway, by offending field",
-                               ["field"], registry=r)
-        self.upstream_latency = Histogram(
-            "akr_gateway_upstream_latency_seconds",
-            "Time from sending to the upstream until its response headers", ["route"],
-            buckets=_LATENCY_BUCKETS, registry=r)
-        self.upstream_errors = Counter("akr_gateway_upstream_errors",
-                                       "Upstream failures by kind", ["kind"], registry=r)
-        self.dropped_headers = Counter("akr_gateway_dropped_pin_headers",
-                                       "Worker-pinning client headers dropped", registry=r)
-        self.in_flight = Gauge("akr_gateway_in_flight", "Requests being proxied", registry=r)
-        self.trace_dropped = Gauge("akr_gateway_trace_dropped",
-                                   "Trace records dropped (queue full)", registry=r)
-        self._req_children: dict[tuple[str, int], Counter] = {}
-        self._hint_children: dict[str, Counter] = {}
+        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        self.hints: defaultdict[str, int] = defaultdict(int)
+        self.rejects: defaultdict[str, int] = defaultdict(int)
+        self.upstream_errors: defaultdict[str, int] = defaultdict(int)
+        self.dropped_pin_headers = 0
+        self.trace_dropped = 0
+        self.latency: dict[str, _Histogram] = {}
+        self.registry.register(_Collector(self))
 
     def count_request(self, route: str, status: int) -> None:
-        child = self._req_children.get((route, status))
-        if child is None:
-            child = self._req_children[(route, status)] = self.requests.labels(route, str(status))
-        child.inc()
+        self.requests[(route, status)] += 1
 
     def count_hint(self, field: str) -> None:
-        child = self._hint_children.get(field)
-        if child is None:
-            child = self._hint_children[field] = self.hints.labels(field)
-        child.inc()
+        self.hints[field] += 1
+
+    def reject(self, field: str) -> None:
+        self.rejects[field] += 1
+
+    def upstream_error(self, kind: str) -> None:
+        self.upstream_errors[kind] += 1
+
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        h = self.latency.get(route)
+        if h is None:
+            h = self.latency[route] = _Histogram()
+        h.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        h.total += seconds
+
+
+class _Collector:
+    def __init__(self, m: GatewayMetrics) -> None:
+        self.m = m
+
+    def describe(self) -> list[Metric]:
+        return []  # no description-time families: collect() is cheap and always current
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        c = CounterMetricFamily("akr_gateway_requests", "Requests answered, by route and status",
+                                labels=["route", "status"])
+        for (route, status), n in sorted(m.requests.items()):
+            c.add_metric([route, str(status)], n)
+        yield c
+        c = CounterMetricFamily("akr_gateway_hints",
+                                "Requests carrying each hint field (after validation)",
+                                labels=["field"])
+        for field, n in sorted(m.hints.items()):
+            c.add_metric([field], n)
+        yield c
+        c = CounterMetricFamily("akr_gateway_rejects",
+                                "Requests rejected by the gateway, by offending field",
+                                labels=["field"])
+        for field, n in sorted(m.rejects.items()):
+            c.add_metric([field], n)
+        yield c
+        c = CounterMetricFamily("akr_gateway_upstream_errors", "Upstream failures by kind",
+                                labels=["kind"])
+        for kind, n in sorted(m.upstream_errors.items()):
+            c.add_metric([kind], n)
+        yield c
+        yield CounterMetricFamily("akr_gateway_dropped_pin_headers",
+                                  "Worker-pinning client headers dropped",
+                                  value=m.dropped_pin_headers)
+        yield GaugeMetricFamily("akr_gateway_trace_dropped",
+                                "Trace records dropped (queue full)", value=m.trace_dropped)
+        h = HistogramMetricFamily("akr_gateway_upstream_latency_seconds",
+                                  "Time from sending to the upstream until its response headers",
+                                  labels=["route"])
+        for route, hist in sorted(m.latency.items()):
+            acc, buckets = 0, []
+            for le, n in zip((*LATENCY_BUCKETS, float("inf")), hist.counts, strict=True):
+                acc += n
+                buckets.append(("+Inf" if le == float("inf") else repr(le), acc))
+            h.add_metric([route], buckets, hist.total)
+        yield h

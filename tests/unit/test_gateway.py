@@ -357,3 +357,25 @@ async def test_duplicate_keys_cannot_smuggle_hints(gw: TestClient, upstream: Ech
     r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
     assert r.status == 200
     assert upstream.seen[-1]["body"] == {"model": "tiny", "nvext": {"ignore_eos": True}}
+
+
+def test_metrics_exposition() -> None:
+    from prometheus_client import generate_latest
+
+    from frontend.metrics import GatewayMetrics
+
+    m = GatewayMetrics()
+    for s in (0.0005, 0.003, 0.003, 1000.0):
+        m.observe_upstream("/v1/completions", s)
+    m.upstream_error("timeout")
+    m.dropped_pin_headers += 2
+    text = generate_latest(m.registry).decode()
+    assert ('akr_gateway_upstream_latency_seconds_bucket{le="0.001",route="/v1/completions"} 1.0'
+            in text)
+    assert ('akr_gateway_upstream_latency_seconds_bucket{le="0.005",route="/v1/completions"} 3.0'
+            in text)
+    assert ('akr_gateway_upstream_latency_seconds_bucket{le="+Inf",route="/v1/completions"} 4.0'
+            in text)
+    assert 'akr_gateway_upstream_latency_seconds_count{route="/v1/completions"} 4.0' in text
+    assert 'akr_gateway_upstream_errors_total{kind="timeout"} 1.0' in text
+    assert "akr_gateway_dropped_pin_headers_total 2.0" in text
