@@ -35,6 +35,7 @@ PUBLIC_MODEL = "akr-tiny"
 # Workers register under an internal name so clients only address the processor's model.
 WORKER_MODEL = "akr-internal-workers"
 WORKER_ENDPOINT = "workers.backend.generate"
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -108,9 +109,7 @@ class LocalStack:
         self.file_kv = self.workdir / "dynamo_kv"
         self.env = {**os.environ, **loopback_env(self.file_kv)}
         self.procs: list[_Proc] = []
-        self.frontend_port = free_port()
-        self.gateway_port = free_port() if self.config.arm == "ours" else None
-        self.processor_metrics_port = free_port() if self.config.arm == "ours" else None
+        self._pick_ports()
         self.trace_path = self.workdir / "traces" / "processor.jsonl"
 
     # -- URLs ---------------------------------------------------------------------------------
@@ -138,13 +137,29 @@ class LocalStack:
         return f"http://127.0.0.1:{self.processor_metrics_port}/metrics"
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def _pick_ports(self) -> None:
+        self.frontend_port = free_port()
+        self.gateway_port = free_port() if self.config.arm == "ours" else None
+        self.processor_metrics_port = free_port() if self.config.arm == "ours" else None
+
     def __enter__(self) -> LocalStack:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        # A port picked free can be taken by another process before ours binds it (stacks
+        # starting side by side): start again on fresh ports, at most START_ATTEMPTS times.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self.start()
+                return self
+            except StackError as exc:
+                self.stop(remove_workdir=False)
+                if attempt == START_ATTEMPTS or "Address already in use" not in str(exc):
+                    self.stop()
+                    raise
+                shutil.rmtree(self.file_kv, ignore_errors=True)
+                self._pick_ports()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -168,7 +183,7 @@ class LocalStack:
             self._wait_model(self.frontend_url, WORKER_MODEL)
             self._wait_answer(self.frontend_url, WORKER_MODEL)
 
-    def stop(self) -> None:
+    def stop(self, remove_workdir: bool = True) -> None:
         """SIGTERM every process group we started, then SIGKILL what is left."""
         for proc in reversed(self.procs):
             _signal_group(proc.popen, signal.SIGTERM)
@@ -185,7 +200,7 @@ class LocalStack:
                 pass
             proc.log.close()
         self.procs.clear()
-        if self._own_workdir and not self.config.keep_workdir:
+        if remove_workdir and self._own_workdir and not self.config.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def pids(self) -> list[int]:

@@ -46,7 +46,10 @@ class ProcessorConfig(BaseSettings):
         None, description="JSONL request trace file; unset = no traces."
     )
     trace_queue_size: int = Field(
-        10_000, ge=1, description="Trace records buffered in memory; beyond it they are dropped."
+        2_000,
+        ge=1,
+        description="Trace records buffered in memory; beyond it they are dropped. Counted in "
+        "records: one holds its prompt's block hashes (~0.5k ints at 32k tokens), so 2000 ~ 40 MB.",
     )
     trace_max_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Rotate the trace file at this size."
