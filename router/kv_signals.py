@@ -11,7 +11,7 @@ function uses (potential prefill incl. queue, potential decode blocks).
 
 from __future__ import annotations
 
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,9 @@ import numpy as np
 from router.load import LoadTracker
 from router.signals import WorkerSignals, aggregate_ranks, constant
 
+_WORKER_ID = itemgetter("worker_id")
+_PREFILL = itemgetter("potential_prefill_tokens")
+_DECODE = itemgetter("potential_decode_blocks")
 _LOAD_FIELDS = tuple(
     attrgetter(f) for f in ("queued_prefill_tokens", "decode_blocks", "active_requests")
 )
@@ -35,43 +38,52 @@ class KvSignalSource:
     async def signals(
         self, token_ids: list[int], live: frozenset[int] | None = None
     ) -> tuple[WorkerSignals, dict[int, int]]:
-        """Signals for ``token_ids`` over the live workers; also per-worker uncached tokens.
-
-        Per worker, aggregating its dp ranks: overlap = the best rank's cached blocks (>= 0),
-        prefill = the least loaded rank's uncached tokens + our queued prefill there,
-        decode = Dynamo's decode blocks summed over ranks + ours per rank, active = ours per
-        rank. Vectorized: no Python loop over workers beyond reading Dynamo's rows.
-        """
+        """Signals for ``token_ids`` over the live workers; also per-worker uncached tokens."""
         rows = await self._kv.get_potential_loads(token_ids)
-        wids = [row["worker_id"] for row in rows]
-        if live is not None and not live.issuperset(wids):
-            rows = [row for row in rows if row["worker_id"] in live]
-            wids = [row["worker_id"] for row in rows]
-        n_rows = len(rows)
-        ids, own, (dynamo_decode,), ranks = aggregate_ranks(
-            np.fromiter(wids, np.uint64, n_rows),
-            np.fromiter([row["potential_prefill_tokens"] for row in rows], np.int64, n_rows),
-            np.fromiter([row["potential_decode_blocks"] for row in rows], np.float64, n_rows),
-        )
-        n = ids.shape[0]
-        # Our load (queued prefill, decode blocks, in flight) on the workers where we have
-        # requests in flight; zero elsewhere.
-        queued, ours_decode, ours_active = ours = np.zeros((3, n))
-        busy = self._load._workers  # noqa: SLF001 - {worker: WorkerLoad}, busy workers only
-        if busy and n:
-            keys = np.fromiter(busy, np.uint64, len(busy))
-            at = np.minimum(ids.searchsorted(keys), n - 1)
-            hit = ids[at] == keys
-            loads = list(busy.values())
-            for row, field in zip(ours, _LOAD_FIELDS):
-                row[at[hit]] = np.fromiter(map(field, loads), np.float64, len(loads))[hit]
-        signals = WorkerSignals(
-            worker_ids=ids,
-            overlap_blocks=np.maximum((len(token_ids) - own) // self._load.block_size, 0.0),
-            potential_prefill_tokens=own + queued,
-            decode_blocks=dynamo_decode + ranks * ours_decode,
-            active_requests=ranks * ours_active,
-            inflight=ours_active,
-            capacity_blocks=constant(n, self._capacity_blocks),
-        )
-        return signals, dict(zip(ids.tolist(), own.tolist()))
+        return signals_from_rows(rows, len(token_ids), self._load, self._capacity_blocks, live)
+
+
+def signals_from_rows(
+    rows: list[dict[str, Any]],
+    prompt_tokens: int,
+    load: LoadTracker,
+    capacity_blocks: int,
+    live: frozenset[int] | None = None,
+) -> tuple[WorkerSignals, dict[int, int]]:
+    """``get_potential_loads`` rows for one prompt + our load -> (signals, uncached tokens).
+
+    Per worker, aggregating its dp ranks: overlap = the best rank's cached blocks (>= 0),
+    prefill = the least loaded rank's uncached tokens + our queued prefill there,
+    decode = Dynamo's decode blocks summed over ranks + ours per rank, active = ours per
+    rank. Vectorized: no Python loop over workers beyond reading Dynamo's rows.
+    """
+    if live is not None and not live.issuperset(map(_WORKER_ID, rows)):
+        rows = [row for row in rows if row["worker_id"] in live]
+    n_rows = len(rows)
+    ids, own, (dynamo_decode,), ranks = aggregate_ranks(  # columns read by C-level maps
+        np.fromiter(map(_WORKER_ID, rows), np.uint64, n_rows),
+        np.fromiter(map(_PREFILL, rows), np.int64, n_rows),
+        np.fromiter(map(_DECODE, rows), np.float64, n_rows),
+    )
+    n = ids.shape[0]
+    # Our load (queued prefill, decode blocks, in flight) on the workers where we have
+    # requests in flight; zero elsewhere.
+    queued, ours_decode, ours_active = ours = np.zeros((3, n))
+    busy = load._workers  # noqa: SLF001 - {worker: WorkerLoad}, busy workers only
+    if busy and n:
+        keys = np.fromiter(busy, np.uint64, len(busy))
+        at = np.minimum(ids.searchsorted(keys), n - 1)
+        hit = ids[at] == keys
+        loads = list(busy.values())
+        for row, field in zip(ours, _LOAD_FIELDS):
+            row[at[hit]] = np.fromiter(map(field, loads), np.float64, len(loads))[hit]
+    signals = WorkerSignals(
+        worker_ids=ids,
+        overlap_blocks=np.maximum((prompt_tokens - own) // load.block_size, 0.0),
+        potential_prefill_tokens=own + queued,
+        decode_blocks=dynamo_decode + ranks * ours_decode,
+        active_requests=ranks * ours_active,
+        inflight=ours_active,
+        capacity_blocks=constant(n, capacity_blocks),
+    )
+    return signals, dict(zip(ids.tolist(), own.tolist()))
