@@ -15,7 +15,12 @@ test: setup
 unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
+# The routing benchmark: the `bench` extra (matplotlib) in .venv, AIPerf in its own .venv/aiperf
+# (its dependencies would change pinned packages of .venv), then the short run (< 10 minutes).
+# `$(PY) -m benchmarks.routing --full` runs the full one.
 bench: setup
+	@$(PY) -c "import matplotlib, jinja2" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check -e ".[bench]" 2>&1 | grep -v '^WARNING: Location' || true
+	@test -x .venv/aiperf/bin/aiperf || { python3 -m venv .venv/aiperf && .venv/aiperf/bin/python -m pip install -q --disable-pip-version-check "aiperf==0.13.0" 2>&1 | grep -v '^WARNING: Location' || true; }
 	$(PY) -m benchmarks.routing --short
 
 clean:
