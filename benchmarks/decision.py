@@ -14,8 +14,9 @@ measurement in a child process whose Dynamo runtime reads that stack's environme
 * then pairs of samples on the same prompt (a system prompt + a fresh 1k-token suffix,
   4k tokens in all), in alternating order (AB, BA, AB, ...) so drift and noise from other
   processes hit both sides equally:
-  - ours: ``await KvSignalSource.signals(token_ids, live)`` (one ``get_potential_loads`` +
-    our load tracker) followed by ``Router.decide(route_request, signals, now)``, i.e. what
+  - ours: ``processor.routing.LocalRouting.decide``: one ``get_potential_loads`` call, then
+    ``RouterService.find_worker`` (signals from the rows + our load, ``Router.decide``,
+    load accounting), i.e. what
     the processor times as one decision;
   - Dynamo: ``await kv_router.best_worker(token_ids)`` (query-only, no request id).
 
@@ -56,9 +57,8 @@ async def _measure(runtime: Any, n_workers: int, samples: int, warmup: int, seed
 
     from deploy.local_stack import WORKER_ENDPOINT, WORKER_MODEL
     from router.config import RouterConfig
-    from router.kv_signals import KvSignalSource
-    from router.load import LoadTracker
-    from router.policy import RouteRequest, Router
+    from router.policy import RouteRequest
+    from router.service import Feedback, FindWorker, RouterService
 
     rng = np.random.default_rng(seed)
     endpoint = runtime.endpoint(WORKER_ENDPOINT)
@@ -129,11 +129,9 @@ async def _measure(runtime: Any, n_workers: int, samples: int, warmup: int, seed
 
     # Our side, set up as in processor/handler.py.
     cfg = RouterConfig(block_size=BLOCK_SIZE, seed=seed)
-    router = Router(cfg)
-    load = LoadTracker(BLOCK_SIZE)
+    service = RouterService(cfg)
     for i, w in enumerate(worker_ids[::2]):  # synthetic in-flight load on half the workers
-        load.start(f"inflight-{i}", w, 512 * (i % 3), PROMPT_TOKENS, 128)
-    source = KvSignalSource(kv, load, cfg.worker_capacity_blocks)
+        service.load.start(f"inflight-{i}", w, 512 * (i % 3), PROMPT_TOKENS, 128)
     live = frozenset(client.instance_ids())
     conversations = 32
     split: list[tuple[float, float]] = []  # (signals, decide) of each of our decisions
@@ -146,21 +144,27 @@ async def _measure(runtime: Any, n_workers: int, samples: int, warmup: int, seed
             total_requests=8,
             osl=128,
         )
+        # The body of processor.routing.LocalRouting.decide, timed in its two parts.
         t0 = time.perf_counter()
-        signals, _uncached = await source.signals(token_ids, live)
+        rows = await kv.get_potential_loads(token_ids)
         t1 = time.perf_counter()
-        decision = router.decide(route, signals, time.monotonic())
+        decision = service.find_worker(
+            FindWorker(request=route, rows=rows, live=list(live)), time.monotonic()
+        )
         t2 = time.perf_counter()
         dt = t2 - t0
         split.append((t1 - t0, t2 - t1))
         # Feedback outside the timed section: a plausible TTFT/ITL for the chosen worker.
         top = decision.candidates[0]
-        router.report(
-            route.request_id,
-            ttft_ms=20.0 + 0.02 * top.uncached_tokens + float(rng.exponential(5.0)),
-            itl_ms=5.0 + float(rng.exponential(0.5)),
-            uncached_tokens=int(top.uncached_tokens),
-            output_tokens=128,
+        service.feedback(
+            Feedback(
+                event="finish",
+                request_id=route.request_id,
+                ttft_ms=20.0 + 0.02 * top.uncached_tokens + float(rng.exponential(5.0)),
+                itl_ms=5.0 + float(rng.exponential(0.5)),
+                uncached_tokens=int(top.uncached_tokens),
+                output_tokens=128,
+            )
         )
         return dt
 
@@ -310,8 +314,8 @@ def _write(results: dict, args: argparse.Namespace, command: str) -> None:
         "the workers by real requests, plus a fresh suffix per sample);",
         f"{args.samples} samples per side per worker count after {args.warmup} warm-up pairs.",
         "",
-        "* ours = `KvSignalSource.signals(token_ids, live)` (one `get_potential_loads` + our load",
-        "  tracker) + `Router.decide(...)`: one full decision as the processor makes it;",
+        "* ours = `LocalRouting.decide`: one `get_potential_loads` + `RouterService.find_worker`",
+        "  (signals from the rows + our load, `Router.decide`): one full decision as the processor makes it;",
         "* Dynamo = `await KvRouter.best_worker(token_ids)` (query-only) on the same KvRouter.",
         "",
         "Command (repo root):",
@@ -336,7 +340,7 @@ def _write(results: dict, args: argparse.Namespace, command: str) -> None:
         "",
         "`get_potential_loads` alone is measured in the same loop for reference (it is the",
         "KvRouter query inside ours, returning one Python dict per worker); the rest of ours is",
-        "our Python: building the per-worker arrays (`KvSignalSource.signals`) and",
+        "our Python: building the per-worker arrays (`signals_from_rows`) and",
         "`Router.decide` (its p50 is the last column). Dynamo's logging is set to `warn` in the",
         "measuring process (`best_worker` logs every selection at INFO otherwise).",
         "",

@@ -132,7 +132,7 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
     from processor.handler import ProcessorHandler
     from router.config import RouterConfig
     from router.hints import AgentHints, encode_annotations
-    from router.policy import Router
+    from router.service import RouterService
 
     runtime = DistributedRuntime(asyncio.get_running_loop(), "file", "tcp", event_plane="zmq")
     trace_dir = Path(tempfile.mkdtemp(prefix="akr-mem-traces-"))
@@ -143,7 +143,7 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
         metrics_port=None,
         sweep_interval_s=1.0,
     )
-    router = Router(
+    service = RouterService(
         RouterConfig(block_size=args.block_size, worker_capacity_blocks=args.gpu_blocks)
     )
     rng = random.Random(args.seed)
@@ -164,7 +164,7 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
     # Tracing starts here: the workload (contexts, hint strings) exists, the processor not yet.
     if args.frames:
         tracemalloc.start(args.frames)
-    handler = ProcessorHandler(runtime, config, router)
+    handler = ProcessorHandler(runtime, config, service)
     await handler.start()
     stats = {"requests": 0, "errors": 0, "output_tokens": 0, "prompt_tokens": 0, "cached": 0}
 
@@ -213,9 +213,9 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
                 "rss_bytes": _rss_bytes(),
                 "context_tokens": len(sessions[0].context) - args.growth,
                 "router": {
-                    k: v for k, v in router.stats().items() if k != "reasons"
+                    k: v for k, v in service.router.stats().items() if k != "reasons"
                 },
-                "load_tracker_active": len(handler.load),
+                "load_tracker_active": len(service.load),
             }
             del snap
             print(

@@ -14,7 +14,7 @@ from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
 from router.config import RouterConfig
-from router.policy import Router
+from router.service import RouterService
 
 from processor.config import ProcessorConfig
 from processor.handler import ProcessorHandler
@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 @dynamo_worker()
 async def worker(runtime: DistributedRuntime) -> None:
     config = ProcessorConfig()
-    handler = ProcessorHandler(runtime, config, Router(RouterConfig()))
+    service = RouterService(RouterConfig())
+    if service.config.state_path and service.load_state(service.config.state_path):
+        logger.info("restored learner state from %s", service.config.state_path)
+    handler = ProcessorHandler(runtime, config, service)
     await handler.start()
     endpoint = runtime.endpoint(config.endpoint)
     await register_model(

@@ -30,12 +30,12 @@ from typing import Any
 
 from router.hints import AgentHints, hints_from_request
 from router.jsonl_writer import JsonlWriter
-from router.kv_signals import KvSignalSource
-from router.load import LoadTracker
-from router.policy import Decision, RouteRequest, Router
+from router.policy import Decision, RouteRequest
+from router.service import Feedback, RouterService
 
 from processor.config import ProcessorConfig
 from processor.metrics import ProcessorMetrics
+from processor.routing import LocalRouting, RemoteRouting, Routing
 from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
 
 logger = logging.getLogger(__name__)
@@ -79,22 +79,22 @@ class _Measure:
 
 
 class ProcessorHandler:
-    """Owns the router, the load tracker, the trace writer and the metrics of one processor."""
+    """Owns the routing (in-process service or remote router), traces and metrics."""
 
     def __init__(
         self,
         runtime: Any,
         config: ProcessorConfig,
-        router: Router,
+        service: RouterService | None = None,
         metrics: ProcessorMetrics | None = None,
     ) -> None:
         self._runtime = runtime
         self._config = config
-        self.router = router
+        # In-process router (default); unused when config.router_endpoint names a component.
+        self.service = service or RouterService()
         self.metrics = metrics or ProcessorMetrics()
-        self.load = LoadTracker(config.block_size)
         self._client: Any = None
-        self._signals: KvSignalSource | None = None
+        self.routing: Routing | None = None
         self._writer: JsonlWriter | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._known_workers: frozenset[int] = frozenset()
@@ -107,9 +107,13 @@ class ProcessorHandler:
         self._client = await endpoint.client()
         await self._client.wait_for_instances()
         kv_router = KvRouter(endpoint, self._config.block_size, KvRouterConfig())
-        self._signals = KvSignalSource(
-            kv_router, self.load, self.router.cfg.worker_capacity_blocks
-        )
+        if self._config.router_endpoint:
+            find = await self._runtime.endpoint(f"{self._config.router_endpoint}.find_worker").client()
+            feedback = await self._runtime.endpoint(f"{self._config.router_endpoint}.feedback").client()
+            await find.wait_for_instances()
+            self.routing = RemoteRouting(find, feedback, kv_router)
+        else:
+            self.routing = LocalRouting(self.service, kv_router)
         if self._config.trace_path is not None:
             self._writer = JsonlWriter(
                 self._config.trace_path,
@@ -125,16 +129,24 @@ class ProcessorHandler:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if isinstance(self.routing, LocalRouting) and self.service.config.state_path:
+            await self.service.save_state(self.service.config.state_path)
         if self._writer is not None:
             await self._writer.close()
 
     # -- background ---------------------------------------------------------------------------
     async def _sweep_forever(self) -> None:
         """Expiry, feedback timeouts and worker membership, off the request path."""
+        state_path = self.service.config.state_path
+        last_save = time.monotonic()
         while True:
             await asyncio.sleep(self._config.sweep_interval_s)
             try:
                 self._sweep_once()
+                due = time.monotonic() - last_save >= self.service.config.state_save_interval_s
+                if state_path and due and isinstance(self.routing, LocalRouting):
+                    await self.service.save_state(state_path)
+                    last_save = time.monotonic()
             except Exception:  # keep sweeping; one bad pass must not stop expiry for good
                 logger.exception("sweep failed")
 
@@ -142,19 +154,18 @@ class ProcessorHandler:
         live = frozenset(self._client.instance_ids())
         for gone in self._known_workers - live:
             logger.warning("worker %x left discovery; dropped from routing", gone)
-            self.router.remove_worker(gone)
+            self.routing.remove_worker(gone)
         self._known_workers = live
         now = time.monotonic()
         for wid, until in list(self._quarantine.items()):
             if until <= now or wid not in live:
                 del self._quarantine[wid]
-        swept = self.router.sweep(time.monotonic())
+        swept = self.routing.maintain(now)
         if swept["feedback_timeouts"]:
             self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
-        stats = self.router.stats()
         self.metrics.workers.set(len(live - self._quarantine.keys()))
-        self.metrics.pins.set(stats["pinned_prefixes"])
-        self.metrics.tracked_prefixes.set(stats["prefixes"])
+        self.metrics.pins.set(swept["pinned_prefixes"])
+        self.metrics.tracked_prefixes.set(swept["prefixes"])
         if self._writer is not None:
             dropped = self._writer.dropped - self.metrics.trace_dropped._value.get()  # noqa: SLF001
             if dropped > 0:
@@ -175,14 +186,14 @@ class ProcessorHandler:
         measure = _Measure()
         error: str | None = None
         outcome = "error"
+        open_decision: str | None = None  # decision whose "finish" feedback is still owed
         try:
             while True:
-                decision, uncached, decision_us = await self._decide(
-                    route, token_ids, excluded, attempt
-                )
+                decision, decision_us = await self._decide(route, token_ids, excluded, attempt)
+                open_decision = decision.request_id
                 measure = _Measure()
                 try:
-                    forward = self._forward(request, context, decision, uncached, route, measure)
+                    forward = self._forward(request, context, decision, measure)
                     async for item in forward:
                         yield item
                     # A client disconnect kills the context: the worker stops and its stream
@@ -192,6 +203,8 @@ class ProcessorHandler:
                         error = "client disconnected"
                     break
                 except WorkerFailed as failure:
+                    self.routing.feedback(Feedback(event="finish", request_id=open_decision, ok=False))
+                    open_decision = None
                     self.metrics.worker_errors.labels(worker=f"{failure.worker_id:x}").inc()
                     if self._config.worker_quarantine_s > 0:
                         self._quarantine[failure.worker_id] = (
@@ -213,13 +226,13 @@ class ProcessorHandler:
             raise
         finally:
             self.metrics.active.dec()
-            self._finish(arrival, request_id, route, request, token_ids, decision, decision_us,
-                         attempt, measure, outcome, error)
+            self._finish(arrival, request_id, route, token_ids, decision, open_decision,
+                         decision_us, attempt, measure, outcome, error)
 
     async def _decide(
         self, route: RouteRequest, token_ids: list[int], excluded: set[int], attempt: int
-    ) -> tuple[Decision, dict[int, int], float]:
-        assert self._signals is not None, "start() first"
+    ) -> tuple[Decision, float]:
+        assert self.routing is not None, "start() first"
         live = frozenset(self._client.instance_ids()) - excluded
         if not live:
             live = frozenset(await self._client.wait_for_instances()) - excluded
@@ -230,74 +243,61 @@ class ProcessorHandler:
             healthy = frozenset(w for w in live if self._quarantine.get(w, 0.0) <= now)
             if healthy:
                 live = healthy
-        t0 = time.perf_counter()
-        signals, uncached = await self._signals.signals(token_ids, live)
-        if len(signals) == 0:
-            raise RuntimeError("no live worker reported by the KV router")
         if attempt:  # a retry is a new decision with its own feedback record
             route = msgspec.structs.replace(route, request_id=f"{route.request_id}#{attempt}")
-        decision = self.router.decide(route, signals, time.monotonic())
+        t0 = time.perf_counter()
+        decision = await self.routing.decide(route, token_ids, live)
         decision_s = time.perf_counter() - t0
         self.metrics.decision.observe(decision_s)
         self.metrics.decisions.labels(
             worker=f"{decision.worker_id:x}", reason=decision.reason
         ).inc()
-        return decision, uncached, decision_s * 1e6
+        return decision, decision_s * 1e6
 
     async def _forward(
         self,
         request: dict[str, Any],
         context: Any,
         decision: Decision,
-        uncached: dict[int, int],
-        route: RouteRequest,
         measure: _Measure,
     ) -> AsyncIterator[Any]:
         """Stream one attempt from the chosen worker; raise ``WorkerFailed`` on its faults."""
         wid = decision.worker_id
-        rid = decision.request_id
-        prompt = len(request.get("token_ids") or ())
-        self.load.start(rid, wid, uncached.get(wid, prompt), prompt, route.osl or DEFAULT_OSL)
         keep_ids = self._config.trace_tokens
         try:
+            stream = await self._client.direct(request, wid, annotated=False, context=context)
+            iterator = stream.__aiter__()
+            first = await asyncio.wait_for(iterator.__anext__(), self._config.first_token_timeout_s)
+        except StopAsyncIteration:
+            return
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise WorkerFailed(wid, True, exc) from exc
+        measure.first = measure.last = time.perf_counter()
+        self.routing.feedback(Feedback(event="first_token", request_id=decision.request_id))
+        item: Any = first
+        while True:
+            _observe(measure, item, keep_ids)
+            yield item
             try:
-                stream = await self._client.direct(request, wid, annotated=False, context=context)
-                iterator = stream.__aiter__()
-                first = await asyncio.wait_for(
-                    iterator.__anext__(), self._config.first_token_timeout_s
-                )
+                item = await iterator.__anext__()
             except StopAsyncIteration:
                 return
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception as exc:
-                raise WorkerFailed(wid, True, exc) from exc
-            measure.first = measure.last = time.perf_counter()
-            self.load.first_token(rid)
-            item: Any = first
-            while True:
-                _observe(measure, item, keep_ids)
-                yield item
-                try:
-                    item = await iterator.__anext__()
-                except StopAsyncIteration:
-                    return
-                except (asyncio.CancelledError, GeneratorExit):
-                    raise
-                except Exception as exc:
-                    raise WorkerFailed(wid, False, exc) from exc
-                measure.last = time.perf_counter()
-        finally:
-            self.load.finish(rid)
+                raise WorkerFailed(wid, False, exc) from exc
+            measure.last = time.perf_counter()
 
     def _finish(
         self,
         arrival: float,
         request_id: str,
         route: RouteRequest,
-        request: dict[str, Any],
         token_ids: list[int],
         decision: Decision | None,
+        open_decision: str | None,
         decision_us: float,
         retries: int,
         measure: _Measure,
@@ -315,18 +315,20 @@ class ProcessorHandler:
             m.itl.observe(itl_ms / 1000.0)
         m.e2e.observe(e2e_ms / 1000.0)
         m.observe_tokens(len(token_ids), measure.cached or 0, measure.tokens)
-        if decision is not None and outcome != "cancelled":
+        if open_decision is not None:
             uncached = None if measure.cached is None else max(0, len(token_ids) - measure.cached)
-            self.router.report(
-                decision.request_id,
-                ttft_ms,
-                itl_ms,
-                uncached_tokens=uncached,
-                output_tokens=measure.tokens,
-                ok=outcome == "ok",
+            self.routing.feedback(
+                Feedback(
+                    event="finish",
+                    request_id=open_decision,
+                    ttft_ms=ttft_ms,
+                    itl_ms=itl_ms,
+                    uncached_tokens=uncached,
+                    output_tokens=measure.tokens,
+                    ok=outcome == "ok",
+                    cancelled=outcome == "cancelled",
+                )
             )
-        elif decision is not None:
-            self.router.cancel(decision.request_id)
         if self._writer is None:
             return
         keep = self._config.trace_tokens

@@ -11,6 +11,7 @@ workers exactly like Dynamo's default KV router (see ``router/cost.py``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from pydantic import Field, model_validator
@@ -226,6 +227,22 @@ class RouterConfig(BaseSettings):
     )
     seed: Optional[int] = Field(
         None, description="Seed of the sampling RNG (set it for reproducible runs and tests)."
+    )
+
+    # --- Standalone component (python -m router) and learner persistence ---------------
+    service_endpoint: str = Field(
+        "agents.router",
+        description="namespace.component of the standalone router; it serves "
+        "<this>.find_worker and <this>.feedback. Processors point AKR_PROCESSOR_ROUTER_ENDPOINT "
+        "at the same value.",
+    )
+    state_path: Optional[Path] = Field(
+        None,
+        description="JSON file holding the learner's posterior: read at start, written every "
+        "state_save_interval_s and at shutdown (from a worker thread). Unset = not persisted.",
+    )
+    state_save_interval_s: float = Field(
+        60.0, gt=0, description="Period of the learner-state snapshots."
     )
 
     @model_validator(mode="after")

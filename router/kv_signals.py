@@ -1,6 +1,7 @@
-"""Async signal source: Dynamo's KvRouter (overlap from worker KV events) + our load tracker.
+"""Worker signals from Dynamo's KvRouter rows (overlap from worker KV events) + our load.
 
-One ``KvRouter.get_potential_loads`` call per decision. The processor forwards requests with
+The caller makes one ``KvRouter.get_potential_loads`` call per decision
+(processor/routing.py). The processor forwards requests with
 ``client.direct`` (so cancellation reaches the worker), which means the KvRouter tracks no
 load of ours: its ``potential_prefill_tokens`` is exactly this prompt's uncached tokens on
 each worker, i.e. the overlap, and its ``potential_decode_blocks`` this prompt's own blocks.
@@ -25,22 +26,6 @@ _DECODE = itemgetter("potential_decode_blocks")
 _LOAD_FIELDS = tuple(
     attrgetter(f) for f in ("queued_prefill_tokens", "decode_blocks", "active_requests")
 )
-
-
-class KvSignalSource:
-    """Builds ``WorkerSignals`` for one prompt from a ``dynamo.llm.KvRouter`` and our load."""
-
-    def __init__(self, kv_router: Any, load: LoadTracker, capacity_blocks: int) -> None:
-        self._kv = kv_router
-        self._load = load
-        self._capacity_blocks = capacity_blocks
-
-    async def signals(
-        self, token_ids: list[int], live: frozenset[int] | None = None
-    ) -> tuple[WorkerSignals, dict[int, int]]:
-        """Signals for ``token_ids`` over the live workers; also per-worker uncached tokens."""
-        rows = await self._kv.get_potential_loads(token_ids)
-        return signals_from_rows(rows, len(token_ids), self._load, self._capacity_blocks, live)
 
 
 def signals_from_rows(
@@ -69,7 +54,7 @@ def signals_from_rows(
     # Our load (queued prefill, decode blocks, in flight) on the workers where we have
     # requests in flight; zero elsewhere.
     queued, ours_decode, ours_active = ours = np.zeros((3, n))
-    busy = load._workers  # noqa: SLF001 - {worker: WorkerLoad}, busy workers only
+    busy = load.busy()
     if busy and n:
         keys = np.fromiter(busy, np.uint64, len(busy))
         at = np.minimum(ids.searchsorted(keys), n - 1)

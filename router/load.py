@@ -42,6 +42,10 @@ class LoadTracker:
     def __len__(self) -> int:
         return len(self._active)
 
+    def busy(self) -> dict[int, WorkerLoad]:
+        """Load of the workers with requests in flight (read-only view; others are idle)."""
+        return self._workers
+
     def get(self, worker_id: int) -> WorkerLoad:
         return self._workers.get(worker_id) or WorkerLoad()
 

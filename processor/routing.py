@@ -1,0 +1,103 @@
+"""How the processor reaches the router: in-process (default) or a shared router component.
+
+Both variants ask the processor's own ``KvRouter`` (fed by the workers' KV events) for the
+per-worker rows of the prompt, so only O(workers) numbers ever leave the processor, and
+both drive the same ``router.service.RouterService`` calls: ``find_worker`` before
+forwarding, ``first_token`` and ``finish`` after. The remote variant sends feedback without
+waiting for it (bounded: past ``MAX_FEEDBACK_IN_FLIGHT`` messages it drops and counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+import msgspec
+
+from router.policy import Decision, RouteRequest
+from router.service import Feedback, FindWorker, RouterService
+
+logger = logging.getLogger(__name__)
+
+MAX_FEEDBACK_IN_FLIGHT = 1024
+
+
+class Routing(Protocol):
+    """What the processor handler needs from a router."""
+
+    async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision: ...
+
+    def feedback(self, msg: Feedback) -> None: ...
+
+    def remove_worker(self, worker_id: int) -> None: ...
+
+    def maintain(self, now: float) -> dict[str, int]: ...
+
+
+class LocalRouting:
+    """``RouterService`` in this process: one ``get_potential_loads`` call and a decision."""
+
+    def __init__(self, service: RouterService, kv_router: Any) -> None:
+        self.service = service
+        self._kv = kv_router
+
+    async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision:
+        rows = await self._kv.get_potential_loads(token_ids)
+        msg = FindWorker(request=route, rows=rows, live=list(live))
+        return self.service.find_worker(msg, time.monotonic())
+
+    def feedback(self, msg: Feedback) -> None:
+        self.service.feedback(msg)
+
+    def remove_worker(self, worker_id: int) -> None:
+        self.service.remove_worker(worker_id)
+
+    def maintain(self, now: float) -> dict[str, int]:
+        swept = self.service.sweep(now)
+        return {**swept, **_counts(self.service.router.stats())}
+
+
+class RemoteRouting:
+    """A standalone ``python -m router`` reached over Dynamo endpoints (shared learner)."""
+
+    def __init__(self, find_client: Any, feedback_client: Any, kv_router: Any) -> None:
+        self._find = find_client
+        self._feedback = feedback_client
+        self._kv = kv_router
+        self._sending: set[asyncio.Task[None]] = set()
+        self.feedback_dropped = 0
+
+    async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision:
+        rows = await self._kv.get_potential_loads(token_ids)
+        msg = msgspec.to_builtins(FindWorker(request=route, rows=rows, live=list(live)))
+        async for answer in await self._find.round_robin(msg, annotated=False):
+            return msgspec.convert(answer, Decision)
+        raise RuntimeError("router component returned no decision")
+
+    def feedback(self, msg: Feedback) -> None:
+        if len(self._sending) >= MAX_FEEDBACK_IN_FLIGHT:
+            self.feedback_dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._send(msgspec.to_builtins(msg)))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        try:
+            async for _ in await self._feedback.round_robin(payload, annotated=False):
+                pass
+        except Exception as exc:  # feedback is advisory; the router times it out
+            self.feedback_dropped += 1
+            logger.debug("feedback to the router failed: %r", exc)
+
+    def remove_worker(self, worker_id: int) -> None:
+        return None  # the router component sweeps its own state
+
+    def maintain(self, now: float) -> dict[str, int]:
+        return {"feedback_timeouts": 0, "pinned_prefixes": 0, "prefixes": 0}
+
+
+def _counts(stats: dict[str, Any]) -> dict[str, int]:
+    return {"pinned_prefixes": stats["pinned_prefixes"], "prefixes": stats["prefixes"]}

@@ -1,0 +1,91 @@
+"""Standalone router component: one learner and one load view shared by several processors.
+
+    python -m router        # serves <AKR_ROUTER_SERVICE_ENDPOINT>.find_worker and .feedback
+
+Processors use it when ``AKR_PROCESSOR_ROUTER_ENDPOINT`` names the same ``namespace.component``;
+otherwise each processor runs ``RouterService`` in-process (the default, one hop less).
+``find_worker`` takes a ``FindWorker`` message (the route request and the caller's KvRouter
+rows: O(workers) numbers, no tokens) and answers the ``Decision``; ``feedback`` takes
+``Feedback`` messages (first token, finish) and answers nothing. The background task sweeps
+expiry and feedback timeouts, and snapshots the learner to ``AKR_ROUTER_STATE_PATH``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import uvloop
+from dynamo.runtime import DistributedRuntime, dynamo_worker
+from dynamo.runtime.logging import configure_dynamo_logging
+
+from router.config import RouterConfig
+from router.service import Feedback, FindWorker, RouterService
+
+configure_dynamo_logging()
+logger = logging.getLogger(__name__)
+
+
+class RouterEndpoints:
+    """Dynamo handlers around one ``RouterService``."""
+
+    def __init__(self, service: RouterService) -> None:
+        self.service = service
+
+    async def find_worker(self, request: Any) -> AsyncIterator[Any]:
+        msg = msgspec.convert(request, FindWorker)
+        decision = self.service.find_worker(msg, time.monotonic())
+        yield msgspec.to_builtins(decision)
+
+    async def feedback(self, request: Any) -> AsyncIterator[Any]:
+        self.service.feedback(msgspec.convert(request, Feedback))
+        return
+        yield  # an async generator that answers nothing
+
+    async def maintain(self) -> None:
+        """Sweep every second; snapshot the learner every ``state_save_interval_s``."""
+        cfg = self.service.config
+        last_save = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.service.sweep(time.monotonic())
+                if cfg.state_path and time.monotonic() - last_save >= cfg.state_save_interval_s:
+                    await self.service.save_state(cfg.state_path)
+                    last_save = time.monotonic()
+            except Exception:  # maintenance must go on; one failed pass is logged
+                logger.exception("router maintenance failed")
+
+
+@dynamo_worker()
+async def worker(runtime: DistributedRuntime) -> None:
+    config = RouterConfig()
+    service = RouterService(config)
+    if config.state_path and service.load_state(config.state_path):
+        logger.info("restored learner state from %s", config.state_path)
+    endpoints = RouterEndpoints(service)
+    find = runtime.endpoint(f"{config.service_endpoint}.find_worker")
+    feedback = runtime.endpoint(f"{config.service_endpoint}.feedback")
+    maintenance = asyncio.create_task(endpoints.maintain())
+    logger.info("router serving %s.{find_worker,feedback}", config.service_endpoint)
+    try:
+        await asyncio.gather(
+            find.serve_endpoint(endpoints.find_worker, graceful_shutdown=True),
+            feedback.serve_endpoint(endpoints.feedback, graceful_shutdown=True),
+        )
+    finally:
+        maintenance.cancel()
+        if config.state_path:
+            await service.save_state(config.state_path)
+
+
+def main() -> None:
+    uvloop.run(worker())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Routing as three calls: ``find_worker``, ``first_token``, ``finish``.
+
+``RouterService`` owns everything one routing domain shares: the ``Router`` (score, learner,
+prefix table) and the ``LoadTracker`` of the requests it placed. The processor calls it
+in-process by default; ``python -m router`` serves the same object as Dynamo endpoints so
+several processors share one learner and one view of the load (``router/__main__.py``).
+
+What crosses the wire per request is O(workers) numbers, never the prompt: the caller asks
+its own ``KvRouter`` (fed by the workers' KV events) for ``get_potential_loads`` and passes
+the rows (``worker_id``, ``potential_prefill_tokens``, ``potential_decode_blocks``), which
+with no load of ours tracked there are exactly this prompt's uncached tokens and own blocks
+per worker (see router/kv_signals.py).
+
+Learner state survives restarts: ``save_state`` writes the bandit's posterior as JSON from a
+worker thread, ``load_state`` reads it at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from router.config import RouterConfig
+from router.kv_signals import signals_from_rows
+from router.load import LoadTracker
+from router.policy import Decision, RouteRequest, Router
+
+
+class FindWorker(msgspec.Struct, kw_only=True):
+    """Request of ``find_worker``: the route request and the caller's KvRouter rows."""
+
+    request: RouteRequest
+    rows: list[dict[str, Any]]
+    live: list[int] | None = None  # workers the caller can reach; None = all in rows
+
+
+class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """``first_token`` (event="first_token") or the end of a request (event="finish")."""
+
+    event: str
+    request_id: str
+    ttft_ms: float | None = None
+    itl_ms: float | None = None
+    uncached_tokens: int | None = None
+    output_tokens: int = 0
+    ok: bool = True
+    cancelled: bool = False
+
+
+class RouterService:
+    """Router + load accounting behind the three calls of a request's life."""
+
+    def __init__(self, config: RouterConfig | None = None) -> None:
+        self.config = config or RouterConfig()
+        self.router = Router(self.config)
+        self.load = LoadTracker(self.config.block_size)
+
+    def find_worker(self, msg: FindWorker, now: float) -> Decision:
+        """Decide and start accounting the request's load on the chosen worker."""
+        req = msg.request
+        live = None if msg.live is None else frozenset(msg.live)
+        signals, uncached = signals_from_rows(
+            msg.rows, req.prompt_tokens, self.load, self.config.worker_capacity_blocks, live
+        )
+        decision = self.router.decide(req, signals, now)
+        wid = decision.worker_id
+        self.load.start(
+            decision.request_id,
+            wid,
+            uncached.get(wid, req.prompt_tokens),
+            req.prompt_tokens,
+            req.osl or self.config.default_osl,
+        )
+        return decision
+
+    def feedback(self, msg: Feedback) -> None:
+        if msg.event == "first_token":
+            self.load.first_token(msg.request_id)
+            return
+        self.load.finish(msg.request_id)
+        if msg.cancelled:
+            self.router.cancel(msg.request_id)
+        else:
+            self.router.report(
+                msg.request_id,
+                msg.ttft_ms,
+                msg.itl_ms,
+                uncached_tokens=msg.uncached_tokens,
+                output_tokens=msg.output_tokens,
+                ok=msg.ok,
+            )
+
+    def remove_worker(self, worker_id: int) -> None:
+        self.router.remove_worker(worker_id)
+
+    def sweep(self, now: float) -> dict[str, int]:
+        return self.router.sweep(now)
+
+    # -- learner state ------------------------------------------------------------------------
+    def state_bytes(self) -> bytes:
+        """The learner's posterior as JSON (taken on the loop, so it is consistent)."""
+        return json.dumps(self.router.state_dict()).encode()
+
+    def load_state(self, path: Path) -> bool:
+        """Restore the learner if a state file exists; False when there is none."""
+        if not path.exists():
+            return False
+        self.router.load_state_dict(json.loads(path.read_bytes()))
+        return True
+
+    async def save_state(self, path: Path) -> None:
+        """Snapshot on the loop, write in a thread: no blocking file I/O on the event loop."""
+        await asyncio.to_thread(write_atomic, path, self.state_bytes())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a state file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

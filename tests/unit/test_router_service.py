@@ -1,0 +1,89 @@
+"""RouterService: the three calls of a request's life, load accounting and learner state."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from router.config import RouterConfig
+from router.policy import RouteRequest
+from router.service import Feedback, FindWorker, RouterService
+
+BS = 64
+W1, W2 = 2**63 + 11, 2**63 + 22  # Dynamo instance ids are u64: above int64's range
+
+
+def rows(uncached: dict[int, int], prompt: int) -> list[dict]:
+    """KvRouter.get_potential_loads rows with no load of ours tracked there."""
+    return [
+        {"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": u,
+         "potential_decode_blocks": prompt // BS, "active_requests": 0}
+        for w, u in uncached.items()
+    ]
+
+
+def service() -> RouterService:
+    return RouterService(RouterConfig(seed=3, block_size=BS, bandit_enabled=False))
+
+
+def find(svc: RouterService, rid: str, uncached: dict[int, int], prompt: int = 4096, **kw) -> int:
+    msg = FindWorker(request=RouteRequest(request_id=rid, prompt_tokens=prompt, osl=64, **kw),
+                     rows=rows(uncached, prompt))
+    return svc.find_worker(msg, now=1.0).worker_id
+
+
+def test_find_worker_prefers_the_cached_worker_and_accounts_its_load() -> None:
+    svc = service()
+    assert find(svc, "a", {W1: 4096, W2: 64}) == W2
+    load = svc.load.get(W2)
+    assert (load.active_requests, load.queued_prefill_tokens) == (1, 64)
+    svc.feedback(Feedback(event="first_token", request_id="a"))
+    assert svc.load.get(W2).queued_prefill_tokens == 0
+    svc.feedback(Feedback(event="finish", request_id="a", ttft_ms=5.0, itl_ms=1.0,
+                          uncached_tokens=64, output_tokens=64))
+    assert svc.load.get(W2).active_requests == 0
+
+
+def test_load_of_requests_in_flight_moves_new_work_away() -> None:
+    svc = service()
+    first = find(svc, "a", {W1: 4096, W2: 4096})
+    # the first request has not produced a token: its 4096 tokens are queued there
+    second = find(svc, "b", {W1: 4096, W2: 4096})
+    assert second != first
+
+
+def test_cancelled_requests_release_load_without_feedback() -> None:
+    svc = service()
+    wid = find(svc, "a", {W1: 4096, W2: 4096})
+    svc.feedback(Feedback(event="finish", request_id="a", cancelled=True))
+    assert svc.load.get(wid).active_requests == 0
+    assert svc.router.stats()["pending_feedback"] == 0
+    assert svc.router.feedback.reports == 0 and svc.router.feedback.failures == 0
+
+
+def test_live_filter_excludes_workers_the_caller_cannot_reach() -> None:
+    svc = service()
+    msg = FindWorker(request=RouteRequest(request_id="a", prompt_tokens=4096),
+                     rows=rows({W1: 4096, W2: 0}, 4096), live=[W1])
+    assert svc.find_worker(msg, now=1.0).worker_id == W1
+
+
+def test_learner_state_survives_a_restart(tmp_path: Path) -> None:
+    cfg = RouterConfig(seed=1, block_size=BS)
+    svc = RouterService(cfg)
+    for i in range(60):  # W1 is consistently slow
+        wid = find(svc, f"r{i}", {W1: 4096, W2: 4096})
+        svc.feedback(Feedback(event="finish", request_id=f"r{i}", ttft_ms=900.0 if wid == W1 else 60.0,
+                              itl_ms=5.0, uncached_tokens=4096, output_tokens=64))
+    path = tmp_path / "state" / "router.json"
+    asyncio.run(svc.save_state(path))
+    restored = RouterService(cfg)
+    assert restored.load_state(path)
+    assert not RouterService(cfg).load_state(tmp_path / "missing.json")
+    assert restored.router.state_dict() == svc.router.state_dict()
+    # and the restored learner still prefers the fast worker on a tie
+    picks = []
+    for i in range(10):  # one at a time, so in-flight load plays no part
+        picks.append(find(restored, f"n{i}", {W1: 4096, W2: 4096}))
+        restored.feedback(Feedback(event="finish", request_id=f"n{i}", cancelled=True))
+    assert picks.count(W2) >= 8, picks
