@@ -36,6 +36,7 @@ PUBLIC_MODEL = "akr-tiny"
 WORKER_MODEL = "akr-internal-workers"
 WORKER_ENDPOINT = "workers.backend.generate"
 START_ATTEMPTS = 3
+ROUTER_SERVICE = "agents.router"
 
 
 @dataclass
@@ -53,6 +54,11 @@ class StackConfig:
     arm: str = "ours"
     frontend_args: list[str] = field(default_factory=list)
     processor_env: dict[str, str] = field(default_factory=dict)
+    # A standalone router component (python -m router) shared by `processors` processors;
+    # off = each processor routes in-process (the default deployment).
+    router_component: bool = False
+    router_env: dict[str, str] = field(default_factory=dict)
+    processors: int = 1
     gateway_env: dict[str, str] = field(default_factory=dict)
     mocker_args: list[str] = field(default_factory=list)
     workdir: Path | None = None
@@ -172,7 +178,10 @@ class LocalStack:
             build(self.config.model_dir)
         self._start_workers()
         if self.config.arm == "ours":
-            self._start_processor()
+            if self.config.router_component:
+                self._start_router()
+            for index in range(self.config.processors):
+                self._start_processor(index)
             self._start_frontend(["--router-mode", "round-robin"])
             self._wait_model(self.frontend_url, PUBLIC_MODEL)
             self._start_gateway()
@@ -258,18 +267,30 @@ class LocalStack:
                 ],
             )
 
-    def _start_processor(self) -> None:
+    def _start_router(self) -> None:
+        env = {
+            "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
+            "AKR_ROUTER_SERVICE_ENDPOINT": ROUTER_SERVICE,
+            **self.config.router_env,
+        }
+        self._spawn("router", [sys.executable, "-m", "router"], env)
+
+    def _start_processor(self, index: int = 0) -> None:
+        """Processor 0 serves metrics and traces at the stack's advertised places."""
+        name = "processor" if index == 0 else f"processor{index}"
+        metrics_port = self.processor_metrics_port if index == 0 else free_port()
         env = {
             "AKR_PROCESSOR_MODEL_NAME": PUBLIC_MODEL,
             "AKR_PROCESSOR_MODEL_PATH": str(self.config.model_dir),
             "AKR_PROCESSOR_WORKER_ENDPOINT": WORKER_ENDPOINT,
             "AKR_PROCESSOR_BLOCK_SIZE": str(self.config.block_size),
-            "AKR_PROCESSOR_METRICS_PORT": str(self.processor_metrics_port),
-            "AKR_PROCESSOR_TRACE_PATH": str(self.trace_path),
+            "AKR_PROCESSOR_METRICS_PORT": str(metrics_port),
+            "AKR_PROCESSOR_TRACE_PATH": str(self.trace_path.with_name(f"{name}.jsonl")),
             "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
+            **({"AKR_PROCESSOR_ROUTER_ENDPOINT": ROUTER_SERVICE} if self.config.router_component else {}),
             **self.config.processor_env,
         }
-        self._spawn("processor", [sys.executable, "-m", "processor"], env)
+        self._spawn(name, [sys.executable, "-m", "processor"], env)
 
     def _start_frontend(self, router_args: list[str]) -> None:
         self._spawn(

@@ -112,6 +112,7 @@ class ProcessorHandler:
             feedback = await self._runtime.endpoint(f"{self._config.router_endpoint}.feedback").client()
             await find.wait_for_instances()
             self.routing = RemoteRouting(find, feedback, kv_router)
+            logger.info("routing through the router component %s", self._config.router_endpoint)
         else:
             self.routing = LocalRouting(self.service, kv_router)
         if self._config.trace_path is not None:

@@ -1,0 +1,50 @@
+"""The standalone router component: shared by two processors, learner state kept across restarts."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from deploy.local_stack import LocalStack, StackConfig
+from processor.traces import read_records
+from tests.conftest import wait_for_trace
+
+pytestmark = pytest.mark.integration
+
+
+def _ask(url: str, model: str, i: int) -> None:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"step {i} of the shared agent plan"}],
+        "max_tokens": 4,
+        "nvext": {"agent_hints": {"prefix_id": f"conv-{i % 3}", "total_requests": 4}},
+    }
+    resp = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+
+
+def test_two_processors_share_one_router_and_its_state_survives_a_restart(tmp_path) -> None:
+    state = tmp_path / "router-state.json"
+    config = StackConfig(
+        workers=2, router_component=True, processors=2,
+        router_env={"AKR_ROUTER_STATE_PATH": str(state), "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "1"},
+    )
+    with LocalStack(config) as stack:
+        for i in range(12):
+            _ask(stack.gateway_url, stack.model_name, i)
+        first = wait_for_trace(stack, lambda r: r.prefix_id is not None and r.worker_id is not None)
+        second = stack.trace_path.with_name("processor1.jsonl")
+        records = first + (list(read_records(second)) if second.exists() else [])
+        hinted = [r for r in records if r.prefix_id]
+        # the stock frontend spreads requests over both processors; every one was routed
+        assert {r.request_id for r in hinted} and all(r.reason for r in hinted)
+        assert second.exists() and any(r.prefix_id for r in read_records(second)), \
+            "the second processor served nothing"
+        assert "router serving" in stack.log_tail("router", 200)
+        for name in ("processor", "processor1"):
+            assert "routing through the router component" in stack.log_tail(name, 400)
+    assert state.exists(), "the router did not save its learner state at shutdown"
+
+    with LocalStack(config) as stack:
+        _ask(stack.gateway_url, stack.model_name, 0)
+        assert "restored learner state" in stack.log_tail("router", 200)
