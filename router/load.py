@@ -8,12 +8,14 @@ overlap. The accounting mirrors Dynamo's active-sequence tracking: a request's u
 tokens count as queued prefill until its first token, and its blocks (prompt + expected
 output) count as decode blocks until it ends.
 
-State is one small record per request in flight (bounded by the workers' concurrency) and
-three numbers per live worker; every update is O(1).
+State is one small record per request in flight and three numbers per live worker; every
+update is O(1). A record whose end is never reported is expired by ``expire`` (called by the
+background sweep), so lost feedback cannot leak load or memory.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 
@@ -22,6 +24,7 @@ class _Active:
     worker_id: int
     queued_tokens: int  # uncached prompt tokens until the first token, then 0
     blocks: int
+    started: float  # monotonic seconds; entries whose "finish" never came are expired
 
 
 @dataclass(slots=True)
@@ -53,7 +56,7 @@ class LoadTracker:
         self, request_id: str, worker_id: int, uncached_tokens: int, prompt_tokens: int, osl: int
     ) -> None:
         blocks = -(-(prompt_tokens + osl) // self.block_size)
-        self._active[request_id] = _Active(worker_id, uncached_tokens, blocks)
+        self._active[request_id] = _Active(worker_id, uncached_tokens, blocks, time.monotonic())
         load = self._workers.setdefault(worker_id, WorkerLoad())
         load.queued_prefill_tokens += uncached_tokens
         load.decode_blocks += blocks
@@ -65,6 +68,17 @@ class LoadTracker:
             return
         self._workers[active.worker_id].queued_prefill_tokens -= active.queued_tokens
         active.queued_tokens = 0
+
+    def expire(self, started_before: float) -> int:
+        """Finish requests started before ``started_before`` whose end was never reported (a
+        lost feedback message, a crashed caller); oldest first, so O(expired)."""
+        expired = 0
+        for request_id, active in list(self._active.items()):
+            if active.started >= started_before:
+                break
+            self.finish(request_id)
+            expired += 1
+        return expired
 
     def finish(self, request_id: str) -> None:
         active = self._active.pop(request_id, None)

@@ -99,7 +99,11 @@ class RouterService:
         self.router.remove_worker(worker_id)
 
     def sweep(self, now: float) -> dict[str, int]:
-        return self.router.sweep(now)
+        """Background maintenance: router expiry and feedback timeouts, plus the load of
+        requests whose end never arrived (same horizon as the feedback timeout)."""
+        swept = self.router.sweep(now)
+        swept["load_expired"] = self.load.expire(now - self.config.feedback_timeout_s)
+        return swept
 
     # -- learner state ------------------------------------------------------------------------
     def state_bytes(self) -> bytes:

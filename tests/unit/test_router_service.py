@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from router.config import RouterConfig
@@ -87,3 +88,14 @@ def test_learner_state_survives_a_restart(tmp_path: Path) -> None:
         picks.append(find(restored, f"n{i}", {W1: 4096, W2: 4096}))
         restored.feedback(Feedback(event="finish", request_id=f"n{i}", cancelled=True))
     assert picks.count(W2) >= 8, picks
+
+
+def test_load_of_requests_whose_end_never_arrives_expires() -> None:
+    svc = service()
+    wid = find(svc, "lost", {W1: 4096, W2: 4096})
+    assert svc.load.get(wid).active_requests == 1
+    now = time.monotonic()
+    assert svc.sweep(now)["load_expired"] == 0  # younger than the feedback timeout
+    swept = svc.sweep(now + svc.config.feedback_timeout_s + 1)
+    assert swept["load_expired"] == 1
+    assert svc.load.get(wid).active_requests == 0 and len(svc.load) == 0
