@@ -75,6 +75,7 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 ARMS = ("ours", "dynamo_kv", "dynamo_kv_affinity", "round_robin", "random")
 BASELINE = "dynamo_kv"
 AFFINITY_TTL_S = 60
+OURS_ENV: dict[str, str] = {}  # --ours-env KEY=VALUE: experiments with router settings
 TRACES_DIR: Path | None = None  # --traces-dir: keep our processor's traces for analysis
 MACHINE = "simulated workers (dynamo.mocker) on a 2-core machine"
 KEYS = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "e2e_p50_ms",
@@ -86,7 +87,7 @@ def stack_config(arm: str, wl: Workload) -> StackConfig:
                                 gpu_blocks=wl.gpu_blocks, block_size=64)
     if arm == "ours":
         return StackConfig(arm="ours", processor_env={
-            "AKR_ROUTER_WORKER_CAPACITY_BLOCKS": str(wl.gpu_blocks)}, **base)
+            "AKR_ROUTER_WORKER_CAPACITY_BLOCKS": str(wl.gpu_blocks), **OURS_ENV}, **base)
     if arm == "dynamo_kv":
         return StackConfig(arm="kv", **base)
     if arm == "dynamo_kv_affinity":
@@ -302,6 +303,7 @@ def plot(path: Path, all_records: list[Record], results: dict) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib missing (pip install -e .[bench]): no PNG", file=sys.stderr)
         return False
@@ -318,6 +320,8 @@ def plot(path: Path, all_records: list[Record], results: dict) -> bool:
                 ax.plot(vals, np.arange(1, len(vals) + 1) / len(vals), label=arm,
                         lw=2.2 if arm == "ours" else 1.2)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(wl)
         ax.set_xlabel("TTFT (ms, log)")
         ax.grid(alpha=0.3)
@@ -337,7 +341,8 @@ def main() -> None:
     mode.add_argument("--full", action="store_true", help="the full version (committed results)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--repeats", type=int, default=None, help="default: 1 short, 2 full")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="default 1; arms run in a rotated order in each repeat")
     ap.add_argument("--scale", type=float, default=None, help="override the workload scale")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--speedup", type=float, default=1.0, help="mocker speed-up of a fast worker")
@@ -345,12 +350,19 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
     ap.add_argument("--traces-dir", default=None,
                     help="copy our arm's processor traces here (for analysis; not committed)")
+    ap.add_argument("--ours-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra AKR_* environment for our processor (experiments; recorded in meta)")
     args = ap.parse_args()
+    for kv in args.ours_env:
+        key, _, value = kv.partition("=")
+        if not key.startswith("AKR_"):
+            ap.error(f"--ours-env takes AKR_* variables, not {key}")
+        OURS_ENV[key] = value
     global TRACES_DIR
     TRACES_DIR = Path(args.traces_dir) if args.traces_dir else None
     full = bool(args.full)
-    scale = args.scale if args.scale is not None else (1.0 if full else 0.25)
-    repeats = args.repeats if args.repeats is not None else (2 if full else 1)
+    scale = args.scale if args.scale is not None else (1.0 if full else 0.2)
+    repeats = args.repeats if args.repeats is not None else 1
     workloads = [w for w in args.workloads.split(",") if w]
     arms = [a for a in args.arms.split(",") if a]
     for w in workloads:
@@ -466,6 +478,7 @@ def main() -> None:
         "mooncake_driver": ("aiperf " + (aiperf_runner.version() or "")) if use_aiperf else
                            "benchmarks/driver.py (AIPerf not installed in .venv/aiperf or --no-aiperf)",
         "affinity_ttl_s": AFFINITY_TTL_S,
+        "ours_env": {"AKR_ROUTER_WORKER_CAPACITY_BLOCKS": "gpu_blocks of the workload", **OURS_ENV},
         "imbalance_method": "max/mean requests per worker. ours: processor trace (exact). stock "
                             "arms: changes of the frontend's per-worker last-request gauges polled "
                             "every 50 ms (lower bound; coverage = counted/requests in per_arm).",

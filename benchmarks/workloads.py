@@ -315,7 +315,7 @@ def mooncake_ideal_from_hashes(rows: list[dict[str, Any]]) -> float:
 def build(name: str, seed: int, scale: float, speedup: float = 1.0) -> Workload:
     """scale 1.0 = the full run (32 sessions arriving over 40 s per agentic workload, Mooncake
     1/16 of the conversations in 100 s); the short run (scale < 0.75) also shortens sessions
-    (3-6 turns, iat up to 1 s) and replays 1/64 of the conversations in 25 s, so that 25
+    (3-6 turns, iat up to 1 s) and replays 1/96 of the conversations in 15 s, so that 25
     cluster bring-ups and runs fit in `make bench`'s 10 minutes."""
     short = scale < 0.75
     n = lambda k: max(2, int(round(k * scale)))  # noqa: E731
@@ -365,9 +365,9 @@ def build(name: str, seed: int, scale: float, speedup: float = 1.0) -> Workload:
                       "documents, 128-256-token answers, latency_sensitivity 0, priority 0)",
                       speeds=[speedup] * 4, gpu_blocks=512)
     elif name == "mooncake":
-        # full run: 1/16 of the conversations, the hour in 100 s; short: 1/64, in 25 s
-        span = 25.0 if short else 100.0
-        p = MooncakeParams(sample_every=64 if short else 16, time_scale=span / 3537.0)
+        # full run: 1/16 of the conversations, the hour in 100 s; short: 1/96, in 15 s
+        span = 15.0 if short else 100.0
+        p = MooncakeParams(sample_every=96 if short else 16, time_scale=span / 3537.0)
         sessions = mooncake_sessions(p)
         rows = mooncake_rows(p)
         wl = Workload(name, sessions,
