@@ -198,13 +198,32 @@ async def _drive(stack: LocalStack, arm: str, wl: Workload, repeat: int, run_dir
     return out
 
 
+def code_state() -> dict[str, Any]:
+    """The commit checked out and any uncommitted change under the stack's code, right now:
+    the working tree may be shared, and each arm runs whatever is on disk when it starts."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "router", "processor", "frontend", "deploy")
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "uncommitted": [line[3:] for line in dirty.splitlines()]}
+
+
 def run_arm(arm: str, wl: Workload, repeat: int, run_dir: Path, use_aiperf: bool) -> dict[str, Any]:
     cfg = stack_config(arm, wl)
+    code = code_state()
     t0 = time.monotonic()
     with LocalStack(cfg) as stack:
         up = time.monotonic() - t0
         result = asyncio.run(_drive(stack, arm, wl, repeat, run_dir, use_aiperf))
     result["stack_up_s"] = round(up, 1)
+    result["code"] = code
     return result
 
 
@@ -262,6 +281,10 @@ def write_markdown(path: Path, results: dict, meta: dict, targets: list[dict]) -
         f"{meta['repeats']} repeat(s), {meta['started']}). Ratios in parentheses are to "
         f"`{BASELINE}` in the same run (< 1 is better for latencies, > 1 for throughput and "
         "hit ratio). Times in ms. All figures are from simulated workers, not GPUs.",
+        "",
+        f"Code under test: HEAD {meta['code_at_start']['head']} at the start, "
+        f"{meta['code_at_end']['head']} at the end (each arm runs what is on disk when it "
+        "starts; `meta.per_arm[..].code` per arm).",
         "",
     ]
     for wl, arms in results.items():
@@ -379,6 +402,7 @@ def main() -> None:
     t_start = time.monotonic()
     load_before = os.getloadavg()
     run_dir = Path(tempfile.mkdtemp(prefix="akr-bench-"))
+    code_at_start = code_state()
     print(f"routing benchmark: {'full' if full else 'short'} run, scale {scale}, {repeats} repeat(s), "
           f"workloads {workloads}, arms {arms}; Mooncake via {'AIPerf' if use_aiperf else 'our driver'}; "
           f"load average before {load_before[0]:.2f}", flush=True)
@@ -430,7 +454,7 @@ def main() -> None:
                     loads.append(res["load"])
                     info = {k: res[k] for k in ("requests_per_worker", "poll_coverage", "reasons",
                                                 "retries", "errors", "trace_records", "load",
-                                                "stack_up_s", "aiperf_command", "aiperf_wall_s", "arm_error")
+                                                "stack_up_s", "aiperf_command", "aiperf_wall_s", "arm_error", "code")
                             if k in res}
                     info["repeat"] = rep
                     extra[arm].append(info)
@@ -474,6 +498,8 @@ def main() -> None:
         "duration_s": round(time.monotonic() - t_start, 1),
         "machine": MACHINE,
         "platform": platform.platform(),
+        "code_at_start": code_at_start,
+        "code_at_end": code_state(),
         "load_summary": load_summary,
         "mooncake_driver": ("aiperf " + (aiperf_runner.version() or "")) if use_aiperf else
                            "benchmarks/driver.py (AIPerf not installed in .venv/aiperf or --no-aiperf)",
