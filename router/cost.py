@@ -43,7 +43,8 @@ worker look worse, and each term can be printed in a trace:
     total_ms    = ttft_ms + decode_ms + eviction_ms + learned_ms - affinity_ms
 
 Equivalence with Dynamo: with ``queue_weight = 1``, ``decode_ms_per_block =
-prefill_ms_per_token * block_size`` (the config default), ``active_request_ms = 0``, no
+prefill_ms_per_token * block_size`` (``decode_block_weight = 1``; the default is 0.25, see
+its description in router/config.py), ``active_request_ms = 0``, no
 pins, affinity and learning off, ``total_ms = block_ms * dynamo_cost`` for every worker,
 so both pick the same worker (tests/unit/test_router_cost.py checks it).
 """

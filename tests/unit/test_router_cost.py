@@ -31,7 +31,8 @@ def _random_fleet(rng: np.random.Generator, w: int, prompt: int) -> dict[str, np
 def test_argmin_equals_dynamo_default_cost_with_learning_and_affinity_off() -> None:
     """1000 random fleets: our total is block_ms x Dynamo's cost, so the argmin is the same
     worker -- both via cost.score and end to end through Router.decide."""
-    cfg = RouterConfig(affinity_weight=0.0, bandit_enabled=False, seed=0)
+    # decode_block_weight=1.0: Dynamo's 1:1 weighting of decode and prefill blocks
+    cfg = RouterConfig(affinity_weight=0.0, bandit_enabled=False, seed=0, decode_block_weight=1.0)
     router = Router(cfg)
     rng = np.random.default_rng(1)
     for trial in range(1000):
