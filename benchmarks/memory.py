@@ -237,7 +237,7 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
         "checkpoints": checkpoints,
         "stats": stats,
         "elapsed_s": round(elapsed, 1),
-        "reasons": dict(router.reasons),
+        "reasons": dict(service.router.reasons),
     }
 
 
