@@ -23,5 +23,10 @@ bench: setup
 	@test -x .venv/aiperf/bin/aiperf || { python3 -m venv .venv/aiperf && .venv/aiperf/bin/python -m pip install -q --disable-pip-version-check "aiperf==0.13.0" 2>&1 | grep -v '^WARNING: Location' || true; }
 	$(PY) -m benchmarks.routing --short
 
+# Regenerate docs/CONFIG.md and deploy/vllm/akr.env from the configuration models.
+config-doc: setup
+	$(PY) -m deploy.config_reference
+	$(PY) -m deploy.vllm.envfile
+
 clean:
 	rm -rf .venv .model
