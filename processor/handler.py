@@ -23,11 +23,10 @@ import asyncio
 import logging
 import time
 import uuid
-
-import msgspec
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from router.hints import AgentHints, hints_from_request
 from router.jsonl_writer import JsonlWriter
 from router.policy import Decision, RouteRequest
@@ -39,10 +38,6 @@ from processor.routing import LocalRouting, RemoteRouting, Routing
 from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
 
 logger = logging.getLogger(__name__)
-
-# osl when neither the hints nor max_tokens say: a typical agent tool-call answer.
-DEFAULT_OSL = 256
-
 
 class WorkerFailed(RuntimeError):
     """The chosen worker failed; ``before_first_token`` tells whether a retry is safe."""
@@ -418,13 +413,15 @@ def _request_id(context: Any) -> str:
 
 def _route_request(request_id: str, hints: AgentHints, request: dict[str, Any], prompt: int) -> RouteRequest:
     stop = request.get("stop_conditions") or {}
-    osl = hints.osl or stop.get("max_tokens") or DEFAULT_OSL
+    max_tokens = stop.get("max_tokens")
+    # Neither says: None, and the router uses its AKR_ROUTER_DEFAULT_OSL.
+    osl = hints.osl or (int(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0 else None)
     return RouteRequest(
         request_id=request_id,
         prefix_id=hints.prefix_id,
         prompt_tokens=prompt,
         total_requests=hints.total_requests or 1,
-        osl=int(osl),
+        osl=osl,
         iat_ms=hints.iat_ms,
         latency_sensitivity=hints.latency_sensitivity or 0.0,
         priority=hints.priority or 0,
