@@ -1,9 +1,9 @@
 """Per-decision worker signals: what the router knows about each worker, as numpy arrays.
 
-The pure part (this file's top half) turns Dynamo's ``KvRouter.get_potential_loads`` rows
-and ``get_overlap_scores`` rows into a ``WorkerSignals`` of arrays aligned with
-``worker_ids`` (sorted, so decisions are reproducible). The async adapter that calls the
-KvRouter lives in the marked section at the bottom (lead engineer).
+This module turns Dynamo's ``KvRouter.get_potential_loads`` rows and ``get_overlap_scores``
+rows into a ``WorkerSignals`` of arrays aligned with ``worker_ids`` (sorted, so decisions are
+reproducible). The processor's path builds them with ``router.kv_signals.signals_from_rows``
+from the rows of one ``get_potential_loads`` call (processor/routing.py).
 
 Data-parallel ranks: Dynamo returns one row per ``(worker_id, dp_rank)``. We aggregate per
 worker_id because we route to a worker: the request lands on one rank, so its prefill
@@ -175,13 +175,3 @@ def signals_from_potential_loads(
         capacity_blocks=aligned(ids, capacity, default_capacity_blocks),
         reserved_blocks=None if reserved is None else aligned(ids, reserved),
     )
-
-
-# =====================================================================================
-# Async KvRouter adapter -- LEAD ENGINEER WRITES THIS PART.
-#
-# Intended shape: an object holding a ``dynamo.llm.KvRouter`` that, per request, awaits
-# ``get_potential_loads(token_ids)`` and ``get_overlap_scores(token_ids)`` (concurrently)
-# and returns ``signals_from_potential_loads(loads, router.inflight(), None,
-# overlap_from_scores(scores), capacity)``. Dynamo imports belong here, not above.
-# =====================================================================================
