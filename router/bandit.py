@@ -202,12 +202,15 @@ class WorkerBandit:
 
     # --------------------------------------------------------------- decide
     def sample(
-        self, worker_ids: np.ndarray, x: np.ndarray, latency_sensitivity: float = 0.0
+        self, worker_ids: np.ndarray, x: np.ndarray, latency_sensitivity: float = 0.0,
+        cold_fraction: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(sampled, mean) corrections, shape (H, W) in standardized units; row 0 = TTFT,
-        row 1 = ITL (order of ``HEADS``)."""
+        row 1 = ITL (order of ``HEADS``). ``cold_fraction`` (0..1) scales the sampling by
+        how much of the prompt no worker has cached: exploring can cost a cache hit."""
         rows = self.rows(worker_ids)
-        scale = self.cfg.exploration / (1.0 + max(0.0, latency_sensitivity))
+        scale = (self.cfg.exploration * min(1.0, max(0.0, cold_fraction))
+                 / (1.0 + max(0.0, latency_sensitivity)))
         return self._heads.predict(rows, x, scale, self.rng)
 
     # --------------------------------------------------------------- learn

@@ -163,8 +163,9 @@ class RouterConfig(BaseSettings):
     exploration: float = Field(
         0.25,
         ge=0,
-        description="Scale of posterior sampling; divided by (1 + latency_sensitivity) per "
-        "request. 0 = greedy on the posterior mean. Below 1 because at cold start the prior "
+        description="Scale of posterior sampling; per request divided by (1 + "
+        "latency_sensitivity) and multiplied by the fraction of the prompt no worker has "
+        "cached (0 for a conversation with a live home). 0 = greedy on the posterior mean. Below 1 because at cold start the prior "
         "spread (~15 ms) outweighs the prefill a cache hit saves on short prompts: measured "
         "on the demo workload, 1.0 kept 11/24 later turns on their cache, 0.25 kept 19/24.",
     )

@@ -151,6 +151,24 @@ def test_pin_keeps_conversation_until_ttl() -> None:
     assert d.worker_id != home and d.reason == "load"
 
 
+def test_exploration_is_scaled_by_the_cold_part_of_the_prompt() -> None:
+    """A prompt cached in full somewhere never explores; a cold one does (high exploration,
+    equal loads, so only the posterior sample can change the choice)."""
+    def explorations(overlap: list[float], seed: int) -> int:
+        r = Router(RouterConfig(seed=seed, exploration=4.0))
+        n = 0
+        for k in range(200):
+            d = r.decide(_req(f"x{k}", 3200), _sig(
+                overlap_blocks=overlap,
+                potential_prefill_tokens=[3200 - 64 * o for o in overlap]), float(k))
+            n += d.reason == "exploration"
+            r.cancel(f"x{k}")
+        return n
+
+    assert explorations([0, 0, 50, 0], seed=0) == 0  # 50 of 50 blocks cached on worker 12
+    assert explorations([0, 0, 0, 0], seed=0) > 20  # nothing to lose: the sample decides
+
+
 def test_history_fallback_only_when_no_kv_overlap_and_recent() -> None:
     r = _det(history_window_s=60.0)
     r.decide(_req("h1", 6400, "conv", total=10), _sig(potential_prefill_tokens=[9000, 6400, 6400, 6400]), 0.0)
