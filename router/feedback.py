@@ -11,9 +11,8 @@ Bounded: at most ``max_pending_feedback`` records; when full the oldest is dropp
 learning (counted in ``dropped``). Insertion order equals deadline order (one timeout for
 all), so the sweep only ever looks at the front of an ``OrderedDict``.
 
-Also keeps our own in-flight count per worker (decided, not yet reported or expired),
-which complements Dynamo's ``active_requests`` (Dynamo only counts requests routed through
-its own KvRouter calls).
+Load (requests in flight, queued prefill, decode blocks) is not counted here: that is
+``router.load.LoadTracker``'s one job, fed by the same start / first token / finish events.
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ class FeedbackTracker:
         self.cfg = cfg
         self.bandit = bandit
         self._pending: OrderedDict[str, Pending] = OrderedDict()
-        self.inflight: dict[int, int] = {}
         self.dropped = 0  # evicted because the store was full
         self.timeouts = 0  # expired by sweep with the timeout penalty
         self.failures = 0  # reported ok=False
@@ -73,16 +71,13 @@ class FeedbackTracker:
         predicted_ttft_ms: float,
         now: float,
     ) -> None:
-        old = self._pending.pop(request_id, None)
-        if old is not None:  # a retried request id: the old decision is superseded
-            self._dec(old.worker_id)
+        # A retried request id supersedes the old decision (pop, then insert at the end).
+        self._pending.pop(request_id, None)
         self._pending[request_id] = Pending(
             worker_id, features, queued_tokens, predicted_ttft_ms, now + self.cfg.feedback_timeout_s
         )
-        self.inflight[worker_id] = self.inflight.get(worker_id, 0) + 1
         if len(self._pending) > self.cfg.max_pending_feedback:
-            _, oldest = self._pending.popitem(last=False)
-            self._dec(oldest.worker_id)
+            self._pending.popitem(last=False)
             self.dropped += 1
 
     def report(
@@ -99,7 +94,6 @@ class FeedbackTracker:
         if p is None:
             self.unknown_reports += 1
             return False
-        self._dec(p.worker_id)
         cfg = self.cfg
         x = p.features
         predicted = p.predicted_ttft_ms
@@ -126,11 +120,7 @@ class FeedbackTracker:
     def discard(self, request_id: str) -> bool:
         """Forget a decision without learning from it (the client went away: says nothing
         about the worker)."""
-        p = self._pending.pop(request_id, None)
-        if p is None:
-            return False
-        self._dec(p.worker_id)
-        return True
+        return self._pending.pop(request_id, None) is not None
 
     def sweep(self, now: float, batch: Optional[int] = None) -> int:
         """Expire up to ``batch`` overdue decisions with the timeout penalty."""
@@ -143,7 +133,6 @@ class FeedbackTracker:
             if p.deadline > now:
                 break
             del pending[rid]
-            self._dec(p.worker_id)
             self.timeouts += 1
             n += 1
             self.bandit.update(
@@ -153,18 +142,3 @@ class FeedbackTracker:
                 (cfg.timeout_penalty_ms - p.predicted_ttft_ms) / cfg.ttft_scale_ms,
             )
         return n
-
-    def forget_worker(self, worker_id: int) -> None:
-        """Drop a departed worker's in-flight count. Its pending records are not scanned;
-        they are reported or expire normally, and the bandit ignores updates for workers it
-        no longer tracks."""
-        self.inflight.pop(worker_id, None)
-
-    def _dec(self, worker_id: int) -> None:
-        c = self.inflight.get(worker_id)
-        if c is None:
-            return
-        if c <= 1:
-            del self.inflight[worker_id]
-        else:
-            self.inflight[worker_id] = c - 1

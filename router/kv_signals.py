@@ -68,7 +68,6 @@ def signals_from_rows(
         potential_prefill_tokens=own + queued,
         decode_blocks=dynamo_decode + ranks * ours_decode,
         active_requests=ranks * ours_active,
-        inflight=ours_active,
         capacity_blocks=constant(n, capacity_blocks),
     )
     return signals, dict(zip(ids.tolist(), own.tolist()))

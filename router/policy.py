@@ -154,7 +154,7 @@ class Router:
             # A conversation does not evict its own pinned blocks.
             reserved = reserved.copy()
             reserved[home] = max(0.0, reserved[home] - entry.reserved)
-        active = np.maximum(signals.active_requests, signals.inflight)
+        active = signals.active_requests
 
         # 3) Score.
         costs = cost.score(
@@ -301,19 +301,11 @@ class Router:
         return {"prefixes_removed": removed, "feedback_timeouts": timed_out}
 
     def remove_worker(self, worker_id: int) -> None:
-        """Forget a worker that left the fleet (learner row, reservations, in-flight)."""
+        """Forget a worker that left the fleet (learner row, reservations). Its pending
+        feedback records are not scanned: they are reported or expire normally, and the
+        bandit ignores updates for workers it no longer tracks."""
         self.bandit.remove(worker_id)
         self.table.forget_worker(worker_id)
-        self.feedback.forget_worker(worker_id)
-
-    def inflight(self) -> dict[int, int]:
-        """Our own in-flight count per worker (for ``signals_from_potential_loads``)."""
-        return self.feedback.inflight
-
-    def inflight_array(self, worker_ids: np.ndarray) -> np.ndarray:
-        """In-flight counts aligned with ``worker_ids``."""
-        get = self.feedback.inflight.get
-        return np.fromiter((get(int(w), 0) for w in worker_ids), np.float64, len(worker_ids))
 
     # ------------------------------------------------------------------ state
     def stats(self) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Per-decision worker signals: what the router knows about each worker, as numpy arrays.
 
-This module turns Dynamo's ``KvRouter.get_potential_loads`` rows and ``get_overlap_scores``
-rows into a ``WorkerSignals`` of arrays aligned with ``worker_ids`` (sorted, so decisions are
-reproducible). The processor's path builds them with ``router.kv_signals.signals_from_rows``
-from the rows of one ``get_potential_loads`` call (processor/routing.py).
+``WorkerSignals`` holds arrays aligned with ``worker_ids`` (sorted, so decisions are
+reproducible), plus the array helpers used to build them. They are built in one place,
+``router.kv_signals.signals_from_rows``, from the rows of one ``KvRouter.get_potential_loads``
+call (processor/routing.py) and our own load (router/load.py).
 
 Data-parallel ranks: Dynamo returns one row per ``(worker_id, dp_rank)``. We aggregate per
 worker_id because we route to a worker: the request lands on one rank, so its prefill
@@ -27,8 +27,10 @@ class WorkerSignals:
 
     ``overlap_blocks``: device KV blocks of this prompt already cached on the worker (from
     KV events). ``potential_prefill_tokens``: Dynamo's potential prefill, i.e. this request's
-    uncached tokens plus prefill already queued there. ``reserved_blocks``: blocks pinned by
-    live conversations on the worker; None lets the Router fill it from its prefix table.
+    uncached tokens plus prefill already queued there. ``decode_blocks`` and
+    ``active_requests`` include the requests we placed (router/load.py). ``reserved_blocks``:
+    blocks pinned by live conversations on the worker; None lets the Router fill it from its
+    prefix table.
     """
 
     worker_ids: np.ndarray
@@ -36,7 +38,6 @@ class WorkerSignals:
     potential_prefill_tokens: np.ndarray
     decode_blocks: np.ndarray
     active_requests: np.ndarray
-    inflight: np.ndarray
     capacity_blocks: np.ndarray
     reserved_blocks: Optional[np.ndarray] = None
 
@@ -52,7 +53,6 @@ class WorkerSignals:
         potential_prefill_tokens: Iterable[float] | None = None,
         decode_blocks: Iterable[float] | None = None,
         active_requests: Iterable[float] | None = None,
-        inflight: Iterable[float] | None = None,
         capacity_blocks: Iterable[float] | float = 16384,
         reserved_blocks: Iterable[float] | None = None,
     ) -> "WorkerSignals":
@@ -76,21 +76,9 @@ class WorkerSignals:
             potential_prefill_tokens=arr(potential_prefill_tokens),
             decode_blocks=arr(decode_blocks),
             active_requests=arr(active_requests),
-            inflight=arr(inflight),
             capacity_blocks=arr(capacity_blocks),
             reserved_blocks=None if reserved_blocks is None else arr(reserved_blocks),
         )
-
-
-def overlap_from_scores(scores: Mapping[str, Any]) -> dict[int, int]:
-    """``get_overlap_scores`` result -> {worker_id: device overlap blocks} (max over ranks)."""
-    out: dict[int, int] = {}
-    for row in scores.get("workers", ()):
-        wid = int(row["worker_id"])
-        blocks = int(row.get("device_blocks", 0) or 0)
-        if blocks > out.get(wid, -1):
-            out[wid] = blocks
-    return out
 
 
 def aggregate_ranks(
@@ -134,44 +122,3 @@ def aligned(
     if isinstance(ids, np.ndarray):
         ids = ids.tolist()
     return np.fromiter(map(values.get, ids, repeat(default)), np.float64, n)
-
-
-def signals_from_potential_loads(
-    loads: list[dict[str, Any]],
-    inflight: Mapping[int, int],
-    reserved: Optional[Mapping[int, int]] = None,
-    overlap: Optional[Mapping[int, int]] = None,
-    capacity: Optional[Mapping[int, int]] = None,
-    default_capacity_blocks: int = 16384,
-) -> WorkerSignals:
-    """Aggregate Dynamo's per-(worker, dp_rank) load rows into per-worker arrays.
-
-    ``loads``: rows with worker_id, dp_rank, potential_prefill_tokens,
-    potential_decode_blocks, active_requests. ``inflight``: our own in-flight count per
-    worker. ``reserved``: pinned blocks per worker (PrefixTable.reserved_by_worker()); None
-    lets the Router fill it. ``overlap``: device overlap blocks per worker
-    (``overlap_from_scores``). ``capacity``: KV blocks per worker when known.
-    """
-    n = len(loads)
-    wids = np.fromiter((int(r["worker_id"]) for r in loads), np.uint64, n)  # u64 ids
-
-    def column(key: str) -> np.ndarray:
-        return np.fromiter((r.get(key, 0) or 0 for r in loads), np.float64, n)
-
-    ids_arr, prefill, (decode, active), _ = aggregate_ranks(
-        wids,
-        column("potential_prefill_tokens"),
-        column("potential_decode_blocks"),
-        column("active_requests"),
-    )
-    ids = ids_arr.tolist()
-    return WorkerSignals(
-        worker_ids=ids_arr,
-        overlap_blocks=aligned(ids, overlap),
-        potential_prefill_tokens=prefill,
-        decode_blocks=decode,
-        active_requests=active,
-        inflight=aligned(ids, inflight),
-        capacity_blocks=aligned(ids, capacity, default_capacity_blocks),
-        reserved_blocks=None if reserved is None else aligned(ids, reserved),
-    )

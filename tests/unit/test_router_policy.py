@@ -9,7 +9,9 @@ import pytest
 
 from router.config import RouterConfig
 from router.policy import Decision, NoWorkers, RouteRequest, Router
-from router.signals import WorkerSignals, overlap_from_scores, signals_from_potential_loads
+from router.kv_signals import signals_from_rows
+from router.load import LoadTracker
+from router.signals import WorkerSignals
 
 BS = 64
 
@@ -53,8 +55,7 @@ class SimCluster:
             overlap_blocks=seen_ov,
             potential_prefill_tokens=np.maximum(prompt - seen_ov * BS, 0) + self.queued,
             decode_blocks=self.decode,
-            inflight=router.inflight_array(self.ids),
-        )
+        )  # nothing in flight at decision time: every request is reported at once below
         req = RouteRequest(request_id=rid, prefix_id=prefix_id, prompt_tokens=prompt,
                            total_requests=total_requests, **kw)
         d = router.decide(req, sig, self.now)
@@ -298,7 +299,6 @@ def test_router_state_stays_bounded_over_many_distinct_conversations() -> None:
     s = r.stats()
     assert s["prefixes"] == 500 and s["prefix_evictions"] == 20_000 - 500
     assert s["pending_feedback"] == 300 and s["feedback_dropped"] > 0
-    assert sum(r.inflight().values()) == 300
 
 
 def test_learner_save_restore_round_trip_through_router() -> None:
@@ -314,19 +314,20 @@ def test_learner_save_restore_round_trip_through_router() -> None:
 
 
 # ------------------------------------------------------------------ signals
-def test_signals_from_potential_loads_aggregates_dp_ranks() -> None:
-    loads = [
-        {"worker_id": 7, "dp_rank": 0, "potential_prefill_tokens": 500, "potential_decode_blocks": 10, "active_requests": 2},
-        {"worker_id": 7, "dp_rank": 1, "potential_prefill_tokens": 300, "potential_decode_blocks": 20, "active_requests": 1},
-        {"worker_id": 3, "dp_rank": 0, "potential_prefill_tokens": 900, "potential_decode_blocks": 5, "active_requests": 0},
+def test_signals_from_rows_aggregate_dp_ranks_and_add_our_load() -> None:
+    """Per worker: the best rank's overlap, the least loaded rank's prefill plus our queue,
+    Dynamo's decode blocks summed over ranks plus ours per rank; only live workers."""
+    load = LoadTracker(BS)
+    load.start("a", 7, uncached_tokens=100, prompt_tokens=640, osl=0)  # 10 blocks on 7
+    rows = [
+        {"worker_id": 7, "dp_rank": 0, "potential_prefill_tokens": 500, "potential_decode_blocks": 10},
+        {"worker_id": 7, "dp_rank": 1, "potential_prefill_tokens": 256, "potential_decode_blocks": 20},
+        {"worker_id": 3, "dp_rank": 0, "potential_prefill_tokens": 640, "potential_decode_blocks": 5},
+        {"worker_id": 9, "dp_rank": 0, "potential_prefill_tokens": 0, "potential_decode_blocks": 0},
     ]
-    scores = {"workers": [{"worker_id": 7, "dp_rank": 0, "device_blocks": 4},
-                          {"worker_id": 7, "dp_rank": 1, "device_blocks": 6}]}
-    s = signals_from_potential_loads(loads, {3: 4}, {7: 100}, overlap_from_scores(scores),
-                                     capacity={3: 2000}, default_capacity_blocks=1000)
-    assert s.worker_ids.tolist() == [3, 7]
-    assert s.potential_prefill_tokens.tolist() == [900, 300]  # best rank
-    assert s.decode_blocks.tolist() == [5, 30] and s.active_requests.tolist() == [0, 3]
-    assert s.overlap_blocks.tolist() == [0, 6] and s.inflight.tolist() == [4, 0]
-    assert s.reserved_blocks.tolist() == [0, 100] and s.capacity_blocks.tolist() == [2000, 1000]
-    assert signals_from_potential_loads(loads, {}).reserved_blocks is None
+    s, uncached = signals_from_rows(rows, 640, load, 1000, live=frozenset({3, 7}))
+    assert s.worker_ids.tolist() == [3, 7] and uncached == {3: 640, 7: 256}
+    assert s.overlap_blocks.tolist() == [0, 6]  # (640 - 256) // 64 on the best rank
+    assert s.potential_prefill_tokens.tolist() == [640, 356]  # + our 100 queued on 7
+    assert s.decode_blocks.tolist() == [5, 50] and s.active_requests.tolist() == [0, 2]
+    assert s.capacity_blocks.tolist() == [1000, 1000] and s.reserved_blocks is None
