@@ -8,6 +8,7 @@ otherwise each processor runs ``RouterService`` in-process (the default, one hop
 rows: O(workers) numbers, no tokens) and answers the ``Decision``; ``feedback`` takes
 ``Feedback`` messages (first token, finish) and answers nothing. The background task sweeps
 expiry and feedback timeouts, and snapshots the learner to ``AKR_ROUTER_STATE_PATH``.
+With ``AKR_ROUTER_METRICS_PORT`` set it serves Prometheus metrics (router/metrics.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
 from router.config import RouterConfig
+from router.metrics import serve_metrics
 from router.service import Feedback, FindWorker, RouterService
 
 configure_dynamo_logging()
@@ -68,6 +70,10 @@ async def worker(runtime: DistributedRuntime) -> None:
     if config.state_path and service.load_state(config.state_path):
         logger.info("restored learner state from %s", config.state_path)
     endpoints = RouterEndpoints(service)
+    if config.metrics_port is not None:
+        serve_metrics(service, config.metrics_port, config.metrics_host)
+        logger.info("router metrics on http://%s:%d/metrics", config.metrics_host,
+                    config.metrics_port)
     find = runtime.endpoint(f"{config.service_endpoint}.find_worker")
     feedback = runtime.endpoint(f"{config.service_endpoint}.feedback")
     maintenance = asyncio.create_task(endpoints.maintain())

@@ -253,6 +253,14 @@ class RouterConfig(BaseSettings):
     state_save_interval_s: float = Field(
         60.0, gt=0, description="Period of the learner-state snapshots."
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the standalone router's /metrics endpoint binds."
+    )
+    metrics_port: Optional[int] = Field(
+        None,
+        description="Port of the standalone router's Prometheus /metrics (akr_router_*); "
+        "unset = not served. The in-process router is exported by the processor instead.",
+    )
 
     @model_validator(mode="after")
     def _fill_derived(self) -> "RouterConfig":

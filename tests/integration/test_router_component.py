@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from deploy.local_stack import LocalStack, StackConfig
+from deploy.local_stack import LocalStack, StackConfig, free_port
 from processor.traces import read_records
 from tests.conftest import wait_for_trace
 
@@ -23,11 +23,22 @@ def _ask(url: str, model: str, i: int) -> None:
     assert resp.status_code == 200, resp.text
 
 
+def _metric(text: str, name: str) -> float:
+    """Sum of the samples of ``name`` (all label sets) in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def test_two_processors_share_one_router_and_its_state_survives_a_restart(tmp_path) -> None:
     state = tmp_path / "router-state.json"
+    metrics_port = free_port()
     config = StackConfig(
         workers=2, router_component=True, processors=2,
-        router_env={"AKR_ROUTER_STATE_PATH": str(state), "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "1"},
+        router_env={"AKR_ROUTER_STATE_PATH": str(state), "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "1",
+                    "AKR_ROUTER_METRICS_PORT": str(metrics_port)},
     )
     with LocalStack(config) as stack:
         for i in range(12):
@@ -43,6 +54,11 @@ def test_two_processors_share_one_router_and_its_state_survives_a_restart(tmp_pa
         assert "router serving" in stack.log_tail("router", 200)
         for name in ("processor", "processor1"):
             assert "routing through the router component" in stack.log_tail(name, 400)
+        # The shared router exports its own state: the 12 decisions (+ the stack's readiness
+        # probe), the 3 conversations.
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 12 <= _metric(text, "akr_router_decisions_total") <= 13
+        assert _metric(text, "akr_router_prefixes") == 3
     assert state.exists(), "the router did not save its learner state at shutdown"
 
     with LocalStack(config) as stack:

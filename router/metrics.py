@@ -1,0 +1,78 @@
+"""Prometheus metrics of the standalone router component (``python -m router``).
+
+Why a scrape-time collector: the router's state already counts everything (``Router.stats``,
+``LoadTracker``), so nothing is added to the decision path; the families are built from those
+numbers when /metrics is read. In the default deployment (router in the processor) the
+processor exports the same state as ``akr_processor_pins`` / ``akr_processor_tracked_prefixes``;
+with a shared router those processor gauges read 0 and these are the ones to watch.
+
+Exposed: ``akr_router_decisions_total{reason}``, ``akr_router_prefixes``,
+``akr_router_pinned_prefixes``, ``akr_router_prefix_evictions_total``,
+``akr_router_prefix_expirations_total``, ``akr_router_pending_feedback``,
+``akr_router_feedback_total{kind}`` (dropped / timeout / failure / unknown),
+``akr_router_requests_in_flight``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from router.service import RouterService
+
+_FEEDBACK_KINDS = {
+    "dropped": "feedback_dropped",
+    "timeout": "feedback_timeouts",
+    "failure": "feedback_failures",
+    "unknown": "feedback_unknown",
+}
+
+
+class RouterCollector:
+    """Reads one ``RouterService`` when scraped."""
+
+    def __init__(self, service: RouterService) -> None:
+        self.service = service
+
+    def describe(self) -> list[Metric]:
+        return []  # collect() is cheap and always current
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.service.router.stats()
+        c = CounterMetricFamily("akr_router_decisions", "Routing decisions by reason.",
+                                labels=["reason"])
+        for reason, n in sorted(stats["reasons"].items()):
+            c.add_metric([reason], n)
+        yield c
+        yield GaugeMetricFamily("akr_router_prefixes", "Prefixes in the router's table.",
+                                value=stats["prefixes"])
+        yield GaugeMetricFamily("akr_router_pinned_prefixes", "Prefixes with a live cache pin.",
+                                value=stats["pinned_prefixes"])
+        yield CounterMetricFamily("akr_router_prefix_evictions",
+                                  "Prefixes evicted from the full table (least recently seen).",
+                                  value=stats["prefix_evictions"])
+        yield CounterMetricFamily("akr_router_prefix_expirations",
+                                  "Prefixes expired after their conversation went quiet.",
+                                  value=stats["prefix_expirations"])
+        yield GaugeMetricFamily("akr_router_pending_feedback",
+                                "Decisions waiting for their latency feedback.",
+                                value=stats["pending_feedback"])
+        c = CounterMetricFamily("akr_router_feedback",
+                                "Feedback not learned as a normal report, by kind.",
+                                labels=["kind"])
+        for kind, key in _FEEDBACK_KINDS.items():
+            c.add_metric([kind], stats[key])
+        yield c
+        yield GaugeMetricFamily("akr_router_requests_in_flight",
+                                "Requests placed by this router and not finished.",
+                                value=len(self.service.load))
+
+
+def serve_metrics(service: RouterService, port: int, host: str = "127.0.0.1") -> CollectorRegistry:
+    """Serve /metrics for ``service`` from a daemon thread (prometheus_client's server)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RouterCollector(service))
+    start_http_server(port, addr=host, registry=registry)
+    return registry
