@@ -220,10 +220,16 @@ class LocalStack:
 
     def kill(self, name: str) -> None:
         """Kill one named process group (fault-injection in tests)."""
+        self.signal(name, signal.SIGKILL)
         for proc in self.procs:
             if proc.name == name:
-                _signal_group(proc.popen, signal.SIGKILL)
                 proc.popen.wait(timeout=10)
+
+    def signal(self, name: str, sig: int) -> None:
+        """Send ``sig`` to one named process group (SIGSTOP freezes a worker, SIGCONT thaws)."""
+        for proc in self.procs:
+            if proc.name == name:
+                _signal_group(proc.popen, sig)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         for proc in self.procs:

@@ -1,4 +1,4 @@
-"""Faults on the real stack: client disconnects and killed worker processes (issue 4).
+"""Faults on the real stack: client disconnects, killed and frozen worker processes (issue 4).
 
 Workers run with ``--max-num-seqs 1``: a mocker then runs one sequence at a time, so a worker
 that kept generating for a vanished client would visibly hold up the next request, and
@@ -8,9 +8,11 @@ concurrent requests queue on a worker without having started to stream.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -221,3 +223,37 @@ def test_killed_worker_loses_no_request_that_had_not_started(two_workers: LocalS
         f"{dropped_after:.1f} s; 6 later requests on the survivor, 0 retries; "
         f"failures seen by clients: {[(r['tokens'], r['finish'], r['error']) for r in failed]}"
     )
+
+
+def test_frozen_worker_times_out_before_the_first_token_and_is_retried() -> None:
+    """A worker process stopped with SIGSTOP (alive to discovery, silent) makes the requests
+    sent to it time out after ``first_token_timeout_s``; each is retried on the other worker
+    and succeeds, and the frozen worker is quarantined."""
+    config = StackConfig(speeds=[1.0, 1.5], gpu_blocks=1024,
+                         processor_env={"AKR_PROCESSOR_FIRST_TOKEN_TIMEOUT_S": "1.5"})
+    with running_stack(config) as stack:
+        url = stack.processor_metrics_url
+        poll("both workers routable",
+             lambda: metric(scrape(url), "akr_processor_workers") == 2, 15)
+        stack.signal("mocker1", signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(4) as pool:  # concurrent: the load term spreads them
+                rids = list(pool.map(lambda i: chat(
+                    stack.gateway_url, stack.model_name, f"frozen test {i}: " + "ctx " * 30,
+                    max_tokens=4)[0], range(4)))
+            elapsed = time.monotonic() - t0
+        finally:
+            stack.signal("mocker1", signal.SIGCONT)
+        recs = [trace_of(stack, rid) for rid in rids]
+        after = scrape(url)
+        frozen = {int(dict(lbl)["worker"], 16) for (name, lbl), v in after.items()
+                  if name == "akr_processor_worker_errors_total" and v}
+        retried = [r for r in recs if r.retries]
+        assert retried, [(r.worker_id, r.reason) for r in recs]  # some went to the frozen one
+        assert len(frozen) == 1 and all(r.worker_id not in frozen for r in recs)
+        assert all(r.error is None and r.output_tokens == 4 for r in recs)
+        assert 1.5 <= elapsed < 10
+        assert metric(after, "akr_processor_retries_total") == len(retried)
+        print(f"\nfrozen worker: {len(retried)}/4 requests timed out after 1.5 s and were "
+              f"retried; all 4 ok in {elapsed:.1f} s")
