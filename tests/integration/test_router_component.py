@@ -41,8 +41,12 @@ def test_two_processors_share_one_router_and_its_state_survives_a_restart(tmp_pa
                     "AKR_ROUTER_METRICS_PORT": str(metrics_port)},
     )
     with LocalStack(config) as stack:
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         for i in range(12):
             _ask(stack.gateway_url, stack.model_name, i)
+            if i == 5:  # 2 of each conversation's 4 requests: all 3 are tracked
+                text = httpx.get(metrics_url, timeout=5).text
+                assert _metric(text, "akr_router_prefixes") == 3
         first = wait_for_trace(stack, lambda r: r.prefix_id is not None and r.worker_id is not None)
         second = stack.trace_path.with_name("processor1.jsonl")
         records = first + (list(read_records(second)) if second.exists() else [])
@@ -55,10 +59,10 @@ def test_two_processors_share_one_router_and_its_state_survives_a_restart(tmp_pa
         for name in ("processor", "processor1"):
             assert "routing through the router component" in stack.log_tail(name, 400)
         # The shared router exports its own state: the 12 decisions (+ the stack's readiness
-        # probe), the 3 conversations.
-        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        # probe); each conversation used up its 4-request budget, so none is tracked any more.
+        text = httpx.get(metrics_url, timeout=5).text
         assert 12 <= _metric(text, "akr_router_decisions_total") <= 13
-        assert _metric(text, "akr_router_prefixes") == 3
+        assert _metric(text, "akr_router_prefixes") == 0
     assert state.exists(), "the router did not save its learner state at shutdown"
 
     with LocalStack(config) as stack:
