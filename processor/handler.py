@@ -261,10 +261,13 @@ class ProcessorHandler:
         wid = decision.worker_id
         keep_ids = self._config.trace_tokens
         try:
-            stream = await self._client.direct(request, wid, annotated=False, context=context)
-            iterator = stream.__aiter__()
+            # One deadline for sending the request and for its first token: a worker that
+            # accepts the connection but never answers otherwise holds the request for the
+            # request plane's own timeout (5 s in Dynamo 1.6.1) whatever ours says.
             # asyncio.timeout, not wait_for: no extra Task per request on the hot path.
             async with asyncio.timeout(self._config.first_token_timeout_s):
+                stream = await self._client.direct(request, wid, annotated=False, context=context)
+                iterator = stream.__aiter__()
                 first = await iterator.__anext__()
         except StopAsyncIteration:
             return
