@@ -44,6 +44,11 @@ ts("Dropped trace records", [("sum(rate(akr_processor_trace_records_dropped_tota
    desc="Trace records dropped because the writer's queue was full (disk too slow).")
 ts("Routing and gateway overhead", [("akr:processor_decision_seconds:p99", "decision p99"),
     ("akr:gateway_upstream_latency_seconds:p99", "gateway upstream p99"), ("akr:processor_e2e_seconds:p90", "e2e p90")], "s")
+ts("Shared router (python -m router)", [("sum by (reason) (rate(akr_router_decisions_total[1m]))", "decisions: {{reason}}"),
+    ("sum(akr_router_requests_in_flight)", "in flight"), ("sum(akr_router_pending_feedback)", "pending feedback"),
+    ("sum(akr_router_pinned_prefixes)", "live pins"), ("sum(akr_router_prefixes)", "tracked prefixes"),
+    ("sum by (kind) (rate(akr_router_feedback_total[1m]))", "feedback lost: {{kind}}")], "short",
+   desc="Only with AKR_PROCESSOR_ROUTER_ENDPOINT set: the shared router's own state (the processors' pin and prefix gauges read 0 then).")
 ts("Hints seen by the gateway", [("sum by (field) (rate(akr_gateway_hints_total[1m]))", "{{field}}"),
     ("sum(rate(akr_gateway_requests_total[1m]))", "requests")], "reqps")
 dash = {

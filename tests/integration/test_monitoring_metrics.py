@@ -1,8 +1,8 @@
 """Every metric the dashboard and recording rules use appears in the components' real output.
 
 Starts a real local stack (2 simulated workers), sends a few requests with NAT-style hints and
-one rejected hint through the gateway, then scrapes the processor, the gateway and the stock
-frontend. A name counts as present when a sample carries it or when the exposition declares it
+one rejected hint through the gateway, then scrapes the processor, the gateway, the stock
+frontend and the shared router (the stack runs one, so its panel is checked too). A name counts as present when a sample carries it or when the exposition declares it
 (``# TYPE``): labelled counters without children yet (worker errors, upstream errors) export
 their declaration before their first increment. A ``_bucket``/``_sum``/``_count`` name must
 belong to a family declared as a histogram, a ``_total`` name to a counter.
@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from deploy.local_stack import LocalStack, StackConfig
+from deploy.local_stack import LocalStack, StackConfig, free_port
 from deploy.monitoring import names
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,10 @@ def scrape(url: str) -> str:
 
 def test_dashboard_and_rule_metrics_exist_in_real_output() -> None:
     raw, _recorded = names.used_names()
-    with LocalStack(StackConfig(workers=2)) as stack:
+    router_port = free_port()  # the shared router too, so its panel is held to real output
+    config = StackConfig(workers=2, router_component=True,
+                         router_env={"AKR_ROUTER_METRICS_PORT": str(router_port)})
+    with LocalStack(config) as stack:
         url = f"{stack.gateway_url}/v1/chat/completions"
         context = "You are a careful agent. " * 40
         for turn in range(4):
@@ -93,6 +96,7 @@ def test_dashboard_and_rule_metrics_exist_in_real_output() -> None:
             "processor": scrape(stack.processor_metrics_url),
             "gateway": scrape(f"{stack.gateway_url}/metrics"),
             "frontend": scrape(f"{stack.frontend_url}/metrics"),
+            "router": scrape(f"http://127.0.0.1:{router_port}/metrics"),
         }
     available = set().union(*(exposed(text) for text in outputs.values()))
     missing = sorted(raw - available)
@@ -102,6 +106,7 @@ def test_dashboard_and_rule_metrics_exist_in_real_output() -> None:
     assert 'akr_processor_decisions_total{reason=' in samples
     assert "akr_processor_cached_tokens_total" in samples and "akr_processor_ttft_seconds_bucket" in samples
     assert 'akr_gateway_rejects_total{field=' in outputs["gateway"]
+    assert 'akr_router_decisions_total{reason=' in outputs["router"]
 
 
 def test_exposed_suffix_rules() -> None:
