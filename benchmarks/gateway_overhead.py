@@ -18,7 +18,10 @@ max_rps: closed loop with ``--concurrency`` clients, one target at a time, alter
 
 ``--arm direct`` (default): stock frontend -> workers (``round-robin``), with the gateway started
 here in front of it (same command and environment as the launcher uses), so the figure isolates
-the gateway. ``--arm ours``: the launcher's full stack (gateway -> frontend -> processor ->
+the gateway. ``--proxy raw`` puts ``benchmarks.raw_relay`` there instead (bytes copied both
+ways, no HTTP work; the client sends it the pre-translated bodies): the cost of one more process
+on the path alone; ``--spin-us N`` makes that relay burn N us of CPU per chunk it reads, to see
+how CPU per request turns into added latency on this machine. ``--arm ours``: the launcher's full stack (gateway -> frontend -> processor ->
 workers). Figures come from the simulated cluster on whatever machine runs this (2 cores here):
 they are not GPU numbers. Writes ``benchmarks/results/gateway_overhead.json``.
 """
@@ -203,14 +206,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             env = {**stack.env, "AKR_GATEWAY_HOST": "127.0.0.1", "AKR_GATEWAY_PORT": str(port),
                    "AKR_GATEWAY_UPSTREAM_URL": stack.frontend_url,
                    "AKR_GATEWAY_LOG_LEVEL": "WARNING"}
-            gw_proc = subprocess.Popen([sys.executable, "-m", "frontend"], env=env,
+            module = "frontend" if args.proxy == "gateway" else "benchmarks.raw_relay"
+            env["RAW_RELAY_SPIN_US"] = str(args.spin_us)
+            gw_proc = subprocess.Popen([sys.executable, "-m", module], env=env,
                                        start_new_session=True)
             gateway_url = f"http://127.0.0.1:{port}"
         try:
             if gw_proc is not None:
                 _wait_health(f"{gateway_url}/health", gw_proc)
             gw_reqs, fe_reqs = payloads(stack.model_name)
-            targets = {"gateway": (f"{gateway_url}/v1/chat/completions", gw_reqs),
+            # The raw relay cannot translate: it gets what the gateway would have forwarded.
+            proxied = gw_reqs if args.proxy == "gateway" else fe_reqs
+            targets = {"gateway": (f"{gateway_url}/v1/chat/completions", proxied),
                        "frontend": (f"{stack.frontend_url}/v1/chat/completions", fe_reqs)}
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 res = runner.run(measure(targets, args))
@@ -229,6 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "label": ("simulated cluster (dynamo.mocker workers at --speedup-ratio 0, max_tokens 1) "
                   f"on a {os.cpu_count()}-core machine; not GPU numbers"),
         "arm": args.arm,
+        "proxy": args.proxy if args.proxy == "gateway" else f"raw relay, {args.spin_us:g} us CPU per chunk",
         "rate_rps": args.rate,
         "added_p50_ms": added_p50,
         "added_p99_ms": added_p99,
@@ -263,8 +271,20 @@ def main() -> None:
     p.add_argument("--max-rounds", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--arm", choices=["direct", "ours"], default="direct")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--proxy", choices=["gateway", "raw"], default="gateway",
+                   help="what runs in front of the frontend (--arm direct only)")
+    p.add_argument("--spin-us", type=float, default=0.0,
+                   help="CPU the raw relay burns per chunk read from a client")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default results/gateway_overhead.json (gateway) or "
+                        "results/gateway_overhead_raw[_spinN].json")
     args = p.parse_args()
+    if args.proxy == "raw" and args.arm != "direct":
+        p.error("--proxy raw needs --arm direct")
+    if args.out is None:
+        suffix = "" if args.proxy == "gateway" else (
+            "_raw" + (f"_spin{args.spin_us:g}" if args.spin_us else ""))
+        args.out = RESULTS.with_name(f"gateway_overhead{suffix}.json")
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
