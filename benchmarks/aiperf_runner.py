@@ -140,5 +140,11 @@ def run(url: str, model: str, arm: str, rows: list[dict[str, Any]], ideal: list[
     for k in range(max(0, missing)):
         records.append(Record(workload, arm, repeat, f"mooncake-missing-{k}", "mooncake", 0, 0.0,
                               0, None, None, None, 0, 0, 0, 0, 0, error="not recorded by aiperf"))
+    return records, wall, shown_command(cmd, out_dir)
+
+
+def shown_command(cmd: list[str], run_dir: Path) -> str:
+    """The AIPerf command for the results, without this machine's paths (repo, run dir)."""
+    repo = str(Path(__file__).resolve().parent.parent)
     shown = " ".join(c if " " not in c and "{" not in c else repr(c) for c in cmd)
-    return records, wall, shown
+    return shown.replace(str(run_dir.parent), "<run dir>").replace(repo + "/", "")

@@ -1,4 +1,4 @@
-"""benchmarks.hit_latency: TTFT split by cache outcome."""
+"""benchmarks.hit_latency (TTFT split by cache outcome) and the recorded AIPerf command."""
 
 from __future__ import annotations
 
@@ -19,3 +19,17 @@ def test_split_counts_hits_and_misses_and_skips_failures() -> None:
     assert a["hit_ttft_p50"] == 32.0 and a["miss_ttft_p50"] == 80.0 and a["ttft_p50"] == 42.0
     assert b["hits"] == 0 and b["hit_ttft_p50"] is None
     assert "| w | b | 1 | 0 | - | 1 | 70.0 | 70.0 |" in table(s)
+
+
+def test_aiperf_command_is_recorded_without_machine_paths(tmp_path) -> None:
+    from pathlib import Path
+
+    from benchmarks.aiperf_runner import shown_command
+
+    repo = Path(__file__).resolve().parent.parent.parent
+    out = tmp_path / "aiperf-ours-0"
+    cmd = [str(repo / ".venv/aiperf/bin/aiperf"), "profile", "--input-file",
+           str(tmp_path / "trace.jsonl"), "--artifact-dir", str(out), "--extra-inputs", '{"a": 1}']
+    shown = shown_command(cmd, out)
+    assert str(repo) not in shown and str(tmp_path) not in shown
+    assert shown.startswith(".venv/aiperf/bin/aiperf profile --input-file <run dir>/trace.jsonl")
