@@ -14,6 +14,7 @@ Error answers use OpenAI's shape ``{"error": {"message", "type", "param", "code"
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -29,6 +30,7 @@ from frontend.translate import WORKER_PIN_HEADERS, translate
 from frontend.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from router.hints import AgentHints, HintError
 from router.jsonl_writer import JsonlWriter
+from router.loop_lag import watch_loop_lag
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +117,22 @@ class Gateway:
             read_timeout=config.upstream_read_timeout_s,
             keepalive_timeout=config.keepalive_timeout_s)
         self.trace: JsonlWriter | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        if self._lag_watch is None:
+            self._lag_watch = asyncio.get_running_loop().create_task(
+                watch_loop_lag(self.metrics.loop_lag.observe))
         if cfg.trace_path is not None and self.trace is None:
             self.trace = JsonlWriter(cfg.trace_path, queue_size=cfg.trace_queue_size,
                                      max_bytes=cfg.trace_max_bytes, backups=cfg.trace_backups)
             self.trace.start()
 
     async def close(self) -> None:
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            self._lag_watch = None
         await self.client.close()
         if self.trace is not None:
             await self.trace.close()

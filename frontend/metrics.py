@@ -8,7 +8,8 @@ Exposed: ``akr_gateway_requests_total{route,status}``, ``akr_gateway_hints_total
 (requests carrying each hint, after validation), ``akr_gateway_rejects_total{field}``,
 ``akr_gateway_upstream_errors_total{kind}``, ``akr_gateway_dropped_pin_headers_total``,
 ``akr_gateway_upstream_latency_seconds{route}`` (histogram, time to upstream response headers),
-``akr_gateway_trace_dropped`` (trace records dropped because the queue was full).
+``akr_gateway_trace_dropped`` (trace records dropped because the queue was full),
+``akr_gateway_event_loop_lag_seconds`` (histogram, how long ready work waits for the loop).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
+from router.loop_lag import LOOP_LAG_BUCKETS
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -31,11 +33,23 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class _Histogram:
-    __slots__ = ("counts", "total")
+    __slots__ = ("buckets", "counts", "total")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # last = +Inf
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # last = +Inf
         self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        acc, out = 0, []
+        for le, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            acc += n
+            out.append(("+Inf" if le == float("inf") else repr(le), acc))
+        return out
 
 
 class GatewayMetrics:
@@ -50,6 +64,7 @@ class GatewayMetrics:
         self.dropped_pin_headers = 0
         self.trace_dropped = 0
         self.latency: dict[str, _Histogram] = {}
+        self.loop_lag = _Histogram(LOOP_LAG_BUCKETS)
         self.registry.register(_Collector(self))
 
     def count_request(self, route: str, status: int) -> None:
@@ -68,8 +83,7 @@ class GatewayMetrics:
         h = self.latency.get(route)
         if h is None:
             h = self.latency[route] = _Histogram()
-        h.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        h.total += seconds
+        h.observe(seconds)
 
 
 class _Collector:
@@ -112,9 +126,10 @@ class _Collector:
                                   "Time from sending to the upstream until its response headers",
                                   labels=["route"])
         for route, hist in sorted(m.latency.items()):
-            acc, buckets = 0, []
-            for le, n in zip((*LATENCY_BUCKETS, float("inf")), hist.counts, strict=True):
-                acc += n
-                buckets.append(("+Inf" if le == float("inf") else repr(le), acc))
-            h.add_metric([route], buckets, hist.total)
+            h.add_metric([route], hist.cumulative(), hist.total)
+        yield h
+        h = HistogramMetricFamily("akr_gateway_event_loop_lag_seconds",
+                                  "How late a periodic timer fires on the gateway's event loop: "
+                                  "the wait of every ready callback for the loop")
+        h.add_metric([], m.loop_lag.cumulative(), m.loop_lag.total)
         yield h

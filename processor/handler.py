@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 from router.hints import AgentHints, hints_from_request
 from router.jsonl_writer import JsonlWriter
+from router.loop_lag import watch_loop_lag
 from router.policy import Decision, RouteRequest
 from router.service import Feedback, RouterService
 
@@ -92,6 +93,7 @@ class ProcessorHandler:
         self.routing: Routing | None = None
         self._writer: JsonlWriter | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
         self._known_workers: frozenset[int] = frozenset()
         self._quarantine: dict[int, float] = {}  # worker -> monotonic end; <= live workers
 
@@ -120,11 +122,15 @@ class ProcessorHandler:
             self._writer.start()
         if self._config.metrics_port is not None:
             self.metrics.serve(self._config.metrics_port, self._config.metrics_host)
+        self._known_workers = frozenset(self._client.instance_ids())
+        self.metrics.workers.set(len(self._known_workers))  # valid before the first sweep
         self._sweeper = asyncio.create_task(self._sweep_forever())
+        self._lag_watch = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag.observe))
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._lag_watch):
+            if task is not None:
+                task.cancel()
         if isinstance(self.routing, LocalRouting) and self.service.config.state_path:
             await self.service.save_state(self.service.config.state_path)
         if self._writer is not None:

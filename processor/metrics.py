@@ -8,6 +8,7 @@ a gauge over the process lifetime for a quick look.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from router.loop_lag import LOOP_LAG_BUCKETS
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -80,6 +81,12 @@ class ProcessorMetrics:
         self.retries = Counter(
             "akr_processor_retries", "Requests retried on another worker before any token.",
             registry=r,
+        )
+        self.loop_lag = Histogram(
+            "akr_processor_event_loop_lag_seconds",
+            "How late a periodic timer fires on the processor's event loop: the wait of every "
+            "ready callback (a new request, a token to relay) for the loop.",
+            buckets=LOOP_LAG_BUCKETS, registry=r,
         )
         self.workers = Gauge(
             "akr_processor_workers", "Workers currently routable.", registry=r

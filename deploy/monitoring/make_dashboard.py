@@ -44,6 +44,9 @@ ts("Dropped trace records", [("sum(rate(akr_processor_trace_records_dropped_tota
    desc="Trace records dropped because the writer's queue was full (disk too slow).")
 ts("Routing and gateway overhead", [("akr:processor_decision_seconds:p99", "decision p99"),
     ("akr:gateway_upstream_latency_seconds:p99", "gateway upstream p99"), ("akr:processor_e2e_seconds:p90", "e2e p90")], "s")
+ts("Event-loop lag p99", [("akr:processor_event_loop_lag_seconds:p99", "processor"),
+    ("akr:gateway_event_loop_lag_seconds:p99", "gateway")], "s",
+   desc="How long ready work waits for the Python event loop of each component (uvloop timers: ~1 ms steps). Rising lag at flat CPU means one loop is the bottleneck: add processor or gateway instances.")
 ts("Shared router (python -m router)", [("sum by (reason) (rate(akr_router_decisions_total[1m]))", "decisions: {{reason}}"),
     ("sum(akr_router_requests_in_flight)", "in flight"), ("sum(akr_router_pending_feedback)", "pending feedback"),
     ("sum(akr_router_pinned_prefixes)", "live pins"), ("sum(akr_router_prefixes)", "tracked prefixes"),
