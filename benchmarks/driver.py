@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +47,8 @@ class Record:
     ideal_cached_tokens: int
     max_tokens: int
     error: str | None = None
+    # The answer's id without "chatcmpl-": the request id in our processor's trace records.
+    request_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,8 +79,12 @@ def request_body(arm: str, model: str, turn: Turn) -> dict[str, Any]:
 
 class Driver:
     def __init__(self, url: str, model: str, arm: str, workload: Workload, repeat: int,
-                 session_header: bool, timeout_s: float = 180.0) -> None:
+                 session_header: bool, timeout_s: float = 180.0,
+                 body_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.url = f"{url}/v1/chat/completions"
+        # Rewrites each body before sending (benchmarks.path_split: the gateway's translation
+        # applied client-side, to reach the stock frontend without the gateway).
+        self.body_transform = body_transform
         self.model = model
         self.arm = arm
         self.workload = workload
@@ -113,6 +120,8 @@ class Driver:
     async def _request(self, client: httpx.AsyncClient, session: Session, index: int, turn: Turn,
                        headers: dict[str, str]) -> None:
         body = request_body(self.arm, self.model, turn)
+        if self.body_transform is not None:
+            body = self.body_transform(body)
         payload = msgspec.json.encode(body)
         rec = Record(self.workload.name, self.arm, self.repeat, session.session_id, session.klass,
                      index, 0.0, 0, None, None, None, 0, 0, 0, turn.ideal_cached_tokens,
@@ -135,6 +144,8 @@ class Driver:
                         data = line[5:].strip()
                         if data == "[DONE]":
                             break
+                        if rec.request_id is None:
+                            rec.request_id = _answer_id(data)
                         if first is None and '"content":"' in data and '"content":""' not in data:
                             first = time.perf_counter()
                         if '"usage"' in data or '"error"' in data:
@@ -159,6 +170,16 @@ class Driver:
             if rec.output_tokens > 1:
                 rec.itl_ms = (rec.e2e_ms - rec.ttft_ms) / (rec.output_tokens - 1)
         self.records.append(rec)
+
+
+def _answer_id(event: str) -> str | None:
+    """``chatcmpl-<uuid>`` of an SSE event, without the prefix (no JSON decode)."""
+    at = event.find('"id":"chatcmpl-')
+    if at < 0:
+        return None
+    start = at + len('"id":"chatcmpl-')
+    end = event.find('"', start)
+    return event[start:end] if end > start else None
 
 
 def records_as_dicts(records: list[Record]) -> list[dict[str, Any]]:
