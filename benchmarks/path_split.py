@@ -61,7 +61,7 @@ def join(records: list[Record], traces: list[Any], t0_wall: float) -> list[dict[
         if not r.ok or t is None or r.ttft_ms is None or t.ttft_ms is None:
             continue
         request_path = (t.ts - (t0_wall + r.t_send_s)) * 1000.0
-        decision = t.decision_us / 1000.0
+        decision = (t.decision_us or 0.0) / 1000.0
         rows.append({
             "hit": (r.cached_tokens / r.prompt_tokens) >= HIT if r.prompt_tokens else False,
             "ttft_ms": r.ttft_ms, "request_path_ms": request_path, "decision_ms": decision,
