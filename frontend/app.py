@@ -45,7 +45,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if isinstance(reply, Reply):
         return _whole(reply)
     resp = web.StreamResponse(status=reply.status, headers={
-        "Content-Type": reply.content_type, "Cache-Control": "no-cache"})
+        "Content-Type": reply.content_type, "Cache-Control": "no-cache", **reply.headers})
     try:
         await resp.prepare(request)
         async for chunk in reply.chunks():

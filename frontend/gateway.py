@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend.config import GatewayConfig
 from frontend.metrics import GatewayMetrics
-from frontend.translate import WORKER_PIN_HEADERS, translate
+from frontend.translate import WORKER_PIN_HEADERS, response_headers, translate
 from frontend.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from router.hints import AgentHints, HintError
 from router.jsonl_writer import JsonlWriter
@@ -63,6 +63,7 @@ class StreamReply:
     upstream: UpstreamResponse
     gateway: Gateway
     finish: Any  # callable(status) recording metrics and the trace record
+    headers: dict[str, str] = field(default_factory=dict)  # relayed from the upstream
     complete: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -276,8 +277,9 @@ class Gateway:
         t_headers = time.perf_counter()
         m.observe_upstream(route, t_headers - t_up)
         ctype = up.headers.get("content-type", JSON)
+        echo = response_headers(up.headers)
         if ctype.startswith("text/event-stream"):
-            return StreamReply(up.status, ctype, up, self, finish)
+            return StreamReply(up.status, ctype, up, self, finish, echo)
         try:
             payload = await up.read()
         except UpstreamTimeout:
@@ -294,7 +296,7 @@ class Gateway:
         finally:
             up.close()  # no-op after a complete read
         finish(up.status)
-        return Reply(up.status, payload, ctype)
+        return Reply(up.status, payload, ctype, echo)
 
 
 def _filter_models(payload: bytes, public: list[str]) -> bytes:

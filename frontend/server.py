@@ -302,7 +302,7 @@ class HttpProtocol(asyncio.Protocol):
         keep = keep and chunked
         try:
             t.write(self._head(reply.status, reply.content_type, None, keep,
-                               {"Cache-Control": "no-cache"}, chunked=chunked))
+                               {"Cache-Control": "no-cache", **reply.headers}, chunked=chunked))
             if not head_only:
                 async for chunk in reply.chunks():
                     if chunk:

@@ -27,6 +27,9 @@ from router import hints as H
 STOCK_AGENT_HINT_KEYS = ("priority", "strict_priority", "osl", "speculative_prefill",
                          "latency_sensitivity")
 PASSTHROUGH_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate")
+# Upstream response headers handed back to the client: the stock frontend echoes the client's
+# request id, which clients use to find their request in logs and traces.
+RELAYED_RESPONSE_HEADERS = ("x-request-id",)
 PARENT_SESSION_HEADER = "x-dynamo-parent-session-id"
 # Headers the 1.6.1 frontend binary reads to pin a worker / rank (strings of dynamo/_core.so).
 WORKER_PIN_HEADERS = (
@@ -89,6 +92,11 @@ def _stock_agent_hints(client: object, hints: H.AgentHints) -> dict[str, Any]:
     if hints.latency_sensitivity is not None:
         out["latency_sensitivity"] = hints.latency_sensitivity
     return out
+
+
+def response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """The upstream response headers the client gets back (lower-case names in, as sent)."""
+    return {name: upstream[name] for name in RELAYED_RESPONSE_HEADERS if name in upstream}
 
 
 def translate(

@@ -75,6 +75,19 @@ def test_request_reaches_a_worker_through_the_processor(stack: LocalStack) -> No
     assert records[-1].finish_reason == "length"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_request_id_comes_back_through_the_gateway(stack: LocalStack, stream: bool) -> None:
+    """The stock frontend echoes x-request-id; through the gateway the client still gets it."""
+    body = {**CHAT, "model": stack.model_name, "max_tokens": 2, "stream": stream}
+    rid = f"e2e-request-id-{stream}"
+    for base in (stack.frontend_url, stack.gateway_url):
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30,
+                          headers={"x-request-id": rid}) as resp:
+            resp.read()
+            assert resp.status_code == 200
+            assert resp.headers.get("x-request-id") == rid, base
+
+
 def test_two_stacks_run_side_by_side_without_seeing_each_other() -> None:
     one = LocalStack(StackConfig(workers=1, arm="round-robin"))
     two = LocalStack(StackConfig(workers=3, arm="round-robin"))

@@ -61,8 +61,10 @@ class EchoUpstream:
             return web.json_response({"error": {"message": "nope"}}, status=body["bad_status"])
         if self.stall_s:
             await asyncio.sleep(self.stall_s)
+        # The stock frontend echoes the client's request id; so does this stand-in.
+        echo = {"x-request-id": request.headers["x-request-id"]} if "x-request-id" in request.headers else {}
         if body.get("stream"):
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **echo})
             await resp.prepare(request)
             n = int(body.get("n_chunks", 3))
             try:
@@ -76,7 +78,7 @@ class EchoUpstream:
                 self.cancelled.set()
                 raise
             return resp
-        return web.json_response({"echo": rec})
+        return web.json_response({"echo": rec}, headers=echo)
 
 
 @pytest.fixture
@@ -156,6 +158,7 @@ async def test_nat_body_is_translated(gw: TestClient, upstream: EchoUpstream) ->
                                                 "x-worker-instance-id": "42",
                                                 "x-request-id": "rq-1", "cookie": "a=b"})
     assert r.status == 200
+    assert r.headers["x-request-id"] == "rq-1"  # the upstream's echo comes back
     got = (await r.json())["echo"]
     nvext = got["body"]["nvext"]
     assert nvext["agent_hints"] == {"priority": 2, "osl": 512, "latency_sensitivity": 2.0}
@@ -208,9 +211,10 @@ async def test_header_hints(gw: TestClient, upstream: EchoUpstream) -> None:
 
 async def test_streaming_passthrough(gw: TestClient) -> None:
     r = await gw.post(CHAT, json={"model": "tiny", "stream": True, "tag": "s",
-                                  "nvext": NAT_NVEXT})
+                                  "nvext": NAT_NVEXT}, headers={"x-request-id": "rq-s"})
     assert r.status == 200
     assert r.headers["Content-Type"].startswith("text/event-stream")
+    assert r.headers["x-request-id"] == "rq-s"
     text = (await r.read()).decode()
     assert text.count("data: ") == 4 and text.endswith("data: [DONE]\n\n")
     assert "s#2" in text
