@@ -137,8 +137,17 @@ def _stats(lat: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": int(a.size)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux /proc; 10 ms resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]]]]],
-                  args: argparse.Namespace) -> dict[str, Any]:
+                  args: argparse.Namespace, proxy_pid: int | None = None) -> dict[str, Any]:
+    """Latency per target in alternating phases, then max rate; with ``proxy_pid``, also the
+    proxy's CPU time per request over its open-loop phases (a figure that, unlike latency,
+    hardly moves with other load on the machine)."""
     sessions = {name: aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
         timeout=aiohttp.ClientTimeout(total=30)) for name in targets}
@@ -146,6 +155,7 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
     round_p50: dict[str, list[float]] = {n: [] for n in targets}
     errors = {n: 0 for n in targets}
     rps: dict[str, list[float]] = {n: [] for n in targets}
+    proxy_cpu_s, proxy_requests = 0.0, 0
     try:
         for name, (url, reqs) in targets.items():  # warm-up: pools, caches
             await open_loop(sessions[name], url, reqs, args.rate, args.warmup_s)
@@ -153,7 +163,12 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
             for name in order:
                 url, reqs = targets[name]
+                watch = proxy_pid is not None and name == "gateway"
+                cpu0 = cpu_seconds(proxy_pid) if watch else 0.0
                 got, err = await open_loop(sessions[name], url, reqs, args.rate, args.phase_s)
+                if watch:
+                    proxy_cpu_s += cpu_seconds(proxy_pid) - cpu0
+                    proxy_requests += len(got) + err
                 lat[name] += got
                 errors[name] += err
                 if got:
@@ -174,6 +189,8 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
                      "round_p50_ms": round_p50[name],
                      "max_rps": float(np.mean(rps[name])) if rps[name] else None,
                      "max_rps_rounds": rps[name]}
+    if proxy_requests:
+        out["gateway"]["proxy_cpu_us_per_request"] = proxy_cpu_s * 1e6 / proxy_requests
     return out
 
 
@@ -220,7 +237,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             targets = {"gateway": (f"{gateway_url}/v1/chat/completions", proxied),
                        "frontend": (f"{stack.frontend_url}/v1/chat/completions", fe_reqs)}
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                res = runner.run(measure(targets, args))
+                proxy_pid = gw_proc.pid if gw_proc is not None else next(
+                    p.popen.pid for p in stack.procs if p.name == "gateway")
+                res = runner.run(measure(targets, args, proxy_pid))
         finally:
             if gw_proc is not None:
                 os.killpg(gw_proc.pid, signal.SIGTERM)
@@ -241,6 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "added_p50_ms": added_p50,
         "added_p99_ms": added_p99,
         "max_rps": {"gateway": g["max_rps"], "frontend": f["max_rps"]},
+        "proxy_cpu_us_per_request": g.get("proxy_cpu_us_per_request"),
         "added_p50_ms_median_of_rounds": added_p50_rounds,
         "gateway": g,
         "frontend": f,
@@ -288,7 +308,7 @@ def main() -> None:
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("added_p50_ms", "added_p99_ms", "max_rps",
+    print(json.dumps({k: result[k] for k in ("added_p50_ms", "added_p99_ms", "max_rps", "proxy_cpu_us_per_request",
                                              "added_p50_ms_median_of_rounds", "meets_target",
                                              "load_average_1m_before_after")}, indent=2))
     print(f"gateway  p50 {result['gateway']['p50_ms']:.2f} ms  p99 "
