@@ -90,6 +90,10 @@ def loopback_env(file_kv: Path) -> dict[str, str]:
         "DYN_SYSTEM_HOST": "127.0.0.1",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # Our components leave discovery on SIGTERM, then wait this long before stopping their
+        # endpoints (Dynamo's default 5 s lets remote frontends notice). A local stack is
+        # stopped as a whole, so it has nobody to warn.
+        "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0",
     }
 
 

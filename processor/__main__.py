@@ -6,9 +6,11 @@ Dynamo's own ``DYN_*`` variables (discovery backend, request and event planes, b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import uvloop
+from dynamo.common.utils.graceful_shutdown import install_signal_handlers
 from dynamo.llm import ModelInput, ModelType, WorkerType, register_model
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
@@ -42,6 +44,11 @@ async def worker(runtime: DistributedRuntime) -> None:
         kv_cache_block_size=config.block_size,
     )
     logger.info("processor serving %s as model %s", config.endpoint, config.model_name)
+    # SIGTERM/SIGINT: leave discovery, wait Dynamo's grace period
+    # (DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS, default 5 s), let in-flight requests finish;
+    # `handler.stop()` then flushes the trace queue and saves the learner. Without handlers
+    # SIGTERM killed the process on the spot and both were lost.
+    install_signal_handlers(asyncio.get_running_loop(), runtime, [endpoint])
     try:
         await endpoint.serve_endpoint(handler.generate, graceful_shutdown=True)
     finally:

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 import uvloop
+from dynamo.common.utils.graceful_shutdown import install_signal_handlers
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
@@ -77,6 +78,11 @@ async def worker(runtime: DistributedRuntime) -> None:
     find = runtime.endpoint(f"{config.service_endpoint}.find_worker")
     feedback = runtime.endpoint(f"{config.service_endpoint}.feedback")
     maintenance = asyncio.create_task(endpoints.maintain())
+    # SIGTERM/SIGINT (Kubernetes stops pods with SIGTERM): leave discovery, wait Dynamo's grace
+    # period (DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS, default 5 s), stop the endpoints; the
+    # `finally` below then saves the learner. Without handlers SIGTERM killed the process
+    # on the spot and the state since the last periodic snapshot was lost.
+    install_signal_handlers(asyncio.get_running_loop(), runtime, [find, feedback])
     logger.info("router serving %s.{find_worker,feedback}", config.service_endpoint)
     try:
         await asyncio.gather(

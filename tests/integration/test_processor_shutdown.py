@@ -1,0 +1,41 @@
+"""SIGTERM (how Kubernetes and the launcher stop a pod) stops the processor gracefully.
+
+The processor leaves discovery, lets in-flight requests finish, then flushes its trace queue and
+saves the learner. Before, SIGTERM killed it on the spot: pending trace records and everything
+learned since the last periodic snapshot were lost.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.local_stack import LocalStack, StackConfig
+from processor.traces import read_records
+from tests.integration.processor_util import chat
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigterm_saves_the_learner_and_flushes_the_trace(tmp_path) -> None:
+    state = tmp_path / "state" / "learner.json"
+    workdir = tmp_path / "stack"
+    config = StackConfig(
+        workers=2, workdir=workdir,
+        # No periodic snapshot: the file can only come from the save at shutdown.
+        processor_env={"AKR_ROUTER_STATE_PATH": str(state),
+                       "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "3600"},
+    )
+    with LocalStack(config) as stack:
+        sent = {
+            chat(stack.gateway_url, stack.model_name, f"shutdown probe {i}",
+                 nvext={"agent_hints": {"prefix_id": "shutdown", "total_requests": 5}})[0]
+            for i in range(5)
+        }
+        trace = stack.trace_path
+        assert not state.exists()
+    # leaving the `with` sent SIGTERM to every process group of the stack
+    assert state.exists(), "the processor did not save its learner at SIGTERM"
+    assert state.stat().st_size > 0
+    traced = {r.request_id for r in read_records(trace)}
+    assert sent <= traced
+    assert "Received shutdown signal" in (workdir / "processor.log").read_text(errors="replace")
