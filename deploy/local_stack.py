@@ -90,10 +90,6 @@ def loopback_env(file_kv: Path) -> dict[str, str]:
         "DYN_SYSTEM_HOST": "127.0.0.1",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
-        # Our components leave discovery on SIGTERM, then wait this long before stopping their
-        # endpoints (Dynamo's default 5 s lets remote frontends notice). A local stack is
-        # stopped as a whole, so it has nobody to warn.
-        "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0",
     }
 
 
@@ -117,7 +113,11 @@ class LocalStack:
         self._own_workdir = self.config.workdir is None
         self.workdir = Path(self.config.workdir or tempfile.mkdtemp(prefix="akr-stack-"))
         self.file_kv = self.workdir / "dynamo_kv"
-        self.env = {**os.environ, **loopback_env(self.file_kv)}
+        # Our components leave discovery on SIGTERM, then wait a grace period before stopping
+        # their endpoints (Dynamo's default 5 s lets remote frontends notice). A local stack
+        # is stopped as a whole, so it has nobody to warn.
+        self.env = {**os.environ, **loopback_env(self.file_kv),
+                    "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0"}
         self.procs: list[_Proc] = []
         self._pick_ports()
         self.trace_path = self.workdir / "traces" / "processor.jsonl"
