@@ -308,7 +308,8 @@ def main() -> None:
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("added_p50_ms", "added_p99_ms", "max_rps", "proxy_cpu_us_per_request",
+    print(json.dumps({k: result[k] for k in ("added_p50_ms", "added_p99_ms", "max_rps",
+                                             "proxy_cpu_us_per_request",
                                              "added_p50_ms_median_of_rounds", "meets_target",
                                              "load_average_1m_before_after")}, indent=2))
     print(f"gateway  p50 {result['gateway']['p50_ms']:.2f} ms  p99 "

@@ -80,13 +80,13 @@ def stats(values: list[float]) -> dict[str, float | None]:
 
 
 def run_arm(arm: str, wl: Workload, repeat: int) -> dict[str, Any]:
-    from processor.traces import read_records
+    from processor.traces import poll_records
 
-    cfg = stack_config("ours" if arm.startswith("ours") else arm, wl)
-    with LocalStack(cfg) as stack:
+    ours = arm.startswith("ours")
+    stack_arm = "ours" if ours else arm  # both of our arms run the same stack
+    with LocalStack(stack_config(stack_arm, wl)) as stack:
         url = stack.frontend_url if arm == "ours_no_gateway" else stack.url
-        driver = Driver(url, stack.model_name, "ours" if arm.startswith("ours") else arm, wl,
-                        repeat, session_header=False,
+        driver = Driver(url, stack.model_name, stack_arm, wl, repeat, session_header=False,
                         body_transform=translated if arm == "ours_no_gateway" else None)
 
         async def drive() -> dict[str, Any]:
@@ -99,17 +99,10 @@ def run_arm(arm: str, wl: Workload, repeat: int) -> dict[str, Any]:
         # perf_counter -> wall clock, both read now; the run took about a minute.
         t0_wall = driver.t0 + (time.time() - time.perf_counter())
         traces: list[Any] = []
-        if arm.startswith("ours"):
-            deadline = time.monotonic() + 10
+        if ours:  # the trace writer flushes asynchronously
             want = sum(1 for r in driver.records if r.ok)
-            while time.monotonic() < deadline:  # the trace writer flushes asynchronously
-                try:
-                    traces = list(read_records(stack.trace_path))
-                except (FileNotFoundError, ValueError):
-                    traces = []
-                if len(traces) >= want:
-                    break
-                time.sleep(0.2)
+            traces = poll_records(stack.trace_path, lambda recs: len(recs) >= want, 10.0,
+                                  interval_s=0.2)
     ok = [r for r in driver.records if r.ok]
     hit_ttft = [r.ttft_ms for r in ok if r.prompt_tokens and r.cached_tokens / r.prompt_tokens >= HIT]
     out: dict[str, Any] = {

@@ -130,23 +130,14 @@ def imbalance_of(counts: list[int]) -> float | None:
 
 
 def our_trace_stats(stack: LocalStack, since_wall: float, workers: int) -> dict[str, Any]:
-    from processor.traces import read_records
+    from processor.traces import poll_records
 
-    deadline = time.monotonic() + 10
-    recs: list[Any] = []
-    while time.monotonic() < deadline:
-        try:
-            recs = [r for r in read_records(stack.trace_path) if r.ts >= since_wall]
-        except (FileNotFoundError, ValueError):
-            recs = []
-        if recs:
-            break
-        time.sleep(0.2)
+    def ours(records: list[Any]) -> list[Any]:
+        return [r for r in records if r.ts >= since_wall]
+
+    poll_records(stack.trace_path, lambda recs: bool(ours(recs)), 10.0, interval_s=0.2)
     time.sleep(1.0)  # let the async writer flush the tail
-    try:
-        recs = [r for r in read_records(stack.trace_path) if r.ts >= since_wall]
-    except (FileNotFoundError, ValueError):
-        pass
+    recs = ours(poll_records(stack.trace_path, lambda recs: bool(ours(recs)), 1.0))
     per_worker = Counter(r.worker_id for r in recs if r.worker_id is not None)
     counts = sorted(per_worker.values(), reverse=True) + [0] * max(0, workers - len(per_worker))
     return {

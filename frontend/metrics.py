@@ -19,13 +19,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from router.loop_lag import LOOP_LAG_BUCKETS
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from router.loop_lag import LOOP_LAG_BUCKETS
 
 # Upstream time to response headers: ~1 ms (overhead) up to minutes (long prefill queues).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

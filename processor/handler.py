@@ -122,8 +122,7 @@ class ProcessorHandler:
             self._writer.start()
         if self._config.metrics_port is not None:
             self.metrics.serve(self._config.metrics_port, self._config.metrics_host)
-        self._known_workers = frozenset(self._client.instance_ids())
-        self.metrics.workers.set(len(self._known_workers))  # valid before the first sweep
+        self._sweep_once()  # gauges (workers routable, ...) valid before the first periodic sweep
         self._sweeper = asyncio.create_task(self._sweep_forever())
         self._lag_watch = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag.observe))
 

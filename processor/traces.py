@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -77,6 +78,28 @@ def read_records(path: Path) -> Iterator[TraceRecord]:
         for line in fh:
             if line.strip():
                 yield _decoder.decode(line)
+
+
+def poll_records(
+    path: Path, enough: Callable[[list[TraceRecord]], bool], timeout_s: float,
+    interval_s: float = 0.05,
+) -> list[TraceRecord]:
+    """Re-read a trace that is still being written until ``enough(records)`` or the timeout.
+
+    For tests and benchmarks (it sleeps; never call it on an event loop). The writer appends
+    in batches, so the file may be missing or end in a partial line meanwhile: both read as
+    "not yet". Returns the last complete read, which may fall short after the timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    records: list[TraceRecord] = []
+    while True:
+        try:
+            records = list(read_records(path))
+        except (FileNotFoundError, ValueError):  # msgspec.DecodeError is a ValueError
+            pass
+        if enough(records) or time.monotonic() > deadline:
+            return records
+        time.sleep(interval_s)
 
 
 def to_mooncake(records: Iterable[TraceRecord]) -> list[dict]:

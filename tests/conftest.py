@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from collections.abc import Iterator
 
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
-from processor.traces import TraceRecord, read_records
+from processor.traces import TraceRecord, poll_records
 
 
 def pids_alive(pids: list[int]) -> list[int]:
@@ -38,11 +37,9 @@ def wait_for_trace(
     stack: LocalStack, match: Callable[[TraceRecord], bool], count: int = 1, timeout_s: float = 15.0
 ) -> list[TraceRecord]:
     """Poll the processor's trace until ``count`` records match (the writer batches)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = [r for r in read_records(stack.trace_path) if match(r)] if stack.trace_path.exists() else []
-        if len(found) >= count:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(found)} of {count} trace records after {timeout_s} s")
-        time.sleep(0.05)
+    found = [r for r in poll_records(stack.trace_path,
+                                     lambda recs: sum(map(match, recs)) >= count, timeout_s)
+             if match(r)]
+    if len(found) < count:
+        raise AssertionError(f"{len(found)} of {count} trace records after {timeout_s} s")
+    return found
