@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,17 +67,30 @@ class StreamReply:
     complete: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        m = self.gateway.metrics
+        """The body chunk by chunk (for servers that write with an awaitable, like aiohttp)."""
         try:
             async for chunk in self.upstream.iter_chunks():
                 yield chunk
-        except UpstreamTimeout:
-            m.upstream_error("timeout")
-            yield sse_error("upstream timed out mid-stream", "upstream_timeout")
-        except UpstreamError:
-            m.upstream_error("read")
-            yield sse_error("upstream stream broke", "upstream_unavailable")
+        except (UpstreamError, UpstreamTimeout) as e:
+            yield self._broken(e)
         self.complete = True
+
+    async def relay(self, sink: Callable[[bytes], None]) -> None:
+        """The body into ``sink`` from the upstream's read callback (``frontend.server``);
+        backpressure through ``upstream.pause()``/``resume()``."""
+        try:
+            await self.upstream.relay(sink)
+        except (UpstreamError, UpstreamTimeout) as e:
+            sink(self._broken(e))
+        self.complete = True
+
+    def _broken(self, e: UpstreamError | UpstreamTimeout) -> bytes:
+        """Count a mid-stream upstream failure; the SSE event that tells the client."""
+        if isinstance(e, UpstreamTimeout):
+            self.gateway.metrics.upstream_error("timeout")
+            return sse_error("upstream timed out mid-stream", "upstream_timeout")
+        self.gateway.metrics.upstream_error("read")
+        return sse_error("upstream stream broke", "upstream_unavailable")
 
     def close(self) -> None:
         """No-op after a complete relay; otherwise drops the upstream connection."""

@@ -11,7 +11,8 @@ at most 0.5 ms at p50. The server does only what the gateway needs, defensively:
 * pipelined requests are answered in order, at most 8 queued before reading pauses;
 * request-read timeout (slow senders) and keep-alive idle timeout close the connection;
 * responses: whole bodies in one write; SSE relayed with chunked encoding, each chunk written
-  when it arrives and the upstream paused while the client's socket buffer is full;
+  from the upstream's read callback as it arrives (no task switch per token) and the upstream
+  not read while the client's socket buffer is full;
 * a client disconnect cancels the request's task, which closes the upstream connection, so the
   stock frontend cancels the generation.
 
@@ -25,6 +26,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -86,6 +88,7 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = False
         self.paused_reading = False
         self.writable: asyncio.Future[None] | None = None
+        self.relaying: StreamReply | None = None  # the SSE answer being relayed, if any
         self.timer: asyncio.TimerHandle | None = None
         self.discarding = False  # after an early answer: read and drop, then close
         self.loop = asyncio.get_running_loop()
@@ -106,10 +109,14 @@ class HttpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.writable is None or self.writable.done():
             self.writable = self.loop.create_future()
+        if self.relaying is not None:
+            self.relaying.upstream.pause()
 
     def resume_writing(self) -> None:
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
+        if self.relaying is not None:
+            self.relaying.upstream.resume()
 
     async def _drain(self) -> None:
         if self.closed:
@@ -304,16 +311,26 @@ class HttpProtocol(asyncio.Protocol):
             t.write(self._head(reply.status, reply.content_type, None, keep,
                                {"Cache-Control": "no-cache", **reply.headers}, chunked=chunked))
             if not head_only:
-                async for chunk in reply.chunks():
-                    if chunk:
-                        t.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                        await self._drain()  # the client's pace bounds what we buffer
-            if chunked and not head_only:
-                t.write(b"0\r\n\r\n")
+                # Each upstream chunk is written from the upstream's read callback; while the
+                # client's socket buffer is full the upstream is not read (pause_writing).
+                self.relaying = reply
+                if self.writable is not None and not self.writable.done():
+                    reply.upstream.pause()
+                await reply.relay(self._sink(t, chunked))
+                if chunked:
+                    t.write(b"0\r\n\r\n")
             await self._drain()
         finally:
+            self.relaying = None
             reply.close()
         return keep
+
+    def _sink(self, t: asyncio.Transport, chunked: bool) -> Callable[[bytes], None]:
+        """Writes one relayed chunk to the client (chunked framing unless HTTP/1.0)."""
+        def write(chunk: bytes) -> None:
+            if chunk and not self.closed:
+                t.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        return write
 
     @staticmethod
     def _head(status: int, ctype: str, length: int | None, keep: bool,

@@ -8,13 +8,19 @@ needs: one pre-built request buffer written in one ``transport.write``, the resp
 an LIFO pool, and streaming with backpressure (the upstream socket stops being read while the
 client is slow). Talks only to the upstream given at construction, so it never follows
 redirects, handles no cookies and sends no proxy headers.
+
+Two ways to read a streamed body: ``iter_chunks()`` (an async iterator; one task switch, one
+future and one timer per chunk) and ``relay(sink)``, which hands each chunk to ``sink`` inside
+the socket's read callback. The gateway's own server relays SSE answers with the latter: a
+token's event goes from the upstream socket to the client socket without waking the request's
+task, which is what a streamed token costs on the relay (measured in benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -54,6 +60,8 @@ class _Conn(asyncio.Protocol):
         self.headers_done = False
         self.keep_alive = False
         self.paused = False
+        self.sink: Callable[[bytes], None] | None = None  # relay(): body chunks go here
+        self.activity = 0  # body chunks handed to the sink (the relay's idle timeout)
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,6 +105,11 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            self.activity += 1
+            sink(body)
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
@@ -182,6 +195,46 @@ class UpstreamResponse:
                 break
             await conn.wait(self._client.read_timeout)
         self.release()
+
+    async def relay(self, sink: Callable[[bytes], None]) -> None:
+        """Hand every body chunk to ``sink`` as it arrives, from the socket's read callback.
+
+        No task switch, future or timer per chunk. The caller applies backpressure with
+        ``pause()``/``resume()``. Returns at the end of the body (the connection goes back to
+        the pool); raises ``UpstreamTimeout`` when the upstream sent nothing for
+        ``read_timeout`` (up to twice that) while not paused, ``UpstreamError`` when it breaks
+        the response.
+        """
+        conn = self._require()
+        if conn.buffered:  # arrived with the headers, before the relay started
+            sink(conn.take())
+        conn.sink = sink
+        try:
+            while not conn.done:
+                seen = conn.activity
+                try:
+                    await conn.wait(self._client.read_timeout)
+                except UpstreamTimeout:
+                    # Silent only if no chunk came and we were not the ones holding it back
+                    # (paused for a slow client).
+                    if (conn.activity == seen and not conn.paused) or conn.error is not None:
+                        raise
+        finally:
+            conn.sink = None
+        self.release()
+
+    def pause(self) -> None:
+        """Stop reading the upstream (the consumer is behind)."""
+        conn = self._conn
+        if conn is not None and not conn.paused and conn.transport is not None:
+            conn.paused = True
+            conn.transport.pause_reading()
+
+    def resume(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.paused and conn.transport is not None:
+            conn.paused = False
+            conn.transport.resume_reading()
 
     def _require(self) -> _Conn:
         if self._conn is None:

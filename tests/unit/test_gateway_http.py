@@ -203,3 +203,75 @@ def test_random_bytes_never_break_the_server(raw_env: tuple[asyncio.Runner, int]
         assert statuses(ok) == [200]
 
     runner.run(run())
+
+
+async def test_slow_client_holds_the_upstream_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SSE relay backpressure: while the client reads nothing, the gateway stops reading the
+    upstream, so what it buffers for the client stays bounded (the rest waits in the kernel's
+    socket buffers and the upstream's); then the client still gets every byte in order."""
+    import socket
+
+    from aiohttp import web
+
+    from frontend import server as server_mod
+
+    total = 16 * 1024 * 1024
+    piece = b"data: " + b"x" * 65530 + b"\n\n"  # 64 KiB + 2 per event
+    written = [0]
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        while written[0] < total:
+            await resp.write(piece)  # waits while nobody reads
+            written[0] += len(piece)
+        return resp
+
+    protocols: list[server_mod.HttpProtocol] = []
+    made = server_mod.HttpProtocol.connection_made
+
+    def capture(self: server_mod.HttpProtocol, transport: asyncio.BaseTransport) -> None:
+        protocols.append(self)
+        made(self, transport)
+
+    monkeypatch.setattr(server_mod.HttpProtocol, "connection_made", capture)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stream)
+    up = TestServer(app)
+    await up.start_server()
+    cfg = GatewayConfig(upstream_url=str(up.make_url("")).rstrip("/"), host="127.0.0.1",
+                        port=0)
+    gw, server = await start_server(cfg)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # no autotuning
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=65536)
+        writer.write(post(b'{"model": "tiny", "stream": true}', extra=b"Connection: close\r\n"))
+        await writer.drain()
+        await asyncio.sleep(1.0)  # read nothing: buffers fill up, the relay pauses
+        (proto,) = protocols
+        assert proto.relaying is not None, "the answer is not being relayed"
+        buffered = proto.transport.get_write_buffer_size()  # type: ignore[union-attr]
+        assert buffered < 2 * 1024 * 1024, f"{buffered} bytes buffered for a stalled client"
+        raw = bytearray()
+        async with asyncio.timeout(30):
+            while chunk := await reader.read(1 << 20):
+                raw += chunk
+        writer.close()
+        head, _, rest = bytes(raw).partition(b"\r\n\r\n")
+        assert statuses(head + b"\r\n") == [200] and b"Transfer-Encoding: chunked" in head
+        body = bytearray()
+        at = 0
+        while True:  # undo the chunked framing
+            eol = rest.index(b"\r\n", at)
+            size = int(rest[at:eol], 16)
+            if size == 0:
+                break
+            body += rest[eol + 2:eol + 2 + size]
+            at = eol + 2 + size + 2
+        assert written[0] >= total and bytes(body) == piece * (written[0] // len(piece))
+    finally:
+        await stop_server(gw, server)
+        await up.close()

@@ -146,3 +146,68 @@ async def test_pool_size_bounds_concurrency(server: TestServer) -> None:
 def test_rejects_non_http_url() -> None:
     with pytest.raises(ValueError):
         UpstreamClient("https://example.invalid")
+
+
+async def test_relay_hands_every_chunk_over_and_pauses(server: TestServer) -> None:
+    """relay(): all bytes in order; paused, nothing more is read; the connection is reused."""
+    c = UpstreamClient(url(server))
+    r = await c.request("GET", "/s?stream=32")  # 2 MiB in 64 KiB writes
+    got: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    sizes: list[int] = []
+
+    def sink(chunk: bytes) -> None:
+        got.append(chunk)
+        if len(got) == 3:  # a slow client: hold the upstream back for a while
+            r.pause()  # the rest of the bytes already read still arrives
+            loop.call_later(0.05, lambda: sizes.append(sum(map(len, got))))
+            loop.call_later(0.25, check_and_resume)
+
+    def check_and_resume() -> None:
+        sizes.append(sum(map(len, got)))
+        r.resume()
+
+    await r.relay(sink)
+    assert b"".join(got) == b"x" * (32 * 65536)
+    assert len(sizes) == 2 and sizes[0] == sizes[1] < 32 * 65536  # nothing read while paused
+    r2 = await c.request("POST", "/a", b"ok")
+    assert await r2.read() == b"ok|"
+    assert len({id(t) for t in server.peers}) == 1  # type: ignore[attr-defined]
+    await c.close()
+
+
+async def test_relay_idle_timeout_but_not_while_paused() -> None:
+    """A silent upstream times the relay out; a paused one (slow client) does not."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: 1\n\n")
+        if request.query.get("silent"):
+            await asyncio.sleep(5)
+        else:
+            for _ in range(3):
+                await resp.write(b"data: more\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    srv = TestServer(app)
+    await srv.start_server()
+    try:
+        c = UpstreamClient(url(srv), read_timeout=0.2)
+        r = await c.request("GET", "/?silent=1")
+        got: list[bytes] = []
+        with pytest.raises(UpstreamTimeout):
+            await r.relay(got.append)
+        r.close()
+        assert b"".join(got) == b"data: 1\n\n"
+
+        r = await c.request("GET", "/")
+        r.pause()  # held back three read timeouts long: no timeout
+        asyncio.get_running_loop().call_later(0.6, r.resume)
+        got = []
+        await r.relay(got.append)
+        assert b"".join(got) == b"data: 1\n\n" + b"data: more\n\n" * 3
+        await c.close()
+    finally:
+        await srv.close()
