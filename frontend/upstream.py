@@ -112,9 +112,8 @@ class _Conn(asyncio.Protocol):
             return
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+        if self.buffered > _HIGH_WATER:
+            self.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -161,10 +160,19 @@ class _Conn(asyncio.Protocol):
         data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
         self.chunks.clear()
         self.buffered = 0
+        self.resume_reading()
+        return data
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (idempotent); the upstream's sends then block."""
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
-        return data
 
 
 class UpstreamResponse:
@@ -225,16 +233,12 @@ class UpstreamResponse:
 
     def pause(self) -> None:
         """Stop reading the upstream (the consumer is behind)."""
-        conn = self._conn
-        if conn is not None and not conn.paused and conn.transport is not None:
-            conn.paused = True
-            conn.transport.pause_reading()
+        if self._conn is not None:
+            self._conn.pause_reading()
 
     def resume(self) -> None:
-        conn = self._conn
-        if conn is not None and conn.paused and conn.transport is not None:
-            conn.paused = False
-            conn.transport.resume_reading()
+        if self._conn is not None:
+            self._conn.resume_reading()
 
     def _require(self) -> _Conn:
         if self._conn is None:
