@@ -75,11 +75,12 @@ class StreamReply:
             yield self._broken(e)
         self.complete = True
 
-    async def relay(self, sink: Callable[[bytes], None]) -> None:
+    async def relay(self, sink: Callable[[bytes], None], *, paused: bool = False) -> None:
         """The body into ``sink`` from the upstream's read callback (``frontend.server``);
-        backpressure through ``upstream.pause()``/``resume()``."""
+        backpressure through ``upstream.pause()``/``resume()`` (``paused``: the client is
+        already behind)."""
         try:
-            await self.upstream.relay(sink)
+            await self.upstream.relay(sink, paused=paused)
         except (UpstreamError, UpstreamTimeout) as e:
             sink(self._broken(e))
         self.complete = True

@@ -314,9 +314,8 @@ class HttpProtocol(asyncio.Protocol):
                 # Each upstream chunk is written from the upstream's read callback; while the
                 # client's socket buffer is full the upstream is not read (pause_writing).
                 self.relaying = reply
-                if self.writable is not None and not self.writable.done():
-                    reply.upstream.pause()
-                await reply.relay(self._sink(t, chunked))
+                full = self.writable is not None and not self.writable.done()
+                await reply.relay(self._sink(t, chunked), paused=full)
                 if chunked:
                     t.write(b"0\r\n\r\n")
             await self._drain()

@@ -204,18 +204,22 @@ class UpstreamResponse:
             await conn.wait(self._client.read_timeout)
         self.release()
 
-    async def relay(self, sink: Callable[[bytes], None]) -> None:
+    async def relay(self, sink: Callable[[bytes], None], *, paused: bool = False) -> None:
         """Hand every body chunk to ``sink`` as it arrives, from the socket's read callback.
 
         No task switch, future or timer per chunk. The caller applies backpressure with
-        ``pause()``/``resume()``. Returns at the end of the body (the connection goes back to
+        ``pause()``/``resume()``; ``paused`` says the consumer is already full, so after handing
+        over what arrived with the headers the upstream stays unread until ``resume()``.
+        Returns at the end of the body (the connection goes back to
         the pool); raises ``UpstreamTimeout`` when the upstream sent nothing for
         ``read_timeout`` (up to twice that) while not paused, ``UpstreamError`` when it breaks
         the response.
         """
         conn = self._require()
         if conn.buffered:  # arrived with the headers, before the relay started
-            sink(conn.take())
+            sink(conn.take())  # (take() lifts a high-water pause of the buffering)
+        if paused:
+            conn.pause_reading()
         conn.sink = sink
         try:
             while not conn.done:

@@ -211,3 +211,21 @@ async def test_relay_idle_timeout_but_not_while_paused() -> None:
         await c.close()
     finally:
         await srv.close()
+
+
+async def test_relay_starting_paused_reads_nothing_after_the_buffered_part(
+        server: TestServer) -> None:
+    """relay(paused=True): what arrived before the relay (up to the buffering high-water
+    mark, where reading stopped) is handed over, then nothing until resume()."""
+    c = UpstreamClient(url(server))
+    r = await c.request("GET", "/s?stream=32")  # 2 MiB
+    await asyncio.sleep(0.2)  # the body buffers up to the high-water mark and reading stops
+    got: list[bytes] = []
+    sizes: list[int] = []
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.1, lambda: sizes.append(sum(map(len, got))))
+    loop.call_later(0.3, lambda: (sizes.append(sum(map(len, got))), r.resume()))
+    await r.relay(got.append, paused=True)
+    assert len(sizes) == 2 and 0 < sizes[0] == sizes[1] < 32 * 65536
+    assert b"".join(got) == b"x" * (32 * 65536)
+    await c.close()
