@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -42,6 +43,21 @@ async def server() -> AsyncIterator[TestServer]:
 
 def url(srv: TestServer) -> str:
     return str(srv.make_url("")).rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def serving_get(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[TestServer]:
+    """An upstream that answers ``GET /`` with ``handler``, for the length of the block."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    srv = TestServer(app)
+    await srv.start_server()
+    try:
+        yield srv
+    finally:
+        await srv.close()
 
 
 async def test_keepalive_reuses_one_connection(server: TestServer) -> None:
@@ -93,17 +109,11 @@ async def test_read_timeout() -> None:
         await asyncio.sleep(5)
         return web.Response()
 
-    app = web.Application()
-    app.router.add_get("/", stall)
-    srv = TestServer(app)
-    await srv.start_server()
-    try:
+    async with serving_get(stall) as srv:
         c = UpstreamClient(url(srv), read_timeout=0.2)
         with pytest.raises(UpstreamTimeout):
             await c.request("GET", "/")
         await c.close()
-    finally:
-        await srv.close()
 
 
 async def test_unreachable_upstream() -> None:
@@ -189,11 +199,7 @@ async def test_relay_idle_timeout_but_not_while_paused() -> None:
                 await resp.write(b"data: more\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handle)
-    srv = TestServer(app)
-    await srv.start_server()
-    try:
+    async with serving_get(handle) as srv:
         c = UpstreamClient(url(srv), read_timeout=0.2)
         r = await c.request("GET", "/?silent=1")
         got: list[bytes] = []
@@ -209,8 +215,6 @@ async def test_relay_idle_timeout_but_not_while_paused() -> None:
         await r.relay(got.append)
         assert b"".join(got) == b"data: 1\n\n" + b"data: more\n\n" * 3
         await c.close()
-    finally:
-        await srv.close()
 
 
 async def test_relay_starting_paused_reads_nothing_after_the_buffered_part(
