@@ -131,7 +131,8 @@ async def closed_loop(session: aiohttp.ClientSession, url: str,
     return done / (time.perf_counter() - t0)
 
 
-def _stats(lat: list[float]) -> dict[str, float]:
+def latency_stats(lat: list[float]) -> dict[str, float]:
+    """Latencies in seconds -> p50/p90/p99/mean in ms and the count."""
     a = np.asarray(lat) * 1e3
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": int(a.size)}
@@ -185,7 +186,7 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
             await s.close()
     out: dict[str, Any] = {}
     for name in targets:
-        out[name] = {**_stats(lat[name]), "errors": errors[name],
+        out[name] = {**latency_stats(lat[name]), "errors": errors[name],
                      "round_p50_ms": round_p50[name],
                      "max_rps": float(np.mean(rps[name])) if rps[name] else None,
                      "max_rps_rounds": rps[name]}
@@ -194,7 +195,7 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
     return out
 
 
-def _wait_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+def wait_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway_url = f"http://127.0.0.1:{port}"
         try:
             if gw_proc is not None:
-                _wait_health(f"{gateway_url}/health", gw_proc)
+                wait_health(f"{gateway_url}/health", gw_proc)
             gw_reqs, fe_reqs = payloads(stack.model_name)
             # The raw relay cannot translate: it gets what the gateway would have forwarded.
             proxied = gw_reqs if args.proxy == "gateway" else fe_reqs

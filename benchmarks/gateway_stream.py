@@ -30,7 +30,7 @@ from typing import Any
 
 import uvloop
 
-from benchmarks.gateway_overhead import _wait_health, cpu_seconds
+from benchmarks.gateway_overhead import cpu_seconds, latency_stats, wait_health
 from deploy.local_stack import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -113,11 +113,6 @@ async def _streams(port: int, n: int, concurrency: int, first: list[float]) -> i
     return counts[0]
 
 
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1e3
-
-
 async def _measure(args: argparse.Namespace, up_port: int, gw_port: int, gw_pid: int
                    ) -> dict[str, Any]:
     first: dict[str, list[float]] = {"direct": [], "gateway": []}
@@ -137,8 +132,9 @@ async def _measure(args: argparse.Namespace, up_port: int, gw_port: int, gw_pid:
             streams += len(first["gateway"]) - n_before
     out: dict[str, Any] = {}
     for target, xs in first.items():
-        out[target] = {"first_chunk_p50_ms": _pct(xs, 0.5), "first_chunk_p90_ms": _pct(xs, 0.9),
-                       "streams": len(xs)}
+        st = latency_stats(xs)
+        out[target] = {"first_chunk_p50_ms": st["p50_ms"], "first_chunk_p90_ms": st["p90_ms"],
+                       "streams": st["n"]}
     out["added_first_chunk_p50_ms"] = (out["gateway"]["first_chunk_p50_ms"]
                                        - out["direct"]["first_chunk_p50_ms"])
     out["gateway_cpu_us_per_stream"] = cpu_s * 1e6 / max(streams, 1)
@@ -162,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         proc = subprocess.Popen([sys.executable, "-m", "frontend"], env=env, cwd=src,
                                 start_new_session=True)
         try:
-            await asyncio.to_thread(_wait_health, f"http://127.0.0.1:{gw_port}/health", proc)
+            await asyncio.to_thread(wait_health, f"http://127.0.0.1:{gw_port}/health", proc)
             return await _measure(args, up_port, gw_port, proc.pid)
         finally:
             proc.terminate()
