@@ -3,13 +3,16 @@
     python -m benchmarks.path_split [--short] [--repeats 1] [--seed 1]
 
 Drives the seeded agentic workload of the routing benchmark (``benchmarks.workloads``) through
-three identical simulated clusters in turn, one after the other in one run:
+four identical simulated clusters in turn, one after the other in one run:
 
 * ``dynamo_kv``: the stock frontend with ``--router-mode kv`` (the routing benchmark's baseline);
 * ``ours``: gateway -> stock frontend -> our processor -> workers, NAT hints in the body;
 * ``ours_no_gateway``: the same stack, the client sending the gateway's translation of the
   same bodies (``frontend.translate``) straight to the stock frontend: what the gateway adds
-  under this load, side by side.
+  under this load, side by side;
+* ``ours_no_quickack``: ``ours`` with the gateway's ``AKR_GATEWAY_UPSTREAM_QUICKACK=false``
+  (delayed ACKs towards the stock frontend, whose HTTP server leaves Nagle on): what
+  acknowledging every upstream read at once saves on the response path.
 
 For our arms every client record is joined to the processor's trace record of the same request
 (the answer id is the processor's request id), which splits the client's TTFT into:
@@ -42,7 +45,7 @@ from deploy.local_stack import LocalStack
 from frontend.translate import translate
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARMS = ("dynamo_kv", "ours", "ours_no_gateway")
+ARMS = ("dynamo_kv", "ours", "ours_no_gateway", "ours_no_quickack")
 HIT = 0.9
 PARTS = ("request_path_ms", "decision_ms", "worker_ms", "response_path_ms")
 
@@ -73,18 +76,22 @@ def join(records: list[Record], traces: list[Any], t0_wall: float) -> list[dict[
 
 def stats(values: list[float]) -> dict[str, float | None]:
     if not values:
-        return {"mean": None, "p50": None, "p90": None}
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
     a = np.asarray(values)
     return {"mean": round(float(a.mean()), 2), "p50": round(float(np.percentile(a, 50)), 2),
-            "p90": round(float(np.percentile(a, 90)), 2)}
+            "p90": round(float(np.percentile(a, 90)), 2),
+            "p99": round(float(np.percentile(a, 99)), 2)}
 
 
 def run_arm(arm: str, wl: Workload, repeat: int) -> dict[str, Any]:
     from processor.traces import poll_records
 
     ours = arm.startswith("ours")
-    stack_arm = "ours" if ours else arm  # both of our arms run the same stack
-    with LocalStack(stack_config(stack_arm, wl)) as stack:
+    stack_arm = "ours" if ours else arm  # all our arms run the same stack
+    cfg = stack_config(stack_arm, wl)
+    if arm == "ours_no_quickack":
+        cfg.gateway_env["AKR_GATEWAY_UPSTREAM_QUICKACK"] = "false"
+    with LocalStack(cfg) as stack:
         url = stack.frontend_url if arm == "ours_no_gateway" else stack.url
         driver = Driver(url, stack.model_name, stack_arm, wl, repeat, session_header=False,
                         body_transform=translated if arm == "ours_no_gateway" else None)
@@ -125,19 +132,19 @@ def markdown(result: dict[str, Any]) -> str:
         "# Path split: where our arm's TTFT goes under the agentic load", "",
         f"Machine: {MACHINE}. Command: `{meta['command']}` ({meta['started']}). Times in ms; "
         "all figures from simulated workers, not GPUs; arms ran one after the other in one run.",
-        "", "Client TTFT (mean / p50 / p90):", "",
+        "", "Client TTFT (mean / p50 / p90 / p99):", "",
         "| arm | repeat | requests | failed | KV hit | hits (>= 90% cached) | all requests | hits only |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
 
     def f(s: dict[str, float | None]) -> str:
-        return " / ".join("-" if s[k] is None else f"{s[k]:.1f}" for k in ("mean", "p50", "p90"))
+        return " / ".join("-" if s[k] is None else f"{s[k]:.1f}" for k in ("mean", "p50", "p90", "p99"))
 
     for rep, arms in enumerate(result["repeats"]):
         for arm, r in arms.items():
             lines.append(f"| {arm} | {rep} | {r['requests']} | {r['failed']} | {r['kv_hit_ratio']:.3f} | "
                          f"{r['hits']} | {f(r['ttft_ms'])} | {f(r['hit_ttft_ms'])} |")
-    lines += ["", "Our arms, client TTFT split by the processor's trace (mean / p50 / p90; the "
+    lines += ["", "Our arms, client TTFT split by the processor's trace (mean / p50 / p90 / p99; the "
               "parts' means add up to the client mean, their percentiles do not):", "",
               "| arm | repeat | requests | request path | decision | worker (processor TTFT) | response path |",
               "|---|---|---|---|---|---|---|"]

@@ -38,6 +38,12 @@ class GatewayConfig(BaseSettings):
     keepalive_timeout_s: float = Field(
         30.0, gt=0, description="How long an idle upstream connection is kept in the pool."
     )
+    upstream_quickack: bool = Field(
+        True,
+        description="Acknowledge every read from the upstream at once (TCP_QUICKACK, Linux). "
+        "Dynamo 1.6.1's HTTP server does not set TCP_NODELAY, so without it each streamed "
+        "token can wait for a delayed ACK (measured: first token p99 +18 ms).",
+    )
     allow_worker_pin_headers: bool = Field(
         False,
         description="Forward client headers that pin a worker (x-dynamo-worker-instance-id and "

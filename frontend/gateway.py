@@ -130,7 +130,7 @@ class Gateway:
             config.upstream_url, pool_size=config.pool_size,
             connect_timeout=config.upstream_connect_timeout_s,
             read_timeout=config.upstream_read_timeout_s,
-            keepalive_timeout=config.keepalive_timeout_s)
+            keepalive_timeout=config.keepalive_timeout_s, quickack=config.upstream_quickack)
         self.trace: JsonlWriter | None = None
         self._lag_watch: asyncio.Task[None] | None = None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -28,6 +29,14 @@ import httptools
 __all__ = ["UpstreamClient", "UpstreamError", "UpstreamResponse", "UpstreamTimeout"]
 
 _HIGH_WATER = 256 * 1024  # buffered response bytes beyond which the upstream socket is paused
+# Why acknowledge at once: Dynamo 1.6.1's HTTP server (the stock frontend) does not set
+# TCP_NODELAY on the connections it accepts (strace: no setsockopt on them), so Nagle holds
+# each small SSE write until the previous one is acknowledged, and a pooled keep-alive
+# connection like ours is in the kernel's delayed-ACK ("pingpong") mode. Under the agentic
+# load the first token then waited in the gateway's socket for ~1-20 ms (p50 / p99,
+# benchmarks/README.md "Delayed ACKs"). Setting TCP_QUICKACK after a read sends the pending
+# ACK now. Linux only; elsewhere this is None and nothing is done.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 class UpstreamError(ConnectionError):
@@ -41,8 +50,10 @@ class UpstreamTimeout(TimeoutError):
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; carries one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, quickack: bool = False) -> None:
         self.transport: asyncio.Transport | None = None
+        self.quickack = quickack and _TCP_QUICKACK is not None
+        self.sock: socket.socket | None = None  # for TCP_QUICKACK; None when off
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
@@ -66,6 +77,8 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.quickack:
+            self.sock = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
@@ -74,6 +87,12 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as e:
             self._fail(UpstreamError(f"bad response from upstream: {e}"))
             self.close()
+            return
+        if self.sock is not None and not self.closed:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[arg-type]
+            except OSError:  # the connection is going away; nothing left to acknowledge
+                pass
 
     def eof_received(self) -> bool | None:
         self.closed = True
@@ -270,7 +289,8 @@ class UpstreamClient:
     """Pooled keep-alive HTTP/1.1 client for one ``http://host:port`` upstream."""
 
     def __init__(self, base_url: str, *, pool_size: int = 256, connect_timeout: float = 5.0,
-                 read_timeout: float = 300.0, keepalive_timeout: float = 30.0) -> None:
+                 read_timeout: float = 300.0, keepalive_timeout: float = 30.0,
+                 quickack: bool = True) -> None:
         u = urlsplit(base_url)
         if u.scheme != "http" or not u.hostname:
             raise ValueError(f"upstream must be an http://host[:port] URL, got {base_url!r}")
@@ -282,6 +302,7 @@ class UpstreamClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.quickack = quickack  # acknowledge each read at once (see _TCP_QUICKACK)
         self._idle: collections.deque[tuple[_Conn, float]] = collections.deque()
         self._slots = asyncio.Semaphore(pool_size)
         self._closed = False
@@ -339,7 +360,8 @@ class UpstreamClient:
             return conn
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(_Conn, self.host, self.port)
+                _, conn = await loop.create_connection(lambda: _Conn(self.quickack),
+                                                       self.host, self.port)
         except TimeoutError:
             raise UpstreamTimeout("upstream connect timed out") from None
         except OSError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -151,6 +152,30 @@ async def test_pool_size_bounds_concurrency(server: TestServer) -> None:
     assert got == [f"{i}|".encode() for i in range(6)]
     assert len({id(t) for t in server.peers}) <= 2  # type: ignore[attr-defined]
     await c.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
+async def test_reads_are_acknowledged_at_once(server: TestServer) -> None:
+    """Why ``quickack``: on a keep-alive connection the kernel switches to delayed ACKs after
+    the first exchange (getsockopt TCP_QUICKACK reads 0), which with an upstream that leaves
+    Nagle on (Dynamo 1.6.1's HTTP server) holds back its next small write. With the default
+    every read leaves the connection acknowledging at once."""
+
+    async def ack_modes(client: UpstreamClient) -> list[int]:
+        modes = []
+        for _ in range(5):
+            r = await client.request("POST", "/a", b"x")
+            conn = r._conn
+            assert conn is not None and conn.transport is not None
+            await r.read()
+            sock = conn.transport.get_extra_info("socket")
+            modes.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK))
+        await client.close()
+        return modes
+
+    assert await ack_modes(UpstreamClient(url(server))) == [1] * 5
+    assert 0 in (await ack_modes(UpstreamClient(url(server), quickack=False)))[1:]
+    assert len({id(t) for t in server.peers}) == 2  # type: ignore[attr-defined]  # kept alive
 
 
 def test_rejects_non_http_url() -> None:

@@ -42,7 +42,7 @@ def test_join_splits_client_ttft_into_parts_that_add_up() -> None:
 
 
 def test_stats_and_answer_id() -> None:
-    assert stats([]) == {"mean": None, "p50": None, "p90": None}
+    assert stats([]) == {"mean": None, "p50": None, "p90": None, "p99": None}
     assert stats([1.0, 2.0, 3.0])["p50"] == 2.0
     ev = '{"id":"chatcmpl-4816e28e-8fce","choices":[{"delta":{"content":"x"}}]}'
     assert _answer_id(ev) == "4816e28e-8fce"
