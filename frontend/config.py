@@ -42,7 +42,8 @@ class GatewayConfig(BaseSettings):
         True,
         description="Acknowledge every read from the upstream at once (TCP_QUICKACK, Linux). "
         "Dynamo 1.6.1's HTTP server does not set TCP_NODELAY, so without it each streamed "
-        "token can wait for a delayed ACK (measured: first token p99 +18 ms).",
+        "token can wait for a delayed ACK (benchmarks.path_split: first token relayed in "
+        "2.7-2.8 ms at p99 with it, 17-21 ms without).",
     )
     allow_worker_pin_headers: bool = Field(
         False,
