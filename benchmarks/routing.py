@@ -104,6 +104,19 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
+def compact_record(d: dict[str, Any]) -> dict[str, Any]:
+    """A record as committed: times to the microsecond, without the answer id (it only joins
+    to processor traces, which are not committed), so a full run's file stays under 1 MB."""
+    return {k: round(v, 3) if isinstance(v, float) else v
+            for k, v in d.items() if k != "request_id"}
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    with gzip.open(path, "wt") as f:
+        for d in records:
+            f.write(json.dumps(compact_record(d), separators=(",", ":")) + "\n")
+
+
 def summarize(records: list[Record], wall_s: float, ideal: float, imbalance: float | None) -> dict:
     ok = [r for r in records if r.ok]
     ttft = [r.ttft_ms for r in ok if r.ttft_ms is not None]
@@ -509,9 +522,7 @@ def main() -> None:
     payload["meta"] = meta
     (out_dir / "routing.json").write_text(json.dumps(payload, indent=1) + "\n")
     write_markdown(out_dir / "routing.md", results, meta, targets)
-    with gzip.open(out_dir / "routing_records.jsonl.gz", "wt") as f:
-        for d in records_as_dicts(all_records):
-            f.write(json.dumps(d, separators=(",", ":")) + "\n")
+    write_records(out_dir / "routing_records.jsonl.gz", records_as_dicts(all_records))
     plot(out_dir / "routing_ttft.png", all_records, results)
     print(f"\nwrote {out_dir}/routing.json, routing.md, routing_records.jsonl.gz, routing_ttft.png "
           f"in {meta['duration_s']} s")
