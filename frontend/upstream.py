@@ -88,7 +88,9 @@ class _Conn(asyncio.Protocol):
             self._fail(UpstreamError(f"bad response from upstream: {e}"))
             self.close()
             return
-        if self.sock is not None and not self.closed:
+        # Once the response is complete the upstream writes nothing more on it, so nothing
+        # waits for this ACK (it rides on our next request): a 1-read answer costs no syscall.
+        if self.sock is not None and not self.done and not self.closed:
             try:
                 self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[arg-type]
             except OSError:  # the connection is going away; nothing left to acknowledge
