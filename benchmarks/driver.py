@@ -99,6 +99,10 @@ class Driver:
         """Drive every session; returns the wall time from the first send to the last answer."""
         limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
         async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+            # One untimed request first, the same for every arm: a fresh client's first request
+            # paid ~40 ms more (benchmarks/README.md, caveats), and the arm that runs first
+            # would carry it.
+            await client.get(self.url.removesuffix("/chat/completions") + "/models")
             self.t0 = time.perf_counter()
             await asyncio.gather(*(self._session(client, s) for s in self.workload.sessions))
         last = max((r.t_send_s + (r.e2e_ms or 0) / 1000 for r in self.records), default=0.0)
