@@ -40,7 +40,7 @@ class GatewayConfig(BaseSettings):
     )
     upstream_quickack: bool = Field(
         True,
-        description="Acknowledge every read from the upstream at once (TCP_QUICKACK, Linux). "
+        description="Acknowledge each read from the upstream at once (TCP_QUICKACK, Linux). "
         "Dynamo 1.6.1's HTTP server does not set TCP_NODELAY, so without it each streamed "
         "token can wait for a delayed ACK (benchmarks.path_split: first token relayed in "
         "2.7-2.8 ms at p99 with it, 17-21 ms without).",

@@ -33,8 +33,8 @@ _HIGH_WATER = 256 * 1024  # buffered response bytes beyond which the upstream so
 # TCP_NODELAY on the connections it accepts (strace: no setsockopt on them), so Nagle holds
 # each small SSE write until the previous one is acknowledged, and a pooled keep-alive
 # connection like ours is in the kernel's delayed-ACK ("pingpong") mode. Under the agentic
-# load the first token then waited in the gateway's socket for ~1-20 ms (p50 / p99,
-# benchmarks/README.md "Delayed ACKs"). Setting TCP_QUICKACK after a read sends the pending
+# load the first token then waited up to ~20 ms (p99) before the gateway could read it
+# (benchmarks/README.md "Delayed ACKs"). Setting TCP_QUICKACK after a read sends the pending
 # ACK now. Linux only; elsewhere this is None and nothing is done.
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
