@@ -10,7 +10,9 @@ chunked, like the stock frontend), so the gateway (``python -m frontend``, a sep
 is the only thing measured. Two targets alternate in rounds under the same closed-loop client:
 ``direct`` (client -> stand-in) and ``gateway`` (client -> gateway -> stand-in). Reported:
 first-chunk latency p50/p90 per target and the difference, and the gateway's CPU time (from
-/proc) per stream and per relayed chunk. ``--gateway-src DIR`` runs the gateway from another
+/proc) per stream and per relayed SSE event (``..._per_chunk``: one event is one upstream chunk;
+the client counts events, since the gateway may put two that arrive in one read into one HTTP
+chunk). ``--gateway-src DIR`` runs the gateway from another
 checkout (e.g. a ``git worktree`` of an older commit) for a before/after comparison in one
 sitting. Writes ``benchmarks/results/gateway_stream.json``. Loopback only.
 """
@@ -86,7 +88,7 @@ def _request() -> bytes:
 
 
 async def _streams(port: int, n: int, concurrency: int, first: list[float]) -> int:
-    """Closed loop: ``concurrency`` keep-alive clients, ``n`` streams; returns chunks read."""
+    """Closed loop: ``concurrency`` keep-alive clients, ``n`` streams; returns SSE events read."""
     req = _request()
     counts = [0]
 
@@ -96,16 +98,18 @@ async def _streams(port: int, n: int, concurrency: int, first: list[float]) -> i
             t0 = time.perf_counter()
             writer.write(req)
             await reader.readuntil(b"\r\n\r\n")
-            seen = False
+            seen, body = False, []
             while True:
                 size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-                await reader.readexactly(size + 2)
+                body.append((await reader.readexactly(size + 2))[:size])
                 if size == 0:
                     break
-                counts[0] += 1
                 if not seen:
                     first.append(time.perf_counter() - t0)
                     seen = True
+            # Count SSE events, not HTTP chunks: the gateway frames each upstream read as one
+            # chunk, so two events that arrive in one read share a chunk (and one may be split).
+            counts[0] += b"".join(body).count(b"data: ")
         writer.close()
 
     per = max(1, n // concurrency)
