@@ -77,13 +77,16 @@ class ProcessorConfig(BaseSettings):
             "discovery); ignored while every live worker is in quarantine. 0 = off."
         ),
     )
+    engine_poll_s: float = Field(
+        0.05,
+        ge=0,
+        description=(
+            "Period of reading the workers' own reports (KV capacity from their model cards, "
+            "requests their engines hold back from forward-pass metrics; "
+            "processor/engine_state.py). 0 = off: capacity from "
+            "AKR_ROUTER_WORKER_CAPACITY_BLOCKS, no engine queue signal."
+        ),
+    )
     sweep_interval_s: float = Field(
         1.0, gt=0, description="Period of the background sweep (expiry, feedback timeouts, workers)."
-    )
-    forward_pins: bool = Field(
-        True,
-        description=(
-            "Forward cache pins to workers whose backend can pin (kv_hint envelope); "
-            "routing-level pinning applies either way."
-        ),
     )

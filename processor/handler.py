@@ -34,6 +34,7 @@ from router.policy import Decision, RouteRequest
 from router.service import Feedback, RouterService
 
 from processor.config import ProcessorConfig
+from processor.engine_state import EngineState
 from processor.metrics import ProcessorMetrics
 from processor.routing import LocalRouting, RemoteRouting, Routing
 from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
@@ -95,6 +96,7 @@ class ProcessorHandler:
         self._sweeper: asyncio.Task[None] | None = None
         self._lag_watch: asyncio.Task[None] | None = None
         self._known_workers: frozenset[int] = frozenset()
+        self.engine: EngineState | None = None  # the workers' own reports (engine_poll_s > 0)
         self._quarantine: dict[int, float] = {}  # worker -> monotonic end; <= live workers
 
     async def start(self) -> None:
@@ -104,14 +106,21 @@ class ProcessorHandler:
         self._client = await endpoint.client()
         await self._client.wait_for_instances()
         kv_router = KvRouter(endpoint, self._config.block_size, KvRouterConfig())
+        if self._config.engine_poll_s > 0:
+            from dynamo.llm import FpmEventSubscriber
+
+            self.engine = EngineState(
+                FpmEventSubscriber(endpoint), self._config.block_size, self._config.engine_poll_s
+            )
+            self.engine.start()
         if self._config.router_endpoint:
             find = await self._runtime.endpoint(f"{self._config.router_endpoint}.find_worker").client()
             feedback = await self._runtime.endpoint(f"{self._config.router_endpoint}.feedback").client()
             await find.wait_for_instances()
-            self.routing = RemoteRouting(find, feedback, kv_router)
+            self.routing = RemoteRouting(find, feedback, kv_router, self.engine)
             logger.info("routing through the router component %s", self._config.router_endpoint)
         else:
-            self.routing = LocalRouting(self.service, kv_router)
+            self.routing = LocalRouting(self.service, kv_router, self.engine)
         if self._config.trace_path is not None:
             self._writer = JsonlWriter(
                 self._config.trace_path,
@@ -130,6 +139,8 @@ class ProcessorHandler:
         for task in (self._sweeper, self._lag_watch):
             if task is not None:
                 task.cancel()
+        if self.engine is not None:
+            await self.engine.stop()
         if isinstance(self.routing, LocalRouting) and self.service.config.state_path:
             await self.service.save_state(self.service.config.state_path)
         if self._writer is not None:
@@ -165,6 +176,8 @@ class ProcessorHandler:
         if swept["feedback_timeouts"]:
             self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
         self.metrics.workers.set(len(live - self._quarantine.keys()))
+        if self.engine is not None:
+            self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)
         self.metrics.pins.set(swept["pinned_prefixes"])
         self.metrics.tracked_prefixes.set(swept["prefixes"])
         if self._writer is not None:
@@ -400,6 +413,8 @@ def _candidate(c: Any) -> Candidate:
         "affinity_ms": c.affinity_ms, "learned_ms": c.learned_ms,
         "overlap_blocks": c.overlap_blocks, "queued_tokens": c.queued_tokens,
     }
+    if c.waiting_ms:  # only where an engine reported requests held back
+        terms["waiting_ms"] = c.waiting_ms
     return Candidate(c.worker_id, round(c.total_ms, 3), {k: round(v, 3) for k, v in terms.items()})
 
 

@@ -92,6 +92,33 @@ class ProcessorMetrics:
             "akr_processor_workers", "Workers currently routable.", registry=r
         )
 
+        self.worker_capacity = Gauge(
+            "akr_processor_worker_capacity_blocks",
+            "KV capacity each worker reports in its model card, in router blocks.",
+            ["worker"], registry=r,
+        )
+        self.engine_waiting = Gauge(
+            "akr_processor_engine_waiting_requests",
+            "Requests each worker's engine held back in its last forward pass (waiting for KV "
+            "blocks or batch budget, or preempted).", ["worker"], registry=r,
+        )
+        self._engine_labels: set[str] = set()
+
+    def observe_engine(self, capacity: dict[int, int], waiting: dict[int, int]) -> None:
+        """Per-worker engine gauges; series of workers that left are removed (bounded)."""
+        labels = {f"{w:x}": w for w in capacity.keys() | waiting.keys()}
+        for gone in self._engine_labels - labels.keys():
+            for g in (self.worker_capacity, self.engine_waiting):
+                try:
+                    g.remove(gone)
+                except KeyError:
+                    pass
+        for label, w in labels.items():
+            if w in capacity:
+                self.worker_capacity.labels(worker=label).set(capacity[w])
+            self.engine_waiting.labels(worker=label).set(waiting.get(w, 0))
+        self._engine_labels = set(labels)
+
     def observe_tokens(self, prompt: int, cached: int, output: int) -> None:
         self.prompt_tokens.inc(prompt)
         self.cached_tokens.inc(cached)

@@ -19,6 +19,8 @@ import msgspec
 from router.policy import Decision, RouteRequest
 from router.service import Feedback, FindWorker, RouterService
 
+from processor.engine_state import EngineState
+
 logger = logging.getLogger(__name__)
 
 MAX_FEEDBACK_IN_FLIGHT = 1024
@@ -39,13 +41,15 @@ class Routing(Protocol):
 class LocalRouting:
     """``RouterService`` in this process: one ``get_potential_loads`` call and a decision."""
 
-    def __init__(self, service: RouterService, kv_router: Any) -> None:
+    def __init__(self, service: RouterService, kv_router: Any,
+                 engine: EngineState | None = None) -> None:
         self.service = service
         self._kv = kv_router
+        self._engine = engine
 
     async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision:
         rows = await self._kv.get_potential_loads(token_ids)
-        msg = FindWorker(request=route, rows=rows, live=list(live))
+        msg = _find_worker(route, rows, live, self._engine)
         return self.service.find_worker(msg, time.monotonic())
 
     def feedback(self, msg: Feedback) -> None:
@@ -62,16 +66,18 @@ class LocalRouting:
 class RemoteRouting:
     """A standalone ``python -m router`` reached over Dynamo endpoints (shared learner)."""
 
-    def __init__(self, find_client: Any, feedback_client: Any, kv_router: Any) -> None:
+    def __init__(self, find_client: Any, feedback_client: Any, kv_router: Any,
+                 engine: EngineState | None = None) -> None:
         self._find = find_client
         self._feedback = feedback_client
         self._kv = kv_router
+        self._engine = engine
         self._sending: set[asyncio.Task[None]] = set()
         self.feedback_dropped = 0
 
     async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision:
         rows = await self._kv.get_potential_loads(token_ids)
-        msg = msgspec.to_builtins(FindWorker(request=route, rows=rows, live=list(live)))
+        msg = msgspec.to_builtins(_find_worker(route, rows, live, self._engine))
         async for answer in await self._find.round_robin(msg, annotated=False):
             return msgspec.convert(answer, Decision)
         raise RuntimeError("router component returned no decision")
@@ -97,6 +103,15 @@ class RemoteRouting:
 
     def maintain(self, now: float) -> dict[str, int]:
         return {"feedback_timeouts": 0, "pinned_prefixes": 0, "prefixes": 0}
+
+
+def _find_worker(route: RouteRequest, rows: list[dict[str, Any]], live: frozenset[int],
+                 engine: EngineState | None) -> FindWorker:
+    """The ``find_worker`` message: KvRouter rows plus what the engines report, if read."""
+    if engine is None:
+        return FindWorker(request=route, rows=rows, live=list(live))
+    return FindWorker(request=route, rows=rows, live=list(live),
+                      capacity=engine.capacity or None, waiting=engine.waiting or None)
 
 
 def _counts(stats: dict[str, Any]) -> dict[str, int]:

@@ -31,7 +31,8 @@ class RouterConfig(BaseSettings):
         16384,
         ge=1,
         description="KV capacity of a worker in blocks, used when the worker does not report "
-        "its own (eviction cost and the decode-utilization feature read it).",
+        "its own in its model card (the processor reads the cards: AKR_PROCESSOR_ENGINE_POLL_S; "
+        "the eviction cost and the decode-utilization feature read it).",
     )
 
     # --- Prefix table ----------------------------------------------------------------
@@ -122,6 +123,13 @@ class RouterConfig(BaseSettings):
         ge=0,
         description="Weight of the eviction cost: recompute time of other conversations' "
         "pinned blocks that placing this request on a full worker would push out.",
+    )
+    engine_waiting_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Cost (ms) per request a worker's engine reports holding back (waiting for "
+        "KV blocks or batch budget, or preempted; processor/engine_state.py): a request sent "
+        "there queues behind them. 0 = off.",
     )
 
     # --- Bandit (contextual Thompson sampling on latency residuals) --------------------

@@ -38,9 +38,15 @@ worker look worse, and each term can be printed in a trace:
                      cannot see. reuse_factor = min(1, remaining_requests /
                      affinity_horizon), or 1 while pinned. Capped, so an overloaded home
                      loses once it is more than affinity_cap_ms worse.
+    waiting_ms  = engine_waiting_ms * waiting_requests
+                  -- requests the worker's engine itself reports holding back (no KV
+                     blocks or batch budget for them in its last forward pass; the
+                     processor reads its forward-pass metrics). Our load count does not
+                     know when a worker's KV is full; the engine does, and a request sent
+                     there waits behind them. Off by default (engine_waiting_ms = 0).
     learned_ms  = per-worker latency correction sampled by the bandit (router/bandit.py).
 
-    total_ms    = ttft_ms + decode_ms + eviction_ms + learned_ms - affinity_ms
+    total_ms    = ttft_ms + decode_ms + eviction_ms + waiting_ms + learned_ms - affinity_ms
 
 Equivalence with Dynamo: with ``queue_weight = 1``, ``decode_ms_per_block =
 prefill_ms_per_token * block_size`` (``decode_block_weight = 1``; the default is 0.25, see
@@ -69,11 +75,12 @@ class CostBreakdown:
     eviction_ms: np.ndarray
     affinity_ms: np.ndarray
     learned_ms: np.ndarray
+    waiting_ms: np.ndarray
 
     @property
     def base(self) -> np.ndarray:
         """Score without the affinity value (used to tell whether affinity decided)."""
-        return self.ttft_ms + self.decode_ms + self.eviction_ms + self.learned_ms
+        return self.ttft_ms + self.decode_ms + self.eviction_ms + self.waiting_ms + self.learned_ms
 
     @property
     def total(self) -> np.ndarray:
@@ -88,6 +95,7 @@ class CostBreakdown:
             "eviction_ms": float(self.eviction_ms[i]),
             "affinity_ms": float(self.affinity_ms[i]),
             "learned_ms": float(self.learned_ms[i]),
+            "waiting_ms": float(self.waiting_ms[i]),
             "uncached_tokens": float(self.uncached_tokens[i]),
             "queued_tokens": float(self.queued_tokens[i]),
         }
@@ -131,12 +139,14 @@ def score(
     pinned: bool = False,
     kv_overlap_blocks: np.ndarray | None = None,
     learned_ms: np.ndarray | None = None,
+    engine_waiting: np.ndarray | None = None,
 ) -> CostBreakdown:
     """Score all W workers for one request; every array argument has shape (W,).
 
     ``home`` is the index (not id) of the conversation's home worker, -1 if none;
     ``overlap_blocks`` may include the history fallback (the home's remembered blocks);
-    ``reserved_blocks`` must already exclude this conversation's own reservation.
+    ``reserved_blocks`` must already exclude this conversation's own reservation;
+    ``engine_waiting`` is requests each engine holds back (None = no reports).
     """
     bs = cfg.block_size
     block_ms = cfg.block_ms
@@ -171,6 +181,10 @@ def score(
             affinity[home] = cfg.affinity_weight * value * reuse
 
     learned = np.zeros(ttft.shape) if learned_ms is None else learned_ms
+    if engine_waiting is None or not cfg.engine_waiting_ms:
+        waiting = np.zeros(ttft.shape)
+    else:
+        waiting = cfg.engine_waiting_ms * engine_waiting
     return CostBreakdown(
         uncached_tokens=uncached,
         queued_tokens=queued,
@@ -179,6 +193,7 @@ def score(
         eviction_ms=eviction,
         affinity_ms=affinity,
         learned_ms=learned,
+        waiting_ms=waiting,
     )
 
 

@@ -13,12 +13,12 @@ function uses (potential prefill incl. queue, potential decode blocks).
 from __future__ import annotations
 
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from router.load import LoadTracker
-from router.signals import WorkerSignals, aggregate_ranks, constant
+from router.signals import WorkerSignals, aggregate_ranks, aligned
 
 _WORKER_ID = itemgetter("worker_id")
 _PREFILL = itemgetter("potential_prefill_tokens")
@@ -34,6 +34,8 @@ def signals_from_rows(
     load: LoadTracker,
     capacity_blocks: int,
     live: frozenset[int] | None = None,
+    reported_capacity: Mapping[int, int] | None = None,
+    engine_waiting: Mapping[int, int] | None = None,
 ) -> tuple[WorkerSignals, dict[int, int]]:
     """``get_potential_loads`` rows for one prompt + our load -> (signals, uncached tokens).
 
@@ -41,6 +43,9 @@ def signals_from_rows(
     prefill = the least loaded rank's uncached tokens + our queued prefill there,
     decode = Dynamo's decode blocks summed over ranks + ours per rank, active = ours per
     rank. Vectorized: no Python loop over workers beyond reading Dynamo's rows.
+    ``reported_capacity`` (blocks per worker from the workers' own cards) overrides
+    ``capacity_blocks`` where present; ``engine_waiting`` holds only workers with requests
+    held back, so both are usually small or empty.
     """
     if live is not None and not live.issuperset(map(_WORKER_ID, rows)):
         rows = [row for row in rows if row["worker_id"] in live]
@@ -68,6 +73,7 @@ def signals_from_rows(
         potential_prefill_tokens=own + queued,
         decode_blocks=dynamo_decode + ranks * ours_decode,
         active_requests=ranks * ours_active,
-        capacity_blocks=constant(n, capacity_blocks),
+        capacity_blocks=aligned(ids, reported_capacity, capacity_blocks),
+        engine_waiting=aligned(ids, engine_waiting) if engine_waiting else None,
     )
     return signals, dict(zip(ids.tolist(), own.tolist()))

@@ -64,6 +64,7 @@ class Candidate(msgspec.Struct):
     overlap_blocks: float
     uncached_tokens: float
     queued_tokens: float
+    waiting_ms: float = 0.0
 
 
 class Decision(msgspec.Struct):
@@ -170,6 +171,7 @@ class Router:
             remaining_requests=remaining_before,
             pinned=pinned,
             kv_overlap_blocks=kv_overlap if fallback else None,
+            engine_waiting=signals.engine_waiting,
         )
         x = make_features(
             cfg,
@@ -231,6 +233,7 @@ class Router:
                 overlap_blocks=float(overlap[j]),
                 uncached_tokens=float(costs.uncached_tokens[j]),
                 queued_tokens=float(costs.queued_tokens[j]),
+                waiting_ms=float(costs.waiting_ms[j]),
             )
             for j in top
         ]

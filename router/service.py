@@ -37,6 +37,9 @@ class FindWorker(msgspec.Struct, kw_only=True):
     request: RouteRequest
     rows: list[dict[str, Any]]
     live: list[int] | None = None  # workers the caller can reach; None = all in rows
+    # What the workers report themselves (processor/engine_state.py); None = not read.
+    capacity: dict[int, int] | None = None  # KV blocks per worker, from the model cards
+    waiting: dict[int, int] | None = None  # requests each engine holds back (only > 0)
 
 
 class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -65,7 +68,8 @@ class RouterService:
         req = msg.request
         live = None if msg.live is None else frozenset(msg.live)
         signals, uncached = signals_from_rows(
-            msg.rows, req.prompt_tokens, self.load, self.config.worker_capacity_blocks, live
+            msg.rows, req.prompt_tokens, self.load, self.config.worker_capacity_blocks, live,
+            msg.capacity, msg.waiting,
         )
         decision = self.router.decide(req, signals, now)
         wid = decision.worker_id

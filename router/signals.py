@@ -30,7 +30,8 @@ class WorkerSignals:
     uncached tokens plus prefill already queued there. ``decode_blocks`` and
     ``active_requests`` include the requests we placed (router/load.py). ``reserved_blocks``:
     blocks pinned by live conversations on the worker; None lets the Router fill it from its
-    prefix table.
+    prefix table. ``engine_waiting``: requests the worker's engine reports holding back
+    (processor/engine_state.py); None = no worker reports any.
     """
 
     worker_ids: np.ndarray
@@ -40,6 +41,7 @@ class WorkerSignals:
     active_requests: np.ndarray
     capacity_blocks: np.ndarray
     reserved_blocks: Optional[np.ndarray] = None
+    engine_waiting: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.worker_ids.shape[0])

@@ -331,3 +331,38 @@ def test_signals_from_rows_aggregate_dp_ranks_and_add_our_load() -> None:
     assert s.potential_prefill_tokens.tolist() == [640, 356]  # + our 100 queued on 7
     assert s.decode_blocks.tolist() == [5, 50] and s.active_requests.tolist() == [0, 2]
     assert s.capacity_blocks.tolist() == [1000, 1000] and s.reserved_blocks is None
+
+
+def test_signals_take_the_workers_reported_capacity_and_engine_queue() -> None:
+    """A worker's own card overrides the configured capacity; workers without one keep it.
+    Only workers whose engine holds requests back appear in ``waiting``; others read 0."""
+    rows = [
+        {"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": 640, "potential_decode_blocks": 10}
+        for w in (3, 7, 9)
+    ]
+    s, _ = signals_from_rows(rows, 640, LoadTracker(BS), 1000,
+                             reported_capacity={7: 192, 9: 512}, engine_waiting={9: 2})
+    assert s.capacity_blocks.tolist() == [1000, 192, 512]
+    assert s.engine_waiting is not None and s.engine_waiting.tolist() == [0, 0, 2]
+    s, _ = signals_from_rows(rows, 640, LoadTracker(BS), 1000, reported_capacity={}, engine_waiting={})
+    assert s.capacity_blocks.tolist() == [1000] * 3 and s.engine_waiting is None
+
+
+def test_a_worker_whose_engine_holds_requests_back_loses_its_cache_edge() -> None:
+    """The engine of worker 7 (holding this prompt's cache) reports a request it cannot
+    schedule: with engine_waiting_ms set, the request goes to worker 3 and the trace terms
+    say why; with it off (the default), the cache wins."""
+    sig = WorkerSignals.build(
+        [3, 7],
+        overlap_blocks=[0, 40],
+        potential_prefill_tokens=[3000, 440],
+        decode_blocks=[50, 50],
+    )
+    sig.engine_waiting = np.array([0.0, 1.0])
+    req = RouteRequest(request_id="r", prompt_tokens=3000)
+    off = Router(RouterConfig(bandit_enabled=False, seed=0)).decide(req, sig, 0.0)
+    assert off.worker_id == 7 and off.candidates[0].waiting_ms == 0.0
+    on = Router(RouterConfig(bandit_enabled=False, seed=0, engine_waiting_ms=200.0)).decide(req, sig, 0.0)
+    assert on.worker_id == 3
+    waited = next(c for c in on.candidates if c.worker_id == 7)
+    assert waited.waiting_ms == 200.0 and waited.total_ms > on.candidates[0].total_ms

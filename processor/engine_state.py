@@ -1,0 +1,155 @@
+"""What the workers' engines say about themselves: KV capacity and requests held back.
+
+Two signals our own accounting (router/load.py) cannot produce:
+
+* **capacity**: each worker's KV blocks, from the ``runtime_config.total_kv_blocks`` of its
+  model deployment card (vLLM and the mocker publish it per data-parallel rank). Without it
+  the operator has to set ``AKR_ROUTER_WORKER_CAPACITY_BLOCKS`` per fleet, one value for
+  workers that may differ.
+* **waiting**: requests the engine has accepted but did not schedule in its last forward pass
+  (``ForwardPassMetrics.queued_requests``): prefills waiting for KV blocks or batch budget,
+  and decodes preempted back to the queue. A request sent there waits behind them. Our load
+  count sees a full worker only as a number; the engine knows it is stalling.
+
+Both come from Dynamo's ``FpmEventSubscriber`` in tracking mode (the same discovery and
+event plane as KV events; ZMQ on our loopback stacks), read by a background task every
+``engine_poll_s``: the request path only reads two small dicts. Bounded: one entry per
+worker that publishes, rebuilt on every refresh, so workers that left disappear with
+Dynamo's own purge. The same source as Dynamo's ``thunderagent_router/capacity.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+
+def capacity_blocks(card_json: str, block_size: int) -> int | None:
+    """A worker's KV capacity in our blocks from its card; None when the card lacks it.
+
+    ``total_kv_blocks`` counts the engine's blocks of ``kv_cache_block_size`` tokens per
+    data-parallel rank; a worker serves ``data_parallel_size`` ranks, and we route to the
+    worker (router/signals.py sums its ranks), so the capacity is the sum.
+    """
+    try:
+        card = json.loads(card_json)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(card, dict):
+        return None
+    rc = card.get("runtime_config") or {}
+    blocks = rc.get("total_kv_blocks") if isinstance(rc, dict) else None
+    card_block = card.get("kv_cache_block_size", block_size)
+    ranks = rc.get("data_parallel_size")
+    ranks = 1 if ranks is None else ranks
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+               for v in (blocks, card_block, ranks)):
+        return None
+    return max(1, blocks * card_block * ranks // block_size)
+
+
+class _Queued(msgspec.Struct, frozen=True):
+    num_prefill_requests: int = 0
+    num_decode_requests: int = 0
+
+
+class _Fpm(msgspec.Struct):
+    """The two fields of ``dynamo.common.forward_pass_metrics.ForwardPassMetrics`` we read
+    (version 1; unknown fields are ignored, so a later minor addition still decodes)."""
+
+    version: int = 0
+    worker_id: str = ""
+    queued_requests: _Queued = _Queued()
+
+
+_FPM_VERSION = 1
+_decode_fpm = msgspec.msgpack.Decoder(_Fpm).decode
+
+
+def waiting_requests(stats: dict[tuple[str, int], bytes]) -> dict[int, int]:
+    """Latest FPM per (worker, dp rank) -> requests held back per worker (only those > 0).
+
+    Messages that do not decode or carry another schema version are skipped.
+    """
+    out: dict[int, int] = {}
+    for (worker, _rank), raw in stats.items():
+        try:
+            fpm = _decode_fpm(raw)
+            wid = int(worker)
+        except (msgspec.DecodeError, ValueError, TypeError):
+            continue
+        if fpm.version != _FPM_VERSION:
+            continue
+        n = fpm.queued_requests.num_prefill_requests + fpm.queued_requests.num_decode_requests
+        if n > 0:
+            out[wid] = out.get(wid, 0) + n
+    return out
+
+
+class EngineState:
+    """Per-worker capacity and waiting requests, refreshed off the request path.
+
+    ``capacity`` and ``waiting`` are replaced (never mutated) on each refresh, so a reader
+    on the event loop always sees one consistent snapshot.
+    """
+
+    def __init__(self, subscriber: Any, block_size: int, poll_s: float) -> None:
+        self._sub = subscriber
+        self._block_size = block_size
+        self._poll_s = poll_s
+        self._cards: dict[str, int | None] = {}  # card body -> parsed capacity (bodies repeat)
+        self._task: asyncio.Task[None] | None = None
+        self.capacity: dict[int, int] = {}
+        self.waiting: dict[int, int] = {}
+        self.errors = 0
+
+    def start(self) -> None:
+        self._sub.start_tracking()
+        self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        try:
+            self._sub.shutdown()
+        except Exception as exc:  # shutting down anyway
+            logger.debug("engine state subscriber shutdown: %r", exc)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """One snapshot of the subscriber's maps (in-memory, no I/O; ~µs per worker)."""
+        try:
+            cards = self._sub.get_model_cards()
+            stats = self._sub.get_recent_stats()
+        except Exception as exc:  # keep the last snapshot; count, log once per kind
+            self.errors += 1
+            if self.errors == 1:
+                logger.warning("engine state unavailable: %r", exc)
+            return
+        capacity: dict[int, int] = {}
+        for worker, body in cards.items():
+            if body not in self._cards:
+                if len(self._cards) > 4 * max(len(cards), 16):  # bodies of departed workers
+                    self._cards.clear()
+                self._cards[body] = capacity_blocks(body, self._block_size)
+            blocks = self._cards[body]
+            try:
+                wid = int(worker)
+            except (ValueError, TypeError):
+                continue
+            if blocks is not None:
+                capacity[wid] = blocks
+        self.capacity = capacity
+        self.waiting = waiting_requests(stats)

@@ -1,0 +1,60 @@
+"""The workers' own reports: capacity from model cards, held-back requests from FPM bytes.
+
+The subscriber itself (``EngineState`` with Dynamo's ``FpmEventSubscriber``) runs against real
+mocker workers in tests/integration/test_processor_metrics.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dynamo.common.forward_pass_metrics import (
+    ForwardPassMetrics,
+    QueuedRequestMetrics,
+    ScheduledRequestMetrics,
+    encode,
+)
+
+from processor.engine_state import capacity_blocks, waiting_requests
+
+
+def _card(blocks: object, block_size: object = 64, dp: object = None) -> str:
+    rc: dict[str, object] = {"total_kv_blocks": blocks}
+    if dp is not None:
+        rc["data_parallel_size"] = dp
+    return json.dumps({"display_name": "m", "kv_cache_block_size": block_size, "runtime_config": rc})
+
+
+def test_capacity_from_the_card_in_router_blocks() -> None:
+    assert capacity_blocks(_card(192), 64) == 192
+    assert capacity_blocks(_card(100, block_size=16), 64) == 25  # 1600 tokens = 25 of ours
+    assert capacity_blocks(_card(192, dp=2), 64) == 384  # per rank x ranks of the worker
+
+
+@pytest.mark.parametrize("body", [
+    "not json", "[]", json.dumps({"runtime_config": None}), _card(None), _card(0), _card(-5),
+    _card("192"), _card(True), _card(192, block_size=0), _card(192, dp="2"),
+])
+def test_cards_without_a_usable_capacity_are_ignored(body: str) -> None:
+    assert capacity_blocks(body, 64) is None
+
+
+def _fpm(worker: str, prefill: int = 0, decode: int = 0, version: int = 1) -> bytes:
+    return encode(ForwardPassMetrics(
+        version=version, worker_id=worker, wall_time=0.01,
+        scheduled_requests=ScheduledRequestMetrics(num_decode_requests=3, sum_decode_kv_tokens=9000),
+        queued_requests=QueuedRequestMetrics(num_prefill_requests=prefill, sum_prefill_tokens=1500 * prefill,
+                                             num_decode_requests=decode),
+    ))
+
+
+def test_waiting_requests_per_worker_from_dynamos_own_encoding() -> None:
+    stats = {
+        ("11", 0): _fpm("11", prefill=2),
+        ("11", 1): _fpm("11", decode=1),  # a second dp rank of the same worker
+        ("12", 0): _fpm("12"),  # nothing held back: left out
+        ("13", 0): _fpm("13", prefill=4, version=2),  # unknown schema: skipped
+        ("14", 0): b"\xc1garbage",  # undecodable: skipped
+        ("not-an-id", 0): _fpm("x", prefill=1),
+    }
+    assert waiting_requests(stats) == {11: 3}
