@@ -97,6 +97,8 @@ class ProcessorHandler:
         self._lag_watch: asyncio.Task[None] | None = None
         self._known_workers: frozenset[int] = frozenset()
         self.engine: EngineState | None = None  # the workers' own reports (engine_poll_s > 0)
+        # The router charges full workers only with the prompt's block hashes (router/load.py).
+        self._send_hashes = self.service.config.kv_full_ms > 0
         self._quarantine: dict[int, float] = {}  # worker -> monotonic end; <= live workers
 
     async def start(self) -> None:
@@ -192,6 +194,8 @@ class ProcessorHandler:
         hints = hints_from_request(request)
         token_ids: list[int] = request.get("token_ids") or []
         route = _route_request(request_id, hints, request, len(token_ids))
+        if self._send_hashes:
+            route.block_hashes = _chained_block_hashes(token_ids, self._config.block_size)
         self.metrics.active.inc()
         excluded: set[int] = set()
         attempt = 0
@@ -452,6 +456,19 @@ def _route_request(request_id: str, hints: AgentHints, request: dict[str, Any], 
         priority=hints.priority or 0,
         pin_ttl_s=hints.pin_ttl_s,
     )
+
+
+def _chained_block_hashes(token_ids: list[int], block_size: int) -> list[int]:
+    """Per full block, a hash of the block AND everything before it (what the engine's prefix
+    cache matches on): Dynamo's per-block hashes cover one block's tokens only, so two
+    prompts with an equal block after different prefixes would share it. Python's hash of an
+    int tuple is the same in every process, so a standalone router can use these too."""
+    out: list[int] = []
+    prev = 0
+    for h in _block_hashes(token_ids, block_size):
+        prev = hash((prev, h))
+        out.append(prev)
+    return out
 
 
 def _block_hashes(token_ids: list[int], block_size: int) -> list[int]:

@@ -131,6 +131,15 @@ class RouterConfig(BaseSettings):
         "KV blocks or batch budget, or preempted; processor/engine_state.py): a request sent "
         "there queues behind them. 0 = off.",
     )
+    kv_full_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Cost (ms) of placing a request on a worker whose KV blocks it would not fit "
+        "in: distinct blocks of our requests in flight there + this request's blocks not "
+        "already held > the worker's capacity (then the engine makes it wait for blocks). "
+        "Needs the prompt's block hashes: set it on the processor (which then sends them) "
+        "and on a standalone router. 0 = off.",
+    )
 
     # --- Bandit (contextual Thompson sampling on latency residuals) --------------------
     bandit_enabled: bool = Field(

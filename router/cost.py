@@ -38,12 +38,15 @@ worker look worse, and each term can be printed in a trace:
                      cannot see. reuse_factor = min(1, remaining_requests /
                      affinity_horizon), or 1 while pinned. Capped, so an overloaded home
                      loses once it is more than affinity_cap_ms worse.
-    waiting_ms  = engine_waiting_ms * waiting_requests
-                  -- requests the worker's engine itself reports holding back (no KV
-                     blocks or batch budget for them in its last forward pass; the
-                     processor reads its forward-pass metrics). Our load count does not
-                     know when a worker's KV is full; the engine does, and a request sent
-                     there waits behind them. Off by default (engine_waiting_ms = 0).
+    waiting_ms  = engine_waiting_ms * waiting_requests + kv_full_ms * [used + new > capacity]
+                  -- the request would wait inside the engine. waiting_requests: what the
+                     worker's engine reports holding back (no KV blocks or batch budget in
+                     its last forward pass; processor/engine_state.py). used: distinct
+                     blocks our requests in flight hold there, new: this request's blocks
+                     (prompt + expected output) minus the leading ones they already hold
+                     (router/load.py): if they do not fit, the engine makes it wait for
+                     blocks. decode_ms cannot say this: it counts a shared system prompt
+                     once per request and is linear, with no cliff. Both off by default.
     learned_ms  = per-worker latency correction sampled by the bandit (router/bandit.py).
 
     total_ms    = ttft_ms + decode_ms + eviction_ms + waiting_ms + learned_ms - affinity_ms
@@ -140,13 +143,18 @@ def score(
     kv_overlap_blocks: np.ndarray | None = None,
     learned_ms: np.ndarray | None = None,
     engine_waiting: np.ndarray | None = None,
+    used_blocks: np.ndarray | None = None,
+    shared_blocks: np.ndarray | None = None,
+    request_blocks: int = 0,
 ) -> CostBreakdown:
     """Score all W workers for one request; every array argument has shape (W,).
 
     ``home`` is the index (not id) of the conversation's home worker, -1 if none;
     ``overlap_blocks`` may include the history fallback (the home's remembered blocks);
     ``reserved_blocks`` must already exclude this conversation's own reservation;
-    ``engine_waiting`` is requests each engine holds back (None = no reports).
+    ``engine_waiting`` is requests each engine holds back (None = no reports);
+    ``used_blocks``/``shared_blocks`` (None = not tracked) and ``request_blocks`` (prompt +
+    expected output, in blocks) feed the KV-full check.
     """
     bs = cfg.block_size
     block_ms = cfg.block_ms
@@ -185,6 +193,10 @@ def score(
         waiting = np.zeros(ttft.shape)
     else:
         waiting = cfg.engine_waiting_ms * engine_waiting
+    if cfg.kv_full_ms and used_blocks is not None and shared_blocks is not None:
+        full = used_blocks + (request_blocks - shared_blocks) > capacity_blocks
+        if full.any():
+            waiting = waiting + cfg.kv_full_ms * full
     return CostBreakdown(
         uncached_tokens=uncached,
         queued_tokens=queued,

@@ -36,6 +36,7 @@ def signals_from_rows(
     live: frozenset[int] | None = None,
     reported_capacity: Mapping[int, int] | None = None,
     engine_waiting: Mapping[int, int] | None = None,
+    block_hashes: tuple[int, ...] | list[int] | None = None,
 ) -> tuple[WorkerSignals, dict[int, int]]:
     """``get_potential_loads`` rows for one prompt + our load -> (signals, uncached tokens).
 
@@ -45,7 +46,10 @@ def signals_from_rows(
     rank. Vectorized: no Python loop over workers beyond reading Dynamo's rows.
     ``reported_capacity`` (blocks per worker from the workers' own cards) overrides
     ``capacity_blocks`` where present; ``engine_waiting`` holds only workers with requests
-    held back, so both are usually small or empty.
+    held back, so both are usually small or empty. With ``block_hashes`` (the prompt's chained
+    block hashes; only when the router charges full workers) the signals also carry each
+    worker's distinct blocks in use by our requests and how many of this prompt's leading
+    blocks they already hold (router/load.py).
     """
     if live is not None and not live.issuperset(map(_WORKER_ID, rows)):
         rows = [row for row in rows if row["worker_id"] in live]
@@ -60,6 +64,9 @@ def signals_from_rows(
     # requests in flight; zero elsewhere.
     queued, ours_decode, ours_active = ours = np.zeros((3, n))
     busy = load.busy()
+    used = shared = None
+    if block_hashes is not None:
+        used, shared = np.zeros(n), np.zeros(n)
     if busy and n:
         keys = np.fromiter(busy, np.uint64, len(busy))
         at = np.minimum(ids.searchsorted(keys), n - 1)
@@ -67,6 +74,11 @@ def signals_from_rows(
         loads = list(busy.values())
         for row, field in zip(ours, _LOAD_FIELDS):
             row[at[hit]] = np.fromiter(map(field, loads), np.float64, len(loads))[hit]
+        if used is not None and shared is not None and block_hashes is not None:
+            for i, wl, ok in zip(at.tolist(), loads, hit.tolist()):
+                if ok:
+                    used[i] = wl.used_blocks
+                    shared[i] = wl.shared_prefix(block_hashes)
     signals = WorkerSignals(
         worker_ids=ids,
         overlap_blocks=np.maximum((prompt_tokens - own) // load.block_size, 0.0),
@@ -75,5 +87,7 @@ def signals_from_rows(
         active_requests=ranks * ours_active,
         capacity_blocks=aligned(ids, reported_capacity, capacity_blocks),
         engine_waiting=aligned(ids, engine_waiting) if engine_waiting else None,
+        used_blocks=used,
+        shared_blocks=shared,
     )
     return signals, dict(zip(ids.tolist(), own.tolist()))

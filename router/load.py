@@ -11,6 +11,14 @@ output) count as decode blocks until it ends.
 State is one small record per request in flight and three numbers per live worker; every
 update is O(1). A record whose end is never reported is expired by ``expire`` (called by the
 background sweep), so lost feedback cannot leak load or memory.
+
+Unique blocks (only when the caller passes a request's chained block hashes, i.e. with
+``kv_full_ms`` set): ``decode_blocks`` counts a system prompt shared by ten requests ten
+times, as Dynamo's potential decode blocks do, which is right for decode cost but wrong for
+memory. With hashes each worker also keeps a reference count per block of its requests in
+flight, so ``used_blocks`` = distinct prompt blocks + each request's own output and partial
+blocks: what the engine must hold for our traffic. The hashes of a request live only while it
+is in flight (released at finish or expiry), one int per 64-token block.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ class _Active:
     queued_tokens: int  # uncached prompt tokens until the first token, then 0
     blocks: int
     started: float  # monotonic seconds; entries whose "finish" never came are expired
+    hashes: tuple[int, ...] = ()  # chained prompt block hashes (unique-block accounting only)
 
 
 @dataclass(slots=True)
@@ -32,6 +41,33 @@ class WorkerLoad:
     queued_prefill_tokens: int = 0
     decode_blocks: int = 0
     active_requests: int = 0
+    # Unique-block accounting (requests started with hashes): references per prompt block,
+    # and the blocks no other request can share (expected output, partial last block).
+    block_refs: dict[int, int] | None = None
+    private_blocks: int = 0
+
+    @property
+    def used_blocks(self) -> int:
+        """Distinct KV blocks our requests in flight need on this worker."""
+        return (len(self.block_refs) if self.block_refs else 0) + self.private_blocks
+
+    def shared_prefix(self, hashes: tuple[int, ...] | list[int]) -> int:
+        """How many leading blocks of ``hashes`` a request in flight here already holds.
+
+        Chained hashes make the held blocks of a prompt a prefix (block i's hash covers
+        blocks 0..i), so a binary search needs O(log n) lookups, not one per block.
+        """
+        refs = self.block_refs
+        if not refs:
+            return 0
+        lo, hi = 0, len(hashes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if hashes[mid - 1] in refs:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
 
 class LoadTracker:
@@ -53,14 +89,24 @@ class LoadTracker:
         return self._workers.get(worker_id) or WorkerLoad()
 
     def start(
-        self, request_id: str, worker_id: int, uncached_tokens: int, prompt_tokens: int, osl: int
+        self, request_id: str, worker_id: int, uncached_tokens: int, prompt_tokens: int, osl: int,
+        hashes: tuple[int, ...] = (),
     ) -> None:
         blocks = -(-(prompt_tokens + osl) // self.block_size)
-        self._active[request_id] = _Active(worker_id, uncached_tokens, blocks, time.monotonic())
+        self._active[request_id] = _Active(
+            worker_id, uncached_tokens, blocks, time.monotonic(), hashes
+        )
         load = self._workers.setdefault(worker_id, WorkerLoad())
         load.queued_prefill_tokens += uncached_tokens
         load.decode_blocks += blocks
         load.active_requests += 1
+        if hashes:
+            refs = load.block_refs
+            if refs is None:
+                refs = load.block_refs = {}
+            for h in hashes:
+                refs[h] = refs.get(h, 0) + 1
+            load.private_blocks += blocks - len(hashes)
 
     def first_token(self, request_id: str) -> None:
         active = self._active.get(request_id)
@@ -88,5 +134,14 @@ class LoadTracker:
         load.queued_prefill_tokens -= active.queued_tokens
         load.decode_blocks -= active.blocks
         load.active_requests -= 1
+        if active.hashes and load.block_refs is not None:
+            refs = load.block_refs
+            for h in active.hashes:
+                n = refs.get(h, 0) - 1
+                if n > 0:
+                    refs[h] = n
+                else:
+                    refs.pop(h, None)
+            load.private_blocks -= active.blocks - len(active.hashes)
         if load.active_requests == 0:
             del self._workers[active.worker_id]

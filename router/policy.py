@@ -49,6 +49,9 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     latency_sensitivity: float = 0.0  # higher = explore less
     priority: int = 0  # engine queue priority; carried, not used for placement
     pin_ttl_s: Optional[float] = None  # cache_control TTL; keeps the conversation pinned
+    # Chained block hashes of the prompt, only sent when the router charges full workers
+    # (kv_full_ms > 0): unique-block accounting in router/load.py. One int per block.
+    block_hashes: Optional[list[int]] = None
 
 
 class Candidate(msgspec.Struct):
@@ -172,6 +175,9 @@ class Router:
             pinned=pinned,
             kv_overlap_blocks=kv_overlap if fallback else None,
             engine_waiting=signals.engine_waiting,
+            used_blocks=signals.used_blocks,
+            shared_blocks=signals.shared_blocks,
+            request_blocks=-(-(request.prompt_tokens + (request.osl or cfg.default_osl)) // bs),
         )
         x = make_features(
             cfg,

@@ -9,7 +9,8 @@ What crosses the wire per request is O(workers) numbers, never the prompt: the c
 its own ``KvRouter`` (fed by the workers' KV events) for ``get_potential_loads`` and passes
 the rows (``worker_id``, ``potential_prefill_tokens``, ``potential_decode_blocks``), which
 with no load of ours tracked there are exactly this prompt's uncached tokens and own blocks
-per worker (see router/kv_signals.py).
+per worker (see router/kv_signals.py). With ``kv_full_ms`` set, the request also carries one
+hash per prompt block (router/load.py counts distinct blocks in flight with them).
 
 Learner state survives restarts: ``save_state`` writes the bandit's posterior as JSON from a
 worker thread, ``load_state`` reads it at start-up.
@@ -69,7 +70,7 @@ class RouterService:
         live = None if msg.live is None else frozenset(msg.live)
         signals, uncached = signals_from_rows(
             msg.rows, req.prompt_tokens, self.load, self.config.worker_capacity_blocks, live,
-            msg.capacity, msg.waiting,
+            msg.capacity, msg.waiting, req.block_hashes,
         )
         decision = self.router.decide(req, signals, now)
         wid = decision.worker_id
@@ -79,6 +80,7 @@ class RouterService:
             uncached.get(wid, req.prompt_tokens),
             req.prompt_tokens,
             req.osl or self.config.default_osl,
+            tuple(req.block_hashes) if req.block_hashes else (),
         )
         return decision
 

@@ -31,7 +31,10 @@ class WorkerSignals:
     ``active_requests`` include the requests we placed (router/load.py). ``reserved_blocks``:
     blocks pinned by live conversations on the worker; None lets the Router fill it from its
     prefix table. ``engine_waiting``: requests the worker's engine reports holding back
-    (processor/engine_state.py); None = no worker reports any.
+    (processor/engine_state.py); None = no worker reports any. ``used_blocks`` /
+    ``shared_blocks``: distinct KV blocks our requests in flight hold on the worker, and how
+    many leading blocks of this prompt are among them (router/load.py; None unless the
+    request carried block hashes).
     """
 
     worker_ids: np.ndarray
@@ -42,6 +45,8 @@ class WorkerSignals:
     capacity_blocks: np.ndarray
     reserved_blocks: Optional[np.ndarray] = None
     engine_waiting: Optional[np.ndarray] = None
+    used_blocks: Optional[np.ndarray] = None
+    shared_blocks: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.worker_ids.shape[0])

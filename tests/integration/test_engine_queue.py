@@ -1,11 +1,12 @@
-"""A worker out of KV blocks says so, and the router hears it (processor/engine_state.py).
+"""Full workers: the engine's own report, and our count of the blocks in flight.
 
-One slow mocker worker with 8 KV blocks (512 tokens). Request A (~6 blocks of prompt, a long
+One mocker worker with 8 KV blocks (512 tokens). Request A (~6 blocks of prompt, a long
 answer) holds most of them; request B (another ~6 blocks) cannot be scheduled until A ends,
 so the engine reports it as held back in its forward-pass metrics. The processor reads that
 over the loopback event plane: its gauge shows the waiting request on the worker, and the
 decision for a third request C carries the ``waiting_ms`` term (``engine_waiting_ms`` x held
-back requests) in its trace, keyed by the same worker id the processor routes to.
+back requests) in its trace, keyed by the same worker id the processor routes to. The second
+test checks the router's own count (``AKR_ROUTER_KV_FULL_MS``, router/load.py) end to end.
 """
 
 from __future__ import annotations
@@ -73,3 +74,33 @@ def test_held_back_request_reaches_the_score(tight_stack: LocalStack) -> None:
     trace_b = trace_of(stack, rid_b)
     assert trace_b.ts + trace_b.ttft_ms / 1e3 >= trace_a.ts + trace_a.e2e_ms / 1e3 - 0.05, \
         "B was scheduled only once A released its blocks"
+
+
+@pytest.fixture(scope="module")
+def two_tight_workers() -> Iterator[LocalStack]:
+    config = StackConfig(
+        workers=2, speedup=1.0, gpu_blocks=8,
+        processor_env={"AKR_ROUTER_KV_FULL_MS": "500", "AKR_ROUTER_BANDIT_ENABLED": "false"},
+    )
+    with running_stack(config) as running:
+        yield running
+
+
+def test_a_request_that_would_not_fit_leaves_its_cache(two_tight_workers: LocalStack) -> None:
+    """A (335 prompt tokens + 60 to answer: 7 blocks) runs on one 8-block worker; B extends A's
+    prompt to ~420 tokens, so that worker holds B's first 5 blocks, but B's 2 others do not
+    fit next to A's 7. The processor sends B's chained block hashes, the router counts the
+    blocks A holds, and B goes to the other worker instead of waiting for A's blocks."""
+    stack = two_tight_workers
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(chat, stack.frontend_url, stack.model_name, _prompt("a"), max_tokens=60,
+                        timeout=120)
+        poll("A running", lambda: _active(stack) >= 1, 30)
+        rid_b, _ = chat(stack.frontend_url, stack.model_name,
+                              _prompt("a") + " tool result: " + "dolor sit amet lorem ipsum " * 4,
+                        max_tokens=4)
+        rid_a, _ = a.result()
+    trace_a, trace_b = trace_of(stack, rid_a), trace_of(stack, rid_b)
+    assert trace_b.worker_id != trace_a.worker_id
+    full = {c.worker_id: c.terms.get("waiting_ms", 0.0) for c in trace_b.candidates}
+    assert full == {trace_a.worker_id: 500.0, trace_b.worker_id: 0.0}

@@ -99,3 +99,47 @@ def test_load_of_requests_whose_end_never_arrives_expires() -> None:
     swept = svc.sweep(now + svc.config.feedback_timeout_s + 1)
     assert swept["load_expired"] == 1
     assert svc.load.get(wid).active_requests == 0 and len(svc.load) == 0
+
+
+def test_unique_blocks_count_a_shared_prefix_once_and_are_released() -> None:
+    """Two requests in flight share a 3-block system prompt: Dynamo-style decode blocks count
+    it twice, the unique count once; a third prompt finds the shared prefix; finishing and
+    expiring release every reference."""
+    from router.load import LoadTracker
+
+    load = LoadTracker(BS)
+    load.start("a", 7, 0, prompt_tokens=5 * BS, osl=BS, hashes=(1, 2, 3, 10, 11))
+    load.start("b", 7, 0, prompt_tokens=4 * BS + 10, osl=BS, hashes=(1, 2, 3, 20))
+    w = load.get(7)
+    assert w.decode_blocks == 6 + 6
+    assert w.used_blocks == 6 + (1 + 2)  # 6 distinct prompt blocks + (a: output; b: output + partial)
+    assert w.shared_prefix((1, 2, 3, 30, 31)) == 3 and w.shared_prefix((9, 90, 91)) == 0
+    assert w.shared_prefix((1, 2, 3, 10, 11, 12)) == 5
+    load.finish("a")
+    assert load.get(7).used_blocks == 4 + 2 and load.get(7).shared_prefix((1, 2, 3, 10)) == 3
+    assert load.expire(started_before=float("inf")) == 1 and load.busy() == {}
+
+
+def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
+    """Worker W1 holds this prompt's first 40 blocks (a request in flight there shares them)
+    and wins on cache, but with that request's 61 distinct blocks in use, this one's other 24
+    prompt blocks + 1 output block exceed W1's 80: the engine would make it wait for blocks.
+    With kv_full_ms the request goes to W2, where it fits; without, the cache wins as before."""
+    def run(kv_full_ms: float) -> int:
+        svc = RouterService(RouterConfig(seed=3, block_size=BS, bandit_enabled=False,
+                                         worker_capacity_blocks=80, kv_full_ms=kv_full_ms))
+        shared = [1000 + i for i in range(40)]
+        svc.load.start("busy", W1, 0, prompt_tokens=60 * BS, osl=BS,
+                       hashes=tuple(shared + [2000 + j for j in range(20)]))
+        assert svc.load.get(W1).used_blocks == 61
+        hashes = shared + [9000 + j for j in range(24)]
+        msg = FindWorker(request=RouteRequest(request_id="r", prompt_tokens=4096, osl=64,
+                                              block_hashes=hashes),
+                         rows=rows({W1: 4096 - 40 * BS, W2: 4096}, 4096))
+        decision = svc.find_worker(msg, now=1.0)
+        by_worker = {c.worker_id: c for c in decision.candidates}
+        assert by_worker[W1].waiting_ms == kv_full_ms and by_worker[W2].waiting_ms == 0.0
+        return decision.worker_id
+
+    assert run(0.0) == W1
+    assert run(500.0) == W2
