@@ -46,7 +46,8 @@ worker look worse, and each term can be printed in a trace:
                      (prompt + expected output) minus the leading ones they already hold
                      (router/load.py): if they do not fit, the engine makes it wait for
                      blocks. decode_ms cannot say this: it counts a shared system prompt
-                     once per request and is linear, with no cliff. Both off by default.
+                     once per request and is linear, with no cliff. engine_waiting_ms is
+                     off by default, kv_full_ms is 300 ms (router/config.py says why).
     learned_ms  = per-worker latency correction sampled by the bandit (router/bandit.py).
 
     total_ms    = ttft_ms + decode_ms + eviction_ms + waiting_ms + learned_ms - affinity_ms
