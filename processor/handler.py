@@ -194,8 +194,11 @@ class ProcessorHandler:
         hints = hints_from_request(request)
         token_ids: list[int] = request.get("token_ids") or []
         route = _route_request(request_id, hints, request, len(token_ids))
+        # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.
+        prompt_hashes: list[int] | None = None
         if self._send_hashes:
-            route.block_hashes = _chained_block_hashes(token_ids, self._config.block_size)
+            prompt_hashes = _block_hashes(token_ids, self._config.block_size)
+            route.block_hashes = _chain_hashes(prompt_hashes)
         self.metrics.active.inc()
         excluded: set[int] = set()
         attempt = 0
@@ -244,8 +247,8 @@ class ProcessorHandler:
             raise
         finally:
             self.metrics.active.dec()
-            self._finish(arrival, request_id, route, token_ids, decision, open_decision,
-                         decision_us, attempt, measure, outcome, error)
+            self._finish(arrival, request_id, route, token_ids, prompt_hashes, decision,
+                         open_decision, decision_us, attempt, measure, outcome, error)
 
     async def _decide(
         self, route: RouteRequest, token_ids: list[int], excluded: set[int], attempt: int
@@ -319,6 +322,7 @@ class ProcessorHandler:
         request_id: str,
         route: RouteRequest,
         token_ids: list[int],
+        prompt_hashes: list[int] | None,
         decision: Decision | None,
         open_decision: str | None,
         decision_us: float,
@@ -362,7 +366,8 @@ class ProcessorHandler:
                 request_id=request_id,
                 prompt_tokens=len(token_ids),
                 block_size=self._config.block_size,
-                block_hashes=_block_hashes(token_ids, self._config.block_size),
+                block_hashes=(prompt_hashes if prompt_hashes is not None
+                              else _block_hashes(token_ids, self._config.block_size)),
                 prefix_id=route.prefix_id,
                 total_requests=route.total_requests,
                 iat_ms=route.iat_ms,
@@ -458,14 +463,14 @@ def _route_request(request_id: str, hints: AgentHints, request: dict[str, Any], 
     )
 
 
-def _chained_block_hashes(token_ids: list[int], block_size: int) -> list[int]:
+def _chain_hashes(block_hashes: list[int]) -> list[int]:
     """Per full block, a hash of the block AND everything before it (what the engine's prefix
     cache matches on): Dynamo's per-block hashes cover one block's tokens only, so two
     prompts with an equal block after different prefixes would share it. Python's hash of an
     int tuple is the same in every process, so a standalone router can use these too."""
     out: list[int] = []
     prev = 0
-    for h in _block_hashes(token_ids, block_size):
+    for h in block_hashes:
         prev = hash((prev, h))
         out.append(prev)
     return out

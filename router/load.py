@@ -27,6 +27,11 @@ import time
 from dataclasses import dataclass
 
 
+def request_blocks(prompt_tokens: int, osl: int, block_size: int) -> int:
+    """KV blocks a request holds by its end: prompt + expected output, the last one partial."""
+    return -(-(prompt_tokens + osl) // block_size)
+
+
 @dataclass(slots=True)
 class _Active:
     worker_id: int
@@ -92,7 +97,7 @@ class LoadTracker:
         self, request_id: str, worker_id: int, uncached_tokens: int, prompt_tokens: int, osl: int,
         hashes: tuple[int, ...] = (),
     ) -> None:
-        blocks = -(-(prompt_tokens + osl) // self.block_size)
+        blocks = request_blocks(prompt_tokens, osl, self.block_size)
         self._active[request_id] = _Active(
             worker_id, uncached_tokens, blocks, time.monotonic(), hashes
         )

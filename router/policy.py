@@ -31,6 +31,7 @@ from router import cost
 from router.bandit import WorkerBandit, make_features
 from router.config import RouterConfig
 from router.feedback import FeedbackTracker
+from router.load import request_blocks
 from router.prefix_table import PrefixTable
 from router.signals import WorkerSignals, aligned
 
@@ -177,7 +178,8 @@ class Router:
             engine_waiting=signals.engine_waiting,
             used_blocks=signals.used_blocks,
             shared_blocks=signals.shared_blocks,
-            request_blocks=-(-(request.prompt_tokens + (request.osl or cfg.default_osl)) // bs),
+            request_blocks=request_blocks(request.prompt_tokens,
+                                          request.osl or cfg.default_osl, bs),
         )
         x = make_features(
             cfg,
