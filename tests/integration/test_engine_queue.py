@@ -97,7 +97,7 @@ def test_a_request_that_would_not_fit_leaves_its_cache(two_tight_workers: LocalS
                         timeout=120)
         poll("A running", lambda: _active(stack) >= 1, 30)
         rid_b, _ = chat(stack.frontend_url, stack.model_name,
-                              _prompt("a") + " tool result: " + "dolor sit amet lorem ipsum " * 4,
+                        _prompt("a") + " tool result: " + "dolor sit amet lorem ipsum " * 4,
                         max_tokens=4)
         rid_a, _ = a.result()
     trace_a, trace_b = trace_of(stack, rid_a), trace_of(stack, rid_b)
