@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import uvloop
 from dynamo.common.utils.graceful_shutdown import install_signal_handlers
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 @dynamo_worker()
 async def worker(runtime: DistributedRuntime) -> None:
     config = ProcessorConfig()
+    sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)
     service = RouterService(RouterConfig())
     if service.config.state_path and service.load_state(service.config.state_path):
         logger.info("restored learner state from %s", service.config.state_path)

@@ -90,3 +90,12 @@ class ProcessorConfig(BaseSettings):
     sweep_interval_s: float = Field(
         1.0, gt=0, description="Period of the background sweep (expiry, feedback timeouts, workers)."
     )
+    gil_switch_interval_ms: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Python's GIL switch interval in this process (sys.setswitchinterval). Dynamo's Rust "
+            "threads need the GIL to hand every request and every streamed token to the event "
+            "loop; while the loop runs Python they wait up to this long. Python's default is 5."
+        ),
+    )

@@ -7,6 +7,13 @@ batches, encodes them with msgspec (``encode_lines``) and writes through ``aiofi
 thread), so a slow or full disk only fills the queue. Files rotate by size: ``path`` ->
 ``path.1`` -> ... -> ``path.N`` (oldest deleted).
 
+Each batch costs one hand-off to the worker thread (unbuffered file: one ``write``, no
+``flush``), and the task waits ``linger_s`` after a batch's first record so that, under load, a
+batch holds many records. Why: every hand-off wakes a thread that must take the GIL, and in the
+processor the loop thread shares the GIL with Dynamo's Rust threads, which need it for every
+request and streamed token; one write per request (write + flush, two hand-offs, before
+2026-12-01) put that contention on the request path. Records reach the disk ``linger_s`` later.
+
 Records are encoded later, in the writer task: do not mutate a record after ``put``.
 """
 
@@ -43,11 +50,14 @@ class JsonlWriter:
         batch_max: int = 512,
         max_bytes: int = 64 * 1024 * 1024,
         backups: int = 3,
+        linger_s: float = 0.1,
     ) -> None:
-        if queue_size < 1 or batch_max < 1 or max_bytes < 1 or backups < 0:
-            raise ValueError("queue_size, batch_max, max_bytes must be >= 1 and backups >= 0")
+        if queue_size < 1 or batch_max < 1 or max_bytes < 1 or backups < 0 or linger_s < 0:
+            raise ValueError("queue_size, batch_max, max_bytes must be >= 1, "
+                             "backups and linger_s >= 0")
         self.path = Path(path)
         self.batch_max = batch_max
+        self.linger_s = linger_s
         self.max_bytes = max_bytes
         self.backups = backups
         self.written = 0
@@ -101,6 +111,8 @@ class JsonlWriter:
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
+            if self.linger_s and first is not _STOP and not self._closing:
+                await asyncio.sleep(self.linger_s)  # let a batch gather (module docstring)
             batch = [first]
             while len(batch) < self.batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -148,12 +160,13 @@ class JsonlWriter:
 
     async def _write(self, data: bytes) -> None:
         """The only disk write; tests replace it to simulate a slow disk."""
-        await self._file.write(data)
-        await self._file.flush()
+        view = memoryview(data)
+        while view:  # an unbuffered write may take part of the bytes
+            view = view[await self._file.write(view):]
 
     async def _open(self) -> None:
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
-        self._file = await aiofiles.open(self.path, "ab")
+        self._file = await aiofiles.open(self.path, "ab", buffering=0)
         self._size = (await aiofiles.os.stat(self.path)).st_size
 
     async def _close_file(self) -> None:

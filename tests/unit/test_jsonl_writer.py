@@ -109,7 +109,10 @@ async def test_io_error_is_counted_and_writer_survives(tmp_path: Path) -> None:
     w._write = flaky  # type: ignore[method-assign]
     w.start()
     w.put({"a": 1})
-    await asyncio.sleep(0.05)
+    for _ in range(200):  # until the first batch has failed (after the writer's linger)
+        if w.errors:
+            break
+        await asyncio.sleep(0.01)
     fail = False
     w.put({"a": 2})
     await w.close()
@@ -120,6 +123,28 @@ async def test_io_error_is_counted_and_writer_survives(tmp_path: Path) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         JsonlWriter("x", queue_size=0)
+    with pytest.raises(ValueError):
+        JsonlWriter("x", linger_s=-1)
+
+
+async def test_records_put_within_the_linger_go_out_in_one_write(tmp_path: Path) -> None:
+    """One hand-off to the writer thread per batch, not per record (module docstring)."""
+    w = JsonlWriter(tmp_path / "t.jsonl", linger_s=0.2)
+    writes: list[bytes] = []
+    orig = w._write
+
+    async def counted(data: bytes) -> None:
+        writes.append(data)
+        await orig(data)
+
+    w._write = counted  # type: ignore[method-assign]
+    w.start()
+    for i in range(50):
+        w.put({"i": i})
+        await asyncio.sleep(0)
+    await w.close()
+    assert len(writes) == 1
+    assert read_lines(tmp_path / "t.jsonl") == [{"i": i} for i in range(50)]
 
 
 async def test_written_records_are_not_kept_alive_while_idle(tmp_path: Path) -> None:
