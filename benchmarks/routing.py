@@ -210,7 +210,7 @@ def code_state() -> dict[str, Any]:
     def git(*a: str) -> str:
         try:
             return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True,
-                                  timeout=20).stdout.strip()
+                                  timeout=20).stdout.rstrip()  # porcelain lines start with a space
         except (OSError, subprocess.SubprocessError):
             return ""
 

@@ -96,6 +96,7 @@ class ProcessorConfig(BaseSettings):
         description=(
             "Python's GIL switch interval in this process (sys.setswitchinterval). Dynamo's Rust "
             "threads need the GIL to hand every request and every streamed token to the event "
-            "loop; while the loop runs Python they wait up to this long. Python's default is 5."
+            "loop; while the loop runs Python they wait up to this long. Python's default is 5; "
+            "0.5 showed no gain (benchmarks/README.md, 'GIL switch interval')."
         ),
     )
