@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 from router.hints import AgentHints, hints_from_request
 from router.jsonl_writer import JsonlWriter
+from router.load import latency_class
 from router.loop_lag import watch_loop_lag
 from router.policy import Decision, RouteRequest
 from router.service import Feedback, RouterService
@@ -458,6 +459,7 @@ def _route_request(request_id: str, hints: AgentHints, request: dict[str, Any], 
         osl=osl,
         iat_ms=hints.iat_ms,
         latency_sensitivity=hints.latency_sensitivity or 0.0,
+        latency_class=latency_class(hints.latency_sensitivity),
         priority=hints.priority or 0,
         pin_ttl_s=hints.pin_ttl_s,
     )

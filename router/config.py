@@ -94,6 +94,21 @@ class RouterConfig(BaseSettings):
         "load (benchmarks/README.md); at 0.25 the agentic hit ratio rose from 0.79 to 0.86 and "
         "heterogeneous TTFT p90 from 0.76x to 0.68x of Dynamo's kv router.",
     )
+    sensitive_mix_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Extra weight, on top of the decode term, of the decode blocks of background "
+        "requests (hint latency_sensitivity exactly 0) in flight on a worker, charged to a "
+        "latency-sensitive request (latency_sensitivity > 0). 0 = off; requests without the hint "
+        "are never charged (router/cost.py, benchmarks/README.md 'Latency classes').",
+    )
+    background_mix_weight: float = Field(
+        0.0,
+        ge=0,
+        description="The other direction: a background request is charged its own blocks "
+        "(prompt + expected output) at this weight of a decode block, per latency-sensitive "
+        "request in flight on the worker (the delay it would add to each). 0 = off.",
+    )
     active_request_ms: float = Field(
         0.0,
         ge=0,

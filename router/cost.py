@@ -22,7 +22,17 @@ worker look worse, and each term can be printed in a trace:
                   -- predicted time to first token: this request's prefill after the
                      worker's cache overlap, behind the prefill already queued there.
     decode_ms   = decode_ms_per_block * decode_blocks + active_request_ms * active_requests
+                  + decode_ms_per_block * class_mix_blocks
                   -- decode pressure (the request shares its batch with these blocks).
+                     class_mix_blocks keeps latency classes apart (hint latency_sensitivity:
+                     > 0 sensitive, 0 background, router/load.py): for a sensitive request
+                     sensitive_mix_weight x the background blocks in flight on the worker,
+                     for a background request background_mix_weight x its own blocks x the
+                     sensitive requests in flight there (the delay it would add to each of
+                     them); 0 for requests without the hint. Both weights default to 0.
+                     Why: on the mixed workload a sensitive request's TTFT was ~20-25 ms
+                     higher on a worker decoding a background request's long document; no
+                     gain shown yet at weight 1 (benchmarks/README.md, "Latency classes").
     eviction_ms = eviction_weight * block_ms * overflow
                   -- overflow = pinned blocks of OTHER live conversations that this
                      request's new (uncached) blocks would push out of a full worker:
@@ -66,6 +76,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router.config import RouterConfig
+from router.load import BACKGROUND, SENSITIVE
 
 
 @dataclass(slots=True)
@@ -147,6 +158,9 @@ def score(
     used_blocks: np.ndarray | None = None,
     shared_blocks: np.ndarray | None = None,
     request_blocks: int = 0,
+    latency_class: int = 0,
+    background_blocks: np.ndarray | None = None,
+    sensitive_requests: np.ndarray | None = None,
 ) -> CostBreakdown:
     """Score all W workers for one request; every array argument has shape (W,).
 
@@ -166,6 +180,11 @@ def score(
     decode = cfg.decode_ms_per_block * decode_blocks
     if cfg.active_request_ms:
         decode = decode + cfg.active_request_ms * active_requests
+    if latency_class == SENSITIVE and cfg.sensitive_mix_weight and background_blocks is not None:
+        decode = decode + (cfg.sensitive_mix_weight * cfg.decode_ms_per_block) * background_blocks
+    elif latency_class == BACKGROUND and cfg.background_mix_weight and sensitive_requests is not None:
+        per_request = cfg.background_mix_weight * cfg.decode_ms_per_block * request_blocks
+        decode = decode + per_request * sensitive_requests
 
     # Eviction: free = capacity - active decode blocks - others' pinned blocks. New blocks
     # beyond free space come out of the pinned ones (unpinned cached blocks are fair game).

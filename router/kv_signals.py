@@ -24,7 +24,9 @@ _WORKER_ID = itemgetter("worker_id")
 _PREFILL = itemgetter("potential_prefill_tokens")
 _DECODE = itemgetter("potential_decode_blocks")
 _LOAD_FIELDS = tuple(
-    attrgetter(f) for f in ("queued_prefill_tokens", "decode_blocks", "active_requests")
+    attrgetter(f)
+    for f in ("queued_prefill_tokens", "decode_blocks", "active_requests",
+              "background_blocks", "sensitive_requests")
 )
 
 
@@ -60,9 +62,10 @@ def signals_from_rows(
         np.fromiter(map(_DECODE, rows), np.float64, n_rows),
     )
     n = ids.shape[0]
-    # Our load (queued prefill, decode blocks, in flight) on the workers where we have
-    # requests in flight; zero elsewhere.
-    queued, ours_decode, ours_active = ours = np.zeros((3, n))
+    # Our load (queued prefill, decode blocks, in flight, background blocks, sensitive
+    # requests in flight) on the workers where we have requests in flight; zero elsewhere.
+    ours = np.zeros((len(_LOAD_FIELDS), n))
+    queued, ours_decode, ours_active, background, sensitive = ours
     busy = load.busy()
     used = shared = None
     if block_hashes is not None:
@@ -89,5 +92,7 @@ def signals_from_rows(
         engine_waiting=aligned(ids, engine_waiting) if engine_waiting else None,
         used_blocks=used,
         shared_blocks=shared,
+        background_blocks=ranks * background,
+        sensitive_requests=ranks * sensitive,
     )
     return signals, dict(zip(ids.tolist(), own.tolist()))

@@ -19,12 +19,27 @@ memory. With hashes each worker also keeps a reference count per block of its re
 flight, so ``used_blocks`` = distinct prompt blocks + each request's own output and partial
 blocks: what the engine must hold for our traffic. The hashes of a request live only while it
 is in flight (released at finish or expiry), one int per 64-token block.
+
+Latency classes (router/cost.py, ``sensitive_mix_weight`` / ``background_mix_weight``): a
+request whose hints say ``latency_sensitivity > 0`` is SENSITIVE, one that says exactly 0 is
+BACKGROUND, one without the hint is neither. Each worker counts the blocks of its background requests in flight and
+its sensitive requests in flight, so the cost model can keep the two classes apart.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
+
+UNCLASSED, SENSITIVE, BACKGROUND = 0, 1, 2
+
+
+def latency_class(latency_sensitivity: float | None) -> int:
+    """The request's class from its hint: None -> UNCLASSED, > 0 -> SENSITIVE, 0 -> BACKGROUND."""
+    if latency_sensitivity is None:
+        return UNCLASSED
+    return SENSITIVE if latency_sensitivity > 0 else BACKGROUND
 
 
 def request_blocks(prompt_tokens: int, osl: int, block_size: int) -> int:
@@ -39,6 +54,7 @@ class _Active:
     blocks: int
     started: float  # monotonic seconds; entries whose "finish" never came are expired
     hashes: tuple[int, ...] = ()  # chained prompt block hashes (unique-block accounting only)
+    klass: int = UNCLASSED  # latency class (SENSITIVE / BACKGROUND), see the module docstring
 
 
 @dataclass(slots=True)
@@ -50,6 +66,9 @@ class WorkerLoad:
     # and the blocks no other request can share (expected output, partial last block).
     block_refs: dict[int, int] | None = None
     private_blocks: int = 0
+    # Latency classes: blocks of BACKGROUND requests, count of SENSITIVE requests in flight.
+    background_blocks: int = 0
+    sensitive_requests: int = 0
 
     @property
     def used_blocks(self) -> int:
@@ -95,16 +114,20 @@ class LoadTracker:
 
     def start(
         self, request_id: str, worker_id: int, uncached_tokens: int, prompt_tokens: int, osl: int,
-        hashes: tuple[int, ...] = (),
+        hashes: tuple[int, ...] = (), klass: int = UNCLASSED,
     ) -> None:
         blocks = request_blocks(prompt_tokens, osl, self.block_size)
         self._active[request_id] = _Active(
-            worker_id, uncached_tokens, blocks, time.monotonic(), hashes
+            worker_id, uncached_tokens, blocks, time.monotonic(), hashes, klass
         )
         load = self._workers.setdefault(worker_id, WorkerLoad())
         load.queued_prefill_tokens += uncached_tokens
         load.decode_blocks += blocks
         load.active_requests += 1
+        if klass == BACKGROUND:
+            load.background_blocks += blocks
+        elif klass == SENSITIVE:
+            load.sensitive_requests += 1
         if hashes:
             refs = load.block_refs
             if refs is None:
@@ -139,6 +162,10 @@ class LoadTracker:
         load.queued_prefill_tokens -= active.queued_tokens
         load.decode_blocks -= active.blocks
         load.active_requests -= 1
+        if active.klass == BACKGROUND:
+            load.background_blocks -= active.blocks
+        elif active.klass == SENSITIVE:
+            load.sensitive_requests -= 1
         if active.hashes and load.block_refs is not None:
             refs = load.block_refs
             for h in active.hashes:

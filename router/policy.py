@@ -49,6 +49,9 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     iat_ms: Optional[float] = None  # expected gap between calls; carried to traces only
     latency_sensitivity: float = 0.0  # higher = explore less
     priority: int = 0  # engine queue priority; carried, not used for placement
+    # SENSITIVE / BACKGROUND / UNCLASSED from the latency_sensitivity hint (router/load.py):
+    # the cost model keeps the two classes apart (sensitive_/background_mix_weight).
+    latency_class: int = 0
     pin_ttl_s: Optional[float] = None  # cache_control TTL; keeps the conversation pinned
     # Chained block hashes of the prompt, only sent when the router charges full workers
     # (kv_full_ms > 0): unique-block accounting in router/load.py. One int per block.
@@ -180,6 +183,9 @@ class Router:
             shared_blocks=signals.shared_blocks,
             request_blocks=request_blocks(request.prompt_tokens,
                                           request.osl or cfg.default_osl, bs),
+            latency_class=request.latency_class,
+            background_blocks=signals.background_blocks,
+            sensitive_requests=signals.sensitive_requests,
         )
         x = make_features(
             cfg,

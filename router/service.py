@@ -81,6 +81,7 @@ class RouterService:
             req.prompt_tokens,
             req.osl or self.config.default_osl,
             tuple(req.block_hashes) if req.block_hashes else (),
+            req.latency_class,
         )
         return decision
 

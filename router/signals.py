@@ -34,7 +34,9 @@ class WorkerSignals:
     (processor/engine_state.py); None = no worker reports any. ``used_blocks`` /
     ``shared_blocks``: distinct KV blocks our requests in flight hold on the worker, and how
     many leading blocks of this prompt are among them (router/load.py; None unless the
-    request carried block hashes).
+    request carried block hashes). ``background_blocks`` / ``sensitive_requests``: blocks of
+    our background requests and the count of our latency-sensitive requests in flight there
+    (router/load.py; None = not tracked).
     """
 
     worker_ids: np.ndarray
@@ -47,6 +49,8 @@ class WorkerSignals:
     engine_waiting: Optional[np.ndarray] = None
     used_blocks: Optional[np.ndarray] = None
     shared_blocks: Optional[np.ndarray] = None
+    background_blocks: Optional[np.ndarray] = None
+    sensitive_requests: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.worker_ids.shape[0])

@@ -143,3 +143,48 @@ def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
 
     assert run(0.0) == W1
     assert run(500.0) == W2
+
+
+def test_latency_classes_are_kept_apart_only_when_asked() -> None:
+    """W1 decodes a background request's 60-block document, W2 holds 30 blocks of unclassed
+    work (so plain decode load favours W1). With the class weights a latency-sensitive request
+    goes to W2, while a request without the hint still follows plain load; a background
+    request is charged for the sensitive requests in flight on a worker. Finishing releases
+    the class counters."""
+    from router.load import BACKGROUND, SENSITIVE, latency_class
+
+    assert (latency_class(None), latency_class(0.0), latency_class(2.0)) == (0, BACKGROUND, SENSITIVE)
+
+    def run(weight: float, klass: int) -> tuple[int, RouterService]:
+        svc = RouterService(RouterConfig(seed=3, block_size=BS, bandit_enabled=False,
+                                         sensitive_mix_weight=weight,
+                                         background_mix_weight=weight))
+        svc.load.start("doc", W1, 0, prompt_tokens=59 * BS, osl=BS, klass=BACKGROUND)
+        svc.load.start("chat", W2, 0, prompt_tokens=79 * BS, osl=BS)
+        wid = find(svc, "r", {W1: 4096, W2: 4096}, latency_class=klass)
+        return wid, svc
+
+    assert run(0.0, SENSITIVE)[0] == W1  # off: decode load only (60 < 80 blocks)
+    assert run(1.0, 0)[0] == W1  # no hint: never charged
+    wid, svc = run(1.0, SENSITIVE)
+    assert wid == W2 and svc.load.get(W2).sensitive_requests == 1
+    assert svc.load.get(W1).background_blocks == 60
+    # A background request is charged, on W2 only, its own 65 blocks per sensitive request
+    # in flight there (one), at the class weight: the same decision without the weight differs
+    # by exactly that on W2 and by nothing on W1.
+    def background_decode(svc: RouterService) -> dict[int, float]:
+        msg = FindWorker(request=RouteRequest(request_id="bg", prompt_tokens=4096, osl=64,
+                                              latency_class=BACKGROUND),
+                         rows=rows({W1: 4096, W2: 4096}, 4096))
+        return {c.worker_id: c.decode_ms for c in svc.find_worker(msg, now=1.0).candidates}
+
+    charged = background_decode(svc)
+    assert svc.load.get(W1).background_blocks == 60 + 65  # it went to W1
+    svc.config.background_mix_weight = 0.0
+    svc.load.finish("bg")
+    plain = background_decode(svc)
+    assert charged[W1] == plain[W1]
+    assert abs(charged[W2] - plain[W2] - svc.config.decode_ms_per_block * 65) < 1e-9
+    for rid in ("doc", "chat", "r", "bg"):
+        svc.load.finish(rid)
+    assert svc.load.busy() == {}
