@@ -378,12 +378,13 @@ def main() -> None:
     ap.add_argument("--traces-dir", default=None,
                     help="copy our arm's processor traces here (for analysis; not committed)")
     ap.add_argument("--ours-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra AKR_* environment for our processor (experiments; recorded in meta)")
+                    help="extra AKR_* (or DYN_RUNTIME_*: Dynamo's runtime threads) environment for "
+                    "our processor (experiments; recorded in meta)")
     args = ap.parse_args()
     for kv in args.ours_env:
         key, _, value = kv.partition("=")
-        if not key.startswith("AKR_"):
-            ap.error(f"--ours-env takes AKR_* variables, not {key}")
+        if not key.startswith(("AKR_", "DYN_RUNTIME_")):
+            ap.error(f"--ours-env takes AKR_* or DYN_RUNTIME_* variables, not {key}")
         OURS_ENV[key] = value
     global TRACES_DIR
     TRACES_DIR = Path(args.traces_dir) if args.traces_dir else None
