@@ -180,9 +180,11 @@ def score(
     decode = cfg.decode_ms_per_block * decode_blocks
     if cfg.active_request_ms:
         decode = decode + cfg.active_request_ms * active_requests
-    if latency_class == SENSITIVE and cfg.sensitive_mix_weight and background_blocks is not None:
+    # Class mixing; the arrays are None unless a weight is set (router/kv_signals.py).
+    if latency_class == SENSITIVE and background_blocks is not None and cfg.sensitive_mix_weight:
         decode = decode + (cfg.sensitive_mix_weight * cfg.decode_ms_per_block) * background_blocks
-    elif latency_class == BACKGROUND and cfg.background_mix_weight and sensitive_requests is not None:
+    elif (latency_class == BACKGROUND and sensitive_requests is not None
+          and cfg.background_mix_weight):
         per_request = cfg.background_mix_weight * cfg.decode_ms_per_block * request_blocks
         decode = decode + per_request * sensitive_requests
 

@@ -24,10 +24,10 @@ _WORKER_ID = itemgetter("worker_id")
 _PREFILL = itemgetter("potential_prefill_tokens")
 _DECODE = itemgetter("potential_decode_blocks")
 _LOAD_FIELDS = tuple(
-    attrgetter(f)
-    for f in ("queued_prefill_tokens", "decode_blocks", "active_requests",
-              "background_blocks", "sensitive_requests")
+    attrgetter(f) for f in ("queued_prefill_tokens", "decode_blocks", "active_requests")
 )
+# Only read when the router charges class mixing (router/cost.py; both weights default to 0).
+_CLASS_FIELDS = tuple(attrgetter(f) for f in ("background_blocks", "sensitive_requests"))
 
 
 def signals_from_rows(
@@ -39,6 +39,7 @@ def signals_from_rows(
     reported_capacity: Mapping[int, int] | None = None,
     engine_waiting: Mapping[int, int] | None = None,
     block_hashes: tuple[int, ...] | list[int] | None = None,
+    latency_classes: bool = False,
 ) -> tuple[WorkerSignals, dict[int, int]]:
     """``get_potential_loads`` rows for one prompt + our load -> (signals, uncached tokens).
 
@@ -51,7 +52,9 @@ def signals_from_rows(
     held back, so both are usually small or empty. With ``block_hashes`` (the prompt's chained
     block hashes; only when the router charges full workers) the signals also carry each
     worker's distinct blocks in use by our requests and how many of this prompt's leading
-    blocks they already hold (router/load.py).
+    blocks they already hold (router/load.py). With ``latency_classes`` (only when the router
+    charges class mixing) they also carry each worker's background blocks and sensitive
+    requests in flight; otherwise those two are None.
     """
     if live is not None and not live.issuperset(map(_WORKER_ID, rows)):
         rows = [row for row in rows if row["worker_id"] in live]
@@ -62,10 +65,12 @@ def signals_from_rows(
         np.fromiter(map(_DECODE, rows), np.float64, n_rows),
     )
     n = ids.shape[0]
-    # Our load (queued prefill, decode blocks, in flight, background blocks, sensitive
-    # requests in flight) on the workers where we have requests in flight; zero elsewhere.
-    ours = np.zeros((len(_LOAD_FIELDS), n))
-    queued, ours_decode, ours_active, background, sensitive = ours
+    # Our load (queued prefill, decode blocks, in flight; with latency_classes also background
+    # blocks and sensitive requests in flight) on the workers where we have requests in
+    # flight; zero elsewhere.
+    fields = _LOAD_FIELDS + _CLASS_FIELDS if latency_classes else _LOAD_FIELDS
+    ours = np.zeros((len(fields), n))
+    queued, ours_decode, ours_active = ours[:3]
     busy = load.busy()
     used = shared = None
     if block_hashes is not None:
@@ -75,7 +80,7 @@ def signals_from_rows(
         at = np.minimum(ids.searchsorted(keys), n - 1)
         hit = ids[at] == keys
         loads = list(busy.values())
-        for row, field in zip(ours, _LOAD_FIELDS):
+        for row, field in zip(ours, fields):
             row[at[hit]] = np.fromiter(map(field, loads), np.float64, len(loads))[hit]
         if used is not None and shared is not None and block_hashes is not None:
             for i, wl, ok in zip(at.tolist(), loads, hit.tolist()):
@@ -92,7 +97,7 @@ def signals_from_rows(
         engine_waiting=aligned(ids, engine_waiting) if engine_waiting else None,
         used_blocks=used,
         shared_blocks=shared,
-        background_blocks=ranks * background,
-        sensitive_requests=ranks * sensitive,
+        background_blocks=ranks * ours[3] if latency_classes else None,
+        sensitive_requests=ranks * ours[4] if latency_classes else None,
     )
     return signals, dict(zip(ids.tolist(), own.tolist()))

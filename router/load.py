@@ -22,8 +22,9 @@ is in flight (released at finish or expiry), one int per 64-token block.
 
 Latency classes (router/cost.py, ``sensitive_mix_weight`` / ``background_mix_weight``): a
 request whose hints say ``latency_sensitivity > 0`` is SENSITIVE, one that says exactly 0 is
-BACKGROUND, one without the hint is neither. Each worker counts the blocks of its background requests in flight and
-its sensitive requests in flight, so the cost model can keep the two classes apart.
+BACKGROUND, one without the hint is neither. Each worker counts the blocks of its background
+requests in flight and its sensitive requests in flight, so the cost model can keep the two
+classes apart.
 """
 
 from __future__ import annotations

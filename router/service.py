@@ -66,11 +66,12 @@ class RouterService:
 
     def find_worker(self, msg: FindWorker, now: float) -> Decision:
         """Decide and start accounting the request's load on the chosen worker."""
-        req = msg.request
+        req, cfg = msg.request, self.config
         live = None if msg.live is None else frozenset(msg.live)
         signals, uncached = signals_from_rows(
-            msg.rows, req.prompt_tokens, self.load, self.config.worker_capacity_blocks, live,
+            msg.rows, req.prompt_tokens, self.load, cfg.worker_capacity_blocks, live,
             msg.capacity, msg.waiting, req.block_hashes,
+            latency_classes=bool(cfg.sensitive_mix_weight or cfg.background_mix_weight),
         )
         decision = self.router.decide(req, signals, now)
         wid = decision.worker_id

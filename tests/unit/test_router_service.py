@@ -151,9 +151,10 @@ def test_latency_classes_are_kept_apart_only_when_asked() -> None:
     goes to W2, while a request without the hint still follows plain load; a background
     request is charged for the sensitive requests in flight on a worker. Finishing releases
     the class counters."""
-    from router.load import BACKGROUND, SENSITIVE, latency_class
+    from router.load import BACKGROUND, SENSITIVE, UNCLASSED, latency_class
 
-    assert (latency_class(None), latency_class(0.0), latency_class(2.0)) == (0, BACKGROUND, SENSITIVE)
+    classes = (latency_class(None), latency_class(0.0), latency_class(2.0))
+    assert classes == (UNCLASSED, BACKGROUND, SENSITIVE)
 
     def run(weight: float, klass: int) -> tuple[int, RouterService]:
         svc = RouterService(RouterConfig(seed=3, block_size=BS, bandit_enabled=False,
@@ -165,7 +166,7 @@ def test_latency_classes_are_kept_apart_only_when_asked() -> None:
         return wid, svc
 
     assert run(0.0, SENSITIVE)[0] == W1  # off: decode load only (60 < 80 blocks)
-    assert run(1.0, 0)[0] == W1  # no hint: never charged
+    assert run(1.0, UNCLASSED)[0] == W1  # no hint: never charged
     wid, svc = run(1.0, SENSITIVE)
     assert wid == W2 and svc.load.get(W2).sensitive_requests == 1
     assert svc.load.get(W1).background_blocks == 60
