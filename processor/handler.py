@@ -27,9 +27,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from router.hints import AgentHints, hints_from_request
+from router.hints import hints_from_request
 from router.jsonl_writer import JsonlWriter
-from router.load import latency_class
 from router.loop_lag import watch_loop_lag
 from router.policy import Decision, RouteRequest
 from router.service import Feedback, RouterService
@@ -37,7 +36,14 @@ from router.service import Feedback, RouterService
 from processor.config import ProcessorConfig
 from processor.engine_state import EngineState
 from processor.metrics import ProcessorMetrics
-from processor.routing import LocalRouting, RemoteRouting, Routing
+from processor.routing import (
+    LocalRouting,
+    RemoteRouting,
+    Routing,
+    block_hashes,
+    chain_hashes,
+    route_request,
+)
 from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
 
 logger = logging.getLogger(__name__)
@@ -194,12 +200,13 @@ class ProcessorHandler:
         request_id = _request_id(context)
         hints = hints_from_request(request)
         token_ids: list[int] = request.get("token_ids") or []
-        route = _route_request(request_id, hints, request, len(token_ids))
+        stop = request.get("stop_conditions") or {}
+        route = route_request(request_id, hints, len(token_ids), stop.get("max_tokens"))
         # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.
         prompt_hashes: list[int] | None = None
         if self._send_hashes:
-            prompt_hashes = _block_hashes(token_ids, self._config.block_size)
-            route.block_hashes = _chain_hashes(prompt_hashes)
+            prompt_hashes = block_hashes(token_ids, self._config.block_size)
+            route.block_hashes = chain_hashes(prompt_hashes)
         self.metrics.active.inc()
         excluded: set[int] = set()
         attempt = 0
@@ -368,7 +375,7 @@ class ProcessorHandler:
                 prompt_tokens=len(token_ids),
                 block_size=self._config.block_size,
                 block_hashes=(prompt_hashes if prompt_hashes is not None
-                              else _block_hashes(token_ids, self._config.block_size)),
+                              else block_hashes(token_ids, self._config.block_size)),
                 prefix_id=route.prefix_id,
                 total_requests=route.total_requests,
                 iat_ms=route.iat_ms,
@@ -444,41 +451,3 @@ def _request_id(context: Any) -> str:
     except Exception:  # no context (direct calls in tests)
         rid = None
     return str(rid) if rid else uuid.uuid4().hex
-
-
-def _route_request(request_id: str, hints: AgentHints, request: dict[str, Any], prompt: int) -> RouteRequest:
-    stop = request.get("stop_conditions") or {}
-    max_tokens = stop.get("max_tokens")
-    # Neither says: None, and the router uses its AKR_ROUTER_DEFAULT_OSL.
-    osl = hints.osl or (int(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0 else None)
-    return RouteRequest(
-        request_id=request_id,
-        prefix_id=hints.prefix_id,
-        prompt_tokens=prompt,
-        total_requests=hints.total_requests or 1,
-        osl=osl,
-        iat_ms=hints.iat_ms,
-        latency_sensitivity=hints.latency_sensitivity or 0.0,
-        latency_class=latency_class(hints.latency_sensitivity),
-        priority=hints.priority or 0,
-        pin_ttl_s=hints.pin_ttl_s,
-    )
-
-
-def _chain_hashes(block_hashes: list[int]) -> list[int]:
-    """Per full block, a hash of the block AND everything before it (what the engine's prefix
-    cache matches on): Dynamo's per-block hashes cover one block's tokens only, so two
-    prompts with an equal block after different prefixes would share it. Python's hash of an
-    int tuple is the same in every process, so a standalone router can use these too."""
-    out: list[int] = []
-    prev = 0
-    for h in block_hashes:
-        prev = hash((prev, h))
-        out.append(prev)
-    return out
-
-
-def _block_hashes(token_ids: list[int], block_size: int) -> list[int]:
-    from dynamo.llm import compute_block_hash_for_seq
-
-    return list(compute_block_hash_for_seq(token_ids, block_size)) if token_ids else []

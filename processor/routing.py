@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from router.hints import AgentHints
+from router.load import latency_class
 from router.policy import Decision, RouteRequest
 from router.service import Feedback, FindWorker, RouterService
 
@@ -116,3 +118,42 @@ def _find_worker(route: RouteRequest, rows: list[dict[str, Any]], live: frozense
 
 def _counts(stats: dict[str, Any]) -> dict[str, int]:
     return {"pinned_prefixes": stats["pinned_prefixes"], "prefixes": stats["prefixes"]}
+
+
+def route_request(request_id: str, hints: AgentHints, prompt_tokens: int,
+                  max_tokens: object = None) -> RouteRequest:
+    """The router's view of one request: its hints, prompt length and expected answer."""
+    # Neither says: None, and the router uses its AKR_ROUTER_DEFAULT_OSL.
+    osl = hints.osl or (max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None)
+    return RouteRequest(
+        request_id=request_id,
+        prefix_id=hints.prefix_id,
+        prompt_tokens=prompt_tokens,
+        total_requests=hints.total_requests or 1,
+        osl=osl,
+        iat_ms=hints.iat_ms,
+        latency_sensitivity=hints.latency_sensitivity or 0.0,
+        latency_class=latency_class(hints.latency_sensitivity),
+        priority=hints.priority or 0,
+        pin_ttl_s=hints.pin_ttl_s,
+    )
+
+
+def chain_hashes(block_hashes: list[int]) -> list[int]:
+    """Per full block, a hash of the block AND everything before it (what the engine's prefix
+    cache matches on): Dynamo's per-block hashes cover one block's tokens only, so two
+    prompts with an equal block after different prefixes would share it. Python's hash of an
+    int tuple is the same in every process, so a standalone router can use these too."""
+    out: list[int] = []
+    prev = 0
+    for h in block_hashes:
+        prev = hash((prev, h))
+        out.append(prev)
+    return out
+
+
+def block_hashes(token_ids: list[int], block_size: int) -> list[int]:
+    """Dynamo's hash of each full block of the prompt (the KV events' key)."""
+    from dynamo.llm import compute_block_hash_for_seq
+
+    return list(compute_block_hash_for_seq(token_ids, block_size)) if token_ids else []

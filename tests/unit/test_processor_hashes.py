@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from processor.handler import _block_hashes, _chain_hashes
+from processor.routing import block_hashes, chain_hashes
 
 BS = 64
 
 
 def _chained_block_hashes(token_ids: list[int], block_size: int) -> list[int]:
-    return _chain_hashes(_block_hashes(token_ids, block_size))
+    return chain_hashes(block_hashes(token_ids, block_size))
 
 
 def test_a_block_hash_covers_everything_before_it() -> None:
