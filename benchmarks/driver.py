@@ -66,7 +66,7 @@ def request_body(arm: str, model: str, turn: Turn) -> dict[str, Any]:
         "ignore_eos": True,
     }
     if turn.hints is not None:
-        if arm == "ours":
+        if arm.startswith("ours"):
             nvext: dict[str, Any] = {"agent_hints": dict(turn.hints)}
             if turn.cache_ttl:
                 nvext["cache_control"] = {"type": "ephemeral", "ttl": turn.cache_ttl}

@@ -77,6 +77,21 @@ class GatewayConfig(BaseSettings):
     client_keepalive_timeout_s: float = Field(
         75.0, gt=0, description="Idle client keep-alive connections are closed after this."
     )
+    routing: Literal["processor", "gateway"] = Field(
+        "processor",
+        description="Who routes: 'processor' (the stock frontend forwards to our processor, "
+        "which picks the worker) or 'gateway' (the gateway picks the worker and the stock "
+        "frontend, run with --router-mode kv and the workers under the public model, sends the "
+        "request straight to it: one request-plane hop less; frontend.routing).",
+    )
+    worker_endpoint: str = Field(
+        "workers.backend.generate",
+        description="With routing=gateway: the workers' Dynamo endpoint (namespace.component."
+        "endpoint) whose KV events and instances the gateway's router reads.",
+    )
+    block_size: int = Field(
+        64, ge=1, description="With routing=gateway: the workers' KV block size in tokens."
+    )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics.")
     log_level: str = Field("INFO", description="Python logging level of the gateway.")
 

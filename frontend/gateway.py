@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -26,6 +27,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend.config import GatewayConfig
 from frontend.metrics import GatewayMetrics
+from frontend.routing import (
+    GatewayRouting,
+    Routed,
+    TokensUnavailable,
+    pinned_body,
+    query_body,
+    tokens_from_query,
+    trace_fields,
+)
 from frontend.translate import WORKER_PIN_HEADERS, response_headers, translate
 from frontend.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from router.hints import AgentHints, HintError
@@ -65,11 +75,16 @@ class StreamReply:
     finish: Any  # callable(status) recording metrics and the trace record
     headers: dict[str, str] = field(default_factory=dict)  # relayed from the upstream
     complete: bool = False
+    # Sees every chunk before the client does (routing=gateway: TTFT and token feedback).
+    observer: Callable[[bytes], None] | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body chunk by chunk (for servers that write with an awaitable, like aiohttp)."""
+        observe = self.observer
         try:
             async for chunk in self.upstream.iter_chunks():
+                if observe is not None:
+                    observe(chunk)
                 yield chunk
         except (UpstreamError, UpstreamTimeout) as e:
             yield self._broken(e)
@@ -79,6 +94,8 @@ class StreamReply:
         """The body into ``sink`` from the upstream's read callback (``frontend.server``);
         backpressure through ``upstream.pause()``/``resume()`` (``paused``: the client is
         already behind)."""
+        if self.observer is not None:
+            sink = _observed(sink, self.observer)
         try:
             await self.upstream.relay(sink, paused=paused)
         except (UpstreamError, UpstreamTimeout) as e:
@@ -97,6 +114,14 @@ class StreamReply:
         """No-op after a complete relay; otherwise drops the upstream connection."""
         self.upstream.close()
         self.finish(self.status if self.complete else 499)
+
+
+def _observed(sink: Callable[[bytes], None],
+              observe: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    def write(chunk: bytes) -> None:
+        observe(chunk)
+        sink(chunk)
+    return write
 
 
 def error_reply(status: int, message: str, *, param: str | None = None,
@@ -133,6 +158,9 @@ class Gateway:
             keepalive_timeout=config.keepalive_timeout_s, quickack=config.upstream_quickack)
         self.trace: JsonlWriter | None = None
         self._lag_watch: asyncio.Task[None] | None = None
+        self.routing: GatewayRouting | None = (
+            GatewayRouting(config.worker_endpoint, config.block_size)
+            if config.routing == "gateway" else None)
 
     async def start(self) -> None:
         cfg = self.config
@@ -143,8 +171,12 @@ class Gateway:
             self.trace = JsonlWriter(cfg.trace_path, queue_size=cfg.trace_queue_size,
                                      max_bytes=cfg.trace_max_bytes, backups=cfg.trace_backups)
             self.trace.start()
+        if self.routing is not None:
+            await self.routing.start()
 
     async def close(self) -> None:
+        if self.routing is not None:
+            await self.routing.stop()
         if self._lag_watch is not None:
             self._lag_watch.cancel()
             self._lag_watch = None
@@ -214,6 +246,15 @@ class Gateway:
 
     # --- POST routes -------------------------------------------------------------------------
 
+    async def _route(self, route: str, body: dict[str, Any], headers: Mapping[str, str],
+                     hints: AgentHints) -> tuple[Routed, bytes]:
+        """routing=gateway: tokens from the frontend, our decision, the pinned body."""
+        t0 = time.perf_counter()
+        tokens = await _tokens(self.client, route, body, headers)
+        routed = await self.routing.decide(body, hints, tokens,
+                                           (time.perf_counter() - t0) * 1000.0)
+        return routed, _encoder.encode(pinned_body(body, tokens, routed.decision.worker_id))
+
     def _reject(self, route: str, reply: Reply, field: str) -> Reply:
         self.metrics.reject(field)
         self.metrics.count_request(route, reply.status)
@@ -264,19 +305,32 @@ class Gateway:
 
         t_up = time.perf_counter()
         t_headers: float | None = None
+        routed: Routed | None = None
 
         def finish(status: int) -> None:
             m.count_request(route, status)
+            if routed is not None:
+                self.routing.finish(routed, status)
             if self.trace is not None:
-                self.trace.put({
+                record = {
                     "ts": time.time(), "route": route, "status": status,
                     "latency_ms": (time.perf_counter() - t0) * 1e3,
                     "upstream_ttfb_ms": None if t_headers is None else (t_headers - t0) * 1e3,
                     "hints": msgspec.structs.asdict(hints) if not hints.is_empty() else None,
-                })
+                }
+                if routed is not None:
+                    record.update(trace_fields(routed))
+                self.trace.put(record)
 
         try:
+            if self.routing is not None:
+                routed, data = await self._route(route, tr.body, tr.headers, hints)
+                routed.t_sent = t_up = time.perf_counter()
             up = await self.client.request("POST", route, data, tr.headers)
+        except TokensUnavailable as e:
+            m.upstream_error("tokens")
+            finish(e.status)
+            return Reply(e.status, e.body)
         except UpstreamTimeout:
             m.upstream_error("timeout")
             finish(504)
@@ -293,7 +347,8 @@ class Gateway:
         ctype = up.headers.get("content-type", JSON)
         echo = response_headers(up.headers)
         if ctype.startswith("text/event-stream"):
-            return StreamReply(up.status, ctype, up, self, finish, echo)
+            observer = None if routed is None else partial(self.routing.observe, routed)
+            return StreamReply(up.status, ctype, up, self, finish, echo, observer=observer)
         try:
             payload = await up.read()
         except UpstreamTimeout:
@@ -311,6 +366,25 @@ class Gateway:
             up.close()  # no-op after a complete read
         finish(up.status)
         return Reply(up.status, payload, ctype, echo)
+
+
+async def _tokens(client: UpstreamClient, route: str, body: dict[str, Any],
+                  headers: Mapping[str, str]) -> list[int]:
+    """The prompt's tokens, from the stock frontend (``frontend.routing``, step 1)."""
+    up = await client.request("POST", route, _encoder.encode(query_body(body)), headers)
+    try:
+        payload = await up.read()
+    finally:
+        up.close()
+    if up.status != 200:
+        raise TokensUnavailable(up.status, payload)
+    tokens = tokens_from_query(payload)
+    if tokens is None:
+        raise TokensUnavailable(502, error_reply(
+            502, "the upstream did not return the prompt's tokens (routing=gateway needs a "
+            "Dynamo frontend with --router-mode kv)", type_="upstream_error",
+            code="upstream_unavailable").body)
+    return tokens
 
 
 def _filter_models(payload: bytes, public: list[str]) -> bytes:

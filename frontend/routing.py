@@ -1,0 +1,224 @@
+"""Routing in the gateway (``AKR_GATEWAY_ROUTING=gateway``): decide before the stock frontend.
+
+Why this mode exists: in the default deployment the processor is a Dynamo component between
+the stock frontend and the workers, so every request crosses one more request-plane hop with
+Python at both ends, and every token is relayed through it. On this 2-core machine that hop
+costs about 4.5 ms per request plus ~0.65 ms per 1k prompt tokens at idle
+(``benchmarks.path_split``; a bare Python-to-Python Dynamo round trip alone is ~3.5 ms).
+Here the gateway makes the same decision out of band and the stock frontend sends the request
+straight to the chosen worker:
+
+1. ask the stock frontend for the prompt's tokens: the same body with Dynamo's
+   ``query_instance_id:`` annotation makes it apply the chat template, tokenize and answer
+   with ``nvext.token_ids`` without generating (the first step of the flow Dynamo's Gateway
+   API Inference Extension uses);
+2. decide with the processor's own pieces (``processor.routing``: ``KvRouter`` rows fed by the
+   workers' KV events, then ``RouterService.find_worker``);
+3. forward the request with ``nvext.token_data`` (the frontend does not tokenize again) and
+   ``nvext.backend_instance_id`` (the frontend sends it to that worker); both checked on
+   Dynamo 1.6.1.
+
+Feedback comes from the gateway's view of the answer: time to the first SSE chunk (TTFT),
+chunks per second after it (one token per chunk from Dynamo's frontend), end or disconnect.
+Compared with the processor, this mode does not retry a failed worker before the first token,
+does not read the workers' forward-pass metrics, and reports the decision's predicted uncached
+tokens instead of the engine's cached-token count. The workers register under the public model
+name (no processor owns it), which the frontend's ``--router-mode kv`` serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from processor.routing import LocalRouting, block_hashes, chain_hashes, route_request
+from router.config import RouterConfig
+from router.hints import AgentHints
+from router.policy import Decision
+from router.service import Feedback, RouterService
+
+log = logging.getLogger(__name__)
+
+QUERY_ANNOTATION = "query_instance_id:"  # Dynamo 1.6.1: tokens + choice, no generation
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+class TokensUnavailable(Exception):
+    """The frontend did not tokenize the request; ``status``/``body`` are its answer."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"tokens query answered {status}")
+        self.status = status
+        self.body = body
+
+
+@dataclass(slots=True)
+class Routed:
+    """One routed request, from decision to its last chunk (one per request in flight)."""
+
+    decision: Decision
+    prompt_tokens: int
+    uncached_tokens: int
+    query_ms: float
+    decision_ms: float
+    t_sent: float = 0.0
+    t_first: float | None = None
+    t_last: float = 0.0
+    chunks: int = 0
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.t_first is None else (self.t_first - self.t_sent) * 1000.0
+
+    @property
+    def itl_ms(self) -> float | None:
+        if self.t_first is None or self.chunks < 3:
+            return None
+        return (self.t_last - self.t_first) * 1000.0 / (self.chunks - 1)
+
+
+def tokens_from_query(payload: bytes) -> list[int] | None:
+    """``nvext.token_ids`` of the frontend's answer to a ``query_instance_id:`` request."""
+    for line in payload.split(b"\n"):
+        if not line.startswith(b"data: {"):
+            continue
+        try:
+            event = _decoder.decode(line[6:])
+        except msgspec.DecodeError:
+            continue
+        ids = (event.get("nvext") or {}).get("token_ids") if isinstance(event, dict) else None
+        if isinstance(ids, list):
+            return ids
+    return None
+
+
+def query_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The body that asks the frontend for the prompt's tokens instead of an answer."""
+    nvext = dict(body.get("nvext") or {})
+    nvext["annotations"] = [*(nvext.get("annotations") or []), QUERY_ANNOTATION]
+    return {**body, "stream": True, "nvext": nvext}
+
+
+def pinned_body(body: dict[str, Any], token_ids: list[int], worker_id: int) -> dict[str, Any]:
+    """The body that makes the frontend skip tokenizing and send it to ``worker_id``."""
+    nvext = dict(body.get("nvext") or {})
+    nvext["token_data"] = token_ids
+    nvext["backend_instance_id"] = worker_id
+    return {**body, "nvext": nvext}
+
+
+class GatewayRouting:
+    """The router inside the gateway: one Dynamo runtime, one ``KvRouter``, one service."""
+
+    def __init__(self, worker_endpoint: str, block_size: int, sweep_interval_s: float = 1.0,
+                 service: RouterService | None = None) -> None:
+        self.worker_endpoint = worker_endpoint
+        self.block_size = block_size
+        self.sweep_interval_s = sweep_interval_s
+        self.service = service or RouterService(RouterConfig())
+        self._send_hashes = self.service.config.kv_full_ms > 0
+        self._runtime: Any = None
+        self._client: Any = None
+        self.routing: LocalRouting | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._known: frozenset[int] = frozenset()
+
+    async def start(self) -> None:
+        """Join Dynamo (its ``DYN_*`` settings) and wait for a worker."""
+        import os
+
+        from dynamo.llm import KvRouter, KvRouterConfig
+        from dynamo.runtime import DistributedRuntime
+
+        self._runtime = DistributedRuntime(
+            asyncio.get_running_loop(), os.environ.get("DYN_DISCOVERY_BACKEND", "etcd"),
+            os.environ.get("DYN_REQUEST_PLANE", "tcp"))
+        endpoint = self._runtime.endpoint(self.worker_endpoint)
+        self._client = await endpoint.client()
+        await self._client.wait_for_instances()
+        kv = KvRouter(endpoint, self.block_size, KvRouterConfig())
+        self.routing = LocalRouting(self.service, kv)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._runtime is not None:
+            self._runtime.shutdown()
+            self._runtime = None
+
+    async def decide(self, body: Mapping[str, Any], hints: AgentHints, token_ids: list[int],
+                     query_ms: float) -> Routed:
+        """Our decision over the live workers for a prompt already tokenized."""
+        assert self.routing is not None, "start() first"
+        live = frozenset(self._client.instance_ids())
+        if not live:
+            live = frozenset(await self._client.wait_for_instances())
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        route = route_request(uuid.uuid4().hex, hints, len(token_ids), max_tokens)
+        if self._send_hashes:
+            route.block_hashes = chain_hashes(block_hashes(token_ids, self.block_size))
+        t0 = time.perf_counter()
+        decision = await self.routing.decide(route, token_ids, live)
+        decision_ms = (time.perf_counter() - t0) * 1000.0
+        uncached = next((c.uncached_tokens for c in decision.candidates
+                         if c.worker_id == decision.worker_id), len(token_ids))
+        return Routed(decision, len(token_ids), int(uncached), query_ms, decision_ms)
+
+    def observe(self, routed: Routed, chunk: bytes) -> None:
+        """One relayed chunk of the answer: first-token feedback and the chunk count."""
+        now = time.perf_counter()
+        if routed.t_first is None:
+            routed.t_first = now
+            self.routing.feedback(Feedback(event="first_token",
+                                           request_id=routed.decision.request_id))
+        routed.t_last = now
+        routed.chunks += chunk.count(b"data: ")
+
+    def finish(self, routed: Routed, status: int) -> None:
+        """The answer ended (``status`` 499: the client left): close the feedback loop."""
+        assert self.routing is not None
+        # A whole (non-streamed) answer has no first token to time: it says nothing about the
+        # worker's TTFT, and reporting it without one would count as a failure. Like a client
+        # that left, it frees the load and teaches the learner nothing.
+        cancelled = status == 499 or (status == 200 and routed.ttft_ms is None)
+        # The [DONE] event is not a token.
+        tokens = max(0, routed.chunks - 1)
+        self.routing.feedback(Feedback(
+            event="finish", request_id=routed.decision.request_id, ttft_ms=routed.ttft_ms,
+            itl_ms=routed.itl_ms, uncached_tokens=routed.uncached_tokens, output_tokens=tokens,
+            ok=status == 200, cancelled=cancelled))
+
+    async def _sweep_forever(self) -> None:
+        """Expiry, feedback timeouts and workers leaving discovery, off the request path."""
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                live = frozenset(self._client.instance_ids())
+                for gone in self._known - live:
+                    log.warning("worker %x left discovery; dropped from routing", gone)
+                    self.routing.remove_worker(gone)
+                self._known = live
+                self.routing.maintain(time.monotonic())
+            except Exception:  # keep sweeping; one bad pass must not stop expiry for good
+                log.exception("routing sweep failed")
+
+
+def trace_fields(routed: Routed) -> dict[str, Any]:
+    """What the gateway's trace record adds for a request it routed."""
+    d = routed.decision
+    return {"worker_id": d.worker_id, "reason": d.reason, "prompt_tokens": routed.prompt_tokens,
+            "uncached_tokens": routed.uncached_tokens, "query_ms": round(routed.query_ms, 3),
+            "decision_ms": round(routed.decision_ms, 3),
+            "ttft_ms": None if routed.ttft_ms is None else round(routed.ttft_ms, 3),
+            "chunks": routed.chunks,
+            "candidates": [msgspec.structs.asdict(c) for c in d.candidates]}

@@ -1,0 +1,94 @@
+"""Routing in the gateway (AKR_GATEWAY_ROUTING=gateway) on a real stack, no processor.
+
+The gateway asks the stock frontend (``--router-mode kv``) for the prompt's tokens, decides
+with our router and sends the request pinned to the chosen worker with the tokens attached
+(frontend/routing.py). Asserted on what the client gets and on the gateway's trace: the
+tokens the router decided on are the tokens the worker served (same prompt length), a
+conversation stays where its cache is, bad hints still get 400 before anything is routed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from deploy.local_stack import LocalStack, StackConfig
+from tests.integration.processor_util import chat
+
+pytestmark = pytest.mark.integration
+
+SYSTEM = "You are a careful agent that plans tool calls. " * 40
+
+
+@pytest.fixture(scope="module")
+def gw_stack() -> Iterator[LocalStack]:
+    with LocalStack(StackConfig(workers=2, speedup=10.0, arm="gateway")) as s:
+        yield s
+
+
+def _trace(stack: LocalStack, prefix_id: str, want: int,
+           timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """The gateway's trace records of one conversation, once ``want`` were written."""
+    path = stack.trace_path.with_name("gateway.jsonl")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        recs = []
+        if path.exists():
+            recs = [r for r in map(json.loads, path.read_text().splitlines())
+                    if (r.get("hints") or {}).get("prefix_id") == prefix_id]
+        if len(recs) >= want or time.monotonic() > deadline:
+            return recs
+        time.sleep(0.1)
+
+
+def test_conversation_is_routed_by_the_gateway_and_keeps_its_worker(gw_stack: LocalStack) -> None:
+    history = f"{SYSTEM}\nTask: summarise the logs."
+    nvext = {"agent_hints": {"prefix_id": "gw-conv", "total_requests": 4, "iat": 200, "osl": 8},
+             "cache_control": {"type": "ephemeral", "ttl": "30s"}}
+    usages = []
+    for turn in range(3):
+        _, usage = chat(gw_stack.gateway_url, gw_stack.model_name, history, nvext=nvext,
+                        max_tokens=8, stream=True)
+        usages.append(usage)
+        history += f"\nTool result {turn}: " + "line of output " * 30
+    recs = _trace(gw_stack, "gw-conv", 3)
+    assert len(recs) == 3
+    # The router decided on the tokens the worker then served.
+    assert [r["prompt_tokens"] for r in recs] == [u["prompt_tokens"] for u in usages]
+    assert len({r["worker_id"] for r in recs}) == 1, recs
+    assert all(r["status"] == 200 and r["ttft_ms"] is not None and r["ttft_ms"] > 0
+               for r in recs)
+    assert recs[0]["hints"]["prefix_id"] == "gw-conv"
+    # Later turns found the earlier turns' blocks on that worker.
+    assert usages[1]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert usages[2]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert all(u["completion_tokens"] == 8 for u in usages)
+
+
+def test_non_streaming_request_is_routed(gw_stack: LocalStack) -> None:
+    _, usage = chat(gw_stack.gateway_url, gw_stack.model_name, "a short question", max_tokens=5,
+                    nvext={"agent_hints": {"prefix_id": "gw-whole"}})
+    assert usage["completion_tokens"] == 5
+    (rec,) = _trace(gw_stack, "gw-whole", 1)
+    assert rec["prompt_tokens"] == usage["prompt_tokens"] and rec["status"] == 200
+    assert rec["ttft_ms"] is None  # the whole answer arrives at once: no first token to time
+
+
+def test_bad_hint_is_rejected_before_routing(gw_stack: LocalStack) -> None:
+    resp = httpx.post(f"{gw_stack.gateway_url}/v1/chat/completions", timeout=30, json={
+        "model": gw_stack.model_name, "messages": [{"role": "user", "content": "hi"}],
+        "nvext": {"agent_hints": {"prefix_id": "gw-bad", "total_requests": 0}}})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "nvext.agent_hints.total_requests"
+    # Rejected before anything was routed: the reject record carries no decision.
+    chat(gw_stack.gateway_url, gw_stack.model_name, "after the bad one", max_tokens=2,
+         nvext={"agent_hints": {"prefix_id": "gw-after-bad"}})
+    assert len(_trace(gw_stack, "gw-after-bad", 1)) == 1
+    path = gw_stack.trace_path.with_name("gateway.jsonl")
+    rejects = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("reject")]
+    assert rejects and all("worker_id" not in r for r in rejects)
