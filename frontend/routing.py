@@ -2,11 +2,11 @@
 
 Why this mode exists: in the default deployment the processor is a Dynamo component between
 the stock frontend and the workers, so every request crosses one more request-plane hop with
-Python at both ends, and every token is relayed through it. On this 2-core machine that hop
-costs about 4.5 ms per request plus ~0.65 ms per 1k prompt tokens at idle
-(``benchmarks.path_split``; a bare Python-to-Python Dynamo round trip alone is ~3.5 ms).
-Here the gateway makes the same decision out of band and the stock frontend sends the request
-straight to the chosen worker:
+Python at both ends, and every token is relayed through it: on this 2-core machine our path
+costs 4-5 ms more than the stock frontend's per request at idle, up to ~10 ms with 10k-token
+prompts, and a bare Python-to-Python Dynamo round trip alone is ~3.5-4 ms
+(``benchmarks.idle_path``). Here the gateway makes the same decision out of band and the stock
+frontend sends the request straight to the chosen worker:
 
 1. ask the stock frontend for the prompt's tokens: the same body with Dynamo's
    ``query_instance_id:`` annotation makes it apply the chat template, tokenize and answer
@@ -24,6 +24,11 @@ Compared with the processor, this mode does not retry a failed worker before the
 does not read the workers' forward-pass metrics, and reports the decision's predicted uncached
 tokens instead of the engine's cached-token count. The workers register under the public model
 name (no processor owns it), which the frontend's ``--router-mode kv`` serves.
+
+Measured (benchmarks/results/idle_path.md, routing_experiment_gateway_routing.md): the tokens
+query costs about what the processor hop did (a second HTTP round trip through the frontend,
+3 ms at idle on short prompts), so TTFT is the same as the processor path within the spread;
+the machine's CPU load is a little lower (no per-token relay in a second process).
 """
 
 from __future__ import annotations
