@@ -206,7 +206,6 @@ class LocalStack:
                 "AKR_GATEWAY_ROUTING": "gateway",
                 "AKR_GATEWAY_WORKER_ENDPOINT": WORKER_ENDPOINT,
                 "AKR_GATEWAY_BLOCK_SIZE": str(self.config.block_size),
-                "AKR_GATEWAY_MODEL_PATH": str(self.config.model_dir),
                 "AKR_GATEWAY_TRACE_PATH": str(self.trace_path.with_name("gateway.jsonl")),
                 "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
                 **self.config.processor_env,  # the router's AKR_ROUTER_* settings live here

@@ -92,13 +92,6 @@ class GatewayConfig(BaseSettings):
     block_size: int = Field(
         64, ge=1, description="With routing=gateway: the workers' KV block size in tokens."
     )
-    model_path: Path | None = Field(
-        None,
-        description="With routing=gateway: the served model's directory (tokenizer.json, "
-        "tokenizer_config.json). Plain chat bodies are then tokenized in the gateway, once its "
-        "tokens for a model matched the frontend's (frontend/prompt.py), saving a round trip "
-        "through the frontend; None = always ask the frontend.",
-    )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics.")
     log_level: str = Field("INFO", description="Python logging level of the gateway.")
 

@@ -27,7 +27,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend.config import GatewayConfig
 from frontend.metrics import GatewayMetrics
-from frontend.prompt import PromptTokenizer, Verification, is_plain
 from frontend.routing import (
     GatewayRouting,
     Routed,
@@ -53,7 +52,6 @@ _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _HINT_FIELDS = AgentHints.__struct_fields__
 _HEALTH = b'{"status":"healthy"}'
-INLINE_ENCODE_CHARS = 4096  # longer prompts are tokenized on a worker thread
 
 
 @dataclass(slots=True)
@@ -163,11 +161,6 @@ class Gateway:
         self.routing: GatewayRouting | None = (
             GatewayRouting(config.worker_endpoint, config.block_size)
             if config.routing == "gateway" else None)
-        # routing=gateway with the model directory: plain chat bodies tokenized here.
-        self.prompt: PromptTokenizer | None = (
-            PromptTokenizer(config.model_path)
-            if self.routing is not None and config.model_path is not None else None)
-        self.verification = Verification()
 
     async def start(self) -> None:
         cfg = self.config
@@ -257,32 +250,10 @@ class Gateway:
                      hints: AgentHints) -> tuple[Routed, bytes]:
         """routing=gateway: tokens from the frontend, our decision, the pinned body."""
         t0 = time.perf_counter()
-        tokens, source = await self._prompt_tokens(route, body, headers)
-        routed = await self.routing.decide(body, hints, tokens,
-                                           (time.perf_counter() - t0) * 1000.0, source)
-        return routed, _encoder.encode(pinned_body(body, tokens, routed.decision.worker_id))
-
-    async def _prompt_tokens(self, route: str, body: dict[str, Any],
-                             headers: Mapping[str, str]) -> tuple[list[int], str]:
-        """Tokens made here for plain chat bodies once checked equal to the frontend's for
-        the model (frontend.prompt), else asked of the frontend; and who made them."""
-        local: list[int] | None = None
-        model = str(body.get("model"))
-        if self.prompt is not None and route == "/v1/chat/completions" and is_plain(body):
-            verdict = self.verification.state(model)
-            if verdict is not False:
-                text = self.prompt.render(body["messages"])
-                if len(text) < INLINE_ENCODE_CHARS:
-                    local = self.prompt.encode(text)
-                else:  # the tokenizer releases the GIL: long prompts leave the loop free
-                    local = await asyncio.get_running_loop().run_in_executor(
-                        None, self.prompt.encode, text)
-                if verdict:
-                    return local, "gateway"
         tokens = await _tokens(self.client, route, body, headers)
-        if local is not None:
-            self.verification.record(model, local, tokens)
-        return tokens, "frontend"
+        routed = await self.routing.decide(body, hints, tokens,
+                                           (time.perf_counter() - t0) * 1000.0)
+        return routed, _encoder.encode(pinned_body(body, tokens, routed.decision.worker_id))
 
     def _reject(self, route: str, reply: Reply, field: str) -> Reply:
         self.metrics.reject(field)

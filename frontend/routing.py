@@ -72,9 +72,8 @@ class Routed:
     decision: Decision
     prompt_tokens: int
     uncached_tokens: int
-    query_ms: float  # time to the prompt's tokens (asked of the frontend or made here)
+    query_ms: float
     decision_ms: float
-    tokens_source: str = "frontend"  # "gateway" when frontend.prompt made them
     t_sent: float = 0.0
     t_first: float | None = None
     t_last: float = 0.0
@@ -163,7 +162,7 @@ class GatewayRouting:
             self._runtime = None
 
     async def decide(self, body: Mapping[str, Any], hints: AgentHints, token_ids: list[int],
-                     query_ms: float, tokens_source: str = "frontend") -> Routed:
+                     query_ms: float) -> Routed:
         """Our decision over the live workers for a prompt already tokenized."""
         assert self.routing is not None, "start() first"
         live = frozenset(self._client.instance_ids())
@@ -178,8 +177,7 @@ class GatewayRouting:
         decision_ms = (time.perf_counter() - t0) * 1000.0
         uncached = next((c.uncached_tokens for c in decision.candidates
                          if c.worker_id == decision.worker_id), len(token_ids))
-        return Routed(decision, len(token_ids), int(uncached), query_ms, decision_ms,
-                      tokens_source)
+        return Routed(decision, len(token_ids), int(uncached), query_ms, decision_ms)
 
     def observe(self, routed: Routed, chunk: bytes) -> None:
         """One relayed chunk of the answer: first-token feedback and the chunk count."""
@@ -225,7 +223,6 @@ def trace_fields(routed: Routed) -> dict[str, Any]:
     d = routed.decision
     return {"worker_id": d.worker_id, "reason": d.reason, "prompt_tokens": routed.prompt_tokens,
             "uncached_tokens": routed.uncached_tokens, "query_ms": round(routed.query_ms, 3),
-            "tokens_source": routed.tokens_source,
             "decision_ms": round(routed.decision_ms, 3),
             "ttft_ms": None if routed.ttft_ms is None else round(routed.ttft_ms, 3),
             "chunks": routed.chunks,

@@ -64,9 +64,6 @@ def test_conversation_is_routed_by_the_gateway_and_keeps_its_worker(gw_stack: Lo
     assert all(r["status"] == 200 and r["ttft_ms"] is not None and r["ttft_ms"] > 0
                for r in recs)
     assert recs[0]["hints"]["prefix_id"] == "gw-conv"
-    # The gateway tokenizes plain chat bodies itself once its tokens for the model matched the
-    # frontend's (frontend/prompt.py; the stack's warm-up request made that first comparison).
-    assert {r["tokens_source"] for r in recs} == {"gateway"}
     # Later turns found the earlier turns' blocks on that worker.
     assert usages[1]["prompt_tokens_details"]["cached_tokens"] > 0
     assert usages[2]["prompt_tokens_details"]["cached_tokens"] > 0
@@ -80,19 +77,6 @@ def test_non_streaming_request_is_routed(gw_stack: LocalStack) -> None:
     (rec,) = _trace(gw_stack, "gw-whole", 1)
     assert rec["prompt_tokens"] == usage["prompt_tokens"] and rec["status"] == 200
     assert rec["ttft_ms"] is None  # the whole answer arrives at once: no first token to time
-
-
-def test_body_with_tools_is_tokenized_by_the_frontend(gw_stack: LocalStack) -> None:
-    """Anything beyond roles and text (here: tools) is rendered by the frontend's template."""
-    resp = httpx.post(f"{gw_stack.gateway_url}/v1/chat/completions", timeout=30, json={
-        "model": gw_stack.model_name, "max_tokens": 3,
-        "messages": [{"role": "user", "content": "which tool?"}],
-        "tools": [{"type": "function", "function": {"name": "grep", "parameters": {}}}],
-        "nvext": {"agent_hints": {"prefix_id": "gw-tools"}}})
-    assert resp.status_code == 200, resp.text
-    (rec,) = _trace(gw_stack, "gw-tools", 1)
-    assert rec["tokens_source"] == "frontend"
-    assert rec["prompt_tokens"] == resp.json()["usage"]["prompt_tokens"]
 
 
 def test_bad_hint_is_rejected_before_routing(gw_stack: LocalStack) -> None:

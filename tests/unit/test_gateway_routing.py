@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from frontend.prompt import PromptTokenizer, Verification, is_plain
 from frontend.routing import (
     QUERY_ANNOTATION,
     GatewayRouting,
@@ -72,37 +70,3 @@ def test_streamed_answer_reports_ttft_and_tokens() -> None:
     gr.finish(routed, 200)
     assert not gr.service.load.busy()
     assert gr.service.router.feedback.reports == 1 and gr.service.router.feedback.failures == 0
-
-
-def test_plain_bodies_only() -> None:
-    plain = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-             "nvext": {"agent_hints": {"prefix_id": "p"}, "annotations": ["x"]}}
-    assert is_plain(plain)
-    assert not is_plain({**plain, "tools": []})
-    assert not is_plain({**plain, "chat_template_kwargs": {"enable_thinking": True}})
-    assert not is_plain({**plain, "nvext": {"token_data": [1]}})
-    assert not is_plain({**plain, "messages": [{"role": "user", "content": [{"type": "text"}]}]})
-    assert not is_plain({**plain, "messages": [{"role": "tool", "content": "r"}]})
-    assert not is_plain({**plain, "messages": [{"role": "user", "content": "a", "name": "n"}]})
-    assert not is_plain({**plain, "messages": []})
-
-
-def test_prompt_tokenizer_renders_the_models_template(tmp_path: Path) -> None:
-    from deploy.make_model import build
-
-    build(tmp_path)
-    prompt = PromptTokenizer(tmp_path)
-    text = prompt.render([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
-    assert text == "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n" \
-                   "<|im_start|>assistant\n"
-    ids = prompt.encode(text)
-    assert ids and prompt.encode(text) == ids
-
-
-def test_verification_is_once_per_model_and_a_mismatch_sticks() -> None:
-    v = Verification()
-    assert v.state("a") is None
-    v.record("a", [1, 2, 3], [1, 2, 3])
-    v.record("b", [1, 2, 3], [1, 9, 3])
-    v.record("b", [1, 2, 3], [1, 2, 3])  # a later match does not undo it
-    assert (v.state("a"), v.state("b"), v.mismatches) == (True, False, 1)
