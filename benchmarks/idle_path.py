@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.path_split import write_results
 from benchmarks.routing import MACHINE, code_state
 from deploy.local_stack import LocalStack, StackConfig, loopback_env
 
@@ -212,10 +213,7 @@ def main() -> None:
     result = {"meta": {"command": shown, "started": started, "machine": MACHINE,
                        "code": code_state(), "load_after": os.getloadavg()},
               "arms": rows, "request_plane": plane}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_results(args.out, result, markdown(result)))
 
 
 if __name__ == "__main__":

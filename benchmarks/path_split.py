@@ -50,6 +50,14 @@ HIT = 0.9
 PARTS = ("request_path_ms", "decision_ms", "worker_ms", "response_path_ms")
 
 
+def write_results(out: Path, result: dict[str, Any], table: str) -> str:
+    """``out``.json and ``out``.md of a path benchmark; returns the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table)
+    return table
+
+
 def translated(body: dict[str, Any]) -> dict[str, Any]:
     """The body the gateway would forward (its headers only repeat ``prefix_id``)."""
     return translate(body, {}).body
@@ -185,10 +193,7 @@ def main() -> None:
                        "workload": wl.description, "seed": args.seed, "hit_threshold": HIT,
                        "code": code_state()},
               "repeats": repeats}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_results(args.out, result, markdown(result)))
 
 
 if __name__ == "__main__":
