@@ -253,6 +253,8 @@ class Gateway:
         tokens = await _tokens(self.client, route, body, headers)
         routed = await self.routing.decide(body, hints, tokens,
                                            (time.perf_counter() - t0) * 1000.0)
+        self.metrics.observe_decision(routed.decision.worker_id, routed.decision.reason,
+                                      routed.query_ms / 1000.0, routed.decision_ms / 1000.0)
         return routed, _encoder.encode(pinned_body(body, tokens, routed.decision.worker_id))
 
     def _reject(self, route: str, reply: Reply, field: str) -> Reply:

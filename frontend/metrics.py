@@ -10,6 +10,10 @@ Exposed: ``akr_gateway_requests_total{route,status}``, ``akr_gateway_hints_total
 ``akr_gateway_upstream_latency_seconds{route}`` (histogram, time to upstream response headers),
 ``akr_gateway_trace_dropped`` (trace records dropped because the queue was full),
 ``akr_gateway_event_loop_lag_seconds`` (histogram, how long ready work waits for the loop).
+With routing in the gateway (frontend/routing.py) also
+``akr_gateway_decisions_total{worker,reason}``, ``akr_gateway_tokens_seconds`` (histogram, the
+prompt's tokens from the stock frontend) and ``akr_gateway_decision_seconds`` (histogram, our
+decision).
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ class GatewayMetrics:
         self.trace_dropped = 0
         self.latency: dict[str, _Histogram] = {}
         self.loop_lag = _Histogram(LOOP_LAG_BUCKETS)
+        # routing=gateway only; workers come and go, so the label set is bounded by the fleet.
+        self.decisions: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.tokens_latency = _Histogram()
+        self.decision_latency = _Histogram(LOOP_LAG_BUCKETS)
         self.registry.register(_Collector(self))
 
     def count_request(self, route: str, status: int) -> None:
@@ -78,6 +86,12 @@ class GatewayMetrics:
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors[kind] += 1
+
+    def observe_decision(self, worker_id: int, reason: str, tokens_s: float,
+                         decision_s: float) -> None:
+        self.decisions[(f"{worker_id:x}", reason)] += 1
+        self.tokens_latency.observe(tokens_s)
+        self.decision_latency.observe(decision_s)
 
     def observe_upstream(self, route: str, seconds: float) -> None:
         h = self.latency.get(route)
@@ -128,6 +142,21 @@ class _Collector:
         for route, hist in sorted(m.latency.items()):
             h.add_metric([route], hist.cumulative(), hist.total)
         yield h
+        if m.decisions:
+            c = CounterMetricFamily("akr_gateway_decisions",
+                                    "Routing decisions made in the gateway, by worker and reason",
+                                    labels=["worker", "reason"])
+            for (worker, reason), n in sorted(m.decisions.items()):
+                c.add_metric([worker, reason], n)
+            yield c
+            h = HistogramMetricFamily("akr_gateway_tokens_seconds",
+                                      "Time to the prompt's tokens from the stock frontend")
+            h.add_metric([], m.tokens_latency.cumulative(), m.tokens_latency.total)
+            yield h
+            h = HistogramMetricFamily("akr_gateway_decision_seconds",
+                                      "Time of one routing decision in the gateway")
+            h.add_metric([], m.decision_latency.cumulative(), m.decision_latency.total)
+            yield h
         h = HistogramMetricFamily("akr_gateway_event_loop_lag_seconds",
                                   "How late a periodic timer fires on the gateway's event loop: "
                                   "the wait of every ready callback for the loop")

@@ -79,6 +79,15 @@ def test_non_streaming_request_is_routed(gw_stack: LocalStack) -> None:
     assert rec["ttft_ms"] is None  # the whole answer arrives at once: no first token to time
 
 
+def test_routing_metrics(gw_stack: LocalStack) -> None:
+    chat(gw_stack.gateway_url, gw_stack.model_name, "count me", max_tokens=2,
+         nvext={"agent_hints": {"prefix_id": "gw-metrics"}})
+    text = httpx.get(f"{gw_stack.gateway_url}/metrics", timeout=10).text
+    assert "akr_gateway_decisions_total{reason=" in text
+    assert "akr_gateway_tokens_seconds_count" in text
+    assert "akr_gateway_decision_seconds_count" in text
+
+
 def test_bad_hint_is_rejected_before_routing(gw_stack: LocalStack) -> None:
     resp = httpx.post(f"{gw_stack.gateway_url}/v1/chat/completions", timeout=30, json={
         "model": gw_stack.model_name, "messages": [{"role": "user", "content": "hi"}],
