@@ -113,8 +113,15 @@ def query_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def pinned_body(body: dict[str, Any], token_ids: list[int], worker_id: int) -> dict[str, Any]:
-    """The body that makes the frontend skip tokenizing and send it to ``worker_id``."""
+    """The body that makes the frontend skip tokenizing and send it to ``worker_id``.
+
+    A client's own ``query_instance_id`` annotation is dropped: the answer would be a query
+    answer, and its "first token" would teach the learner a worker is impossibly fast."""
     nvext = dict(body.get("nvext") or {})
+    annotations = nvext.get("annotations")
+    if annotations:
+        nvext["annotations"] = [a for a in annotations
+                                if not a.startswith(QUERY_ANNOTATION.rstrip(":"))]
     nvext["token_data"] = token_ids
     nvext["backend_instance_id"] = worker_id
     return {**body, "nvext": nvext}

@@ -32,6 +32,8 @@ def test_pinned_body_carries_tokens_and_worker() -> None:
     p = pinned_body(body, [1, 2, 3], W2)
     assert p["nvext"] == {"annotations": ["a"], "token_data": [1, 2, 3], "backend_instance_id": W2}
     assert body["nvext"]["token_data"] == [9]  # a client's own values never survive
+    sneaky = {"nvext": {"annotations": ["query_instance_id:", "query_instance_id", "keep"]}}
+    assert pinned_body(sneaky, [1], W1)["nvext"]["annotations"] == ["keep"]
 
 
 def test_tokens_from_query_reads_the_first_event_with_tokens() -> None:
