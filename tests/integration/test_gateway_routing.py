@@ -79,6 +79,16 @@ def test_non_streaming_request_is_routed(gw_stack: LocalStack) -> None:
     assert rec["ttft_ms"] is None  # the whole answer arrives at once: no first token to time
 
 
+def test_completions_are_routed_too(gw_stack: LocalStack) -> None:
+    resp = httpx.post(f"{gw_stack.gateway_url}/v1/completions", timeout=30, json={
+        "model": gw_stack.model_name, "prompt": "once upon a time " * 20, "max_tokens": 4,
+        "nvext": {"agent_hints": {"prefix_id": "gw-completion"}}})
+    assert resp.status_code == 200, resp.text
+    (rec,) = _trace(gw_stack, "gw-completion", 1)
+    assert rec["route"] == "/v1/completions"
+    assert rec["prompt_tokens"] == resp.json()["usage"]["prompt_tokens"]
+
+
 def test_routing_metrics(gw_stack: LocalStack) -> None:
     chat(gw_stack.gateway_url, gw_stack.model_name, "count me", max_tokens=2,
          nvext={"agent_hints": {"prefix_id": "gw-metrics"}})
