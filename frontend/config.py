@@ -92,6 +92,12 @@ class GatewayConfig(BaseSettings):
     block_size: int = Field(
         64, ge=1, description="With routing=gateway: the workers' KV block size in tokens."
     )
+    sticky_fast_path: bool = Field(
+        False,
+        description="EXPERIMENT, with routing=gateway: later turns of a conversation the router "
+        "already placed skip the tokens query; the prompt length is estimated from its "
+        "characters and the conversation's home is credited with its last prompt's blocks.",
+    )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics.")
     log_level: str = Field("INFO", description="Python logging level of the gateway.")
 

@@ -159,7 +159,8 @@ class Gateway:
         self.trace: JsonlWriter | None = None
         self._lag_watch: asyncio.Task[None] | None = None
         self.routing: GatewayRouting | None = (
-            GatewayRouting(config.worker_endpoint, config.block_size)
+            GatewayRouting(config.worker_endpoint, config.block_size,
+                           sticky_fast_path=config.sticky_fast_path)
             if config.routing == "gateway" else None)
 
     async def start(self) -> None:
@@ -249,12 +250,17 @@ class Gateway:
     async def _route(self, route: str, body: dict[str, Any], headers: Mapping[str, str],
                      hints: AgentHints) -> tuple[Routed, bytes]:
         """routing=gateway: tokens from the frontend, our decision, the pinned body."""
-        t0 = time.perf_counter()
-        tokens = await _tokens(self.client, route, body, headers)
-        routed = await self.routing.decide(body, hints, tokens,
-                                           (time.perf_counter() - t0) * 1000.0)
+        tokens: list[int] | None = None
+        routed = self.routing.decide_sticky(body, hints)  # EXPERIMENT, off by default
+        if routed is None:
+            t0 = time.perf_counter()
+            tokens = await _tokens(self.client, route, body, headers)
+            self.routing.learn_tokens_per_char(body, len(tokens))
+            routed = await self.routing.decide(body, hints, tokens,
+                                               (time.perf_counter() - t0) * 1000.0)
         self.metrics.observe_decision(routed.decision.worker_id, routed.decision.reason,
                                       routed.query_ms / 1000.0, routed.decision_ms / 1000.0)
+        # Without tokens (fast path) the frontend tokenizes and sends it to the pinned worker.
         return routed, _encoder.encode(pinned_body(body, tokens, routed.decision.worker_id))
 
     def _reject(self, route: str, reply: Reply, field: str) -> Reply:

@@ -47,7 +47,7 @@ from processor.routing import LocalRouting, block_hashes, chain_hashes, route_re
 from router.config import RouterConfig
 from router.hints import AgentHints
 from router.policy import Decision
-from router.service import Feedback, RouterService
+from router.service import Feedback, FindWorker, RouterService
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class Routed:
     uncached_tokens: int
     query_ms: float
     decision_ms: float
+    tokens_source: str = "frontend"  # "estimate": sticky fast path, no tokens asked
     t_sent: float = 0.0
     t_first: float | None = None
     t_last: float = 0.0
@@ -112,7 +113,8 @@ def query_body(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "stream": True, "nvext": nvext}
 
 
-def pinned_body(body: dict[str, Any], token_ids: list[int], worker_id: int) -> dict[str, Any]:
+def pinned_body(body: dict[str, Any], token_ids: list[int] | None,
+                worker_id: int) -> dict[str, Any]:
     """The body that makes the frontend skip tokenizing and send it to ``worker_id``.
 
     A client's own ``query_instance_id`` annotation is dropped: the answer would be a query
@@ -122,18 +124,34 @@ def pinned_body(body: dict[str, Any], token_ids: list[int], worker_id: int) -> d
     if annotations:
         nvext["annotations"] = [a for a in annotations
                                 if not a.startswith(QUERY_ANNOTATION.rstrip(":"))]
-    nvext["token_data"] = token_ids
+    if token_ids is not None:
+        nvext["token_data"] = token_ids
+    else:
+        nvext.pop("token_data", None)
     nvext["backend_instance_id"] = worker_id
     return {**body, "nvext": nvext}
+
+
+def prompt_chars(body: Mapping[str, Any]) -> int:
+    """Characters of a body's prompt text (messages' string contents, or the prompt)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return sum(len(m["content"]) for m in messages
+                   if isinstance(m, dict) and isinstance(m.get("content"), str))
+    prompt = body.get("prompt")
+    return len(prompt) if isinstance(prompt, str) else 0
 
 
 class GatewayRouting:
     """The router inside the gateway: one Dynamo runtime, one ``KvRouter``, one service."""
 
     def __init__(self, worker_endpoint: str, block_size: int, sweep_interval_s: float = 1.0,
-                 service: RouterService | None = None) -> None:
+                 service: RouterService | None = None, sticky_fast_path: bool = False) -> None:
         self.worker_endpoint = worker_endpoint
         self.block_size = block_size
+        self.sticky_fast_path = sticky_fast_path
+        self.tokens_per_char = 0.0  # learned from the frontend's answers (EWMA); 0 = unknown
+        self.fast_routes = 0
         self.sweep_interval_s = sweep_interval_s
         self.service = service or RouterService(RouterConfig())
         self._send_hashes = self.service.config.kv_full_ms > 0
@@ -186,6 +204,48 @@ class GatewayRouting:
                          if c.worker_id == decision.worker_id), len(token_ids))
         return Routed(decision, len(token_ids), int(uncached), query_ms, decision_ms)
 
+    def learn_tokens_per_char(self, body: Mapping[str, Any], tokens: int) -> None:
+        chars = prompt_chars(body)
+        # Short prompts are mostly chat-template tokens: they would skew the ratio.
+        if chars >= 256 and tokens > 0:
+            ratio = tokens / chars
+            self.tokens_per_char = (ratio if self.tokens_per_char == 0.0
+                                    else 0.9 * self.tokens_per_char + 0.1 * ratio)
+
+    def decide_sticky(self, body: Mapping[str, Any], hints: AgentHints) -> Routed | None:
+        """A later turn of a conversation the router already placed, without its tokens.
+
+        EXPERIMENT (AKR_GATEWAY_STICKY_FAST_PATH): skips the tokens query and the KvRouter
+        call. The prompt's length is estimated from its characters (the ratio learned from
+        the frontend's answers); no worker is credited with KV overlap, so the router's
+        history fallback credits the conversation's home with its last prompt's blocks, and
+        the cost model (load, pins, budget, learner) decides as usual. Returns None when the
+        conversation is unknown or the ratio not yet learned: the caller takes the full path.
+        """
+        if not self.sticky_fast_path or hints.prefix_id is None or self.tokens_per_char <= 0:
+            return None
+        now = time.monotonic()
+        entry = self.service.router.table.get(hints.prefix_id, now)
+        if entry is None or now - entry.last_seen > self.service.config.history_window_s:
+            return None
+        live = frozenset(self._client.instance_ids())
+        if entry.home not in live:
+            return None
+        t0 = time.perf_counter()
+        tokens = max(1, int(prompt_chars(body) * self.tokens_per_char))
+        blocks = -(-tokens // self.block_size)
+        rows = [{"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": tokens,
+                 "potential_decode_blocks": blocks, "active_requests": 0} for w in live]
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        route = route_request(uuid.uuid4().hex, hints, tokens, max_tokens)
+        decision = self.service.find_worker(FindWorker(request=route, rows=rows,
+                                                       live=list(live)), now)
+        uncached = next((c.uncached_tokens for c in decision.candidates
+                         if c.worker_id == decision.worker_id), tokens)
+        self.fast_routes += 1
+        return Routed(decision, tokens, int(uncached), 0.0,
+                      (time.perf_counter() - t0) * 1000.0, tokens_source="estimate")
+
     def observe(self, routed: Routed, chunk: bytes) -> None:
         """One relayed chunk of the answer: first-token feedback and the chunk count."""
         now = time.perf_counter()
@@ -230,6 +290,7 @@ def trace_fields(routed: Routed) -> dict[str, Any]:
     d = routed.decision
     return {"worker_id": d.worker_id, "reason": d.reason, "prompt_tokens": routed.prompt_tokens,
             "uncached_tokens": routed.uncached_tokens, "query_ms": round(routed.query_ms, 3),
+            "tokens_source": routed.tokens_source,
             "decision_ms": round(routed.decision_ms, 3),
             "ttft_ms": None if routed.ttft_ms is None else round(routed.ttft_ms, 3),
             "chunks": routed.chunks,
