@@ -72,3 +72,39 @@ def test_streamed_answer_reports_ttft_and_tokens() -> None:
     gr.finish(routed, 200)
     assert not gr.service.load.busy()
     assert gr.service.router.feedback.reports == 1 and gr.service.router.feedback.failures == 0
+
+
+class _Instances:
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def instance_ids(self) -> list[int]:
+        return self.ids
+
+
+def test_sticky_fast_path_sends_a_known_conversation_home_without_tokens() -> None:
+    from router.hints import AgentHints
+
+    gr = GatewayRouting("ns.c.e", 64, service=RouterService(RouterConfig(block_size=64)),
+                        sticky_fast_path=True)
+    gr.routing = LocalRouting(gr.service, kv_router=None)
+    gr._client = _Instances([W1, W2])  # noqa: SLF001 - the live workers, as discovery has them
+    hints = AgentHints(prefix_id="conv", total_requests=5)
+    body = {"messages": [{"role": "user", "content": "y" * 1200}]}
+    assert gr.decide_sticky(body, hints) is None  # nothing learned, conversation unknown
+    gr.learn_tokens_per_char({"messages": [{"role": "user", "content": "x" * 1000}]}, 500)
+    gr.learn_tokens_per_char({"messages": [{"role": "user", "content": "hi"}]}, 11)  # ignored
+    assert gr.tokens_per_char == 0.5
+    assert gr.decide_sticky(body, hints) is None  # the router has not placed it yet
+    # First turn, full path: W2 holds the shared prefix.
+    route = RouteRequest(request_id="t0", prefix_id="conv", prompt_tokens=512, total_requests=5)
+    rows = [{"worker_id": W1, "dp_rank": 0, "potential_prefill_tokens": 512,
+             "potential_decode_blocks": 8, "active_requests": 0},
+            {"worker_id": W2, "dp_rank": 0, "potential_prefill_tokens": 0,
+             "potential_decode_blocks": 8, "active_requests": 0}]
+    first = gr.service.find_worker(FindWorker(request=route, rows=rows), time.monotonic())
+    assert first.worker_id == W2
+    routed = gr.decide_sticky(body, hints)
+    assert routed is not None and routed.tokens_source == "estimate"
+    assert routed.decision.worker_id == W2 and routed.prompt_tokens == 600
+    assert routed.uncached_tokens < 600  # the home is credited with the last prompt's blocks
