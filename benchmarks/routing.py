@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,12 @@ def imbalance_of(counts: list[int]) -> float | None:
     return max(counts) / (sum(counts) / len(counts))
 
 
+def per_worker_counts(worker_ids: Iterable[int], workers: int) -> list[int]:
+    """Requests per worker, busiest first, with zeros for workers that got none."""
+    per_worker = Counter(worker_ids)
+    return sorted(per_worker.values(), reverse=True) + [0] * max(0, workers - len(per_worker))
+
+
 def our_trace_stats(stack: LocalStack, since_wall: float, workers: int) -> dict[str, Any]:
     from processor.traces import poll_records
 
@@ -156,8 +163,7 @@ def our_trace_stats(stack: LocalStack, since_wall: float, workers: int) -> dict[
     poll_records(stack.trace_path, lambda recs: bool(ours(recs)), 10.0, interval_s=0.2)
     time.sleep(1.0)  # let the async writer flush the tail
     recs = ours(poll_records(stack.trace_path, lambda recs: bool(ours(recs)), 1.0))
-    per_worker = Counter(r.worker_id for r in recs if r.worker_id is not None)
-    counts = sorted(per_worker.values(), reverse=True) + [0] * max(0, workers - len(per_worker))
+    counts = per_worker_counts((r.worker_id for r in recs if r.worker_id is not None), workers)
     return {
         "trace_records": len(recs),
         "requests_per_worker": counts,
@@ -174,8 +180,7 @@ def gateway_trace_stats(stack: LocalStack, since_wall: float, workers: int) -> d
     time.sleep(1.0)  # let the async writer flush the tail
     recs = [r for r in map(json.loads, path.read_text().splitlines())
             if r.get("ts", 0) >= since_wall and "worker_id" in r] if path.exists() else []
-    per_worker = Counter(r["worker_id"] for r in recs)
-    counts = sorted(per_worker.values(), reverse=True) + [0] * max(0, workers - len(per_worker))
+    counts = per_worker_counts((r["worker_id"] for r in recs), workers)
     return {"trace_records": len(recs), "requests_per_worker": counts,
             "reasons": dict(Counter(r["reason"] for r in recs)),
             "imbalance": imbalance_of(counts)}

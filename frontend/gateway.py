@@ -258,8 +258,9 @@ class Gateway:
             self.routing.learn_tokens_per_char(body, len(tokens))
             routed = await self.routing.decide(body, hints, tokens,
                                                (time.perf_counter() - t0) * 1000.0)
-        self.metrics.observe_decision(routed.decision.worker_id, routed.decision.reason,
-                                      routed.query_ms / 1000.0, routed.decision_ms / 1000.0)
+        self.metrics.observe_decision(
+            routed.decision.worker_id, routed.decision.reason,
+            None if tokens is None else routed.query_ms / 1000.0, routed.decision_ms / 1000.0)
         # Without tokens (fast path) the frontend tokenizes and sends it to the pinned worker.
         return routed, _encoder.encode(pinned_body(body, tokens, routed.decision.worker_id))
 

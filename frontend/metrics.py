@@ -87,10 +87,12 @@ class GatewayMetrics:
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors[kind] += 1
 
-    def observe_decision(self, worker_id: int, reason: str, tokens_s: float,
+    def observe_decision(self, worker_id: int, reason: str, tokens_s: float | None,
                          decision_s: float) -> None:
+        """``tokens_s`` None: the request was routed without asking for its tokens."""
         self.decisions[(f"{worker_id:x}", reason)] += 1
-        self.tokens_latency.observe(tokens_s)
+        if tokens_s is not None:
+            self.tokens_latency.observe(tokens_s)
         self.decision_latency.observe(decision_s)
 
     def observe_upstream(self, route: str, seconds: float) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -43,10 +44,16 @@ from typing import Any
 
 import msgspec
 
-from processor.routing import LocalRouting, block_hashes, chain_hashes, route_request
+from processor.routing import (
+    LocalRouting,
+    block_hashes,
+    chain_hashes,
+    drop_departed,
+    route_request,
+)
 from router.config import RouterConfig
 from router.hints import AgentHints
-from router.policy import Decision
+from router.policy import Decision, RouteRequest
 from router.service import Feedback, FindWorker, RouterService
 
 log = logging.getLogger(__name__)
@@ -151,7 +158,6 @@ class GatewayRouting:
         self.block_size = block_size
         self.sticky_fast_path = sticky_fast_path
         self.tokens_per_char = 0.0  # learned from the frontend's answers (EWMA); 0 = unknown
-        self.fast_routes = 0
         self.sweep_interval_s = sweep_interval_s
         self.service = service or RouterService(RouterConfig())
         self._send_hashes = self.service.config.kv_full_ms > 0
@@ -163,8 +169,6 @@ class GatewayRouting:
 
     async def start(self) -> None:
         """Join Dynamo (its ``DYN_*`` settings) and wait for a worker."""
-        import os
-
         from dynamo.llm import KvRouter, KvRouterConfig
         from dynamo.runtime import DistributedRuntime
 
@@ -193,16 +197,14 @@ class GatewayRouting:
         live = frozenset(self._client.instance_ids())
         if not live:
             live = frozenset(await self._client.wait_for_instances())
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        route = route_request(uuid.uuid4().hex, hints, len(token_ids), max_tokens)
+        route = _route_of(body, hints, len(token_ids))
         if self._send_hashes:
             route.block_hashes = chain_hashes(block_hashes(token_ids, self.block_size))
         t0 = time.perf_counter()
         decision = await self.routing.decide(route, token_ids, live)
         decision_ms = (time.perf_counter() - t0) * 1000.0
-        uncached = next((c.uncached_tokens for c in decision.candidates
-                         if c.worker_id == decision.worker_id), len(token_ids))
-        return Routed(decision, len(token_ids), int(uncached), query_ms, decision_ms)
+        return Routed(decision, len(token_ids), _uncached(decision, len(token_ids)), query_ms,
+                      decision_ms)
 
     def learn_tokens_per_char(self, body: Mapping[str, Any], tokens: int) -> None:
         chars = prompt_chars(body)
@@ -236,14 +238,9 @@ class GatewayRouting:
         blocks = -(-tokens // self.block_size)
         rows = [{"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": tokens,
                  "potential_decode_blocks": blocks, "active_requests": 0} for w in live]
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        route = route_request(uuid.uuid4().hex, hints, tokens, max_tokens)
-        decision = self.service.find_worker(FindWorker(request=route, rows=rows,
-                                                       live=list(live)), now)
-        uncached = next((c.uncached_tokens for c in decision.candidates
-                         if c.worker_id == decision.worker_id), tokens)
-        self.fast_routes += 1
-        return Routed(decision, tokens, int(uncached), 0.0,
+        decision = self.service.find_worker(
+            FindWorker(request=_route_of(body, hints, tokens), rows=rows, live=list(live)), now)
+        return Routed(decision, tokens, _uncached(decision, tokens), 0.0,
                       (time.perf_counter() - t0) * 1000.0, tokens_source="estimate")
 
     def observe(self, routed: Routed, chunk: bytes) -> None:
@@ -276,13 +273,22 @@ class GatewayRouting:
             await asyncio.sleep(self.sweep_interval_s)
             try:
                 live = frozenset(self._client.instance_ids())
-                for gone in self._known - live:
-                    log.warning("worker %x left discovery; dropped from routing", gone)
-                    self.routing.remove_worker(gone)
-                self._known = live
+                self._known = drop_departed(self.routing, self._known, live)
                 self.routing.maintain(time.monotonic())
             except Exception:  # keep sweeping; one bad pass must not stop expiry for good
                 log.exception("routing sweep failed")
+
+
+def _route_of(body: Mapping[str, Any], hints: AgentHints, prompt_tokens: int) -> RouteRequest:
+    """The router's request for a body of ``prompt_tokens`` tokens, with a fresh id."""
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    return route_request(uuid.uuid4().hex, hints, prompt_tokens, max_tokens)
+
+
+def _uncached(decision: Decision, default: int) -> int:
+    """The uncached tokens the decision predicted on the worker it chose."""
+    return int(next((c.uncached_tokens for c in decision.candidates
+                     if c.worker_id == decision.worker_id), default))
 
 
 def trace_fields(routed: Routed) -> dict[str, Any]:

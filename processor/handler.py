@@ -42,6 +42,7 @@ from processor.routing import (
     Routing,
     block_hashes,
     chain_hashes,
+    drop_departed,
     route_request,
 )
 from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
@@ -173,10 +174,7 @@ class ProcessorHandler:
 
     def _sweep_once(self) -> None:
         live = frozenset(self._client.instance_ids())
-        for gone in self._known_workers - live:
-            logger.warning("worker %x left discovery; dropped from routing", gone)
-            self.routing.remove_worker(gone)
-        self._known_workers = live
+        self._known_workers = drop_departed(self.routing, self._known_workers, live)
         now = time.monotonic()
         for wid, until in list(self._quarantine.items()):
             if until <= now or wid not in live:

@@ -120,6 +120,15 @@ def _counts(stats: dict[str, Any]) -> dict[str, int]:
     return {"pinned_prefixes": stats["pinned_prefixes"], "prefixes": stats["prefixes"]}
 
 
+def drop_departed(routing: Routing, known: frozenset[int], live: frozenset[int]) -> frozenset[int]:
+    """Drop the workers that left discovery since the last look from routing; returns ``live``
+    (the next call's ``known``)."""
+    for gone in known - live:
+        logger.warning("worker %x left discovery; dropped from routing", gone)
+        routing.remove_worker(gone)
+    return live
+
+
 def route_request(request_id: str, hints: AgentHints, prompt_tokens: int,
                   max_tokens: object = None) -> RouteRequest:
     """The router's view of one request: its hints, prompt length and expected answer."""
