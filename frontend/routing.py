@@ -256,10 +256,9 @@ class GatewayRouting:
     def finish(self, routed: Routed, status: int) -> None:
         """The answer ended (``status`` 499: the client left): close the feedback loop."""
         assert self.routing is not None
-        # A whole (non-streamed) answer has no first token to time: it says nothing about the
-        # worker's TTFT, and reporting it without one would count as a failure. Like a client
-        # that left, it frees the load and teaches the learner nothing.
-        cancelled = status == 499 or (status == 200 and routed.ttft_ms is None)
+        # A whole (non-streamed) answer has no first token to time: reported with
+        # ttft_ms=None, it frees the load and teaches the learner nothing (router.feedback).
+        cancelled = status == 499
         # The [DONE] event is not a token.
         tokens = max(0, routed.chunks - 1)
         self.routing.feedback(Feedback(

@@ -56,7 +56,10 @@ class FeedbackTracker:
         self.dropped = 0  # evicted because the store was full
         self.timeouts = 0  # expired by sweep with the timeout penalty
         self.failures = 0  # reported ok=False
-        self.reports = 0  # reported ok=True
+        self.reports = 0  # reported ok=True with a TTFT: learned from
+        # Reported ok=True without a TTFT (a whole, non-streamed answer): the worker served it,
+        # but nothing was timed, so the learner is not told anything (not a failure).
+        self.unmeasured = 0
         self.unknown_reports = 0  # report for an id we do not hold (late, dropped, foreign)
 
     def __len__(self) -> int:
@@ -105,7 +108,10 @@ class FeedbackTracker:
             predicted = cfg.prefill_ms_per_token * (
                 uncached_tokens + cfg.queue_weight * p.queued_tokens
             )
-        if not ok or ttft_ms is None:
+        if ok and ttft_ms is None:
+            self.unmeasured += 1
+            return True
+        if not ok:
             self.failures += 1
             self.bandit.update(
                 p.worker_id, x, "ttft", (cfg.failure_penalty_ms - predicted) / cfg.ttft_scale_ms

@@ -9,7 +9,7 @@ with a shared router those processor gauges read 0 and these are the ones to wat
 Exposed: ``akr_router_decisions_total{reason}``, ``akr_router_prefixes``,
 ``akr_router_pinned_prefixes``, ``akr_router_prefix_evictions_total``,
 ``akr_router_prefix_expirations_total``, ``akr_router_pending_feedback``,
-``akr_router_feedback_total{kind}`` (dropped / timeout / failure / unknown),
+``akr_router_feedback_total{kind}`` (dropped / timeout / failure / unmeasured / unknown),
 ``akr_router_requests_in_flight``.
 """
 
@@ -26,6 +26,7 @@ _FEEDBACK_KINDS = {
     "dropped": "feedback_dropped",
     "timeout": "feedback_timeouts",
     "failure": "feedback_failures",
+    "unmeasured": "feedback_unmeasured",
     "unknown": "feedback_unknown",
 }
 

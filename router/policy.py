@@ -338,6 +338,7 @@ class Router:
             "feedback_dropped": self.feedback.dropped,
             "feedback_timeouts": self.feedback.timeouts,
             "feedback_failures": self.feedback.failures,
+            "feedback_unmeasured": self.feedback.unmeasured,
             "feedback_unknown": self.feedback.unknown_reports,
         }
 

@@ -66,6 +66,20 @@ def test_failure_is_penalized_like_a_slow_ttft() -> None:
     assert b.mean_correction(1, X, "ttft") > b.mean_correction(0, X, "ttft") + 5.0
 
 
+def test_a_served_answer_without_ttft_teaches_nothing() -> None:
+    """ok=True without a TTFT (a whole, non-streamed answer) is neither a failure nor a
+    measurement: the decision is closed, the learner unchanged, and it is counted apart. (Until
+    2026-12-02 it counted as a failure: a harness's non-streamed warm-up pushed one worker's
+    correction to -870 ms in the gateway's first benchmark.)"""
+    f, b = _tracker()
+    before = b.mean_correction(1, X, "ttft")
+    for i in range(20):
+        f.add(f"whole{i}", 1, X, 0.0, 30.0, now=0.0)
+        assert f.report(f"whole{i}", None, None, output_tokens=0)
+    assert f.unmeasured == 20 and f.failures == 0 and f.reports == 0 and len(f) == 0
+    assert b.mean_correction(1, X, "ttft") == before
+
+
 def test_observed_cache_hit_replaces_predicted_uncached_tokens() -> None:
     """The engine reports fewer uncached tokens than we predicted and a TTFT that matches
     the model for that hit: nothing to learn (near-zero correction)."""
