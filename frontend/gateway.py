@@ -162,6 +162,8 @@ class Gateway:
             GatewayRouting(config.worker_endpoint, config.block_size,
                            sticky_fast_path=config.sticky_fast_path)
             if config.routing == "gateway" else None)
+        if self.routing is not None:
+            self.routing.on_departed = self.metrics.forget_worker
 
     async def start(self) -> None:
         cfg = self.config

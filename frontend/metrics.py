@@ -69,7 +69,8 @@ class GatewayMetrics:
         self.trace_dropped = 0
         self.latency: dict[str, _Histogram] = {}
         self.loop_lag = _Histogram(LOOP_LAG_BUCKETS)
-        # routing=gateway only; workers come and go, so the label set is bounded by the fleet.
+        # routing=gateway only; series of workers that leave discovery are dropped
+        # (forget_worker), so the label set is bounded by the live fleet.
         self.decisions: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.tokens_latency = _Histogram()
         self.decision_latency = _Histogram(LOOP_LAG_BUCKETS)
@@ -94,6 +95,12 @@ class GatewayMetrics:
         if tokens_s is not None:
             self.tokens_latency.observe(tokens_s)
         self.decision_latency.observe(decision_s)
+
+    def forget_worker(self, worker_id: int) -> None:
+        """End the decision series of a worker that left discovery (bounded label set)."""
+        label = f"{worker_id:x}"
+        for key in [k for k in self.decisions if k[0] == label]:
+            del self.decisions[key]
 
     def observe_upstream(self, route: str, seconds: float) -> None:
         h = self.latency.get(route)

@@ -166,6 +166,8 @@ class GatewayRouting:
         self.routing: LocalRouting | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._known: frozenset[int] = frozenset()
+        # Called with each worker that left discovery (the gateway ends its metric labels).
+        self.on_departed: Callable[[int], None] | None = None
 
     async def start(self) -> None:
         """Join Dynamo (its ``DYN_*`` settings) and wait for a worker."""
@@ -272,7 +274,7 @@ class GatewayRouting:
             await asyncio.sleep(self.sweep_interval_s)
             try:
                 live = frozenset(self._client.instance_ids())
-                self._known = drop_departed(self.routing, self._known, live)
+                self._known = drop_departed(self.routing, self._known, live, self.on_departed)
                 self.routing.maintain(time.monotonic())
             except Exception:  # keep sweeping; one bad pass must not stop expiry for good
                 log.exception("routing sweep failed")

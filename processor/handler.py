@@ -174,7 +174,8 @@ class ProcessorHandler:
 
     def _sweep_once(self) -> None:
         live = frozenset(self._client.instance_ids())
-        self._known_workers = drop_departed(self.routing, self._known_workers, live)
+        self._known_workers = drop_departed(self.routing, self._known_workers, live,
+                                            self.metrics.forget_worker)
         now = time.monotonic()
         for wid, until in list(self._quarantine.items()):
             if until <= now or wid not in live:

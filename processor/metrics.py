@@ -119,6 +119,13 @@ class ProcessorMetrics:
             self.engine_waiting.labels(worker=label).set(waiting.get(w, 0))
         self._engine_labels = set(labels)
 
+    def forget_worker(self, worker_id: int) -> None:
+        """End the per-worker series of a worker that left discovery: in a fleet that churns
+        worker ids, labels of departed workers would otherwise pile up for good."""
+        label = f"{worker_id:x}"
+        for m in (self.decisions, self.worker_errors):
+            m.remove_by_labels({"worker": label})
+
     def observe_tokens(self, prompt: int, cached: int, output: int) -> None:
         self.prompt_tokens.inc(prompt)
         self.cached_tokens.inc(cached)

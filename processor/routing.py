@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -120,12 +121,16 @@ def _counts(stats: dict[str, Any]) -> dict[str, int]:
     return {"pinned_prefixes": stats["pinned_prefixes"], "prefixes": stats["prefixes"]}
 
 
-def drop_departed(routing: Routing, known: frozenset[int], live: frozenset[int]) -> frozenset[int]:
-    """Drop the workers that left discovery since the last look from routing; returns ``live``
-    (the next call's ``known``)."""
+def drop_departed(routing: Routing, known: frozenset[int], live: frozenset[int],
+                  on_departed: Callable[[int], None] | None = None) -> frozenset[int]:
+    """Drop the workers that left discovery since the last look from routing (and, through
+    ``on_departed``, e.g. from per-worker metric labels); returns ``live`` (the next call's
+    ``known``)."""
     for gone in known - live:
         logger.warning("worker %x left discovery; dropped from routing", gone)
         routing.remove_worker(gone)
+        if on_departed is not None:
+            on_departed(gone)
     return live
 
 

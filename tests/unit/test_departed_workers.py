@@ -1,0 +1,49 @@
+"""Workers that leave discovery leave routing and the per-worker metric series behind them."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from frontend.metrics import GatewayMetrics
+from processor.metrics import ProcessorMetrics
+from processor.routing import drop_departed
+
+
+class _RecordingRouting:
+    """Only ``remove_worker`` of the ``Routing`` protocol is used by ``drop_departed``."""
+
+    def __init__(self) -> None:
+        self.removed: list[int] = []
+
+    def remove_worker(self, worker_id: int) -> None:
+        self.removed.append(worker_id)
+
+
+def test_drop_departed_removes_only_the_departed_and_tells_the_hook() -> None:
+    routing, told = _RecordingRouting(), []
+    known = drop_departed(routing, frozenset(), frozenset({1, 2, 3}), told.append)
+    assert known == {1, 2, 3} and routing.removed == [] and told == []
+    known = drop_departed(routing, known, frozenset({2, 4}), told.append)
+    assert known == {2, 4}
+    assert sorted(routing.removed) == [1, 3] and sorted(told) == [1, 3]
+
+
+def test_processor_metrics_forget_a_departed_workers_series() -> None:
+    m = ProcessorMetrics()
+    for worker, reason in ((0xA, "overlap"), (0xA, "load"), (0xB, "overlap")):
+        m.decisions.labels(worker=f"{worker:x}", reason=reason).inc()
+    m.worker_errors.labels(worker="a").inc()
+    m.forget_worker(0xA)
+    text = generate_latest(m.registry).decode()
+    assert 'worker="a"' not in text
+    assert 'akr_processor_decisions_total{reason="overlap",worker="b"} 1.0' in text
+
+
+def test_gateway_metrics_forget_a_departed_workers_series() -> None:
+    m = GatewayMetrics()
+    m.observe_decision(0xA, "overlap", 0.001, 0.001)
+    m.observe_decision(0xA, "load", None, 0.001)
+    m.observe_decision(0xB, "overlap", 0.001, 0.001)
+    m.forget_worker(0xA)
+    text = generate_latest(m.registry).decode()
+    assert 'worker="a"' not in text and 'worker="b"' in text
