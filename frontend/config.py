@@ -98,6 +98,12 @@ class GatewayConfig(BaseSettings):
         "already placed skip the tokens query; the prompt length is estimated from its "
         "characters and the conversation's home is credited with its last prompt's blocks.",
     )
+    sticky_max_sessions: int = Field(
+        4096, ge=1,
+        description="With the sticky fast path: conversations whose last prompt's block hashes "
+        "the gateway keeps (least recently used dropped first; 8 bytes per block), so the "
+        "router's KV-full term counts fast-path requests too.",
+    )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics.")
     log_level: str = Field("INFO", description="Python logging level of the gateway.")
 

@@ -160,7 +160,8 @@ class Gateway:
         self._lag_watch: asyncio.Task[None] | None = None
         self.routing: GatewayRouting | None = (
             GatewayRouting(config.worker_endpoint, config.block_size,
-                           sticky_fast_path=config.sticky_fast_path)
+                           sticky_fast_path=config.sticky_fast_path,
+                           sticky_max_sessions=config.sticky_max_sessions)
             if config.routing == "gateway" else None)
         if self.routing is not None:
             self.routing.on_departed = self.metrics.forget_worker

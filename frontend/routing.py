@@ -38,12 +38,13 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from frontend.session_blocks import SessionBlocks
 from processor.routing import (
     LocalRouting,
     block_hashes,
@@ -153,7 +154,8 @@ class GatewayRouting:
     """The router inside the gateway: one Dynamo runtime, one ``KvRouter``, one service."""
 
     def __init__(self, worker_endpoint: str, block_size: int, sweep_interval_s: float = 1.0,
-                 service: RouterService | None = None, sticky_fast_path: bool = False) -> None:
+                 service: RouterService | None = None, sticky_fast_path: bool = False,
+                 sticky_max_sessions: int = 4096) -> None:
         self.worker_endpoint = worker_endpoint
         self.block_size = block_size
         self.sticky_fast_path = sticky_fast_path
@@ -161,6 +163,9 @@ class GatewayRouting:
         self.sweep_interval_s = sweep_interval_s
         self.service = service or RouterService(RouterConfig())
         self._send_hashes = self.service.config.kv_full_ms > 0
+        # Fast path + KV-full term: block hashes of each conversation's last prompt.
+        self.sessions: SessionBlocks | None = (
+            SessionBlocks(sticky_max_sessions) if sticky_fast_path and self._send_hashes else None)
         self._runtime: Any = None
         self._client: Any = None
         self.routing: LocalRouting | None = None
@@ -202,6 +207,8 @@ class GatewayRouting:
         route = _route_of(body, hints, len(token_ids))
         if self._send_hashes:
             route.block_hashes = chain_hashes(block_hashes(token_ids, self.block_size))
+            if self.sessions is not None and hints.prefix_id is not None:
+                self.sessions.remember(hints.prefix_id, route.block_hashes)
         t0 = time.perf_counter()
         decision = await self.routing.decide(route, token_ids, live)
         decision_ms = (time.perf_counter() - t0) * 1000.0
@@ -237,11 +244,17 @@ class GatewayRouting:
             return None
         t0 = time.perf_counter()
         tokens = max(1, int(prompt_chars(body) * self.tokens_per_char))
+        route = _route_of(body, hints, tokens)
+        if self.sessions is not None:
+            # Without them the KV-full term could not count this request (session_blocks.py).
+            route.block_hashes = self.sessions.extend(hints.prefix_id, tokens // self.block_size)
+            if route.block_hashes is None:
+                return None
         blocks = -(-tokens // self.block_size)
         rows = [{"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": tokens,
                  "potential_decode_blocks": blocks, "active_requests": 0} for w in live]
-        decision = self.service.find_worker(
-            FindWorker(request=_route_of(body, hints, tokens), rows=rows, live=list(live)), now)
+        decision = self.service.find_worker(FindWorker(request=route, rows=rows, live=list(live)),
+                                            now)
         return Routed(decision, tokens, _uncached(decision, tokens), 0.0,
                       (time.perf_counter() - t0) * 1000.0, tokens_source="estimate")
 

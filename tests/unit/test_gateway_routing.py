@@ -15,7 +15,7 @@ from frontend.routing import (
 from processor.routing import LocalRouting
 from router.config import RouterConfig
 from router.policy import RouteRequest
-from router.service import FindWorker, RouterService
+from router.service import Feedback, FindWorker, RouterService
 
 W1, W2 = 11, 22
 
@@ -104,7 +104,51 @@ def test_sticky_fast_path_sends_a_known_conversation_home_without_tokens() -> No
              "potential_decode_blocks": 8, "active_requests": 0}]
     first = gr.service.find_worker(FindWorker(request=route, rows=rows), time.monotonic())
     assert first.worker_id == W2
+    assert gr.decide_sticky(body, hints) is None  # placed, but its blocks are not known here
+    gr.sessions.remember("conv", list(range(1, 9)))  # what decide() stores on the full path
     routed = gr.decide_sticky(body, hints)
     assert routed is not None and routed.tokens_source == "estimate"
     assert routed.decision.worker_id == W2 and routed.prompt_tokens == 600
     assert routed.uncached_tokens < 600  # the home is credited with the last prompt's blocks
+
+
+def _placed_conversation(gr: GatewayRouting, prefix_id: str, home: int, hashes: list[int]) -> None:
+    """A first turn the full path placed on ``home`` and whose blocks it remembered."""
+    route = RouteRequest(request_id=f"{prefix_id}-0", prefix_id=prefix_id,
+                         prompt_tokens=64 * len(hashes), total_requests=5,
+                         block_hashes=hashes)
+    rows = [{"worker_id": w, "dp_rank": 0,
+             "potential_prefill_tokens": 0 if w == home else 64 * len(hashes),
+             "potential_decode_blocks": len(hashes), "active_requests": 0} for w in (W1, W2)]
+    d = gr.service.find_worker(FindWorker(request=route, rows=rows), time.monotonic())
+    assert d.worker_id == home
+    gr.service.feedback(Feedback(event="finish", request_id=d.request_id, ttft_ms=None,
+                                 itl_ms=None, ok=True))
+    gr.sessions.remember(prefix_id, hashes)
+
+
+def test_fast_path_requests_count_for_the_kv_full_term() -> None:
+    """Two conversations live on W2, whose KV holds 40 blocks. Conversation A's next turn
+    (~30 blocks) is in flight there; B's next turn (~30 blocks) would not fit beside it, so B
+    goes to W1 despite its home. Before its blocks were known (hashes: none), A's in-flight
+    request was invisible to the KV-full term and B followed it onto the full worker."""
+    from router.hints import AgentHints
+
+    cfg = RouterConfig(block_size=64, worker_capacity_blocks=40, default_osl=64)
+    gr = GatewayRouting("ns.c.e", 64, service=RouterService(cfg), sticky_fast_path=True)
+    gr.routing = LocalRouting(gr.service, kv_router=None)
+    gr._client = _Instances([W1, W2])  # noqa: SLF001
+    gr.tokens_per_char = 1.0
+    _placed_conversation(gr, "A", W2, list(range(100, 120)))
+    _placed_conversation(gr, "B", W2, list(range(200, 220)))
+    turn = {"messages": [{"role": "user", "content": "z" * (64 * 30)}]}
+    a = gr.decide_sticky(turn, AgentHints(prefix_id="A", total_requests=5))
+    assert a is not None and a.decision.worker_id == W2
+    load = gr.service.load.get(W2)
+    assert load.used_blocks >= 30  # 20 remembered + 10 estimated new + output
+    b = gr.decide_sticky(turn, AgentHints(prefix_id="B", total_requests=5))
+    assert b is not None and b.decision.worker_id == W1
+    # The next turn of A starts with what this one was given (remembered, then extended).
+    given = gr.service.load._active[a.decision.request_id].hashes  # noqa: SLF001
+    assert len(given) == 30 and list(given[:20]) == list(range(100, 120))
+    assert gr.sessions.extend("A", 31)[:30] == list(given)
