@@ -104,6 +104,12 @@ class GatewayConfig(BaseSettings):
         "the gateway keeps (least recently used dropped first; 8 bytes per block), so the "
         "router's KV-full term counts fast-path requests too.",
     )
+    engine_poll_s: float = Field(
+        0.05, ge=0,
+        description="With routing=gateway: period of reading the workers' own reports (KV "
+        "capacity from their model cards, requests their engines hold back), as the processor "
+        "does (AKR_PROCESSOR_ENGINE_POLL_S). 0 = off.",
+    )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics.")
     log_level: str = Field("INFO", description="Python logging level of the gateway.")
 

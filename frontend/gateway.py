@@ -161,7 +161,8 @@ class Gateway:
         self.routing: GatewayRouting | None = (
             GatewayRouting(config.worker_endpoint, config.block_size,
                            sticky_fast_path=config.sticky_fast_path,
-                           sticky_max_sessions=config.sticky_max_sessions)
+                           sticky_max_sessions=config.sticky_max_sessions,
+                           engine_poll_s=config.engine_poll_s)
             if config.routing == "gateway" else None)
         if self.routing is not None:
             self.routing.on_departed = self.metrics.forget_worker
@@ -177,6 +178,7 @@ class Gateway:
             self.trace.start()
         if self.routing is not None:
             await self.routing.start()
+            self.metrics.engine = self.routing.engine
 
     async def close(self) -> None:
         if self.routing is not None:

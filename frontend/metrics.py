@@ -29,6 +29,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+
+from processor.engine_state import EngineState
 from router.loop_lag import LOOP_LAG_BUCKETS
 
 # Upstream time to response headers: ~1 ms (overhead) up to minutes (long prefill queues).
@@ -74,6 +76,9 @@ class GatewayMetrics:
         self.decisions: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.tokens_latency = _Histogram()
         self.decision_latency = _Histogram(LOOP_LAG_BUCKETS)
+        # routing=gateway with AKR_GATEWAY_ENGINE_POLL_S > 0: the engines' own reports, read
+        # at scrape time (only live workers are in them).
+        self.engine: EngineState | None = None
         self.registry.register(_Collector(self))
 
     def count_request(self, route: str, status: int) -> None:
@@ -166,6 +171,21 @@ class _Collector:
                                       "Time of one routing decision in the gateway")
             h.add_metric([], m.decision_latency.cumulative(), m.decision_latency.total)
             yield h
+        engine = m.engine
+        if engine is not None:
+            g = GaugeMetricFamily("akr_gateway_worker_capacity_blocks",
+                                  "KV capacity each worker reports in its model card, in "
+                                  "router blocks", labels=["worker"])
+            for w, blocks in sorted(engine.capacity.items()):
+                g.add_metric([f"{w:x}"], blocks)
+            yield g
+            g = GaugeMetricFamily("akr_gateway_engine_waiting_requests",
+                                  "Requests each worker's engine held back in its last forward "
+                                  "pass", labels=["worker"])
+            waiting = engine.waiting  # only workers holding requests back: 0 for the rest
+            for w in sorted(engine.capacity.keys() | waiting.keys()):
+                g.add_metric([f"{w:x}"], waiting.get(w, 0))
+            yield g
         h = HistogramMetricFamily("akr_gateway_event_loop_lag_seconds",
                                   "How late a periodic timer fires on the gateway's event loop: "
                                   "the wait of every ready callback for the loop")

@@ -20,9 +20,10 @@ frontend sends the request straight to the chosen worker:
 
 Feedback comes from the gateway's view of the answer: time to the first SSE chunk (TTFT),
 chunks per second after it (one token per chunk from Dynamo's frontend), end or disconnect.
-Compared with the processor, this mode does not retry a failed worker before the first token,
-does not read the workers' forward-pass metrics, and reports the decision's predicted uncached
-tokens instead of the engine's cached-token count. The workers register under the public model
+Like the processor, it reads the workers' model-card capacity and forward-pass metrics
+(``processor.engine_state``). Compared with the processor, this mode does not retry a failed
+worker before the first token, and reports the decision's predicted uncached tokens instead of
+the engine's cached-token count. The workers register under the public model
 name (no processor owns it), which the frontend's ``--router-mode kv`` serves.
 
 Measured (benchmarks/results/idle_path.md, routing_experiment_gateway_routing.md): the tokens
@@ -45,17 +46,19 @@ from typing import Any
 import msgspec
 
 from frontend.session_blocks import SessionBlocks
+from processor.engine_state import EngineState
 from processor.routing import (
     LocalRouting,
     block_hashes,
     chain_hashes,
     drop_departed,
+    find_worker_message,
     route_request,
 )
 from router.config import RouterConfig
 from router.hints import AgentHints
 from router.policy import Decision, RouteRequest
-from router.service import Feedback, FindWorker, RouterService
+from router.service import Feedback, RouterService
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +158,16 @@ class GatewayRouting:
 
     def __init__(self, worker_endpoint: str, block_size: int, sweep_interval_s: float = 1.0,
                  service: RouterService | None = None, sticky_fast_path: bool = False,
-                 sticky_max_sessions: int = 4096) -> None:
+                 sticky_max_sessions: int = 4096, engine_poll_s: float = 0.05) -> None:
         self.worker_endpoint = worker_endpoint
         self.block_size = block_size
         self.sticky_fast_path = sticky_fast_path
         self.tokens_per_char = 0.0  # learned from the frontend's answers (EWMA); 0 = unknown
         self.sweep_interval_s = sweep_interval_s
+        self.engine_poll_s = engine_poll_s
+        # What the workers' engines report (KV capacity, requests held back), as the processor
+        # reads it; None when engine_poll_s is 0 or before start().
+        self.engine: EngineState | None = None
         self.service = service or RouterService(RouterConfig())
         self._send_hashes = self.service.config.kv_full_ms > 0
         # Fast path + KV-full term: block hashes of each conversation's last prompt.
@@ -186,13 +193,22 @@ class GatewayRouting:
         self._client = await endpoint.client()
         await self._client.wait_for_instances()
         kv = KvRouter(endpoint, self.block_size, KvRouterConfig())
-        self.routing = LocalRouting(self.service, kv)
+        if self.engine_poll_s > 0:
+            from dynamo.llm import FpmEventSubscriber
+
+            self.engine = EngineState(FpmEventSubscriber(endpoint), self.block_size,
+                                      self.engine_poll_s)
+            self.engine.start()
+        self.routing = LocalRouting(self.service, kv, self.engine)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
         if self._runtime is not None:
             self._runtime.shutdown()
             self._runtime = None
@@ -253,7 +269,7 @@ class GatewayRouting:
         blocks = -(-tokens // self.block_size)
         rows = [{"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": tokens,
                  "potential_decode_blocks": blocks, "active_requests": 0} for w in live]
-        decision = self.service.find_worker(FindWorker(request=route, rows=rows, live=list(live)),
+        decision = self.service.find_worker(find_worker_message(route, rows, live, self.engine),
                                             now)
         return Routed(decision, tokens, _uncached(decision, tokens), 0.0,
                       (time.perf_counter() - t0) * 1000.0, tokens_source="estimate")

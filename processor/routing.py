@@ -17,12 +17,11 @@ from typing import Any, Protocol
 
 import msgspec
 
+from processor.engine_state import EngineState
 from router.hints import AgentHints
 from router.load import latency_class
 from router.policy import Decision, RouteRequest
 from router.service import Feedback, FindWorker, RouterService
-
-from processor.engine_state import EngineState
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class LocalRouting:
 
     async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision:
         rows = await self._kv.get_potential_loads(token_ids)
-        msg = _find_worker(route, rows, live, self._engine)
+        msg = find_worker_message(route, rows, live, self._engine)
         return self.service.find_worker(msg, time.monotonic())
 
     def feedback(self, msg: Feedback) -> None:
@@ -80,7 +79,7 @@ class RemoteRouting:
 
     async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision:
         rows = await self._kv.get_potential_loads(token_ids)
-        msg = msgspec.to_builtins(_find_worker(route, rows, live, self._engine))
+        msg = msgspec.to_builtins(find_worker_message(route, rows, live, self._engine))
         async for answer in await self._find.round_robin(msg, annotated=False):
             return msgspec.convert(answer, Decision)
         raise RuntimeError("router component returned no decision")
@@ -108,8 +107,8 @@ class RemoteRouting:
         return {"feedback_timeouts": 0, "pinned_prefixes": 0, "prefixes": 0}
 
 
-def _find_worker(route: RouteRequest, rows: list[dict[str, Any]], live: frozenset[int],
-                 engine: EngineState | None) -> FindWorker:
+def find_worker_message(route: RouteRequest, rows: list[dict[str, Any]], live: frozenset[int],
+                        engine: EngineState | None) -> FindWorker:
     """The ``find_worker`` message: KvRouter rows plus what the engines report, if read."""
     if engine is None:
         return FindWorker(request=route, rows=rows, live=list(live))

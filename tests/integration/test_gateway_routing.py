@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
-from tests.integration.processor_util import chat
+from tests.integration.processor_util import chat, poll, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +96,26 @@ def test_routing_metrics(gw_stack: LocalStack) -> None:
     assert "akr_gateway_decisions_total{reason=" in text
     assert "akr_gateway_tokens_seconds_count" in text
     assert "akr_gateway_decision_seconds_count" in text
+
+
+def test_gateway_reads_the_workers_own_reports(gw_stack: LocalStack) -> None:
+    """As the processor does: each mocker's KV capacity from its model card and its engine's
+    queue from the forward-pass metrics, over the loopback event plane (nothing held back on
+    this idle stack)."""
+    url = f"{gw_stack.gateway_url}/metrics"
+
+    def per_worker(samples: dict, name: str) -> dict[str, float]:
+        return {dict(labels)["worker"]: v for (n, labels), v in samples.items() if n == name}
+
+    def reported() -> dict | None:
+        now = scrape(url)
+        return now if len(per_worker(now, "akr_gateway_worker_capacity_blocks")) == 2 else None
+
+    samples = poll("capacity of both workers in the gateway's metrics", reported, 15.0)
+    capacity = per_worker(samples, "akr_gateway_worker_capacity_blocks")
+    assert sorted(capacity.values()) == [gw_stack.config.gpu_blocks] * 2
+    waiting = per_worker(samples, "akr_gateway_engine_waiting_requests")
+    assert waiting.keys() == capacity.keys() and set(waiting.values()) == {0.0}
 
 
 def test_bad_hint_is_rejected_before_routing(gw_stack: LocalStack) -> None:
