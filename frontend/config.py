@@ -104,6 +104,17 @@ class GatewayConfig(BaseSettings):
         "the gateway keeps (least recently used dropped first; 8 bytes per block), so the "
         "router's KV-full term counts fast-path requests too.",
     )
+    max_retries: int = Field(
+        2, ge=0,
+        description="With routing=gateway: retries on another worker when the frontend answers "
+        "5xx for the chosen worker before the answer starts (a dead or failing worker).",
+    )
+    worker_quarantine_s: float = Field(
+        10.0, ge=0,
+        description="With routing=gateway: a worker that just failed a request is left out of "
+        "routing this long (discovery notices a killed worker only when its lease runs out); "
+        "ignored while every live worker is in quarantine. 0 = off.",
+    )
     engine_poll_s: float = Field(
         0.05, ge=0,
         description="With routing=gateway: period of reading the workers' own reports (KV "

@@ -29,6 +29,7 @@ from frontend.config import GatewayConfig
 from frontend.metrics import GatewayMetrics
 from frontend.routing import (
     GatewayRouting,
+    NoWorker,
     Routed,
     TokensUnavailable,
     pinned_body,
@@ -162,7 +163,8 @@ class Gateway:
             GatewayRouting(config.worker_endpoint, config.block_size,
                            sticky_fast_path=config.sticky_fast_path,
                            sticky_max_sessions=config.sticky_max_sessions,
-                           engine_poll_s=config.engine_poll_s)
+                           engine_poll_s=config.engine_poll_s,
+                           quarantine_s=config.worker_quarantine_s)
             if config.routing == "gateway" else None)
         if self.routing is not None:
             self.routing.on_departed = self.metrics.forget_worker
@@ -253,21 +255,71 @@ class Gateway:
     # --- POST routes -------------------------------------------------------------------------
 
     async def _route(self, route: str, body: dict[str, Any], headers: Mapping[str, str],
-                     hints: AgentHints) -> tuple[Routed, bytes]:
-        """routing=gateway: tokens from the frontend, our decision, the pinned body."""
-        tokens: list[int] | None = None
-        routed = self.routing.decide_sticky(body, hints)  # EXPERIMENT, off by default
+                     hints: AgentHints, excluded: frozenset[int],
+                     tokens: list[int] | None) -> tuple[Routed, bytes, list[int] | None]:
+        """routing=gateway: tokens from the frontend (unless a retry has them), our decision,
+        the pinned body. Returns the tokens for a retry."""
+        assert self.routing is not None
+        routed = None
+        queried = False
+        if tokens is None:
+            routed = self.routing.decide_sticky(body, hints, excluded)  # EXPERIMENT, off
         if routed is None:
             t0 = time.perf_counter()
-            tokens = await _tokens(self.client, route, body, headers)
-            self.routing.learn_tokens_per_char(body, len(tokens))
+            if tokens is None:
+                tokens = await _tokens(self.client, route, body, headers)
+                self.routing.learn_tokens_per_char(body, len(tokens))
+                queried = True
             routed = await self.routing.decide(body, hints, tokens,
-                                               (time.perf_counter() - t0) * 1000.0)
+                                               (time.perf_counter() - t0) * 1000.0, excluded)
         self.metrics.observe_decision(
             routed.decision.worker_id, routed.decision.reason,
-            None if tokens is None else routed.query_ms / 1000.0, routed.decision_ms / 1000.0)
+            routed.query_ms / 1000.0 if queried else None, routed.decision_ms / 1000.0)
         # Without tokens (fast path) the frontend tokenizes and sends it to the pinned worker.
-        return routed, _encoder.encode(pinned_body(body, tokens, routed.decision.worker_id))
+        pinned = pinned_body(body, None if routed.tokens_source == "estimate" else tokens,
+                             routed.decision.worker_id)
+        return routed, _encoder.encode(pinned), tokens
+
+    async def _forward_routed(self, route: str, body: dict[str, Any],
+                              headers: Mapping[str, str],
+                              hints: AgentHints) -> tuple[Routed, UpstreamResponse]:
+        """routing=gateway: decide, then forward pinned to the chosen worker.
+
+        A worker that fails before its answer starts makes the frontend answer 5xx at once
+        (checked on Dynamo 1.6.1 with a killed mocker: 503 for a whole answer, 500 for a
+        stream, before any SSE event). Then the decision is reported as a failure, the worker
+        quarantined, and the request decided again without it, at most ``max_retries`` times;
+        the last attempt's answer goes to the client whatever it is. On an exception the
+        current decision's feedback is closed here (the caller never saw it)."""
+        assert self.routing is not None
+        excluded: frozenset[int] = frozenset()
+        tokens: list[int] | None = None
+        for attempt in range(self.config.max_retries + 1):
+            routed, data, tokens = await self._route(route, body, headers, hints, excluded,
+                                                     tokens)
+            routed.t_sent = time.perf_counter()
+            try:
+                up = await self.client.request("POST", route, data, headers)
+            except asyncio.CancelledError:
+                self.routing.finish(routed, 499)
+                raise
+            except BaseException:
+                self.routing.finish(routed, 502)
+                raise
+            if up.status < 500:
+                return routed, up
+            wid = routed.decision.worker_id
+            self.routing.worker_failed(wid)
+            self.metrics.worker_error(wid)
+            if attempt == self.config.max_retries:
+                return routed, up  # the caller reports it (a failure) and relays the error
+            up.close()  # the error body is not needed: drop the connection, not read it
+            self.routing.finish(routed, up.status)
+            excluded = excluded | {wid}
+            self.metrics.retries += 1
+            log.warning("worker %x failed a request (HTTP %d from the frontend); retrying "
+                        "elsewhere", wid, up.status)
+        raise AssertionError("unreachable")
 
     def _reject(self, route: str, reply: Reply, field: str) -> Reply:
         self.metrics.reject(field)
@@ -338,9 +390,14 @@ class Gateway:
 
         try:
             if self.routing is not None:
-                routed, data = await self._route(route, tr.body, tr.headers, hints)
-                routed.t_sent = t_up = time.perf_counter()
-            up = await self.client.request("POST", route, data, tr.headers)
+                routed, up = await self._forward_routed(route, tr.body, tr.headers, hints)
+                t_up = routed.t_sent
+            else:
+                up = await self.client.request("POST", route, data, tr.headers)
+        except NoWorker as e:
+            m.upstream_error("no_worker")
+            finish(503)
+            return error_reply(503, str(e), type_="upstream_error", code="upstream_unavailable")
         except TokensUnavailable as e:
             m.upstream_error("tokens")
             finish(e.status)

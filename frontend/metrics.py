@@ -74,6 +74,8 @@ class GatewayMetrics:
         # routing=gateway only; series of workers that leave discovery are dropped
         # (forget_worker), so the label set is bounded by the live fleet.
         self.decisions: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.retries = 0  # requests decided again after the chosen worker failed
+        self.worker_errors: defaultdict[str, int] = defaultdict(int)
         self.tokens_latency = _Histogram()
         self.decision_latency = _Histogram(LOOP_LAG_BUCKETS)
         # routing=gateway with AKR_GATEWAY_ENGINE_POLL_S > 0: the engines' own reports, read
@@ -101,11 +103,15 @@ class GatewayMetrics:
             self.tokens_latency.observe(tokens_s)
         self.decision_latency.observe(decision_s)
 
+    def worker_error(self, worker_id: int) -> None:
+        self.worker_errors[f"{worker_id:x}"] += 1
+
     def forget_worker(self, worker_id: int) -> None:
-        """End the decision series of a worker that left discovery (bounded label set)."""
+        """End the series of a worker that left discovery (bounded label sets)."""
         label = f"{worker_id:x}"
         for key in [k for k in self.decisions if k[0] == label]:
             del self.decisions[key]
+        self.worker_errors.pop(label, None)
 
     def observe_upstream(self, route: str, seconds: float) -> None:
         h = self.latency.get(route)
@@ -162,6 +168,16 @@ class _Collector:
                                     labels=["worker", "reason"])
             for (worker, reason), n in sorted(m.decisions.items()):
                 c.add_metric([worker, reason], n)
+            yield c
+            yield CounterMetricFamily("akr_gateway_retries",
+                                      "Requests decided again after the chosen worker failed "
+                                      "before its answer started", value=m.retries)
+            c = CounterMetricFamily("akr_gateway_worker_errors",
+                                    "Answers the frontend could not get from the chosen "
+                                    "worker (5xx before the answer started), by worker",
+                                    labels=["worker"])
+            for worker, n in sorted(m.worker_errors.items()):
+                c.add_metric([worker], n)
             yield c
             h = HistogramMetricFamily("akr_gateway_tokens_seconds",
                                       "Time to the prompt's tokens from the stock frontend")

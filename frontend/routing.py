@@ -21,9 +21,11 @@ frontend sends the request straight to the chosen worker:
 Feedback comes from the gateway's view of the answer: time to the first SSE chunk (TTFT),
 chunks per second after it (one token per chunk from Dynamo's frontend), end or disconnect.
 Like the processor, it reads the workers' model-card capacity and forward-pass metrics
-(``processor.engine_state``). Compared with the processor, this mode does not retry a failed
-worker before the first token, and reports the decision's predicted uncached tokens instead of
-the engine's cached-token count. The workers register under the public model
+(``processor.engine_state``), and a worker the frontend could not get an answer from is
+quarantined and the request decided again (``frontend.gateway``). Compared with the processor,
+this mode has no first-token timeout of its own (a silent worker meets the upstream read
+timeout), and reports the decision's predicted uncached tokens instead of the engine's
+cached-token count. The workers register under the public model
 name (no processor owns it), which the frontend's ``--router-mode kv`` serves.
 
 Measured (benchmarks/results/idle_path.md, routing_experiment_gateway_routing.md): the tokens
@@ -74,6 +76,10 @@ class TokensUnavailable(Exception):
         super().__init__(f"tokens query answered {status}")
         self.status = status
         self.body = body
+
+
+class NoWorker(Exception):
+    """Every live worker failed this request already (the gateway answers 503)."""
 
 
 @dataclass(slots=True)
@@ -158,7 +164,8 @@ class GatewayRouting:
 
     def __init__(self, worker_endpoint: str, block_size: int, sweep_interval_s: float = 1.0,
                  service: RouterService | None = None, sticky_fast_path: bool = False,
-                 sticky_max_sessions: int = 4096, engine_poll_s: float = 0.05) -> None:
+                 sticky_max_sessions: int = 4096, engine_poll_s: float = 0.05,
+                 quarantine_s: float = 10.0) -> None:
         self.worker_endpoint = worker_endpoint
         self.block_size = block_size
         self.sticky_fast_path = sticky_fast_path
@@ -178,6 +185,12 @@ class GatewayRouting:
         self.routing: LocalRouting | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._known: frozenset[int] = frozenset()
+        # A worker that just failed a request -> when it may be chosen again (monotonic s).
+        # Discovery drops a killed worker only when its lease runs out (~10 s with file
+        # discovery); meanwhile the frontend answers 5xx for it. At most one entry per live
+        # worker: the sweep removes expired and departed ones.
+        self.quarantine_s = quarantine_s
+        self._quarantine: dict[int, float] = {}
         # Called with each worker that left discovery (the gateway ends its metric labels).
         self.on_departed: Callable[[int], None] | None = None
 
@@ -213,13 +226,31 @@ class GatewayRouting:
             self._runtime.shutdown()
             self._runtime = None
 
+    def routable(self, excluded: frozenset[int] = frozenset()) -> frozenset[int]:
+        """Live workers minus ``excluded`` (failed this request) and, unless that leaves none,
+        minus the quarantined ones (failed a request lately)."""
+        live = frozenset(self._client.instance_ids()) - excluded
+        if self._quarantine and live:
+            now = time.monotonic()
+            healthy = frozenset(w for w in live if self._quarantine.get(w, 0.0) <= now)
+            if healthy:
+                return healthy
+        return live
+
+    def worker_failed(self, worker_id: int) -> None:
+        """The frontend could not get an answer from ``worker_id``: keep it out for a while."""
+        if self.quarantine_s > 0:
+            self._quarantine[worker_id] = time.monotonic() + self.quarantine_s
+
     async def decide(self, body: Mapping[str, Any], hints: AgentHints, token_ids: list[int],
-                     query_ms: float) -> Routed:
-        """Our decision over the live workers for a prompt already tokenized."""
+                     query_ms: float, excluded: frozenset[int] = frozenset()) -> Routed:
+        """Our decision over the routable workers for a prompt already tokenized."""
         assert self.routing is not None, "start() first"
-        live = frozenset(self._client.instance_ids())
+        live = self.routable(excluded)
         if not live:
-            live = frozenset(await self._client.wait_for_instances())
+            live = frozenset(await self._client.wait_for_instances()) - excluded
+        if not live:
+            raise NoWorker("no live worker left to route to")
         route = _route_of(body, hints, len(token_ids))
         if self._send_hashes:
             route.block_hashes = chain_hashes(block_hashes(token_ids, self.block_size))
@@ -239,7 +270,8 @@ class GatewayRouting:
             self.tokens_per_char = (ratio if self.tokens_per_char == 0.0
                                     else 0.9 * self.tokens_per_char + 0.1 * ratio)
 
-    def decide_sticky(self, body: Mapping[str, Any], hints: AgentHints) -> Routed | None:
+    def decide_sticky(self, body: Mapping[str, Any], hints: AgentHints,
+                      excluded: frozenset[int] = frozenset()) -> Routed | None:
         """A later turn of a conversation the router already placed, without its tokens.
 
         EXPERIMENT (AKR_GATEWAY_STICKY_FAST_PATH): skips the tokens query and the KvRouter
@@ -255,7 +287,7 @@ class GatewayRouting:
         entry = self.service.router.table.get(hints.prefix_id, now)
         if entry is None or now - entry.last_seen > self.service.config.history_window_s:
             return None
-        live = frozenset(self._client.instance_ids())
+        live = self.routable(excluded)
         if entry.home not in live:
             return None
         t0 = time.perf_counter()
@@ -304,6 +336,10 @@ class GatewayRouting:
             try:
                 live = frozenset(self._client.instance_ids())
                 self._known = drop_departed(self.routing, self._known, live, self.on_departed)
+                now = time.monotonic()
+                for w, until in list(self._quarantine.items()):
+                    if until <= now or w not in live:
+                        del self._quarantine[w]
                 self.routing.maintain(time.monotonic())
             except Exception:  # keep sweeping; one bad pass must not stop expiry for good
                 log.exception("routing sweep failed")

@@ -131,3 +131,39 @@ def test_bad_hint_is_rejected_before_routing(gw_stack: LocalStack) -> None:
     path = gw_stack.trace_path.with_name("gateway.jsonl")
     rejects = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("reject")]
     assert rejects and all("worker_id" not in r for r in rejects)
+
+
+def test_killed_worker_is_retried_elsewhere_and_quarantined() -> None:
+    """Two mocker processes, one worker each. Conversations are placed on both; then one
+    process is killed. Discovery still lists its worker for ~10 s (file lease), so the next
+    turn of a conversation homed there is pinned to it and the frontend answers 5xx before
+    any token: the gateway reports the failure, quarantines the worker and decides again.
+    Every next turn, streamed or not, gets its answer."""
+    with LocalStack(StackConfig(speeds=[10.0, 9.0], arm="gateway")) as stack:
+        url, model = stack.gateway_url, stack.model_name
+        prompts: dict[str, str] = {}
+        homes: set[str] = set()
+        for i in range(12):  # until both workers hold a conversation
+            pid = f"kill-{i}"
+            prompts[pid] = f"Conversation {i}: " + f"distinct topic number {i} " * (30 + 7 * i)
+            chat(url, model, prompts[pid], max_tokens=2,
+                 nvext={"agent_hints": {"prefix_id": pid, "total_requests": 4}})
+            homes.add(_trace(stack, pid, 1)[-1]["worker_id"])
+            if len(homes) == 2 and i >= 3:
+                break
+        assert len(homes) == 2, "the router never used the second worker"
+        stack.kill("mocker0")
+        for n, (pid, prompt) in enumerate(prompts.items()):
+            _, usage = chat(url, model, prompt + "\nTool result: done.", max_tokens=2,
+                            stream=n % 2 == 0,
+                            nvext={"agent_hints": {"prefix_id": pid, "total_requests": 4}})
+            assert usage["completion_tokens"] == 2
+        samples = scrape(f"{url}/metrics")
+        retries = sum(v for (name, _), v in samples.items() if name == "akr_gateway_retries_total")
+        failed = {dict(labels)["worker"] for (name, labels), v in samples.items()
+                  if name == "akr_gateway_worker_errors_total" and v > 0}
+        print(f"\nkilled worker: {retries:.0f} retries, conversations on {len(homes)} workers")
+        assert retries >= 1 and len(failed) == 1
+        # Quarantined: after the first failure no later turn was pinned to the dead worker.
+        assert sum(v for (name, _), v in samples.items()
+                   if name == "akr_gateway_worker_errors_total") == retries

@@ -152,3 +152,18 @@ def test_fast_path_requests_count_for_the_kv_full_term() -> None:
     given = gr.service.load._active[a.decision.request_id].hashes  # noqa: SLF001
     assert len(given) == 30 and list(given[:20]) == list(range(100, 120))
     assert gr.sessions.extend("A", 31)[:30] == list(given)
+
+
+def test_routable_leaves_out_failed_and_quarantined_workers() -> None:
+    gr = GatewayRouting("ns.c.e", 64, service=RouterService(RouterConfig()), quarantine_s=60.0)
+    gr._client = _Instances([W1, W2])  # noqa: SLF001
+    assert gr.routable() == {W1, W2}
+    assert gr.routable(frozenset({W1})) == {W2}  # failed this request
+    gr.worker_failed(W2)
+    assert gr.routable() == {W1}  # quarantined
+    # Quarantine never leaves nothing: with W1 excluded too, W2 is still tried.
+    assert gr.routable(frozenset({W1})) == {W2}
+    off = GatewayRouting("ns.c.e", 64, service=RouterService(RouterConfig()), quarantine_s=0.0)
+    off._client = _Instances([W1, W2])  # noqa: SLF001
+    off.worker_failed(W2)
+    assert off.routable() == {W1, W2}
