@@ -92,6 +92,24 @@ def poll(what: str, probe: Callable[[], Any], timeout_s: float, interval_s: floa
         time.sleep(interval_s)
 
 
+def per_worker(samples: dict, name: str) -> dict[str, float]:
+    """A per-worker metric's samples keyed by the ``worker`` label."""
+    return {dict(labels)["worker"]: v for (n, labels), v in samples.items() if n == name}
+
+
+def engine_reports(url: str, prefix: str, workers: int,
+                   timeout_s: float = 15.0) -> tuple[dict[str, float], dict[str, float]]:
+    """``<prefix>_worker_capacity_blocks`` and ``<prefix>_engine_waiting_requests`` per worker,
+    once all ``workers`` report their capacity (read over the event plane, so it lags)."""
+    def reported() -> dict | None:
+        now = scrape(url)
+        return now if len(per_worker(now, f"{prefix}_worker_capacity_blocks")) == workers else None
+
+    samples = poll(f"capacity of {workers} workers in {url}", reported, timeout_s)
+    return (per_worker(samples, f"{prefix}_worker_capacity_blocks"),
+            per_worker(samples, f"{prefix}_engine_waiting_requests"))
+
+
 def records(stack: LocalStack) -> list[TraceRecord]:
     return list(read_records(stack.trace_path)) if stack.trace_path.exists() else []
 

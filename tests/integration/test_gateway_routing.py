@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
-from tests.integration.processor_util import chat, poll, scrape
+from tests.integration.processor_util import chat, engine_reports, metric, per_worker, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -102,19 +102,8 @@ def test_gateway_reads_the_workers_own_reports(gw_stack: LocalStack) -> None:
     """As the processor does: each mocker's KV capacity from its model card and its engine's
     queue from the forward-pass metrics, over the loopback event plane (nothing held back on
     this idle stack)."""
-    url = f"{gw_stack.gateway_url}/metrics"
-
-    def per_worker(samples: dict, name: str) -> dict[str, float]:
-        return {dict(labels)["worker"]: v for (n, labels), v in samples.items() if n == name}
-
-    def reported() -> dict | None:
-        now = scrape(url)
-        return now if len(per_worker(now, "akr_gateway_worker_capacity_blocks")) == 2 else None
-
-    samples = poll("capacity of both workers in the gateway's metrics", reported, 15.0)
-    capacity = per_worker(samples, "akr_gateway_worker_capacity_blocks")
+    capacity, waiting = engine_reports(f"{gw_stack.gateway_url}/metrics", "akr_gateway", 2)
     assert sorted(capacity.values()) == [gw_stack.config.gpu_blocks] * 2
-    waiting = per_worker(samples, "akr_gateway_engine_waiting_requests")
     assert waiting.keys() == capacity.keys() and set(waiting.values()) == {0.0}
 
 
@@ -159,11 +148,10 @@ def test_killed_worker_is_retried_elsewhere_and_quarantined() -> None:
                             nvext={"agent_hints": {"prefix_id": pid, "total_requests": 4}})
             assert usage["completion_tokens"] == 2
         samples = scrape(f"{url}/metrics")
-        retries = sum(v for (name, _), v in samples.items() if name == "akr_gateway_retries_total")
-        failed = {dict(labels)["worker"] for (name, labels), v in samples.items()
-                  if name == "akr_gateway_worker_errors_total" and v > 0}
+        retries = metric(samples, "akr_gateway_retries_total")
+        failed = {w for w, v in per_worker(samples, "akr_gateway_worker_errors_total").items()
+                  if v > 0}
         print(f"\nkilled worker: {retries:.0f} retries, conversations on {len(homes)} workers")
         assert retries >= 1 and len(failed) == 1
         # Quarantined: after the first failure no later turn was pinned to the dead worker.
-        assert sum(v for (name, _), v in samples.items()
-                   if name == "akr_gateway_worker_errors_total") == retries
+        assert metric(samples, "akr_gateway_worker_errors_total") == retries

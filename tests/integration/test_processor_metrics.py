@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploy.local_stack import LocalStack
-from tests.integration.processor_util import chat, metric, poll, scrape
+from tests.integration.processor_util import chat, engine_reports, metric, poll, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -76,17 +76,6 @@ def test_capacity_comes_from_the_workers_own_cards(stack: LocalStack) -> None:
     processor reads each mocker's ``total_kv_blocks`` (``--num-gpu-blocks-override``) from
     its model card over the loopback event plane, and its engine's queue from the
     forward-pass metrics (nothing held back on this idle stack)."""
-    url = stack.processor_metrics_url
-
-    def per_worker(samples: dict, name: str) -> dict[str, float]:
-        return {dict(labels)["worker"]: v for (n, labels), v in samples.items() if n == name}
-
-    def reported() -> dict | None:
-        now = scrape(url)
-        return now if len(per_worker(now, "akr_processor_worker_capacity_blocks")) == 2 else None
-
-    samples = poll("capacity of both workers in the processor's metrics", reported, 15.0)
-    capacity = per_worker(samples, "akr_processor_worker_capacity_blocks")
+    capacity, waiting = engine_reports(stack.processor_metrics_url, "akr_processor", 2)
     assert sorted(capacity.values()) == [stack.config.gpu_blocks] * 2
-    waiting = per_worker(samples, "akr_processor_engine_waiting_requests")
     assert waiting.keys() == capacity.keys() and set(waiting.values()) == {0.0}
