@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -120,6 +121,15 @@ class GatewayMetrics:
         h.observe(seconds)
 
 
+def _counter(name: str, doc: str, labels: list[str],
+             counts: Mapping[Any, int]) -> CounterMetricFamily:
+    """A labelled counter family from a dict keyed by one label value or a tuple of them."""
+    c = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in sorted(counts.items()):
+        c.add_metric([str(v) for v in key] if isinstance(key, tuple) else [key], n)
+    return c
+
+
 class _Collector:
     def __init__(self, m: GatewayMetrics) -> None:
         self.m = m
@@ -129,28 +139,14 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
-        c = CounterMetricFamily("akr_gateway_requests", "Requests answered, by route and status",
-                                labels=["route", "status"])
-        for (route, status), n in sorted(m.requests.items()):
-            c.add_metric([route, str(status)], n)
-        yield c
-        c = CounterMetricFamily("akr_gateway_hints",
-                                "Requests carrying each hint field (after validation)",
-                                labels=["field"])
-        for field, n in sorted(m.hints.items()):
-            c.add_metric([field], n)
-        yield c
-        c = CounterMetricFamily("akr_gateway_rejects",
-                                "Requests rejected by the gateway, by offending field",
-                                labels=["field"])
-        for field, n in sorted(m.rejects.items()):
-            c.add_metric([field], n)
-        yield c
-        c = CounterMetricFamily("akr_gateway_upstream_errors", "Upstream failures by kind",
-                                labels=["kind"])
-        for kind, n in sorted(m.upstream_errors.items()):
-            c.add_metric([kind], n)
-        yield c
+        yield _counter("akr_gateway_requests", "Requests answered, by route and status",
+                       ["route", "status"], m.requests)
+        yield _counter("akr_gateway_hints", "Requests carrying each hint field (after validation)",
+                       ["field"], m.hints)
+        yield _counter("akr_gateway_rejects", "Requests rejected by the gateway, by offending field",
+                       ["field"], m.rejects)
+        yield _counter("akr_gateway_upstream_errors", "Upstream failures by kind", ["kind"],
+                       m.upstream_errors)
         yield CounterMetricFamily("akr_gateway_dropped_pin_headers",
                                   "Worker-pinning client headers dropped",
                                   value=m.dropped_pin_headers)
@@ -163,22 +159,15 @@ class _Collector:
             h.add_metric([route], hist.cumulative(), hist.total)
         yield h
         if m.decisions:
-            c = CounterMetricFamily("akr_gateway_decisions",
-                                    "Routing decisions made in the gateway, by worker and reason",
-                                    labels=["worker", "reason"])
-            for (worker, reason), n in sorted(m.decisions.items()):
-                c.add_metric([worker, reason], n)
-            yield c
+            yield _counter("akr_gateway_decisions",
+                           "Routing decisions made in the gateway, by worker and reason",
+                           ["worker", "reason"], m.decisions)
             yield CounterMetricFamily("akr_gateway_retries",
                                       "Requests decided again after the chosen worker failed "
                                       "before its answer started", value=m.retries)
-            c = CounterMetricFamily("akr_gateway_worker_errors",
-                                    "Answers the frontend could not get from the chosen "
-                                    "worker (5xx before the answer started), by worker",
-                                    labels=["worker"])
-            for worker, n in sorted(m.worker_errors.items()):
-                c.add_metric([worker], n)
-            yield c
+            yield _counter("akr_gateway_worker_errors",
+                           "Answers the frontend could not get from the chosen worker (5xx "
+                           "before the answer started), by worker", ["worker"], m.worker_errors)
             h = HistogramMetricFamily("akr_gateway_tokens_seconds",
                                       "Time to the prompt's tokens from the stock frontend")
             h.add_metric([], m.tokens_latency.cumulative(), m.tokens_latency.total)

@@ -51,6 +51,7 @@ from frontend.session_blocks import SessionBlocks
 from processor.engine_state import EngineState
 from processor.routing import (
     LocalRouting,
+    Quarantine,
     block_hashes,
     chain_hashes,
     drop_departed,
@@ -185,12 +186,8 @@ class GatewayRouting:
         self.routing: LocalRouting | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._known: frozenset[int] = frozenset()
-        # A worker that just failed a request -> when it may be chosen again (monotonic s).
-        # Discovery drops a killed worker only when its lease runs out (~10 s with file
-        # discovery); meanwhile the frontend answers 5xx for it. At most one entry per live
-        # worker: the sweep removes expired and departed ones.
-        self.quarantine_s = quarantine_s
-        self._quarantine: dict[int, float] = {}
+        # Workers that just failed a request (the frontend answered 5xx for them).
+        self.quarantine = Quarantine(quarantine_s)
         # Called with each worker that left discovery (the gateway ends its metric labels).
         self.on_departed: Callable[[int], None] | None = None
 
@@ -229,18 +226,11 @@ class GatewayRouting:
     def routable(self, excluded: frozenset[int] = frozenset()) -> frozenset[int]:
         """Live workers minus ``excluded`` (failed this request) and, unless that leaves none,
         minus the quarantined ones (failed a request lately)."""
-        live = frozenset(self._client.instance_ids()) - excluded
-        if self._quarantine and live:
-            now = time.monotonic()
-            healthy = frozenset(w for w in live if self._quarantine.get(w, 0.0) <= now)
-            if healthy:
-                return healthy
-        return live
+        return self.quarantine.healthy(frozenset(self._client.instance_ids()) - excluded)
 
     def worker_failed(self, worker_id: int) -> None:
         """The frontend could not get an answer from ``worker_id``: keep it out for a while."""
-        if self.quarantine_s > 0:
-            self._quarantine[worker_id] = time.monotonic() + self.quarantine_s
+        self.quarantine.add(worker_id)
 
     async def decide(self, body: Mapping[str, Any], hints: AgentHints, token_ids: list[int],
                      query_ms: float, excluded: frozenset[int] = frozenset()) -> Routed:
@@ -337,10 +327,8 @@ class GatewayRouting:
                 live = frozenset(self._client.instance_ids())
                 self._known = drop_departed(self.routing, self._known, live, self.on_departed)
                 now = time.monotonic()
-                for w, until in list(self._quarantine.items()):
-                    if until <= now or w not in live:
-                        del self._quarantine[w]
-                self.routing.maintain(time.monotonic())
+                self.quarantine.prune(live, now)
+                self.routing.maintain(now)
             except Exception:  # keep sweeping; one bad pass must not stop expiry for good
                 log.exception("routing sweep failed")
 

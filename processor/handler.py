@@ -39,6 +39,7 @@ from processor.metrics import ProcessorMetrics
 from processor.routing import (
     LocalRouting,
     RemoteRouting,
+    Quarantine,
     Routing,
     block_hashes,
     chain_hashes,
@@ -107,7 +108,7 @@ class ProcessorHandler:
         self.engine: EngineState | None = None  # the workers' own reports (engine_poll_s > 0)
         # The router charges full workers only with the prompt's block hashes (router/load.py).
         self._send_hashes = self.service.config.kv_full_ms > 0
-        self._quarantine: dict[int, float] = {}  # worker -> monotonic end; <= live workers
+        self._quarantine = Quarantine(self._config.worker_quarantine_s)
 
     async def start(self) -> None:
         from dynamo.llm import KvRouter, KvRouterConfig
@@ -177,13 +178,11 @@ class ProcessorHandler:
         self._known_workers = drop_departed(self.routing, self._known_workers, live,
                                             self.metrics.forget_worker)
         now = time.monotonic()
-        for wid, until in list(self._quarantine.items()):
-            if until <= now or wid not in live:
-                del self._quarantine[wid]
+        self._quarantine.prune(live, now)
         swept = self.routing.maintain(now)
         if swept["feedback_timeouts"]:
             self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
-        self.metrics.workers.set(len(live - self._quarantine.keys()))
+        self.metrics.workers.set(len(live - self._quarantine.workers()))
         if self.engine is not None:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)
         self.metrics.pins.set(swept["pinned_prefixes"])
@@ -234,10 +233,7 @@ class ProcessorHandler:
                     self.routing.feedback(Feedback(event="finish", request_id=open_decision, ok=False))
                     open_decision = None
                     self.metrics.worker_errors.labels(worker=f"{failure.worker_id:x}").inc()
-                    if self._config.worker_quarantine_s > 0:
-                        self._quarantine[failure.worker_id] = (
-                            time.monotonic() + self._config.worker_quarantine_s
-                        )
+                    self._quarantine.add(failure.worker_id)
                     if failure.before_first_token and attempt < self._config.max_retries:
                         excluded.add(failure.worker_id)
                         attempt += 1
@@ -266,11 +262,7 @@ class ProcessorHandler:
             live = frozenset(await self._client.wait_for_instances()) - excluded
         if not live:
             raise RuntimeError("no live worker to route to")
-        if self._quarantine:
-            now = time.monotonic()
-            healthy = frozenset(w for w in live if self._quarantine.get(w, 0.0) <= now)
-            if healthy:
-                live = healthy
+        live = self._quarantine.healthy(live)
         if attempt:  # a retry is a new decision with its own feedback record
             route = msgspec.structs.replace(route, request_id=f"{route.request_id}#{attempt}")
         t0 = time.perf_counter()

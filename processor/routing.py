@@ -133,6 +133,41 @@ def drop_departed(routing: Routing, known: frozenset[int], live: frozenset[int],
     return live
 
 
+class Quarantine:
+    """Workers that just failed a request, left out of routing for ``seconds`` unless that
+    leaves none. Why: discovery drops a killed worker only when its lease runs out (about 10 s
+    with file discovery), and until then every request sent there fails. Bounded: ``prune``
+    keeps at most one entry per live worker. Shared by the processor and routing in the
+    gateway; ``seconds`` 0 = off."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._until: dict[int, float] = {}  # worker -> monotonic end
+
+    def add(self, worker_id: int) -> None:
+        if self.seconds > 0:
+            self._until[worker_id] = time.monotonic() + self.seconds
+
+    def healthy(self, live: frozenset[int]) -> frozenset[int]:
+        """``live`` without the quarantined workers, or all of ``live`` if none would be left."""
+        if self._until and live:
+            now = time.monotonic()
+            ok = frozenset(w for w in live if self._until.get(w, 0.0) <= now)
+            if ok:
+                return ok
+        return live
+
+    def prune(self, live: frozenset[int], now: float) -> None:
+        """Forget expired entries and workers that left discovery (the background sweep)."""
+        for w, until in list(self._until.items()):
+            if until <= now or w not in live:
+                del self._until[w]
+
+    def workers(self) -> frozenset[int]:
+        """The workers in quarantine (expired ones too until the next ``prune``)."""
+        return frozenset(self._until)
+
+
 def route_request(request_id: str, hints: AgentHints, prompt_tokens: int,
                   max_tokens: object = None) -> RouteRequest:
     """The router's view of one request: its hints, prompt length and expected answer."""

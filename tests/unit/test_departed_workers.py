@@ -6,7 +6,7 @@ from prometheus_client import generate_latest
 
 from frontend.metrics import GatewayMetrics
 from processor.metrics import ProcessorMetrics
-from processor.routing import drop_departed
+from processor.routing import Quarantine, drop_departed
 
 
 class _RecordingRouting:
@@ -47,3 +47,14 @@ def test_gateway_metrics_forget_a_departed_workers_series() -> None:
     m.forget_worker(0xA)
     text = generate_latest(m.registry).decode()
     assert 'worker="a"' not in text and 'worker="b"' in text
+
+
+def test_quarantine_forgets_departed_and_expired_workers() -> None:
+    q = Quarantine(60.0)
+    q.add(1)
+    q.add(2)
+    assert q.healthy(frozenset({1, 2, 3})) == {3}
+    q.prune(frozenset({1, 3}), now=0.0)  # 2 left discovery
+    assert q.workers() == {1}
+    q.prune(frozenset({1, 3}), now=float("inf"))  # 1's quarantine ran out
+    assert q.workers() == frozenset() and q.healthy(frozenset({1, 3})) == {1, 3}
