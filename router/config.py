@@ -115,6 +115,14 @@ class RouterConfig(BaseSettings):
         description="Cost (ms) per active request on a worker (max of Dynamo's count and our "
         "own in-flight count); 0 = Dynamo default (decode_active_request_weight=0).",
     )
+    prefill_interference_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the delay this request's prefill adds to the requests already "
+        "running on a worker: prefill_ms_per_token x uncached tokens x active requests. A cold "
+        "prefill on a busy worker stalls every sequence batched with it; a cache hit costs them "
+        "almost nothing. 0 = off (router/cost.py).",
+    )
     affinity_weight: float = Field(
         1.0,
         ge=0,

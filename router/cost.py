@@ -30,6 +30,11 @@ worker look worse, and each term can be printed in a trace:
                      for a background request background_mix_weight x its own blocks x the
                      sensitive requests in flight there (the delay it would add to each of
                      them); 0 for requests without the hint. Both weights default to 0.
+                  + prefill_interference_weight * prefill_ms_per_token * uncached_tokens
+                    * active_requests
+                  -- the stall this request's own prefill adds to each request running
+                     there (off by default; a cold prompt on a busy worker stalls them all,
+                     a cache hit barely does).
                      Why: on the mixed workload a sensitive request's TTFT was ~20-25 ms
                      higher on a worker decoding a background request's long document; no
                      gain shown yet at weight 1 (benchmarks/README.md, "Latency classes").
@@ -180,6 +185,10 @@ def score(
     decode = cfg.decode_ms_per_block * decode_blocks
     if cfg.active_request_ms:
         decode = decode + cfg.active_request_ms * active_requests
+    if cfg.prefill_interference_weight:
+        # What our prefill costs the requests it is batched with: each waits about as long.
+        per_request = (cfg.prefill_interference_weight * cfg.prefill_ms_per_token) * uncached
+        decode = decode + per_request * active_requests
     # Class mixing; the arrays are None unless a weight is set (router/kv_signals.py).
     if latency_class == SENSITIVE and background_blocks is not None and cfg.sensitive_mix_weight:
         decode = decode + (cfg.sensitive_mix_weight * cfg.decode_ms_per_block) * background_blocks

@@ -88,7 +88,8 @@ def test_load_enters_additively_a_loaded_worker_never_gains() -> None:
     never lowers its score or improves its rank -- even when its score is negative (large
     affinity and a negative learned correction), where a multiplicative load modifier would
     reward it."""
-    cfg = RouterConfig(active_request_ms=2.0, affinity_cap_ms=5000.0)
+    cfg = RouterConfig(active_request_ms=2.0, affinity_cap_ms=5000.0,
+                       prefill_interference_weight=1.0)
     rng = np.random.default_rng(2)
     for trial in range(500):
         w = int(rng.integers(2, 9))
@@ -118,6 +119,30 @@ def test_load_enters_additively_a_loaded_worker_never_gains() -> None:
         # Additive: the affinity and learned terms are untouched by load.
         assert loaded.affinity_ms[j] == base.affinity_ms[j]
         assert loaded.learned_ms[j] == base.learned_ms[j]
+
+
+def test_prefill_interference_keeps_a_cached_prompt_off_a_cold_worker() -> None:
+    """A decision seen in the agentic benchmark (agent-1-31, first turn): the 3328-token
+    system prompt is cached only on a worker running 4 requests (347 decode blocks); the
+    other runs 1 (121 blocks). On the decode term alone the cold worker wins; counting the
+    stall its 3.5k-token prefill puts on the request running there, the cached one does.
+    A full cache hit charges nothing."""
+    prompt = 3507
+    f = {"overlap_blocks": np.array([52.0, 0.0]),
+         "potential_prefill_tokens": np.array([prompt - 52 * BS, prompt], dtype=float),
+         "decode_blocks": np.array([347.0, 121.0]),
+         "active_requests": np.array([4.0, 1.0])}
+    off = _score(RouterConfig(), f, prompt)
+    assert int(off.total.argmin()) == 1
+    cfg = RouterConfig(prefill_interference_weight=1.0)
+    on = _score(cfg, f, prompt)
+    assert int(on.total.argmin()) == 0
+    uncached = np.array([prompt - 52 * BS, prompt], dtype=float)
+    np.testing.assert_allclose(on.decode_ms - off.decode_ms,
+                               cfg.prefill_ms_per_token * uncached * f["active_requests"])
+    hit = dict(f, overlap_blocks=np.array([prompt / BS, 0.0]),
+               potential_prefill_tokens=np.array([0.0, prompt]))
+    np.testing.assert_allclose(_score(cfg, hit, prompt).decode_ms[0], off.decode_ms[0])
 
 
 def test_affinity_is_bounded_so_an_overloaded_home_loses() -> None:
