@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import aiperf_runner
+from benchmarks import aiperf_runner, tail
 from benchmarks.driver import (Driver, LoadSampler, Record, WorkerCountPoller,
                                records_as_dicts)
 from benchmarks.workloads import WORKLOADS, Workload, build, mooncake_ideal_per_row
@@ -307,7 +307,8 @@ def check_targets(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_markdown(path: Path, results: dict, meta: dict, targets: list[dict]) -> None:
+def write_markdown(path: Path, results: dict, meta: dict, targets: list[dict],
+                   tail_table: str | None = None) -> None:
     lines = [
         "# Routing benchmark: ours vs Dynamo's routers",
         "",
@@ -350,6 +351,12 @@ def write_markdown(path: Path, results: dict, meta: dict, targets: list[dict]) -
     for t in targets:
         lines.append(f"| {t['target']} | {t['ours']} | {t['dynamo_kv']} | {t['ratio']} | "
                      f"{'yes' if t['met'] else '**no**'} |")
+    if tail_table:
+        lines += ["", "## What each arm's TTFT p99 is made of (`benchmarks/tail.py`)", "",
+                  "The requests at or above the arm's pooled p99: *cold* (no cache could hold "
+                  "any of the prompt), *lost* (a cached prefix existed and the arm served under "
+                  "90% of it: a routing choice), *hit* (cached as the ideal allows; the worker "
+                  "was busy).", "", tail_table]
     lines += ["", f"Load during the run: {json.dumps(meta['load_summary'])}.", ""]
     path.write_text("\n".join(lines))
 
@@ -552,8 +559,10 @@ def main() -> None:
     payload = dict(results)
     payload["meta"] = meta
     (out_dir / "routing.json").write_text(json.dumps(payload, indent=1) + "\n")
-    write_markdown(out_dir / "routing.md", results, meta, targets)
-    write_records(out_dir / "routing_records.jsonl.gz", records_as_dicts(all_records))
+    record_dicts = records_as_dicts(all_records)
+    write_markdown(out_dir / "routing.md", results, meta, targets,
+                   tail.table(tail.tails(record_dicts)))
+    write_records(out_dir / "routing_records.jsonl.gz", record_dicts)
     plot(out_dir / "routing_ttft.png", all_records, results)
     print(f"\nwrote {out_dir}/routing.json, routing.md, routing_records.jsonl.gz, routing_ttft.png "
           f"in {meta['duration_s']} s")
