@@ -352,11 +352,12 @@ def write_markdown(path: Path, results: dict, meta: dict, targets: list[dict],
         lines.append(f"| {t['target']} | {t['ours']} | {t['dynamo_kv']} | {t['ratio']} | "
                      f"{'yes' if t['met'] else '**no**'} |")
     if tail_table:
-        lines += ["", "## What each arm's TTFT p99 is made of (`benchmarks/tail.py`)", "",
-                  "The requests at or above the arm's pooled p99: *cold* (no cache could hold "
+        legend = ("The requests at or above the arm's pooled p99: *cold* (no cache could hold "
                   "any of the prompt), *lost* (a cached prefix existed and the arm served under "
                   "90% of it: a routing choice), *hit* (cached as the ideal allows; the worker "
-                  "was busy).", "", tail_table]
+                  "was busy).")
+        lines += ["", "## What each arm's TTFT p99 is made of (`benchmarks/tail.py`)", "",
+                  legend, "", tail_table]
     lines += ["", f"Load during the run: {json.dumps(meta['load_summary'])}.", ""]
     path.write_text("\n".join(lines))
 
