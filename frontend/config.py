@@ -109,6 +109,14 @@ class GatewayConfig(BaseSettings):
         description="With routing=gateway: retries on another worker when the frontend answers "
         "5xx for the chosen worker before the answer starts (a dead or failing worker).",
     )
+    first_token_timeout_s: float = Field(
+        120.0, gt=0,
+        description="With routing=gateway, streamed requests: a worker that has not sent the "
+        "first token this long after the request left the gateway (sending included) has "
+        "failed: the request is dropped there and decided again (max_retries), like the "
+        "processor's AKR_PROCESSOR_FIRST_TOKEN_TIMEOUT_S. A whole answer has no first token to "
+        "wait for; the upstream read timeout bounds it.",
+    )
     worker_quarantine_s: float = Field(
         10.0, ge=0,
         description="With routing=gateway: a worker that just failed a request is left out of "

@@ -287,39 +287,76 @@ class Gateway:
 
         A worker that fails before its answer starts makes the frontend answer 5xx at once
         (checked on Dynamo 1.6.1 with a killed mocker: 503 for a whole answer, 500 for a
-        stream, before any SSE event). Then the decision is reported as a failure, the worker
-        quarantined, and the request decided again without it, at most ``max_retries`` times;
-        the last attempt's answer goes to the client whatever it is. On an exception the
-        current decision's feedback is closed here (the caller never saw it)."""
+        stream, before any SSE event); a streamed answer whose first token does not come within
+        ``first_token_timeout_s`` (a hung engine, a stopped worker process) is dropped, which
+        makes the frontend cancel it at the worker. Either way the decision is reported as a
+        failure, the worker quarantined, and the request decided again without it, at most
+        ``max_retries`` times; the last attempt's 5xx goes to the client as it is, its
+        first-token timeout as ``UpstreamTimeout`` (504). On an exception the current
+        decision's feedback is closed here (the caller never saw it)."""
         assert self.routing is not None
         excluded: frozenset[int] = frozenset()
         tokens: list[int] | None = None
+        # Only a stream has a first token to wait for before answering the client.
+        deadline_s = self.config.first_token_timeout_s if body.get("stream") is True else None
         for attempt in range(self.config.max_retries + 1):
             routed, data, tokens = await self._route(route, body, headers, hints, excluded,
                                                      tokens)
             routed.t_sent = time.perf_counter()
+            wid = routed.decision.worker_id
+            up: UpstreamResponse | None = None
             try:
-                up = await self.client.request("POST", route, data, headers)
+                async with asyncio.timeout(deadline_s) as deadline:
+                    up = await self.client.request("POST", route, data, headers)
+                    if deadline_s is not None and up.status < 500:
+                        await up.wait_body()
             except asyncio.CancelledError:
                 self.routing.finish(routed, 499)
+                if up is not None:
+                    up.close()
                 raise
+            except TimeoutError:
+                if not deadline.expired():  # the upstream's own timeout, not the worker's
+                    self.routing.finish(routed, 504)
+                    raise
+                assert deadline_s is not None
+                if up is not None:
+                    up.close()  # the frontend cancels the request at the worker
+                self._worker_failed(routed, 504)
+                if attempt == self.config.max_retries:
+                    raise UpstreamTimeout(f"no first token from worker {wid:x} within "
+                                          f"{deadline_s:g} s") from None
+                excluded = excluded | {wid}
+                self.metrics.retries += 1
+                log.warning("worker %x sent no first token within %g s; retrying elsewhere",
+                            wid, deadline_s)
+                continue
             except BaseException:
                 self.routing.finish(routed, 502)
+                if up is not None:
+                    up.close()
                 raise
             if up.status < 500:
                 return routed, up
-            wid = routed.decision.worker_id
-            self.routing.worker_failed(wid)
-            self.metrics.worker_error(wid)
             if attempt == self.config.max_retries:
+                self.routing.worker_failed(wid)
+                self.metrics.worker_error(wid)
                 return routed, up  # the caller reports it (a failure) and relays the error
             up.close()  # the error body is not needed: drop the connection, not read it
-            self.routing.finish(routed, up.status)
+            self._worker_failed(routed, up.status)
             excluded = excluded | {wid}
             self.metrics.retries += 1
             log.warning("worker %x failed a request (HTTP %d from the frontend); retrying "
                         "elsewhere", wid, up.status)
         raise AssertionError("unreachable")
+
+    def _worker_failed(self, routed: Routed, status: int) -> None:
+        """Quarantine a failed attempt's worker, count it, close the attempt's feedback."""
+        assert self.routing is not None
+        wid = routed.decision.worker_id
+        self.routing.worker_failed(wid)
+        self.metrics.worker_error(wid)
+        self.routing.finish(routed, status)
 
     def _reject(self, route: str, reply: Reply, field: str) -> Reply:
         self.metrics.reject(field)

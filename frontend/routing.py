@@ -22,10 +22,10 @@ Feedback comes from the gateway's view of the answer: time to the first SSE chun
 chunks per second after it (one token per chunk from Dynamo's frontend), end or disconnect.
 Like the processor, it reads the workers' model-card capacity and forward-pass metrics
 (``processor.engine_state``), and a worker the frontend could not get an answer from is
-quarantined and the request decided again (``frontend.gateway``). Compared with the processor,
-this mode has no first-token timeout of its own (a silent worker meets the upstream read
-timeout), and reports the decision's predicted uncached tokens instead of the engine's
-cached-token count. The workers register under the public model
+quarantined and the request decided again (``frontend.gateway``), as is a streamed request
+whose first token does not come within ``AKR_GATEWAY_FIRST_TOKEN_TIMEOUT_S``. Compared with
+the processor, this mode reports the decision's predicted uncached tokens instead of the
+engine's cached-token count, and a whole (non-streamed) answer has no first-token deadline. The workers register under the public model
 name (no processor owns it), which the frontend's ``--router-mode kv`` serves.
 
 Measured (benchmarks/results/idle_path.md, routing_experiment_gateway_routing.md): the tokens

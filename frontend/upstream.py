@@ -225,6 +225,14 @@ class UpstreamResponse:
             await conn.wait(self._client.read_timeout)
         self.release()
 
+    async def wait_body(self) -> None:
+        """Until the first body bytes (or the end of the body) arrive; they stay buffered for
+        ``relay()`` / ``iter_chunks()``. The caller bounds the wait (the first-token deadline of
+        routing=gateway); ``read_timeout`` still applies."""
+        conn = self._require()
+        while not conn.buffered and not conn.done:
+            await conn.wait(self._client.read_timeout)
+
     async def relay(self, sink: Callable[[bytes], None], *, paused: bool = False) -> None:
         """Hand every body chunk to ``sink`` as it arrives, from the socket's read callback.
 

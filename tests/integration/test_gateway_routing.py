@@ -10,15 +10,24 @@ conversation stays where its cache is, bad hints still get 400 before anything i
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
-from tests.integration.processor_util import chat, engine_reports, metric, per_worker, scrape
+from tests.integration.processor_util import (
+    chat,
+    engine_reports,
+    metric,
+    per_worker,
+    running_stack,
+    scrape,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +164,41 @@ def test_killed_worker_is_retried_elsewhere_and_quarantined() -> None:
         assert retries >= 1 and len(failed) == 1
         # Quarantined: after the first failure no later turn was pinned to the dead worker.
         assert metric(samples, "akr_gateway_worker_errors_total") == retries
+
+
+def test_frozen_worker_misses_the_first_token_deadline_and_is_retried() -> None:
+    """One of two mocker processes is stopped with SIGSTOP: alive to discovery, silent. A
+    streamed request the gateway pins to it gets no first token; after
+    ``first_token_timeout_s`` (1.5 s here, against Dynamo's own 5 s request timeout and the
+    upstream's 300 s read timeout) the gateway drops it, quarantines the worker and decides
+    again. Every request gets its full answer; the ones that were retried took the deadline
+    plus one answer, and the frozen worker alone is blamed."""
+    timeout_s = 1.5
+    config = StackConfig(speeds=[1.0, 1.5], gpu_blocks=1024, arm="gateway",
+                         gateway_env={"AKR_GATEWAY_FIRST_TOKEN_TIMEOUT_S": str(timeout_s)})
+    with running_stack(config) as stack:
+        url, model = stack.gateway_url, stack.model_name
+        engine_reports(f"{url}/metrics", "akr_gateway", 2)  # both workers known
+
+        def timed(i: int) -> tuple[dict[str, Any], float]:
+            t = time.monotonic()
+            _, usage = chat(url, model, f"frozen test {i}: " + "ctx " * 30, max_tokens=4,
+                            stream=True)
+            return usage, time.monotonic() - t
+
+        stack.signal("mocker1", signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(4) as pool:  # concurrent: the load term spreads them
+                got = list(pool.map(timed, range(4)))
+        finally:
+            stack.signal("mocker1", signal.SIGCONT)
+        samples = scrape(f"{url}/metrics")
+        retries = metric(samples, "akr_gateway_retries_total")
+        blamed = {w for w, v in per_worker(samples, "akr_gateway_worker_errors_total").items()
+                  if v > 0}
+        print(f"\nfrozen worker: {retries:.0f} of 4 streamed requests retried after "
+              f"{timeout_s} s; client latencies {[round(x, 2) for _, x in got]} s")
+        assert all(usage["completion_tokens"] == 4 for usage, _ in got)
+        assert retries >= 1 and len(blamed) == 1
+        slow = sorted(latency for _, latency in got)[-int(retries):]
+        assert all(timeout_s <= latency < timeout_s + 2.0 for latency in slow), got
