@@ -77,6 +77,10 @@ class _Heads:
         # Cached sampling factor U^-1 with P = U^T U: theta = mean + U^-1 z has cov P^-1.
         self.factor = np.empty((h, 0, DIM, DIM))
         self.count = np.empty((h, 0))  # discounted number of observations (diagnostics)
+        # Feature range each worker row was observed at (lo > hi: nothing observed yet);
+        # used only by learned_feature_clip.
+        self.lo = np.empty((0, DIM))
+        self.hi = np.empty((0, DIM))
         self.grow(capacity)
 
     @property
@@ -96,8 +100,16 @@ class _Heads:
         self.mean = np.concatenate([self.mean, np.zeros((h, extra, DIM))], axis=1)
         self.factor = np.concatenate([self.factor, f0], axis=1)
         self.count = np.concatenate([self.count, np.zeros((h, extra))], axis=1)
+        self.lo = np.concatenate([self.lo, np.full((extra, DIM), np.inf)])
+        self.hi = np.concatenate([self.hi, np.full((extra, DIM), -np.inf)])
+
+    def observe_range(self, row: int, x: np.ndarray) -> None:
+        np.minimum(self.lo[row], x, out=self.lo[row])
+        np.maximum(self.hi[row], x, out=self.hi[row])
 
     def reset(self, row: int) -> None:
+        self.lo[row] = np.inf
+        self.hi[row] = -np.inf
         for k in range(len(HEADS)):
             self.precision[k, row] = self.p0[k]
             self.b[k, row] = 0.0
@@ -134,11 +146,18 @@ class _Heads:
                 self.refresh(k, r)
 
     def predict(
-        self, rows: np.ndarray | slice, x: np.ndarray, scale: float, rng: np.random.Generator
+        self, rows: np.ndarray | slice, x: np.ndarray, scale: float, rng: np.random.Generator,
+        clip_to_seen: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(sampled, mean) corrections, shape (H, W), in standardized units."""
+        """(sampled, mean) corrections, shape (H, W), in standardized units. ``clip_to_seen``:
+        the mean is taken at the features clipped to the range each worker was observed at,
+        so a slope fitted on other conditions is not extrapolated (exploration unchanged)."""
         mean = self.mean[:, rows]  # (H, W, d)
-        mean_pred = np.einsum("wi,hwi->hw", x, mean)
+        xm = x
+        if clip_to_seen:
+            lo, hi = self.lo[rows], self.hi[rows]
+            xm = np.where(lo <= hi, np.clip(x, lo, hi), x)
+        mean_pred = np.einsum("wi,hwi->hw", xm, mean)
         if scale <= 0.0:
             return mean_pred, mean_pred
         z = rng.standard_normal(mean.shape)
@@ -211,7 +230,7 @@ class WorkerBandit:
         rows = self.rows(worker_ids)
         scale = (self.cfg.exploration * min(1.0, max(0.0, cold_fraction))
                  / (1.0 + max(0.0, latency_sensitivity)))
-        return self._heads.predict(rows, x, scale, self.rng)
+        return self._heads.predict(rows, x, scale, self.rng, self.cfg.learned_feature_clip)
 
     # --------------------------------------------------------------- learn
     def update(self, worker_id: int, x: np.ndarray, head: str, y: float) -> Optional[float]:
@@ -233,6 +252,7 @@ class WorkerBandit:
         target = y - self.baseline[head]
         self.baseline[head] += rate * (y - self.baseline[head])
         self._heads.update(HEADS.index(head), row, x, target, self.cfg.forgetting)
+        self._heads.observe_range(row, x)
         return target
 
     def decay(self, factor: float) -> None:
@@ -267,6 +287,8 @@ class WorkerBandit:
                 }
                 for k, h in enumerate(HEADS)
             }
+            if hs.lo[r, 0] <= hs.hi[r, 0]:  # observed: keep the feature range
+                workers[str(wid)]["range"] = [hs.lo[r].tolist(), hs.hi[r].tolist()]
         return {
             "version": 1,
             "features": list(FEATURES),
@@ -290,4 +312,6 @@ class WorkerBandit:
                 hs.b[k, r] = np.asarray(heads[h]["b"], dtype=np.float64)
                 hs.count[k, r] = float(heads[h].get("count", 0.0))
                 hs.refresh(k, r)
+            if "range" in heads:  # absent in states saved before ranges were kept
+                hs.lo[r], hs.hi[r] = heads["range"]
         self._last_ids = None

@@ -211,6 +211,14 @@ class RouterConfig(BaseSettings):
         "spread (~15 ms) outweighs the prefill a cache hit saves on short prompts: measured "
         "on the demo workload, 1.0 kept 11/24 later turns on their cache, 0.25 kept 19/24.",
     )
+    learned_feature_clip: bool = Field(
+        False,
+        description="Evaluate each worker's learned correction (its mean) at the features "
+        "clipped to the range that worker has been observed at: slopes fitted on mostly cache "
+        "hits are not extrapolated to a cold 3.5k-token prefill or an unusually busy worker, "
+        "where they swung an agentic decision by 26-31 ms the wrong way (benchmarks/README.md, "
+        "'The other half of that decision is the learner'). Exploration is unchanged.",
+    )
     ttft_scale_ms: float = Field(
         100.0, gt=0, description="Unit (ms) of the standardized TTFT residual."
     )

@@ -158,3 +158,35 @@ def test_state_dict_round_trips_through_json_and_msgspec() -> None:
         np.testing.assert_allclose(b2.sample(ids, x)[0], c.sample(ids, x)[0])
     with pytest.raises(ValueError):
         WorkerBandit(cfg).load_state_dict({"version": 2})
+
+
+def test_feature_clip_does_not_extrapolate_beyond_what_a_worker_was_seen_at() -> None:
+    """A worker observed only at 0.2-0.6 uncached k-tokens, with a residual slope of +30 ms
+    per k-token: unclipped, its mean correction at 3.5 k-tokens extrapolates the slope; with
+    learned_feature_clip it is the correction at 0.6 k-tokens, the edge of what it saw. A
+    worker never observed is unaffected; the range survives a state round trip."""
+    base = {"seed": 3, "exploration": 0.0}
+    rng = np.random.default_rng(3)
+    obs = [(k, (30.0 * k + rng.normal(0, 2)) / 100.0) for k in rng.uniform(0.2, 0.6, 150)]
+    corrections = {}
+    for clip in (False, True):
+        cfg = RouterConfig(**base, learned_feature_clip=clip)
+        b = WorkerBandit(cfg)
+        ids = np.array([1, 2])
+        b.sample(ids, np.stack([_x(), _x()]))
+        b.update(2, _x(0.4), "ttft", 0.0)  # a fleet baseline to centre on
+        for k, y in obs:
+            b.update(1, _x(k), "ttft", y)
+        _, mean = b.sample(ids, np.stack([_x(3.5), _x(3.5)]))
+        _, edge = b.sample(ids, np.stack([_x(0.6), _x(0.6)]))
+        corrections[clip] = (mean[0, 0], edge[0, 0])
+        if clip:
+            np.testing.assert_allclose(mean[0, 0], edge[0, 0])
+            restored = WorkerBandit(cfg)
+            restored.load_state_dict(json.loads(json.dumps(b.state_dict())))
+            np.testing.assert_allclose(restored.sample(ids, np.stack([_x(3.5), _x(3.5)]))[1],
+                                       mean)
+        _, fresh = WorkerBandit(cfg).sample(np.array([7]), _x(3.5)[None])
+        np.testing.assert_array_equal(fresh, 0.0)
+    unclipped, clipped = corrections[False][0], corrections[True][0]
+    assert unclipped > clipped + 0.05  # the slope, extrapolated: > 5 ms more at 3.5 k-tokens
