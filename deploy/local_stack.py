@@ -64,6 +64,10 @@ class StackConfig:
     processors: int = 1
     gateway_env: dict[str, str] = field(default_factory=dict)
     mocker_args: list[str] = field(default_factory=list)
+    # The worker program, started with the mocker's flags: a test engine can stand in
+    # (tests/integration/recording_worker.py shows what the workers receive).
+    worker_module: str = "dynamo.mocker"
+    worker_env: dict[str, str] = field(default_factory=dict)
     workdir: Path | None = None
     # A temporary workdir (logs, traces, discovery) is removed by stop() unless kept.
     keep_workdir: bool = False
@@ -283,7 +287,7 @@ class LocalStack:
             self._spawn(
                 f"mocker{index}",
                 [
-                    sys.executable, "-m", "dynamo.mocker",
+                    sys.executable, "-m", self.config.worker_module,
                     "--model-path", str(self.config.model_dir),
                     "--model-name", self.worker_model,
                     "--endpoint", f"dyn://{WORKER_ENDPOINT}",
@@ -296,6 +300,7 @@ class LocalStack:
                     "--event-plane", "zmq",
                     *self.config.mocker_args,
                 ],
+                self.config.worker_env,
             )
 
     def _start_router(self) -> None:

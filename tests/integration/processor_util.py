@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -108,6 +110,24 @@ def engine_reports(url: str, prefix: str, workers: int,
     samples = poll(f"capacity of {workers} workers in {url}", reported, timeout_s)
     return (per_worker(samples, f"{prefix}_worker_capacity_blocks"),
             per_worker(samples, f"{prefix}_engine_waiting_requests"))
+
+
+def timed_while_frozen(stack: LocalStack, process: str, send: Callable[[int], Any],
+                       requests: int = 4) -> list[tuple[Any, float]]:
+    """``send(i)`` for ``requests`` concurrent requests while ``process`` is frozen (SIGSTOP,
+    resumed after): each result with its client latency in seconds. Concurrent, so the load
+    term spreads them and some land on the frozen worker."""
+    def timed(i: int) -> tuple[Any, float]:
+        t = time.monotonic()
+        out = send(i)
+        return out, time.monotonic() - t
+
+    stack.signal(process, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(requests) as pool:
+            return list(pool.map(timed, range(requests)))
+    finally:
+        stack.signal(process, signal.SIGCONT)
 
 
 def records(stack: LocalStack) -> list[TraceRecord]:

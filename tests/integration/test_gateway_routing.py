@@ -10,10 +10,8 @@ conversation stays where its cache is, bad hints still get 400 before anything i
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -27,6 +25,7 @@ from tests.integration.processor_util import (
     per_worker,
     running_stack,
     scrape,
+    timed_while_frozen,
 )
 
 pytestmark = pytest.mark.integration
@@ -180,18 +179,8 @@ def test_frozen_worker_misses_the_first_token_deadline_and_is_retried() -> None:
         url, model = stack.gateway_url, stack.model_name
         engine_reports(f"{url}/metrics", "akr_gateway", 2)  # both workers known
 
-        def timed(i: int) -> tuple[dict[str, Any], float]:
-            t = time.monotonic()
-            _, usage = chat(url, model, f"frozen test {i}: " + "ctx " * 30, max_tokens=4,
-                            stream=True)
-            return usage, time.monotonic() - t
-
-        stack.signal("mocker1", signal.SIGSTOP)
-        try:
-            with ThreadPoolExecutor(4) as pool:  # concurrent: the load term spreads them
-                got = list(pool.map(timed, range(4)))
-        finally:
-            stack.signal("mocker1", signal.SIGCONT)
+        got = timed_while_frozen(stack, "mocker1", lambda i: chat(
+            url, model, f"frozen test {i}: " + "ctx " * 30, max_tokens=4, stream=True)[1])
         samples = scrape(f"{url}/metrics")
         retries = metric(samples, "akr_gateway_retries_total")
         blamed = {w for w, v in per_worker(samples, "akr_gateway_worker_errors_total").items()

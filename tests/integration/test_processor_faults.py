@@ -8,18 +8,16 @@ concurrent requests queue on a worker without having started to stream.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
 from tests.integration.processor_util import (
-    chat, metric, poll, records, running_stack, scrape, trace_of,
+    chat, metric, poll, records, running_stack, scrape, timed_while_frozen, trace_of,
 )
 
 pytestmark = pytest.mark.integration
@@ -238,18 +236,9 @@ def test_frozen_worker_times_out_before_the_first_token_and_is_retried() -> None
         poll("both workers routable",
              lambda: metric(scrape(url), "akr_processor_workers") == 2, 15)
 
-        def timed(i: int) -> tuple[str, float]:
-            t = time.monotonic()
-            rid = chat(stack.gateway_url, stack.model_name,
-                       f"frozen test {i}: " + "ctx " * 30, max_tokens=4)[0]
-            return rid, time.monotonic() - t
-
-        stack.signal("mocker1", signal.SIGSTOP)
-        try:
-            with ThreadPoolExecutor(4) as pool:  # concurrent: the load term spreads them
-                got = list(pool.map(timed, range(4)))
-        finally:
-            stack.signal("mocker1", signal.SIGCONT)
+        got = timed_while_frozen(stack, "mocker1", lambda i: chat(
+            stack.gateway_url, stack.model_name, f"frozen test {i}: " + "ctx " * 30,
+            max_tokens=4)[0])
         recs = [trace_of(stack, rid) for rid, _ in got]
         after = scrape(url)
         frozen = {int(dict(lbl)["worker"], 16) for (name, lbl), v in after.items()
