@@ -1,5 +1,5 @@
 """What reaches the engine: a NAT-style request through gateway -> stock frontend -> processor
-arrives at the worker with the conversation id in ``agent_context.session_id`` (what Dynamo
+(or, with routing in the gateway, gateway -> stock frontend) arrives at the worker with the conversation id in ``agent_context.session_id`` (what Dynamo
 1.6.1's engine handlers read: SGLang's session-aware radix cache, vLLM's
 ``generate(session_id=...)``, TensorRT-LLM's conversation affinity), the parent conversation
 from ``x-dynamo-parent-session-id``, and the client's priority in ``routing.priority``.
@@ -23,10 +23,13 @@ from tests.integration.processor_util import chat, poll, running_stack
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
+@pytest.fixture(scope="module", params=["ours", "gateway"])
+def recorded(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
+    """Both deployments: the processor path (default) and routing in the gateway."""
     path = tmp_path_factory.mktemp("engine-fields") / "requests.jsonl"
-    config = StackConfig(workers=1, worker_module="tests.integration.recording_worker",
+    config = StackConfig(workers=1, arm=request.param,
+                         worker_module="tests.integration.recording_worker",
                          worker_env={"AKR_TEST_RECORD_PATH": str(path)})
     with running_stack(config) as stack:
         yield stack, path
