@@ -1,8 +1,9 @@
 """What reaches the engine: a NAT-style request through gateway -> stock frontend -> processor
-(or, with routing in the gateway, gateway -> stock frontend) arrives at the worker with the conversation id in ``agent_context.session_id`` (what Dynamo
-1.6.1's engine handlers read: SGLang's session-aware radix cache, vLLM's
-``generate(session_id=...)``, TensorRT-LLM's conversation affinity), the parent conversation
-from ``x-dynamo-parent-session-id``, and the client's priority in ``routing.priority``.
+(or, with routing in the gateway, gateway -> stock frontend) arrives at the worker with the
+conversation id in ``agent_context.session_id`` (what Dynamo 1.6.1's engine handlers read:
+SGLang's session-aware radix cache, vLLM's ``generate(session_id=...)``, TensorRT-LLM's
+conversation affinity), the parent conversation from ``x-dynamo-parent-session-id``, and the
+client's priority in ``routing.priority``.
 
 The worker is tests/integration/recording_worker.py, a real Dynamo worker that writes down
 the fields of each request it gets (the mocker does not show its requests).
