@@ -87,6 +87,16 @@ class ProcessorConfig(BaseSettings):
             "AKR_ROUTER_WORKER_CAPACITY_BLOCKS, no engine queue signal."
         ),
     )
+    kv_event_threads: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Threads of the processor's KvRouter indexer (Dynamo's `router_event_threads`: they "
+            "apply the workers' KV events and answer the overlap query of every decision). "
+            "Dynamo's default is 4; 1 made decisions slower on a 2-core machine "
+            "(benchmarks/README.md)."
+        ),
+    )
     sweep_interval_s: float = Field(
         1.0, gt=0, description="Period of the background sweep (expiry, feedback timeouts, workers)."
     )

@@ -116,7 +116,8 @@ class ProcessorHandler:
         endpoint = self._runtime.endpoint(self._config.worker_endpoint)
         self._client = await endpoint.client()
         await self._client.wait_for_instances()
-        kv_router = KvRouter(endpoint, self._config.block_size, KvRouterConfig())
+        kv_router = KvRouter(endpoint, self._config.block_size,
+                             KvRouterConfig(router_event_threads=self._config.kv_event_threads))
         if self._config.engine_poll_s > 0:
             from dynamo.llm import FpmEventSubscriber
 
