@@ -30,14 +30,22 @@ def load(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def split(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(workload, arm) -> counts and TTFT medians of hits, misses and all requests."""
+def by_arm(records: list[dict[str, Any]],
+           need_prompt: bool = True) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(workload, arm) -> its successful records with a TTFT (and, with ``need_prompt``, a
+    prompt length: the analyses that divide by it)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        if r.get("status") == 200 and r.get("ttft_ms") is not None and r.get("prompt_tokens"):
+        if (r.get("status") == 200 and r.get("ttft_ms") is not None
+                and (r.get("prompt_tokens") or not need_prompt)):
             groups[(r["workload"], r["arm"])].append(r)
+    return groups
+
+
+def split(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(workload, arm) -> counts and TTFT medians of hits, misses and all requests."""
     out = {}
-    for key, rs in groups.items():
+    for key, rs in by_arm(records).items():
         frac = np.array([(r.get("cached_tokens") or 0) / r["prompt_tokens"] for r in rs])
         ttft = np.array([r["ttft_ms"] for r in rs])
         hits, misses = ttft[frac >= HIT], ttft[frac < MISS]

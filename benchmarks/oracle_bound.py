@@ -26,13 +26,12 @@ paths and queueing cost beyond the cache.
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.hit_latency import RECORDS, load
+from benchmarks.hit_latency import RECORDS, by_arm, load
 
 PERCENTILES = (50, 90, 99)
 REFERENCE_ARM = "dynamo_kv"
@@ -40,18 +39,13 @@ REFERENCE_ARM = "dynamo_kv"
 
 def bound(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """(workload, arm) -> fit, excess prefill, and measured vs cache-perfect TTFT percentiles."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        if r.get("status") == 200 and r.get("ttft_ms") is not None and r.get("prompt_tokens"):
-            groups[(r["workload"], r["arm"])].append(r)
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for key, rs in groups.items():
+    for key, rs in by_arm(records).items():
         ttft = np.array([r["ttft_ms"] for r in rs], dtype=float)
-        prompt = np.array([r["prompt_tokens"] for r in rs], dtype=float)
-        uncached = prompt - np.array([r.get("cached_tokens") or 0 for r in rs], dtype=float)
-        ideal_uncached = prompt - np.array([r.get("ideal_cached_tokens") or 0 for r in rs],
-                                           dtype=float)
-        excess = np.maximum(uncached - ideal_uncached, 0.0)
+        cached = np.array([r.get("cached_tokens") or 0 for r in rs], dtype=float)
+        ideal = np.array([r.get("ideal_cached_tokens") or 0 for r in rs], dtype=float)
+        uncached = np.array([r["prompt_tokens"] for r in rs], dtype=float) - cached
+        excess = np.maximum(ideal - cached, 0.0)
         intercept, slope = _fit(uncached / 1000.0, ttft)
         perfect = ttft - max(slope, 0.0) * excess / 1000.0
         out[key] = {

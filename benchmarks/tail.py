@@ -20,13 +20,13 @@ or because of the draw.
 from __future__ import annotations
 
 import argparse
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.hit_latency import RECORDS, load
+from benchmarks.hit_latency import RECORDS, by_arm, load
 
 HIT_OF_IDEAL = 0.9
 
@@ -41,10 +41,7 @@ def outcome(r: dict[str, Any]) -> str:
 
 def tails(records: list[dict[str, Any]], q: float = 99.0) -> dict[tuple[str, str], dict[str, Any]]:
     """(workload, arm) -> the arm's pooled TTFT percentile ``q`` and the requests at or above it."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        if r.get("status") == 200 and r.get("ttft_ms") is not None:
-            groups[(r["workload"], r["arm"])].append(r)
+    groups = by_arm(records, need_prompt=False)
     out = {}
     for key, rs in groups.items():
         cut = float(np.percentile([r["ttft_ms"] for r in rs], q))
