@@ -44,6 +44,7 @@ from processor.routing import (
     block_hashes,
     chain_hashes,
     drop_departed,
+    finish_feedback,
     route_request,
 )
 from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
@@ -343,18 +344,9 @@ class ProcessorHandler:
         m.e2e.observe(e2e_ms / 1000.0)
         m.observe_tokens(len(token_ids), measure.cached or 0, measure.tokens)
         if open_decision is not None:
-            uncached = None if measure.cached is None else max(0, len(token_ids) - measure.cached)
             self.routing.feedback(
-                Feedback(
-                    event="finish",
-                    request_id=open_decision,
-                    ttft_ms=ttft_ms,
-                    itl_ms=itl_ms,
-                    uncached_tokens=uncached,
-                    output_tokens=measure.tokens,
-                    ok=outcome == "ok",
-                    cancelled=outcome == "cancelled",
-                )
+                finish_feedback(open_decision, len(token_ids), measure.cached, ttft_ms, itl_ms,
+                                measure.tokens, outcome)
             )
         if self._writer is None:
             return
