@@ -131,7 +131,8 @@ async def _measure(runtime: Any, n_workers: int, samples: int, warmup: int, seed
     cfg = RouterConfig(block_size=BLOCK_SIZE, seed=seed)
     service = RouterService(cfg)
     for i, w in enumerate(worker_ids[::2]):  # synthetic in-flight load on half the workers
-        service.load.start(f"inflight-{i}", w, 512 * (i % 3), PROMPT_TOKENS, 128)
+        service.load.start(f"inflight-{i}", w, 512 * (i % 3), PROMPT_TOKENS, 128,
+                           now=time.monotonic())
     live = frozenset(client.instance_ids())
     conversations = 32
     split: list[tuple[float, float]] = []  # (signals, decide) of each of our decisions

@@ -172,8 +172,9 @@ class Gateway:
     async def start(self) -> None:
         cfg = self.config
         if self._lag_watch is None:
-            self._lag_watch = asyncio.get_running_loop().create_task(
-                watch_loop_lag(self.metrics.loop_lag.observe))
+            loop = asyncio.get_running_loop()
+            self._lag_watch = loop.create_task(
+                watch_loop_lag(self.metrics.loop_lag.observe, loop.time))
         if cfg.trace_path is not None and self.trace is None:
             self.trace = JsonlWriter(cfg.trace_path, queue_size=cfg.trace_queue_size,
                                      max_bytes=cfg.trace_max_bytes, backups=cfg.trace_backups)

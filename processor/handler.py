@@ -145,7 +145,9 @@ class ProcessorHandler:
             self.metrics.serve(self._config.metrics_port, self._config.metrics_host)
         self._sweep_once()  # gauges (workers routable, ...) valid before the first periodic sweep
         self._sweeper = asyncio.create_task(self._sweep_forever())
-        self._lag_watch = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag.observe))
+        self._lag_watch = asyncio.create_task(
+            watch_loop_lag(self.metrics.loop_lag.observe, asyncio.get_running_loop().time)
+        )
 
     async def stop(self) -> None:
         for task in (self._sweeper, self._lag_watch):

@@ -83,6 +83,7 @@ class RouterService:
             req.osl or self.config.default_osl,
             tuple(req.block_hashes) if req.block_hashes else (),
             req.latency_class,
+            now=now,
         )
         return decision
 

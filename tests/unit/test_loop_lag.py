@@ -11,7 +11,7 @@ from router.loop_lag import LOOP_LAG_BUCKETS, watch_loop_lag
 def test_lag_is_near_zero_on_an_idle_loop_and_shows_a_blocked_one() -> None:
     async def run() -> list[float]:
         seen: list[float] = []
-        task = asyncio.create_task(watch_loop_lag(seen.append, interval_s=0.01))
+        task = asyncio.create_task(watch_loop_lag(seen.append, asyncio.get_running_loop().time, interval_s=0.01))
         while len(seen) < 3:
             await asyncio.sleep(0.01)
         idle = len(seen)

@@ -318,7 +318,7 @@ def test_signals_from_rows_aggregate_dp_ranks_and_add_our_load() -> None:
     """Per worker: the best rank's overlap, the least loaded rank's prefill plus our queue,
     Dynamo's decode blocks summed over ranks plus ours per rank; only live workers."""
     load = LoadTracker(BS)
-    load.start("a", 7, uncached_tokens=100, prompt_tokens=640, osl=0)  # 10 blocks on 7
+    load.start("a", 7, uncached_tokens=100, prompt_tokens=640, osl=0, now=0.0)  # 10 blocks on 7
     rows = [
         {"worker_id": 7, "dp_rank": 0, "potential_prefill_tokens": 500, "potential_decode_blocks": 10},
         {"worker_id": 7, "dp_rank": 1, "potential_prefill_tokens": 256, "potential_decode_blocks": 20},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from router.config import RouterConfig
@@ -92,13 +91,26 @@ def test_learner_state_survives_a_restart(tmp_path: Path) -> None:
 
 def test_load_of_requests_whose_end_never_arrives_expires() -> None:
     svc = service()
-    wid = find(svc, "lost", {W1: 4096, W2: 4096})
+    wid = find(svc, "lost", {W1: 4096, W2: 4096})  # placed at now=1.0
     assert svc.load.get(wid).active_requests == 1
-    now = time.monotonic()
-    assert svc.sweep(now)["load_expired"] == 0  # younger than the feedback timeout
-    swept = svc.sweep(now + svc.config.feedback_timeout_s + 1)
+    timeout = svc.config.feedback_timeout_s
+    assert svc.sweep(1.0 + timeout - 0.5)["load_expired"] == 0  # younger than the timeout
+    swept = svc.sweep(1.0 + timeout + 0.5)
     assert swept["load_expired"] == 1
     assert svc.load.get(wid).active_requests == 0 and len(svc.load) == 0
+
+
+def test_load_starts_at_the_callers_now_not_the_wall_clock() -> None:
+    """The router reads no clock: a request placed at now=1000 s (far from any real monotonic
+    reading) is started at exactly that time and expires relative to it."""
+    svc = service()
+    msg = FindWorker(request=RouteRequest(request_id="r", prompt_tokens=4096, osl=64),
+                     rows=rows({W1: 4096, W2: 4096}, 4096))
+    svc.find_worker(msg, now=1000.0)
+    assert svc.load._active["r"].started == 1000.0
+    timeout = svc.config.feedback_timeout_s
+    assert svc.sweep(1000.0 + timeout - 0.5)["load_expired"] == 0
+    assert svc.sweep(1000.0 + timeout + 0.5)["load_expired"] == 1
 
 
 def test_unique_blocks_count_a_shared_prefix_once_and_are_released() -> None:
@@ -108,8 +120,8 @@ def test_unique_blocks_count_a_shared_prefix_once_and_are_released() -> None:
     from router.load import LoadTracker
 
     load = LoadTracker(BS)
-    load.start("a", 7, 0, prompt_tokens=5 * BS, osl=BS, hashes=(1, 2, 3, 10, 11))
-    load.start("b", 7, 0, prompt_tokens=4 * BS + 10, osl=BS, hashes=(1, 2, 3, 20))
+    load.start("a", 7, 0, prompt_tokens=5 * BS, osl=BS, hashes=(1, 2, 3, 10, 11), now=1.0)
+    load.start("b", 7, 0, prompt_tokens=4 * BS + 10, osl=BS, hashes=(1, 2, 3, 20), now=1.0)
     w = load.get(7)
     assert w.decode_blocks == 6 + 6
     assert w.used_blocks == 6 + (1 + 2)  # 6 distinct prompt blocks + (a: output; b: output + partial)
@@ -130,7 +142,7 @@ def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
                                          worker_capacity_blocks=80, kv_full_ms=kv_full_ms))
         shared = [1000 + i for i in range(40)]
         svc.load.start("busy", W1, 0, prompt_tokens=60 * BS, osl=BS,
-                       hashes=tuple(shared + [2000 + j for j in range(20)]))
+                       hashes=tuple(shared + [2000 + j for j in range(20)]), now=1.0)
         assert svc.load.get(W1).used_blocks == 61
         hashes = shared + [9000 + j for j in range(24)]
         msg = FindWorker(request=RouteRequest(request_id="r", prompt_tokens=4096, osl=64,
@@ -160,8 +172,9 @@ def test_latency_classes_are_kept_apart_only_when_asked() -> None:
         svc = RouterService(RouterConfig(seed=3, block_size=BS, bandit_enabled=False,
                                          sensitive_mix_weight=weight,
                                          background_mix_weight=weight))
-        svc.load.start("doc", W1, 0, prompt_tokens=59 * BS, osl=BS, klass=BACKGROUND)
-        svc.load.start("chat", W2, 0, prompt_tokens=79 * BS, osl=BS)
+        svc.load.start("doc", W1, 0, prompt_tokens=59 * BS, osl=BS, klass=BACKGROUND,
+                       now=1.0)
+        svc.load.start("chat", W2, 0, prompt_tokens=79 * BS, osl=BS, now=1.0)
         wid = find(svc, "r", {W1: 4096, W2: 4096}, latency_class=klass)
         return wid, svc
 
