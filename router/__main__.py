@@ -75,8 +75,9 @@ async def worker(runtime: DistributedRuntime) -> None:
     endpoints = RouterEndpoints(service, time.monotonic)
     if config.metrics_port is not None:
         serve_metrics(service, config.metrics_port, config.metrics_host)
-        logger.info("router metrics on http://%s:%d/metrics", config.metrics_host,
-                    config.metrics_port)
+        logger.info(
+            "router metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port
+        )
     find = runtime.endpoint(f"{config.service_endpoint}.find_worker")
     feedback = runtime.endpoint(f"{config.service_endpoint}.feedback")
     maintenance = asyncio.create_task(endpoints.maintain())

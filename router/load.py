@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 UNCLASSED, SENSITIVE, BACKGROUND = 0, 1, 2
 
 
@@ -113,8 +112,16 @@ class LoadTracker:
         return self._workers.get(worker_id) or WorkerLoad()
 
     def start(
-        self, request_id: str, worker_id: int, uncached_tokens: int, prompt_tokens: int, osl: int,
-        hashes: tuple[int, ...] = (), klass: int = UNCLASSED, *, now: float,
+        self,
+        request_id: str,
+        worker_id: int,
+        uncached_tokens: int,
+        prompt_tokens: int,
+        osl: int,
+        hashes: tuple[int, ...] = (),
+        klass: int = UNCLASSED,
+        *,
+        now: float,
     ) -> None:
         """Count a placed request's load; ``now`` (the caller's monotonic seconds) is its start,
         which ``expire`` compares against."""
