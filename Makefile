@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: setup demo test unit bench config-doc clean
+.PHONY: setup demo test unit lint bench config-doc clean
 
 setup:
 	@bash deploy/setup.sh
@@ -9,8 +9,12 @@ setup:
 demo: setup
 	$(PY) -m deploy.demo
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

@@ -22,6 +22,7 @@ Two things needed working around on this offline machine (aiperf 0.13.0):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -45,7 +46,9 @@ def available() -> bool:
 def version() -> str | None:
     if not available():
         return None
-    out = subprocess.run([str(AIPERF_BIN), "--version"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(AIPERF_BIN), "--version"], capture_output=True, text=True, timeout=120
+    )
     return out.stdout.strip() or None
 
 
@@ -65,33 +68,56 @@ def _hf_home(run_dir: Path) -> Path:
 
 def command(url: str, model: str, trace: Path, out_dir: Path, headers: dict[str, str]) -> list[str]:
     cmd = [
-        str(AIPERF_BIN), "profile",
-        "--model", model,
-        "--endpoint-type", "chat",
+        str(AIPERF_BIN),
+        "profile",
+        "--model",
+        model,
+        "--endpoint-type",
+        "chat",
         "--streaming",
-        "--url", url,
-        "--input-file", str(trace),
-        "--custom-dataset-type", "mooncake_trace",
+        "--url",
+        url,
+        "--input-file",
+        str(trace),
+        "--custom-dataset-type",
+        "mooncake_trace",
         "--fixed-schedule",
-        "--isl-block-size", "64",
-        "--tokenizer", HF_REPO,
-        "--extra-inputs", json.dumps({"stream_options": {"include_usage": True}, "ignore_eos": True}),
-        "--artifact-dir", str(out_dir),
-        "--export-level", "records",
-        "--ui-type", "none",
+        "--isl-block-size",
+        "64",
+        "--tokenizer",
+        HF_REPO,
+        "--extra-inputs",
+        json.dumps({"stream_options": {"include_usage": True}, "ignore_eos": True}),
+        "--artifact-dir",
+        str(out_dir),
+        "--export-level",
+        "records",
+        "--ui-type",
+        "none",
         # keep the client light on a 2-core box
-        "--workers-max", "2",
-        "--record-processors", "1",
+        "--workers-max",
+        "2",
+        "--record-processors",
+        "1",
         "--no-server-metrics",
-        "--request-timeout-seconds", "180",
+        "--request-timeout-seconds",
+        "180",
     ]
     for k, v in headers.items():
         cmd += ["--header", f"{k}:{v}"]
     return cmd
 
 
-def run(url: str, model: str, arm: str, rows: list[dict[str, Any]], ideal: list[int],
-        run_dir: Path, repeat: int, workload: str = "mooncake") -> tuple[list[Record], float, str]:
+def run(
+    url: str,
+    model: str,
+    arm: str,
+    rows: list[dict[str, Any]],
+    ideal: list[int],
+    run_dir: Path,
+    repeat: int,
+    workload: str = "mooncake",
+) -> tuple[list[Record], float, str]:
     """Replay ``rows`` (already scaled) with AIPerf; returns records, wall seconds, command."""
     run_dir.mkdir(parents=True, exist_ok=True)
     trace = run_dir / "mooncake_scaled.jsonl"
@@ -101,14 +127,21 @@ def run(url: str, model: str, arm: str, rows: list[dict[str, Any]], ideal: list[
     out_dir = run_dir / f"aiperf-{arm}-{repeat}"
     cmd = command(url, model, trace, out_dir, {})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AKR_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_HOME": str(_hf_home(run_dir)),
-                "TOKENIZERS_PARALLELISM": "false"})
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(_hf_home(run_dir)),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=run_dir, timeout=1800)
     wall = time.monotonic() - t0
     export = out_dir / "profile_export.jsonl"
     if not export.exists():
-        raise RuntimeError(f"aiperf failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"aiperf failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     records: list[Record] = []
     t_first: float | None = None
     raw = [json.loads(line) for line in export.read_text().splitlines() if line.strip()]
@@ -119,13 +152,19 @@ def run(url: str, model: str, arm: str, rows: list[dict[str, Any]], ideal: list[
     for item in raw:
         md, m = item["metadata"], item.get("metrics", {})
         idx = int(md.get("session_num", -1))
-        val = lambda k: (m.get(k) or {}).get("value")  # noqa: E731
+        val = functools.partial(_metric_value, m)
         err = item.get("error")
         rec = Record(
-            workload=workload, arm=arm, repeat=repeat, session=f"mooncake-{idx}",
-            klass="mooncake", turn=0, t_send_s=md.get("request_start_ns", 0) / 1e9 - (t_first or 0),
+            workload=workload,
+            arm=arm,
+            repeat=repeat,
+            session=f"mooncake-{idx}",
+            klass="mooncake",
+            turn=0,
+            t_send_s=md.get("request_start_ns", 0) / 1e9 - (t_first or 0),
             status=200 if not err else int(err.get("code") or 0),
-            ttft_ms=val("time_to_first_token"), e2e_ms=val("request_latency"),
+            ttft_ms=val("time_to_first_token"),
+            e2e_ms=val("request_latency"),
             itl_ms=val("inter_token_latency"),
             output_tokens=int(val("usage_completion_tokens") or 0),
             prompt_tokens=int(val("usage_prompt_tokens") or 0),
@@ -138,8 +177,27 @@ def run(url: str, model: str, arm: str, rows: list[dict[str, Any]], ideal: list[
     # Requests AIPerf never recorded count as failed.
     missing = len(rows) - len(records)
     for k in range(max(0, missing)):
-        records.append(Record(workload, arm, repeat, f"mooncake-missing-{k}", "mooncake", 0, 0.0,
-                              0, None, None, None, 0, 0, 0, 0, 0, error="not recorded by aiperf"))
+        records.append(
+            Record(
+                workload,
+                arm,
+                repeat,
+                f"mooncake-missing-{k}",
+                "mooncake",
+                0,
+                0.0,
+                0,
+                None,
+                None,
+                None,
+                0,
+                0,
+                0,
+                0,
+                0,
+                error="not recorded by aiperf",
+            )
+        )
     return records, wall, shown_command(cmd, out_dir)
 
 
@@ -148,3 +206,8 @@ def shown_command(cmd: list[str], run_dir: Path) -> str:
     repo = str(Path(__file__).resolve().parent.parent)
     shown = " ".join(c if " " not in c and "{" not in c else repr(c) for c in cmd)
     return shown.replace(str(run_dir.parent), "<run dir>").replace(repo + "/", "")
+
+
+def _metric_value(metrics: dict[str, Any], name: str) -> Any:
+    """One metric's value from an AIPerf record's ``metrics`` (None when absent)."""
+    return (metrics.get(name) or {}).get("value")

@@ -106,13 +106,13 @@ async def _measure(runtime: Any, n_workers: int, samples: int, warmup: int, seed
     missing = [set(ws) for ws in holders]
     for _ in range(10):
         before = sum(map(len, missing))
-        for s, ws in zip(systems, missing):
+        for s, ws in zip(systems, missing, strict=True):
             todo = sorted(ws)
             for i in range(0, len(todo), 16):
                 await asyncio.gather(*(send(s + tokens(256), w) for w in todo[i : i + 16]))
         for _ in range(30):
             await asyncio.sleep(0.1)
-            missing = [ws - await cached_on(s) for s, ws in zip(systems, missing)]
+            missing = [ws - await cached_on(s) for s, ws in zip(systems, missing, strict=True)]
             if not any(missing):
                 break
         if not any(missing) or sum(map(len, missing)) == before:
@@ -120,18 +120,23 @@ async def _measure(runtime: Any, n_workers: int, samples: int, warmup: int, seed
     # With 256 workers in one mocker process the KvRouter sometimes never observes a few
     # workers' event sources ("kv_event_source_not_observed"): measure anyway (both sides
     # query the same indexer) and record how many holders are visible.
-    visible = [len(ws) - len(m) for ws, m in zip(holders, missing)]
+    visible = [len(ws) - len(m) for ws, m in zip(holders, missing, strict=True)]
     if not all(visible):
         raise RuntimeError(f"no KV events visible for a system prompt: {visible}")
     if any(missing):
-        print(f"[decision] KV events visible for {visible} of {list(map(len, holders))} "
-              "holders; measuring anyway", file=sys.stderr)
+        print(
+            f"[decision] KV events visible for {visible} of {list(map(len, holders))} "
+            "holders; measuring anyway",
+            file=sys.stderr,
+        )
 
     # Our side, set up as in processor/handler.py.
     cfg = RouterConfig(block_size=BLOCK_SIZE, seed=seed)
     service = RouterService(cfg)
     for i, w in enumerate(worker_ids[::2]):  # synthetic in-flight load on half the workers
-        service.load.start(f"inflight-{i}", w, 512 * (i % 3), PROMPT_TOKENS, 128)
+        service.load.start(
+            f"inflight-{i}", w, 512 * (i % 3), PROMPT_TOKENS, 128, now=time.monotonic()
+        )
     live = frozenset(client.instance_ids())
     conversations = 32
     split: list[tuple[float, float]] = []  # (signals, decide) of each of our decisions
@@ -255,9 +260,7 @@ def _child(args: argparse.Namespace) -> None:
     @dynamo_worker()
     async def main(runtime: DistributedRuntime) -> None:
         try:
-            result.update(
-                await _measure(runtime, args.child, args.samples, args.warmup, args.seed)
-            )
+            result.update(await _measure(runtime, args.child, args.samples, args.warmup, args.seed))
         finally:
             runtime.shutdown()
 
@@ -273,9 +276,19 @@ def _run_one(n: int, args: argparse.Namespace) -> dict:
     with LocalStack(cfg) as stack:
         out = stack.workdir / f"decision-{n}.json"
         cmd = [
-            sys.executable, "-m", "benchmarks.decision",
-            "--child", str(n), "--samples", str(args.samples), "--warmup", str(args.warmup),
-            "--seed", str(args.seed), "--out", str(out),
+            sys.executable,
+            "-m",
+            "benchmarks.decision",
+            "--child",
+            str(n),
+            "--samples",
+            str(args.samples),
+            "--warmup",
+            str(args.warmup),
+            "--seed",
+            str(args.seed),
+            "--out",
+            str(out),
         ]
         # DYN_LOG=warn: best_worker logs every selection at INFO; timing that write would
         # charge Dynamo's side for terminal I/O that is not part of its decision.
@@ -300,8 +313,11 @@ def _write(results: dict, args: argparse.Namespace, command: str) -> None:
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     doc["command"] = command
-    doc["prompt"] = {"tokens": PROMPT_TOKENS, "shared_prefix_tokens": SYSTEM_TOKENS,
-                     "block_size": BLOCK_SIZE}
+    doc["prompt"] = {
+        "tokens": PROMPT_TOKENS,
+        "shared_prefix_tokens": SYSTEM_TOKENS,
+        "block_size": BLOCK_SIZE,
+    }
     (out_dir / "decision.json").write_text(json.dumps(doc, indent=2) + "\n")
 
     load = doc["machine"]["load_avg_at_start"]
@@ -315,7 +331,8 @@ def _write(results: dict, args: argparse.Namespace, command: str) -> None:
         f"{args.samples} samples per side per worker count after {args.warmup} warm-up pairs.",
         "",
         "* ours = `LocalRouting.decide`: one `get_potential_loads` + `RouterService.find_worker`",
-        "  (signals from the rows + our load, `Router.decide`): one full decision as the processor makes it;",
+        "  (signals from the rows + our load, `Router.decide`): one full decision as the processor",
+        "  makes it;",
         "* Dynamo = `await KvRouter.best_worker(token_ids)` (query-only) on the same KvRouter.",
         "",
         "Command (repo root):",
@@ -366,8 +383,11 @@ def _write(results: dict, args: argparse.Namespace, command: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", default=",".join(map(str, DEFAULT_WORKERS)),
-                    help="comma-separated worker counts")
+    ap.add_argument(
+        "--workers",
+        default=",".join(map(str, DEFAULT_WORKERS)),
+        help="comma-separated worker counts",
+    )
     ap.add_argument("--samples", type=int, default=2000, help="samples per side")
     ap.add_argument("--warmup", type=int, default=100, help="warm-up pairs (not recorded)")
     ap.add_argument("--seed", type=int, default=7)
@@ -379,9 +399,7 @@ def main() -> None:
         _child(args)
         return
     counts = [int(x) for x in args.workers.split(",") if x]
-    command = "python -m benchmarks.decision" + "".join(
-        f" {a}" for a in sys.argv[1:]
-    )
+    command = "python -m benchmarks.decision" + "".join(f" {a}" for a in sys.argv[1:])
     results: dict[int, dict] = {}
     for n in counts:
         print(f"[decision] {n} workers ...", flush=True)

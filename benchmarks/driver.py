@@ -78,9 +78,17 @@ def request_body(arm: str, model: str, turn: Turn) -> dict[str, Any]:
 
 
 class Driver:
-    def __init__(self, url: str, model: str, arm: str, workload: Workload, repeat: int,
-                 session_header: bool, timeout_s: float = 180.0,
-                 body_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        arm: str,
+        workload: Workload,
+        repeat: int,
+        session_header: bool,
+        timeout_s: float = 180.0,
+        body_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.url = f"{url}/v1/chat/completions"
         # Rewrites each body before sending (benchmarks.path_split: the gateway's translation
         # applied client-side, to reach the stock frontend without the gateway).
@@ -121,22 +129,47 @@ class Driver:
                 await asyncio.sleep(turn.gap_s)
             await self._request(client, session, i, turn, headers)
 
-    async def _request(self, client: httpx.AsyncClient, session: Session, index: int, turn: Turn,
-                       headers: dict[str, str]) -> None:
+    async def _request(
+        self,
+        client: httpx.AsyncClient,
+        session: Session,
+        index: int,
+        turn: Turn,
+        headers: dict[str, str],
+    ) -> None:
         body = request_body(self.arm, self.model, turn)
         if self.body_transform is not None:
             body = self.body_transform(body)
         payload = msgspec.json.encode(body)
-        rec = Record(self.workload.name, self.arm, self.repeat, session.session_id, session.klass,
-                     index, 0.0, 0, None, None, None, 0, 0, 0, turn.ideal_cached_tokens,
-                     turn.max_tokens)
+        rec = Record(
+            self.workload.name,
+            self.arm,
+            self.repeat,
+            session.session_id,
+            session.klass,
+            index,
+            0.0,
+            0,
+            None,
+            None,
+            None,
+            0,
+            0,
+            0,
+            turn.ideal_cached_tokens,
+            turn.max_tokens,
+        )
         t_send = time.perf_counter()
         rec.t_send_s = t_send - self.t0
         first: float | None = None
         usage: dict[str, Any] | None = None
         try:
-            async with client.stream("POST", self.url, content=payload, headers={
-                    "content-type": "application/json", **headers}) as resp:
+            async with client.stream(
+                "POST",
+                self.url,
+                content=payload,
+                headers={"content-type": "application/json", **headers},
+            ) as resp:
                 rec.status = resp.status_code
                 if resp.status_code != 200:
                     text = (await resp.aread()).decode(errors="replace")
@@ -247,8 +280,10 @@ class WorkerCountPoller:
     once, so the counts are a lower bound (the coverage, counted / requests, is reported).
     """
 
-    PREFIXES = ("dynamo_frontend_worker_last_time_to_first_token_seconds{",
-                "dynamo_frontend_worker_last_input_sequence_tokens{")
+    PREFIXES = (
+        "dynamo_frontend_worker_last_time_to_first_token_seconds{",
+        "dynamo_frontend_worker_last_input_sequence_tokens{",
+    )
 
     def __init__(self, metrics_url: str, interval_s: float = 0.05) -> None:
         self.metrics_url = metrics_url

@@ -26,9 +26,10 @@ here in front of it (same command and environment as the launcher uses), so the 
 the gateway. ``--proxy raw`` puts ``benchmarks.raw_relay`` there instead (bytes copied both
 ways, no HTTP work; the client sends it the pre-translated bodies): the cost of one more process
 on the path alone; ``--spin-us N`` makes that relay burn N us of CPU per chunk it reads, to see
-how CPU per request turns into added latency on this machine. ``--arm ours``: the launcher's full stack (gateway -> frontend -> processor ->
-workers). Figures come from the simulated cluster on whatever machine runs this (2 cores here):
-they are not GPU numbers. Writes ``benchmarks/results/gateway_overhead.json``.
+how CPU per request turns into added latency on this machine. ``--arm ours``: the launcher's full
+stack (gateway -> frontend -> processor -> workers). Figures come from the simulated cluster on
+whatever machine runs this (2 cores here): they are not GPU numbers. Writes
+``benchmarks/results/gateway_overhead.json``.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,19 +65,28 @@ def nat_body(model: str, i: int) -> dict[str, Any]:
     """A request as nvidia-nat-core 1.9.0's transport shapes it (brief section 5)."""
     return {
         "model": model,
-        "messages": [{"role": "system", "content": "You are a helpful agent."},
-                     {"role": "user", "content": f"step {i % 50}: pick the next tool"}],
+        "messages": [
+            {"role": "system", "content": "You are a helpful agent."},
+            {"role": "user", "content": f"step {i % 50}: pick the next tool"},
+        ],
         "max_tokens": 1,
         "nvext": {
-            "agent_hints": {"latency_sensitivity": 2.0, "osl": 512, "priority": 2,
-                            "prefix_id": f"bench-{i % 50}", "total_requests": 10, "iat": 250},
+            "agent_hints": {
+                "latency_sensitivity": 2.0,
+                "osl": 512,
+                "priority": 2,
+                "prefix_id": f"bench-{i % 50}",
+                "total_requests": 10,
+                "iat": 250,
+            },
             "cache_control": {"type": "ephemeral", "ttl": "3s"},
         },
     }
 
 
-def payloads(model: str, n: int = 50) -> tuple[list[tuple[bytes, dict[str, str]]],
-                                                list[tuple[bytes, dict[str, str]]]]:
+def payloads(
+    model: str, n: int = 50
+) -> tuple[list[tuple[bytes, dict[str, str]]], list[tuple[bytes, dict[str, str]]]]:
     """(gateway payloads, equivalent pre-translated payloads for the stock frontend)."""
     gw, fe = [], []
     for i in range(n):
@@ -92,15 +102,17 @@ Poster = Callable[[bytes, dict[str, str]], Awaitable[float | None]]
 
 def aiohttp_poster(session: aiohttp.ClientSession, url: str) -> Poster:
     """POST with aiohttp; returns the latency in s, None on error."""
+
     async def one(body: bytes, headers: dict[str, str]) -> float | None:
         t0 = time.perf_counter()
         try:
             async with session.post(url, data=body, headers=headers) as r:
                 await r.read()
                 ok = r.status == 200
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             ok = False
         return time.perf_counter() - t0 if ok else None
+
     return one
 
 
@@ -108,6 +120,7 @@ def lean_poster(client: UpstreamClient, path: str) -> Poster:
     """POST with the gateway's own pooled HTTP/1.1 client (a fraction of aiohttp's CPU per
     request). Why: the load client shares the 2 cores with everything it measures, and CPU on
     a busy box comes back as latency (section "Gateway overhead" of benchmarks/README.md)."""
+
     async def one(body: bytes, headers: dict[str, str]) -> float | None:
         t0 = time.perf_counter()
         try:
@@ -117,11 +130,13 @@ def lean_poster(client: UpstreamClient, path: str) -> Poster:
         except (UpstreamError, UpstreamTimeout, OSError):
             ok = False
         return time.perf_counter() - t0 if ok else None
+
     return one
 
 
-async def open_loop(post: Poster, reqs: list[tuple[bytes, dict[str, str]]], rate: float,
-                    seconds: float) -> tuple[list[float], int]:
+async def open_loop(
+    post: Poster, reqs: list[tuple[bytes, dict[str, str]]], rate: float, seconds: float
+) -> tuple[list[float], int]:
     """Fixed-interval arrivals at ``rate``; returns (latencies in s, errors)."""
     loop = asyncio.get_running_loop()
     n = int(rate * seconds)
@@ -138,8 +153,9 @@ async def open_loop(post: Poster, reqs: list[tuple[bytes, dict[str, str]]], rate
     return lat, n - len(lat)
 
 
-async def closed_loop(post: Poster, reqs: list[tuple[bytes, dict[str, str]]],
-                      concurrency: int, seconds: float) -> float:
+async def closed_loop(
+    post: Poster, reqs: list[tuple[bytes, dict[str, str]]], concurrency: int, seconds: float
+) -> float:
     """Completed requests per second with ``concurrency`` back-to-back clients."""
     done = 0
     stop_at = time.perf_counter() + seconds
@@ -161,8 +177,13 @@ async def closed_loop(post: Poster, reqs: list[tuple[bytes, dict[str, str]]],
 def latency_stats(lat: list[float]) -> dict[str, float]:
     """Latencies in seconds -> p50/p90/p99/mean in ms and the count."""
     a = np.asarray(lat) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "n": int(a.size)}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "n": int(a.size),
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -171,8 +192,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]]]]],
-                  args: argparse.Namespace, proxy_pid: int | None = None) -> dict[str, Any]:
+async def measure(
+    targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]]]]],
+    args: argparse.Namespace,
+    proxy_pid: int | None = None,
+) -> dict[str, Any]:
     """Latency per target in alternating phases, then max rate; with ``proxy_pid``, also the
     proxy's CPU time per request over its open-loop phases (a figure that, unlike latency,
     hardly moves with other load on the machine)."""
@@ -182,13 +206,15 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
         if args.client == "aiohttp":
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=30))
+                timeout=aiohttp.ClientTimeout(total=30),
+            )
             posters[name] = aiohttp_poster(session, url)
             closers.append(session.close)
         else:
             u = urlsplit(url)
-            client = UpstreamClient(f"http://{u.netloc}", pool_size=1024, read_timeout=30.0,
-                                    keepalive_timeout=60.0)
+            client = UpstreamClient(
+                f"http://{u.netloc}", pool_size=1024, read_timeout=30.0, keepalive_timeout=60.0
+            )
             posters[name] = lean_poster(client, u.path)
             closers.append(client.close)
     lat: dict[str, list[float]] = {n: [] for n in targets}
@@ -198,7 +224,7 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
     proxy_cpu_s, proxy_requests = 0.0, 0
     client_cpu_s, client_requests = 0.0, 0  # the load client's own CPU (this process)
     try:
-        for name, (url, reqs) in targets.items():  # warm-up: pools, caches
+        for name, (_url, reqs) in targets.items():  # warm-up: pools, caches
             await open_loop(posters[name], reqs, args.rate, args.warmup_s)
         for r in range(args.rounds):
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
@@ -221,18 +247,22 @@ async def measure(targets: dict[str, tuple[str, list[tuple[bytes, dict[str, str]
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
             for name in order:
                 _, reqs = targets[name]
-                rps[name].append(await closed_loop(posters[name], reqs, args.concurrency,
-                                                   args.max_s))
+                rps[name].append(
+                    await closed_loop(posters[name], reqs, args.concurrency, args.max_s)
+                )
                 await asyncio.sleep(0.5)
     finally:
         for close in closers:
             await close()
     out: dict[str, Any] = {}
     for name in targets:
-        out[name] = {**latency_stats(lat[name]), "errors": errors[name],
-                     "round_p50_ms": round_p50[name],
-                     "max_rps": float(np.mean(rps[name])) if rps[name] else None,
-                     "max_rps_rounds": rps[name]}
+        out[name] = {
+            **latency_stats(lat[name]),
+            "errors": errors[name],
+            "round_p50_ms": round_p50[name],
+            "max_rps": float(np.mean(rps[name])) if rps[name] else None,
+            "max_rps_rounds": rps[name],
+        }
     if proxy_requests:
         out["gateway"]["proxy_cpu_us_per_request"] = proxy_cpu_s * 1e6 / proxy_requests
     out["client_cpu_us_per_request"] = client_cpu_s * 1e6 / max(client_requests, 1)
@@ -245,7 +275,7 @@ def wait_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -257,21 +287,31 @@ def wait_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     arm = "ours" if args.arm == "ours" else "round-robin"
-    cfg = StackConfig(workers=args.workers, speedup=0.0, gpu_blocks=4096, arm=arm,
-                      gateway_env={"AKR_GATEWAY_LOG_LEVEL": "WARNING"})
+    cfg = StackConfig(
+        workers=args.workers,
+        speedup=0.0,
+        gpu_blocks=4096,
+        arm=arm,
+        gateway_env={"AKR_GATEWAY_LOG_LEVEL": "WARNING"},
+    )
     gw_proc = None
     with LocalStack(cfg) as stack:
         if arm == "ours":
             gateway_url = stack.gateway_url
         else:
             port = free_port()
-            env = {**stack.env, "AKR_GATEWAY_HOST": "127.0.0.1", "AKR_GATEWAY_PORT": str(port),
-                   "AKR_GATEWAY_UPSTREAM_URL": stack.frontend_url,
-                   "AKR_GATEWAY_LOG_LEVEL": "WARNING"}
+            env = {
+                **stack.env,
+                "AKR_GATEWAY_HOST": "127.0.0.1",
+                "AKR_GATEWAY_PORT": str(port),
+                "AKR_GATEWAY_UPSTREAM_URL": stack.frontend_url,
+                "AKR_GATEWAY_LOG_LEVEL": "WARNING",
+            }
             module = "frontend" if args.proxy == "gateway" else "benchmarks.raw_relay"
             env["RAW_RELAY_SPIN_US"] = str(args.spin_us)
-            gw_proc = subprocess.Popen([sys.executable, "-m", module], env=env,
-                                       start_new_session=True)
+            gw_proc = subprocess.Popen(
+                [sys.executable, "-m", module], env=env, start_new_session=True
+            )
             gateway_url = f"http://127.0.0.1:{port}"
         try:
             if gw_proc is not None:
@@ -279,11 +319,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gw_reqs, fe_reqs = payloads(stack.model_name)
             # The raw relay cannot translate: it gets what the gateway would have forwarded.
             proxied = gw_reqs if args.proxy == "gateway" else fe_reqs
-            targets = {"gateway": (f"{gateway_url}/v1/chat/completions", proxied),
-                       "frontend": (f"{stack.frontend_url}/v1/chat/completions", fe_reqs)}
+            targets = {
+                "gateway": (f"{gateway_url}/v1/chat/completions", proxied),
+                "frontend": (f"{stack.frontend_url}/v1/chat/completions", fe_reqs),
+            }
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                proxy_pid = gw_proc.pid if gw_proc is not None else next(
-                    p.popen.pid for p in stack.procs if p.name == "gateway")
+                proxy_pid = (
+                    gw_proc.pid
+                    if gw_proc is not None
+                    else next(p.popen.pid for p in stack.procs if p.name == "gateway")
+                )
                 res = runner.run(measure(targets, args, proxy_pid))
         finally:
             if gw_proc is not None:
@@ -294,13 +339,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     added_p99 = g["p99_ms"] - f["p99_ms"]
     # Robustness check against bursts of other load: the median over rounds of the difference
     # of the two targets' p50 within the same round (adjacent phases).
-    pairs = [a - b for a, b in zip(g["round_p50_ms"], f["round_p50_ms"], strict=False)]
+    pairs = [a - b for a, b in zip(g["round_p50_ms"], f["round_p50_ms"], strict=True)]
     added_p50_rounds = float(np.median(pairs)) if pairs else None
     return {
-        "label": ("simulated cluster (dynamo.mocker workers at --speedup-ratio 0, max_tokens 1) "
-                  f"on a {os.cpu_count()}-core machine; not GPU numbers"),
+        "label": (
+            "simulated cluster (dynamo.mocker workers at --speedup-ratio 0, max_tokens 1) "
+            f"on a {os.cpu_count()}-core machine; not GPU numbers"
+        ),
         "arm": args.arm,
-        "proxy": args.proxy if args.proxy == "gateway" else f"raw relay, {args.spin_us:g} us CPU per chunk",
+        "proxy": args.proxy
+        if args.proxy == "gateway"
+        else f"raw relay, {args.spin_us:g} us CPU per chunk",
         "rate_rps": args.rate,
         "added_p50_ms": added_p50,
         "added_p99_ms": added_p99,
@@ -312,14 +361,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "frontend": f,
         "target": TARGET,
         "meets_target": added_p50 <= TARGET["added_p50_ms"] and added_p99 <= TARGET["added_p99_ms"],
-        "method": {"client": args.client, "rounds": args.rounds, "phase_s": args.phase_s, "warmup_s": args.warmup_s,
-                   "concurrency": args.concurrency, "max_s": args.max_s,
-                   "max_rounds": args.max_rounds, "workers": args.workers,
-                   "arrivals": "fixed interval, open loop at rate_rps, short phases "
-                               "alternating between the targets (ABBA...)",
-                   "added": "pXX(gateway) - pXX(frontend), end-to-end client latency"},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "method": {
+            "client": args.client,
+            "rounds": args.rounds,
+            "phase_s": args.phase_s,
+            "warmup_s": args.warmup_s,
+            "concurrency": args.concurrency,
+            "max_s": args.max_s,
+            "max_rounds": args.max_rounds,
+            "workers": args.workers,
+            "arrivals": "fixed interval, open loop at rate_rps, short phases "
+            "alternating between the targets (ABBA...)",
+            "added": "pXX(gateway) - pXX(frontend), end-to-end client latency",
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -339,28 +398,53 @@ def run_stacks(args: argparse.Namespace) -> dict[str, Any]:
         return float(np.median([r[key] for r in runs]))
 
     out = dict(runs[-1])  # method, machine, label: identical across stacks
-    for key in ("added_p50_ms", "added_p99_ms", "proxy_cpu_us_per_request",
-                "client_cpu_us_per_request", "added_p50_ms_median_of_rounds"):
+    for key in (
+        "added_p50_ms",
+        "added_p99_ms",
+        "proxy_cpu_us_per_request",
+        "client_cpu_us_per_request",
+        "added_p50_ms_median_of_rounds",
+    ):
         out[key] = median(key)
-    out["max_rps"] = {t: float(np.median([r["max_rps"][t] for r in runs]))
-                      for t in ("gateway", "frontend")}
-    out["meets_target"] = (out["added_p50_ms"] <= TARGET["added_p50_ms"]
-                           and out["added_p99_ms"] <= TARGET["added_p99_ms"])
-    out["aggregate"] = (f"median over {len(runs)} stacks, each measured as below; per stack in "
-                        "'stacks'")
-    out["stacks"] = [{k: r[k] for k in ("added_p50_ms", "added_p99_ms", "max_rps",
-                                        "proxy_cpu_us_per_request", "client_cpu_us_per_request",
-                                        "added_p50_ms_median_of_rounds", "gateway", "frontend",
-                                        "timestamp")} for r in runs]
+    out["max_rps"] = {
+        t: float(np.median([r["max_rps"][t] for r in runs])) for t in ("gateway", "frontend")
+    }
+    out["meets_target"] = (
+        out["added_p50_ms"] <= TARGET["added_p50_ms"]
+        and out["added_p99_ms"] <= TARGET["added_p99_ms"]
+    )
+    out["aggregate"] = (
+        f"median over {len(runs)} stacks, each measured as below; per stack in 'stacks'"
+    )
+    out["stacks"] = [
+        {
+            k: r[k]
+            for k in (
+                "added_p50_ms",
+                "added_p99_ms",
+                "max_rps",
+                "proxy_cpu_us_per_request",
+                "client_cpu_us_per_request",
+                "added_p50_ms_median_of_rounds",
+                "gateway",
+                "frontend",
+                "timestamp",
+            )
+        }
+        for r in runs
+    ]
     del out["gateway"], out["frontend"]  # per stack, in "stacks"
-    out["load_average_1m_before_after"] = [runs[0]["load_average_1m_before_after"][0],
-                                           runs[-1]["load_average_1m_before_after"][1]]
+    out["load_average_1m_before_after"] = [
+        runs[0]["load_average_1m_before_after"][0],
+        runs[-1]["load_average_1m_before_after"][1],
+    ]
     return out
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rate", type=float, default=200.0, help="open-loop request rate, req/s")
     p.add_argument("--rounds", type=int, default=20, help="alternating phases per target")
     p.add_argument("--phase-s", type=float, default=1.0, help="seconds per phase")
@@ -369,37 +453,75 @@ def main() -> None:
     p.add_argument("--max-s", type=float, default=4.0, help="seconds per max_rps phase")
     p.add_argument("--max-rounds", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--stacks", type=int, default=3,
-                   help="fresh stacks measured in turn; headline figures are their medians")
-    p.add_argument("--client", choices=["lean", "aiohttp"], default="lean",
-                   help="load client: the gateway's pooled HTTP/1.1 client or aiohttp")
+    p.add_argument(
+        "--stacks",
+        type=int,
+        default=3,
+        help="fresh stacks measured in turn; headline figures are their medians",
+    )
+    p.add_argument(
+        "--client",
+        choices=["lean", "aiohttp"],
+        default="lean",
+        help="load client: the gateway's pooled HTTP/1.1 client or aiohttp",
+    )
     p.add_argument("--arm", choices=["direct", "ours"], default="direct")
-    p.add_argument("--proxy", choices=["gateway", "raw"], default="gateway",
-                   help="what runs in front of the frontend (--arm direct only)")
-    p.add_argument("--spin-us", type=float, default=0.0,
-                   help="CPU the raw relay burns per chunk read from a client")
-    p.add_argument("--out", type=Path, default=None,
-                   help="default results/gateway_overhead.json (gateway) or "
-                        "results/gateway_overhead_raw[_spinN].json")
+    p.add_argument(
+        "--proxy",
+        choices=["gateway", "raw"],
+        default="gateway",
+        help="what runs in front of the frontend (--arm direct only)",
+    )
+    p.add_argument(
+        "--spin-us",
+        type=float,
+        default=0.0,
+        help="CPU the raw relay burns per chunk read from a client",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default results/gateway_overhead.json (gateway) or "
+        "results/gateway_overhead_raw[_spinN].json",
+    )
     args = p.parse_args()
     if args.proxy == "raw" and args.arm != "direct":
         p.error("--proxy raw needs --arm direct")
     if args.out is None:
-        suffix = "" if args.proxy == "gateway" else (
-            "_raw" + (f"_spin{args.spin_us:g}" if args.spin_us else ""))
+        suffix = (
+            ""
+            if args.proxy == "gateway"
+            else ("_raw" + (f"_spin{args.spin_us:g}" if args.spin_us else ""))
+        )
         args.out = RESULTS.with_name(f"gateway_overhead{suffix}.json")
     result = run_stacks(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("added_p50_ms", "added_p99_ms", "max_rps",
-                                             "proxy_cpu_us_per_request",
-                                             "client_cpu_us_per_request",
-                                             "added_p50_ms_median_of_rounds", "meets_target",
-                                             "load_average_1m_before_after")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "added_p50_ms",
+                    "added_p99_ms",
+                    "max_rps",
+                    "proxy_cpu_us_per_request",
+                    "client_cpu_us_per_request",
+                    "added_p50_ms_median_of_rounds",
+                    "meets_target",
+                    "load_average_1m_before_after",
+                )
+            },
+            indent=2,
+        )
+    )
     for i, r in enumerate(result.get("stacks", [result])):
-        print(f"stack {i}: gateway p50 {r['gateway']['p50_ms']:.2f} ms p99 "
-              f"{r['gateway']['p99_ms']:.2f} ms, frontend p50 {r['frontend']['p50_ms']:.2f} ms "
-              f"p99 {r['frontend']['p99_ms']:.2f} ms, added p50 {r['added_p50_ms']:.3f} ms")
+        print(
+            f"stack {i}: gateway p50 {r['gateway']['p50_ms']:.2f} ms p99 "
+            f"{r['gateway']['p99_ms']:.2f} ms, frontend p50 {r['frontend']['p50_ms']:.2f} ms "
+            f"p99 {r['frontend']['p99_ms']:.2f} ms, added p50 {r['added_p50_ms']:.3f} ms"
+        )
     print(f"-> {args.out}")
 
 

@@ -37,7 +37,10 @@ from deploy.local_stack import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
-EVENT = b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n'
+EVENT = (
+    b'data: {"id":"x","object":"chat.completion.chunk",'
+    b'"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n'
+)
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
@@ -61,7 +64,7 @@ class _StandIn(asyncio.Protocol):
                     length = int(line.split(b":", 1)[1])
             if len(self.buf) < end + 4 + length:
                 return
-            self.buf = self.buf[end + 4 + length:]
+            self.buf = self.buf[end + 4 + length :]
             asyncio.get_running_loop().create_task(self._stream())
 
     async def _stream(self) -> None:
@@ -79,12 +82,21 @@ class _StandIn(asyncio.Protocol):
 
 
 def _request() -> bytes:
-    body = json.dumps({"model": "m", "stream": True, "max_tokens": 64,
-                       "messages": [{"role": "user", "content": "hello"}],
-                       "nvext": {"agent_hints": {"prefix_id": "s-1", "total_requests": 4,
-                                                 "iat": 250, "osl": 64}}}).encode()
-    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+    body = json.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hello"}],
+            "nvext": {
+                "agent_hints": {"prefix_id": "s-1", "total_requests": 4, "iat": 250, "osl": 64}
+            },
+        }
+    ).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
 
 
 async def _streams(port: int, n: int, concurrency: int, first: list[float]) -> int:
@@ -117,8 +129,9 @@ async def _streams(port: int, n: int, concurrency: int, first: list[float]) -> i
     return counts[0]
 
 
-async def _measure(args: argparse.Namespace, up_port: int, gw_port: int, gw_pid: int
-                   ) -> dict[str, Any]:
+async def _measure(
+    args: argparse.Namespace, up_port: int, gw_port: int, gw_pid: int
+) -> dict[str, Any]:
     first: dict[str, list[float]] = {"direct": [], "gateway": []}
     cpu_s, streams, chunks = 0.0, 0, 0
     per_round = max(args.concurrency, args.streams // args.rounds)
@@ -137,10 +150,14 @@ async def _measure(args: argparse.Namespace, up_port: int, gw_port: int, gw_pid:
     out: dict[str, Any] = {}
     for target, xs in first.items():
         st = latency_stats(xs)
-        out[target] = {"first_chunk_p50_ms": st["p50_ms"], "first_chunk_p90_ms": st["p90_ms"],
-                       "streams": st["n"]}
-    out["added_first_chunk_p50_ms"] = (out["gateway"]["first_chunk_p50_ms"]
-                                       - out["direct"]["first_chunk_p50_ms"])
+        out[target] = {
+            "first_chunk_p50_ms": st["p50_ms"],
+            "first_chunk_p90_ms": st["p90_ms"],
+            "streams": st["n"],
+        }
+    out["added_first_chunk_p50_ms"] = (
+        out["gateway"]["first_chunk_p50_ms"] - out["direct"]["first_chunk_p50_ms"]
+    )
     out["gateway_cpu_us_per_stream"] = cpu_s * 1e6 / max(streams, 1)
     out["gateway_cpu_us_per_chunk"] = cpu_s * 1e6 / max(chunks, 1)
     out["chunks_per_stream"] = chunks / max(streams, 1)
@@ -150,17 +167,24 @@ async def _measure(args: argparse.Namespace, up_port: int, gw_port: int, gw_pid:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     up_port, gw_port = free_port(), free_port()
     src = Path(args.gateway_src).resolve() if args.gateway_src else REPO
-    env = {**os.environ, "PYTHONPATH": str(src), "AKR_GATEWAY_HOST": "127.0.0.1",
-           "AKR_GATEWAY_PORT": str(gw_port),
-           "AKR_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{up_port}",
-           "AKR_GATEWAY_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(src),
+        "AKR_GATEWAY_HOST": "127.0.0.1",
+        "AKR_GATEWAY_PORT": str(gw_port),
+        "AKR_GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{up_port}",
+        "AKR_GATEWAY_LOG_LEVEL": "WARNING",
+    }
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _StandIn(args.chunks, args.gap_ms / 1e3),
-                                          "127.0.0.1", up_port)
-        proc = subprocess.Popen([sys.executable, "-m", "frontend"], env=env, cwd=src,
-                                start_new_session=True)
+        server = await loop.create_server(
+            lambda: _StandIn(args.chunks, args.gap_ms / 1e3), "127.0.0.1", up_port
+        )
+        # Popen returns once the child is forked; the gateway then runs beside this loop.
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-m", "frontend"], env=env, cwd=src, start_new_session=True
+        )
         try:
             await asyncio.to_thread(wait_health, f"http://127.0.0.1:{gw_port}/health", proc)
             return await _measure(args, up_port, gw_port, proc.pid)
@@ -170,23 +194,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server.close()
 
     res = uvloop.run(main())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, text=True,
-                            capture_output=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=src, text=True, capture_output=True
+    ).stdout.strip()
     return {
-        "label": (f"stand-in SSE upstream in the benchmark process, gateway alone measured, on a "
-                  f"{os.cpu_count()}-core machine; not GPU numbers"),
+        "label": (
+            f"stand-in SSE upstream in the benchmark process, gateway alone measured, on a "
+            f"{os.cpu_count()}-core machine; not GPU numbers"
+        ),
         "gateway_code": commit or str(src.name),
         **res,
-        "config": {k: getattr(args, k) for k in ("streams", "concurrency", "chunks", "gap_ms",
-                                                 "rounds")},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_after": os.getloadavg()},
+        "config": {
+            k: getattr(args, k) for k in ("streams", "concurrency", "chunks", "gap_ms", "rounds")
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_after": os.getloadavg(),
+        },
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--streams", type=int, default=240)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--chunks", type=int, default=40, help="SSE events per answer")
@@ -197,9 +229,19 @@ def main() -> None:
     args = ap.parse_args()
     res = run(args)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps({k: res[k] for k in ("gateway_code", "added_first_chunk_p50_ms",
-                                          "gateway_cpu_us_per_stream",
-                                          "gateway_cpu_us_per_chunk")}))
+    print(
+        json.dumps(
+            {
+                k: res[k]
+                for k in (
+                    "gateway_code",
+                    "added_first_chunk_p50_ms",
+                    "gateway_cpu_us_per_stream",
+                    "gateway_cpu_us_per_chunk",
+                )
+            }
+        )
+    )
     print(f"-> {args.out}")
 
 

@@ -30,14 +30,18 @@ def load(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def by_arm(records: list[dict[str, Any]],
-           need_prompt: bool = True) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def by_arm(
+    records: list[dict[str, Any]], need_prompt: bool = True
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """(workload, arm) -> its successful records with a TTFT (and, with ``need_prompt``, a
     prompt length: the analyses that divide by it)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        if (r.get("status") == 200 and r.get("ttft_ms") is not None
-                and (r.get("prompt_tokens") or not need_prompt)):
+        if (
+            r.get("status") == 200
+            and r.get("ttft_ms") is not None
+            and (r.get("prompt_tokens") or not need_prompt)
+        ):
             groups[(r["workload"], r["arm"])].append(r)
     return groups
 
@@ -50,7 +54,9 @@ def split(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]
         ttft = np.array([r["ttft_ms"] for r in rs])
         hits, misses = ttft[frac >= HIT], ttft[frac < MISS]
         out[key] = {
-            "n": len(rs), "hits": int(hits.size), "misses": int(misses.size),
+            "n": len(rs),
+            "hits": int(hits.size),
+            "misses": int(misses.size),
             "ttft_p50": float(np.median(ttft)),
             "hit_ttft_p50": float(np.median(hits)) if hits.size else None,
             "miss_ttft_p50": float(np.median(misses)) if misses.size else None,
@@ -62,11 +68,16 @@ def table(stats: dict[tuple[str, str], dict[str, Any]]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    lines = ["| workload | arm | requests | hits (>= 90% cached) | hit TTFT p50 | misses (< 50%) "
-             "| miss TTFT p50 | all TTFT p50 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| workload | arm | requests | hits (>= 90% cached) | hit TTFT p50 | misses (< 50%) "
+        "| miss TTFT p50 | all TTFT p50 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for (wl, arm), s in sorted(stats.items()):
-        lines.append(f"| {wl} | {arm} | {s['n']} | {s['hits']} | {ms(s['hit_ttft_p50'])} | "
-                     f"{s['misses']} | {ms(s['miss_ttft_p50'])} | {ms(s['ttft_p50'])} |")
+        lines.append(
+            f"| {wl} | {arm} | {s['n']} | {s['hits']} | {ms(s['hit_ttft_p50'])} | "
+            f"{s['misses']} | {ms(s['miss_ttft_p50'])} | {ms(s['ttft_p50'])} |"
+        )
     return "\n".join(lines)
 
 

@@ -48,7 +48,7 @@ ARMS = {"dynamo_kv": "kv", "ours": "ours", "ours_gateway": "gateway"}
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
 WARMUP = 5
 
-_SERVER = r'''
+_SERVER = r"""
 import uvloop
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 
@@ -59,9 +59,9 @@ async def worker(runtime: DistributedRuntime) -> None:
     await runtime.endpoint("idle.echo.generate").serve_endpoint(generate)
 
 uvloop.run(worker())
-'''
+"""
 
-_CLIENT = r'''
+_CLIENT = r"""
 import asyncio, json, sys, time, uvloop
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 
@@ -83,13 +83,16 @@ async def worker(runtime: DistributedRuntime) -> None:
     print(json.dumps(out))
 
 uvloop.run(worker())
-'''
+"""
 
 
 def pct(values: list[float]) -> dict[str, float]:
     a = np.asarray(values)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p90": round(float(np.percentile(a, 90)), 2),
-            "mean": round(float(a.mean()), 2)}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p90": round(float(np.percentile(a, 90)), 2),
+        "mean": round(float(a.mean()), 2),
+    }
 
 
 def prompt(words: int, rng: random.Random) -> str:
@@ -101,17 +104,25 @@ def run_arm(arm: str, words: int, requests: int, seed: int) -> dict[str, Any]:
     system = prompt(words, rng)
     ours = arm != "dynamo_kv"
     ttfts: list[float] = []
-    with LocalStack(StackConfig(workers=2, speedup=10.0, arm=ARMS[arm])) as stack, \
-            httpx.Client(timeout=60) as client:
+    with (
+        LocalStack(StackConfig(workers=2, speedup=10.0, arm=ARMS[arm])) as stack,
+        httpx.Client(timeout=60) as client,
+    ):
         url = f"{stack.url}/v1/chat/completions"
         for i in range(requests + WARMUP):
             body: dict[str, Any] = {
-                "model": stack.model_name, "stream": True, "max_tokens": 3,
-                "messages": [{"role": "system", "content": system},
-                             {"role": "user", "content": f"question {i} " + prompt(40, rng)}]}
+                "model": stack.model_name,
+                "stream": True,
+                "max_tokens": 3,
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"question {i} " + prompt(40, rng)},
+                ],
+            }
             if ours:
-                body["nvext"] = {"agent_hints": {"prefix_id": f"idle-{i % 3}",
-                                                 "total_requests": 10, "osl": 3}}
+                body["nvext"] = {
+                    "agent_hints": {"prefix_id": f"idle-{i % 3}", "total_requests": 10, "osl": 3}
+                }
             t0 = time.perf_counter()
             ttft = None
             with client.stream("POST", url, json=body) as resp:
@@ -129,15 +140,20 @@ def run_arm(arm: str, words: int, requests: int, seed: int) -> dict[str, Any]:
             deadline = time.monotonic() + 10
             recs: list[dict[str, Any]] = []
             while time.monotonic() < deadline:
-                recs = [r for r in map(json.loads, path.read_text().splitlines())
-                        if (r.get("hints") or {}).get("prefix_id", "").startswith("idle-")]
+                recs = [
+                    r
+                    for r in map(json.loads, path.read_text().splitlines())
+                    if (r.get("hints") or {}).get("prefix_id", "").startswith("idle-")
+                ]
                 if len(recs) >= requests + WARMUP:
                     break
                 time.sleep(0.2)
             recs = recs[WARMUP:]
             out["prompt_tokens"] = int(np.median([r["prompt_tokens"] for r in recs]))
-            out["split_ms"] = {k: pct([r[k] for r in recs if r.get(k) is not None])
-                               for k in ("query_ms", "decision_ms", "ttft_ms")}
+            out["split_ms"] = {
+                k: pct([r[k] for r in recs if r.get(k) is not None])
+                for k in ("query_ms", "decision_ms", "ttft_ms")
+            }
     return out
 
 
@@ -145,12 +161,22 @@ def request_plane(requests: int) -> dict[str, dict[str, float]]:
     """Part 2: the bare Python-to-Python round trip, in two processes of one Dynamo domain."""
     with tempfile.TemporaryDirectory(prefix="akr-idle-") as tmp:
         env = {**os.environ, **loopback_env(Path(tmp) / "kv")}
-        server = subprocess.Popen([sys.executable, "-c", _SERVER], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-c", _SERVER],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
-            done = subprocess.run([sys.executable, "-c", _CLIENT, str(requests)], env=env,
-                                  capture_output=True, text=True, timeout=300, check=True)
+            done = subprocess.run(
+                [sys.executable, "-c", _CLIENT, str(requests)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
         finally:
             os.killpg(server.pid, 15)
             server.wait(timeout=30)
@@ -160,30 +186,52 @@ def request_plane(requests: int) -> dict[str, dict[str, float]]:
 
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
-    lines = ["# Request path cost at idle, per design", "",
-             f"Machine: {MACHINE}. Command: `{meta['command']}` ({meta['started']}). One request "
-             "at a time; times in ms; all figures from simulated workers, not GPUs.", "",
-             "Client TTFT (p50 / p90), arms interleaved, two rounds:", "",
-             "| words | arm | round | prompt tokens | TTFT p50 | TTFT p90 | vs dynamo_kv p50 |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Request path cost at idle, per design",
+        "",
+        f"Machine: {MACHINE}. Command: `{meta['command']}` ({meta['started']}). One request "
+        "at a time; times in ms; all figures from simulated workers, not GPUs.",
+        "",
+        "Client TTFT (p50 / p90), arms interleaved, two rounds:",
+        "",
+        "| words | arm | round | prompt tokens | TTFT p50 | TTFT p90 | vs dynamo_kv p50 |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for row in result["arms"]:
-        base = next(r for r in result["arms"] if r["arm"] == "dynamo_kv"
-                    and r["words"] == row["words"] and r["round"] == row["round"])
-        lines.append(f"| {row['words']} | {row['arm']} | {row['round']} | "
-                     f"{row.get('prompt_tokens', '')} | {row['ttft_ms']['p50']} | "
-                     f"{row['ttft_ms']['p90']} | "
-                     f"+{row['ttft_ms']['p50'] - base['ttft_ms']['p50']:.2f} |")
-    lines += ["", "`ours_gateway` split from the gateway's trace (p50): tokens query to the stock "
-              "frontend / decision / pinned forward to first chunk:", "",
-              "| words | round | query | decision | forward to first chunk |", "|---:|---:|---:|---:|---:|"]
+        base = next(
+            r
+            for r in result["arms"]
+            if r["arm"] == "dynamo_kv" and r["words"] == row["words"] and r["round"] == row["round"]
+        )
+        lines.append(
+            f"| {row['words']} | {row['arm']} | {row['round']} | "
+            f"{row.get('prompt_tokens', '')} | {row['ttft_ms']['p50']} | "
+            f"{row['ttft_ms']['p90']} | "
+            f"+{row['ttft_ms']['p50'] - base['ttft_ms']['p50']:.2f} |"
+        )
+    lines += [
+        "",
+        "`ours_gateway` split from the gateway's trace (p50): tokens query to the stock "
+        "frontend / decision / pinned forward to first chunk:",
+        "",
+        "| words | round | query | decision | forward to first chunk |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for row in result["arms"]:
         if "split_ms" in row:
             s = row["split_ms"]
-            lines.append(f"| {row['words']} | {row['round']} | {s['query_ms']['p50']} | "
-                         f"{s['decision_ms']['p50']} | {s['ttft_ms']['p50']} |")
-    lines += ["", "Bare Dynamo request-plane round trip, Python to Python (`client.direct` to the "
-              "end of a one-item stream):", "", "| token ids in the request | p50 | p90 |",
-              "|---:|---:|---:|"]
+            lines.append(
+                f"| {row['words']} | {row['round']} | {s['query_ms']['p50']} | "
+                f"{s['decision_ms']['p50']} | {s['ttft_ms']['p50']} |"
+            )
+    lines += [
+        "",
+        "Bare Dynamo request-plane round trip, Python to Python (`client.direct` to the "
+        "end of a one-item stream):",
+        "",
+        "| token ids in the request | p50 | p90 |",
+        "|---:|---:|---:|",
+    ]
     for n, s in result["request_plane"].items():
         lines.append(f"| {n} | {s['p50']} | {s['p90']} |")
     return "\n".join(lines) + "\n"
@@ -207,12 +255,22 @@ def main() -> None:
                 rows.append(row)
     plane = request_plane(args.requests)
     print(json.dumps(plane), flush=True)
-    shown = "python -m benchmarks.idle_path" + (
-        f" --requests {args.requests}" if args.requests != 30 else "") + (
-        f" --words {args.words}" if args.words != "100,2500" else "")
-    result = {"meta": {"command": shown, "started": started, "machine": MACHINE,
-                       "code": code_state(), "load_after": os.getloadavg()},
-              "arms": rows, "request_plane": plane}
+    shown = (
+        "python -m benchmarks.idle_path"
+        + (f" --requests {args.requests}" if args.requests != 30 else "")
+        + (f" --words {args.words}" if args.words != "100,2500" else "")
+    )
+    result = {
+        "meta": {
+            "command": shown,
+            "started": started,
+            "machine": MACHINE,
+            "code": code_state(),
+            "load_after": os.getloadavg(),
+        },
+        "arms": rows,
+        "request_plane": plane,
+    }
     print(write_results(args.out, result, markdown(result)))
 
 

@@ -1,6 +1,6 @@
 """Retained memory of the processor and router over a long agentic workload (issue 4).
 
-    python -m benchmarks.memory            # 64 sessions x 50 turns -> benchmarks/results/memory.json
+    python -m benchmarks.memory    # 64 sessions x 50 turns -> benchmarks/results/memory.json
 
 What runs: a ``LocalStack`` in arm "round-robin" starts simulated workers (``python -m
 dynamo.mocker``, real KV events) and a stock frontend (unused). The processor runs *in this
@@ -148,15 +148,22 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
     )
     rng = random.Random(args.seed)
     system = [rng.randrange(1, 256) for _ in range(args.system_tokens)]
-    sessions = [Session(i, system, random.Random(args.seed * 1000 + i)) for i in range(args.sessions)]
+    sessions = [
+        Session(i, system, random.Random(args.seed * 1000 + i)) for i in range(args.sessions)
+    ]
     for s in sessions:
         s.grow(args.growth)
     hints = [
         encode_annotations(
             AgentHints(
-                prefix_id=s.prefix_id, total_requests=args.turns, osl=args.max_tokens,
-                iat_ms=250, latency_sensitivity=1.0, priority=0,
-                pin_type="ephemeral", pin_ttl_s=30.0,
+                prefix_id=s.prefix_id,
+                total_requests=args.turns,
+                osl=args.max_tokens,
+                iat_ms=250,
+                latency_sensitivity=1.0,
+                priority=0,
+                pin_type="ephemeral",
+                pin_ttl_s=30.0,
             )
         )
         for s in sessions
@@ -201,8 +208,8 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
         if args.verbose:
             print(f"turn {t}: {time.monotonic() - t0:.2f} s", flush=True)
         if t in args.checkpoints and args.frames:
-            writer = handler._writer  # noqa: SLF001 - drain the trace queue before measuring
-            while writer is not None and writer.pending:
+            writer = handler._writer
+            while writer is not None and writer.pending:  # noqa: ASYNC110 - the writer has no event
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)  # let background tasks (sweep, writer batch) settle
             gc.collect()
@@ -212,9 +219,7 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
                 "retained": ours,
                 "rss_bytes": _rss_bytes(),
                 "context_tokens": len(sessions[0].context) - args.growth,
-                "router": {
-                    k: v for k, v in service.router.stats().items() if k != "reasons"
-                },
+                "router": {k: v for k, v in service.router.stats().items() if k != "reasons"},
                 "load_tracker_active": len(service.load),
             }
             del snap
@@ -225,7 +230,8 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
                 f"{ours['by_component']['other'] / 2**20:.1f} MiB; benchmark "
                 f"{ours['by_component']['benchmark'] / 2**20:.1f} MiB; "
                 f"RSS {_rss_bytes() / 2**20:.0f} MiB; "
-                f"context {checkpoints[t]['context_tokens']} tokens; {time.monotonic() - t0:.1f} s/turn",
+                f"context {checkpoints[t]['context_tokens']} tokens; "
+                f"{time.monotonic() - t0:.1f} s/turn",
                 flush=True,
             )
     elapsed = time.monotonic() - started
@@ -308,10 +314,14 @@ def main(argv: list[str] | None = None) -> None:
         "system_tokens": args.system_tokens,
         "growth_tokens_per_turn": args.growth,
         "max_tokens": args.max_tokens,
-        "command": " ".join(["python -m benchmarks.memory", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            ["python -m benchmarks.memory", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "machine": MACHINE,
         "python": platform.python_version(),
-        "measured_with": "tracemalloc " + str(args.frames) + " frames; the processor runs in-process "
+        "measured_with": "tracemalloc "
+        + str(args.frames)
+        + " frames; the processor runs in-process "
         "(ProcessorHandler + Router + KvRouter + trace writer) against python -m dynamo.mocker "
         "workers; Rust memory (Dynamo runtime, KV index) is only in rss_bytes",
     }

@@ -49,7 +49,9 @@ def bound(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]
         intercept, slope = _fit(uncached / 1000.0, ttft)
         perfect = ttft - max(slope, 0.0) * excess / 1000.0
         out[key] = {
-            "n": len(rs), "intercept_ms": intercept, "slope_ms_per_1k": slope,
+            "n": len(rs),
+            "intercept_ms": intercept,
+            "slope_ms_per_1k": slope,
             "excess_uncached_mean": float(excess.mean()),
             "ttft": {p: float(np.percentile(ttft, p)) for p in PERCENTILES},
             "perfect": {p: float(np.percentile(perfect, p)) for p in PERCENTILES},
@@ -70,17 +72,22 @@ def table(stats: dict[tuple[str, str], dict[str, Any]]) -> str:
     the reference arm's measured TTFT in the same workload."""
     head = " | ".join(f"p{p} (perfect)" for p in PERCENTILES)
     ratio_head = " | ".join(f"perfect p{p} / kv" for p in PERCENTILES)
-    lines = [f"| workload | arm | requests | intercept ms | ms per 1k uncached | excess uncached "
-             f"tokens (mean) | {head} | {ratio_head} |",
-             "|---|---|---:|---:|---:|---:|" + "---:|" * (2 * len(PERCENTILES))]
+    lines = [
+        f"| workload | arm | requests | intercept ms | ms per 1k uncached | excess uncached "
+        f"tokens (mean) | {head} | {ratio_head} |",
+        "|---|---|---:|---:|---:|---:|" + "---:|" * (2 * len(PERCENTILES)),
+    ]
     for (wl, arm), s in sorted(stats.items()):
         ref = stats.get((wl, REFERENCE_ARM))
         cells = " | ".join(f"{s['ttft'][p]:.1f} ({s['perfect'][p]:.1f})" for p in PERCENTILES)
         ratios = " | ".join(
-            f"{s['perfect'][p] / ref['ttft'][p]:.2f}x" if ref else "-" for p in PERCENTILES)
-        lines.append(f"| {wl} | {arm} | {s['n']} | {s['intercept_ms']:.1f} | "
-                     f"{s['slope_ms_per_1k']:.1f} | {s['excess_uncached_mean']:.0f} | {cells} | "
-                     f"{ratios} |")
+            f"{s['perfect'][p] / ref['ttft'][p]:.2f}x" if ref else "-" for p in PERCENTILES
+        )
+        lines.append(
+            f"| {wl} | {arm} | {s['n']} | {s['intercept_ms']:.1f} | "
+            f"{s['slope_ms_per_1k']:.1f} | {s['excess_uncached_mean']:.0f} | {cells} | "
+            f"{ratios} |"
+        )
     return "\n".join(lines)
 
 

@@ -73,12 +73,16 @@ def join(records: list[Record], traces: list[Any], t0_wall: float) -> list[dict[
             continue
         request_path = (t.ts - (t0_wall + r.t_send_s)) * 1000.0
         decision = (t.decision_us or 0.0) / 1000.0
-        rows.append({
-            "hit": (r.cached_tokens / r.prompt_tokens) >= HIT if r.prompt_tokens else False,
-            "ttft_ms": r.ttft_ms, "request_path_ms": request_path, "decision_ms": decision,
-            "worker_ms": t.ttft_ms,
-            "response_path_ms": r.ttft_ms - request_path - decision - t.ttft_ms,
-        })
+        rows.append(
+            {
+                "hit": (r.cached_tokens / r.prompt_tokens) >= HIT if r.prompt_tokens else False,
+                "ttft_ms": r.ttft_ms,
+                "request_path_ms": request_path,
+                "decision_ms": decision,
+                "worker_ms": t.ttft_ms,
+                "response_path_ms": r.ttft_ms - request_path - decision - t.ttft_ms,
+            }
+        )
     return rows
 
 
@@ -86,9 +90,12 @@ def stats(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
     a = np.asarray(values)
-    return {"mean": round(float(a.mean()), 2), "p50": round(float(np.percentile(a, 50)), 2),
-            "p90": round(float(np.percentile(a, 90)), 2),
-            "p99": round(float(np.percentile(a, 99)), 2)}
+    return {
+        "mean": round(float(a.mean()), 2),
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p90": round(float(np.percentile(a, 90)), 2),
+        "p99": round(float(np.percentile(a, 99)), 2),
+    }
 
 
 def run_arm(arm: str, wl: Workload, repeat: int) -> dict[str, Any]:
@@ -101,8 +108,15 @@ def run_arm(arm: str, wl: Workload, repeat: int) -> dict[str, Any]:
         cfg.gateway_env["AKR_GATEWAY_UPSTREAM_QUICKACK"] = "false"
     with LocalStack(cfg) as stack:
         url = stack.frontend_url if arm == "ours_no_gateway" else stack.url
-        driver = Driver(url, stack.model_name, stack_arm, wl, repeat, session_header=False,
-                        body_transform=translated if arm == "ours_no_gateway" else None)
+        driver = Driver(
+            url,
+            stack.model_name,
+            stack_arm,
+            wl,
+            repeat,
+            session_header=False,
+            body_transform=translated if arm == "ours_no_gateway" else None,
+        )
 
         async def drive() -> dict[str, Any]:
             sampler = LoadSampler()
@@ -116,15 +130,23 @@ def run_arm(arm: str, wl: Workload, repeat: int) -> dict[str, Any]:
         traces: list[Any] = []
         if ours:  # the trace writer flushes asynchronously
             want = sum(1 for r in driver.records if r.ok)
-            traces = poll_records(stack.trace_path, lambda recs: len(recs) >= want, 10.0,
-                                  interval_s=0.2)
+            traces = poll_records(
+                stack.trace_path, lambda recs: len(recs) >= want, 10.0, interval_s=0.2
+            )
     ok = [r for r in driver.records if r.ok]
-    hit_ttft = [r.ttft_ms for r in ok if r.prompt_tokens and r.cached_tokens / r.prompt_tokens >= HIT]
+    hit_ttft = [
+        r.ttft_ms for r in ok if r.prompt_tokens and r.cached_tokens / r.prompt_tokens >= HIT
+    ]
     out: dict[str, Any] = {
-        "requests": len(driver.records), "failed": len(driver.records) - len(ok),
-        "kv_hit_ratio": round(sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok)), 4),
-        "hits": len(hit_ttft), "ttft_ms": stats([r.ttft_ms for r in ok if r.ttft_ms is not None]),
-        "hit_ttft_ms": stats(hit_ttft), "load": load,
+        "requests": len(driver.records),
+        "failed": len(driver.records) - len(ok),
+        "kv_hit_ratio": round(
+            sum(r.cached_tokens for r in ok) / max(1, sum(r.prompt_tokens for r in ok)), 4
+        ),
+        "hits": len(hit_ttft),
+        "ttft_ms": stats([r.ttft_ms for r in ok if r.ttft_ms is not None]),
+        "hit_ttft_ms": stats(hit_ttft),
+        "load": load,
     }
     if traces:
         rows = join(driver.records, traces, t0_wall)
@@ -137,31 +159,48 @@ def run_arm(arm: str, wl: Workload, repeat: int) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
-        "# Path split: where our arm's TTFT goes under the agentic load", "",
+        "# Path split: where our arm's TTFT goes under the agentic load",
+        "",
         f"Machine: {MACHINE}. Command: `{meta['command']}` ({meta['started']}). Times in ms; "
         "all figures from simulated workers, not GPUs; arms ran one after the other in one run.",
-        "", "Client TTFT (mean / p50 / p90 / p99):", "",
-        "| arm | repeat | requests | failed | KV hit | hits (>= 90% cached) | all requests | hits only |",
+        "",
+        "Client TTFT (mean / p50 / p90 / p99):",
+        "",
+        "| arm | repeat | requests | failed | KV hit | hits (>= 90% cached) | all requests "
+        "| hits only |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
 
     def f(s: dict[str, float | None]) -> str:
-        return " / ".join("-" if s[k] is None else f"{s[k]:.1f}" for k in ("mean", "p50", "p90", "p99"))
+        return " / ".join(
+            "-" if s[k] is None else f"{s[k]:.1f}" for k in ("mean", "p50", "p90", "p99")
+        )
 
     for rep, arms in enumerate(result["repeats"]):
         for arm, r in arms.items():
-            lines.append(f"| {arm} | {rep} | {r['requests']} | {r['failed']} | {r['kv_hit_ratio']:.3f} | "
-                         f"{r['hits']} | {f(r['ttft_ms'])} | {f(r['hit_ttft_ms'])} |")
-    lines += ["", "Our arms, client TTFT split by the processor's trace (mean / p50 / p90 / p99; the "
-              "parts' means add up to the client mean, their percentiles do not):", "",
-              "| arm | repeat | requests | request path | decision | worker (processor TTFT) | response path |",
-              "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {arm} | {rep} | {r['requests']} | {r['failed']} | {r['kv_hit_ratio']:.3f} | "
+                f"{r['hits']} | {f(r['ttft_ms'])} | {f(r['hit_ttft_ms'])} |"
+            )
+    lines += [
+        "",
+        "Our arms, client TTFT split by the processor's trace (mean / p50 / p90 / p99; the "
+        "parts' means add up to the client mean, their percentiles do not):",
+        "",
+        "| arm | repeat | requests | request path | decision | worker (processor TTFT) "
+        "| response path |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for rep, arms in enumerate(result["repeats"]):
         for arm, r in arms.items():
             for kind in ("all", "hits"):
                 split = r.get(f"split_{kind}")
                 if split:
-                    lines.append(f"| {arm} | {rep} | {kind} | " + " | ".join(f(split[p]) for p in PARTS) + " |")
+                    lines.append(
+                        f"| {arm} | {rep} | {kind} | "
+                        + " | ".join(f(split[p]) for p in PARTS)
+                        + " |"
+                    )
     return "\n".join(lines) + "\n"
 
 
@@ -178,21 +217,35 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     repeats = []
     for rep in range(args.repeats):
-        order = arms[rep % len(arms):] + arms[:rep % len(arms)]  # rotate: no arm always first
+        order = arms[rep % len(arms) :] + arms[: rep % len(arms)]  # rotate: no arm always first
         done = {}
         for arm in order:
             print(f"repeat {rep} arm {arm} ...", flush=True)
             done[arm] = run_arm(arm, wl, rep)
             r = done[arm]
-            print(f"  TTFT p50 {r['ttft_ms']['p50']} hits p50 {r['hit_ttft_ms']['p50']} "
-                  f"({r['hits']} hits, {r['failed']} failed)", flush=True)
+            print(
+                f"  TTFT p50 {r['ttft_ms']['p50']} hits p50 {r['hit_ttft_ms']['p50']} "
+                f"({r['hits']} hits, {r['failed']} failed)",
+                flush=True,
+            )
         repeats.append({a: done[a] for a in arms})
-    shown = "python -m benchmarks.path_split" + (" --short" if args.short else "") + (
-        f" --repeats {args.repeats}" if args.repeats != 1 else "")
-    result = {"meta": {"command": shown, "started": started, "machine": MACHINE,
-                       "workload": wl.description, "seed": args.seed, "hit_threshold": HIT,
-                       "code": code_state()},
-              "repeats": repeats}
+    shown = (
+        "python -m benchmarks.path_split"
+        + (" --short" if args.short else "")
+        + (f" --repeats {args.repeats}" if args.repeats != 1 else "")
+    )
+    result = {
+        "meta": {
+            "command": shown,
+            "started": started,
+            "machine": MACHINE,
+            "workload": wl.description,
+            "seed": args.seed,
+            "hit_threshold": HIT,
+            "code": code_state(),
+        },
+        "repeats": repeats,
+    }
     print(write_results(args.out, result, markdown(result)))
 
 

@@ -51,7 +51,8 @@ class _Client(asyncio.Protocol):
     async def _connect(self) -> None:
         try:
             _, up = await asyncio.get_running_loop().create_connection(
-                lambda: _Upstream(self), "127.0.0.1", self.port)
+                lambda: _Upstream(self), "127.0.0.1", self.port
+            )
         except OSError:
             if self.transport is not None:
                 self.transport.close()

@@ -66,8 +66,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import aiperf_runner, tail
-from benchmarks.driver import (Driver, LoadSampler, Record, WorkerCountPoller,
-                               records_as_dicts)
+from benchmarks.driver import Driver, LoadSampler, Record, WorkerCountPoller, records_as_dicts
 from benchmarks.workloads import WORKLOADS, Workload, build, mooncake_ideal_per_row
 from deploy.local_stack import LocalStack, StackConfig
 
@@ -81,24 +80,46 @@ AFFINITY_TTL_S = 60
 OURS_ENV: dict[str, str] = {}  # --ours-env KEY=VALUE: experiments with router settings
 TRACES_DIR: Path | None = None  # --traces-dir: keep our processor's traces for analysis
 MACHINE = "simulated workers (dynamo.mocker) on a 2-core machine"
-KEYS = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "e2e_p50_ms",
-        "e2e_p99_ms", "output_tok_s", "failed", "kv_hit_ratio", "ideal_hit_ratio", "imbalance")
+KEYS = (
+    "ttft_p50_ms",
+    "ttft_p90_ms",
+    "ttft_p99_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "output_tok_s",
+    "failed",
+    "kv_hit_ratio",
+    "ideal_hit_ratio",
+    "imbalance",
+)
 
 
 def stack_config(arm: str, wl: Workload) -> StackConfig:
-    base: dict[str, Any] = dict(workers=len(wl.speeds), speeds=list(wl.speeds),
-                                gpu_blocks=wl.gpu_blocks, block_size=64)
+    base: dict[str, Any] = dict(
+        workers=len(wl.speeds), speeds=list(wl.speeds), gpu_blocks=wl.gpu_blocks, block_size=64
+    )
     if arm == "ours":
-        return StackConfig(arm="ours", processor_env={
-            "AKR_ROUTER_WORKER_CAPACITY_BLOCKS": str(wl.gpu_blocks), **OURS_ENV}, **base)
+        return StackConfig(
+            arm="ours",
+            processor_env={"AKR_ROUTER_WORKER_CAPACITY_BLOCKS": str(wl.gpu_blocks), **OURS_ENV},
+            **base,
+        )
     if arm == "ours_gateway":
-        return StackConfig(arm="gateway", processor_env={
-            "AKR_ROUTER_WORKER_CAPACITY_BLOCKS": str(wl.gpu_blocks), **OURS_ENV}, **base)
+        return StackConfig(
+            arm="gateway",
+            processor_env={"AKR_ROUTER_WORKER_CAPACITY_BLOCKS": str(wl.gpu_blocks), **OURS_ENV},
+            **base,
+        )
     if arm == "dynamo_kv":
         return StackConfig(arm="kv", **base)
     if arm == "dynamo_kv_affinity":
-        return StackConfig(arm="kv", frontend_args=[
-            "--router-session-affinity-ttl-secs", str(AFFINITY_TTL_S)], **base)
+        return StackConfig(
+            arm="kv",
+            frontend_args=["--router-session-affinity-ttl-secs", str(AFFINITY_TTL_S)],
+            **base,
+        )
     if arm == "round_robin":
         return StackConfig(arm="round-robin", **base)
     if arm == "random":
@@ -113,8 +134,9 @@ def _pct(values: list[float], q: float) -> float | None:
 def compact_record(d: dict[str, Any]) -> dict[str, Any]:
     """A record as committed: times to the microsecond, without the answer id (it only joins
     to processor traces, which are not committed), so a full run's file stays under 1 MB."""
-    return {k: round(v, 3) if isinstance(v, float) else v
-            for k, v in d.items() if k != "request_id"}
+    return {
+        k: round(v, 3) if isinstance(v, float) else v for k, v in d.items() if k != "request_id"
+    }
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
@@ -131,9 +153,13 @@ def summarize(records: list[Record], wall_s: float, ideal: float, imbalance: flo
     prompt = sum(r.prompt_tokens for r in ok)
     cached = sum(r.cached_tokens for r in ok)
     return {
-        "ttft_p50_ms": _pct(ttft, 50), "ttft_p90_ms": _pct(ttft, 90), "ttft_p99_ms": _pct(ttft, 99),
-        "itl_p50_ms": _pct(itl, 50), "itl_p99_ms": _pct(itl, 99),
-        "e2e_p50_ms": _pct(e2e, 50), "e2e_p99_ms": _pct(e2e, 99),
+        "ttft_p50_ms": _pct(ttft, 50),
+        "ttft_p90_ms": _pct(ttft, 90),
+        "ttft_p99_ms": _pct(ttft, 99),
+        "itl_p50_ms": _pct(itl, 50),
+        "itl_p99_ms": _pct(itl, 99),
+        "e2e_p50_ms": _pct(e2e, 50),
+        "e2e_p99_ms": _pct(e2e, 99),
         "output_tok_s": round(sum(r.output_tokens for r in ok) / wall_s, 1) if wall_s > 0 else None,
         "failed": len(records) - len(ok),
         "kv_hit_ratio": round(cached / prompt, 4) if prompt else None,
@@ -178,16 +204,27 @@ def gateway_trace_stats(stack: LocalStack, since_wall: float, workers: int) -> d
     """Per-worker counts and reasons of the ``ours_gateway`` arm, from the gateway's trace."""
     path = stack.trace_path.with_name("gateway.jsonl")
     time.sleep(1.0)  # let the async writer flush the tail
-    recs = [r for r in map(json.loads, path.read_text().splitlines())
-            if r.get("ts", 0) >= since_wall and "worker_id" in r] if path.exists() else []
+    recs = (
+        [
+            r
+            for r in map(json.loads, path.read_text().splitlines())
+            if r.get("ts", 0) >= since_wall and "worker_id" in r
+        ]
+        if path.exists()
+        else []
+    )
     counts = per_worker_counts((r["worker_id"] for r in recs), workers)
-    return {"trace_records": len(recs), "requests_per_worker": counts,
-            "reasons": dict(Counter(r["reason"] for r in recs)),
-            "imbalance": imbalance_of(counts)}
+    return {
+        "trace_records": len(recs),
+        "requests_per_worker": counts,
+        "reasons": dict(Counter(r["reason"] for r in recs)),
+        "imbalance": imbalance_of(counts),
+    }
 
 
-async def _drive(stack: LocalStack, arm: str, wl: Workload, repeat: int, run_dir: Path,
-                 use_aiperf: bool) -> dict[str, Any]:
+async def _drive(
+    stack: LocalStack, arm: str, wl: Workload, repeat: int, run_dir: Path, use_aiperf: bool
+) -> dict[str, Any]:
     sampler = LoadSampler()
     poller = None if arm.startswith("ours") else WorkerCountPoller(f"{stack.frontend_url}/metrics")
     sampler.start()
@@ -198,14 +235,27 @@ async def _drive(stack: LocalStack, arm: str, wl: Workload, repeat: int, run_dir
     if wl.name == "mooncake" and use_aiperf:
         rows = wl.scaling["rows"]
         records, wall, cmd = await asyncio.to_thread(
-            aiperf_runner.run, stack.url, stack.model_name, arm, rows,
-            mooncake_ideal_per_row(rows), run_dir, repeat)
+            aiperf_runner.run,
+            stack.url,
+            stack.model_name,
+            arm,
+            rows,
+            mooncake_ideal_per_row(rows),
+            run_dir,
+            repeat,
+        )
         # AIPerf's wall time includes its own start-up; throughput uses the request span.
         span = max((r.t_send_s + (r.e2e_ms or 0) / 1000 for r in records if r.ok), default=0.0)
         out.update(records=records, wall_s=span, aiperf_command=cmd, aiperf_wall_s=round(wall, 1))
     else:
-        driver = Driver(stack.url, stack.model_name, arm, wl, repeat,
-                        session_header=(arm == "dynamo_kv_affinity"))
+        driver = Driver(
+            stack.url,
+            stack.model_name,
+            arm,
+            wl,
+            repeat,
+            session_header=(arm == "dynamo_kv_affinity"),
+        )
         wall = await driver.run()
         out.update(records=driver.records, wall_s=wall)
     out["load"] = await sampler.stop()
@@ -217,19 +267,23 @@ async def _drive(stack: LocalStack, arm: str, wl: Workload, repeat: int, run_dir
         out["poll_coverage"] = round(sum(vals) / max(1, len(out["records"])), 3)
         out["imbalance"] = imbalance_of(vals)
     elif arm == "ours_gateway":
-        out.update(await asyncio.to_thread(gateway_trace_stats, stack, since_wall - 1,
-                                           len(wl.speeds)))
+        out.update(
+            await asyncio.to_thread(gateway_trace_stats, stack, since_wall - 1, len(wl.speeds))
+        )
         gw_trace = stack.trace_path.with_name("gateway.jsonl")
-        if TRACES_DIR is not None and gw_trace.exists():
-            TRACES_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copy(gw_trace, TRACES_DIR / f"{wl.name}-ours_gateway-{repeat}.jsonl")
+        await asyncio.to_thread(keep_trace, gw_trace, f"{wl.name}-ours_gateway-{repeat}.jsonl")
     else:
         stats = await asyncio.to_thread(our_trace_stats, stack, since_wall - 1, len(wl.speeds))
         out.update(stats)
-        if TRACES_DIR is not None and stack.trace_path.exists():
-            TRACES_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copy(stack.trace_path, TRACES_DIR / f"{wl.name}-ours-{repeat}.jsonl")
+        await asyncio.to_thread(keep_trace, stack.trace_path, f"{wl.name}-ours-{repeat}.jsonl")
     return out
+
+
+def keep_trace(trace: Path, name: str) -> None:
+    """Copy a run's trace into ``--traces-dir`` (when given) under ``name``."""
+    if TRACES_DIR is not None and trace.exists():
+        TRACES_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copy(trace, TRACES_DIR / name)
 
 
 def code_state() -> dict[str, Any]:
@@ -239,14 +293,17 @@ def code_state() -> dict[str, Any]:
 
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True,
-                                  timeout=20).stdout.rstrip()  # porcelain lines start with a space
+            return subprocess.run(
+                ["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20
+            ).stdout.rstrip()  # porcelain lines start with a space
         except (OSError, subprocess.SubprocessError):
             return ""
 
     dirty = git("status", "--porcelain", "--", "router", "processor", "frontend", "deploy")
-    return {"head": git("rev-parse", "--short", "HEAD"),
-            "uncommitted": [line[3:] for line in dirty.splitlines()]}
+    return {
+        "head": git("rev-parse", "--short", "HEAD"),
+        "uncommitted": [line[3:] for line in dirty.splitlines()],
+    }
 
 
 def run_arm(arm: str, wl: Workload, repeat: int, run_dir: Path, use_aiperf: bool) -> dict[str, Any]:
@@ -285,30 +342,59 @@ def check_targets(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
             continue
         ours, base = results[wl]["ours"].get(key), results[wl][BASELINE].get(key)
         ratio = ours / base if ours is not None and base else None
-        out.append({"target": desc, "ours": ours, "dynamo_kv": base,
-                    "ratio": round(ratio, 3) if ratio is not None else None,
-                    "met": ratio is not None and ratio <= bound})
+        out.append(
+            {
+                "target": desc,
+                "ours": ours,
+                "dynamo_kv": base,
+                "ratio": round(ratio, 3) if ratio is not None else None,
+                "met": ratio is not None and ratio <= bound,
+            }
+        )
     for wl, arms in results.items():
         if "ours" not in arms or BASELINE not in arms:
             continue
         o, b = arms["ours"]["kv_hit_ratio"], arms[BASELINE]["kv_hit_ratio"]
-        out.append({"target": f"{wl} KV hit ratio >= kv's", "ours": o, "dynamo_kv": b,
-                    "ratio": round(o / b, 3) if o and b else None,
-                    "met": o is not None and b is not None and o >= b})
-        out.append({"target": f"{wl} zero failed requests (ours)", "ours": arms["ours"]["failed"],
-                    "dynamo_kv": arms[BASELINE]["failed"], "ratio": None,
-                    "met": arms["ours"]["failed"] == 0})
+        out.append(
+            {
+                "target": f"{wl} KV hit ratio >= kv's",
+                "ours": o,
+                "dynamo_kv": b,
+                "ratio": round(o / b, 3) if o and b else None,
+                "met": o is not None and b is not None and o >= b,
+            }
+        )
+        out.append(
+            {
+                "target": f"{wl} zero failed requests (ours)",
+                "ours": arms["ours"]["failed"],
+                "dynamo_kv": arms[BASELINE]["failed"],
+                "ratio": None,
+                "met": arms["ours"]["failed"] == 0,
+            }
+        )
     if "agentic" in results and "ours" in results["agentic"]:
         o = results["agentic"]["ours"]
-        frac = o["kv_hit_ratio"] / o["ideal_hit_ratio"] if o["kv_hit_ratio"] and o["ideal_hit_ratio"] else None
-        out.append({"target": "agentic KV hit ratio >= 90% of ideal", "ours": o["kv_hit_ratio"],
-                    "dynamo_kv": o["ideal_hit_ratio"], "ratio": round(frac, 3) if frac else None,
-                    "met": frac is not None and frac >= 0.9})
+        frac = (
+            o["kv_hit_ratio"] / o["ideal_hit_ratio"]
+            if o["kv_hit_ratio"] and o["ideal_hit_ratio"]
+            else None
+        )
+        out.append(
+            {
+                "target": "agentic KV hit ratio >= 90% of ideal",
+                "ours": o["kv_hit_ratio"],
+                "dynamo_kv": o["ideal_hit_ratio"],
+                "ratio": round(frac, 3) if frac else None,
+                "met": frac is not None and frac >= 0.9,
+            }
+        )
     return out
 
 
-def write_markdown(path: Path, results: dict, meta: dict, targets: list[dict],
-                   tail_table: str | None = None) -> None:
+def write_markdown(
+    path: Path, results: dict, meta: dict, targets: list[dict], tail_table: str | None = None
+) -> None:
     lines = [
         "# Routing benchmark: ours vs Dynamo's routers",
         "",
@@ -324,13 +410,32 @@ def write_markdown(path: Path, results: dict, meta: dict, targets: list[dict],
     ]
     for wl, arms in results.items():
         wmeta = meta["workloads"][wl]
-        lines += [f"## {wl}", "", wmeta["description"] + ".", "",
-                  f"Cluster: speeds {wmeta['speeds']}, {wmeta['gpu_blocks']} KV blocks of 64 tokens "
-                  f"per worker; {wmeta['requests']} requests per arm per repeat; driver "
-                  f"{wmeta['driver']}." + (f" Scaling: {json.dumps(wmeta['scaling'])}." if wmeta.get('scaling') else ""),
-                  ""]
-        head = ["arm", "TTFT p50", "TTFT p90", "TTFT p99", "ITL p50", "ITL p99", "E2E p50",
-                "E2E p99", "out tok/s", "failed", "KV hit", "ideal", "imbalance"]
+        lines += [
+            f"## {wl}",
+            "",
+            wmeta["description"] + ".",
+            "",
+            f"Cluster: speeds {wmeta['speeds']}, {wmeta['gpu_blocks']} KV blocks of 64 tokens "
+            f"per worker; {wmeta['requests']} requests per arm per repeat; driver "
+            f"{wmeta['driver']}."
+            + (f" Scaling: {json.dumps(wmeta['scaling'])}." if wmeta.get("scaling") else ""),
+            "",
+        ]
+        head = [
+            "arm",
+            "TTFT p50",
+            "TTFT p90",
+            "TTFT p99",
+            "ITL p50",
+            "ITL p99",
+            "E2E p50",
+            "E2E p99",
+            "out tok/s",
+            "failed",
+            "KV hit",
+            "ideal",
+            "imbalance",
+        ]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         base = arms.get(BASELINE, {})
@@ -343,21 +448,39 @@ def write_markdown(path: Path, results: dict, meta: dict, targets: list[dict],
                 elif k == "imbalance":
                     cells.append("-" if v is None else f"{v:.2f}")
                 else:
-                    cells.append(fmt_ratio(v, base.get(k)) if arm != BASELINE else ("-" if v is None else f"{v:g}"))
+                    cells.append(
+                        fmt_ratio(v, base.get(k))
+                        if arm != BASELINE
+                        else ("-" if v is None else f"{v:g}")
+                    )
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Targets (ours vs `dynamo_kv`, same run)", "", "| target | ours | kv / ideal | ratio | met |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "## Targets (ours vs `dynamo_kv`, same run)",
+        "",
+        "| target | ours | kv / ideal | ratio | met |",
+        "|---|---|---|---|---|",
+    ]
     for t in targets:
-        lines.append(f"| {t['target']} | {t['ours']} | {t['dynamo_kv']} | {t['ratio']} | "
-                     f"{'yes' if t['met'] else '**no**'} |")
+        lines.append(
+            f"| {t['target']} | {t['ours']} | {t['dynamo_kv']} | {t['ratio']} | "
+            f"{'yes' if t['met'] else '**no**'} |"
+        )
     if tail_table:
-        legend = ("The requests at or above the arm's pooled p99: *cold* (no cache could hold "
-                  "any of the prompt), *lost* (a cached prefix existed and the arm served under "
-                  "90% of it: a routing choice), *hit* (cached as the ideal allows; the worker "
-                  "was busy).")
-        lines += ["", "## What each arm's TTFT p99 is made of (`benchmarks/tail.py`)", "",
-                  legend, "", tail_table]
+        legend = (
+            "The requests at or above the arm's pooled p99: *cold* (no cache could hold "
+            "any of the prompt), *lost* (a cached prefix existed and the arm served under "
+            "90% of it: a routing choice), *hit* (cached as the ideal allows; the worker "
+            "was busy)."
+        )
+        lines += [
+            "",
+            "## What each arm's TTFT p99 is made of (`benchmarks/tail.py`)",
+            "",
+            legend,
+            "",
+            tail_table,
+        ]
     lines += ["", f"Load during the run: {json.dumps(meta['load_summary'])}.", ""]
     path.write_text("\n".join(lines))
 
@@ -378,12 +501,16 @@ def plot(path: Path, all_records: list[Record], results: dict) -> bool:
     for r in all_records:
         if r.ok and r.ttft_ms is not None:
             by[(r.workload, r.arm)].append(r.ttft_ms)
-    for ax, wl in zip(axes[0], wls):
+    for ax, wl in zip(axes[0], wls, strict=True):
         for arm in results[wl]:
             vals = np.sort(by.get((wl, arm), []))
             if len(vals):
-                ax.plot(vals, np.arange(1, len(vals) + 1) / len(vals), label=arm,
-                        lw=2.2 if arm == "ours" else 1.2)
+                ax.plot(
+                    vals,
+                    np.arange(1, len(vals) + 1) / len(vals),
+                    label=arm,
+                    lw=2.2 if arm == "ours" else 1.2,
+                )
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -406,18 +533,30 @@ def main() -> None:
     mode.add_argument("--full", action="store_true", help="the full version (committed results)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="default 1; arms run in a rotated order in each repeat")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="default 1; arms run in a rotated order in each repeat",
+    )
     ap.add_argument("--scale", type=float, default=None, help="override the workload scale")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--speedup", type=float, default=1.0, help="mocker speed-up of a fast worker")
     ap.add_argument("--no-aiperf", action="store_true", help="Mooncake replay with our driver")
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
-    ap.add_argument("--traces-dir", default=None,
-                    help="copy our arm's processor traces here (for analysis; not committed)")
-    ap.add_argument("--ours-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra AKR_* (or DYN_RUNTIME_*: Dynamo's runtime threads) environment for "
-                    "our processor (experiments; recorded in meta)")
+    ap.add_argument(
+        "--traces-dir",
+        default=None,
+        help="copy our arm's processor traces here (for analysis; not committed)",
+    )
+    ap.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra AKR_* (or DYN_RUNTIME_*: Dynamo's runtime threads) environment for "
+        "our processor (experiments; recorded in meta)",
+    )
     args = ap.parse_args()
     for kv in args.ours_env:
         key, _, value = kv.partition("=")
@@ -446,9 +585,13 @@ def main() -> None:
     load_before = os.getloadavg()
     run_dir = Path(tempfile.mkdtemp(prefix="akr-bench-"))
     code_at_start = code_state()
-    print(f"routing benchmark: {'full' if full else 'short'} run, scale {scale}, {repeats} repeat(s), "
-          f"workloads {workloads}, arms {arms}; Mooncake via {'AIPerf' if use_aiperf else 'our driver'}; "
-          f"load average before {load_before[0]:.2f}", flush=True)
+    print(
+        f"routing benchmark: {'full' if full else 'short'} run, scale {scale}, "
+        f"{repeats} repeat(s), workloads {workloads}, arms {arms}; "
+        f"Mooncake via {'AIPerf' if use_aiperf else 'our driver'}; "
+        f"load average before {load_before[0]:.2f}",
+        flush=True,
+    )
 
     results: dict[str, dict[str, dict]] = {}
     meta_wl: dict[str, Any] = {}
@@ -460,33 +603,70 @@ def main() -> None:
         for wname in workloads:
             wl = build(wname, args.seed, scale, args.speedup)
             ideal = wl.ideal_hit_ratio()
-            driver_name = ("aiperf " + (aiperf_runner.version() or "")) if (
-                wname == "mooncake" and use_aiperf) else "benchmarks/driver.py (httpx)"
+            driver_name = (
+                ("aiperf " + (aiperf_runner.version() or ""))
+                if (wname == "mooncake" and use_aiperf)
+                else "benchmarks/driver.py (httpx)"
+            )
             scaling = {k: v for k, v in wl.scaling.items() if k != "rows"}
-            meta_wl[wname] = {"description": wl.description, "speeds": wl.speeds,
-                              "gpu_blocks": wl.gpu_blocks, "requests": wl.requests,
-                              "sessions": len(wl.sessions), "driver": driver_name,
-                              "ideal_hit_ratio": round(ideal, 4), "scaling": scaling}
-            print(f"\n== {wname}: {wl.requests} requests in {len(wl.sessions)} sessions, "
-                  f"ideal hit ratio {ideal:.3f}, speeds {wl.speeds}, {wl.gpu_blocks} blocks", flush=True)
+            meta_wl[wname] = {
+                "description": wl.description,
+                "speeds": wl.speeds,
+                "gpu_blocks": wl.gpu_blocks,
+                "requests": wl.requests,
+                "sessions": len(wl.sessions),
+                "driver": driver_name,
+                "ideal_hit_ratio": round(ideal, 4),
+                "scaling": scaling,
+            }
+            print(
+                f"\n== {wname}: {wl.requests} requests in {len(wl.sessions)} sessions, "
+                f"ideal hit ratio {ideal:.3f}, speeds {wl.speeds}, {wl.gpu_blocks} blocks",
+                flush=True,
+            )
             pooled: dict[str, list[Record]] = defaultdict(list)
             walls: dict[str, float] = defaultdict(float)
             imbalances: dict[str, list[float]] = defaultdict(list)
             per_repeat: dict[str, list[dict]] = defaultdict(list)
             extra: dict[str, list] = defaultdict(list)
             for rep in range(repeats):
-                order = arms[rep % len(arms):] + arms[: rep % len(arms)]  # rotate to spread drift
+                order = arms[rep % len(arms) :] + arms[: rep % len(arms)]  # rotate to spread drift
                 for arm in order:
                     try:
                         res = run_arm(arm, wl, rep, run_dir, use_aiperf)
-                    except Exception as exc:  # noqa: BLE001 - one broken arm must not lose the run
+                    except Exception as exc:
                         print(f"  [{rep}] {arm}: FAILED to run: {exc}", flush=True)
-                        res = {"records": [Record(wname, arm, rep, "arm-failed", "-", 0, 0.0, 0, None,
-                                                  None, None, 0, 0, 0, 0, 0, error=str(exc)[:500])],
-                               "wall_s": 0.0, "load": {"load1_mean": os.getloadavg()[0],
-                                                       "load1_max": os.getloadavg()[0],
-                                                       "cpu_busy_mean": None, "cpu_busy_max": None},
-                               "arm_error": str(exc)[-2000:]}
+                        res = {
+                            "records": [
+                                Record(
+                                    wname,
+                                    arm,
+                                    rep,
+                                    "arm-failed",
+                                    "-",
+                                    0,
+                                    0.0,
+                                    0,
+                                    None,
+                                    None,
+                                    None,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    0,
+                                    error=str(exc)[:500],
+                                )
+                            ],
+                            "wall_s": 0.0,
+                            "load": {
+                                "load1_mean": os.getloadavg()[0],
+                                "load1_max": os.getloadavg()[0],
+                                "cpu_busy_mean": None,
+                                "cpu_busy_max": None,
+                            },
+                            "arm_error": str(exc)[-2000:],
+                        }
                     recs = res["records"]
                     pooled[arm] += recs
                     walls[arm] += res["wall_s"]
@@ -495,36 +675,65 @@ def main() -> None:
                     summ = summarize(recs, res["wall_s"], ideal, res.get("imbalance"))
                     per_repeat[arm].append(summ)
                     loads.append(res["load"])
-                    info = {k: res[k] for k in ("requests_per_worker", "poll_coverage", "reasons",
-                                                "retries", "errors", "trace_records", "load",
-                                                "stack_up_s", "aiperf_command", "aiperf_wall_s", "arm_error", "code")
-                            if k in res}
+                    info = {
+                        k: res[k]
+                        for k in (
+                            "requests_per_worker",
+                            "poll_coverage",
+                            "reasons",
+                            "retries",
+                            "errors",
+                            "trace_records",
+                            "load",
+                            "stack_up_s",
+                            "aiperf_command",
+                            "aiperf_wall_s",
+                            "arm_error",
+                            "code",
+                        )
+                        if k in res
+                    }
                     info["repeat"] = rep
                     extra[arm].append(info)
                     all_records += recs
-                    print(f"  [{rep}] {arm:<19} ttft p50 {summ['ttft_p50_ms']} p90 {summ['ttft_p90_ms']} "
-                          f"p99 {summ['ttft_p99_ms']}  hit {summ['kv_hit_ratio']}  failed {summ['failed']}  "
-                          f"imb {summ['imbalance']}  load {res['load']['load1_mean']} "
-                          f"cpu {res['load']['cpu_busy_mean']}", flush=True)
+                    print(
+                        f"  [{rep}] {arm:<19} ttft p50 {summ['ttft_p50_ms']} "
+                        f"p90 {summ['ttft_p90_ms']} p99 {summ['ttft_p99_ms']}  "
+                        f"hit {summ['kv_hit_ratio']}  failed {summ['failed']}  "
+                        f"imb {summ['imbalance']}  load {res['load']['load1_mean']} "
+                        f"cpu {res['load']['cpu_busy_mean']}",
+                        flush=True,
+                    )
             results[wname] = {}
             spread[wname] = {}
             for arm in arms:
                 imb = float(np.mean(imbalances[arm])) if imbalances[arm] else None
                 results[wname][arm] = summarize(pooled[arm], walls[arm], ideal, imb)
-                spread[wname][arm] = {k: [p[k] for p in per_repeat[arm]] for k in KEYS
-                                      if k != "ideal_hit_ratio"}
+                spread[wname][arm] = {
+                    k: [p[k] for p in per_repeat[arm]] for k in KEYS if k != "ideal_hit_ratio"
+                }
             per_arm_meta[wname] = dict(extra)
             if wname == "mixed":
                 meta_wl[wname]["classes"] = {
-                    arm: {k: summarize([r for r in pooled[arm] if r.klass == k], walls[arm], ideal, None)
-                          for k in ("latency_sensitive", "batch")} for arm in arms}
+                    arm: {
+                        k: summarize(
+                            [r for r in pooled[arm] if r.klass == k], walls[arm], ideal, None
+                        )
+                        for k in ("latency_sensitive", "batch")
+                    }
+                    for arm in arms
+                }
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
     load_summary = {
-        "load1_mean": round(float(np.mean([l["load1_mean"] for l in loads])), 2) if loads else None,
-        "load1_max": round(float(max(l["load1_max"] for l in loads)), 2) if loads else None,
-        "cpu_busy_mean": round(float(np.mean([l["cpu_busy_mean"] for l in loads if l["cpu_busy_mean"] is not None])), 3) if loads else None,
+        "load1_mean": round(float(np.mean([x["load1_mean"] for x in loads])), 2) if loads else None,
+        "load1_max": round(float(max(x["load1_max"] for x in loads)), 2) if loads else None,
+        "cpu_busy_mean": round(
+            float(np.mean([x["cpu_busy_mean"] for x in loads if x["cpu_busy_mean"] is not None])), 3
+        )
+        if loads
+        else None,
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
@@ -544,13 +753,14 @@ def main() -> None:
         "code_at_start": code_at_start,
         "code_at_end": code_state(),
         "load_summary": load_summary,
-        "mooncake_driver": ("aiperf " + (aiperf_runner.version() or "")) if use_aiperf else
-                           "benchmarks/driver.py (AIPerf not installed in .venv/aiperf or --no-aiperf)",
+        "mooncake_driver": ("aiperf " + (aiperf_runner.version() or ""))
+        if use_aiperf
+        else "benchmarks/driver.py (AIPerf not installed in .venv/aiperf or --no-aiperf)",
         "affinity_ttl_s": AFFINITY_TTL_S,
         "ours_env": {"AKR_ROUTER_WORKER_CAPACITY_BLOCKS": "gpu_blocks of the workload", **OURS_ENV},
         "imbalance_method": "max/mean requests per worker. ours: processor trace (exact). stock "
-                            "arms: changes of the frontend's per-worker last-request gauges polled "
-                            "every 50 ms (lower bound; coverage = counted/requests in per_arm).",
+        "arms: changes of the frontend's per-worker last-request gauges polled "
+        "every 50 ms (lower bound; coverage = counted/requests in per_arm).",
         "percentiles": "pooled over repeats; per-repeat values in spread",
         "workloads": meta_wl,
         "spread": spread,
@@ -561,12 +771,15 @@ def main() -> None:
     payload["meta"] = meta
     (out_dir / "routing.json").write_text(json.dumps(payload, indent=1) + "\n")
     record_dicts = records_as_dicts(all_records)
-    write_markdown(out_dir / "routing.md", results, meta, targets,
-                   tail.table(tail.tails(record_dicts)))
+    write_markdown(
+        out_dir / "routing.md", results, meta, targets, tail.table(tail.tails(record_dicts))
+    )
     write_records(out_dir / "routing_records.jsonl.gz", record_dicts)
     plot(out_dir / "routing_ttft.png", all_records, results)
-    print(f"\nwrote {out_dir}/routing.json, routing.md, routing_records.jsonl.gz, routing_ttft.png "
-          f"in {meta['duration_s']} s")
+    print(
+        f"\nwrote {out_dir}/routing.json, routing.md, routing_records.jsonl.gz, routing_ttft.png "
+        f"in {meta['duration_s']} s"
+    )
     print((out_dir / "routing.md").read_text())
 
 

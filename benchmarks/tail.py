@@ -46,21 +46,32 @@ def tails(records: list[dict[str, Any]], q: float = 99.0) -> dict[tuple[str, str
     for key, rs in groups.items():
         cut = float(np.percentile([r["ttft_ms"] for r in rs], q))
         tail = sorted((r for r in rs if r["ttft_ms"] >= cut), key=lambda r: -r["ttft_ms"])
-        out[key] = {"n": len(rs), "cut_ms": cut, "tail": tail,
-                    "classes": Counter(outcome(r) for r in tail)}
+        out[key] = {
+            "n": len(rs),
+            "cut_ms": cut,
+            "tail": tail,
+            "classes": Counter(outcome(r) for r in tail),
+        }
     return out
 
 
 def table(stats: dict[tuple[str, str], dict[str, Any]]) -> str:
-    header = ("| workload | arm | requests | TTFT p99 | tail: cold / lost / hit | tail requests "
-              "(TTFT ms, outcome, cached / ideal tokens) |")
+    header = (
+        "| workload | arm | requests | TTFT p99 | tail: cold / lost / hit | tail requests "
+        "(TTFT ms, outcome, cached / ideal tokens) |"
+    )
     lines = [header, "|---|---|---:|---:|---|---|"]
     for (wl, arm), s in sorted(stats.items()):
         c = s["classes"]
-        reqs = ", ".join(f"{r['ttft_ms']:.0f} {outcome(r)} {r.get('cached_tokens') or 0}/"
-                         f"{r.get('ideal_cached_tokens') or 0}" for r in s["tail"])
-        lines.append(f"| {wl} | {arm} | {s['n']} | {s['cut_ms']:.1f} | "
-                     f"{c['cold']} / {c['lost']} / {c['hit']} | {reqs} |")
+        reqs = ", ".join(
+            f"{r['ttft_ms']:.0f} {outcome(r)} {r.get('cached_tokens') or 0}/"
+            f"{r.get('ideal_cached_tokens') or 0}"
+            for r in s["tail"]
+        )
+        lines.append(
+            f"| {wl} | {arm} | {s['n']} | {s['cut_ms']:.1f} | "
+            f"{c['cold']} / {c['lost']} / {c['hit']} | {reqs} |"
+        )
     return "\n".join(lines)
 
 
@@ -70,8 +81,9 @@ def main() -> None:
     ap.add_argument("--workload", help="only this workload")
     ap.add_argument("--q", type=float, default=99.0, help="percentile that starts the tail")
     args = ap.parse_args()
-    records = [r for r in load(args.records)
-               if args.workload is None or r["workload"] == args.workload]
+    records = [
+        r for r in load(args.records) if args.workload is None or r["workload"] == args.workload
+    ]
     print(table(tails(records, args.q)))
 
 

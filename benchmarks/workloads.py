@@ -27,10 +27,10 @@ send the real answer back; with simulated workers the answer is random tokens an
 from __future__ import annotations
 
 import hashlib
-from array import array
 import json
 import math
 import random
+from array import array
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -149,11 +149,12 @@ def annotate_ideal(sessions: list[Session]) -> None:
             t += 1e-3  # the turn itself takes time; keeps session order
     planned.sort(key=lambda x: (x[0], x[1], x[2]))
     template = _chat_template()
-    rendered = [template.render(messages=t.messages, add_generation_prompt=True)
-                for _, _, _, t in planned]
+    rendered = [
+        template.render(messages=t.messages, add_generation_prompt=True) for _, _, _, t in planned
+    ]
     encoded = _tokenizer().encode_batch(rendered)
     seen: set[bytes] = set()
-    for (_, _, _, turn), enc in zip(planned, encoded):
+    for (_, _, _, turn), enc in zip(planned, encoded, strict=True):
         ids = enc.ids
         turn.prompt_tokens = len(ids)
         raw = array("I", ids).tobytes()
@@ -195,8 +196,8 @@ class AgenticParams:
 def agentic_sessions(seed: int, p: AgenticParams) -> list[Session]:
     rng = seeded_rng("agentic", seed, p.id_prefix)
     systems = [
-        f"You are agent type {k}." + text(seeded_rng("system", seed, p.id_prefix, k),
-                                          rng.randint(*p.system_tokens))
+        f"You are agent type {k}."
+        + text(seeded_rng("system", seed, p.id_prefix, k), rng.randint(*p.system_tokens))
         for k in range(p.agent_types)
     ]
     sessions = []
@@ -215,17 +216,29 @@ def agentic_sessions(seed: int, p: AgenticParams) -> list[Session]:
         turns = []
         for t in range(n_turns):
             gap = 0.0 if t == 0 else iat / 1000 * math.exp(srng.gauss(0.0, p.gap_sigma))
-            turns.append(Turn(
-                messages=[dict(m) for m in messages],
-                max_tokens=osl,
-                gap_s=gap,
-                hints={"prefix_id": sid, "total_requests": n_turns, "iat": iat, "osl": osl,
-                       "latency_sensitivity": p.latency_sensitivity, "priority": p.priority},
-                cache_ttl=f"{ttl_s}s",
-            ))
+            turns.append(
+                Turn(
+                    messages=[dict(m) for m in messages],
+                    max_tokens=osl,
+                    gap_s=gap,
+                    hints={
+                        "prefix_id": sid,
+                        "total_requests": n_turns,
+                        "iat": iat,
+                        "osl": osl,
+                        "latency_sensitivity": p.latency_sensitivity,
+                        "priority": p.priority,
+                    },
+                    cache_ttl=f"{ttl_s}s",
+                )
+            )
             messages.append({"role": "assistant", "content": text(srng, osl)})
-            messages.append({"role": "user", "content": f"tool result {t}:"
-                             + text(srng, srng.randint(*p.tool_tokens))})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": f"tool result {t}:" + text(srng, srng.randint(*p.tool_tokens)),
+                }
+            )
         sessions.append(Session(sid, start, turns, klass=p.klass))
     return sessions
 
@@ -256,26 +269,32 @@ def mooncake_rows(p: MooncakeParams, path: Path = MOONCAKE_TRACE) -> list[dict[s
     t0 = rows[0]["timestamp"]
     out = []
     for r in rows:
-        out.append({
-            "timestamp": int(round((r["timestamp"] - t0) * p.time_scale)),
-            "input_length": _scaled_length(r["input_length"], len(r["hash_ids"]), p.token_scale),
-            "output_length": max(1, min(p.max_output, int(round(r["output_length"] * p.token_scale)))),
-            "hash_ids": list(r["hash_ids"]),
-        })
+        out.append(
+            {
+                "timestamp": round((r["timestamp"] - t0) * p.time_scale),
+                "input_length": _scaled_length(
+                    r["input_length"], len(r["hash_ids"]), p.token_scale
+                ),
+                "output_length": max(
+                    1, min(p.max_output, round(r["output_length"] * p.token_scale))
+                ),
+                "hash_ids": list(r["hash_ids"]),
+            }
+        )
     return out
 
 
 def _scaled_length(length: int, n_hash: int, token_scale: float) -> int:
     """Scaled input length, kept consistent with the hash ids (AIPerf checks it): the last
     hash block holds between 1 and a full block of tokens."""
-    block = int(round(MOONCAKE_HASH_BLOCK * token_scale))
-    scaled = int(round(length * token_scale))
+    block = round(MOONCAKE_HASH_BLOCK * token_scale)
+    scaled = round(length * token_scale)
     return max((n_hash - 1) * block + 1, min(n_hash * block, scaled))
 
 
 def mooncake_sessions(p: MooncakeParams) -> list[Session]:
     """One single-turn session per trace line; text per hash id is deterministic."""
-    per_block = int(round(MOONCAKE_HASH_BLOCK * p.token_scale))
+    per_block = round(MOONCAKE_HASH_BLOCK * p.token_scale)
     sessions = []
     for i, row in enumerate(mooncake_rows(p)):
         body = "".join(text(seeded_rng("mooncake-hash", h), per_block) for h in row["hash_ids"])
@@ -283,9 +302,18 @@ def mooncake_sessions(p: MooncakeParams) -> list[Session]:
         # Trim to the scaled input length (last hash block is partial in the trace too).
         pieces = body.split(" ")[1:][:n_words]
         content = "".join(" " + w for w in pieces)
-        turn = Turn(messages=[{"role": "user", "content": content}], max_tokens=row["output_length"])
-        sessions.append(Session(f"mooncake-{i}", row["timestamp"] / 1000, [turn],
-                                klass="mooncake", send_session_header=False))
+        turn = Turn(
+            messages=[{"role": "user", "content": content}], max_tokens=row["output_length"]
+        )
+        sessions.append(
+            Session(
+                f"mooncake-{i}",
+                row["timestamp"] / 1000,
+                [turn],
+                klass="mooncake",
+                send_session_header=False,
+            )
+        )
     return sessions
 
 
@@ -318,74 +346,110 @@ def build(name: str, seed: int, scale: float, speedup: float = 1.0) -> Workload:
     (3-6 turns, iat up to 1 s) and replays 1/96 of the conversations in 15 s, so that 25
     cluster bring-ups and runs fit in `make bench`'s 10 minutes."""
     short = scale < 0.75
-    n = lambda k: max(2, int(round(k * scale)))  # noqa: E731
+    n = lambda k: max(2, round(k * scale))  # noqa: E731
     window = lambda s: s * scale  # noqa: E731 - same arrival rate at every scale
     kw: dict[str, Any] = {"turns": (3, 6), "iat_ms": (250, 500, 1000)} if short else {}
     if name == "agentic":
         p = AgenticParams(sessions=n(32), arrival_window_s=window(40.0), **kw)
         sessions = agentic_sessions(seed, p)
-        wl = Workload(name, sessions,
-                      f"agent sessions: {p.agent_types} agent types with "
-                      f"{p.system_tokens[0]}-{p.system_tokens[1]}-token system prompts, a "
-                      f"{p.task_tokens[0]}-{p.task_tokens[1]}-token task, {p.turns[0]}-{p.turns[1]} "
-                      f"turns each adding a {p.osl[0]}-{p.osl[1]}-token answer and a "
-                      f"{p.tool_tokens[0]}-{p.tool_tokens[1]}-token tool result; tool gaps "
-                      f"lognormal(sigma {p.gap_sigma}) around the session's iat "
-                      f"({'/'.join(map(str, p.iat_ms))} ms); {p.sessions} sessions arriving "
-                      f"uniformly over {p.arrival_window_s:g} s; NAT hints on every request",
-                      speeds=[speedup] * 4, gpu_blocks=512)
+        wl = Workload(
+            name,
+            sessions,
+            f"agent sessions: {p.agent_types} agent types with "
+            f"{p.system_tokens[0]}-{p.system_tokens[1]}-token system prompts, a "
+            f"{p.task_tokens[0]}-{p.task_tokens[1]}-token task, {p.turns[0]}-{p.turns[1]} "
+            f"turns each adding a {p.osl[0]}-{p.osl[1]}-token answer and a "
+            f"{p.tool_tokens[0]}-{p.tool_tokens[1]}-token tool result; tool gaps "
+            f"lognormal(sigma {p.gap_sigma}) around the session's iat "
+            f"({'/'.join(map(str, p.iat_ms))} ms); {p.sessions} sessions arriving "
+            f"uniformly over {p.arrival_window_s:g} s; NAT hints on every request",
+            speeds=[speedup] * 4,
+            gpu_blocks=512,
+        )
     elif name == "heterogeneous":
         p = AgenticParams(sessions=n(32), arrival_window_s=window(40.0), **kw)
-        wl = Workload(name, agentic_sessions(seed + 1, p),
-                      "the agentic workload on workers of speed [1, 1, 0.4, 0.4] x speedup",
-                      speeds=[speedup, speedup, 0.4 * speedup, 0.4 * speedup], gpu_blocks=512)
+        wl = Workload(
+            name,
+            agentic_sessions(seed + 1, p),
+            "the agentic workload on workers of speed [1, 1, 0.4, 0.4] x speedup",
+            speeds=[speedup, speedup, 0.4 * speedup, 0.4 * speedup],
+            gpu_blocks=512,
+        )
     elif name == "pressure":
-        p = AgenticParams(sessions=n(48), arrival_window_s=window(40.0),
-                          **{"turns": (4, 8), **kw})
+        p = AgenticParams(sessions=n(48), arrival_window_s=window(40.0), **{"turns": (4, 8), **kw})
         blocks = 128 if short else 192
-        wl = Workload(name, agentic_sessions(seed + 2, p),
-                      f"the agentic workload (another seed) with 1.5x the sessions ({p.sessions}), "
-                      f"{p.turns[0]}-{p.turns[1]} turns, and {blocks} KV blocks ({blocks * 64 // 1024}k "
-                      "tokens) per worker: "
-                      "the cluster's KV capacity is below the live working set (scaling: "
-                      "peak_live_blocks_estimate vs cluster_kv_blocks)",
-                      speeds=[speedup] * 4, gpu_blocks=blocks)
+        wl = Workload(
+            name,
+            agentic_sessions(seed + 2, p),
+            f"the agentic workload (another seed) with 1.5x the sessions ({p.sessions}), "
+            f"{p.turns[0]}-{p.turns[1]} turns, and {blocks} KV blocks ({blocks * 64 // 1024}k "
+            "tokens) per worker: "
+            "the cluster's KV capacity is below the live working set (scaling: "
+            "peak_live_blocks_estimate vs cluster_kv_blocks)",
+            speeds=[speedup] * 4,
+            gpu_blocks=blocks,
+        )
     elif name == "mixed":
-        inter = AgenticParams(sessions=n(24), arrival_window_s=window(40.0), osl=(8, 24),
-                              iat_ms=(200, 400, 600), turns=kw.get("turns", (4, 10)), latency_sensitivity=2.0, priority=2,
-                              klass="latency_sensitive", id_prefix="chat")
-        batch = AgenticParams(sessions=n(10), arrival_window_s=window(40.0), turns=(2, 3),
-                              task_tokens=(3000, 6000), osl=(128, 256), iat_ms=(100, 200),
-                              tool_tokens=(500, 1500), latency_sensitivity=0.0, priority=0,
-                              klass="batch", id_prefix="batch")
+        inter = AgenticParams(
+            sessions=n(24),
+            arrival_window_s=window(40.0),
+            osl=(8, 24),
+            iat_ms=(200, 400, 600),
+            turns=kw.get("turns", (4, 10)),
+            latency_sensitivity=2.0,
+            priority=2,
+            klass="latency_sensitive",
+            id_prefix="chat",
+        )
+        batch = AgenticParams(
+            sessions=n(10),
+            arrival_window_s=window(40.0),
+            turns=(2, 3),
+            task_tokens=(3000, 6000),
+            osl=(128, 256),
+            iat_ms=(100, 200),
+            tool_tokens=(500, 1500),
+            latency_sensitivity=0.0,
+            priority=0,
+            klass="batch",
+            id_prefix="batch",
+        )
         sessions = agentic_sessions(seed + 3, inter) + agentic_sessions(seed + 3, batch)
-        wl = Workload(name, sessions,
-                      "latency-sensitive agent sessions (8-24-token answers, 200-600 ms gaps, "
-                      "latency_sensitivity 2, priority 2) mixed with batch sessions (3-6k-token "
-                      "documents, 128-256-token answers, latency_sensitivity 0, priority 0)",
-                      speeds=[speedup] * 4, gpu_blocks=512)
+        wl = Workload(
+            name,
+            sessions,
+            "latency-sensitive agent sessions (8-24-token answers, 200-600 ms gaps, "
+            "latency_sensitivity 2, priority 2) mixed with batch sessions (3-6k-token "
+            "documents, 128-256-token answers, latency_sensitivity 0, priority 0)",
+            speeds=[speedup] * 4,
+            gpu_blocks=512,
+        )
     elif name == "mooncake":
         # full run: 1/16 of the conversations, the hour in 100 s; short: 1/96, in 15 s
         span = 15.0 if short else 100.0
         p = MooncakeParams(sample_every=96 if short else 16, time_scale=span / 3537.0)
         sessions = mooncake_sessions(p)
         rows = mooncake_rows(p)
-        wl = Workload(name, sessions,
-                      "replay of the Mooncake FAST'25 conversation trace: a sample of its "
-                      "conversations over the whole hour, time compressed, lengths / 8, no hints",
-                      speeds=[speedup] * 4, gpu_blocks=512,
-                      scaling={
-                          "trace": "../shared/traces/mooncake_conversation_trace.jsonl",
-                          "conversation_sample": f"1/{p.sample_every} (second hash id % "
-                                                 f"{p.sample_every} == 0)",
-                          "requests": len(rows),
-                          "token_scale": p.token_scale,
-                          "tokens_per_hash_id": int(MOONCAKE_HASH_BLOCK * p.token_scale),
-                          "time_scale": p.time_scale,
-                          "output_cap_tokens": p.max_output,
-                          "replay_span_s": rows[-1]["timestamp"] / 1000,
-                          "ideal_hit_ratio_from_hash_ids": round(mooncake_ideal_from_hashes(rows), 4),
-                      })
+        wl = Workload(
+            name,
+            sessions,
+            "replay of the Mooncake FAST'25 conversation trace: a sample of its "
+            "conversations over the whole hour, time compressed, lengths / 8, no hints",
+            speeds=[speedup] * 4,
+            gpu_blocks=512,
+            scaling={
+                "trace": "../shared/traces/mooncake_conversation_trace.jsonl",
+                "conversation_sample": f"1/{p.sample_every} (second hash id % "
+                f"{p.sample_every} == 0)",
+                "requests": len(rows),
+                "token_scale": p.token_scale,
+                "tokens_per_hash_id": int(MOONCAKE_HASH_BLOCK * p.token_scale),
+                "time_scale": p.time_scale,
+                "output_cap_tokens": p.max_output,
+                "replay_span_s": rows[-1]["timestamp"] / 1000,
+                "ideal_hit_ratio_from_hash_ids": round(mooncake_ideal_from_hashes(rows), 4),
+            },
+        )
         wl.scaling["rows"] = rows  # for the AIPerf trace file; dropped before writing meta
     else:
         raise ValueError(f"unknown workload {name!r}")

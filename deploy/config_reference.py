@@ -22,15 +22,27 @@ from router.config import RouterConfig
 DOC = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
 
 COMPONENTS: list[tuple[str, type[BaseSettings], str]] = [
-    ("Gateway (`python -m frontend`)", GatewayConfig, "HTTP hint gateway in front of the stock frontend."),
-    ("Processor (`python -m processor`)", ProcessorConfig, "Dynamo component registered as the public model."),
-    ("Router (in the processor, or `python -m router`)", RouterConfig, "Routing score, learner, prefix table."),
+    (
+        "Gateway (`python -m frontend`)",
+        GatewayConfig,
+        "HTTP hint gateway in front of the stock frontend.",
+    ),
+    (
+        "Processor (`python -m processor`)",
+        ProcessorConfig,
+        "Dynamo component registered as the public model.",
+    ),
+    (
+        "Router (in the processor, or `python -m router`)",
+        RouterConfig,
+        "Routing score, learner, prefix table.",
+    ),
 ]
 
 
 def _default(field: object) -> str:
     factory = getattr(field, "default_factory", None)
-    value = factory() if factory is not None else getattr(field, "default")
+    value = factory() if factory is not None else field.default
     if value is None:
         return "unset"
     if isinstance(value, list):
@@ -59,7 +71,9 @@ def render() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if docs/CONFIG.md is stale")
     args = parser.parse_args()
     text = render()

@@ -14,6 +14,7 @@ import random
 import statistics
 import time
 from collections import Counter, defaultdict
+from itertools import pairwise
 
 import httpx
 
@@ -26,28 +27,41 @@ SYSTEM_PROMPT = (
 ) * 12
 
 
-async def conversation(client: httpx.AsyncClient, url: str, model: str, name: str, turns: int,
-                       rng: random.Random) -> None:
+async def conversation(
+    client: httpx.AsyncClient, url: str, model: str, name: str, turns: int, rng: random.Random
+) -> None:
     """One agent session: each turn appends the previous answer and a tool result."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": f"Task {name}: find the cache settings of worker {name}."}]
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"Task {name}: find the cache settings of worker {name}."},
+    ]
     for turn in range(turns):
         body = {
             "model": model,
             "messages": messages,
             "max_tokens": 24,
             "nvext": {
-                "agent_hints": {"prefix_id": name, "total_requests": turns, "iat": 250,
-                                "osl": 24, "latency_sensitivity": 1.0, "priority": 1},
+                "agent_hints": {
+                    "prefix_id": name,
+                    "total_requests": turns,
+                    "iat": 250,
+                    "osl": 24,
+                    "latency_sensitivity": 1.0,
+                    "priority": 1,
+                },
                 "cache_control": {"type": "ephemeral", "ttl": "30s"},
             },
         }
         resp = await client.post(f"{url}/v1/chat/completions", json=body)
         resp.raise_for_status()
         answer = resp.json()["choices"][0]["message"]["content"]
-        tool = " ".join(rng.choice(["rows", "cache", "block", "value", "json", "key"]) for _ in range(60))
-        messages += [{"role": "assistant", "content": answer},
-                     {"role": "user", "content": f"tool result {turn}: {tool}"}]
+        tool = " ".join(
+            rng.choice(["rows", "cache", "block", "value", "json", "key"]) for _ in range(60)
+        )
+        messages += [
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": f"tool result {turn}: {tool}"},
+        ]
         await asyncio.sleep(rng.uniform(0.05, 0.25))  # the tool call
 
 
@@ -55,10 +69,19 @@ async def workload(stack: LocalStack, sessions: int, turns: int) -> float:
     rng = random.Random(7)
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=60) as client:
-        await asyncio.gather(*(
-            conversation(client, stack.url, stack.model_name, f"agent-{i}", turns, random.Random(rng.random()))
-            for i in range(sessions)
-        ))
+        await asyncio.gather(
+            *(
+                conversation(
+                    client,
+                    stack.url,
+                    stack.model_name,
+                    f"agent-{i}",
+                    turns,
+                    random.Random(rng.random()),
+                )
+                for i in range(sessions)
+            )
+        )
     return time.perf_counter() - start
 
 
@@ -79,33 +102,54 @@ def report(records: list, elapsed: float) -> None:
     workers = sorted({r.worker_id for r in records if r.worker_id is not None})
     label = {w: f"w{i}" for i, w in enumerate(workers)}
     print("\nper turn (simulated workers on this machine; times are not GPU times)")
-    print(f"{'session':<10}{'turn':>5}{'worker':>8}{'reason':>13}{'prompt':>8}{'cached':>8}{'ttft ms':>9}")
+    print(
+        f"{'session':<10}{'turn':>5}{'worker':>8}{'reason':>13}{'prompt':>8}{'cached':>8}"
+        f"{'ttft ms':>9}"
+    )
     for session, recs in sorted(by_session.items()):
         for turn, rec in enumerate(recs):
-            print(f"{session:<10}{turn:>5}{label.get(rec.worker_id, '-'):>8}{rec.reason or '-':>13}"
-                  f"{rec.prompt_tokens:>8}{rec.cached_tokens or 0:>8}{rec.ttft_ms or 0:>9.1f}")
+            print(
+                f"{session:<10}{turn:>5}{label.get(rec.worker_id, '-'):>8}{rec.reason or '-':>13}"
+                f"{rec.prompt_tokens:>8}{rec.cached_tokens or 0:>8}{rec.ttft_ms or 0:>9.1f}"
+            )
     ttfts = sorted(r.ttft_ms for r in records if r.ttft_ms is not None)
     prompt = sum(r.prompt_tokens for r in records)
     cached = sum(r.cached_tokens or 0 for r in records)
     later = [r for recs in by_session.values() for r in recs[1:]]
-    stayed = sum(1 for recs in by_session.values() for a, b in zip(recs, recs[1:]) if a.worker_id == b.worker_id)
+    stayed = sum(
+        1 for recs in by_session.values() for a, b in pairwise(recs) if a.worker_id == b.worker_id
+    )
     print("\nsummary")
-    print(f"  requests            {len(records)} in {elapsed:.1f} s, failed {sum(1 for r in records if r.error)}")
+    failed = sum(1 for r in records if r.error)
+    print(f"  requests            {len(records)} in {elapsed:.1f} s, failed {failed}")
     if ttfts:
-        print(f"  TTFT ms             p50 {statistics.median(ttfts):.1f}  p90 {ttfts[int(0.9 * (len(ttfts) - 1))]:.1f}"
-              f"  max {ttfts[-1]:.1f}")
-    print(f"  KV hit ratio        {cached / max(prompt, 1):.2f} ({cached} of {prompt} prompt tokens cached)")
-    print(f"  turns on same worker {stayed}/{len(later)} (later turns that stayed with their cache)")
-    print(f"  requests per worker {dict(sorted(Counter(label[r.worker_id] for r in records if r.worker_id is not None).items()))}")
+        p90 = ttfts[int(0.9 * (len(ttfts) - 1))]
+        print(
+            f"  TTFT ms             p50 {statistics.median(ttfts):.1f}  p90 {p90:.1f}"
+            f"  max {ttfts[-1]:.1f}"
+        )
+    print(
+        f"  KV hit ratio        {cached / max(prompt, 1):.2f} "
+        f"({cached} of {prompt} prompt tokens cached)"
+    )
+    print(
+        f"  turns on same worker {stayed}/{len(later)} (later turns that stayed with their cache)"
+    )
+    per_worker = Counter(label[r.worker_id] for r in records if r.worker_id is not None)
+    print(f"  requests per worker {dict(sorted(per_worker.items()))}")
     print(f"  decisions by reason {dict(Counter(r.reason for r in records))}")
 
 
 def main() -> None:
     config = StackConfig(workers=4, speedup=5.0, gpu_blocks=2048)
-    print("starting: 4 simulated workers (dynamo.mocker), processor + router, stock frontend, gateway")
+    print(
+        "starting: 4 simulated workers (dynamo.mocker), processor + router, stock frontend, gateway"
+    )
     with LocalStack(config) as stack:
-        print(f"stack ready: gateway {stack.gateway_url}, frontend {stack.frontend_url}, "
-              f"metrics {stack.processor_metrics_url}")
+        print(
+            f"stack ready: gateway {stack.gateway_url}, frontend {stack.frontend_url}, "
+            f"metrics {stack.processor_metrics_url}"
+        )
         sessions, turns = 6, 5
         print(f"running {sessions} agent sessions x {turns} turns through the gateway ...")
         elapsed = asyncio.run(workload(stack, sessions, turns))

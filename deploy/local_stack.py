@@ -123,8 +123,11 @@ class LocalStack:
         # Our components leave discovery on SIGTERM, then wait a grace period before stopping
         # their endpoints (Dynamo's default 5 s lets remote frontends notice). A local stack
         # is stopped as a whole, so it has nobody to warn.
-        self.env = {**os.environ, **loopback_env(self.file_kv),
-                    "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0"}
+        self.env = {
+            **os.environ,
+            **loopback_env(self.file_kv),
+            "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0",
+        }
         self.procs: list[_Proc] = []
         self._pick_ports()
         self.trace_path = self.workdir / "traces" / "processor.jsonl"
@@ -206,14 +209,16 @@ class LocalStack:
         elif self.config.arm == "gateway":
             self._start_frontend(["--router-mode", "kv"])
             self._wait_model(self.frontend_url, PUBLIC_MODEL)
-            self._start_gateway({
-                "AKR_GATEWAY_ROUTING": "gateway",
-                "AKR_GATEWAY_WORKER_ENDPOINT": WORKER_ENDPOINT,
-                "AKR_GATEWAY_BLOCK_SIZE": str(self.config.block_size),
-                "AKR_GATEWAY_TRACE_PATH": str(self.trace_path.with_name("gateway.jsonl")),
-                "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
-                **self.config.processor_env,  # the router's AKR_ROUTER_* settings live here
-            })
+            self._start_gateway(
+                {
+                    "AKR_GATEWAY_ROUTING": "gateway",
+                    "AKR_GATEWAY_WORKER_ENDPOINT": WORKER_ENDPOINT,
+                    "AKR_GATEWAY_BLOCK_SIZE": str(self.config.block_size),
+                    "AKR_GATEWAY_TRACE_PATH": str(self.trace_path.with_name("gateway.jsonl")),
+                    "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
+                    **self.config.processor_env,  # the router's AKR_ROUTER_* settings live here
+                }
+            )
             self._wait_http(f"{self.gateway_url}/health")
             self._wait_answer(self.gateway_url, PUBLIC_MODEL)
         else:
@@ -269,7 +274,7 @@ class LocalStack:
     # -- processes ----------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
         log_path = self.workdir / f"{name}.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        log = open(log_path, "wb")
         env = {**self.env, **(extra_env or {})}
         popen = subprocess.Popen(
             argv,
@@ -287,17 +292,29 @@ class LocalStack:
             self._spawn(
                 f"mocker{index}",
                 [
-                    sys.executable, "-m", self.config.worker_module,
-                    "--model-path", str(self.config.model_dir),
-                    "--model-name", self.worker_model,
-                    "--endpoint", f"dyn://{WORKER_ENDPOINT}",
-                    "--num-workers", str(count),
-                    "--speedup-ratio", str(speed),
-                    "--num-gpu-blocks-override", str(self.config.gpu_blocks),
-                    "--block-size", str(self.config.block_size),
-                    "--discovery-backend", "file",
-                    "--request-plane", "tcp",
-                    "--event-plane", "zmq",
+                    sys.executable,
+                    "-m",
+                    self.config.worker_module,
+                    "--model-path",
+                    str(self.config.model_dir),
+                    "--model-name",
+                    self.worker_model,
+                    "--endpoint",
+                    f"dyn://{WORKER_ENDPOINT}",
+                    "--num-workers",
+                    str(count),
+                    "--speedup-ratio",
+                    str(speed),
+                    "--num-gpu-blocks-override",
+                    str(self.config.gpu_blocks),
+                    "--block-size",
+                    str(self.config.block_size),
+                    "--discovery-backend",
+                    "file",
+                    "--request-plane",
+                    "tcp",
+                    "--event-plane",
+                    "zmq",
                     *self.config.mocker_args,
                 ],
                 self.config.worker_env,
@@ -323,7 +340,11 @@ class LocalStack:
             "AKR_PROCESSOR_METRICS_PORT": str(metrics_port),
             "AKR_PROCESSOR_TRACE_PATH": str(self.trace_path.with_name(f"{name}.jsonl")),
             "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
-            **({"AKR_PROCESSOR_ROUTER_ENDPOINT": ROUTER_SERVICE} if self.config.router_component else {}),
+            **(
+                {"AKR_PROCESSOR_ROUTER_ENDPOINT": ROUTER_SERVICE}
+                if self.config.router_component
+                else {}
+            ),
             **self.config.processor_env,
         }
         self._spawn(name, [sys.executable, "-m", "processor"], env)
@@ -332,12 +353,19 @@ class LocalStack:
         self._spawn(
             "frontend",
             [
-                sys.executable, "-m", "dynamo.frontend",
-                "--http-host", "127.0.0.1",
-                "--http-port", str(self.frontend_port),
-                "--discovery-backend", "file",
-                "--request-plane", "tcp",
-                "--event-plane", "zmq",
+                sys.executable,
+                "-m",
+                "dynamo.frontend",
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                str(self.frontend_port),
+                "--discovery-backend",
+                "file",
+                "--request-plane",
+                "tcp",
+                "--event-plane",
+                "zmq",
                 *router_args,
                 *self.config.frontend_args,
             ],
@@ -391,7 +419,9 @@ class LocalStack:
             "messages": [{"role": "user", "content": "ready?"}],
             "max_tokens": 1,
         }
-        self._poll(f"an answer from {base}", lambda: _http_post(f"{base}/v1/chat/completions", payload))
+        self._poll(
+            f"an answer from {base}", lambda: _http_post(f"{base}/v1/chat/completions", payload)
+        )
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
@@ -403,7 +433,7 @@ def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
 
 def _http_get(url: str) -> dict | None:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=2) as resp:
             data = resp.read()
             return json.loads(data) if data.startswith(b"{") else {}
     except (urllib.error.URLError, OSError, ValueError):
@@ -415,14 +445,16 @@ def _http_post(url: str, payload: dict) -> bool:
         url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--speedup", type=float, default=10.0)
     parser.add_argument("--speeds", type=str, default=None, help="comma list, one speed per worker")
@@ -431,7 +463,10 @@ def main() -> None:
     args = parser.parse_args()
     speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
     config = StackConfig(
-        workers=args.workers, speedup=args.speedup, speeds=speeds, gpu_blocks=args.gpu_blocks,
+        workers=args.workers,
+        speedup=args.speedup,
+        speeds=speeds,
+        gpu_blocks=args.gpu_blocks,
         arm=args.arm,
     )
     stack = LocalStack(config)

@@ -39,8 +39,15 @@ def _serve_aiohttp(cfg: GatewayConfig) -> None:
     from frontend.app import build_app
 
     log.info("gateway (aiohttp) on %s:%d -> %s", cfg.host, cfg.port, cfg.upstream_url)
-    web.run_app(build_app(cfg), host=cfg.host, port=cfg.port, access_log=None,
-                handler_cancellation=True, print=None, loop=uvloop.new_event_loop())
+    web.run_app(
+        build_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        access_log=None,
+        handler_cancellation=True,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,11 +56,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="listen port (AKR_GATEWAY_PORT)")
     parser.add_argument("--upstream", help="stock frontend base URL (AKR_GATEWAY_UPSTREAM_URL)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                   ("upstream_url", args.upstream)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("host", args.host), ("port", args.port), ("upstream_url", args.upstream))
+        if v is not None
+    }
     cfg = GatewayConfig(**overrides)
-    logging.basicConfig(level=cfg.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if cfg.server == "aiohttp":
         _serve_aiohttp(cfg)
     else:

@@ -44,8 +44,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     reply = await gw.handle(request.method, request.path_qs, request.headers, body)
     if isinstance(reply, Reply):
         return _whole(reply)
-    resp = web.StreamResponse(status=reply.status, headers={
-        "Content-Type": reply.content_type, "Cache-Control": "no-cache", **reply.headers})
+    resp = web.StreamResponse(
+        status=reply.status,
+        headers={"Content-Type": reply.content_type, "Cache-Control": "no-cache", **reply.headers},
+    )
     try:
         await resp.prepare(request)
         async for chunk in reply.chunks():
@@ -59,12 +61,16 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 
 
 def _whole(reply: Reply) -> web.Response:
-    return web.Response(status=reply.status, body=reply.body,
-                        headers={"Content-Type": reply.content_type, **reply.headers})
+    return web.Response(
+        status=reply.status,
+        body=reply.body,
+        headers={"Content-Type": reply.content_type, **reply.headers},
+    )
 
 
-def build_app(config: GatewayConfig | None = None, *,
-              metrics: GatewayMetrics | None = None) -> web.Application:
+def build_app(
+    config: GatewayConfig | None = None, *, metrics: GatewayMetrics | None = None
+) -> web.Application:
     """The gateway as an aiohttp application."""
     cfg = config if config is not None else GatewayConfig()
     # aiohttp's own limit is a backstop; the handler answers 413 in the OpenAI shape first.

@@ -99,18 +99,21 @@ class GatewayConfig(BaseSettings):
         "characters and the conversation's home is credited with its last prompt's blocks.",
     )
     sticky_max_sessions: int = Field(
-        4096, ge=1,
+        4096,
+        ge=1,
         description="With the sticky fast path: conversations whose last prompt's block hashes "
         "the gateway keeps (least recently used dropped first; 8 bytes per block), so the "
         "router's KV-full term counts fast-path requests too.",
     )
     max_retries: int = Field(
-        2, ge=0,
+        2,
+        ge=0,
         description="With routing=gateway: retries on another worker when the frontend answers "
         "5xx for the chosen worker before the answer starts (a dead or failing worker).",
     )
     first_token_timeout_s: float = Field(
-        120.0, gt=0,
+        120.0,
+        gt=0,
         description="With routing=gateway, streamed requests: a worker that has not sent the "
         "first token this long after the request left the gateway (sending included) has "
         "failed: the request is dropped there and decided again (max_retries), like the "
@@ -118,13 +121,15 @@ class GatewayConfig(BaseSettings):
         "wait for; the upstream read timeout bounds it.",
     )
     worker_quarantine_s: float = Field(
-        10.0, ge=0,
+        10.0,
+        ge=0,
         description="With routing=gateway: a worker that just failed a request is left out of "
         "routing this long (discovery notices a killed worker only when its lease runs out); "
         "ignored while every live worker is in quarantine. 0 = off.",
     )
     engine_poll_s: float = Field(
-        0.05, ge=0,
+        0.05,
+        ge=0,
         description="With routing=gateway: period of reading the workers' own reports (KV "
         "capacity from their model cards, requests their engines hold back), as the processor "
         "does (AKR_PROCESSOR_ENGINE_POLL_S). 0 = off.",

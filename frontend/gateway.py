@@ -117,16 +117,24 @@ class StreamReply:
         self.finish(self.status if self.complete else 499)
 
 
-def _observed(sink: Callable[[bytes], None],
-              observe: Callable[[bytes], None]) -> Callable[[bytes], None]:
+def _observed(
+    sink: Callable[[bytes], None], observe: Callable[[bytes], None]
+) -> Callable[[bytes], None]:
     def write(chunk: bytes) -> None:
         observe(chunk)
         sink(chunk)
+
     return write
 
 
-def error_reply(status: int, message: str, *, param: str | None = None,
-                code: str | None = None, type_: str = "invalid_request_error") -> Reply:
+def error_reply(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    type_: str = "invalid_request_error",
+) -> Reply:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return Reply(status, _encoder.encode(body))
 
@@ -137,13 +145,13 @@ def sse_error(message: str, code: str) -> bytes:
 
 
 def _timeout_reply() -> Reply:
-    return error_reply(504, "upstream timed out", type_="upstream_error",
-                       code="upstream_timeout")
+    return error_reply(504, "upstream timed out", type_="upstream_error", code="upstream_timeout")
 
 
 def _unavailable_reply(e: BaseException) -> Reply:
-    return error_reply(502, f"upstream unavailable: {e}", type_="upstream_error",
-                       code="upstream_unavailable")
+    return error_reply(
+        502, f"upstream unavailable: {e}", type_="upstream_error", code="upstream_unavailable"
+    )
 
 
 class Gateway:
@@ -153,30 +161,44 @@ class Gateway:
         self.config = config
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.client = UpstreamClient(
-            config.upstream_url, pool_size=config.pool_size,
+            config.upstream_url,
+            pool_size=config.pool_size,
             connect_timeout=config.upstream_connect_timeout_s,
             read_timeout=config.upstream_read_timeout_s,
-            keepalive_timeout=config.keepalive_timeout_s, quickack=config.upstream_quickack)
+            keepalive_timeout=config.keepalive_timeout_s,
+            quickack=config.upstream_quickack,
+        )
         self.trace: JsonlWriter | None = None
         self._lag_watch: asyncio.Task[None] | None = None
         self.routing: GatewayRouting | None = (
-            GatewayRouting(config.worker_endpoint, config.block_size,
-                           sticky_fast_path=config.sticky_fast_path,
-                           sticky_max_sessions=config.sticky_max_sessions,
-                           engine_poll_s=config.engine_poll_s,
-                           quarantine_s=config.worker_quarantine_s)
-            if config.routing == "gateway" else None)
+            GatewayRouting(
+                config.worker_endpoint,
+                config.block_size,
+                sticky_fast_path=config.sticky_fast_path,
+                sticky_max_sessions=config.sticky_max_sessions,
+                engine_poll_s=config.engine_poll_s,
+                quarantine_s=config.worker_quarantine_s,
+            )
+            if config.routing == "gateway"
+            else None
+        )
         if self.routing is not None:
             self.routing.on_departed = self.metrics.forget_worker
 
     async def start(self) -> None:
         cfg = self.config
         if self._lag_watch is None:
-            self._lag_watch = asyncio.get_running_loop().create_task(
-                watch_loop_lag(self.metrics.loop_lag.observe))
+            loop = asyncio.get_running_loop()
+            self._lag_watch = loop.create_task(
+                watch_loop_lag(self.metrics.loop_lag.observe, loop.time)
+            )
         if cfg.trace_path is not None and self.trace is None:
-            self.trace = JsonlWriter(cfg.trace_path, queue_size=cfg.trace_queue_size,
-                                     max_bytes=cfg.trace_max_bytes, backups=cfg.trace_backups)
+            self.trace = JsonlWriter(
+                cfg.trace_path,
+                queue_size=cfg.trace_queue_size,
+                max_bytes=cfg.trace_max_bytes,
+                backups=cfg.trace_backups,
+            )
             self.trace.start()
         if self.routing is not None:
             await self.routing.start()
@@ -194,8 +216,9 @@ class Gateway:
 
     # --- entry points ------------------------------------------------------------------------
 
-    async def handle(self, method: str, path: str, headers: Mapping[str, str],
-                     body: bytes) -> Reply | StreamReply:
+    async def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply | StreamReply:
         """One request; ``headers`` must look up case-insensitively or be lower-case."""
         path = path.split("?", 1)[0]
         if path in POST_ROUTES:
@@ -217,8 +240,12 @@ class Gateway:
         """The answer for a body over ``max_body_bytes`` (the server stops reading it)."""
         self.metrics.reject("body")
         self.metrics.count_request(path if path in POST_ROUTES else "other", 413)
-        return error_reply(413, f"request body exceeds {self.config.max_body_bytes} bytes",
-                           param="body", code="body_too_large")
+        return error_reply(
+            413,
+            f"request body exceeds {self.config.max_body_bytes} bytes",
+            param="body",
+            code="body_too_large",
+        )
 
     def _method_not_allowed(self, path: str, allow: str) -> Reply:
         self.metrics.count_request(path, 405)
@@ -254,9 +281,15 @@ class Gateway:
 
     # --- POST routes -------------------------------------------------------------------------
 
-    async def _route(self, route: str, body: dict[str, Any], headers: Mapping[str, str],
-                     hints: AgentHints, excluded: frozenset[int],
-                     tokens: list[int] | None) -> tuple[Routed, bytes, list[int] | None]:
+    async def _route(
+        self,
+        route: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        hints: AgentHints,
+        excluded: frozenset[int],
+        tokens: list[int] | None,
+    ) -> tuple[Routed, bytes, list[int] | None]:
         """routing=gateway: tokens from the frontend (unless a retry has them), our decision,
         the pinned body. Returns the tokens for a retry."""
         assert self.routing is not None
@@ -270,19 +303,24 @@ class Gateway:
                 tokens = await _tokens(self.client, route, body, headers)
                 self.routing.learn_tokens_per_char(body, len(tokens))
                 queried = True
-            routed = await self.routing.decide(body, hints, tokens,
-                                               (time.perf_counter() - t0) * 1000.0, excluded)
+            routed = await self.routing.decide(
+                body, hints, tokens, (time.perf_counter() - t0) * 1000.0, excluded
+            )
         self.metrics.observe_decision(
-            routed.decision.worker_id, routed.decision.reason,
-            routed.query_ms / 1000.0 if queried else None, routed.decision_ms / 1000.0)
+            routed.decision.worker_id,
+            routed.decision.reason,
+            routed.query_ms / 1000.0 if queried else None,
+            routed.decision_ms / 1000.0,
+        )
         # Without tokens (fast path) the frontend tokenizes and sends it to the pinned worker.
-        pinned = pinned_body(body, None if routed.tokens_source == "estimate" else tokens,
-                             routed.decision.worker_id)
+        pinned = pinned_body(
+            body, None if routed.tokens_source == "estimate" else tokens, routed.decision.worker_id
+        )
         return routed, _encoder.encode(pinned), tokens
 
-    async def _forward_routed(self, route: str, body: dict[str, Any],
-                              headers: Mapping[str, str],
-                              hints: AgentHints) -> tuple[Routed, UpstreamResponse]:
+    async def _forward_routed(
+        self, route: str, body: dict[str, Any], headers: Mapping[str, str], hints: AgentHints
+    ) -> tuple[Routed, UpstreamResponse]:
         """routing=gateway: decide, then forward pinned to the chosen worker.
 
         A worker that fails before its answer starts makes the frontend answer 5xx at once
@@ -300,8 +338,7 @@ class Gateway:
         # Only a stream has a first token to wait for before answering the client.
         deadline_s = self.config.first_token_timeout_s if body.get("stream") is True else None
         for attempt in range(self.config.max_retries + 1):
-            routed, data, tokens = await self._route(route, body, headers, hints, excluded,
-                                                     tokens)
+            routed, data, tokens = await self._route(route, body, headers, hints, excluded, tokens)
             routed.t_sent = time.perf_counter()
             wid = routed.decision.worker_id
             up: UpstreamResponse | None = None
@@ -324,12 +361,14 @@ class Gateway:
                     up.close()  # the frontend cancels the request at the worker
                 self._worker_failed(routed, 504)
                 if attempt == self.config.max_retries:
-                    raise UpstreamTimeout(f"no first token from worker {wid:x} within "
-                                          f"{deadline_s:g} s") from None
+                    raise UpstreamTimeout(
+                        f"no first token from worker {wid:x} within {deadline_s:g} s"
+                    ) from None
                 excluded = excluded | {wid}
                 self.metrics.retries += 1
-                log.warning("worker %x sent no first token within %g s; retrying elsewhere",
-                            wid, deadline_s)
+                log.warning(
+                    "worker %x sent no first token within %g s; retrying elsewhere", wid, deadline_s
+                )
                 continue
             except BaseException:
                 self.routing.finish(routed, 502)
@@ -346,8 +385,11 @@ class Gateway:
             self._worker_failed(routed, up.status)
             excluded = excluded | {wid}
             self.metrics.retries += 1
-            log.warning("worker %x failed a request (HTTP %d from the frontend); retrying "
-                        "elsewhere", wid, up.status)
+            log.warning(
+                "worker %x failed a request (HTTP %d from the frontend); retrying elsewhere",
+                wid,
+                up.status,
+            )
         raise AssertionError("unreachable")
 
     def _worker_failed(self, routed: Routed, status: int) -> None:
@@ -362,40 +404,65 @@ class Gateway:
         self.metrics.reject(field)
         self.metrics.count_request(route, reply.status)
         if self.trace is not None:
-            self.trace.put({"ts": time.time(), "route": route, "status": reply.status,
-                            "reject": field})
+            self.trace.put(
+                {"ts": time.time(), "route": route, "status": reply.status, "reject": field}
+            )
         return reply
 
-    async def _proxy_post(self, route: str, headers: Mapping[str, str],
-                          raw: bytes) -> Reply | StreamReply:
+    async def _proxy_post(
+        self, route: str, headers: Mapping[str, str], raw: bytes
+    ) -> Reply | StreamReply:
         t0 = time.perf_counter()
         cfg, m = self.config, self.metrics
         try:
             body = _decoder.decode(raw)
         except (msgspec.DecodeError, RecursionError, ValueError) as e:
-            return self._reject(route, error_reply(
-                400, f"request body is not valid JSON: {e}", param="body", code="invalid_json"),
-                "body")
+            return self._reject(
+                route,
+                error_reply(
+                    400, f"request body is not valid JSON: {e}", param="body", code="invalid_json"
+                ),
+                "body",
+            )
         if not isinstance(body, dict):
-            return self._reject(route, error_reply(
-                400, "request body must be a JSON object", param="body", code="invalid_json"),
-                "body")
+            return self._reject(
+                route,
+                error_reply(
+                    400, "request body must be a JSON object", param="body", code="invalid_json"
+                ),
+                "body",
+            )
         model = body.get("model")
         if cfg.public_models and isinstance(model, str) and model not in cfg.public_models:
-            return self._reject(route, error_reply(
-                404, f"The model `{model[:256]}` does not exist", param="model",
-                code="model_not_found"), "model")
+            return self._reject(
+                route,
+                error_reply(
+                    404,
+                    f"The model `{model[:256]}` does not exist",
+                    param="model",
+                    code="model_not_found",
+                ),
+                "model",
+            )
         try:
             tr = translate(body, headers, allow_worker_pin_headers=cfg.allow_worker_pin_headers)
             data = _encoder.encode(tr.body) if tr.changed else raw
         except HintError as e:
-            return self._reject(route, error_reply(
-                400, f"invalid hint {e.field}: {e.reason}", param=e.field, code="invalid_hint"),
-                e.field)
+            return self._reject(
+                route,
+                error_reply(
+                    400, f"invalid hint {e.field}: {e.reason}", param=e.field, code="invalid_hint"
+                ),
+                e.field,
+            )
         except (msgspec.EncodeError, OverflowError, TypeError, ValueError, RecursionError) as e:
-            return self._reject(route, error_reply(
-                400, f"request body cannot be forwarded: {e}", param="body",
-                code="invalid_json"), "body")
+            return self._reject(
+                route,
+                error_reply(
+                    400, f"request body cannot be forwarded: {e}", param="body", code="invalid_json"
+                ),
+                "body",
+            )
         hints = tr.hints
         if not hints.is_empty():
             for f in _HINT_FIELDS:
@@ -416,7 +483,9 @@ class Gateway:
                 self.routing.finish(routed, status)
             if self.trace is not None:
                 record = {
-                    "ts": time.time(), "route": route, "status": status,
+                    "ts": time.time(),
+                    "route": route,
+                    "status": status,
                     "latency_ms": (time.perf_counter() - t0) * 1e3,
                     "upstream_ttfb_ms": None if t_headers is None else (t_headers - t0) * 1e3,
                     "hints": msgspec.structs.asdict(hints) if not hints.is_empty() else None,
@@ -476,8 +545,9 @@ class Gateway:
         return Reply(up.status, payload, ctype, echo)
 
 
-async def _tokens(client: UpstreamClient, route: str, body: dict[str, Any],
-                  headers: Mapping[str, str]) -> list[int]:
+async def _tokens(
+    client: UpstreamClient, route: str, body: dict[str, Any], headers: Mapping[str, str]
+) -> list[int]:
     """The prompt's tokens, from the stock frontend (``frontend.routing``, step 1)."""
     up = await client.request("POST", route, _encoder.encode(query_body(body)), headers)
     try:
@@ -488,10 +558,16 @@ async def _tokens(client: UpstreamClient, route: str, body: dict[str, Any],
         raise TokensUnavailable(up.status, payload)
     tokens = tokens_from_query(payload)
     if tokens is None:
-        raise TokensUnavailable(502, error_reply(
-            502, "the upstream did not return the prompt's tokens (routing=gateway needs a "
-            "Dynamo frontend with --router-mode kv)", type_="upstream_error",
-            code="upstream_unavailable").body)
+        raise TokensUnavailable(
+            502,
+            error_reply(
+                502,
+                "the upstream did not return the prompt's tokens (routing=gateway needs a "
+                "Dynamo frontend with --router-mode kv)",
+                type_="upstream_error",
+                code="upstream_unavailable",
+            ).body,
+        )
     return tokens
 
 

@@ -35,8 +35,25 @@ from processor.engine_state import EngineState
 from router.loop_lag import LOOP_LAG_BUCKETS
 
 # Upstream time to response headers: ~1 ms (overhead) up to minutes (long prefill queues).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 30.0, 60.0, 120.0, 300.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 
 
 class _Histogram:
@@ -96,8 +113,9 @@ class GatewayMetrics:
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors[kind] += 1
 
-    def observe_decision(self, worker_id: int, reason: str, tokens_s: float | None,
-                         decision_s: float) -> None:
+    def observe_decision(
+        self, worker_id: int, reason: str, tokens_s: float | None, decision_s: float
+    ) -> None:
         """``tokens_s`` None: the request was routed without asking for its tokens."""
         self.decisions[(f"{worker_id:x}", reason)] += 1
         if tokens_s is not None:
@@ -121,8 +139,9 @@ class GatewayMetrics:
         h.observe(seconds)
 
 
-def _counter(name: str, doc: str, labels: list[str],
-             counts: Mapping[Any, int]) -> CounterMetricFamily:
+def _counter(
+    name: str, doc: str, labels: list[str], counts: Mapping[Any, int]
+) -> CounterMetricFamily:
     """A labelled counter family from a dict keyed by one label value or a tuple of them."""
     c = CounterMetricFamily(name, doc, labels=labels)
     for key, n in sorted(counts.items()):
@@ -139,60 +158,95 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
-        yield _counter("akr_gateway_requests", "Requests answered, by route and status",
-                       ["route", "status"], m.requests)
-        yield _counter("akr_gateway_hints", "Requests carrying each hint field (after validation)",
-                       ["field"], m.hints)
-        yield _counter("akr_gateway_rejects", "Requests rejected by the gateway, by offending field",
-                       ["field"], m.rejects)
-        yield _counter("akr_gateway_upstream_errors", "Upstream failures by kind", ["kind"],
-                       m.upstream_errors)
-        yield CounterMetricFamily("akr_gateway_dropped_pin_headers",
-                                  "Worker-pinning client headers dropped",
-                                  value=m.dropped_pin_headers)
-        yield GaugeMetricFamily("akr_gateway_trace_dropped",
-                                "Trace records dropped (queue full)", value=m.trace_dropped)
-        h = HistogramMetricFamily("akr_gateway_upstream_latency_seconds",
-                                  "Time from sending to the upstream until its response headers",
-                                  labels=["route"])
+        yield _counter(
+            "akr_gateway_requests",
+            "Requests answered, by route and status",
+            ["route", "status"],
+            m.requests,
+        )
+        yield _counter(
+            "akr_gateway_hints",
+            "Requests carrying each hint field (after validation)",
+            ["field"],
+            m.hints,
+        )
+        yield _counter(
+            "akr_gateway_rejects",
+            "Requests rejected by the gateway, by offending field",
+            ["field"],
+            m.rejects,
+        )
+        yield _counter(
+            "akr_gateway_upstream_errors", "Upstream failures by kind", ["kind"], m.upstream_errors
+        )
+        yield CounterMetricFamily(
+            "akr_gateway_dropped_pin_headers",
+            "Worker-pinning client headers dropped",
+            value=m.dropped_pin_headers,
+        )
+        yield GaugeMetricFamily(
+            "akr_gateway_trace_dropped", "Trace records dropped (queue full)", value=m.trace_dropped
+        )
+        h = HistogramMetricFamily(
+            "akr_gateway_upstream_latency_seconds",
+            "Time from sending to the upstream until its response headers",
+            labels=["route"],
+        )
         for route, hist in sorted(m.latency.items()):
             h.add_metric([route], hist.cumulative(), hist.total)
         yield h
         if m.decisions:
-            yield _counter("akr_gateway_decisions",
-                           "Routing decisions made in the gateway, by worker and reason",
-                           ["worker", "reason"], m.decisions)
-            yield CounterMetricFamily("akr_gateway_retries",
-                                      "Requests decided again after the chosen worker failed "
-                                      "before its answer started", value=m.retries)
-            yield _counter("akr_gateway_worker_errors",
-                           "Answers the frontend could not get from the chosen worker (5xx "
-                           "before the answer started), by worker", ["worker"], m.worker_errors)
-            h = HistogramMetricFamily("akr_gateway_tokens_seconds",
-                                      "Time to the prompt's tokens from the stock frontend")
+            yield _counter(
+                "akr_gateway_decisions",
+                "Routing decisions made in the gateway, by worker and reason",
+                ["worker", "reason"],
+                m.decisions,
+            )
+            yield CounterMetricFamily(
+                "akr_gateway_retries",
+                "Requests decided again after the chosen worker failed before its answer started",
+                value=m.retries,
+            )
+            yield _counter(
+                "akr_gateway_worker_errors",
+                "Answers the frontend could not get from the chosen worker (5xx "
+                "before the answer started), by worker",
+                ["worker"],
+                m.worker_errors,
+            )
+            h = HistogramMetricFamily(
+                "akr_gateway_tokens_seconds", "Time to the prompt's tokens from the stock frontend"
+            )
             h.add_metric([], m.tokens_latency.cumulative(), m.tokens_latency.total)
             yield h
-            h = HistogramMetricFamily("akr_gateway_decision_seconds",
-                                      "Time of one routing decision in the gateway")
+            h = HistogramMetricFamily(
+                "akr_gateway_decision_seconds", "Time of one routing decision in the gateway"
+            )
             h.add_metric([], m.decision_latency.cumulative(), m.decision_latency.total)
             yield h
         engine = m.engine
         if engine is not None:
-            g = GaugeMetricFamily("akr_gateway_worker_capacity_blocks",
-                                  "KV capacity each worker reports in its model card, in "
-                                  "router blocks", labels=["worker"])
+            g = GaugeMetricFamily(
+                "akr_gateway_worker_capacity_blocks",
+                "KV capacity each worker reports in its model card, in router blocks",
+                labels=["worker"],
+            )
             for w, blocks in sorted(engine.capacity.items()):
                 g.add_metric([f"{w:x}"], blocks)
             yield g
-            g = GaugeMetricFamily("akr_gateway_engine_waiting_requests",
-                                  "Requests each worker's engine held back in its last forward "
-                                  "pass", labels=["worker"])
+            g = GaugeMetricFamily(
+                "akr_gateway_engine_waiting_requests",
+                "Requests each worker's engine held back in its last forward pass",
+                labels=["worker"],
+            )
             waiting = engine.waiting  # only workers holding requests back: 0 for the rest
             for w in sorted(engine.capacity.keys() | waiting.keys()):
                 g.add_metric([f"{w:x}"], waiting.get(w, 0))
             yield g
-        h = HistogramMetricFamily("akr_gateway_event_loop_lag_seconds",
-                                  "How late a periodic timer fires on the gateway's event loop: "
-                                  "the wait of every ready callback for the loop")
+        h = HistogramMetricFamily(
+            "akr_gateway_event_loop_lag_seconds",
+            "How late a periodic timer fires on the gateway's event loop: "
+            "the wait of every ready callback for the loop",
+        )
         h.add_metric([], m.loop_lag.cumulative(), m.loop_lag.total)
         yield h

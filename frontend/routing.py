@@ -24,9 +24,10 @@ Like the processor, it reads the workers' model-card capacity and forward-pass m
 (``processor.engine_state``), and a worker the frontend could not get an answer from is
 quarantined and the request decided again (``frontend.gateway``), as is a streamed request
 whose first token does not come within ``AKR_GATEWAY_FIRST_TOKEN_TIMEOUT_S``. Compared with
-the processor, this mode reports the decision's predicted uncached tokens instead of the
-engine's cached-token count, and a whole (non-streamed) answer has no first-token deadline. The workers register under the public model
-name (no processor owns it), which the frontend's ``--router-mode kv`` serves.
+the processor, this mode reports the decision's predicted uncached tokens instead of the engine's
+cached-token count, and a whole (non-streamed) answer has no first-token deadline. The workers
+register under the public model name (no processor owns it), which the frontend's ``--router-mode
+kv`` serves.
 
 Measured (benchmarks/results/idle_path.md, routing_experiment_gateway_routing.md): the tokens
 query costs about what the processor hop did (a second HTTP round trip through the frontend,
@@ -131,8 +132,9 @@ def query_body(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "stream": True, "nvext": nvext}
 
 
-def pinned_body(body: dict[str, Any], token_ids: list[int] | None,
-                worker_id: int) -> dict[str, Any]:
+def pinned_body(
+    body: dict[str, Any], token_ids: list[int] | None, worker_id: int
+) -> dict[str, Any]:
     """The body that makes the frontend skip tokenizing and send it to ``worker_id``.
 
     A client's own ``query_instance_id`` annotation is dropped: the answer would be a query
@@ -140,8 +142,9 @@ def pinned_body(body: dict[str, Any], token_ids: list[int] | None,
     nvext = dict(body.get("nvext") or {})
     annotations = nvext.get("annotations")
     if annotations:
-        nvext["annotations"] = [a for a in annotations
-                                if not a.startswith(QUERY_ANNOTATION.rstrip(":"))]
+        nvext["annotations"] = [
+            a for a in annotations if not a.startswith(QUERY_ANNOTATION.rstrip(":"))
+        ]
     if token_ids is not None:
         nvext["token_data"] = token_ids
     else:
@@ -154,8 +157,11 @@ def prompt_chars(body: Mapping[str, Any]) -> int:
     """Characters of a body's prompt text (messages' string contents, or the prompt)."""
     messages = body.get("messages")
     if isinstance(messages, list):
-        return sum(len(m["content"]) for m in messages
-                   if isinstance(m, dict) and isinstance(m.get("content"), str))
+        return sum(
+            len(m["content"])
+            for m in messages
+            if isinstance(m, dict) and isinstance(m.get("content"), str)
+        )
     prompt = body.get("prompt")
     return len(prompt) if isinstance(prompt, str) else 0
 
@@ -163,10 +169,17 @@ def prompt_chars(body: Mapping[str, Any]) -> int:
 class GatewayRouting:
     """The router inside the gateway: one Dynamo runtime, one ``KvRouter``, one service."""
 
-    def __init__(self, worker_endpoint: str, block_size: int, sweep_interval_s: float = 1.0,
-                 service: RouterService | None = None, sticky_fast_path: bool = False,
-                 sticky_max_sessions: int = 4096, engine_poll_s: float = 0.05,
-                 quarantine_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        worker_endpoint: str,
+        block_size: int,
+        sweep_interval_s: float = 1.0,
+        service: RouterService | None = None,
+        sticky_fast_path: bool = False,
+        sticky_max_sessions: int = 4096,
+        engine_poll_s: float = 0.05,
+        quarantine_s: float = 10.0,
+    ) -> None:
         self.worker_endpoint = worker_endpoint
         self.block_size = block_size
         self.sticky_fast_path = sticky_fast_path
@@ -180,7 +193,8 @@ class GatewayRouting:
         self._send_hashes = self.service.config.kv_full_ms > 0
         # Fast path + KV-full term: block hashes of each conversation's last prompt.
         self.sessions: SessionBlocks | None = (
-            SessionBlocks(sticky_max_sessions) if sticky_fast_path and self._send_hashes else None)
+            SessionBlocks(sticky_max_sessions) if sticky_fast_path and self._send_hashes else None
+        )
         self._runtime: Any = None
         self._client: Any = None
         self.routing: LocalRouting | None = None
@@ -197,8 +211,10 @@ class GatewayRouting:
         from dynamo.runtime import DistributedRuntime
 
         self._runtime = DistributedRuntime(
-            asyncio.get_running_loop(), os.environ.get("DYN_DISCOVERY_BACKEND", "etcd"),
-            os.environ.get("DYN_REQUEST_PLANE", "tcp"))
+            asyncio.get_running_loop(),
+            os.environ.get("DYN_DISCOVERY_BACKEND", "etcd"),
+            os.environ.get("DYN_REQUEST_PLANE", "tcp"),
+        )
         endpoint = self._runtime.endpoint(self.worker_endpoint)
         self._client = await endpoint.client()
         await self._client.wait_for_instances()
@@ -206,8 +222,9 @@ class GatewayRouting:
         if self.engine_poll_s > 0:
             from dynamo.llm import FpmEventSubscriber
 
-            self.engine = EngineState(FpmEventSubscriber(endpoint), self.block_size,
-                                      self.engine_poll_s)
+            self.engine = EngineState(
+                FpmEventSubscriber(endpoint), self.block_size, self.engine_poll_s
+            )
             self.engine.start()
         self.routing = LocalRouting(self.service, kv, self.engine)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
@@ -232,8 +249,14 @@ class GatewayRouting:
         """The frontend could not get an answer from ``worker_id``: keep it out for a while."""
         self.quarantine.add(worker_id)
 
-    async def decide(self, body: Mapping[str, Any], hints: AgentHints, token_ids: list[int],
-                     query_ms: float, excluded: frozenset[int] = frozenset()) -> Routed:
+    async def decide(
+        self,
+        body: Mapping[str, Any],
+        hints: AgentHints,
+        token_ids: list[int],
+        query_ms: float,
+        excluded: frozenset[int] = frozenset(),
+    ) -> Routed:
         """Our decision over the routable workers for a prompt already tokenized."""
         assert self.routing is not None, "start() first"
         live = self.routable(excluded)
@@ -249,19 +272,22 @@ class GatewayRouting:
         t0 = time.perf_counter()
         decision = await self.routing.decide(route, token_ids, live)
         decision_ms = (time.perf_counter() - t0) * 1000.0
-        return Routed(decision, len(token_ids), _uncached(decision, len(token_ids)), query_ms,
-                      decision_ms)
+        return Routed(
+            decision, len(token_ids), _uncached(decision, len(token_ids)), query_ms, decision_ms
+        )
 
     def learn_tokens_per_char(self, body: Mapping[str, Any], tokens: int) -> None:
         chars = prompt_chars(body)
         # Short prompts are mostly chat-template tokens: they would skew the ratio.
         if chars >= 256 and tokens > 0:
             ratio = tokens / chars
-            self.tokens_per_char = (ratio if self.tokens_per_char == 0.0
-                                    else 0.9 * self.tokens_per_char + 0.1 * ratio)
+            self.tokens_per_char = (
+                ratio if self.tokens_per_char == 0.0 else 0.9 * self.tokens_per_char + 0.1 * ratio
+            )
 
-    def decide_sticky(self, body: Mapping[str, Any], hints: AgentHints,
-                      excluded: frozenset[int] = frozenset()) -> Routed | None:
+    def decide_sticky(
+        self, body: Mapping[str, Any], hints: AgentHints, excluded: frozenset[int] = frozenset()
+    ) -> Routed | None:
         """A later turn of a conversation the router already placed, without its tokens.
 
         EXPERIMENT (AKR_GATEWAY_STICKY_FAST_PATH): skips the tokens query and the KvRouter
@@ -289,20 +315,36 @@ class GatewayRouting:
             if route.block_hashes is None:
                 return None
         blocks = -(-tokens // self.block_size)
-        rows = [{"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": tokens,
-                 "potential_decode_blocks": blocks, "active_requests": 0} for w in live]
-        decision = self.service.find_worker(find_worker_message(route, rows, live, self.engine),
-                                            now)
-        return Routed(decision, tokens, _uncached(decision, tokens), 0.0,
-                      (time.perf_counter() - t0) * 1000.0, tokens_source="estimate")
+        rows = [
+            {
+                "worker_id": w,
+                "dp_rank": 0,
+                "potential_prefill_tokens": tokens,
+                "potential_decode_blocks": blocks,
+                "active_requests": 0,
+            }
+            for w in live
+        ]
+        decision = self.service.find_worker(
+            find_worker_message(route, rows, live, self.engine), now
+        )
+        return Routed(
+            decision,
+            tokens,
+            _uncached(decision, tokens),
+            0.0,
+            (time.perf_counter() - t0) * 1000.0,
+            tokens_source="estimate",
+        )
 
     def observe(self, routed: Routed, chunk: bytes) -> None:
         """One relayed chunk of the answer: first-token feedback and the chunk count."""
         now = time.perf_counter()
         if routed.t_first is None:
             routed.t_first = now
-            self.routing.feedback(Feedback(event="first_token",
-                                           request_id=routed.decision.request_id))
+            self.routing.feedback(
+                Feedback(event="first_token", request_id=routed.decision.request_id)
+            )
         routed.t_last = now
         routed.chunks += chunk.count(b"data: ")
 
@@ -314,10 +356,18 @@ class GatewayRouting:
         cancelled = status == 499
         # The [DONE] event is not a token.
         tokens = max(0, routed.chunks - 1)
-        self.routing.feedback(Feedback(
-            event="finish", request_id=routed.decision.request_id, ttft_ms=routed.ttft_ms,
-            itl_ms=routed.itl_ms, uncached_tokens=routed.uncached_tokens, output_tokens=tokens,
-            ok=status == 200, cancelled=cancelled))
+        self.routing.feedback(
+            Feedback(
+                event="finish",
+                request_id=routed.decision.request_id,
+                ttft_ms=routed.ttft_ms,
+                itl_ms=routed.itl_ms,
+                uncached_tokens=routed.uncached_tokens,
+                output_tokens=tokens,
+                ok=status == 200,
+                cancelled=cancelled,
+            )
+        )
 
     async def _sweep_forever(self) -> None:
         """Expiry, feedback timeouts and workers leaving discovery, off the request path."""
@@ -341,17 +391,26 @@ def _route_of(body: Mapping[str, Any], hints: AgentHints, prompt_tokens: int) ->
 
 def _uncached(decision: Decision, default: int) -> int:
     """The uncached tokens the decision predicted on the worker it chose."""
-    return int(next((c.uncached_tokens for c in decision.candidates
-                     if c.worker_id == decision.worker_id), default))
+    return int(
+        next(
+            (c.uncached_tokens for c in decision.candidates if c.worker_id == decision.worker_id),
+            default,
+        )
+    )
 
 
 def trace_fields(routed: Routed) -> dict[str, Any]:
     """What the gateway's trace record adds for a request it routed."""
     d = routed.decision
-    return {"worker_id": d.worker_id, "reason": d.reason, "prompt_tokens": routed.prompt_tokens,
-            "uncached_tokens": routed.uncached_tokens, "query_ms": round(routed.query_ms, 3),
-            "tokens_source": routed.tokens_source,
-            "decision_ms": round(routed.decision_ms, 3),
-            "ttft_ms": None if routed.ttft_ms is None else round(routed.ttft_ms, 3),
-            "chunks": routed.chunks,
-            "candidates": [msgspec.structs.asdict(c) for c in d.candidates]}
+    return {
+        "worker_id": d.worker_id,
+        "reason": d.reason,
+        "prompt_tokens": routed.prompt_tokens,
+        "uncached_tokens": routed.uncached_tokens,
+        "query_ms": round(routed.query_ms, 3),
+        "tokens_source": routed.tokens_source,
+        "decision_ms": round(routed.decision_ms, 3),
+        "ttft_ms": None if routed.ttft_ms is None else round(routed.ttft_ms, 3),
+        "chunks": routed.chunks,
+        "candidates": [msgspec.structs.asdict(c) for c in d.candidates],
+    }

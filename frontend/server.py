@@ -55,8 +55,18 @@ def _date() -> bytes:
 
 
 class _Request:
-    __slots__ = ("method", "url", "headers", "body", "size", "keep_alive", "http10",
-                 "header_bytes", "too_large", "error")
+    __slots__ = (
+        "body",
+        "error",
+        "header_bytes",
+        "headers",
+        "http10",
+        "keep_alive",
+        "method",
+        "size",
+        "too_large",
+        "url",
+    )
 
     def __init__(self) -> None:
         self.method = ""
@@ -74,8 +84,9 @@ class _Request:
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, gateway: Gateway, *, request_timeout: float = 60.0,
-                 keepalive_timeout: float = 75.0) -> None:
+    def __init__(
+        self, gateway: Gateway, *, request_timeout: float = 60.0, keepalive_timeout: float = 75.0
+    ) -> None:
         self.gw = gateway
         self.max_body = gateway.config.max_body_bytes
         self.request_timeout = request_timeout
@@ -203,8 +214,9 @@ class HttpProtocol(asyncio.Protocol):
         assert req is not None
         req.header_bytes += len(name) + len(value) + 4
         if req.header_bytes > MAX_HEADER_BYTES or len(req.headers) >= MAX_HEADERS:
-            req.error = error_reply(431, "request header fields too large",
-                                    code="headers_too_large")
+            req.error = error_reply(
+                431, "request header fields too large", code="headers_too_large"
+            )
             raise httptools.HttpParserError("headers too large")
         key = name.decode("latin-1").lower()
         val = value.decode("latin-1")
@@ -293,23 +305,34 @@ class HttpProtocol(asyncio.Protocol):
                 raise
             except Exception:
                 log.exception("gateway failed on %s %s", req.method, path[:200])
-                reply = error_reply(500, "internal gateway error", type_="server_error",
-                                    code="internal_error")
+                reply = error_reply(
+                    500, "internal gateway error", type_="server_error", code="internal_error"
+                )
                 req.keep_alive = False
         keep = req.keep_alive
         head_only = req.method == "HEAD"
         t = self.transport
         assert t is not None
         if isinstance(reply, Reply):
-            t.write(self._head(reply.status, reply.content_type, len(reply.body), keep,
-                               reply.headers) + (b"" if head_only else reply.body))
+            t.write(
+                self._head(reply.status, reply.content_type, len(reply.body), keep, reply.headers)
+                + (b"" if head_only else reply.body)
+            )
             await self._drain()
             return keep
         chunked = not req.http10
         keep = keep and chunked
         try:
-            t.write(self._head(reply.status, reply.content_type, None, keep,
-                               {"Cache-Control": "no-cache", **reply.headers}, chunked=chunked))
+            t.write(
+                self._head(
+                    reply.status,
+                    reply.content_type,
+                    None,
+                    keep,
+                    {"Cache-Control": "no-cache", **reply.headers},
+                    chunked=chunked,
+                )
+            )
             if not head_only:
                 # Each upstream chunk is written from the upstream's read callback; while the
                 # client's socket buffer is full the upstream is not read (pause_writing).
@@ -326,16 +349,27 @@ class HttpProtocol(asyncio.Protocol):
 
     def _sink(self, t: asyncio.Transport, chunked: bool) -> Callable[[bytes], None]:
         """Writes one relayed chunk to the client (chunked framing unless HTTP/1.0)."""
+
         def write(chunk: bytes) -> None:
             if chunk and not self.closed:
                 t.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+
         return write
 
     @staticmethod
-    def _head(status: int, ctype: str, length: int | None, keep: bool,
-              extra: dict[str, str], *, chunked: bool = False) -> bytes:
-        parts = [b"HTTP/1.1 %d %b\r\nDate: %b\r\nContent-Type: %b\r\n"
-                 % (status, _REASONS.get(status, "").encode(), _date(), ctype.encode("latin-1"))]
+    def _head(
+        status: int,
+        ctype: str,
+        length: int | None,
+        keep: bool,
+        extra: dict[str, str],
+        *,
+        chunked: bool = False,
+    ) -> bytes:
+        parts = [
+            b"HTTP/1.1 %d %b\r\nDate: %b\r\nContent-Type: %b\r\n"
+            % (status, _REASONS.get(status, "").encode(), _date(), ctype.encode("latin-1"))
+        ]
         if length is not None:
             parts.append(b"Content-Length: %d\r\n" % length)
         elif chunked:
@@ -348,16 +382,24 @@ class HttpProtocol(asyncio.Protocol):
         return b"".join(parts)
 
 
-async def start_server(config: GatewayConfig, gateway: Gateway | None = None
-                       ) -> tuple[Gateway, asyncio.Server]:
+async def start_server(
+    config: GatewayConfig, gateway: Gateway | None = None
+) -> tuple[Gateway, asyncio.Server]:
     """Start the gateway on ``config.host``/``config.port`` (0 = any free port)."""
     gw = gateway if gateway is not None else Gateway(config)
     await gw.start()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: HttpProtocol(gw, request_timeout=config.request_read_timeout_s,
-                             keepalive_timeout=config.client_keepalive_timeout_s),
-        config.host, config.port, backlog=1024, reuse_address=True)
+        lambda: HttpProtocol(
+            gw,
+            request_timeout=config.request_read_timeout_s,
+            keepalive_timeout=config.client_keepalive_timeout_s,
+        ),
+        config.host,
+        config.port,
+        backlog=1024,
+        reuse_address=True,
+    )
     return gw, server
 
 

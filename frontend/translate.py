@@ -24,8 +24,13 @@ from typing import Any
 
 from router import hints as H
 
-STOCK_AGENT_HINT_KEYS = ("priority", "strict_priority", "osl", "speculative_prefill",
-                         "latency_sensitivity")
+STOCK_AGENT_HINT_KEYS = (
+    "priority",
+    "strict_priority",
+    "osl",
+    "speculative_prefill",
+    "latency_sensitivity",
+)
 PASSTHROUGH_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate")
 # Upstream response headers handed back to the client: the stock frontend echoes the client's
 # request id, which clients use to find their request in logs and traces.
@@ -67,8 +72,9 @@ def upstream_headers(
             out[name] = v
     parent = headers.get(PARENT_SESSION_HEADER)
     if parent is not None:
-        out[PARENT_SESSION_HEADER] = H.check_prefix_id(parent.strip(),
-                                                        f"header:{PARENT_SESSION_HEADER}")
+        out[PARENT_SESSION_HEADER] = H.check_prefix_id(
+            parent.strip(), f"header:{PARENT_SESSION_HEADER}"
+        )
     if hints.prefix_id is not None:
         out[H.SESSION_HEADER] = hints.prefix_id
     if allow_worker_pin_headers:
@@ -109,8 +115,7 @@ def translate(
     nvext = nvext or {}
     agent_hints = nvext.get("agent_hints")
     hints = H.parse_hints(agent_hints, nvext.get("cache_control"), headers)
-    up_headers = upstream_headers(headers, hints,
-                                  allow_worker_pin_headers=allow_worker_pin_headers)
+    up_headers = upstream_headers(headers, hints, allow_worker_pin_headers=allow_worker_pin_headers)
     annotations = nvext.get("annotations")
     if annotations is not None and not (
         isinstance(annotations, list) and all(isinstance(a, str) for a in annotations)
@@ -123,8 +128,9 @@ def translate(
         # the upstream must never see a hint we did not validate.
         return Translation(body, up_headers, hints, changed=False)
 
-    new_nvext = {k: v for k, v in nvext.items()
-                 if k not in ("agent_hints", "cache_control", "annotations")}
+    new_nvext = {
+        k: v for k, v in nvext.items() if k not in ("agent_hints", "cache_control", "annotations")
+    }
     stock = _stock_agent_hints(agent_hints, hints)
     if stock:
         new_nvext["agent_hints"] = stock

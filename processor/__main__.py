@@ -16,11 +16,10 @@ from dynamo.llm import ModelInput, ModelType, WorkerType, register_model
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
-from router.config import RouterConfig
-from router.service import RouterService
-
 from processor.config import ProcessorConfig
 from processor.handler import ProcessorHandler
+from router.config import RouterConfig
+from router.service import RouterService
 
 configure_dynamo_logging()
 logger = logging.getLogger(__name__)

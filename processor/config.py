@@ -98,7 +98,9 @@ class ProcessorConfig(BaseSettings):
         ),
     )
     sweep_interval_s: float = Field(
-        1.0, gt=0, description="Period of the background sweep (expiry, feedback timeouts, workers)."
+        1.0,
+        gt=0,
+        description="Period of the background sweep (expiry, feedback timeouts, workers).",
     )
     gil_switch_interval_ms: float = Field(
         5.0,

@@ -48,8 +48,10 @@ def capacity_blocks(card_json: str, block_size: int) -> int | None:
     card_block = card.get("kv_cache_block_size", block_size)
     ranks = rc.get("data_parallel_size")
     ranks = 1 if ranks is None else ranks
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-               for v in (blocks, card_block, ranks)):
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0
+        for v in (blocks, card_block, ranks)
+    ):
         return None
     return max(1, blocks * card_block * ranks // block_size)
 

@@ -27,19 +27,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from router.hints import hints_from_request
-from router.jsonl_writer import JsonlWriter
-from router.loop_lag import watch_loop_lag
-from router.policy import Decision, RouteRequest
-from router.service import Feedback, RouterService
 
 from processor.config import ProcessorConfig
 from processor.engine_state import EngineState
 from processor.metrics import ProcessorMetrics
 from processor.routing import (
     LocalRouting,
-    RemoteRouting,
     Quarantine,
+    RemoteRouting,
     Routing,
     block_hashes,
     chain_hashes,
@@ -48,8 +43,14 @@ from processor.routing import (
     route_request,
 )
 from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
+from router.hints import hints_from_request
+from router.jsonl_writer import JsonlWriter
+from router.loop_lag import watch_loop_lag
+from router.policy import Decision, RouteRequest
+from router.service import Feedback, RouterService
 
 logger = logging.getLogger(__name__)
+
 
 class WorkerFailed(RuntimeError):
     """The chosen worker failed; ``before_first_token`` tells whether a retry is safe."""
@@ -63,7 +64,7 @@ class WorkerFailed(RuntimeError):
 class _Measure:
     """Timings and counts of one forwarding attempt (slots: one per request in flight)."""
 
-    __slots__ = ("start", "first", "last", "tokens", "cached", "finish_reason", "out_ids")
+    __slots__ = ("cached", "finish_reason", "first", "last", "out_ids", "start", "tokens")
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -117,8 +118,11 @@ class ProcessorHandler:
         endpoint = self._runtime.endpoint(self._config.worker_endpoint)
         self._client = await endpoint.client()
         await self._client.wait_for_instances()
-        kv_router = KvRouter(endpoint, self._config.block_size,
-                             KvRouterConfig(router_event_threads=self._config.kv_event_threads))
+        kv_router = KvRouter(
+            endpoint,
+            self._config.block_size,
+            KvRouterConfig(router_event_threads=self._config.kv_event_threads),
+        )
         if self._config.engine_poll_s > 0:
             from dynamo.llm import FpmEventSubscriber
 
@@ -127,8 +131,12 @@ class ProcessorHandler:
             )
             self.engine.start()
         if self._config.router_endpoint:
-            find = await self._runtime.endpoint(f"{self._config.router_endpoint}.find_worker").client()
-            feedback = await self._runtime.endpoint(f"{self._config.router_endpoint}.feedback").client()
+            find = await self._runtime.endpoint(
+                f"{self._config.router_endpoint}.find_worker"
+            ).client()
+            feedback = await self._runtime.endpoint(
+                f"{self._config.router_endpoint}.feedback"
+            ).client()
             await find.wait_for_instances()
             self.routing = RemoteRouting(find, feedback, kv_router, self.engine)
             logger.info("routing through the router component %s", self._config.router_endpoint)
@@ -146,7 +154,9 @@ class ProcessorHandler:
             self.metrics.serve(self._config.metrics_port, self._config.metrics_host)
         self._sweep_once()  # gauges (workers routable, ...) valid before the first periodic sweep
         self._sweeper = asyncio.create_task(self._sweep_forever())
-        self._lag_watch = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag.observe))
+        self._lag_watch = asyncio.create_task(
+            watch_loop_lag(self.metrics.loop_lag.observe, asyncio.get_running_loop().time)
+        )
 
     async def stop(self) -> None:
         for task in (self._sweeper, self._lag_watch):
@@ -177,8 +187,9 @@ class ProcessorHandler:
 
     def _sweep_once(self) -> None:
         live = frozenset(self._client.instance_ids())
-        self._known_workers = drop_departed(self.routing, self._known_workers, live,
-                                            self.metrics.forget_worker)
+        self._known_workers = drop_departed(
+            self.routing, self._known_workers, live, self.metrics.forget_worker
+        )
         now = time.monotonic()
         self._quarantine.prune(live, now)
         swept = self.routing.maintain(now)
@@ -190,7 +201,7 @@ class ProcessorHandler:
         self.metrics.pins.set(swept["pinned_prefixes"])
         self.metrics.tracked_prefixes.set(swept["prefixes"])
         if self._writer is not None:
-            dropped = self._writer.dropped - self.metrics.trace_dropped._value.get()  # noqa: SLF001
+            dropped = self._writer.dropped - self.metrics.trace_dropped._value.get()
             if dropped > 0:
                 self.metrics.trace_dropped.inc(dropped)
 
@@ -232,7 +243,9 @@ class ProcessorHandler:
                         error = "client disconnected"
                     break
                 except WorkerFailed as failure:
-                    self.routing.feedback(Feedback(event="finish", request_id=open_decision, ok=False))
+                    self.routing.feedback(
+                        Feedback(event="finish", request_id=open_decision, ok=False)
+                    )
                     open_decision = None
                     self.metrics.worker_errors.labels(worker=f"{failure.worker_id:x}").inc()
                     self._quarantine.add(failure.worker_id)
@@ -252,8 +265,20 @@ class ProcessorHandler:
             raise
         finally:
             self.metrics.active.dec()
-            self._finish(arrival, request_id, route, token_ids, prompt_hashes, decision,
-                         open_decision, decision_us, attempt, measure, outcome, error)
+            self._finish(
+                arrival,
+                request_id,
+                route,
+                token_ids,
+                prompt_hashes,
+                decision,
+                open_decision,
+                decision_us,
+                attempt,
+                measure,
+                outcome,
+                error,
+            )
 
     async def _decide(
         self, route: RouteRequest, token_ids: list[int], excluded: set[int], attempt: int
@@ -358,8 +383,11 @@ class ProcessorHandler:
                 request_id=request_id,
                 prompt_tokens=len(token_ids),
                 block_size=self._config.block_size,
-                block_hashes=(prompt_hashes if prompt_hashes is not None
-                              else block_hashes(token_ids, self._config.block_size)),
+                block_hashes=(
+                    prompt_hashes
+                    if prompt_hashes is not None
+                    else block_hashes(token_ids, self._config.block_size)
+                ),
                 prefix_id=route.prefix_id,
                 total_requests=route.total_requests,
                 iat_ms=route.iat_ms,
@@ -369,9 +397,7 @@ class ProcessorHandler:
                 pin_ttl_s=route.pin_ttl_s,
                 worker_id=None if decision is None else decision.worker_id,
                 reason=None if decision is None else decision.reason,
-                candidates=[]
-                if decision is None
-                else [_candidate(c) for c in decision.candidates],
+                candidates=[] if decision is None else [_candidate(c) for c in decision.candidates],
                 decision_us=decision_us,
                 retries=retries,
                 ttft_ms=ttft_ms,
@@ -410,9 +436,13 @@ def _observe(measure: _Measure, item: Any, keep_ids: int) -> None:
 
 def _candidate(c: Any) -> Candidate:
     terms = {
-        "ttft_ms": c.ttft_ms, "decode_ms": c.decode_ms, "eviction_ms": c.eviction_ms,
-        "affinity_ms": c.affinity_ms, "learned_ms": c.learned_ms,
-        "overlap_blocks": c.overlap_blocks, "queued_tokens": c.queued_tokens,
+        "ttft_ms": c.ttft_ms,
+        "decode_ms": c.decode_ms,
+        "eviction_ms": c.eviction_ms,
+        "affinity_ms": c.affinity_ms,
+        "learned_ms": c.learned_ms,
+        "overlap_blocks": c.overlap_blocks,
+        "queued_tokens": c.queued_tokens,
     }
     if c.waiting_ms:  # only where an engine reported requests held back
         terms["waiting_ms"] = c.waiting_ms

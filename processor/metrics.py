@@ -8,13 +8,37 @@ a gauge over the process lifetime for a quick look.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
 from router.loop_lag import LOOP_LAG_BUCKETS
 
 _LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 _DECISION_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
 )
 
 
@@ -27,24 +51,34 @@ class ProcessorMetrics:
             "akr_processor_requests", "Requests finished, by outcome.", ["outcome"], registry=r
         )
         self.ttft = Histogram(
-            "akr_processor_ttft_seconds", "Time to first token seen by the processor.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "akr_processor_ttft_seconds",
+            "Time to first token seen by the processor.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.itl = Histogram(
-            "akr_processor_itl_seconds", "Mean inter-token latency of each request.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "akr_processor_itl_seconds",
+            "Mean inter-token latency of each request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.e2e = Histogram(
-            "akr_processor_e2e_seconds", "End-to-end time of each request in the processor.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "akr_processor_e2e_seconds",
+            "End-to-end time of each request in the processor.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.decision = Histogram(
-            "akr_processor_decision_seconds", "Time of one routing decision (signals + score).",
-            buckets=_DECISION_BUCKETS, registry=r,
+            "akr_processor_decision_seconds",
+            "Time of one routing decision (signals + score).",
+            buckets=_DECISION_BUCKETS,
+            registry=r,
         )
         self.decisions = Counter(
-            "akr_processor_decisions", "Routing decisions by chosen worker and reason.",
-            ["worker", "reason"], registry=r,
+            "akr_processor_decisions",
+            "Routing decisions by chosen worker and reason.",
+            ["worker", "reason"],
+            registry=r,
         )
         self.prompt_tokens = Counter(
             "akr_processor_prompt_tokens", "Prompt tokens of finished requests.", registry=r
@@ -61,46 +95,49 @@ class ProcessorMetrics:
         self.active = Gauge(
             "akr_processor_active_requests", "Requests in flight in this processor.", registry=r
         )
-        self.pins = Gauge(
-            "akr_processor_pins", "Prefixes with a live cache pin.", registry=r
-        )
+        self.pins = Gauge("akr_processor_pins", "Prefixes with a live cache pin.", registry=r)
         self.tracked_prefixes = Gauge(
             "akr_processor_tracked_prefixes", "Prefixes in the router's table.", registry=r
         )
         self.trace_dropped = Counter(
             "akr_processor_trace_records_dropped",
-            "Trace records dropped because the trace queue was full.", registry=r,
+            "Trace records dropped because the trace queue was full.",
+            registry=r,
         )
         self.feedback_timeouts = Counter(
             "akr_processor_feedback_timeouts",
-            "Decisions whose feedback never came and were swept with a penalty.", registry=r,
+            "Decisions whose feedback never came and were swept with a penalty.",
+            registry=r,
         )
         self.worker_errors = Counter(
             "akr_processor_worker_errors", "Worker failures, by worker.", ["worker"], registry=r
         )
         self.retries = Counter(
-            "akr_processor_retries", "Requests retried on another worker before any token.",
+            "akr_processor_retries",
+            "Requests retried on another worker before any token.",
             registry=r,
         )
         self.loop_lag = Histogram(
             "akr_processor_event_loop_lag_seconds",
             "How late a periodic timer fires on the processor's event loop: the wait of every "
             "ready callback (a new request, a token to relay) for the loop.",
-            buckets=LOOP_LAG_BUCKETS, registry=r,
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
         )
-        self.workers = Gauge(
-            "akr_processor_workers", "Workers currently routable.", registry=r
-        )
+        self.workers = Gauge("akr_processor_workers", "Workers currently routable.", registry=r)
 
         self.worker_capacity = Gauge(
             "akr_processor_worker_capacity_blocks",
             "KV capacity each worker reports in its model card, in router blocks.",
-            ["worker"], registry=r,
+            ["worker"],
+            registry=r,
         )
         self.engine_waiting = Gauge(
             "akr_processor_engine_waiting_requests",
             "Requests each worker's engine held back in its last forward pass (waiting for KV "
-            "blocks or batch budget, or preempted).", ["worker"], registry=r,
+            "blocks or batch budget, or preempted).",
+            ["worker"],
+            registry=r,
         )
         self._engine_labels: set[str] = set()
 
@@ -130,9 +167,9 @@ class ProcessorMetrics:
         self.prompt_tokens.inc(prompt)
         self.cached_tokens.inc(cached)
         self.output_tokens.inc(output)
-        total = self.prompt_tokens._value.get()  # noqa: SLF001 - own registry, read-only
+        total = self.prompt_tokens._value.get()
         if total:
-            self.kv_hit_ratio.set(self.cached_tokens._value.get() / total)  # noqa: SLF001
+            self.kv_hit_ratio.set(self.cached_tokens._value.get() / total)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Serve /metrics from a daemon thread (prometheus_client's own server)."""

@@ -31,7 +31,9 @@ MAX_FEEDBACK_IN_FLIGHT = 1024
 class Routing(Protocol):
     """What the processor handler needs from a router."""
 
-    async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision: ...
+    async def decide(
+        self, route: RouteRequest, token_ids: list[int], live: frozenset[int]
+    ) -> Decision: ...
 
     def feedback(self, msg: Feedback) -> None: ...
 
@@ -43,13 +45,16 @@ class Routing(Protocol):
 class LocalRouting:
     """``RouterService`` in this process: one ``get_potential_loads`` call and a decision."""
 
-    def __init__(self, service: RouterService, kv_router: Any,
-                 engine: EngineState | None = None) -> None:
+    def __init__(
+        self, service: RouterService, kv_router: Any, engine: EngineState | None = None
+    ) -> None:
         self.service = service
         self._kv = kv_router
         self._engine = engine
 
-    async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision:
+    async def decide(
+        self, route: RouteRequest, token_ids: list[int], live: frozenset[int]
+    ) -> Decision:
         rows = await self._kv.get_potential_loads(token_ids)
         msg = find_worker_message(route, rows, live, self._engine)
         return self.service.find_worker(msg, time.monotonic())
@@ -68,8 +73,13 @@ class LocalRouting:
 class RemoteRouting:
     """A standalone ``python -m router`` reached over Dynamo endpoints (shared learner)."""
 
-    def __init__(self, find_client: Any, feedback_client: Any, kv_router: Any,
-                 engine: EngineState | None = None) -> None:
+    def __init__(
+        self,
+        find_client: Any,
+        feedback_client: Any,
+        kv_router: Any,
+        engine: EngineState | None = None,
+    ) -> None:
         self._find = find_client
         self._feedback = feedback_client
         self._kv = kv_router
@@ -77,7 +87,9 @@ class RemoteRouting:
         self._sending: set[asyncio.Task[None]] = set()
         self.feedback_dropped = 0
 
-    async def decide(self, route: RouteRequest, token_ids: list[int], live: frozenset[int]) -> Decision:
+    async def decide(
+        self, route: RouteRequest, token_ids: list[int], live: frozenset[int]
+    ) -> Decision:
         rows = await self._kv.get_potential_loads(token_ids)
         msg = msgspec.to_builtins(find_worker_message(route, rows, live, self._engine))
         async for answer in await self._find.round_robin(msg, annotated=False):
@@ -107,21 +119,34 @@ class RemoteRouting:
         return {"feedback_timeouts": 0, "pinned_prefixes": 0, "prefixes": 0}
 
 
-def find_worker_message(route: RouteRequest, rows: list[dict[str, Any]], live: frozenset[int],
-                        engine: EngineState | None) -> FindWorker:
+def find_worker_message(
+    route: RouteRequest,
+    rows: list[dict[str, Any]],
+    live: frozenset[int],
+    engine: EngineState | None,
+) -> FindWorker:
     """The ``find_worker`` message: KvRouter rows plus what the engines report, if read."""
     if engine is None:
         return FindWorker(request=route, rows=rows, live=list(live))
-    return FindWorker(request=route, rows=rows, live=list(live),
-                      capacity=engine.capacity or None, waiting=engine.waiting or None)
+    return FindWorker(
+        request=route,
+        rows=rows,
+        live=list(live),
+        capacity=engine.capacity or None,
+        waiting=engine.waiting or None,
+    )
 
 
 def _counts(stats: dict[str, Any]) -> dict[str, int]:
     return {"pinned_prefixes": stats["pinned_prefixes"], "prefixes": stats["prefixes"]}
 
 
-def drop_departed(routing: Routing, known: frozenset[int], live: frozenset[int],
-                  on_departed: Callable[[int], None] | None = None) -> frozenset[int]:
+def drop_departed(
+    routing: Routing,
+    known: frozenset[int],
+    live: frozenset[int],
+    on_departed: Callable[[int], None] | None = None,
+) -> frozenset[int]:
     """Drop the workers that left discovery since the last look from routing (and, through
     ``on_departed``, e.g. from per-worker metric labels); returns ``live`` (the next call's
     ``known``)."""
@@ -168,8 +193,9 @@ class Quarantine:
         return frozenset(self._until)
 
 
-def route_request(request_id: str, hints: AgentHints, prompt_tokens: int,
-                  max_tokens: object = None) -> RouteRequest:
+def route_request(
+    request_id: str, hints: AgentHints, prompt_tokens: int, max_tokens: object = None
+) -> RouteRequest:
     """The router's view of one request: its hints, prompt length and expected answer."""
     # Neither says: None, and the router uses its AKR_ROUTER_DEFAULT_OSL.
     osl = hints.osl or (max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None)

@@ -81,7 +81,9 @@ def read_records(path: Path) -> Iterator[TraceRecord]:
 
 
 def poll_records(
-    path: Path, enough: Callable[[list[TraceRecord]], bool], timeout_s: float,
+    path: Path,
+    enough: Callable[[list[TraceRecord]], bool],
+    timeout_s: float,
     interval_s: float = 0.05,
 ) -> list[TraceRecord]:
     """Re-read a trace that is still being written until ``enough(records)`` or the timeout.
@@ -111,7 +113,7 @@ def to_mooncake(records: Iterable[TraceRecord]) -> list[dict]:
         first = rec.ts if first is None else first
         rows.append(
             {
-                "timestamp": int(round((rec.ts - first) * 1000)),
+                "timestamp": round((rec.ts - first) * 1000),
                 "input_length": rec.prompt_tokens,
                 "output_length": rec.output_tokens,
                 "hash_ids": [ids.setdefault(h, len(ids)) for h in rec.block_hashes],
@@ -121,7 +123,9 @@ def to_mooncake(records: Iterable[TraceRecord]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("schema", help="print the JSON Schema of a trace record")
     conv = sub.add_parser("to-mooncake", help="convert a processor trace to a Mooncake trace")

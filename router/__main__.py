@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -34,14 +34,15 @@ logger = logging.getLogger(__name__)
 
 
 class RouterEndpoints:
-    """Dynamo handlers around one ``RouterService``."""
+    """Dynamo handlers around one ``RouterService``; ``clock`` gives monotonic seconds."""
 
-    def __init__(self, service: RouterService) -> None:
+    def __init__(self, service: RouterService, clock: Callable[[], float]) -> None:
         self.service = service
+        self.clock = clock
 
     async def find_worker(self, request: Any) -> AsyncIterator[Any]:
         msg = msgspec.convert(request, FindWorker)
-        decision = self.service.find_worker(msg, time.monotonic())
+        decision = self.service.find_worker(msg, self.clock())
         yield msgspec.to_builtins(decision)
 
     async def feedback(self, request: Any) -> AsyncIterator[Any]:
@@ -52,14 +53,15 @@ class RouterEndpoints:
     async def maintain(self) -> None:
         """Sweep every second; snapshot the learner every ``state_save_interval_s``."""
         cfg = self.service.config
-        last_save = time.monotonic()
+        last_save = self.clock()
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.service.sweep(time.monotonic())
-                if cfg.state_path and time.monotonic() - last_save >= cfg.state_save_interval_s:
+                now = self.clock()
+                self.service.sweep(now)
+                if cfg.state_path and now - last_save >= cfg.state_save_interval_s:
                     await self.service.save_state(cfg.state_path)
-                    last_save = time.monotonic()
+                    last_save = self.clock()
             except Exception:  # maintenance must go on; one failed pass is logged
                 logger.exception("router maintenance failed")
 
@@ -70,11 +72,12 @@ async def worker(runtime: DistributedRuntime) -> None:
     service = RouterService(config)
     if config.state_path and service.load_state(config.state_path):
         logger.info("restored learner state from %s", config.state_path)
-    endpoints = RouterEndpoints(service)
+    endpoints = RouterEndpoints(service, time.monotonic)
     if config.metrics_port is not None:
         serve_metrics(service, config.metrics_port, config.metrics_host)
-        logger.info("router metrics on http://%s:%d/metrics", config.metrics_host,
-                    config.metrics_port)
+        logger.info(
+            "router metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port
+        )
     find = runtime.endpoint(f"{config.service_endpoint}.find_worker")
     feedback = runtime.endpoint(f"{config.service_endpoint}.feedback")
     maintenance = asyncio.create_task(endpoints.maintain())

@@ -32,7 +32,7 @@ on removal, so storage is bounded by the number of live workers.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from scipy.linalg import lapack
@@ -146,7 +146,11 @@ class _Heads:
                 self.refresh(k, r)
 
     def predict(
-        self, rows: np.ndarray | slice, x: np.ndarray, scale: float, rng: np.random.Generator,
+        self,
+        rows: np.ndarray | slice,
+        x: np.ndarray,
+        scale: float,
+        rng: np.random.Generator,
         clip_to_seen: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(sampled, mean) corrections, shape (H, W), in standardized units. ``clip_to_seen``:
@@ -169,7 +173,7 @@ class _Heads:
 class WorkerBandit:
     """Per-worker TTFT and ITL corrections with Thompson sampling."""
 
-    def __init__(self, cfg: RouterConfig, rng: Optional[np.random.Generator] = None) -> None:
+    def __init__(self, cfg: RouterConfig, rng: np.random.Generator | None = None) -> None:
         self.cfg = cfg
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         prior = np.array([cfg.prior_variance, cfg.itl_prior_variance])
@@ -180,7 +184,7 @@ class WorkerBandit:
         self._free: list[int] = list(range(self._heads.capacity - 1, -1, -1))
         # Cache of the last worker-id array -> rows (the fleet rarely changes); a slice
         # when the rows are contiguous, so sampling reads views instead of copies.
-        self._last_ids: Optional[tuple[np.dtype, bytes]] = None
+        self._last_ids: tuple[np.dtype, bytes] | None = None
         self._last_rows: np.ndarray | slice = slice(0, 0)
 
     # ---------------------------------------------------------------- workers
@@ -221,19 +225,25 @@ class WorkerBandit:
 
     # --------------------------------------------------------------- decide
     def sample(
-        self, worker_ids: np.ndarray, x: np.ndarray, latency_sensitivity: float = 0.0,
+        self,
+        worker_ids: np.ndarray,
+        x: np.ndarray,
+        latency_sensitivity: float = 0.0,
         cold_fraction: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(sampled, mean) corrections, shape (H, W) in standardized units; row 0 = TTFT,
         row 1 = ITL (order of ``HEADS``). ``cold_fraction`` (0..1) scales the sampling by
         how much of the prompt no worker has cached: exploring can cost a cache hit."""
         rows = self.rows(worker_ids)
-        scale = (self.cfg.exploration * min(1.0, max(0.0, cold_fraction))
-                 / (1.0 + max(0.0, latency_sensitivity)))
+        scale = (
+            self.cfg.exploration
+            * min(1.0, max(0.0, cold_fraction))
+            / (1.0 + max(0.0, latency_sensitivity))
+        )
         return self._heads.predict(rows, x, scale, self.rng, self.cfg.learned_feature_clip)
 
     # --------------------------------------------------------------- learn
-    def update(self, worker_id: int, x: np.ndarray, head: str, y: float) -> Optional[float]:
+    def update(self, worker_id: int, x: np.ndarray, head: str, y: float) -> float | None:
         """Learn one standardized observation ``y`` (before centring) for ``worker_id``.
 
         Returns the centred, clipped target actually learned, or None when the worker is

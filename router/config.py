@@ -12,7 +12,6 @@ workers exactly like Dynamo's default KV router (see ``router/cost.py``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,7 +78,7 @@ class RouterConfig(BaseSettings):
         description="Weight of prefill tokens already queued on a worker relative to this "
         "request's own uncached tokens (1.0 = Dynamo's potential-prefill semantics).",
     )
-    decode_ms_per_block: Optional[float] = Field(
+    decode_ms_per_block: float | None = Field(
         None,
         ge=0,
         description="Cost (ms) per active decode block on a worker. Unset = "
@@ -207,7 +206,8 @@ class RouterConfig(BaseSettings):
         ge=0,
         description="Scale of posterior sampling; per request divided by (1 + "
         "latency_sensitivity) and multiplied by the fraction of the prompt no worker has "
-        "cached (0 for a conversation with a live home). 0 = greedy on the posterior mean. Below 1 because at cold start the prior "
+        "cached (0 for a conversation with a live home). 0 = greedy on the posterior mean. "
+        "Below 1 because at cold start the prior "
         "spread (~15 ms) outweighs the prefill a cache hit saves on short prompts: measured "
         "on the demo workload, 1.0 kept 11/24 later turns on their cache, 0.25 kept 19/24.",
     )
@@ -284,7 +284,7 @@ class RouterConfig(BaseSettings):
     top_k: int = Field(
         3, ge=1, description="Number of best candidates (with score breakdown) in a decision."
     )
-    seed: Optional[int] = Field(
+    seed: int | None = Field(
         None, description="Seed of the sampling RNG (set it for reproducible runs and tests)."
     )
 
@@ -295,7 +295,7 @@ class RouterConfig(BaseSettings):
         "<this>.find_worker and <this>.feedback. Processors point AKR_PROCESSOR_ROUTER_ENDPOINT "
         "at the same value.",
     )
-    state_path: Optional[Path] = Field(
+    state_path: Path | None = Field(
         None,
         description="JSON file holding the learner's posterior: read at start, written every "
         "state_save_interval_s and at shutdown (from a worker thread). Unset = not persisted.",
@@ -306,14 +306,14 @@ class RouterConfig(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1", description="Address the standalone router's /metrics endpoint binds."
     )
-    metrics_port: Optional[int] = Field(
+    metrics_port: int | None = Field(
         None,
         description="Port of the standalone router's Prometheus /metrics (akr_router_*); "
         "unset = not served. The in-process router is exported by the processor instead.",
     )
 
     @model_validator(mode="after")
-    def _fill_derived(self) -> "RouterConfig":
+    def _fill_derived(self) -> RouterConfig:
         if self.decode_ms_per_block is None:
             # In ms, one decode block weighs decode_block_weight blocks of prefill time
             # (Dynamo's cost function weighs them 1:1).

@@ -106,20 +106,6 @@ class CostBreakdown:
     def total(self) -> np.ndarray:
         return self.base - self.affinity_ms
 
-    def row(self, i: int) -> dict[str, float]:
-        """The terms of one worker, for traces."""
-        return {
-            "total_ms": float(self.total[i]),
-            "ttft_ms": float(self.ttft_ms[i]),
-            "decode_ms": float(self.decode_ms[i]),
-            "eviction_ms": float(self.eviction_ms[i]),
-            "affinity_ms": float(self.affinity_ms[i]),
-            "learned_ms": float(self.learned_ms[i]),
-            "waiting_ms": float(self.waiting_ms[i]),
-            "uncached_tokens": float(self.uncached_tokens[i]),
-            "queued_tokens": float(self.queued_tokens[i]),
-        }
-
 
 def split_prefill(
     prompt_tokens: int,
@@ -192,8 +178,9 @@ def score(
     # Class mixing; the arrays are None unless a weight is set (router/kv_signals.py).
     if latency_class == SENSITIVE and background_blocks is not None and cfg.sensitive_mix_weight:
         decode = decode + (cfg.sensitive_mix_weight * cfg.decode_ms_per_block) * background_blocks
-    elif (latency_class == BACKGROUND and sensitive_requests is not None
-          and cfg.background_mix_weight):
+    elif (
+        latency_class == BACKGROUND and sensitive_requests is not None and cfg.background_mix_weight
+    ):
         per_request = cfg.background_mix_weight * cfg.decode_ms_per_block * request_blocks
         decode = decode + per_request * sensitive_requests
 

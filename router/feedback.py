@@ -18,7 +18,6 @@ Load (requests in flight, queued prefill, decode blocks) is not counted here: th
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
 
 import numpy as np
 
@@ -29,7 +28,7 @@ from router.config import RouterConfig
 class Pending:
     """One decision waiting for feedback."""
 
-    __slots__ = ("worker_id", "features", "queued_tokens", "predicted_ttft_ms", "deadline")
+    __slots__ = ("deadline", "features", "predicted_ttft_ms", "queued_tokens", "worker_id")
 
     def __init__(
         self,
@@ -86,9 +85,9 @@ class FeedbackTracker:
     def report(
         self,
         request_id: str,
-        ttft_ms: Optional[float],
-        itl_ms: Optional[float],
-        uncached_tokens: Optional[int] = None,
+        ttft_ms: float | None,
+        itl_ms: float | None,
+        uncached_tokens: int | None = None,
         output_tokens: int = 0,
         ok: bool = True,
     ) -> bool:
@@ -128,7 +127,7 @@ class FeedbackTracker:
         about the worker)."""
         return self._pending.pop(request_id, None) is not None
 
-    def sweep(self, now: float, batch: Optional[int] = None) -> int:
+    def sweep(self, now: float, batch: int | None = None) -> int:
         """Expire up to ``batch`` overdue decisions with the timeout penalty."""
         batch = batch or self.cfg.sweep_batch
         cfg = self.cfg

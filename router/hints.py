@@ -99,6 +99,7 @@ __all__ = [
     "SESSION_HEADER",
     "AgentHints",
     "HintError",
+    "check_prefix_id",
     "decode_annotations",
     "encode_annotations",
     "hints_from_request",
@@ -106,7 +107,6 @@ __all__ = [
     "parse_agent_hints",
     "parse_header_hints",
     "parse_hints",
-    "check_prefix_id",
     "parse_ttl",
     "strip_own",
 ]
@@ -145,7 +145,7 @@ HINT_HEADERS: tuple[str, ...] = (
     HEADER_CACHE_TYPE,
 )
 
-_PREFIX_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=\-]{1,%d}" % MAX_PREFIX_ID_LEN)
+_PREFIX_ID_RE = re.compile(rf"[A-Za-z0-9._:@/+=\-]{{1,{MAX_PREFIX_ID_LEN}}}")
 _TTL_RE = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)(ms|s|m|h)?")
 _TTL_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _INT_RE = re.compile(r"[+-]?\d{1,19}")
@@ -496,4 +496,6 @@ def hints_from_request(request: object) -> AgentHints:
 
 def strip_own(annotations: Iterable[object]) -> list[object]:
     """Annotations without any ``akr.`` ones (the gateway's anti-forgery filter)."""
-    return [a for a in annotations if not (isinstance(a, str) and a.startswith(ANNOTATION_NAMESPACE))]
+    return [
+        a for a in annotations if not (isinstance(a, str) and a.startswith(ANNOTATION_NAMESPACE))
+    ]

@@ -53,8 +53,9 @@ class JsonlWriter:
         linger_s: float = 0.1,
     ) -> None:
         if queue_size < 1 or batch_max < 1 or max_bytes < 1 or backups < 0 or linger_s < 0:
-            raise ValueError("queue_size, batch_max, max_bytes must be >= 1, "
-                             "backups and linger_s >= 0")
+            raise ValueError(
+                "queue_size, batch_max, max_bytes must be >= 1, backups and linger_s >= 0"
+            )
         self.path = Path(path)
         self.batch_max = batch_max
         self.linger_s = linger_s
@@ -162,7 +163,7 @@ class JsonlWriter:
         """The only disk write; tests replace it to simulate a slow disk."""
         view = memoryview(data)
         while view:  # an unbuffered write may take part of the bytes
-            view = view[await self._file.write(view):]
+            view = view[await self._file.write(view) :]
 
     async def _open(self) -> None:
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)

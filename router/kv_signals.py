@@ -12,8 +12,9 @@ function uses (potential prefill incl. queue, potential decode blocks).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from operator import attrgetter, itemgetter
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -80,10 +81,10 @@ def signals_from_rows(
         at = np.minimum(ids.searchsorted(keys), n - 1)
         hit = ids[at] == keys
         loads = list(busy.values())
-        for row, field in zip(ours, fields):
+        for row, field in zip(ours, fields, strict=True):
             row[at[hit]] = np.fromiter(map(field, loads), np.float64, len(loads))[hit]
         if used is not None and shared is not None and block_hashes is not None:
-            for i, wl, ok in zip(at.tolist(), loads, hit.tolist()):
+            for i, wl, ok in zip(at.tolist(), loads, hit.tolist(), strict=True):
                 if ok:
                     used[i] = wl.used_blocks
                     shared[i] = wl.shared_prefix(block_hashes)
@@ -100,4 +101,4 @@ def signals_from_rows(
         background_blocks=ranks * ours[3] if latency_classes else None,
         sensitive_requests=ranks * ours[4] if latency_classes else None,
     )
-    return signals, dict(zip(ids.tolist(), own.tolist()))
+    return signals, dict(zip(ids.tolist(), own.tolist(), strict=True))

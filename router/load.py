@@ -29,9 +29,7 @@ classes apart.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-
 
 UNCLASSED, SENSITIVE, BACKGROUND = 0, 1, 2
 
@@ -114,13 +112,21 @@ class LoadTracker:
         return self._workers.get(worker_id) or WorkerLoad()
 
     def start(
-        self, request_id: str, worker_id: int, uncached_tokens: int, prompt_tokens: int, osl: int,
-        hashes: tuple[int, ...] = (), klass: int = UNCLASSED,
+        self,
+        request_id: str,
+        worker_id: int,
+        uncached_tokens: int,
+        prompt_tokens: int,
+        osl: int,
+        hashes: tuple[int, ...] = (),
+        klass: int = UNCLASSED,
+        *,
+        now: float,
     ) -> None:
+        """Count a placed request's load; ``now`` (the caller's monotonic seconds) is its start,
+        which ``expire`` compares against."""
         blocks = request_blocks(prompt_tokens, osl, self.block_size)
-        self._active[request_id] = _Active(
-            worker_id, uncached_tokens, blocks, time.monotonic(), hashes, klass
-        )
+        self._active[request_id] = _Active(worker_id, uncached_tokens, blocks, now, hashes, klass)
         load = self._workers.setdefault(worker_id, WorkerLoad())
         load.queued_prefill_tokens += uncached_tokens
         load.decode_blocks += blocks

@@ -16,10 +16,14 @@ from collections.abc import Callable
 LOOP_LAG_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 
-async def watch_loop_lag(observe: Callable[[float], None], interval_s: float = 0.05) -> None:
-    """Forever: sleep ``interval_s`` and hand how much later than asked it woke to ``observe``."""
-    loop = asyncio.get_running_loop()
+async def watch_loop_lag(
+    observe: Callable[[float], None], clock: Callable[[], float], interval_s: float = 0.05
+) -> None:
+    """Forever: sleep ``interval_s`` and hand how much later than asked it woke to ``observe``.
+
+    ``clock`` is the loop's own clock (``loop.time``), passed in by the caller.
+    """
     while True:
-        asked = loop.time() + interval_s
+        asked = clock() + interval_s
         await asyncio.sleep(interval_s)
-        observe(max(0.0, loop.time() - asked))
+        observe(max(0.0, clock() - asked))

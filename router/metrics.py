@@ -42,33 +42,48 @@ class RouterCollector:
 
     def collect(self) -> Iterator[Metric]:
         stats = self.service.router.stats()
-        c = CounterMetricFamily("akr_router_decisions", "Routing decisions by reason.",
-                                labels=["reason"])
+        c = CounterMetricFamily(
+            "akr_router_decisions", "Routing decisions by reason.", labels=["reason"]
+        )
         for reason, n in sorted(stats["reasons"].items()):
             c.add_metric([reason], n)
         yield c
-        yield GaugeMetricFamily("akr_router_prefixes", "Prefixes in the router's table.",
-                                value=stats["prefixes"])
-        yield GaugeMetricFamily("akr_router_pinned_prefixes", "Prefixes with a live cache pin.",
-                                value=stats["pinned_prefixes"])
-        yield CounterMetricFamily("akr_router_prefix_evictions",
-                                  "Prefixes evicted from the full table (least recently seen).",
-                                  value=stats["prefix_evictions"])
-        yield CounterMetricFamily("akr_router_prefix_expirations",
-                                  "Prefixes expired after their conversation went quiet.",
-                                  value=stats["prefix_expirations"])
-        yield GaugeMetricFamily("akr_router_pending_feedback",
-                                "Decisions waiting for their latency feedback.",
-                                value=stats["pending_feedback"])
-        c = CounterMetricFamily("akr_router_feedback",
-                                "Feedback not learned as a normal report, by kind.",
-                                labels=["kind"])
+        yield GaugeMetricFamily(
+            "akr_router_prefixes", "Prefixes in the router's table.", value=stats["prefixes"]
+        )
+        yield GaugeMetricFamily(
+            "akr_router_pinned_prefixes",
+            "Prefixes with a live cache pin.",
+            value=stats["pinned_prefixes"],
+        )
+        yield CounterMetricFamily(
+            "akr_router_prefix_evictions",
+            "Prefixes evicted from the full table (least recently seen).",
+            value=stats["prefix_evictions"],
+        )
+        yield CounterMetricFamily(
+            "akr_router_prefix_expirations",
+            "Prefixes expired after their conversation went quiet.",
+            value=stats["prefix_expirations"],
+        )
+        yield GaugeMetricFamily(
+            "akr_router_pending_feedback",
+            "Decisions waiting for their latency feedback.",
+            value=stats["pending_feedback"],
+        )
+        c = CounterMetricFamily(
+            "akr_router_feedback",
+            "Feedback not learned as a normal report, by kind.",
+            labels=["kind"],
+        )
         for kind, key in _FEEDBACK_KINDS.items():
             c.add_metric([kind], stats[key])
         yield c
-        yield GaugeMetricFamily("akr_router_requests_in_flight",
-                                "Requests placed by this router and not finished.",
-                                value=len(self.service.load))
+        yield GaugeMetricFamily(
+            "akr_router_requests_in_flight",
+            "Requests placed by this router and not finished.",
+            value=len(self.service.load),
+        )
 
 
 def serve_metrics(service: RouterService, port: int, host: str = "127.0.0.1") -> CollectorRegistry:

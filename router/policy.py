@@ -22,7 +22,7 @@ runs from a background task; ``decide`` never sweeps.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -42,20 +42,20 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     """What the router needs to know about one request (from the agent hints)."""
 
     request_id: str
-    prefix_id: Optional[str] = None  # None: no hints; the request is its own conversation
+    prefix_id: str | None = None  # None: no hints; the request is its own conversation
     prompt_tokens: int = 0
     total_requests: int = 1  # requests this conversation will make in total
-    osl: Optional[int] = None  # expected output tokens; None -> config default_osl
-    iat_ms: Optional[float] = None  # expected gap between calls; carried to traces only
+    osl: int | None = None  # expected output tokens; None -> config default_osl
+    iat_ms: float | None = None  # expected gap between calls; carried to traces only
     latency_sensitivity: float = 0.0  # higher = explore less
     priority: int = 0  # engine queue priority; carried, not used for placement
     # SENSITIVE / BACKGROUND / UNCLASSED from the latency_sensitivity hint (router/load.py):
     # the cost model keeps the two classes apart (sensitive_/background_mix_weight).
     latency_class: int = 0
-    pin_ttl_s: Optional[float] = None  # cache_control TTL; keeps the conversation pinned
+    pin_ttl_s: float | None = None  # cache_control TTL; keeps the conversation pinned
     # Chained block hashes of the prompt, only sent when the router charges full workers
     # (kv_full_ms > 0): unique-block accounting in router/load.py. One int per block.
-    block_hashes: Optional[list[int]] = None
+    block_hashes: list[int] | None = None
 
 
 class Candidate(msgspec.Struct):
@@ -95,7 +95,7 @@ class Decision(msgspec.Struct):
     candidates: list[Candidate]
     features: list[float]  # bandit features of the chosen worker (see bandit.FEATURES)
     predicted_ttft_ms: float  # cost-model TTFT on the chosen worker (before learning)
-    home_worker_id: Optional[int] = None  # conversation's home before this decision
+    home_worker_id: int | None = None  # conversation's home before this decision
     reuse_remaining: int = 0  # requests still expected after this one
     pinned: bool = False
     history_fallback: bool = False  # overlap came from the prefix table, not KV events
@@ -108,7 +108,7 @@ class NoWorkers(RuntimeError):
 class Router:
     """Agent-aware KV router core: pure logic, no I/O, no Dynamo imports."""
 
-    def __init__(self, cfg: Optional[RouterConfig] = None) -> None:
+    def __init__(self, cfg: RouterConfig | None = None) -> None:
         self.cfg = cfg or RouterConfig()
         c = self.cfg
         self.rng = np.random.default_rng(c.seed)
@@ -117,9 +117,11 @@ class Router:
         )
         self.bandit = WorkerBandit(c, self.rng)
         self.feedback = FeedbackTracker(c, self.bandit)
-        self._last_sweep: Optional[float] = None
+        self._last_sweep: float | None = None
         self.decisions = 0
-        self.reasons: dict[str, int] = {r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin")}
+        self.reasons: dict[str, int] = {
+            r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin")
+        }
 
     # ------------------------------------------------------------------ decide
     def decide(self, request: RouteRequest, signals: WorkerSignals, now: float) -> Decision:
@@ -155,9 +157,8 @@ class Router:
             overlap[home] = min(entry.blocks, prompt_blocks)
             fallback = True
 
-        reserved = signals.reserved_blocks
-        if reserved is None:  # pinned blocks per worker from the prefix table (often none)
-            reserved = aligned(ids, self.table.reserved_by_worker())
+        # Pinned blocks per worker from the prefix table (often none).
+        reserved = aligned(ids, self.table.reserved_by_worker())
         if home >= 0 and entry is not None and entry.reserved:
             # A conversation does not evict its own pinned blocks.
             reserved = reserved.copy()
@@ -181,8 +182,9 @@ class Router:
             engine_waiting=signals.engine_waiting,
             used_blocks=signals.used_blocks,
             shared_blocks=signals.shared_blocks,
-            request_blocks=request_blocks(request.prompt_tokens,
-                                          request.osl or cfg.default_osl, bs),
+            request_blocks=request_blocks(
+                request.prompt_tokens, request.osl or cfg.default_osl, bs
+            ),
             latency_class=request.latency_class,
             background_blocks=signals.background_blocks,
             sensitive_requests=signals.sensitive_requests,
@@ -204,8 +206,13 @@ class Router:
             # cached in full somewhere, follows the posterior mean (its feedback still teaches
             # the learner); a prompt nobody has cached explores fully. Measured on the Mooncake
             # replay (no hints): 122 of 719 decisions were explorations, many off a hit.
-            cold = 0.0 if home >= 0 else (
-                1.0 - min(1.0, float(overlap.max()) / prompt_blocks) if prompt_blocks else 1.0)
+            cold = (
+                0.0
+                if home >= 0
+                else (
+                    1.0 - min(1.0, float(overlap.max()) / prompt_blocks) if prompt_blocks else 1.0
+                )
+            )
             sampled, mean = self.bandit.sample(ids, x, request.latency_sensitivity, cold)
             # Standardized units -> ms: TTFT directly; ITL (ms/token) x expected tokens.
             unit = np.array([cfg.ttft_scale_ms, cfg.itl_weight * osl * cfg.itl_scale_ms])
@@ -220,9 +227,10 @@ class Router:
         reason: Reason
         if i == home and costs.affinity_ms[i] > 0 and int(costs.base.argmin()) != i:
             reason = "pin" if pinned else "sticky"
-        elif learned_mean is not None and int(
-            (total - costs.learned_ms + learned_mean).argmin()
-        ) != i:
+        elif (
+            learned_mean is not None
+            and int((total - costs.learned_ms + learned_mean).argmin()) != i
+        ):
             reason = "exploration"
         elif overlap[i] > 0 and overlap[i] >= overlap.max():
             reason = "overlap"
@@ -290,16 +298,14 @@ class Router:
     def report(
         self,
         request_id: str,
-        ttft_ms: Optional[float],
-        itl_ms: Optional[float],
-        uncached_tokens: Optional[int] = None,
+        ttft_ms: float | None,
+        itl_ms: float | None,
+        uncached_tokens: int | None = None,
         output_tokens: int = 0,
         ok: bool = True,
     ) -> bool:
         """Feed measured latency back; False if the request id is unknown (late/dropped)."""
-        return self.feedback.report(
-            request_id, ttft_ms, itl_ms, uncached_tokens, output_tokens, ok
-        )
+        return self.feedback.report(request_id, ttft_ms, itl_ms, uncached_tokens, output_tokens, ok)
 
     def cancel(self, request_id: str) -> bool:
         """The client cancelled: release the decision without feedback."""

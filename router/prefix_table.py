@@ -29,21 +29,18 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from typing import Iterable, Optional
-
-import numpy as np
 
 
 class PrefixEntry:
     """One live prefix. ``__slots__`` keeps it ~100 bytes (no per-instance dict)."""
 
     __slots__ = (
-        "key",
-        "home",
-        "remaining",
-        "pin_expiry",
-        "last_seen",
         "blocks",
+        "home",
+        "key",
+        "last_seen",
+        "pin_expiry",
+        "remaining",
         "reserved",
         "timer_armed",
     )
@@ -99,7 +96,7 @@ class PrefixTable:
     def __contains__(self, prefix_id: str) -> bool:
         return prefix_id in self._entries
 
-    def get(self, prefix_id: str, now: float) -> Optional[PrefixEntry]:
+    def get(self, prefix_id: str, now: float) -> PrefixEntry | None:
         """Return the live entry, expiring it first if it is dead (no LRU touch)."""
         entry = self._entries.get(prefix_id)
         if entry is None:
@@ -112,16 +109,8 @@ class PrefixTable:
             self._unreserve(entry)
         return entry
 
-    def reserved_blocks(self, worker_id: int) -> int:
-        """Blocks reserved by active pins on ``worker_id`` (may lag by one sweep)."""
-        return self._reserved.get(worker_id, 0)
-
-    def reserved_array(self, worker_ids: Iterable[int]) -> np.ndarray:
-        """Reserved blocks per worker, aligned with ``worker_ids`` (O(workers))."""
-        get = self._reserved.get
-        return np.fromiter((get(int(w), 0) for w in worker_ids), dtype=np.float64)
-
     def reserved_by_worker(self) -> dict[int, int]:
+        """Blocks reserved by active pins, per worker (may lag by one sweep)."""
         return dict(self._reserved)
 
     # ----------------------------------------------------------------- writes
@@ -132,8 +121,8 @@ class PrefixTable:
         now: float,
         total_requests: int,
         blocks: int,
-        pin_ttl_s: Optional[float] = None,
-    ) -> Optional[PrefixEntry]:
+        pin_ttl_s: float | None = None,
+    ) -> PrefixEntry | None:
         """Record one routed request of ``prefix_id`` on ``worker_id``.
 
         First request of a prefix: reuse budget = total_requests - 1. Later requests
@@ -187,7 +176,7 @@ class PrefixTable:
         and their later unreserve is clamped at zero."""
         self._reserved.pop(worker_id, None)
 
-    def sweep(self, now: float, batch: Optional[int] = None) -> int:
+    def sweep(self, now: float, batch: int | None = None) -> int:
         """Expire dead entries in bounded steps; returns the number removed.
 
         Call from a background task, never on the request path. Inspects at most ``batch``

@@ -29,7 +29,7 @@ import msgspec
 from router.config import RouterConfig
 from router.kv_signals import signals_from_rows
 from router.load import LoadTracker
-from router.policy import Decision, RouteRequest, Router
+from router.policy import Decision, Router, RouteRequest
 
 
 class FindWorker(msgspec.Struct, kw_only=True):
@@ -69,8 +69,14 @@ class RouterService:
         req, cfg = msg.request, self.config
         live = None if msg.live is None else frozenset(msg.live)
         signals, uncached = signals_from_rows(
-            msg.rows, req.prompt_tokens, self.load, cfg.worker_capacity_blocks, live,
-            msg.capacity, msg.waiting, req.block_hashes,
+            msg.rows,
+            req.prompt_tokens,
+            self.load,
+            cfg.worker_capacity_blocks,
+            live,
+            msg.capacity,
+            msg.waiting,
+            req.block_hashes,
             latency_classes=bool(cfg.sensitive_mix_weight or cfg.background_mix_weight),
         )
         decision = self.router.decide(req, signals, now)
@@ -83,6 +89,7 @@ class RouterService:
             req.osl or self.config.default_osl,
             tuple(req.block_hashes) if req.block_hashes else (),
             req.latency_class,
+            now=now,
         )
         return decision
 

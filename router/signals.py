@@ -14,9 +14,10 @@ is the best rank's (max overlap); decode blocks and active requests are worker t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -25,18 +26,16 @@ import numpy as np
 class WorkerSignals:
     """Arrays of shape (W,) aligned with ``worker_ids``.
 
-    ``overlap_blocks``: device KV blocks of this prompt already cached on the worker (from
-    KV events). ``potential_prefill_tokens``: Dynamo's potential prefill, i.e. this request's
-    uncached tokens plus prefill already queued there. ``decode_blocks`` and
-    ``active_requests`` include the requests we placed (router/load.py). ``reserved_blocks``:
-    blocks pinned by live conversations on the worker; None lets the Router fill it from its
-    prefix table. ``engine_waiting``: requests the worker's engine reports holding back
-    (processor/engine_state.py); None = no worker reports any. ``used_blocks`` /
-    ``shared_blocks``: distinct KV blocks our requests in flight hold on the worker, and how
-    many leading blocks of this prompt are among them (router/load.py; None unless the
-    request carried block hashes). ``background_blocks`` / ``sensitive_requests``: blocks of
-    our background requests and the count of our latency-sensitive requests in flight there
-    (router/load.py; None = not tracked).
+    ``overlap_blocks``: device KV blocks of this prompt already cached on the worker (from KV
+    events). ``potential_prefill_tokens``: Dynamo's potential prefill, i.e. this request's uncached
+    tokens plus prefill already queued there. ``decode_blocks`` and ``active_requests`` include the
+    requests we placed (router/load.py). ``engine_waiting``: requests the worker's engine reports
+    holding back (processor/engine_state.py); None = no worker reports any. ``used_blocks`` /
+    ``shared_blocks``: distinct KV blocks our requests in flight hold on the worker, and how many
+    leading blocks of this prompt are among them (router/load.py; None unless the request carried
+    block hashes). ``background_blocks`` / ``sensitive_requests``: blocks of our background requests
+    and the count of our latency-sensitive requests in flight there (router/load.py; None = not
+    tracked).
     """
 
     worker_ids: np.ndarray
@@ -45,12 +44,11 @@ class WorkerSignals:
     decode_blocks: np.ndarray
     active_requests: np.ndarray
     capacity_blocks: np.ndarray
-    reserved_blocks: Optional[np.ndarray] = None
-    engine_waiting: Optional[np.ndarray] = None
-    used_blocks: Optional[np.ndarray] = None
-    shared_blocks: Optional[np.ndarray] = None
-    background_blocks: Optional[np.ndarray] = None
-    sensitive_requests: Optional[np.ndarray] = None
+    engine_waiting: np.ndarray | None = None
+    used_blocks: np.ndarray | None = None
+    shared_blocks: np.ndarray | None = None
+    background_blocks: np.ndarray | None = None
+    sensitive_requests: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.worker_ids.shape[0])
@@ -65,8 +63,7 @@ class WorkerSignals:
         decode_blocks: Iterable[float] | None = None,
         active_requests: Iterable[float] | None = None,
         capacity_blocks: Iterable[float] | float = 16384,
-        reserved_blocks: Iterable[float] | None = None,
-    ) -> "WorkerSignals":
+    ) -> WorkerSignals:
         """Convenience constructor (tests, simulations): missing arrays are zeros."""
         ids = np.asarray(list(worker_ids), dtype=np.uint64)  # Dynamo instance ids are u64
         n = ids.shape[0]
@@ -88,7 +85,6 @@ class WorkerSignals:
             decode_blocks=arr(decode_blocks),
             active_requests=arr(active_requests),
             capacity_blocks=arr(capacity_blocks),
-            reserved_blocks=None if reserved_blocks is None else arr(reserved_blocks),
         )
 
 
@@ -124,7 +120,7 @@ def constant(n: int, value: float) -> np.ndarray:
 
 
 def aligned(
-    ids: list[int] | np.ndarray, values: Optional[Mapping[int, float]], default: float = 0.0
+    ids: list[int] | np.ndarray, values: Mapping[int, float] | None, default: float = 0.0
 ) -> np.ndarray:
     """``[values.get(w, default) for w in ids]`` as a float array, without a Python loop."""
     n = len(ids)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -37,9 +36,13 @@ def wait_for_trace(
     stack: LocalStack, match: Callable[[TraceRecord], bool], count: int = 1, timeout_s: float = 15.0
 ) -> list[TraceRecord]:
     """Poll the processor's trace until ``count`` records match (the writer batches)."""
-    found = [r for r in poll_records(stack.trace_path,
-                                     lambda recs: sum(map(match, recs)) >= count, timeout_s)
-             if match(r)]
+    found = [
+        r
+        for r in poll_records(
+            stack.trace_path, lambda recs: sum(map(match, recs)) >= count, timeout_s
+        )
+        if match(r)
+    ]
     if len(found) < count:
         raise AssertionError(f"{len(found)} of {count} trace records after {timeout_s} s")
     return found

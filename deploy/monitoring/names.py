@@ -1,6 +1,6 @@
 """Metric names used by the monitoring files, for the tests that hold them to the real output.
 
-    python -m deploy.monitoring.names     # print raw and recorded names used by rules + dashboard
+python -m deploy.monitoring.names     # print raw and recorded names used by rules + dashboard
 """
 
 from __future__ import annotations

@@ -28,30 +28,60 @@ ENV_FILE = Path(__file__).resolve().parent / "akr.env"
 
 # Launcher knobs (not read by any component; deploy/vllm/launch.py reads them).
 LAUNCH_DEFAULTS: list[tuple[str, str, str]] = [
-    ("LAUNCH_HOST", "127.0.0.1",
-     "Address every component binds (frontend, gateway, processor metrics, Dynamo TCP planes). "
-     "127.0.0.1 keeps the whole stack on loopback; 0.0.0.0 exposes it (gateway included)."),
-    ("LAUNCH_FRONTEND_PORT", "8000", "HTTP port of the stock Dynamo frontend (the gateway's upstream)."),
-    ("LAUNCH_WORKER_SYSTEM_PORT_BASE", "8081",
-     "Worker i serves Dynamo's /metrics and /health on DYN_SYSTEM_PORT = base + i."),
-    ("LAUNCH_KV_EVENTS_PORT_BASE", "20080",
-     "Worker i publishes vLLM KV events over ZMQ on base + i (one port per worker)."),
+    (
+        "LAUNCH_HOST",
+        "127.0.0.1",
+        "Address every component binds (frontend, gateway, processor metrics, Dynamo TCP planes). "
+        "127.0.0.1 keeps the whole stack on loopback; 0.0.0.0 exposes it (gateway included).",
+    ),
+    (
+        "LAUNCH_FRONTEND_PORT",
+        "8000",
+        "HTTP port of the stock Dynamo frontend (the gateway's upstream).",
+    ),
+    (
+        "LAUNCH_WORKER_SYSTEM_PORT_BASE",
+        "8081",
+        "Worker i serves Dynamo's /metrics and /health on DYN_SYSTEM_PORT = base + i.",
+    ),
+    (
+        "LAUNCH_KV_EVENTS_PORT_BASE",
+        "20080",
+        "Worker i publishes vLLM KV events over ZMQ on base + i (one port per worker).",
+    ),
     ("LAUNCH_GPUS", "", "Comma list of GPU ids, one per worker; empty = 0..N-1."),
-    ("LAUNCH_WORKER_MODEL", "akr-internal-workers",
-     "Model name the vLLM workers register under (internal: only the processor is public)."),
-    ("LAUNCH_WORKER_ENDPOINT", "workers.backend.generate",
-     "Dynamo endpoint of the workers (must equal AKR_PROCESSOR_WORKER_ENDPOINT)."),
-    ("LAUNCH_VLLM_ARGS", "--gpu-memory-utilization 0.90",
-     "Extra vLLM engine flags appended to every worker (shell-quoted string)."),
+    (
+        "LAUNCH_WORKER_MODEL",
+        "akr-internal-workers",
+        "Model name the vLLM workers register under (internal: only the processor is public).",
+    ),
+    (
+        "LAUNCH_WORKER_ENDPOINT",
+        "workers.backend.generate",
+        "Dynamo endpoint of the workers (must equal AKR_PROCESSOR_WORKER_ENDPOINT).",
+    ),
+    (
+        "LAUNCH_VLLM_ARGS",
+        "--gpu-memory-utilization 0.90",
+        "Extra vLLM engine flags appended to every worker (shell-quoted string).",
+    ),
     ("LAUNCH_WORKDIR", "", "Logs, traces and file discovery state; empty = a new temp dir."),
 ]
 
 # Dynamo's own variables (names checked in the ai-dynamo 1.6.1 wheel: runtime_args.py
 # env_var= entries, and the strings of _core.abi3.so for ETCD_ENDPOINTS / NATS_SERVER).
 DYN_DEFAULTS: list[tuple[str, str, str]] = [
-    ("DYN_DISCOVERY_BACKEND", "file", "file (single node, no etcd) or etcd (with NATS); --discovery overrides."),
+    (
+        "DYN_DISCOVERY_BACKEND",
+        "file",
+        "file (single node, no etcd) or etcd (with NATS); --discovery overrides.",
+    ),
     ("DYN_REQUEST_PLANE", "tcp", "Request transport between components."),
-    ("DYN_EVENT_PLANE", "zmq", "zmq with file discovery; the launcher uses nats with --discovery etcd."),
+    (
+        "DYN_EVENT_PLANE",
+        "zmq",
+        "zmq with file discovery; the launcher uses nats with --discovery etcd.",
+    ),
     ("ETCD_ENDPOINTS", "http://127.0.0.1:2379", "etcd discovery only."),
     ("NATS_SERVER", "nats://127.0.0.1:4222", "etcd discovery only (event plane)."),
     ("HF_HUB_OFFLINE", "0", "1 once the model is in the local Hugging Face cache."),
@@ -125,7 +155,9 @@ def _quote(value: str) -> str:
     return f'"{value}"' if (" " in value or value == "") else value
 
 
-_VAR = re.compile(r"^\s*#?\s*((?:AKR|LAUNCH|DYN)_[A-Z0-9_]+|ETCD_ENDPOINTS|NATS_SERVER|HF_HUB_OFFLINE)=")
+_VAR = re.compile(
+    r"^\s*#?\s*((?:AKR|LAUNCH|DYN)_[A-Z0-9_]+|ETCD_ENDPOINTS|NATS_SERVER|HF_HUB_OFFLINE)="
+)
 
 
 def variables_in(text: str) -> set[str]:
@@ -134,15 +166,23 @@ def variables_in(text: str) -> set[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="fail if akr.env misses or adds an AKR_ variable")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="fail if akr.env misses or adds an AKR_ variable"
+    )
     args = parser.parse_args()
     if args.check:
         have = {v for v in variables_in(ENV_FILE.read_text()) if v.startswith("AKR_")}
         want = set(model_variables())
         if have != want:
-            print(f"{ENV_FILE} is stale: missing {sorted(want - have)}, unknown {sorted(have - want)}; "
-                  "run python -m deploy.vllm.envfile", file=sys.stderr)
+            print(
+                f"{ENV_FILE} is stale: missing {sorted(want - have)}, "
+                f"unknown {sorted(have - want)}; "
+                "run python -m deploy.vllm.envfile",
+                file=sys.stderr,
+            )
             sys.exit(1)
         return
     ENV_FILE.write_text(render())

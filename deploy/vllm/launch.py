@@ -1,4 +1,5 @@
-"""Single-node launcher on real GPUs: N vLLM workers, the processor, the stock frontend, the gateway.
+"""Single-node launcher on real GPUs: N vLLM workers, the processor, the stock frontend and the
+gateway.
 
     python -m deploy.vllm.launch --workers 4 --model Qwen/Qwen3-0.6B --dry-run
     python -m deploy.vllm.launch --workers 4 --model Qwen/Qwen3-0.6B --env-file deploy/vllm/akr.env
@@ -106,8 +107,11 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
     host = knobs["LAUNCH_HOST"]
     loopback = _is_loopback(host)
     # Created by run(), not here: a dry run leaves nothing behind.
-    workdir = Path(args.workdir or knobs["LAUNCH_WORKDIR"]
-                   or Path(tempfile.gettempdir()) / f"akr-vllm-{os.getpid()}")
+    workdir = Path(
+        args.workdir
+        or knobs["LAUNCH_WORKDIR"]
+        or Path(tempfile.gettempdir()) / f"akr-vllm-{os.getpid()}"
+    )
     discovery = args.discovery or knobs["DYN_DISCOVERY_BACKEND"]
     if discovery not in ("file", "etcd"):
         raise SystemExit(f"discovery must be file or etcd, not {discovery!r}")
@@ -118,27 +122,37 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
     common: dict[str, str] = {}
     if loopback:
         common.update(loopback_env(workdir / "dynamo_kv"))  # binds + advertises 127.0.0.1 only
-    common.update({
-        "DYN_DISCOVERY_BACKEND": discovery,
-        "DYN_REQUEST_PLANE": request_plane,
-        "DYN_EVENT_PLANE": event_plane,
-        "DYN_LOG": knobs["DYN_LOG"],
-        "HF_HUB_OFFLINE": knobs["HF_HUB_OFFLINE"],
-    })
+    common.update(
+        {
+            "DYN_DISCOVERY_BACKEND": discovery,
+            "DYN_REQUEST_PLANE": request_plane,
+            "DYN_EVENT_PLANE": event_plane,
+            "DYN_LOG": knobs["DYN_LOG"],
+            "HF_HUB_OFFLINE": knobs["HF_HUB_OFFLINE"],
+        }
+    )
     if discovery == "file":
         common["DYN_FILE_KV"] = str(workdir / "dynamo_kv")
     else:
         common.pop("DYN_FILE_KV", None)
         common["ETCD_ENDPOINTS"] = knobs["ETCD_ENDPOINTS"]
         common["NATS_SERVER"] = knobs["NATS_SERVER"]
-    plane_flags = ["--discovery-backend", discovery, "--request-plane", request_plane,
-                   "--event-plane", event_plane]
+    plane_flags = [
+        "--discovery-backend",
+        discovery,
+        "--request-plane",
+        request_plane,
+        "--event-plane",
+        event_plane,
+    ]
 
     akr = {k: v for k, v in knobs.items() if k.startswith("AKR_")}
     block_size = akr.get("AKR_PROCESSOR_BLOCK_SIZE", "64")
     if akr.get("AKR_ROUTER_BLOCK_SIZE", block_size) != block_size:
-        raise SystemExit("AKR_PROCESSOR_BLOCK_SIZE and AKR_ROUTER_BLOCK_SIZE must be equal "
-                         "(both are the vLLM --block-size)")
+        raise SystemExit(
+            "AKR_PROCESSOR_BLOCK_SIZE and AKR_ROUTER_BLOCK_SIZE must be equal "
+            "(both are the vLLM --block-size)"
+        )
     worker_endpoint = knobs["LAUNCH_WORKER_ENDPOINT"]
     if akr.get("AKR_PROCESSOR_WORKER_ENDPOINT", worker_endpoint) != worker_endpoint:
         raise SystemExit("AKR_PROCESSOR_WORKER_ENDPOINT must equal LAUNCH_WORKER_ENDPOINT")
@@ -160,36 +174,76 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
 
     procs: list[Process] = []
     if args.start_infra and discovery == "etcd":
-        procs.append(Process("etcd", [
-            "etcd", "--data-dir", str(workdir / "etcd"),
-            "--listen-client-urls", knobs["ETCD_ENDPOINTS"],
-            "--advertise-client-urls", knobs["ETCD_ENDPOINTS"],
-        ]))
+        procs.append(
+            Process(
+                "etcd",
+                [
+                    "etcd",
+                    "--data-dir",
+                    str(workdir / "etcd"),
+                    "--listen-client-urls",
+                    knobs["ETCD_ENDPOINTS"],
+                    "--advertise-client-urls",
+                    knobs["ETCD_ENDPOINTS"],
+                ],
+            )
+        )
         nats_port = knobs["NATS_SERVER"].rsplit(":", 1)[-1]
-        procs.append(Process("nats", [
-            "nats-server", "-js", "-a", host if loopback else "0.0.0.0", "-p", nats_port,
-            "-sd", str(workdir / "nats"),
-        ]))
+        procs.append(
+            Process(
+                "nats",
+                [
+                    "nats-server",
+                    "-js",
+                    "-a",
+                    host if loopback else "0.0.0.0",
+                    "-p",
+                    nats_port,
+                    "-sd",
+                    str(workdir / "nats"),
+                ],
+            )
+        )
 
     system_ports = []
     for i in range(n):
         kv_events = {
-            "publisher": "zmq", "topic": "kv-events",
-            "endpoint": f"tcp://{kv_bind}:{kv_base + i}", "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "topic": "kv-events",
+            "endpoint": f"tcp://{kv_bind}:{kv_base + i}",
+            "enable_kv_cache_events": True,
         }
         system_ports.append(system_base + i)
-        procs.append(Process(f"worker{i}", [
-            PY, "-m", "dynamo.vllm",
-            "--model", args.model,
-            "--served-model-name", knobs["LAUNCH_WORKER_MODEL"],
-            "--endpoint", f"dyn://{worker_endpoint}",
-            "--endpoint-types", "none",
-            "--block-size", block_size,
-            "--enable-prefix-caching",
-            "--kv-events-config", json.dumps(kv_events, separators=(",", ":")),
-            *plane_flags,
-            *vllm_extra,
-        ], {**common, "CUDA_VISIBLE_DEVICES": gpus[i].strip(), "DYN_SYSTEM_PORT": str(system_base + i)}))
+        procs.append(
+            Process(
+                f"worker{i}",
+                [
+                    PY,
+                    "-m",
+                    "dynamo.vllm",
+                    "--model",
+                    args.model,
+                    "--served-model-name",
+                    knobs["LAUNCH_WORKER_MODEL"],
+                    "--endpoint",
+                    f"dyn://{worker_endpoint}",
+                    "--endpoint-types",
+                    "none",
+                    "--block-size",
+                    block_size,
+                    "--enable-prefix-caching",
+                    "--kv-events-config",
+                    json.dumps(kv_events, separators=(",", ":")),
+                    *plane_flags,
+                    *vllm_extra,
+                ],
+                {
+                    **common,
+                    "CUDA_VISIBLE_DEVICES": gpus[i].strip(),
+                    "DYN_SYSTEM_PORT": str(system_base + i),
+                },
+            )
+        )
 
     metrics_port = akr.get("AKR_PROCESSOR_METRICS_PORT")
     processor_env = {
@@ -202,12 +256,24 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
         **{k: v for k, v in akr.items() if k.startswith(("AKR_PROCESSOR_", "AKR_ROUTER_"))},
     }
     procs.append(Process("processor", [PY, "-m", "processor"], processor_env))
-    procs.append(Process("frontend", [
-        PY, "-m", "dynamo.frontend",
-        "--http-host", host, "--http-port", str(frontend_port),
-        "--router-mode", "round-robin",
-        *plane_flags,
-    ], dict(common)))
+    procs.append(
+        Process(
+            "frontend",
+            [
+                PY,
+                "-m",
+                "dynamo.frontend",
+                "--http-host",
+                host,
+                "--http-port",
+                str(frontend_port),
+                "--router-mode",
+                "round-robin",
+                *plane_flags,
+            ],
+            dict(common),
+        )
+    )
     upstream_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     gateway_env = {
         "AKR_GATEWAY_HOST": host,
@@ -217,8 +283,16 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
     }
     gateway_port = int(gateway_env.get("AKR_GATEWAY_PORT", "8080"))
     procs.append(Process("gateway", [PY, "-m", "frontend"], gateway_env))
-    return Plan(procs, workdir, host, frontend_port, gateway_port,
-                int(metrics_port) if metrics_port else None, system_ports, public_model)
+    return Plan(
+        procs,
+        workdir,
+        host,
+        frontend_port,
+        gateway_port,
+        int(metrics_port) if metrics_port else None,
+        system_ports,
+        public_model,
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -239,24 +313,35 @@ def run(plan: Plan, ready_timeout_s: float) -> None:
             if not shutil.which(proc.argv[0]) and proc.argv[0] != PY:
                 raise SystemExit(f"{proc.argv[0]} not found on PATH (needed by {proc.name})")
             argv = [sys.executable, *proc.argv[1:]] if proc.argv[0] == PY else proc.argv
-            log = open(plan.workdir / f"{proc.name}.log", "wb")  # noqa: SIM115 - closed in stop
-            popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **proc.env}, cwd=REPO_ROOT,
-                                     start_new_session=True)
+            log = open(plan.workdir / f"{proc.name}.log", "wb")
+            popen = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **proc.env},
+                cwd=REPO_ROOT,
+                start_new_session=True,
+            )
             procs.append((proc, popen, log))
-            print(f"started {proc.name} (pid {popen.pid}, log {plan.workdir / (proc.name + '.log')})")
+            print(
+                f"started {proc.name} (pid {popen.pid}, log {plan.workdir / (proc.name + '.log')})"
+            )
         base = f"http://{'127.0.0.1' if plan.host in ('0.0.0.0', '::') else plan.host}"
         gateway = f"{base}:{plan.gateway_port}"
         deadline = time.monotonic() + ready_timeout_s
-        print(f"waiting for model {plan.public_model!r} at {gateway}/v1/models "
-              "(vLLM loads weights and captures graphs: minutes)")
+        print(
+            f"waiting for model {plan.public_model!r} at {gateway}/v1/models "
+            "(vLLM loads weights and captures graphs: minutes)"
+        )
         while True:
             _check_alive(procs)
             body = _http_get(f"{gateway}/v1/models")
             if body and any(m.get("id") == plan.public_model for m in body.get("data", [])):
                 break
             if time.monotonic() > deadline:
-                raise SystemExit("timed out waiting for the stack; see the logs in " + str(plan.workdir))
+                raise SystemExit(
+                    "timed out waiting for the stack; see the logs in " + str(plan.workdir)
+                )
             time.sleep(2.0)
         print("stack ready")
         print(f"  clients:           {gateway}/v1/chat/completions  model={plan.public_model}")
@@ -264,7 +349,8 @@ def run(plan: Plan, ready_timeout_s: float) -> None:
         print(f"  frontend metrics:  {base}:{plan.frontend_port}/metrics")
         if plan.processor_metrics_port:
             print(f"  processor metrics: {base}:{plan.processor_metrics_port}/metrics")
-        print(f"  worker metrics:    {', '.join(f'{base}:{p}/metrics' for p in plan.worker_system_ports)}")
+        worker_urls = ", ".join(f"{base}:{p}/metrics" for p in plan.worker_system_ports)
+        print(f"  worker metrics:    {worker_urls}")
         print("Ctrl-C stops every process of this stack.")
         while True:
             _check_alive(procs)
@@ -299,23 +385,46 @@ def _stop(procs: list) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--workers", type=int, required=True, help="number of vLLM workers (one GPU each)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--workers", type=int, required=True, help="number of vLLM workers (one GPU each)"
+    )
     parser.add_argument("--model", required=True, help="Hugging Face id or local model directory")
-    parser.add_argument("--served-model-name", default=None,
-                        help="public model name clients use (default: AKR_PROCESSOR_MODEL_NAME, else --model)")
-    parser.add_argument("--discovery", choices=["file", "etcd"], default=None,
-                        help="file (default, single node) or etcd (+NATS event plane)")
-    parser.add_argument("--env-file", type=Path, default=None,
-                        help=f"KEY=VALUE file of every knob (template: {ENV_FILE.relative_to(REPO_ROOT)})")
-    parser.add_argument("--gpus", default=None, help="comma list of GPU ids (default LAUNCH_GPUS, else 0..N-1)")
+    parser.add_argument(
+        "--served-model-name",
+        default=None,
+        help="public model name clients use (default: AKR_PROCESSOR_MODEL_NAME, else --model)",
+    )
+    parser.add_argument(
+        "--discovery",
+        choices=["file", "etcd"],
+        default=None,
+        help="file (default, single node) or etcd (+NATS event plane)",
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help=f"KEY=VALUE file of every knob (template: {ENV_FILE.relative_to(REPO_ROOT)})",
+    )
+    parser.add_argument(
+        "--gpus", default=None, help="comma list of GPU ids (default LAUNCH_GPUS, else 0..N-1)"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--start-infra", action="store_true",
-                        help="with --discovery etcd: also start etcd and nats-server from PATH")
+    parser.add_argument(
+        "--start-infra",
+        action="store_true",
+        help="with --discovery etcd: also start etcd and nats-server from PATH",
+    )
     parser.add_argument("--ready-timeout", type=float, default=1800.0)
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    parser.add_argument("vllm_args", nargs=argparse.REMAINDER,
-                        help="after --: extra vLLM engine flags for every worker")
+    parser.add_argument(
+        "vllm_args",
+        nargs=argparse.REMAINDER,
+        help="after --: extra vLLM engine flags for every worker",
+    )
     args = parser.parse_args(argv)
     if args.vllm_args and args.vllm_args[0] == "--":
         args.vllm_args = args.vllm_args[1:]

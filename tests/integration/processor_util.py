@@ -99,24 +99,30 @@ def per_worker(samples: dict, name: str) -> dict[str, float]:
     return {dict(labels)["worker"]: v for (n, labels), v in samples.items() if n == name}
 
 
-def engine_reports(url: str, prefix: str, workers: int,
-                   timeout_s: float = 15.0) -> tuple[dict[str, float], dict[str, float]]:
+def engine_reports(
+    url: str, prefix: str, workers: int, timeout_s: float = 15.0
+) -> tuple[dict[str, float], dict[str, float]]:
     """``<prefix>_worker_capacity_blocks`` and ``<prefix>_engine_waiting_requests`` per worker,
     once all ``workers`` report their capacity (read over the event plane, so it lags)."""
+
     def reported() -> dict | None:
         now = scrape(url)
         return now if len(per_worker(now, f"{prefix}_worker_capacity_blocks")) == workers else None
 
     samples = poll(f"capacity of {workers} workers in {url}", reported, timeout_s)
-    return (per_worker(samples, f"{prefix}_worker_capacity_blocks"),
-            per_worker(samples, f"{prefix}_engine_waiting_requests"))
+    return (
+        per_worker(samples, f"{prefix}_worker_capacity_blocks"),
+        per_worker(samples, f"{prefix}_engine_waiting_requests"),
+    )
 
 
-def timed_while_frozen(stack: LocalStack, process: str, send: Callable[[int], Any],
-                       requests: int = 4) -> list[tuple[Any, float]]:
+def timed_while_frozen(
+    stack: LocalStack, process: str, send: Callable[[int], Any], requests: int = 4
+) -> list[tuple[Any, float]]:
     """``send(i)`` for ``requests`` concurrent requests while ``process`` is frozen (SIGSTOP,
     resumed after): each result with its client latency in seconds. Concurrent, so the load
     term spreads them and some land on the frozen worker."""
+
     def timed(i: int) -> tuple[Any, float]:
         t = time.monotonic()
         out = send(i)

@@ -54,8 +54,10 @@ async def worker(runtime: DistributedRuntime) -> None:
             if i == n - 1:
                 item["finish_reason"] = "length"
                 item["completion_usage"] = {
-                    "prompt_tokens": prompt, "completion_tokens": n,
-                    "total_tokens": prompt + n, "prompt_tokens_details": {"cached_tokens": 0},
+                    "prompt_tokens": prompt,
+                    "completion_tokens": n,
+                    "total_tokens": prompt + n,
+                    "prompt_tokens_details": {"cached_tokens": 0},
                 }
             yield item
 

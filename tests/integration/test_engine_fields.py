@@ -25,19 +25,24 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", params=["ours", "gateway"])
-def recorded(request: pytest.FixtureRequest,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
+def recorded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LocalStack, Path]]:
     """Both deployments: the processor path (default) and routing in the gateway."""
     path = tmp_path_factory.mktemp("engine-fields") / "requests.jsonl"
-    config = StackConfig(workers=1, arm=request.param,
-                         worker_module="tests.integration.recording_worker",
-                         worker_env={"AKR_TEST_RECORD_PATH": str(path)})
+    config = StackConfig(
+        workers=1,
+        arm=request.param,
+        worker_module="tests.integration.recording_worker",
+        worker_env={"AKR_TEST_RECORD_PATH": str(path)},
+    )
     with running_stack(config) as stack:
         yield stack, path
 
 
 def _seen(path: Path, marker: str) -> dict[str, Any]:
     """The worker's record of the request whose conversation id is ``marker``."""
+
     def find() -> dict[str, Any] | None:
         lines = path.read_text().splitlines() if path.exists() else []
         for rec in map(json.loads, lines):
@@ -50,11 +55,23 @@ def _seen(path: Path, marker: str) -> dict[str, Any]:
 
 def test_nat_hints_reach_the_engine(recorded: tuple[LocalStack, Path]) -> None:
     stack, path = recorded
-    chat(stack.gateway_url, stack.model_name, "engine fields", max_tokens=3,
-         nvext={"agent_hints": {"prefix_id": "conv-engine-1", "total_requests": 4,
-                                "osl": 3, "iat": 250, "priority": 2},
-                "cache_control": {"type": "ephemeral", "ttl": "30s"}},
-         headers={"x-dynamo-parent-session-id": "planner-7"})
+    chat(
+        stack.gateway_url,
+        stack.model_name,
+        "engine fields",
+        max_tokens=3,
+        nvext={
+            "agent_hints": {
+                "prefix_id": "conv-engine-1",
+                "total_requests": 4,
+                "osl": 3,
+                "iat": 250,
+                "priority": 2,
+            },
+            "cache_control": {"type": "ephemeral", "ttl": "30s"},
+        },
+        headers={"x-dynamo-parent-session-id": "planner-7"},
+    )
     rec = _seen(path, "conv-engine-1")
     print(f"\nworker received: {json.dumps(rec)}")
     assert rec["agent_context"]["session_id"] == "conv-engine-1"  # prefix_id
@@ -67,7 +84,12 @@ def test_nat_hints_reach_the_engine(recorded: tuple[LocalStack, Path]) -> None:
 def test_session_header_alone_reaches_the_engine(recorded: tuple[LocalStack, Path]) -> None:
     """A client that only sends Dynamo's own session header (no NAT body hints)."""
     stack, path = recorded
-    chat(stack.gateway_url, stack.model_name, "header only", max_tokens=2,
-         headers={"x-dynamo-session-id": "conv-engine-2"})
+    chat(
+        stack.gateway_url,
+        stack.model_name,
+        "header only",
+        max_tokens=2,
+        headers={"x-dynamo-session-id": "conv-engine-2"},
+    )
     rec = _seen(path, "conv-engine-2")
     assert rec["agent_context"]["session_id"] == "conv-engine-2"

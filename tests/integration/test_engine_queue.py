@@ -32,7 +32,9 @@ def _prompt(tag: str) -> str:
 @pytest.fixture(scope="module")
 def tight_stack() -> Iterator[LocalStack]:
     config = StackConfig(
-        workers=1, speedup=1.0, gpu_blocks=8,
+        workers=1,
+        speedup=1.0,
+        gpu_blocks=8,
         processor_env={
             "AKR_ROUTER_ENGINE_WAITING_MS": str(WAITING_MS),
             "AKR_PROCESSOR_ENGINE_POLL_S": "0.02",
@@ -44,8 +46,11 @@ def tight_stack() -> Iterator[LocalStack]:
 
 
 def _waiting(stack: LocalStack) -> dict[str, float]:
-    return {dict(labels)["worker"]: v for (name, labels), v in scrape(stack.processor_metrics_url).items()
-            if name == "akr_processor_engine_waiting_requests" and v > 0}
+    return {
+        dict(labels)["worker"]: v
+        for (name, labels), v in scrape(stack.processor_metrics_url).items()
+        if name == "akr_processor_engine_waiting_requests" and v > 0
+    }
 
 
 def _active(stack: LocalStack) -> float:
@@ -56,11 +61,13 @@ def _active(stack: LocalStack) -> float:
 def test_held_back_request_reaches_the_score(tight_stack: LocalStack) -> None:
     stack = tight_stack
     with ThreadPoolExecutor(3) as pool:
-        a = pool.submit(chat, stack.frontend_url, stack.model_name, _prompt("a"), max_tokens=60,
-                        timeout=120)
+        a = pool.submit(
+            chat, stack.frontend_url, stack.model_name, _prompt("a"), max_tokens=60, timeout=120
+        )
         poll("A running", lambda: _active(stack) >= 1, 30)
-        b = pool.submit(chat, stack.frontend_url, stack.model_name, _prompt("b"), max_tokens=4,
-                        timeout=120)
+        b = pool.submit(
+            chat, stack.frontend_url, stack.model_name, _prompt("b"), max_tokens=4, timeout=120
+        )
         waiting = poll("B held back by the engine", lambda: _waiting(stack), 30, interval_s=0.02)
         c = pool.submit(chat, stack.frontend_url, stack.model_name, "c", max_tokens=2, timeout=120)
         (rid_a, usage_a), (rid_b, _), (rid_c, _) = a.result(), b.result(), c.result()
@@ -72,14 +79,17 @@ def test_held_back_request_reaches_the_score(tight_stack: LocalStack) -> None:
     (cand,) = trace_c.candidates
     assert cand.terms.get("waiting_ms", 0.0) >= WAITING_MS  # one request held back, or more
     trace_b = trace_of(stack, rid_b)
-    assert trace_b.ts + trace_b.ttft_ms / 1e3 >= trace_a.ts + trace_a.e2e_ms / 1e3 - 0.05, \
+    assert trace_b.ts + trace_b.ttft_ms / 1e3 >= trace_a.ts + trace_a.e2e_ms / 1e3 - 0.05, (
         "B was scheduled only once A released its blocks"
+    )
 
 
 @pytest.fixture(scope="module")
 def two_tight_workers() -> Iterator[LocalStack]:
     config = StackConfig(
-        workers=2, speedup=1.0, gpu_blocks=8,
+        workers=2,
+        speedup=1.0,
+        gpu_blocks=8,
         processor_env={"AKR_ROUTER_KV_FULL_MS": "500", "AKR_ROUTER_BANDIT_ENABLED": "false"},
     )
     with running_stack(config) as running:
@@ -93,12 +103,16 @@ def test_a_request_that_would_not_fit_leaves_its_cache(two_tight_workers: LocalS
     blocks A holds, and B goes to the other worker instead of waiting for A's blocks."""
     stack = two_tight_workers
     with ThreadPoolExecutor(2) as pool:
-        a = pool.submit(chat, stack.frontend_url, stack.model_name, _prompt("a"), max_tokens=60,
-                        timeout=120)
+        a = pool.submit(
+            chat, stack.frontend_url, stack.model_name, _prompt("a"), max_tokens=60, timeout=120
+        )
         poll("A running", lambda: _active(stack) >= 1, 30)
-        rid_b, _ = chat(stack.frontend_url, stack.model_name,
-                        _prompt("a") + " tool result: " + "dolor sit amet lorem ipsum " * 4,
-                        max_tokens=4)
+        rid_b, _ = chat(
+            stack.frontend_url,
+            stack.model_name,
+            _prompt("a") + " tool result: " + "dolor sit amet lorem ipsum " * 4,
+            max_tokens=4,
+        )
         rid_a, _ = a.result()
     trace_a, trace_b = trace_of(stack, rid_a), trace_of(stack, rid_b)
     assert trace_b.worker_id != trace_a.worker_id

@@ -1,11 +1,12 @@
 """Every metric the dashboard and recording rules use appears in the components' real output.
 
-Starts a real local stack (2 simulated workers), sends a few requests with NAT-style hints and
-one rejected hint through the gateway, then scrapes the processor, the gateway, the stock
-frontend and the shared router (the stack runs one, so its panel is checked too). A name counts as present when a sample carries it or when the exposition declares it
-(``# TYPE``): labelled counters without children yet (worker errors, upstream errors) export
-their declaration before their first increment. A ``_bucket``/``_sum``/``_count`` name must
-belong to a family declared as a histogram, a ``_total`` name to a counter.
+Starts a real local stack (2 simulated workers), sends a few requests with NAT-style hints and one
+rejected hint through the gateway, then scrapes the processor, the gateway, the stock frontend and
+the shared router (the stack runs one, so its panel is checked too). A name counts as present when a
+sample carries it or when the exposition declares it (``# TYPE``): labelled counters without
+children yet (worker errors, upstream errors) export their declaration before their first increment.
+A ``_bucket``/``_sum``/``_count`` name must belong to a family declared as a histogram, a ``_total``
+name to a counter.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from deploy.monitoring import names
 
 pytestmark = pytest.mark.integration
 
-_SUFFIXES = {"_bucket": "histogram", "_sum": "histogram", "_count": "histogram", "_total": "counter"}
+_SUFFIXES = {
+    "_bucket": "histogram",
+    "_sum": "histogram",
+    "_count": "histogram",
+    "_total": "counter",
+}
 
 
 def exposed(text: str) -> set[str]:
@@ -38,7 +44,8 @@ def exposed(text: str) -> set[str]:
         if kind == "histogram":
             out |= {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
         elif kind == "counter":
-            # prometheus_client declares "x_total" as family "x" in older versions, "x_total" in newer.
+            # prometheus_client declares "x_total" as family "x" in older versions,
+            # "x_total" in newer ones.
             out.add(family if family.endswith("_total") else f"{family}_total")
         else:
             out.add(family)
@@ -48,13 +55,19 @@ def exposed(text: str) -> set[str]:
             if name.endswith(suffix):
                 base = name[: -len(suffix)]
                 declared = types.get(base) or types.get(name)
-                if declared is not None and declared != kind and not (kind == "counter" and declared == "counter"):
+                if (
+                    declared is not None
+                    and declared != kind
+                    and not (kind == "counter" and declared == "counter")
+                ):
                     out.discard(name)
     return out
 
 
 def post(url: str, body: dict) -> int:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             resp.read()
@@ -71,26 +84,38 @@ def scrape(url: str) -> str:
 def test_dashboard_and_rule_metrics_exist_in_real_output() -> None:
     raw, _recorded = names.used_names()
     router_port = free_port()  # the shared router too, so its panel is held to real output
-    config = StackConfig(workers=2, router_component=True,
-                         router_env={"AKR_ROUTER_METRICS_PORT": str(router_port)})
+    config = StackConfig(
+        workers=2, router_component=True, router_env={"AKR_ROUTER_METRICS_PORT": str(router_port)}
+    )
     with LocalStack(config) as stack:
         url = f"{stack.gateway_url}/v1/chat/completions"
         context = "You are a careful agent. " * 40
         for turn in range(4):
             body = {
                 "model": stack.model_name,
-                "messages": [{"role": "system", "content": context},
-                             {"role": "user", "content": f"step {turn}"}],
+                "messages": [
+                    {"role": "system", "content": context},
+                    {"role": "user", "content": f"step {turn}"},
+                ],
                 "max_tokens": 4,
                 "nvext": {
-                    "agent_hints": {"prefix_id": "monitoring-1", "total_requests": 4, "osl": 16, "iat": 50,
-                                    "latency_sensitivity": 1.0, "priority": 1},
+                    "agent_hints": {
+                        "prefix_id": "monitoring-1",
+                        "total_requests": 4,
+                        "osl": 16,
+                        "iat": 50,
+                        "latency_sensitivity": 1.0,
+                        "priority": 1,
+                    },
                     "cache_control": {"type": "ephemeral", "ttl": "30s"},
                 },
             }
             assert post(url, body) == 200
-        bad = {"model": stack.model_name, "messages": [{"role": "user", "content": "x"}],
-               "nvext": {"agent_hints": {"total_requests": "many"}}}
+        bad = {
+            "model": stack.model_name,
+            "messages": [{"role": "user", "content": "x"}],
+            "nvext": {"agent_hints": {"total_requests": "many"}},
+        }
         assert post(url, bad) == 400
         outputs = {
             "processor": scrape(stack.processor_metrics_url),
@@ -103,15 +128,18 @@ def test_dashboard_and_rule_metrics_exist_in_real_output() -> None:
     assert not missing, f"used by the dashboard/rules but absent from real /metrics: {missing}"
     # The routing panels have data after hinted traffic, not just declarations.
     samples = outputs["processor"]
-    assert 'akr_processor_decisions_total{reason=' in samples
-    assert "akr_processor_cached_tokens_total" in samples and "akr_processor_ttft_seconds_bucket" in samples
-    assert 'akr_gateway_rejects_total{field=' in outputs["gateway"]
-    assert 'akr_router_decisions_total{reason=' in outputs["router"]
+    assert "akr_processor_decisions_total{reason=" in samples
+    assert (
+        "akr_processor_cached_tokens_total" in samples
+        and "akr_processor_ttft_seconds_bucket" in samples
+    )
+    assert "akr_gateway_rejects_total{field=" in outputs["gateway"]
+    assert "akr_router_decisions_total{reason=" in outputs["router"]
 
 
 def test_exposed_suffix_rules() -> None:
     text = (
-        "# TYPE a_seconds histogram\na_seconds_bucket{le=\"1\"} 1\n"
+        '# TYPE a_seconds histogram\na_seconds_bucket{le="1"} 1\n'
         "# TYPE b counter\n"
         "# TYPE c gauge\nc 1\n"
     )

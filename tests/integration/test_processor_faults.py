@@ -17,7 +17,14 @@ import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
 from tests.integration.processor_util import (
-    chat, metric, poll, records, running_stack, scrape, timed_while_frozen, trace_of,
+    chat,
+    metric,
+    poll,
+    records,
+    running_stack,
+    scrape,
+    timed_while_frozen,
+    trace_of,
 )
 
 pytestmark = pytest.mark.integration
@@ -64,8 +71,13 @@ def test_busy_worker_delays_the_next_request(slow_stack: LocalStack) -> None:
 
     runner = threading.Thread(target=long_request)
     runner.start()
-    poll("the long request in flight", lambda: metric(
-        scrape(slow_stack.processor_metrics_url), "akr_processor_active_requests") >= 1, 10)
+    poll(
+        "the long request in flight",
+        lambda: (
+            metric(scrape(slow_stack.processor_metrics_url), "akr_processor_active_requests") >= 1
+        ),
+        10,
+    )
     time.sleep(0.3)  # let it reach the worker and start decoding
     rid, _ = chat(slow_stack.gateway_url, slow_stack.model_name, "quick one", max_tokens=2)
     runner.join(30)
@@ -86,19 +98,29 @@ def test_disconnect_stops_the_worker(slow_stack: LocalStack) -> None:
     rec = trace_of(slow_stack, rid)
     assert rec.finish_reason == "cancelled" and rec.error == "client disconnected"
     assert 4 <= rec.output_tokens < 100, rec.output_tokens  # far below max_tokens=3000
-    poll("active requests back to 0", lambda: metric(scrape(url), "akr_processor_active_requests") == 0, 10)
+    poll(
+        "active requests back to 0",
+        lambda: metric(scrape(url), "akr_processor_active_requests") == 0,
+        10,
+    )
     after = scrape(url)
-    assert metric(after, "akr_processor_requests_total", outcome="cancelled") - metric(
-        before, "akr_processor_requests_total", outcome="cancelled") == 1
+    assert (
+        metric(after, "akr_processor_requests_total", outcome="cancelled")
+        - metric(before, "akr_processor_requests_total", outcome="cancelled")
+        == 1
+    )
     assert metric(after, "akr_processor_requests_total", outcome="ok") == metric(
-        before, "akr_processor_requests_total", outcome="ok")
+        before, "akr_processor_requests_total", outcome="ok"
+    )
 
     # The worker itself got the cancellation for this very request...
     poll(
         "the mocker's cancellation log line",
         lambda: any(
             "cancellation received" in line and rid in line
-            for line in (slow_stack.workdir / "mocker0.log").read_text(errors="replace").splitlines()
+            for line in (slow_stack.workdir / "mocker0.log")
+            .read_text(errors="replace")
+            .splitlines()
         ),
         10,
     )
@@ -118,9 +140,7 @@ def test_disconnect_stops_the_worker(slow_stack: LocalStack) -> None:
 @pytest.fixture(scope="module")
 def two_workers() -> Iterator[LocalStack]:
     """Two mocker processes of different speeds: ``mocker0`` (1.0) and ``mocker1`` (1.5)."""
-    config = StackConfig(
-        speeds=[1.0, 1.5], gpu_blocks=1024, mocker_args=["--max-num-seqs", "1"]
-    )
+    config = StackConfig(speeds=[1.0, 1.5], gpu_blocks=1024, mocker_args=["--max-num-seqs", "1"])
     with running_stack(config) as running:
         yield running
 
@@ -128,8 +148,11 @@ def two_workers() -> Iterator[LocalStack]:
 def test_killed_worker_loses_no_request_that_had_not_started(two_workers: LocalStack) -> None:
     stack = two_workers
     url = stack.processor_metrics_url
-    before = poll("both workers routable", lambda: (
-        (m := scrape(url)) and metric(m, "akr_processor_workers") == 2 and m), 15)
+    before = poll(
+        "both workers routable",
+        lambda: (m := scrape(url)) and metric(m, "akr_processor_workers") == 2 and m,
+        15,
+    )
     n, tokens = 16, 80  # ~0.5 s of decode each; 8 queue up on each worker
     results: dict[int, dict] = {}
 
@@ -169,7 +192,11 @@ def test_killed_worker_loses_no_request_that_had_not_started(two_workers: LocalS
     for t in threads:
         t.start()
     # Kill once half the requests are in the processor (all but 2 queue on the one-slot workers).
-    poll("half the requests in flight", lambda: metric(scrape(url), "akr_processor_active_requests") >= n // 2, 20)
+    poll(
+        "half the requests in flight",
+        lambda: metric(scrape(url), "akr_processor_active_requests") >= n // 2,
+        20,
+    )
     killed_at = time.monotonic()
     stack.kill("mocker1")
     # Dropped from routing within seconds (the requests keep running meanwhile).
@@ -194,7 +221,9 @@ def test_killed_worker_loses_no_request_that_had_not_started(two_workers: LocalS
     assert len([r for r in not_started if r not in failed]) >= n // 4  # queued at the kill
 
     after = scrape(url)
-    retries = metric(after, "akr_processor_retries_total") - metric(before, "akr_processor_retries_total")
+    retries = metric(after, "akr_processor_retries_total") - metric(
+        before, "akr_processor_retries_total"
+    )
     assert retries >= 1
     dead = {
         int(dict(lbl)["worker"], 16)
@@ -229,25 +258,39 @@ def test_frozen_worker_times_out_before_the_first_token_and_is_retried() -> None
     request send too, else Dynamo's own 5 s request timeout would apply); each is retried on
     the other worker and succeeds, and the frozen worker is blamed."""
     timeout_s = 1.5
-    config = StackConfig(speeds=[1.0, 1.5], gpu_blocks=1024,
-                         processor_env={"AKR_PROCESSOR_FIRST_TOKEN_TIMEOUT_S": str(timeout_s)})
+    config = StackConfig(
+        speeds=[1.0, 1.5],
+        gpu_blocks=1024,
+        processor_env={"AKR_PROCESSOR_FIRST_TOKEN_TIMEOUT_S": str(timeout_s)},
+    )
     with running_stack(config) as stack:
         url = stack.processor_metrics_url
-        poll("both workers routable",
-             lambda: metric(scrape(url), "akr_processor_workers") == 2, 15)
+        poll("both workers routable", lambda: metric(scrape(url), "akr_processor_workers") == 2, 15)
 
-        got = timed_while_frozen(stack, "mocker1", lambda i: chat(
-            stack.gateway_url, stack.model_name, f"frozen test {i}: " + "ctx " * 30,
-            max_tokens=4)[0])
+        got = timed_while_frozen(
+            stack,
+            "mocker1",
+            lambda i: chat(
+                stack.gateway_url,
+                stack.model_name,
+                f"frozen test {i}: " + "ctx " * 30,
+                max_tokens=4,
+            )[0],
+        )
         recs = [trace_of(stack, rid) for rid, _ in got]
         after = scrape(url)
-        frozen = {int(dict(lbl)["worker"], 16) for (name, lbl), v in after.items()
-                  if name == "akr_processor_worker_errors_total" and v}
+        frozen = {
+            int(dict(lbl)["worker"], 16)
+            for (name, lbl), v in after.items()
+            if name == "akr_processor_worker_errors_total" and v
+        }
         retried = [(r, latency) for r, (_, latency) in zip(recs, got, strict=True) if r.retries]
         assert retried, [(r.worker_id, r.reason) for r in recs]  # some went to the frozen one
         assert len(frozen) == 1 and all(r.worker_id not in frozen for r in recs)
         assert all(r.error is None and r.output_tokens == 4 for r in recs)
         assert all(timeout_s <= latency < timeout_s + 2.0 for _, latency in retried), got
         assert metric(after, "akr_processor_retries_total") == len(retried)
-        print(f"\nfrozen worker: {len(retried)}/4 requests timed out after {timeout_s} s and "
-              f"were retried; client latencies {[round(x, 2) for _, x in got]} s")
+        print(
+            f"\nfrozen worker: {len(retried)}/4 requests timed out after {timeout_s} s and "
+            f"were retried; client latencies {[round(x, 2) for _, x in got]} s"
+        )

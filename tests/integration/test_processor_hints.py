@@ -41,8 +41,11 @@ def test_body_hints_and_cache_control_through_gateway(stack: LocalStack) -> None
 
 def test_session_header_straight_to_stock_frontend(stack: LocalStack) -> None:
     rid, _ = chat(
-        stack.frontend_url, stack.model_name, PROMPT,
-        headers={"x-dynamo-session-id": "hints-session"}, max_tokens=4,
+        stack.frontend_url,
+        stack.model_name,
+        PROMPT,
+        headers={"x-dynamo-session-id": "hints-session"},
+        max_tokens=4,
     )
     rec = trace_of(stack, rid)
     assert rec.prefix_id == "hints-session"
@@ -52,8 +55,11 @@ def test_session_header_straight_to_stock_frontend(stack: LocalStack) -> None:
 def test_stock_agent_hints_straight_to_stock_frontend(stack: LocalStack) -> None:
     """``osl``/``priority`` pass the stock frontend and arrive as ``routing.*``."""
     rid, _ = chat(
-        stack.frontend_url, stack.model_name, PROMPT,
-        nvext={"agent_hints": {"osl": 9, "priority": 2}}, max_tokens=4,
+        stack.frontend_url,
+        stack.model_name,
+        PROMPT,
+        nvext={"agent_hints": {"osl": 9, "priority": 2}},
+        max_tokens=4,
     )
     rec = trace_of(stack, rid)
     assert (rec.osl, rec.priority) == (9, 2)  # osl from the hint, not max_tokens (4)
@@ -62,12 +68,21 @@ def test_stock_agent_hints_straight_to_stock_frontend(stack: LocalStack) -> None
 
 def test_annotations_straight_to_stock_frontend(stack: LocalStack) -> None:
     hints = AgentHints(
-        prefix_id="hints-annot", total_requests=5, osl=11, iat_ms=100,
-        latency_sensitivity=0.5, priority=4, pin_type="ephemeral", pin_ttl_s=2.5,
+        prefix_id="hints-annot",
+        total_requests=5,
+        osl=11,
+        iat_ms=100,
+        latency_sensitivity=0.5,
+        priority=4,
+        pin_type="ephemeral",
+        pin_ttl_s=2.5,
     )
     rid, _ = chat(
-        stack.frontend_url, stack.model_name, PROMPT,
-        nvext={"annotations": encode_annotations(hints)}, max_tokens=4,
+        stack.frontend_url,
+        stack.model_name,
+        PROMPT,
+        nvext={"annotations": encode_annotations(hints)},
+        max_tokens=4,
     )
     rec = trace_of(stack, rid)
     assert (rec.prefix_id, rec.total_requests, rec.osl, rec.iat_ms) == ("hints-annot", 5, 11, 100)
@@ -92,7 +107,9 @@ def test_header_hints_through_gateway(stack: LocalStack) -> None:
 
 def test_body_beats_headers_per_field(stack: LocalStack) -> None:
     rid, _ = chat(
-        stack.gateway_url, stack.model_name, PROMPT,
+        stack.gateway_url,
+        stack.model_name,
+        PROMPT,
         nvext={"agent_hints": {"prefix_id": "hints-winner"}},
         headers={"x-akr-prefix-id": "hints-loser", "x-akr-total-requests": "3"},
         max_tokens=4,

@@ -45,9 +45,7 @@ def test_metrics_match_the_requests_sent(stack: LocalStack) -> None:
     assert delta("akr_processor_requests_total", outcome="error") == 0
     assert delta("akr_processor_prompt_tokens_total") == prompt
     assert delta("akr_processor_output_tokens_total") == output
-    cached = [
-        (u.get("prompt_tokens_details") or {}).get("cached_tokens") for u in usages
-    ]
+    cached = [(u.get("prompt_tokens_details") or {}).get("cached_tokens") for u in usages]
     if all(c is not None for c in cached):  # the frontend passes the worker's cache hit on
         assert delta("akr_processor_cached_tokens_total") == sum(cached)
     assert delta("akr_processor_ttft_seconds_count") == N

@@ -59,8 +59,11 @@ def test_pin_expires_on_time(pin_stack: LocalStack) -> None:
     assert expired <= answered + 2.0 + SWEEP_S + SLACK_S, f"late: {expired - answered:.2f} s"
 
     # The table entry is gone too: the next request of the prefix starts a new conversation.
-    poll("the entry out of the prefix table", lambda: metric(
-        scrape(stack.processor_metrics_url), "akr_processor_tracked_prefixes") == 0, 2.0)
+    poll(
+        "the entry out of the prefix table",
+        lambda: metric(scrape(stack.processor_metrics_url), "akr_processor_tracked_prefixes") == 0,
+        2.0,
+    )
     rid2 = _pinned_call(stack, "pin-expiry", None, 1)
     rec2 = trace_of(stack, rid2)
     assert rec2.reason != "pin" and rec2.pin_ttl_s is None

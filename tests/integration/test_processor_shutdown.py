@@ -20,15 +20,22 @@ def test_sigterm_saves_the_learner_and_flushes_the_trace(tmp_path) -> None:
     state = tmp_path / "state" / "learner.json"
     workdir = tmp_path / "stack"
     config = StackConfig(
-        workers=2, workdir=workdir,
+        workers=2,
+        workdir=workdir,
         # No periodic snapshot: the file can only come from the save at shutdown.
-        processor_env={"AKR_ROUTER_STATE_PATH": str(state),
-                       "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "3600"},
+        processor_env={
+            "AKR_ROUTER_STATE_PATH": str(state),
+            "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "3600",
+        },
     )
     with LocalStack(config) as stack:
         sent = {
-            chat(stack.gateway_url, stack.model_name, f"shutdown probe {i}",
-                 nvext={"agent_hints": {"prefix_id": "shutdown", "total_requests": 5}})[0]
+            chat(
+                stack.gateway_url,
+                stack.model_name,
+                f"shutdown probe {i}",
+                nvext={"agent_hints": {"prefix_id": "shutdown", "total_requests": 5}},
+            )[0]
             for i in range(5)
         }
         trace = stack.trace_path

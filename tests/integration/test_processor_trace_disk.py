@@ -42,9 +42,10 @@ def _drain(path: os.PathLike[str]) -> None:
 def stacks() -> Iterator[tuple[LocalStack, LocalStack]]:
     normal_cfg = StackConfig(workers=1, speedup=10.0, processor_env=ENV)
     stuck_cfg = StackConfig(workers=1, speedup=10.0, processor_env=ENV)
-    with running_stack(normal_cfg) as normal, running_stack(
-        stuck_cfg, prepare=_fifo_at_trace_path
-    ) as stuck:
+    with (
+        running_stack(normal_cfg) as normal,
+        running_stack(stuck_cfg, prepare=_fifo_at_trace_path) as stuck,
+    ):
         yield normal, stuck
         threading.Thread(target=_drain, args=(stuck.trace_path,), daemon=True).start()
 
@@ -80,8 +81,9 @@ def test_stuck_trace_disk_does_not_slow_requests(stacks: tuple[LocalStack, Local
     url = stuck.processor_metrics_url
     dropped = poll(
         "dropped trace records in the metrics",
-        lambda: (d := metric(scrape(url), "akr_processor_trace_records_dropped_total")) >= N - 3
-        and d,
+        lambda: (
+            (d := metric(scrape(url), "akr_processor_trace_records_dropped_total")) >= N - 3 and d
+        ),
         5,
     )  # all but the queue of 2 and the record the blocked writer holds
     assert metric(scrape(url), "akr_processor_requests_total", outcome="ok") >= N

@@ -67,7 +67,10 @@ def test_trace_validates_and_round_trips_to_mooncake(stack: LocalStack, tmp_path
     schema = json.loads(
         subprocess.run(
             [sys.executable, "-m", "processor.traces", "schema"],
-            cwd=REPO_ROOT, capture_output=True, check=True, timeout=60,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
     )
     validator = jsonschema.Draft202012Validator(schema)
@@ -84,21 +87,24 @@ def test_trace_validates_and_round_trips_to_mooncake(stack: LocalStack, tmp_path
     out = tmp_path / "mooncake.jsonl"
     subprocess.run(
         [sys.executable, "-m", "processor.traces", "to-mooncake", str(snapshot), str(out)],
-        cwd=REPO_ROOT, capture_output=True, check=True, timeout=60,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     ordered = sorted(read_records(snapshot), key=lambda r: r.ts)
     assert len(rows) == len(ordered)
     stamps = [row["timestamp"] for row in rows]
     assert stamps[0] == 0 and stamps == sorted(stamps)
-    for row, rec in zip(rows, ordered):
+    for row, rec in zip(rows, ordered, strict=True):
         assert set(row) == {"timestamp", "input_length", "output_length", "hash_ids"}
         assert (row["input_length"], row["output_length"]) == (rec.prompt_tokens, rec.output_tokens)
         assert len(row["hash_ids"]) == len(rec.block_hashes)
     # Same block hash -> same replay id, across the whole trace.
     seen: dict[int, int] = {}
-    for row, rec in zip(rows, ordered):
-        for h, i in zip(rec.block_hashes, row["hash_ids"]):
+    for row, rec in zip(rows, ordered, strict=True):
+        for h, i in zip(rec.block_hashes, row["hash_ids"], strict=True):
             assert seen.setdefault(h, i) == i
     # Turns of one conversation share their leading blocks in the replay trace too.
     conv_rows = [rows[ordered.index(t)] for t in turns]

@@ -36,11 +36,16 @@ def test_two_processors_share_one_router_and_its_state_survives_a_restart(tmp_pa
     state = tmp_path / "router-state.json"
     metrics_port = free_port()
     config = StackConfig(
-        workers=2, router_component=True, processors=2,
+        workers=2,
+        router_component=True,
+        processors=2,
         # No periodic snapshot during the test: the state file can only come from the save
         # the router makes when the stack stops it with SIGTERM.
-        router_env={"AKR_ROUTER_STATE_PATH": str(state), "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "3600",
-                    "AKR_ROUTER_METRICS_PORT": str(metrics_port)},
+        router_env={
+            "AKR_ROUTER_STATE_PATH": str(state),
+            "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "3600",
+            "AKR_ROUTER_METRICS_PORT": str(metrics_port),
+        },
     )
     with LocalStack(config) as stack:
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -55,8 +60,9 @@ def test_two_processors_share_one_router_and_its_state_survives_a_restart(tmp_pa
         hinted = [r for r in records if r.prefix_id]
         # the stock frontend spreads requests over both processors; every one was routed
         assert {r.request_id for r in hinted} and all(r.reason for r in hinted)
-        assert second.exists() and any(r.prefix_id for r in read_records(second)), \
+        assert second.exists() and any(r.prefix_id for r in read_records(second)), (
             "the second processor served nothing"
+        )
         assert "router serving" in stack.log_tail("router", 200)
         for name in ("processor", "processor1"):
             assert "routing through the router component" in stack.log_tail(name, 400)

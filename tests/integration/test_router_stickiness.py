@@ -34,7 +34,9 @@ async def _conversation(client: httpx.AsyncClient, url: str, model: str, turns: 
         }
         resp = await client.post(f"{url}/v1/chat/completions", json=body)
         resp.raise_for_status()
-        messages.append({"role": "assistant", "content": resp.json()["choices"][0]["message"]["content"]})
+        messages.append(
+            {"role": "assistant", "content": resp.json()["choices"][0]["message"]["content"]}
+        )
 
 
 async def _background(client: httpx.AsyncClient, url: str, model: str, count: int) -> None:
@@ -66,8 +68,9 @@ def test_conversation_keeps_its_worker_while_other_load_moves_away() -> None:
 
         asyncio.run(drive())
         conv = wait_for_trace(stack, lambda r: r.prefix_id == "conv-A", count=turns)
-        rest = wait_for_trace(stack, lambda r: r.prefix_id is None and r.output_tokens == 64,
-                              count=background)
+        rest = wait_for_trace(
+            stack, lambda r: r.prefix_id is None and r.output_tokens == 64, count=background
+        )
 
     conv.sort(key=lambda r: r.ts)
     home = conv[0].worker_id

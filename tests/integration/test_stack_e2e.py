@@ -81,8 +81,13 @@ def test_client_request_id_comes_back_through_the_gateway(stack: LocalStack, str
     body = {**CHAT, "model": stack.model_name, "max_tokens": 2, "stream": stream}
     rid = f"e2e-request-id-{stream}"
     for base in (stack.frontend_url, stack.gateway_url):
-        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30,
-                          headers={"x-request-id": rid}) as resp:
+        with httpx.stream(
+            "POST",
+            f"{base}/v1/chat/completions",
+            json=body,
+            timeout=30,
+            headers={"x-request-id": rid},
+        ) as resp:
             resp.read()
             assert resp.status_code == 200
             assert resp.headers.get("x-request-id") == rid, base

@@ -49,7 +49,9 @@ def components(dgd: dict) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def plan():
     """The single-node launcher's defaults (no env file): the ports everything else must match."""
-    return build_plan(parse_args(["--workers", "8", "--model", "m", "--workdir", "/tmp/x"]), read_env_file(None))
+    return build_plan(
+        parse_args(["--workers", "8", "--model", "m", "--workdir", "/tmp/x"]), read_env_file(None)
+    )
 
 
 def test_every_yaml_and_json_file_parses() -> None:
@@ -79,7 +81,9 @@ def dockerfile_version() -> str:
     text = (K8S / "Dockerfile").read_text()
     m = re.search(r"^ARG DYNAMO_VERSION=(\S+)$", text, re.M)
     assert m
-    assert re.search(r"^FROM nvcr\.io/nvidia/ai-dynamo/vllm-runtime:\$\{DYNAMO_VERSION\}$", text, re.M)
+    assert re.search(
+        r"^FROM nvcr\.io/nvidia/ai-dynamo/vllm-runtime:\$\{DYNAMO_VERSION\}$", text, re.M
+    )
     return m.group(1)
 
 
@@ -108,14 +112,19 @@ def test_env_names_exist_and_values_validate(components: dict[str, dict]) -> Non
     for name, main in components.items():
         env = _env(main)
         # The processor also exports its endpoints in its shell command.
-        env_cmd = " ".join(main.get("args", [])) if main.get("command", [None])[0] == "/bin/sh" else ""
+        env_cmd = (
+            " ".join(main.get("args", [])) if main.get("command", [None])[0] == "/bin/sh" else ""
+        )
         exported = dict(re.findall(r"(AKR_[A-Z0-9_]+)=\"([^\"]*)\"", env_cmd))
         for var in [*env, *exported]:
             if var.startswith("AKR_"):
                 assert var in known, f"{name}: {var} is not a configuration variable"
-        for prefix, model in (("AKR_GATEWAY_", GatewayConfig), ("AKR_PROCESSOR_", ProcessorConfig),
-                              ("AKR_ROUTER_", RouterConfig)):
-            model(**{k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)})
+        for prefix, model in (
+            ("AKR_GATEWAY_", GatewayConfig),
+            ("AKR_PROCESSOR_", ProcessorConfig),
+            ("AKR_ROUTER_", RouterConfig),
+        ):
+            model(**{k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)})
 
 
 def _ports(main: dict) -> dict[str, int]:
@@ -125,16 +134,24 @@ def _ports(main: dict) -> dict[str, int]:
 def test_ports_match_launcher_and_config_defaults(components: dict[str, dict], plan) -> None:
     gw, proc, fe, worker = (components[n] for n in ("gateway", "processor", "frontend", "worker"))
     gateway_port = GatewayConfig.model_fields["port"].default
-    assert _ports(gw)["http"] == int(_env(gw)["AKR_GATEWAY_PORT"]) == gateway_port == plan.gateway_port
+    assert (
+        _ports(gw)["http"] == int(_env(gw)["AKR_GATEWAY_PORT"]) == gateway_port == plan.gateway_port
+    )
     assert gw["readinessProbe"]["httpGet"]["port"] == gateway_port
-    assert _ports(proc)["metrics"] == int(_env(proc)["AKR_PROCESSOR_METRICS_PORT"]) == plan.processor_metrics_port
+    assert (
+        _ports(proc)["metrics"]
+        == int(_env(proc)["AKR_PROCESSOR_METRICS_PORT"])
+        == plan.processor_metrics_port
+    )
     fe_port = int(fe["args"][fe["args"].index("--http-port") + 1])
     assert fe_port == _ports(fe)["http"] == plan.frontend_port
     assert _env(gw)["AKR_GATEWAY_UPSTREAM_URL"].endswith(f":{fe_port}")
     assert GatewayConfig.model_fields["upstream_url"].default.endswith(f":{fe_port}")
     kv = json.loads(worker["args"][worker["args"].index("--kv-events-config") + 1])
     assert kv["enable_kv_cache_events"] is True
-    assert int(kv["endpoint"].rsplit(":", 1)[1]) == int(read_env_file(None)["LAUNCH_KV_EVENTS_PORT_BASE"])
+    assert int(kv["endpoint"].rsplit(":", 1)[1]) == int(
+        read_env_file(None)["LAUNCH_KV_EVENTS_PORT_BASE"]
+    )
     block = worker["args"][worker["args"].index("--block-size") + 1]
     assert block == _env(proc)["AKR_PROCESSOR_BLOCK_SIZE"] == _env(proc)["AKR_ROUTER_BLOCK_SIZE"]
 
@@ -144,7 +161,9 @@ def test_worker_flags_match_the_launcher(components: dict[str, dict], plan) -> N
     launcher = next(p for p in plan.processes if p.name == "worker0").argv
     k8s = components["worker"]["args"]
     operator_side = {"--endpoint", "--discovery-backend", "--request-plane", "--event-plane"}
-    launcher_flags = {w for w in launcher if w.startswith("--")} - operator_side - {"--gpu-memory-utilization"}
+    launcher_flags = (
+        {w for w in launcher if w.startswith("--")} - operator_side - {"--gpu-memory-utilization"}
+    )
     assert {w for w in k8s if w.startswith("--")} == launcher_flags
     assert components["worker"]["command"] == ["python3", "-m", "dynamo.vllm"]
 
@@ -154,7 +173,9 @@ def test_gateway_service_and_pod_monitor_select_real_ports(components: dict[str,
     svc = docs["Service"]
     assert svc["spec"]["ports"][0]["targetPort"] == _ports(components["gateway"])["http"]
     graph = docs["DynamoGraphDeployment"]
-    gw_labels = next(c for c in graph["spec"]["components"] if c["name"] == "gateway")["podTemplate"]["metadata"]["labels"]
+    gw_labels = next(c for c in graph["spec"]["components"] if c["name"] == "gateway")[
+        "podTemplate"
+    ]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= gw_labels.items()
     all_port_names = {n for main in components.values() for n in _ports(main)}
     for ep in docs["PodMonitor"]["spec"]["podMetricsEndpoints"]:
@@ -165,7 +186,10 @@ def test_prometheus_targets_are_the_launcher_ports(plan) -> None:
     doc = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     for rule_file in doc["rule_files"]:
         assert (MONITORING / rule_file).exists()
-    jobs = {j["job_name"]: [t for sc in j["static_configs"] for t in sc["targets"]] for j in doc["scrape_configs"]}
+    jobs = {
+        j["job_name"]: [t for sc in j["static_configs"] for t in sc["targets"]]
+        for j in doc["scrape_configs"]
+    }
     assert jobs["akr-gateway"] == [f"127.0.0.1:{plan.gateway_port}"]
     assert jobs["akr-processor"] == [f"127.0.0.1:{plan.processor_metrics_port}"]
     assert jobs["dynamo-frontend"] == [f"127.0.0.1:{plan.frontend_port}"]
@@ -191,5 +215,8 @@ def test_recording_rule_names_follow_the_convention() -> None:
 
 
 def test_name_extraction() -> None:
-    expr = 'sum(rate(akr_processor_decisions_total{reason=~"sticky|pin",worker="akr_x"}[1m])) / akr:foo:bar'
+    expr = (
+        'sum(rate(akr_processor_decisions_total{reason=~"sticky|pin",worker="akr_x"}[1m]))'
+        " / akr:foo:bar"
+    )
     assert names.names_in(expr) == {"akr_processor_decisions_total", "akr:foo:bar"}

@@ -29,7 +29,9 @@ ENV_FILE = REPO_ROOT / "deploy" / "vllm" / "akr.env"
 README = REPO_ROOT / "README.md"
 
 
-def dry_run(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, tuple[dict[str, str], list[str]]]:
+def dry_run(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> dict[str, tuple[dict[str, str], list[str]]]:
     """name -> (env set by the launcher, argv), parsed back from the printed lines."""
     launch_main(["--dry-run", *args])
     out = capsys.readouterr().out
@@ -56,8 +58,17 @@ def flag(argv: list[str], name: str) -> str:
 
 @pytest.fixture
 def two_workers(capsys: pytest.CaptureFixture[str]) -> dict[str, tuple[dict[str, str], list[str]]]:
-    return dry_run(capsys, "--workers", "2", "--model", "Qwen/Qwen3-0.6B",
-                   "--env-file", str(ENV_FILE), "--workdir", "/tmp/akr-test")
+    return dry_run(
+        capsys,
+        "--workers",
+        "2",
+        "--model",
+        "Qwen/Qwen3-0.6B",
+        "--env-file",
+        str(ENV_FILE),
+        "--workdir",
+        "/tmp/akr-test",
+    )
 
 
 def test_process_set_mirrors_the_local_stack(two_workers) -> None:
@@ -70,7 +81,9 @@ def test_process_set_mirrors_the_local_stack(two_workers) -> None:
 
 def test_processor_gets_every_variable_the_local_stack_gives_it(two_workers, monkeypatch) -> None:
     captured: dict[str, dict[str, str]] = {}
-    monkeypatch.setattr(LocalStack, "_spawn", lambda self, name, argv, env=None: captured.update({name: env}))
+    monkeypatch.setattr(
+        LocalStack, "_spawn", lambda self, name, argv, env=None: captured.update({name: env})
+    )
     stack = LocalStack(StackConfig())
     try:
         stack._start_processor()
@@ -92,10 +105,18 @@ def test_workers_one_gpu_each_with_kv_events_and_internal_registration(two_worke
         assert flag(argv, "--endpoint-types") == "none"
         assert flag(argv, "--served-model-name") != proc_env["AKR_PROCESSOR_MODEL_NAME"]
         assert flag(argv, "--endpoint") == f"dyn://{proc_env['AKR_PROCESSOR_WORKER_ENDPOINT']}"
-        assert flag(argv, "--block-size") == proc_env["AKR_PROCESSOR_BLOCK_SIZE"] == proc_env["AKR_ROUTER_BLOCK_SIZE"]
+        assert (
+            flag(argv, "--block-size")
+            == proc_env["AKR_PROCESSOR_BLOCK_SIZE"]
+            == proc_env["AKR_ROUTER_BLOCK_SIZE"]
+        )
         assert "--enable-prefix-caching" in argv
         kv = json.loads(flag(argv, "--kv-events-config"))
-        assert kv["publisher"] == "zmq" and kv["topic"] == "kv-events" and kv["enable_kv_cache_events"] is True
+        assert (
+            kv["publisher"] == "zmq"
+            and kv["topic"] == "kv-events"
+            and kv["enable_kv_cache_events"] is True
+        )
         ports.add(kv["endpoint"].rsplit(":", 1)[1])
         gpus.add(env["CUDA_VISIBLE_DEVICES"])
         system_ports.add(env["DYN_SYSTEM_PORT"])
@@ -109,8 +130,15 @@ def test_gateway_processor_and_frontend_agree(two_workers) -> None:
     proc_env = two_workers["processor"][0]
     gw_env = two_workers["gateway"][0]
     frontend_argv = two_workers["frontend"][1]
-    assert gw_env["AKR_GATEWAY_PUBLIC_MODELS"] == proc_env["AKR_PROCESSOR_MODEL_NAME"] == "Qwen/Qwen3-0.6B"
-    assert gw_env["AKR_GATEWAY_UPSTREAM_URL"] == f"http://127.0.0.1:{flag(frontend_argv, '--http-port')}"
+    assert (
+        gw_env["AKR_GATEWAY_PUBLIC_MODELS"]
+        == proc_env["AKR_PROCESSOR_MODEL_NAME"]
+        == "Qwen/Qwen3-0.6B"
+    )
+    assert (
+        gw_env["AKR_GATEWAY_UPSTREAM_URL"]
+        == f"http://127.0.0.1:{flag(frontend_argv, '--http-port')}"
+    )
     assert proc_env["AKR_PROCESSOR_METRICS_PORT"] == "9095"
     assert gw_env["AKR_GATEWAY_PORT"] == "8080"
     # Every AKR_ value the launcher sets is valid for its model.
@@ -120,11 +148,13 @@ def test_gateway_processor_and_frontend_agree(two_workers) -> None:
 
 
 def _fields(env: dict[str, str], prefix: str) -> dict[str, str]:
-    return {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)}
+    return {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
 
 
 def test_etcd_discovery_uses_nats_and_no_file_store(capsys) -> None:
-    procs = dry_run(capsys, "--workers", "1", "--model", "m", "--discovery", "etcd", "--start-infra")
+    procs = dry_run(
+        capsys, "--workers", "1", "--model", "m", "--discovery", "etcd", "--start-infra"
+    )
     assert list(procs)[:2] == ["etcd", "nats"]
     for name in ("worker0", "processor", "frontend"):
         env, argv = procs[name]
@@ -135,7 +165,9 @@ def test_etcd_discovery_uses_nats_and_no_file_store(capsys) -> None:
 
 
 def test_extra_vllm_flags_and_gpu_list(capsys) -> None:
-    procs = dry_run(capsys, "--workers", "2", "--model", "m", "--gpus", "2,3", "--", "--max-model-len", "8192")
+    procs = dry_run(
+        capsys, "--workers", "2", "--model", "m", "--gpus", "2,3", "--", "--max-model-len", "8192"
+    )
     assert procs["worker1"][0]["CUDA_VISIBLE_DEVICES"] == "3"
     assert flag(procs["worker1"][1], "--max-model-len") == "8192"
     # --dry-run after "--" still means a dry run (it must never start GPU processes).
@@ -147,13 +179,26 @@ def test_dynamo_flags_exist_in_the_installed_wheel(two_workers) -> None:
     """Dynamo-side flags of the worker and frontend commands exist in ai-dynamo 1.6.1."""
     import importlib.util
 
-    root = Path(importlib.util.find_spec("dynamo.vllm").origin).parent.parent  # dynamo: namespace pkg
+    root = Path(
+        importlib.util.find_spec("dynamo.vllm").origin
+    ).parent.parent  # dynamo: namespace pkg
     runtime_args = (root / "common" / "configuration" / "groups" / "runtime_args.py").read_text()
-    for name in ("--endpoint", "--endpoint-types", "--discovery-backend", "--request-plane", "--event-plane"):
+    for name in (
+        "--endpoint",
+        "--endpoint-types",
+        "--discovery-backend",
+        "--request-plane",
+        "--event-plane",
+    ):
         assert f'flag_name="{name}"' in runtime_args, name
     assert '"none"' in (root / "common" / "utils" / "endpoint_types.py").read_text()
-    help_text = subprocess.run([sys.executable, "-m", "dynamo.frontend", "--help"], capture_output=True,
-                               text=True, timeout=60, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "dynamo.frontend", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout
     for word in two_workers["frontend"][1][3:]:
         if word.startswith("--"):
             assert word in help_text, f"dynamo.frontend has no {word}"

@@ -22,7 +22,9 @@ def _card(blocks: object, block_size: object = 64, dp: object = None) -> str:
     rc: dict[str, object] = {"total_kv_blocks": blocks}
     if dp is not None:
         rc["data_parallel_size"] = dp
-    return json.dumps({"display_name": "m", "kv_cache_block_size": block_size, "runtime_config": rc})
+    return json.dumps(
+        {"display_name": "m", "kv_cache_block_size": block_size, "runtime_config": rc}
+    )
 
 
 def test_capacity_from_the_card_in_router_blocks() -> None:
@@ -31,21 +33,41 @@ def test_capacity_from_the_card_in_router_blocks() -> None:
     assert capacity_blocks(_card(192, dp=2), 64) == 384  # per rank x ranks of the worker
 
 
-@pytest.mark.parametrize("body", [
-    "not json", "[]", json.dumps({"runtime_config": None}), _card(None), _card(0), _card(-5),
-    _card("192"), _card(True), _card(192, block_size=0), _card(192, dp="2"),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        "[]",
+        json.dumps({"runtime_config": None}),
+        _card(None),
+        _card(0),
+        _card(-5),
+        _card("192"),
+        _card(True),
+        _card(192, block_size=0),
+        _card(192, dp="2"),
+    ],
+)
 def test_cards_without_a_usable_capacity_are_ignored(body: str) -> None:
     assert capacity_blocks(body, 64) is None
 
 
 def _fpm(worker: str, prefill: int = 0, decode: int = 0, version: int = 1) -> bytes:
-    return encode(ForwardPassMetrics(
-        version=version, worker_id=worker, wall_time=0.01,
-        scheduled_requests=ScheduledRequestMetrics(num_decode_requests=3, sum_decode_kv_tokens=9000),
-        queued_requests=QueuedRequestMetrics(num_prefill_requests=prefill, sum_prefill_tokens=1500 * prefill,
-                                             num_decode_requests=decode),
-    ))
+    return encode(
+        ForwardPassMetrics(
+            version=version,
+            worker_id=worker,
+            wall_time=0.01,
+            scheduled_requests=ScheduledRequestMetrics(
+                num_decode_requests=3, sum_decode_kv_tokens=9000
+            ),
+            queued_requests=QueuedRequestMetrics(
+                num_prefill_requests=prefill,
+                sum_prefill_tokens=1500 * prefill,
+                num_decode_requests=decode,
+            ),
+        )
+    )
 
 
 def test_waiting_requests_per_worker_from_dynamos_own_encoding() -> None:

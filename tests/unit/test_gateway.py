@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
 from yarl import URL
 
 from frontend.app import build_app
@@ -21,8 +20,14 @@ from frontend.server import start_server, stop_server
 
 CHAT = "/v1/chat/completions"
 NAT_NVEXT = {
-    "agent_hints": {"latency_sensitivity": 2.0, "osl": 512, "priority": 2,
-                    "prefix_id": "sess-123", "total_requests": 10, "iat": 250},
+    "agent_hints": {
+        "latency_sensitivity": 2.0,
+        "osl": 512,
+        "priority": 2,
+        "prefix_id": "sess-123",
+        "total_requests": 10,
+        "iat": 250,
+    },
     "cache_control": {"type": "ephemeral", "ttl": "3s"},
 }
 
@@ -54,15 +59,23 @@ class EchoUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = json.loads(raw)
-        rec = {"body": body, "headers": {k.lower(): v for k, v in request.headers.items()},
-               "path": request.path, "raw": raw.decode()}
+        rec = {
+            "body": body,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "path": request.path,
+            "raw": raw.decode(),
+        }
         self.seen.append(rec)
         if body.get("bad_status"):
             return web.json_response({"error": {"message": "nope"}}, status=body["bad_status"])
         if self.stall_s:
             await asyncio.sleep(self.stall_s)
         # The stock frontend echoes the client's request id; so does this stand-in.
-        echo = {"x-request-id": request.headers["x-request-id"]} if "x-request-id" in request.headers else {}
+        echo = (
+            {"x-request-id": request.headers["x-request-id"]}
+            if "x-request-id" in request.headers
+            else {}
+        )
         if body.get("stream"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **echo})
             await resp.prepare(request)
@@ -151,12 +164,25 @@ async def test_health_and_models(gw: TestClient) -> None:
 
 
 async def test_nat_body_is_translated(gw: TestClient, upstream: EchoUpstream) -> None:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
-            "nvext": {**NAT_NVEXT, "annotations": ["mine", "akr.v1.total_requests=999"],
-                      "ignore_eos": True}}
-    r = await gw.post(CHAT, json=body, headers={"x-dynamo-worker-instance-id": "42",
-                                                "x-worker-instance-id": "42",
-                                                "x-request-id": "rq-1", "cookie": "a=b"})
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "nvext": {
+            **NAT_NVEXT,
+            "annotations": ["mine", "akr.v1.total_requests=999"],
+            "ignore_eos": True,
+        },
+    }
+    r = await gw.post(
+        CHAT,
+        json=body,
+        headers={
+            "x-dynamo-worker-instance-id": "42",
+            "x-worker-instance-id": "42",
+            "x-request-id": "rq-1",
+            "cookie": "a=b",
+        },
+    )
     assert r.status == 200
     assert r.headers["x-request-id"] == "rq-1"  # the upstream's echo comes back
     got = (await r.json())["echo"]
@@ -165,9 +191,15 @@ async def test_nat_body_is_translated(gw: TestClient, upstream: EchoUpstream) ->
     assert "cache_control" not in nvext
     assert nvext["ignore_eos"] is True
     assert nvext["annotations"] == [
-        "mine", "akr.v1.prefix_id=sess-123", "akr.v1.total_requests=10", "akr.v1.iat_ms=250",
-        "akr.v1.osl=512", "akr.v1.priority=2", "akr.v1.latency_sensitivity=2.0",
-        "akr.v1.pin=ephemeral:3.0"]
+        "mine",
+        "akr.v1.prefix_id=sess-123",
+        "akr.v1.total_requests=10",
+        "akr.v1.iat_ms=250",
+        "akr.v1.osl=512",
+        "akr.v1.priority=2",
+        "akr.v1.latency_sensitivity=2.0",
+        "akr.v1.pin=ephemeral:3.0",
+    ]
     h = got["headers"]
     assert h["x-dynamo-session-id"] == "sess-123"
     assert h["x-request-id"] == "rq-1"
@@ -179,8 +211,9 @@ async def test_nat_body_is_translated(gw: TestClient, upstream: EchoUpstream) ->
 async def test_pin_headers_allowed_when_configured(kind: str, upstream: EchoUpstream) -> None:
     client = await make_client(upstream.url, kind, allow_worker_pin_headers=True)
     try:
-        r = await client.post(CHAT, json={"model": "tiny"},
-                              headers={"x-dynamo-worker-instance-id": "42"})
+        r = await client.post(
+            CHAT, json={"model": "tiny"}, headers={"x-dynamo-worker-instance-id": "42"}
+        )
         assert (await r.json())["echo"]["headers"]["x-dynamo-worker-instance-id"] == "42"
     finally:
         await client.close()
@@ -198,9 +231,16 @@ async def test_plain_body_passes_byte_for_byte(gw: TestClient, upstream: EchoUps
 
 
 async def test_header_hints(gw: TestClient, upstream: EchoUpstream) -> None:
-    r = await gw.post("/v1/completions", json={"model": "tiny", "prompt": "x"},
-                      headers={"x-akr-prefix-id": "h1", "x-akr-total-requests": "3",
-                               "x-akr-osl": "LOW", "x-akr-cache-ttl": "5m"})
+    r = await gw.post(
+        "/v1/completions",
+        json={"model": "tiny", "prompt": "x"},
+        headers={
+            "x-akr-prefix-id": "h1",
+            "x-akr-total-requests": "3",
+            "x-akr-osl": "LOW",
+            "x-akr-cache-ttl": "5m",
+        },
+    )
     assert r.status == 200
     got = upstream.seen[-1]
     assert got["path"] == "/v1/completions"
@@ -210,8 +250,11 @@ async def test_header_hints(gw: TestClient, upstream: EchoUpstream) -> None:
 
 
 async def test_streaming_passthrough(gw: TestClient) -> None:
-    r = await gw.post(CHAT, json={"model": "tiny", "stream": True, "tag": "s",
-                                  "nvext": NAT_NVEXT}, headers={"x-request-id": "rq-s"})
+    r = await gw.post(
+        CHAT,
+        json={"model": "tiny", "stream": True, "tag": "s", "nvext": NAT_NVEXT},
+        headers={"x-request-id": "rq-s"},
+    )
     assert r.status == 200
     assert r.headers["Content-Type"].startswith("text/event-stream")
     assert r.headers["x-request-id"] == "rq-s"
@@ -220,17 +263,23 @@ async def test_streaming_passthrough(gw: TestClient) -> None:
     assert "s#2" in text
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"nvext": {"agent_hints": {"total_requests": 0}}}, "nvext.agent_hints.total_requests"),
-    ({"nvext": {"agent_hints": {"prefix_id": "a b"}}}, "nvext.agent_hints.prefix_id"),
-    ({"nvext": {"cache_control": {"type": "forever"}}}, "nvext.cache_control.type"),
-    ({"nvext": {"cache_control": {"type": "ephemeral", "ttl": "soon"}}},
-     "nvext.cache_control.ttl"),
-    ({"nvext": []}, "nvext"),
-    ({"nvext": {"annotations": "x"}}, "nvext.annotations"),
-])
-async def test_invalid_hint_400(gw: TestClient, upstream: EchoUpstream, body: dict,
-                                param: str) -> None:
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"nvext": {"agent_hints": {"total_requests": 0}}}, "nvext.agent_hints.total_requests"),
+        ({"nvext": {"agent_hints": {"prefix_id": "a b"}}}, "nvext.agent_hints.prefix_id"),
+        ({"nvext": {"cache_control": {"type": "forever"}}}, "nvext.cache_control.type"),
+        (
+            {"nvext": {"cache_control": {"type": "ephemeral", "ttl": "soon"}}},
+            "nvext.cache_control.ttl",
+        ),
+        ({"nvext": []}, "nvext"),
+        ({"nvext": {"annotations": "x"}}, "nvext.annotations"),
+    ],
+)
+async def test_invalid_hint_400(
+    gw: TestClient, upstream: EchoUpstream, body: dict, param: str
+) -> None:
     r = await gw.post(CHAT, json={"model": "tiny", **body})
     assert r.status == 400
     err = (await r.json())["error"]
@@ -295,12 +344,12 @@ async def test_upstream_timeout_504(kind: str, upstream: EchoUpstream) -> None:
         await client.close()
 
 
-async def test_client_disconnect_cancels_upstream(gw: TestClient,
-                                                  upstream: EchoUpstream) -> None:
+async def test_client_disconnect_cancels_upstream(gw: TestClient, upstream: EchoUpstream) -> None:
     url = gw.make_url(CHAT)
     async with aiohttp.ClientSession() as s:
-        resp = await s.post(url, json={"model": "tiny", "stream": True, "n_chunks": 1000,
-                                       "chunk_delay": 0.01})
+        resp = await s.post(
+            url, json={"model": "tiny", "stream": True, "n_chunks": 1000, "chunk_delay": 0.01}
+        )
         await resp.content.readline()  # first chunk arrived: the stream is flowing
         resp.close()  # drop the connection mid-stream
     await asyncio.wait_for(upstream.cancelled.wait(), timeout=5)
@@ -349,15 +398,20 @@ def test_config_env(monkeypatch) -> None:
     monkeypatch.setenv("AKR_GATEWAY_ALLOW_WORKER_PIN_HEADERS", "true")
     cfg = GatewayConfig()
     assert (cfg.port, cfg.upstream_url, cfg.allow_worker_pin_headers) == (
-        9123, "http://127.0.0.1:1", True)
+        9123,
+        "http://127.0.0.1:1",
+        True,
+    )
     assert cfg.host == "127.0.0.1" and cfg.trace_path is None
     for name, f in GatewayConfig.model_fields.items():
         assert f.description, name
 
 
 async def test_duplicate_keys_cannot_smuggle_hints(gw: TestClient, upstream: EchoUpstream) -> None:
-    raw = (b'{"model":"tiny","nvext":{"agent_hints":{"prefix_id":"x y","total_requests":0},'
-           b'"cache_control":{"type":"forever"}},"nvext":{"ignore_eos":true}}')
+    raw = (
+        b'{"model":"tiny","nvext":{"agent_hints":{"prefix_id":"x y","total_requests":0},'
+        b'"cache_control":{"type":"forever"}},"nvext":{"ignore_eos":true}}'
+    )
     r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
     assert r.status == 200
     assert upstream.seen[-1]["body"] == {"model": "tiny", "nvext": {"ignore_eos": True}}
@@ -374,12 +428,17 @@ def test_metrics_exposition() -> None:
     m.upstream_error("timeout")
     m.dropped_pin_headers += 2
     text = generate_latest(m.registry).decode()
-    assert ('akr_gateway_upstream_latency_seconds_bucket{le="0.001",route="/v1/completions"} 1.0'
-            in text)
-    assert ('akr_gateway_upstream_latency_seconds_bucket{le="0.005",route="/v1/completions"} 3.0'
-            in text)
-    assert ('akr_gateway_upstream_latency_seconds_bucket{le="+Inf",route="/v1/completions"} 4.0'
-            in text)
+    assert (
+        'akr_gateway_upstream_latency_seconds_bucket{le="0.001",route="/v1/completions"} 1.0'
+        in text
+    )
+    assert (
+        'akr_gateway_upstream_latency_seconds_bucket{le="0.005",route="/v1/completions"} 3.0'
+        in text
+    )
+    assert (
+        'akr_gateway_upstream_latency_seconds_bucket{le="+Inf",route="/v1/completions"} 4.0' in text
+    )
     assert 'akr_gateway_upstream_latency_seconds_count{route="/v1/completions"} 4.0' in text
     assert 'akr_gateway_upstream_errors_total{kind="timeout"} 1.0' in text
     assert "akr_gateway_dropped_pin_headers_total 2.0" in text

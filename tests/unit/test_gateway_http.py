@@ -25,8 +25,13 @@ async def port() -> AsyncIterator[int]:
     up = EchoUpstream()
     up.server = TestServer(up.app())
     await up.server.start_server()
-    cfg = GatewayConfig(upstream_url=up.url, host="127.0.0.1", port=0, max_body_bytes=4096,
-                        request_read_timeout_s=0.5)
+    cfg = GatewayConfig(
+        upstream_url=up.url,
+        host="127.0.0.1",
+        port=0,
+        max_body_bytes=4096,
+        request_read_timeout_s=0.5,
+    )
     gw, server = await start_server(cfg)
     yield server.sockets[0].getsockname()[1]
     await stop_server(gw, server)
@@ -50,8 +55,14 @@ async def exchange(port: int, data: bytes, *, wait_s: float = 3.0) -> bytes:
 
 
 def post(body: bytes = BODY, extra: bytes = b"", path: bytes = b"/v1/chat/completions") -> bytes:
-    return (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 def statuses(raw: bytes) -> list[int]:
@@ -59,26 +70,42 @@ def statuses(raw: bytes) -> list[int]:
 
 
 async def test_keepalive_and_pipelining(port: int) -> None:
-    raw = await exchange(port, post() + post(path=b"/v1/completions") + b"GET /health HTTP/1.1"
-                         b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await exchange(
+        port,
+        post() + post(path=b"/v1/completions") + b"GET /health HTTP/1.1"
+        b"\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
     assert statuses(raw) == [200, 200, 200]
     assert raw.index(b'"path": "/v1/chat/completions"') < raw.index(b'"path": "/v1/completions"')
     assert raw.endswith(b'{"status":"healthy"}')
 
 
-@pytest.mark.parametrize("data,status", [
-    (b"NONSENSE\r\n\r\n", 400),
-    (b"GET / HTTP/9.9\r\n\r\n", 400),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"b" * 70_000 + b"\r\n\r\n", 431),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200))
-     + b"\r\n", 431),
-    # request smuggling shapes are refused by llhttp
-    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n"
-     b"\r\nabcd", 400),
-])
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"b" * 70_000 + b"\r\n\r\n", 431),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: y\r\n" % i for i in range(200))
+            + b"\r\n",
+            431,
+        ),
+        # request smuggling shapes are refused by llhttp
+        (
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
+    ],
+)
 async def test_malformed_requests_get_4xx_and_close(port: int, data: bytes, status: int) -> None:
     raw = await exchange(port, data)
     assert statuses(raw)[:1] == [status], raw[:200]
@@ -86,26 +113,32 @@ async def test_malformed_requests_get_4xx_and_close(port: int, data: bytes, stat
 
 
 async def test_upgrade_is_not_switched(port: int) -> None:
-    raw = await exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                               b"Connection: Upgrade\r\n\r\nGET /health HTTP/1.1\r\n\r\n")
+    raw = await exchange(
+        port,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n\r\nGET /health HTTP/1.1\r\n\r\n",
+    )
     assert statuses(raw) == [200] and b"Connection: close" in raw
 
 
 async def test_oversize_bodies_get_413(port: int) -> None:
     raw = await exchange(port, post(b"{" + b" " * 10_000 + b"}"))
     assert statuses(raw) == [413] and b"body_too_large" in raw
-    chunked = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
-               b"\r\n\r\n" + b"".join(b"400\r\n" + b" " * 1024 + b"\r\n" for _ in range(8))
-               + b"0\r\n\r\n")
+    chunked = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n" + b"".join(b"400\r\n" + b" " * 1024 + b"\r\n" for _ in range(8)) + b"0\r\n\r\n"
+    )
     raw = await exchange(port, chunked)
     assert statuses(raw) == [413]
 
 
 async def test_chunked_request_body_within_limit(port: int) -> None:
     half = len(BODY) // 2
-    data = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-            b"Connection: close\r\n\r\n%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n"
-            % (half, BODY[:half], len(BODY) - half, BODY[half:]))
+    data = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n"
+        % (half, BODY[:half], len(BODY) - half, BODY[half:])
+    )
     raw = await exchange(port, data)
     assert statuses(raw) == [200] and b'"x-dynamo-session-id": "p1"' in raw
 
@@ -123,8 +156,9 @@ async def test_http10_closes(port: int) -> None:
 async def test_routes_methods_head(port: int) -> None:
     raw = await exchange(port, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert statuses(raw) == [404]
-    raw = await exchange(port, b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                               b"Connection: close\r\n\r\n")
+    raw = await exchange(
+        port, b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert statuses(raw) == [405] and b"Allow: POST" in raw
     raw = await exchange(port, b"HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert statuses(raw) == [200] and raw.endswith(b"\r\n\r\n")
@@ -147,18 +181,38 @@ async def test_slow_sender_is_cut_off(port: int) -> None:
 
 
 async def test_duplicate_hint_headers_are_rejected(port: int) -> None:
-    raw = await exchange(port, post(extra=b"X-Akr-Total-Requests: 3\r\nx-akr-total-requests: 4"
-                                          b"\r\nConnection: close\r\n"))
+    raw = await exchange(
+        port,
+        post(extra=b"X-Akr-Total-Requests: 3\r\nx-akr-total-requests: 4\r\nConnection: close\r\n"),
+    )
     assert statuses(raw) == [400] and b"header:x-akr-total-requests" in raw
 
 
-request_line = st.sampled_from([b"POST /v1/chat/completions HTTP/1.1\r\n",
-                                b"GET /v1/models HTTP/1.1\r\n", b"GET /health HTTP/1.1\r\n",
-                                b"POST /v1/completions HTTP/1.0\r\n", b""])
-header = st.tuples(st.sampled_from([b"Host", b"Content-Length", b"Transfer-Encoding",
-                                    b"Expect", b"Connection", b"x-akr-iat", b"X-Dynamo-Session-Id",
-                                    b"x-dynamo-worker-instance-id", b"Content-Type"]),
-                   st.binary(max_size=20))
+request_line = st.sampled_from(
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\n",
+        b"GET /v1/models HTTP/1.1\r\n",
+        b"GET /health HTTP/1.1\r\n",
+        b"POST /v1/completions HTTP/1.0\r\n",
+        b"",
+    ]
+)
+header = st.tuples(
+    st.sampled_from(
+        [
+            b"Host",
+            b"Content-Length",
+            b"Transfer-Encoding",
+            b"Expect",
+            b"Connection",
+            b"x-akr-iat",
+            b"X-Dynamo-Session-Id",
+            b"x-dynamo-worker-instance-id",
+            b"Content-Type",
+        ]
+    ),
+    st.binary(max_size=20),
+)
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +224,13 @@ def raw_env() -> Iterator[tuple[asyncio.Runner, int]]:
         up = EchoUpstream()
         up.server = TestServer(up.app())
         await up.server.start_server()
-        cfg = GatewayConfig(upstream_url=up.url, host="127.0.0.1", port=0, max_body_bytes=4096,
-                            request_read_timeout_s=0.5)
+        cfg = GatewayConfig(
+            upstream_url=up.url,
+            host="127.0.0.1",
+            port=0,
+            max_body_bytes=4096,
+            request_read_timeout_s=0.5,
+        )
         gw, server = await start_server(cfg)
         return up, gw, server, server.sockets[0].getsockname()[1]
 
@@ -189,9 +248,12 @@ def raw_env() -> Iterator[tuple[asyncio.Runner, int]]:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(line=request_line, headers=st.lists(header, max_size=5), tail=st.binary(max_size=300))
-def test_random_bytes_never_break_the_server(raw_env: tuple[asyncio.Runner, int], line: bytes,
-                                             headers: list[tuple[bytes, bytes]],
-                                             tail: bytes) -> None:
+def test_random_bytes_never_break_the_server(
+    raw_env: tuple[asyncio.Runner, int],
+    line: bytes,
+    headers: list[tuple[bytes, bytes]],
+    tail: bytes,
+) -> None:
     runner, p = raw_env
     data = line + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + tail
 
@@ -239,8 +301,7 @@ async def test_slow_client_holds_the_upstream_back(monkeypatch: pytest.MonkeyPat
     app.router.add_post("/v1/chat/completions", stream)
     up = TestServer(app)
     await up.start_server()
-    cfg = GatewayConfig(upstream_url=str(up.make_url("")).rstrip("/"), host="127.0.0.1",
-                        port=0)
+    cfg = GatewayConfig(upstream_url=str(up.make_url("")).rstrip("/"), host="127.0.0.1", port=0)
     gw, server = await start_server(cfg)
     try:
         port = server.sockets[0].getsockname()[1]
@@ -269,7 +330,7 @@ async def test_slow_client_holds_the_upstream_back(monkeypatch: pytest.MonkeyPat
             size = int(rest[at:eol], 16)
             if size == 0:
                 break
-            body += rest[eol + 2:eol + 2 + size]
+            body += rest[eol + 2 : eol + 2 + size]
             at = eol + 2 + size + 2
         assert written[0] >= total and bytes(body) == piece * (written[0] // len(piece))
     finally:

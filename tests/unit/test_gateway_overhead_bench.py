@@ -12,14 +12,18 @@ from benchmarks import gateway_overhead as go
 
 def fake_run(added_p50: float, added_p99: float, rps: float) -> dict[str, Any]:
     return {
-        "added_p50_ms": added_p50, "added_p99_ms": added_p99,
+        "added_p50_ms": added_p50,
+        "added_p99_ms": added_p99,
         "max_rps": {"gateway": rps, "frontend": rps + 10},
-        "proxy_cpu_us_per_request": 300.0 + added_p50, "client_cpu_us_per_request": 200.0,
+        "proxy_cpu_us_per_request": 300.0 + added_p50,
+        "client_cpu_us_per_request": 200.0,
         "added_p50_ms_median_of_rounds": added_p50,
         "gateway": {"p50_ms": 28.0 + added_p50, "p99_ms": 37.0 + added_p99},
         "frontend": {"p50_ms": 28.0, "p99_ms": 37.0},
         "load_average_1m_before_after": [0.1 * added_p50, 0.2 * added_p50],
-        "timestamp": "t", "label": "simulated", "meets_target": False,
+        "timestamp": "t",
+        "label": "simulated",
+        "meets_target": False,
     }
 
 

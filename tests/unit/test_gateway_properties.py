@@ -26,17 +26,50 @@ from router import hints as H
 from tests.unit.test_gateway import EchoUpstream, make_client
 
 CHAT = "/v1/chat/completions"
-HINT_KEYS = ["prefix_id", "total_requests", "osl", "iat", "latency_sensitivity", "priority",
-             "strict_priority", "speculative_prefill", "foo"]
-PROP = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+HINT_KEYS = [
+    "prefix_id",
+    "total_requests",
+    "osl",
+    "iat",
+    "latency_sensitivity",
+    "priority",
+    "strict_priority",
+    "speculative_prefill",
+    "foo",
+]
+PROP = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-json_scalar = (st.none() | st.booleans() | st.integers() | st.integers(-10, 10**7)
-               | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
-               | st.sampled_from(["LOW", "MEDIUM", "HIGH", "ephemeral", "30s", "5m", "1h",
-                                  "250ms", "0s", "akr.v1.total_requests=5"]))
-json_value = st.recursive(json_scalar, lambda c: st.lists(c, max_size=3)
-                          | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+json_scalar = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-10, 10**7)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+    | st.sampled_from(
+        [
+            "LOW",
+            "MEDIUM",
+            "HIGH",
+            "ephemeral",
+            "30s",
+            "5m",
+            "1h",
+            "250ms",
+            "0s",
+            "akr.v1.total_requests=5",
+        ]
+    )
+)
+json_value = st.recursive(
+    json_scalar,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+    max_leaves=8,
+)
 valid_hint = {
     "prefix_id": st.from_regex(r"[A-Za-z0-9._:@/+=\-]{1,40}", fullmatch=True),
     "total_requests": st.integers(1, 100),
@@ -47,24 +80,40 @@ valid_hint = {
 }
 agent_hints = st.dictionaries(
     st.sampled_from(HINT_KEYS),
-    json_value, max_size=6,
+    json_value,
+    max_size=6,
 ) | st.fixed_dictionaries({}, optional={k: v | json_scalar for k, v in valid_hint.items()})
 cache_control = json_value | st.fixed_dictionaries(
     {"type": st.sampled_from(["ephemeral", "persistent"]) | json_scalar},
-    optional={"ttl": st.sampled_from(["3s", "5m", "1h", "250ms", "0s", "25h", "x"])
-              | json_scalar})
+    optional={"ttl": st.sampled_from(["3s", "5m", "1h", "250ms", "0s", "25h", "x"]) | json_scalar},
+)
 annotations = json_value | st.lists(
-    st.text(max_size=12) | st.text(max_size=12).map(lambda s: "akr.v1." + s), max_size=4)
+    st.text(max_size=12) | st.text(max_size=12).map(lambda s: "akr.v1." + s), max_size=4
+)
 nvext = json_value | st.fixed_dictionaries(
-    {}, optional={"agent_hints": agent_hints, "cache_control": cache_control,
-                  "annotations": annotations, "ignore_eos": st.booleans()})
+    {},
+    optional={
+        "agent_hints": agent_hints,
+        "cache_control": cache_control,
+        "annotations": annotations,
+        "ignore_eos": st.booleans(),
+    },
+)
 header_value = st.text(alphabet=string.ascii_letters + string.digits + " .:-_=/+@,;!*", max_size=30)
-header_names = [*H.HINT_HEADERS, H.SESSION_HEADER, "x-dynamo-parent-session-id",
-                *WORKER_PIN_HEADERS, "cookie", "x-request-id", "content-type"]
+header_names = [
+    *H.HINT_HEADERS,
+    H.SESSION_HEADER,
+    "x-dynamo-parent-session-id",
+    *WORKER_PIN_HEADERS,
+    "cookie",
+    "x-request-id",
+    "content-type",
+]
 headers = st.dictionaries(
     st.sampled_from(header_names),
     header_value | st.sampled_from(["1", "0", "LOW", "5m", "ephemeral", "sess-1", "-1", "1e9"]),
-    max_size=5)
+    max_size=5,
+)
 
 
 @st.composite
@@ -74,8 +123,11 @@ def hostile_body(draw: st.DrawFn) -> bytes:
         return draw(st.binary(max_size=200))
     if kind == 1:
         return json.dumps(draw(json_value)).encode()
-    body: dict[str, Any] = {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
-                            "nvext": draw(nvext)}
+    body: dict[str, Any] = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "x"}],
+        "nvext": draw(nvext),
+    }
     if draw(st.booleans()):
         body["stream"] = True
     extra = draw(st.dictionaries(st.text(max_size=6), json_value, max_size=2))
@@ -122,8 +174,9 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
 
 
 async def _send(e: Env, raw: bytes, hdrs: dict[str, str]) -> tuple[int, bytes, str]:
-    async with e.session.post(e.url(CHAT), data=raw,
-                              headers={"Content-Type": "application/json", **hdrs}) as r:
+    async with e.session.post(
+        e.url(CHAT), data=raw, headers={"Content-Type": "application/json", **hdrs}
+    ) as r:
         return r.status, await r.read(), r.headers.get("Content-Type", "")
 
 
@@ -175,11 +228,19 @@ def test_hostile_requests_get_clear_answers(env: Env, raw: bytes, hdrs: dict[str
         assert len(env.upstream.seen) == before, "a rejected request must not reach upstream"
 
 
-async def _valid_between_hostile(e: Env, tag: str, stream: bool,
-                                 hostile: list[tuple[bytes, dict[str, str]]]) -> None:
-    body = {"model": "tiny", "messages": [], "tag": tag, "stream": stream,
-            "nvext": {"agent_hints": {"prefix_id": tag, "total_requests": 3, "iat": 100},
-                      "cache_control": {"type": "ephemeral", "ttl": "5s"}}}
+async def _valid_between_hostile(
+    e: Env, tag: str, stream: bool, hostile: list[tuple[bytes, dict[str, str]]]
+) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [],
+        "tag": tag,
+        "stream": stream,
+        "nvext": {
+            "agent_hints": {"prefix_id": tag, "total_requests": 3, "iat": 100},
+            "cache_control": {"type": "ephemeral", "ttl": "5s"},
+        },
+    }
     valid = _send(e, json.dumps(body).encode(), {})
     results = await asyncio.gather(valid, *(_send(e, r, h) for r, h in hostile))
     for status, payload, ctype in results[1:]:
@@ -199,10 +260,14 @@ async def _valid_between_hostile(e: Env, tag: str, stream: bool,
 
 
 @PROP
-@given(tag=st.from_regex(r"t-[a-z0-9]{8}", fullmatch=True), stream=st.booleans(),
-       hostile=st.lists(st.tuples(hostile_body(), headers), min_size=1, max_size=4))
+@given(
+    tag=st.from_regex(r"t-[a-z0-9]{8}", fullmatch=True),
+    stream=st.booleans(),
+    hostile=st.lists(st.tuples(hostile_body(), headers), min_size=1, max_size=4),
+)
 def test_valid_request_between_hostile_ones_gets_its_own_answer(
-        env: Env, tag: str, stream: bool, hostile: list[tuple[bytes, dict[str, str]]]) -> None:
+    env: Env, tag: str, stream: bool, hostile: list[tuple[bytes, dict[str, str]]]
+) -> None:
     env.run(_valid_between_hostile(env, tag, stream, hostile))
 
 
@@ -215,8 +280,7 @@ def test_gateway_still_healthy(env: Env) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(body=st.dictionaries(st.text(max_size=6), json_value, max_size=3), nv=nvext,
-       hdrs=headers)
+@given(body=st.dictionaries(st.text(max_size=6), json_value, max_size=3), nv=nvext, hdrs=headers)
 def test_translate_raises_only_hint_errors(body: dict, nv: object, hdrs: dict) -> None:
     body = {**body, "nvext": nv}
     try:
@@ -226,5 +290,6 @@ def test_translate_raises_only_hint_errors(body: dict, nv: object, hdrs: dict) -
         return
     assert set(tr.headers) >= {"Content-Type"}
     if tr.changed:
-        _check_forwarded({"body": tr.body, "headers": {k.lower(): v for k, v in
-                                                       tr.headers.items()}})
+        _check_forwarded(
+            {"body": tr.body, "headers": {k.lower(): v for k, v in tr.headers.items()}}
+        )

@@ -1,4 +1,5 @@
-"""The streaming-relay benchmark measures what it says: every chunk of every stream, both targets."""
+"""The streaming-relay benchmark measures what it says: every chunk of every stream, both
+targets."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from benchmarks.gateway_stream import run
 
 
 def test_small_run_counts_every_chunk() -> None:
-    args = argparse.Namespace(streams=8, concurrency=2, chunks=3, gap_ms=1.0, rounds=2,
-                              gateway_src=None)
+    args = argparse.Namespace(
+        streams=8, concurrency=2, chunks=3, gap_ms=1.0, rounds=2, gateway_src=None
+    )
     res = run(args)
     assert res["chunks_per_stream"] == 3
     assert res["direct"]["streams"] == res["gateway"]["streams"] == 8

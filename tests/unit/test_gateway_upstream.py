@@ -28,7 +28,7 @@ async def server() -> AsyncIterator[TestServer]:
         if request.query.get("stream"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
-            for i in range(int(request.query["stream"])):
+            for _ in range(int(request.query["stream"])):
                 await resp.write(b"x" * 65536)
             return resp
         return web.Response(body=body + b"|" + request.headers.get("x-k", "").encode())
@@ -226,6 +226,7 @@ async def test_relay_hands_every_chunk_over_and_pauses(server: TestServer) -> No
 
 async def test_relay_idle_timeout_but_not_while_paused() -> None:
     """A silent upstream times the relay out; a paused one (slow client) does not."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -256,7 +257,8 @@ async def test_relay_idle_timeout_but_not_while_paused() -> None:
 
 
 async def test_relay_starting_paused_reads_nothing_after_the_buffered_part(
-        server: TestServer) -> None:
+    server: TestServer,
+) -> None:
     """relay(paused=True): what arrived before the relay (up to the buffering high-water
     mark, where reading stopped) is handed over, then nothing until resume()."""
     c = UpstreamClient(url(server))
@@ -276,6 +278,7 @@ async def test_relay_starting_paused_reads_nothing_after_the_buffered_part(
 async def test_wait_body_returns_with_the_first_bytes_and_keeps_them_for_the_relay() -> None:
     """wait_body() (the first-token wait of routing=gateway) returns once body bytes come,
     after headers that came earlier, and leaves them for relay(); the caller bounds it."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)  # headers now, the first event later

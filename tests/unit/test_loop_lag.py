@@ -11,15 +11,25 @@ from router.loop_lag import LOOP_LAG_BUCKETS, watch_loop_lag
 def test_lag_is_near_zero_on_an_idle_loop_and_shows_a_blocked_one() -> None:
     async def run() -> list[float]:
         seen: list[float] = []
-        task = asyncio.create_task(watch_loop_lag(seen.append, interval_s=0.01))
-        while len(seen) < 3:
-            await asyncio.sleep(0.01)
+        arrived = asyncio.Event()
+
+        def observe(lag: float) -> None:
+            seen.append(lag)
+            arrived.set()
+
+        async def next_sample() -> None:
+            arrived.clear()
+            await arrived.wait()
+
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(watch_loop_lag(observe, loop.time, interval_s=0.01))
+        for _ in range(3):
+            await next_sample()
         idle = len(seen)
-        time.sleep(0.08)  # a callback that hogs the loop, as a blocking call would
-        while len(seen) < idle + 1:
-            await asyncio.sleep(0.005)
+        time.sleep(0.08)  # noqa: ASYNC251 - hogs the loop on purpose, as a blocking call would
+        await next_sample()
         task.cancel()
-        return seen[:idle] + [seen[idle]]
+        return [*seen[:idle], seen[idle]]
 
     seen = asyncio.run(run())
     *idle, blocked = seen

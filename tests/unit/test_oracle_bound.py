@@ -9,8 +9,15 @@ from benchmarks.oracle_bound import bound, table
 
 
 def _rec(arm: str, prompt: int, cached: int, ideal: int, ttft: float, status: int = 200) -> dict:
-    return {"workload": "w", "arm": arm, "status": status, "prompt_tokens": prompt,
-            "cached_tokens": cached, "ideal_cached_tokens": ideal, "ttft_ms": ttft}
+    return {
+        "workload": "w",
+        "arm": arm,
+        "status": status,
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "ideal_cached_tokens": ideal,
+        "ttft_ms": ttft,
+    }
 
 
 def test_fit_recovers_the_cost_of_an_uncached_token_and_takes_only_the_excess_off() -> None:
@@ -28,9 +35,11 @@ def test_fit_recovers_the_cost_of_an_uncached_token_and_takes_only_the_excess_of
     assert s["intercept_ms"] == pytest.approx(10.0) and s["slope_ms_per_1k"] == pytest.approx(20.0)
     # Cache-perfect: a request that lost cache is charged its ideal uncached tokens; one that
     # cached more than the ideal keeps its measured TTFT (never made slower).
-    perfect = [10.0 + 20.0 * (r["prompt_tokens"] - max(r["cached_tokens"],
-                                                       r["ideal_cached_tokens"])) / 1000
-               for r in recs[:200]]
+    perfect = [
+        10.0
+        + 20.0 * (r["prompt_tokens"] - max(r["cached_tokens"], r["ideal_cached_tokens"])) / 1000
+        for r in recs[:200]
+    ]
     assert s["perfect"][50] == pytest.approx(float(np.percentile(perfect, 50)))
     assert s["perfect"][99] <= s["ttft"][99]
     excess = np.mean([max(r["ideal_cached_tokens"] - r["cached_tokens"], 0) for r in recs[:200]])

@@ -37,7 +37,7 @@ def test_learns_per_worker_slowdown_relative_to_fleet() -> None:
             x = _x(k)
             resid_ms = slope * k + rng.normal(0, 20)
             b.update(w, x, "ttft", resid_ms / cfg.ttft_scale_ms)
-    diff = (b.mean_correction(1, _x(4.0), "ttft") - b.mean_correction(0, _x(4.0), "ttft"))
+    diff = b.mean_correction(1, _x(4.0), "ttft") - b.mean_correction(0, _x(4.0), "ttft")
     assert diff * cfg.ttft_scale_ms == pytest.approx(400.0, rel=0.1)
 
 
@@ -50,8 +50,12 @@ def test_sample_covariance_matches_posterior() -> None:
     ids = np.array([3])
     b.sample(ids, _x()[None])
     for _ in range(30):
-        b.update(3, rng.uniform(0, 2, DIM) * np.array([0, 1, 1, 1, 1]) + np.eye(DIM)[0],
-                 "ttft", rng.normal())
+        b.update(
+            3,
+            rng.uniform(0, 2, DIM) * np.array([0, 1, 1, 1, 1]) + np.eye(DIM)[0],
+            "ttft",
+            rng.normal(),
+        )
     x = _x()
     draws = np.array([b.sample(ids, x[None])[0][0, 0] for _ in range(20_000)])
     hs = b._heads
@@ -184,8 +188,7 @@ def test_feature_clip_does_not_extrapolate_beyond_what_a_worker_was_seen_at() ->
             np.testing.assert_allclose(mean[0, 0], edge[0, 0])
             restored = WorkerBandit(cfg)
             restored.load_state_dict(json.loads(json.dumps(b.state_dict())))
-            np.testing.assert_allclose(restored.sample(ids, np.stack([_x(3.5), _x(3.5)]))[1],
-                                       mean)
+            np.testing.assert_allclose(restored.sample(ids, np.stack([_x(3.5), _x(3.5)]))[1], mean)
         _, fresh = WorkerBandit(cfg).sample(np.array([7]), _x(3.5)[None])
         np.testing.assert_array_equal(fresh, 0.0)
     unclipped, clipped = corrections[False][0], corrections[True][0]

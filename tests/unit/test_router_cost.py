@@ -7,7 +7,7 @@ import pytest
 
 from router import cost
 from router.config import RouterConfig
-from router.policy import RouteRequest, Router
+from router.policy import Router, RouteRequest
 from router.signals import WorkerSignals
 
 BS = 64
@@ -61,7 +61,9 @@ def test_argmin_equals_dynamo_default_cost_with_learning_and_affinity_off() -> N
         )
         # A conversation with many requests to come: affinity is off, so it must not matter.
         req = RouteRequest(
-            request_id=f"r{trial}", prefix_id=f"p{trial % 7}", prompt_tokens=prompt,
+            request_id=f"r{trial}",
+            prefix_id=f"p{trial % 7}",
+            prompt_tokens=prompt,
             total_requests=50,
         )
         d = router.decide(req, signals, now=float(trial))
@@ -88,10 +90,11 @@ def test_load_enters_additively_a_loaded_worker_never_gains() -> None:
     never lowers its score or improves its rank -- even when its score is negative (large
     affinity and a negative learned correction), where a multiplicative load modifier would
     reward it."""
-    cfg = RouterConfig(active_request_ms=2.0, affinity_cap_ms=5000.0,
-                       prefill_interference_weight=1.0)
+    cfg = RouterConfig(
+        active_request_ms=2.0, affinity_cap_ms=5000.0, prefill_interference_weight=1.0
+    )
     rng = np.random.default_rng(2)
-    for trial in range(500):
+    for _ in range(500):
         w = int(rng.integers(2, 9))
         prompt = int(rng.integers(64, 20_000))
         f = _random_fleet(rng, w, prompt)
@@ -99,8 +102,12 @@ def test_load_enters_additively_a_loaded_worker_never_gains() -> None:
         learned = rng.normal(-300.0, 200.0, size=w)
         f["overlap_blocks"][home] = prompt // BS  # the home holds the whole prompt
         f["potential_prefill_tokens"][home] = f["queued"][home]
-        kw = dict(home=home, remaining_requests=5,
-                  learned_ms=learned, reserved=rng.integers(0, 3000, size=w).astype(float))
+        kw = dict(
+            home=home,
+            remaining_requests=5,
+            learned_ms=learned,
+            reserved=rng.integers(0, 3000, size=w).astype(float),
+        )
         base = _score(cfg, f, prompt, **dict(kw))
         j = int(rng.integers(0, w))
         g = {k: v.copy() for k, v in f.items()}
@@ -128,20 +135,26 @@ def test_prefill_interference_keeps_a_cached_prompt_off_a_cold_worker() -> None:
     stall its 3.5k-token prefill puts on the request running there, the cached one does.
     A full cache hit charges nothing."""
     prompt = 3507
-    f = {"overlap_blocks": np.array([52.0, 0.0]),
-         "potential_prefill_tokens": np.array([prompt - 52 * BS, prompt], dtype=float),
-         "decode_blocks": np.array([347.0, 121.0]),
-         "active_requests": np.array([4.0, 1.0])}
+    f = {
+        "overlap_blocks": np.array([52.0, 0.0]),
+        "potential_prefill_tokens": np.array([prompt - 52 * BS, prompt], dtype=float),
+        "decode_blocks": np.array([347.0, 121.0]),
+        "active_requests": np.array([4.0, 1.0]),
+    }
     off = _score(RouterConfig(), f, prompt)
     assert int(off.total.argmin()) == 1
     cfg = RouterConfig(prefill_interference_weight=1.0)
     on = _score(cfg, f, prompt)
     assert int(on.total.argmin()) == 0
     uncached = np.array([prompt - 52 * BS, prompt], dtype=float)
-    np.testing.assert_allclose(on.decode_ms - off.decode_ms,
-                               cfg.prefill_ms_per_token * uncached * f["active_requests"])
-    hit = dict(f, overlap_blocks=np.array([prompt / BS, 0.0]),
-               potential_prefill_tokens=np.array([0.0, prompt]))
+    np.testing.assert_allclose(
+        on.decode_ms - off.decode_ms, cfg.prefill_ms_per_token * uncached * f["active_requests"]
+    )
+    hit = dict(
+        f,
+        overlap_blocks=np.array([prompt / BS, 0.0]),
+        potential_prefill_tokens=np.array([0.0, prompt]),
+    )
     np.testing.assert_allclose(_score(cfg, hit, prompt).decode_ms[0], off.decode_ms[0])
 
 
@@ -191,8 +204,7 @@ def test_affinity_scales_with_remaining_budget_and_pin() -> None:
         "active_requests": np.zeros(2),
     }
     vals = [
-        _score(cfg, f, prompt, home=0, remaining_requests=r).affinity_ms[0]
-        for r in (0, 1, 2, 4, 8)
+        _score(cfg, f, prompt, home=0, remaining_requests=r).affinity_ms[0] for r in (0, 1, 2, 4, 8)
     ]
     assert vals == pytest.approx([0.0, 24.0, 48.0, 96.0, 96.0])
     pinned = _score(cfg, f, prompt, home=0, remaining_requests=0, pinned=True)
@@ -220,7 +232,10 @@ def test_history_fallback_split_keeps_queued_part() -> None:
     """Dynamo computed potential prefill with zero overlap; the fallback overlap reduces only
     the request's own uncached part, not the queue behind it."""
     uncached, queued = cost.split_prefill(
-        6400, np.array([50.0, 0.0]), np.array([6400.0 + 1000, 6400.0]), 64,
+        6400,
+        np.array([50.0, 0.0]),
+        np.array([6400.0 + 1000, 6400.0]),
+        64,
         kv_overlap_blocks=np.zeros(2),
     )
     np.testing.assert_allclose(uncached, [6400 - 50 * 64, 6400])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from router.config import RouterConfig
-from router.policy import Decision, NoWorkers, RouteRequest, Router
 from router.kv_signals import signals_from_rows
 from router.load import LoadTracker
+from router.policy import Decision, NoWorkers, Router, RouteRequest
 from router.signals import WorkerSignals
 
 BS = 64
@@ -26,8 +26,18 @@ class SimCluster:
     Decode blocks of a request linger ``decode_tau_s`` (exponential drain).
     """
 
-    def __init__(self, slowness, seed=0, kv_events=True, dt_s=0.2, ms_per_token=0.015,
-                 overhead_ms=10.0, noise_ms=3.0, itl_ms=5.0, decode_tau_s=0.3):
+    def __init__(
+        self,
+        slowness,
+        seed=0,
+        kv_events=True,
+        dt_s=0.2,
+        ms_per_token=0.015,
+        overhead_ms=10.0,
+        noise_ms=3.0,
+        itl_ms=5.0,
+        decode_tau_s=0.3,
+    ):
         self.slow = np.asarray(slowness, dtype=float)
         self.n = len(self.slow)
         self.ids = np.arange(100, 100 + self.n)
@@ -56,14 +66,22 @@ class SimCluster:
             potential_prefill_tokens=np.maximum(prompt - seen_ov * BS, 0) + self.queued,
             decode_blocks=self.decode,
         )  # nothing in flight at decision time: every request is reported at once below
-        req = RouteRequest(request_id=rid, prefix_id=prefix_id, prompt_tokens=prompt,
-                           total_requests=total_requests, **kw)
+        req = RouteRequest(
+            request_id=rid,
+            prefix_id=prefix_id,
+            prompt_tokens=prompt,
+            total_requests=total_requests,
+            **kw,
+        )
         d = router.decide(req, sig, self.now)
         w = int(d.worker_id - 100)
         u = float(uncached[w])
         self.hits += prompt - u
-        ttft = (self.slow[w] * self.ms_per_token * (self.queued[w] + u) + self.overhead_ms
-                + abs(self.rng.normal(0, self.noise_ms)))
+        ttft = (
+            self.slow[w] * self.ms_per_token * (self.queued[w] + u)
+            + self.overhead_ms
+            + abs(self.rng.normal(0, self.noise_ms))
+        )
         self.queued[w] += u
         if prefix_id is not None:
             self.cache[w][prefix_id] = prompt // BS
@@ -87,30 +105,41 @@ def _sig(**kw) -> WorkerSignals:
 
 
 def _req(rid: str, prompt: int, prefix: str | None = None, total: int = 1, **kw) -> RouteRequest:
-    return RouteRequest(request_id=rid, prefix_id=prefix, prompt_tokens=prompt,
-                        total_requests=total, **kw)
+    return RouteRequest(
+        request_id=rid, prefix_id=prefix, prompt_tokens=prompt, total_requests=total, **kw
+    )
 
 
 # ------------------------------------------------------------------ cost-model behaviour
 def test_overlap_preference() -> None:
     r = _det()
-    d = r.decide(_req("a", 6400), _sig(overlap_blocks=[0, 0, 60, 0],
-                                       potential_prefill_tokens=[6400, 6400, 2560, 6400]), 0.0)
+    d = r.decide(
+        _req("a", 6400),
+        _sig(overlap_blocks=[0, 0, 60, 0], potential_prefill_tokens=[6400, 6400, 2560, 6400]),
+        0.0,
+    )
     assert d.worker_id == 12 and d.reason == "overlap"
     assert d.candidates[0].worker_id == 12 and len(d.candidates) == 3
     totals = [c.total_ms for c in d.candidates]
     assert totals == sorted(totals)
     c = d.candidates[0]
     assert c.total_ms == pytest.approx(
-        c.ttft_ms + c.decode_ms + c.eviction_ms + c.learned_ms - c.affinity_ms)
+        c.ttft_ms + c.decode_ms + c.eviction_ms + c.learned_ms - c.affinity_ms
+    )
 
 
 def test_load_avoidance_outweighs_small_overlap() -> None:
     """Worker 12 holds 10 blocks of the prompt but has 20k tokens queued: it loses."""
     r = _det()
-    d = r.decide(_req("a", 6400), _sig(overlap_blocks=[0, 0, 10, 0],
-                                       potential_prefill_tokens=[6400, 6400, 5760 + 20_000, 6400],
-                                       decode_blocks=[50, 0, 0, 30]), 0.0)
+    d = r.decide(
+        _req("a", 6400),
+        _sig(
+            overlap_blocks=[0, 0, 10, 0],
+            potential_prefill_tokens=[6400, 6400, 5760 + 20_000, 6400],
+            decode_blocks=[50, 0, 0, 30],
+        ),
+        0.0,
+    )
     assert d.worker_id == 11 and d.reason == "load"
 
 
@@ -122,32 +151,46 @@ def test_stickiness_while_budget_lasts_then_release() -> None:
     r = _det()
     queued = np.array([8000.0, 0, 0, 0])
     prompts = [6400, 7040, 7680, 8320, 8960]
-    d = r.decide(_req("c1", prompts[0], "conv", total=4), _sig(potential_prefill_tokens=prompts[0] + np.zeros(4)), 0.0)
+    d = r.decide(
+        _req("c1", prompts[0], "conv", total=4),
+        _sig(potential_prefill_tokens=prompts[0] + np.zeros(4)),
+        0.0,
+    )
     home = d.worker_id
     assert d.reuse_remaining == 3
     queued = np.where(np.array([10, 11, 12, 13]) == home, 8000.0, 0.0)
     reasons = []
     for i, p in enumerate(prompts[1:4], start=2):
-        d = r.decide(_req(f"c{i}", p, "conv", total=4), _sig(potential_prefill_tokens=p + queued), float(i))
+        d = r.decide(
+            _req(f"c{i}", p, "conv", total=4), _sig(potential_prefill_tokens=p + queued), float(i)
+        )
         assert d.worker_id == home and d.history_fallback and d.home_worker_id == home
         reasons.append(d.reason)
     assert reasons == ["sticky", "sticky", "sticky"]
     assert "conv" not in r.table  # budget exhausted -> released
-    d = r.decide(_req("c5", prompts[4], "conv", total=4), _sig(potential_prefill_tokens=prompts[4] + queued), 5.0)
+    d = r.decide(
+        _req("c5", prompts[4], "conv", total=4),
+        _sig(potential_prefill_tokens=prompts[4] + queued),
+        5.0,
+    )
     assert d.worker_id != home and d.reason == "load"
 
 
 def test_pin_keeps_conversation_until_ttl() -> None:
     r = _det()
-    d = r.decide(_req("p1", 6400, "pinned", total=1, pin_ttl_s=30.0), _sig(potential_prefill_tokens=np.full(4, 6400.0)), 0.0)
+    d = r.decide(
+        _req("p1", 6400, "pinned", total=1, pin_ttl_s=30.0),
+        _sig(potential_prefill_tokens=np.full(4, 6400.0)),
+        0.0,
+    )
     home = d.worker_id
     assert d.pinned and d.reuse_remaining == 0
-    assert r.table.reserved_blocks(home) == 100
+    assert r.table.reserved_by_worker().get(home, 0) == 100
     queued = np.where(np.array([10, 11, 12, 13]) == home, 8000.0, 0.0)
     d = r.decide(_req("p2", 7040, "pinned"), _sig(potential_prefill_tokens=7040 + queued), 10.0)
     assert d.worker_id == home and d.reason == "pin"
     r.sweep(41.0)  # pin (from t=0) expired, budget 0 -> gone
-    assert "pinned" not in r.table and r.table.reserved_blocks(home) == 0
+    assert "pinned" not in r.table and r.table.reserved_by_worker().get(home, 0) == 0
     d = r.decide(_req("p3", 7680, "pinned"), _sig(potential_prefill_tokens=7680 + queued), 42.0)
     assert d.worker_id != home and d.reason == "load"
 
@@ -155,13 +198,19 @@ def test_pin_keeps_conversation_until_ttl() -> None:
 def test_exploration_is_scaled_by_the_cold_part_of_the_prompt() -> None:
     """A prompt cached in full somewhere never explores; a cold one does (high exploration,
     equal loads, so only the posterior sample can change the choice)."""
+
     def explorations(overlap: list[float], seed: int) -> int:
         r = Router(RouterConfig(seed=seed, exploration=4.0))
         n = 0
         for k in range(200):
-            d = r.decide(_req(f"x{k}", 3200), _sig(
-                overlap_blocks=overlap,
-                potential_prefill_tokens=[3200 - 64 * o for o in overlap]), float(k))
+            d = r.decide(
+                _req(f"x{k}", 3200),
+                _sig(
+                    overlap_blocks=overlap,
+                    potential_prefill_tokens=[3200 - 64 * o for o in overlap],
+                ),
+                float(k),
+            )
             n += d.reason == "exploration"
             r.cancel(f"x{k}")
         return n
@@ -172,16 +221,27 @@ def test_exploration_is_scaled_by_the_cold_part_of_the_prompt() -> None:
 
 def test_history_fallback_only_when_no_kv_overlap_and_recent() -> None:
     r = _det(history_window_s=60.0)
-    r.decide(_req("h1", 6400, "conv", total=10), _sig(potential_prefill_tokens=[9000, 6400, 6400, 6400]), 0.0)
-    d = r.decide(_req("h2", 7040, "conv", total=10), _sig(potential_prefill_tokens=np.full(4, 7040.0)), 1.0)
+    r.decide(
+        _req("h1", 6400, "conv", total=10),
+        _sig(potential_prefill_tokens=[9000, 6400, 6400, 6400]),
+        0.0,
+    )
+    d = r.decide(
+        _req("h2", 7040, "conv", total=10), _sig(potential_prefill_tokens=np.full(4, 7040.0)), 1.0
+    )
     assert d.history_fallback and d.worker_id == 11 and d.reason == "overlap"
     assert d.candidates[0].overlap_blocks == 100
     # KV events report overlap elsewhere: they win over history.
-    d = r.decide(_req("h3", 7680, "conv", total=10),
-                 _sig(overlap_blocks=[0, 0, 110, 0], potential_prefill_tokens=[7680, 7680, 640, 7680]), 2.0)
+    d = r.decide(
+        _req("h3", 7680, "conv", total=10),
+        _sig(overlap_blocks=[0, 0, 110, 0], potential_prefill_tokens=[7680, 7680, 640, 7680]),
+        2.0,
+    )
     assert not d.history_fallback and d.worker_id == 12
     # Too old: no fallback.
-    d = r.decide(_req("h4", 8320, "conv", total=10), _sig(potential_prefill_tokens=np.full(4, 8320.0)), 100.0)
+    d = r.decide(
+        _req("h4", 8320, "conv", total=10), _sig(potential_prefill_tokens=np.full(4, 8320.0)), 100.0
+    )
     assert not d.history_fallback
 
 
@@ -194,12 +254,20 @@ def test_anonymous_requests_leave_no_prefix_state() -> None:
 
 def test_removed_worker_is_forgotten_and_home_elsewhere_is_ignored() -> None:
     r = Router(RouterConfig(seed=0))
-    d = r.decide(_req("x1", 6400, "conv", total=5, pin_ttl_s=60), _sig(potential_prefill_tokens=np.full(4, 6400.0)), 0.0)
+    d = r.decide(
+        _req("x1", 6400, "conv", total=5, pin_ttl_s=60),
+        _sig(potential_prefill_tokens=np.full(4, 6400.0)),
+        0.0,
+    )
     gone = d.worker_id
     r.remove_worker(gone)
-    assert gone not in r.bandit.workers and r.table.reserved_blocks(gone) == 0
+    assert gone not in r.bandit.workers and r.table.reserved_by_worker().get(gone, 0) == 0
     rest = [w for w in (10, 11, 12, 13) if w != gone]
-    d = r.decide(_req("x2", 7040, "conv", total=5), WorkerSignals.build(rest, potential_prefill_tokens=np.full(3, 7040.0)), 1.0)
+    d = r.decide(
+        _req("x2", 7040, "conv", total=5),
+        WorkerSignals.build(rest, potential_prefill_tokens=np.full(3, 7040.0)),
+        1.0,
+    )
     assert d.worker_id in rest and d.home_worker_id == gone
     assert r.report("x1", 50.0, 5.0, 6400, 10)  # late feedback for the departed worker
     assert gone not in r.bandit.workers
@@ -209,7 +277,9 @@ def test_removed_worker_is_forgotten_and_home_elsewhere_is_ignored() -> None:
 
 def test_decision_serializes_for_traces() -> None:
     r = Router(RouterConfig(seed=0))
-    d = r.decide(_req("t", 1000, "conv", total=3), _sig(potential_prefill_tokens=np.full(4, 1000.0)), 0.0)
+    d = r.decide(
+        _req("t", 1000, "conv", total=3), _sig(potential_prefill_tokens=np.full(4, 1000.0)), 0.0
+    )
     back = msgspec.json.decode(msgspec.json.encode(d), type=Decision)
     assert back == d and len(d.features) == 5
 
@@ -309,7 +379,8 @@ def test_learner_save_restore_round_trip_through_router() -> None:
     x = np.array([1.0, 4.0, 0.0, 0.0, 0.0])
     for w in range(100, 104):
         assert fresh.bandit.mean_correction(w, x, "ttft") == pytest.approx(
-            r.bandit.mean_correction(w, x, "ttft"))
+            r.bandit.mean_correction(w, x, "ttft")
+        )
     assert fresh.bandit.mean_correction(103, x, "ttft") > 0.3  # slow worker remembered
 
 
@@ -318,11 +389,26 @@ def test_signals_from_rows_aggregate_dp_ranks_and_add_our_load() -> None:
     """Per worker: the best rank's overlap, the least loaded rank's prefill plus our queue,
     Dynamo's decode blocks summed over ranks plus ours per rank; only live workers."""
     load = LoadTracker(BS)
-    load.start("a", 7, uncached_tokens=100, prompt_tokens=640, osl=0)  # 10 blocks on 7
+    load.start("a", 7, uncached_tokens=100, prompt_tokens=640, osl=0, now=0.0)  # 10 blocks on 7
     rows = [
-        {"worker_id": 7, "dp_rank": 0, "potential_prefill_tokens": 500, "potential_decode_blocks": 10},
-        {"worker_id": 7, "dp_rank": 1, "potential_prefill_tokens": 256, "potential_decode_blocks": 20},
-        {"worker_id": 3, "dp_rank": 0, "potential_prefill_tokens": 640, "potential_decode_blocks": 5},
+        {
+            "worker_id": 7,
+            "dp_rank": 0,
+            "potential_prefill_tokens": 500,
+            "potential_decode_blocks": 10,
+        },
+        {
+            "worker_id": 7,
+            "dp_rank": 1,
+            "potential_prefill_tokens": 256,
+            "potential_decode_blocks": 20,
+        },
+        {
+            "worker_id": 3,
+            "dp_rank": 0,
+            "potential_prefill_tokens": 640,
+            "potential_decode_blocks": 5,
+        },
         {"worker_id": 9, "dp_rank": 0, "potential_prefill_tokens": 0, "potential_decode_blocks": 0},
     ]
     s, uncached = signals_from_rows(rows, 640, load, 1000, live=frozenset({3, 7}))
@@ -330,21 +416,29 @@ def test_signals_from_rows_aggregate_dp_ranks_and_add_our_load() -> None:
     assert s.overlap_blocks.tolist() == [0, 6]  # (640 - 256) // 64 on the best rank
     assert s.potential_prefill_tokens.tolist() == [640, 356]  # + our 100 queued on 7
     assert s.decode_blocks.tolist() == [5, 50] and s.active_requests.tolist() == [0, 2]
-    assert s.capacity_blocks.tolist() == [1000, 1000] and s.reserved_blocks is None
+    assert s.capacity_blocks.tolist() == [1000, 1000]
 
 
 def test_signals_take_the_workers_reported_capacity_and_engine_queue() -> None:
     """A worker's own card overrides the configured capacity; workers without one keep it.
     Only workers whose engine holds requests back appear in ``waiting``; others read 0."""
     rows = [
-        {"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": 640, "potential_decode_blocks": 10}
+        {
+            "worker_id": w,
+            "dp_rank": 0,
+            "potential_prefill_tokens": 640,
+            "potential_decode_blocks": 10,
+        }
         for w in (3, 7, 9)
     ]
-    s, _ = signals_from_rows(rows, 640, LoadTracker(BS), 1000,
-                             reported_capacity={7: 192, 9: 512}, engine_waiting={9: 2})
+    s, _ = signals_from_rows(
+        rows, 640, LoadTracker(BS), 1000, reported_capacity={7: 192, 9: 512}, engine_waiting={9: 2}
+    )
     assert s.capacity_blocks.tolist() == [1000, 192, 512]
     assert s.engine_waiting is not None and s.engine_waiting.tolist() == [0, 0, 2]
-    s, _ = signals_from_rows(rows, 640, LoadTracker(BS), 1000, reported_capacity={}, engine_waiting={})
+    s, _ = signals_from_rows(
+        rows, 640, LoadTracker(BS), 1000, reported_capacity={}, engine_waiting={}
+    )
     assert s.capacity_blocks.tolist() == [1000] * 3 and s.engine_waiting is None
 
 
@@ -362,7 +456,9 @@ def test_a_worker_whose_engine_holds_requests_back_loses_its_cache_edge() -> Non
     req = RouteRequest(request_id="r", prompt_tokens=3000)
     off = Router(RouterConfig(bandit_enabled=False, seed=0)).decide(req, sig, 0.0)
     assert off.worker_id == 7 and off.candidates[0].waiting_ms == 0.0
-    on = Router(RouterConfig(bandit_enabled=False, seed=0, engine_waiting_ms=200.0)).decide(req, sig, 0.0)
+    on = Router(RouterConfig(bandit_enabled=False, seed=0, engine_waiting_ms=200.0)).decide(
+        req, sig, 0.0
+    )
     assert on.worker_id == 3
     waited = next(c for c in on.candidates if c.worker_id == 7)
     assert waited.waiting_ms == 200.0 and waited.total_ms > on.candidates[0].total_ms

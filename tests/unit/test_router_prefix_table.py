@@ -32,29 +32,29 @@ def test_pin_keeps_exhausted_prefix_and_reserves_blocks_until_expiry() -> None:
     t = PrefixTable()
     e = t.observe("p", 7, now=0.0, total_requests=1, blocks=40, pin_ttl_s=30.0)
     assert e is not None and e.pinned(10.0)
-    assert t.reserved_blocks(7) == 40
+    assert t.reserved_by_worker().get(7, 0) == 40
     assert t.get("p", 20.0) is e  # still pinned
-    assert t.sweep(29.0) == 0 and t.reserved_blocks(7) == 40
+    assert t.sweep(29.0) == 0 and t.reserved_by_worker().get(7, 0) == 40
     assert t.sweep(31.0) == 1  # timer due, budget 0 -> removed
-    assert "p" not in t and t.reserved_blocks(7) == 0
+    assert "p" not in t and t.reserved_by_worker().get(7, 0) == 0
 
 
 def test_pin_extension_rearms_timer_and_move_transfers_reservation() -> None:
     t = PrefixTable()
     t.observe("p", 1, 0.0, total_requests=10, blocks=20, pin_ttl_s=10.0)
     t.observe("p", 2, 5.0, total_requests=10, blocks=30, pin_ttl_s=10.0)  # moves, extends
-    assert t.reserved_blocks(1) == 0 and t.reserved_blocks(2) == 30
+    assert t.reserved_by_worker().get(1, 0) == 0 and t.reserved_by_worker().get(2, 0) == 30
     t.sweep(11.0)  # first timer pops but the pin now runs to 15 -> re-armed
-    assert t.reserved_blocks(2) == 30
+    assert t.reserved_by_worker().get(2, 0) == 30
     t.sweep(16.0)  # pin gone, budget remains -> entry stays, reservation released
-    assert "p" in t and t.reserved_blocks(2) == 0
+    assert "p" in t and t.reserved_by_worker().get(2, 0) == 0
 
 
 def test_lazy_expiry_on_access_releases_reservation() -> None:
     t = PrefixTable()
     t.observe("p", 3, 0.0, total_requests=5, blocks=8, pin_ttl_s=2.0)
     e = t.get("p", 3.0)  # pin expired, budget left: live but unpinned
-    assert e is not None and not e.pinned(3.0) and t.reserved_blocks(3) == 0
+    assert e is not None and not e.pinned(3.0) and t.reserved_by_worker().get(3, 0) == 0
 
 
 def test_idle_ttl_expires_unpinned_entries_via_sweep_and_lazily() -> None:
@@ -99,7 +99,10 @@ def test_reserved_totals_match_brute_force_under_random_operations() -> None:
         key = f"p{rng.integers(0, 80)}"
         if op < 0.7:
             t.observe(
-                key, int(rng.integers(0, 5)), now, int(rng.integers(1, 6)),
+                key,
+                int(rng.integers(0, 5)),
+                now,
+                int(rng.integers(1, 6)),
                 int(rng.integers(1, 100)),
                 float(rng.choice([0.0, 1.0, 5.0, 20.0])) or None,
             )
@@ -176,5 +179,7 @@ def test_one_million_distinct_prefixes_stay_bounded() -> None:
     assert len(t) == cap
     assert t.evictions == 1_000_000 - cap
     assert rss_growth_mib < 25, rss_growth_mib
-    print(f"1M prefixes: {at_cap / cap:.0f} B/entry at cap, traced end {end} B, peak {peak} B,"
-          f" peak RSS growth {rss_growth_mib:.1f} MiB")
+    print(
+        f"1M prefixes: {at_cap / cap:.0f} B/entry at cap, traced end {end} B, peak {peak} B,"
+        f" peak RSS growth {rss_growth_mib:.1f} MiB"
+    )

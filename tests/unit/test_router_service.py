@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from router.config import RouterConfig
@@ -17,8 +16,13 @@ W1, W2 = 2**63 + 11, 2**63 + 22  # Dynamo instance ids are u64: above int64's ra
 def rows(uncached: dict[int, int], prompt: int) -> list[dict]:
     """KvRouter.get_potential_loads rows with no load of ours tracked there."""
     return [
-        {"worker_id": w, "dp_rank": 0, "potential_prefill_tokens": u,
-         "potential_decode_blocks": prompt // BS, "active_requests": 0}
+        {
+            "worker_id": w,
+            "dp_rank": 0,
+            "potential_prefill_tokens": u,
+            "potential_decode_blocks": prompt // BS,
+            "active_requests": 0,
+        }
         for w, u in uncached.items()
     ]
 
@@ -28,8 +32,10 @@ def service() -> RouterService:
 
 
 def find(svc: RouterService, rid: str, uncached: dict[int, int], prompt: int = 4096, **kw) -> int:
-    msg = FindWorker(request=RouteRequest(request_id=rid, prompt_tokens=prompt, osl=64, **kw),
-                     rows=rows(uncached, prompt))
+    msg = FindWorker(
+        request=RouteRequest(request_id=rid, prompt_tokens=prompt, osl=64, **kw),
+        rows=rows(uncached, prompt),
+    )
     return svc.find_worker(msg, now=1.0).worker_id
 
 
@@ -40,8 +46,16 @@ def test_find_worker_prefers_the_cached_worker_and_accounts_its_load() -> None:
     assert (load.active_requests, load.queued_prefill_tokens) == (1, 64)
     svc.feedback(Feedback(event="first_token", request_id="a"))
     assert svc.load.get(W2).queued_prefill_tokens == 0
-    svc.feedback(Feedback(event="finish", request_id="a", ttft_ms=5.0, itl_ms=1.0,
-                          uncached_tokens=64, output_tokens=64))
+    svc.feedback(
+        Feedback(
+            event="finish",
+            request_id="a",
+            ttft_ms=5.0,
+            itl_ms=1.0,
+            uncached_tokens=64,
+            output_tokens=64,
+        )
+    )
     assert svc.load.get(W2).active_requests == 0
 
 
@@ -64,8 +78,11 @@ def test_cancelled_requests_release_load_without_feedback() -> None:
 
 def test_live_filter_excludes_workers_the_caller_cannot_reach() -> None:
     svc = service()
-    msg = FindWorker(request=RouteRequest(request_id="a", prompt_tokens=4096),
-                     rows=rows({W1: 4096, W2: 0}, 4096), live=[W1])
+    msg = FindWorker(
+        request=RouteRequest(request_id="a", prompt_tokens=4096),
+        rows=rows({W1: 4096, W2: 0}, 4096),
+        live=[W1],
+    )
     assert svc.find_worker(msg, now=1.0).worker_id == W1
 
 
@@ -74,8 +91,16 @@ def test_learner_state_survives_a_restart(tmp_path: Path) -> None:
     svc = RouterService(cfg)
     for i in range(60):  # W1 is consistently slow
         wid = find(svc, f"r{i}", {W1: 4096, W2: 4096})
-        svc.feedback(Feedback(event="finish", request_id=f"r{i}", ttft_ms=900.0 if wid == W1 else 60.0,
-                              itl_ms=5.0, uncached_tokens=4096, output_tokens=64))
+        svc.feedback(
+            Feedback(
+                event="finish",
+                request_id=f"r{i}",
+                ttft_ms=900.0 if wid == W1 else 60.0,
+                itl_ms=5.0,
+                uncached_tokens=4096,
+                output_tokens=64,
+            )
+        )
     path = tmp_path / "state" / "router.json"
     asyncio.run(svc.save_state(path))
     restored = RouterService(cfg)
@@ -92,13 +117,28 @@ def test_learner_state_survives_a_restart(tmp_path: Path) -> None:
 
 def test_load_of_requests_whose_end_never_arrives_expires() -> None:
     svc = service()
-    wid = find(svc, "lost", {W1: 4096, W2: 4096})
+    wid = find(svc, "lost", {W1: 4096, W2: 4096})  # placed at now=1.0
     assert svc.load.get(wid).active_requests == 1
-    now = time.monotonic()
-    assert svc.sweep(now)["load_expired"] == 0  # younger than the feedback timeout
-    swept = svc.sweep(now + svc.config.feedback_timeout_s + 1)
+    timeout = svc.config.feedback_timeout_s
+    assert svc.sweep(1.0 + timeout - 0.5)["load_expired"] == 0  # younger than the timeout
+    swept = svc.sweep(1.0 + timeout + 0.5)
     assert swept["load_expired"] == 1
     assert svc.load.get(wid).active_requests == 0 and len(svc.load) == 0
+
+
+def test_load_starts_at_the_callers_now_not_the_wall_clock() -> None:
+    """The router reads no clock: a request placed at now=1000 s (far from any real monotonic
+    reading) is started at exactly that time and expires relative to it."""
+    svc = service()
+    msg = FindWorker(
+        request=RouteRequest(request_id="r", prompt_tokens=4096, osl=64),
+        rows=rows({W1: 4096, W2: 4096}, 4096),
+    )
+    svc.find_worker(msg, now=1000.0)
+    assert svc.load._active["r"].started == 1000.0
+    timeout = svc.config.feedback_timeout_s
+    assert svc.sweep(1000.0 + timeout - 0.5)["load_expired"] == 0
+    assert svc.sweep(1000.0 + timeout + 0.5)["load_expired"] == 1
 
 
 def test_unique_blocks_count_a_shared_prefix_once_and_are_released() -> None:
@@ -108,11 +148,13 @@ def test_unique_blocks_count_a_shared_prefix_once_and_are_released() -> None:
     from router.load import LoadTracker
 
     load = LoadTracker(BS)
-    load.start("a", 7, 0, prompt_tokens=5 * BS, osl=BS, hashes=(1, 2, 3, 10, 11))
-    load.start("b", 7, 0, prompt_tokens=4 * BS + 10, osl=BS, hashes=(1, 2, 3, 20))
+    load.start("a", 7, 0, prompt_tokens=5 * BS, osl=BS, hashes=(1, 2, 3, 10, 11), now=1.0)
+    load.start("b", 7, 0, prompt_tokens=4 * BS + 10, osl=BS, hashes=(1, 2, 3, 20), now=1.0)
     w = load.get(7)
     assert w.decode_blocks == 6 + 6
-    assert w.used_blocks == 6 + (1 + 2)  # 6 distinct prompt blocks + (a: output; b: output + partial)
+    assert w.used_blocks == 6 + (
+        1 + 2
+    )  # 6 distinct prompt blocks + (a: output; b: output + partial)
     assert w.shared_prefix((1, 2, 3, 30, 31)) == 3 and w.shared_prefix((9, 90, 91)) == 0
     assert w.shared_prefix((1, 2, 3, 10, 11, 12)) == 5
     load.finish("a")
@@ -125,17 +167,33 @@ def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
     and wins on cache, but with that request's 61 distinct blocks in use, this one's other 24
     prompt blocks + 1 output block exceed W1's 80: the engine would make it wait for blocks.
     With kv_full_ms the request goes to W2, where it fits; without, the cache wins as before."""
+
     def run(kv_full_ms: float) -> int:
-        svc = RouterService(RouterConfig(seed=3, block_size=BS, bandit_enabled=False,
-                                         worker_capacity_blocks=80, kv_full_ms=kv_full_ms))
+        svc = RouterService(
+            RouterConfig(
+                seed=3,
+                block_size=BS,
+                bandit_enabled=False,
+                worker_capacity_blocks=80,
+                kv_full_ms=kv_full_ms,
+            )
+        )
         shared = [1000 + i for i in range(40)]
-        svc.load.start("busy", W1, 0, prompt_tokens=60 * BS, osl=BS,
-                       hashes=tuple(shared + [2000 + j for j in range(20)]))
+        svc.load.start(
+            "busy",
+            W1,
+            0,
+            prompt_tokens=60 * BS,
+            osl=BS,
+            hashes=tuple(shared + [2000 + j for j in range(20)]),
+            now=1.0,
+        )
         assert svc.load.get(W1).used_blocks == 61
         hashes = shared + [9000 + j for j in range(24)]
-        msg = FindWorker(request=RouteRequest(request_id="r", prompt_tokens=4096, osl=64,
-                                              block_hashes=hashes),
-                         rows=rows({W1: 4096 - 40 * BS, W2: 4096}, 4096))
+        msg = FindWorker(
+            request=RouteRequest(request_id="r", prompt_tokens=4096, osl=64, block_hashes=hashes),
+            rows=rows({W1: 4096 - 40 * BS, W2: 4096}, 4096),
+        )
         decision = svc.find_worker(msg, now=1.0)
         by_worker = {c.worker_id: c for c in decision.candidates}
         assert by_worker[W1].waiting_ms == kv_full_ms and by_worker[W2].waiting_ms == 0.0
@@ -157,11 +215,17 @@ def test_latency_classes_are_kept_apart_only_when_asked() -> None:
     assert classes == (UNCLASSED, BACKGROUND, SENSITIVE)
 
     def run(weight: float, klass: int) -> tuple[int, RouterService]:
-        svc = RouterService(RouterConfig(seed=3, block_size=BS, bandit_enabled=False,
-                                         sensitive_mix_weight=weight,
-                                         background_mix_weight=weight))
-        svc.load.start("doc", W1, 0, prompt_tokens=59 * BS, osl=BS, klass=BACKGROUND)
-        svc.load.start("chat", W2, 0, prompt_tokens=79 * BS, osl=BS)
+        svc = RouterService(
+            RouterConfig(
+                seed=3,
+                block_size=BS,
+                bandit_enabled=False,
+                sensitive_mix_weight=weight,
+                background_mix_weight=weight,
+            )
+        )
+        svc.load.start("doc", W1, 0, prompt_tokens=59 * BS, osl=BS, klass=BACKGROUND, now=1.0)
+        svc.load.start("chat", W2, 0, prompt_tokens=79 * BS, osl=BS, now=1.0)
         wid = find(svc, "r", {W1: 4096, W2: 4096}, latency_class=klass)
         return wid, svc
 
@@ -170,13 +234,17 @@ def test_latency_classes_are_kept_apart_only_when_asked() -> None:
     wid, svc = run(1.0, SENSITIVE)
     assert wid == W2 and svc.load.get(W2).sensitive_requests == 1
     assert svc.load.get(W1).background_blocks == 60
+
     # A background request is charged, on W2 only, its own 65 blocks per sensitive request
     # in flight there (one), at the class weight: the same decision without the weight differs
     # by exactly that on W2 and by nothing on W1.
     def background_decode(svc: RouterService) -> dict[int, float]:
-        msg = FindWorker(request=RouteRequest(request_id="bg", prompt_tokens=4096, osl=64,
-                                              latency_class=BACKGROUND),
-                         rows=rows({W1: 4096, W2: 4096}, 4096))
+        msg = FindWorker(
+            request=RouteRequest(
+                request_id="bg", prompt_tokens=4096, osl=64, latency_class=BACKGROUND
+            ),
+            rows=rows({W1: 4096, W2: 4096}, 4096),
+        )
         return {c.worker_id: c.decode_ms for c in svc.find_worker(msg, now=1.0).candidates}
 
     charged = background_decode(svc)
