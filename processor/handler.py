@@ -370,8 +370,15 @@ class ProcessorHandler:
         m.observe_tokens(len(token_ids), measure.cached or 0, measure.tokens)
         if open_decision is not None:
             self.routing.feedback(
-                finish_feedback(open_decision, len(token_ids), measure.cached, ttft_ms, itl_ms,
-                                measure.tokens, outcome)
+                finish_feedback(
+                    open_decision,
+                    len(token_ids),
+                    measure.cached,
+                    ttft_ms,
+                    itl_ms,
+                    measure.tokens,
+                    outcome,
+                )
             )
         if self._writer is None:
             return

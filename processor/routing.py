@@ -233,9 +233,15 @@ def block_hashes(token_ids: list[int], block_size: int) -> list[int]:
     return list(compute_block_hash_for_seq(token_ids, block_size)) if token_ids else []
 
 
-def finish_feedback(request_id: str, prompt_tokens: int, cached_tokens: int | None,
-                    ttft_ms: float | None, itl_ms: float | None, output_tokens: int,
-                    outcome: str) -> Feedback:
+def finish_feedback(
+    request_id: str,
+    prompt_tokens: int,
+    cached_tokens: int | None,
+    ttft_ms: float | None,
+    itl_ms: float | None,
+    output_tokens: int,
+    outcome: str,
+) -> Feedback:
     """The end of a request as the learner sees it (the processor and the replay share it)."""
     uncached = None if cached_tokens is None else max(0, prompt_tokens - cached_tokens)
     return Feedback(
