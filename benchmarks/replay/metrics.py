@@ -1,0 +1,94 @@
+"""Figures of one replayed arm, and the two reuse references every arm is read against.
+
+* ``summarize``: TTFT mean/p50/p90/p99, ITL p50/p99, E2E p50/p99, throughput, goodput at a
+  TTFT SLO, prefix reuse and load imbalance, from the per-request records.
+* ``reuse_ideal``: an infinite cache shared by all workers; every block ever computed stays.
+* ``reuse_pooled``: one LRU cache of the whole cluster's capacity, fed in arrival order; what a
+  router could keep if the cluster's KV were one pool (no split across workers).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from benchmarks.replay.records import RequestRecord
+
+
+def _pct(a: np.ndarray, q: float) -> float:
+    return float(np.percentile(a, q)) if a.size else float("nan")
+
+
+def summarize(records: Sequence[RequestRecord], num_workers: int, slo_ttft_ms: float) -> dict:
+    """One arm's figures; goodput = requests with TTFT within the SLO per second of the run."""
+    ttft = np.fromiter((r.ttft_ms for r in records), float, len(records))
+    e2e = np.fromiter((r.e2e_ms for r in records), float, len(records))
+    itl = np.array([r.itl_ms for r in records if r.itl_ms is not None], float)
+    start = min((r.arrival_ms for r in records), default=0.0)
+    end = max((r.finish_ms for r in records), default=0.0)
+    span_s = max(end - start, 1e-9) / 1000.0
+    inputs = sum(r.input_length for r in records)
+    reused = sum(r.reused_tokens for r in records)
+    work = np.zeros(num_workers)
+    for r in records:
+        work[r.worker] += r.input_length - r.reused_tokens + r.output_length
+    return {
+        "requests": len(records),
+        "ttft_mean_ms": float(ttft.mean()) if ttft.size else float("nan"),
+        "ttft_p50_ms": _pct(ttft, 50),
+        "ttft_p90_ms": _pct(ttft, 90),
+        "ttft_p99_ms": _pct(ttft, 99),
+        "itl_p50_ms": _pct(itl, 50),
+        "itl_p99_ms": _pct(itl, 99),
+        "e2e_p50_ms": _pct(e2e, 50),
+        "e2e_p99_ms": _pct(e2e, 99),
+        "throughput_tok_s": sum(r.output_length for r in records) / span_s,
+        "goodput": float(np.count_nonzero(ttft <= slo_ttft_ms)) / span_s,
+        "goodput_frac": float(np.count_nonzero(ttft <= slo_ttft_ms)) / max(len(records), 1),
+        "slo_ttft_ms": slo_ttft_ms,
+        "reuse": reused / inputs if inputs else 0.0,
+        "imbalance": float(work.max() / work.mean()) if work.sum() else 1.0,
+        "span_s": span_s,
+    }
+
+
+def _leading_hits(blocks: np.ndarray, present) -> int:
+    n = 0
+    for b in blocks.tolist():
+        if b not in present:
+            break
+        n += 1
+    return n
+
+
+def reuse_ideal(prompts: Iterable[tuple[int, np.ndarray]], block_size: int) -> float:
+    """Reuse with an infinite shared cache: ``prompts`` are (input tokens, block hashes) in
+    arrival order."""
+    seen: set[int] = set()
+    reused = total = 0
+    for tokens, blocks in prompts:
+        reused += min(_leading_hits(blocks, seen) * block_size, tokens)
+        total += tokens
+        seen.update(blocks.tolist())
+    return reused / total if total else 0.0
+
+
+def reuse_pooled(
+    prompts: Iterable[tuple[int, np.ndarray]], block_size: int, capacity_blocks: int
+) -> float:
+    """Reuse with one LRU cache of ``capacity_blocks`` (the cluster's total), arrival order."""
+    lru: OrderedDict[int, None] = OrderedDict()
+    reused = total = 0
+    for tokens, blocks in prompts:
+        reused += min(_leading_hits(blocks, lru) * block_size, tokens)
+        total += tokens
+        for b in blocks.tolist():
+            if b in lru:
+                lru.move_to_end(b)
+            else:
+                lru[b] = None
+        while len(lru) > capacity_blocks:
+            lru.popitem(last=False)
+    return reused / total if total else 0.0

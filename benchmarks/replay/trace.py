@@ -1,0 +1,110 @@
+"""Trace requests as every replay arm reads them, and the Mooncake JSONL reader.
+
+A trace line becomes a ``TraceRequest``. Agent traffic adds ``Hints`` (what a NAT client
+sends) and a dependency: a turn that waits for its parent's answer plus a tool-call gap.
+A malformed line is a ``TraceError`` naming the file, the line and the field; nothing is
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MOONCAKE_HASH_BLOCK = 512  # tokens per hash_id in the Mooncake traces
+
+
+class TraceError(ValueError):
+    """A trace line that cannot be replayed: names the file, line and field."""
+
+    def __init__(self, path: Path | str, line: int, field: str, reason: str) -> None:
+        super().__init__(f"{path}:{line}: field {field!r}: {reason}")
+        self.path, self.line, self.field, self.reason = str(path), line, field, reason
+
+
+@dataclass(frozen=True, slots=True)
+class Hints:
+    """The client's hints for one request (NAT's nvext.agent_hints and cache_control)."""
+
+    prefix_id: str | None = None
+    total_requests: int | None = None
+    osl: int | None = None
+    iat_ms: float | None = None
+    latency_sensitivity: float | None = None
+    priority: int | None = None
+    pin_ttl_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    """One request of a trace. ``hash_ids`` are the trace's prompt blocks of
+    ``hash_block`` tokens each; a request with a ``parent`` arrives ``delay_ms`` after the
+    parent's last token (and never before ``arrival_ms``)."""
+
+    index: int
+    arrival_ms: float
+    input_length: int
+    output_length: int
+    hash_ids: tuple[int, ...]
+    hash_block: int = MOONCAKE_HASH_BLOCK
+    hints: Hints | None = None
+    session_id: str | None = None
+    parent: int | None = None  # index of the request this one waits for
+    delay_ms: float = 0.0  # tool-call gap after the parent finishes
+
+
+def _int(obj: dict, key: str, path: Path, line: int, minimum: int = 0) -> int:
+    v = obj.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TraceError(path, line, key, f"expected an integer, got {v!r}")
+    if v < minimum:
+        raise TraceError(path, line, key, f"must be >= {minimum}, got {v}")
+    return v
+
+
+def _lines(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            if not raw.endswith("\n") and raw.strip()[-1:] != "}":
+                raise TraceError(path, n, "<line>", "truncated line")
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise TraceError(path, n, "<line>", f"not JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise TraceError(path, n, "<line>", "not a JSON object")
+            yield n, obj
+
+
+def read_mooncake(path: Path | str, limit: int | None = None) -> list[TraceRequest]:
+    """The Mooncake JSONL trace (timestamp ms, input_length, output_length, hash_ids)."""
+    path = Path(path)
+    out: list[TraceRequest] = []
+    for n, obj in _lines(path):
+        if limit is not None and len(out) >= limit:
+            break
+        ts = obj.get("timestamp")
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or ts < 0:
+            raise TraceError(path, n, "timestamp", f"expected a number >= 0, got {ts!r}")
+        hashes = obj.get("hash_ids")
+        if not isinstance(hashes, list) or not all(
+            isinstance(h, int) and not isinstance(h, bool) for h in hashes
+        ):
+            raise TraceError(path, n, "hash_ids", "expected a list of integers")
+        isl = _int(obj, "input_length", path, n, minimum=1)
+        if len(hashes) * MOONCAKE_HASH_BLOCK < isl - MOONCAKE_HASH_BLOCK + 1:
+            raise TraceError(path, n, "hash_ids", f"{len(hashes)} blocks cannot cover {isl}")
+        out.append(
+            TraceRequest(
+                index=len(out),
+                arrival_ms=float(ts),
+                input_length=isl,
+                output_length=_int(obj, "output_length", path, n, minimum=1),
+                hash_ids=tuple(hashes),
+            )
+        )
+    return out

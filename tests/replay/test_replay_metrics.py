@@ -1,0 +1,60 @@
+"""The reuse references and the per-arm figures, on hand-made records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.replay.metrics import reuse_ideal, reuse_pooled, summarize
+from benchmarks.replay.records import RequestRecord
+
+BS = 64
+
+
+def _prompt(*blocks: int) -> tuple[int, np.ndarray]:
+    return len(blocks) * BS, np.array(blocks, dtype=np.uint64)
+
+
+def test_ideal_counts_the_longest_cached_prefix_only() -> None:
+    prompts = [_prompt(1, 2, 3), _prompt(1, 2, 9), _prompt(7, 2, 3)]
+    # second request reuses blocks 1, 2; the third shares no leading block.
+    assert reuse_ideal(prompts, BS) == pytest.approx(2 / 9)
+
+
+def test_pooled_cache_forgets_least_recently_used_blocks() -> None:
+    prompts = [_prompt(1, 2), _prompt(3, 4), _prompt(1, 2)]
+    assert reuse_pooled(prompts, BS, capacity_blocks=4) == pytest.approx(2 / 6)
+    # two blocks of room: 1 and 2 were evicted by 3 and 4 before they came back.
+    assert reuse_pooled(prompts, BS, capacity_blocks=2) == 0.0
+    assert reuse_pooled(prompts, BS, capacity_blocks=4) <= reuse_ideal(prompts, BS)
+
+
+def _rec(i: int, worker: int, ttft: float, reused: int) -> RequestRecord:
+    return RequestRecord(
+        index=i,
+        request_id=f"r{i}",
+        session_id=None,
+        worker=worker,
+        arrival_ms=i * 1000.0,
+        first_token_ms=i * 1000.0 + ttft,
+        finish_ms=i * 1000.0 + ttft + 100.0,
+        ttft_ms=ttft,
+        itl_ms=10.0,
+        e2e_ms=ttft + 100.0,
+        input_length=1000,
+        output_length=10,
+        reused_tokens=reused,
+    )
+
+
+def test_summary_goodput_reuse_and_imbalance() -> None:
+    recs = [_rec(0, 0, 100.0, 500), _rec(1, 0, 3000.0, 0), _rec(2, 1, 200.0, 1000)]
+    fig = summarize(recs, num_workers=2, slo_ttft_ms=2000.0)
+    assert fig["requests"] == 3
+    assert fig["reuse"] == pytest.approx(1500 / 3000)
+    assert fig["goodput_frac"] == pytest.approx(2 / 3)
+    span_s = (1000.0 + 3000.0 + 100.0) / 1000.0  # first arrival to the last finish
+    assert fig["goodput"] == pytest.approx(2 / span_s)
+    # worker 0 computed 500 + 10 + 1000 + 10, worker 1 computed 0 + 10 tokens.
+    assert fig["imbalance"] == pytest.approx(1520 / ((1520 + 10) / 2))
+    assert fig["ttft_p50_ms"] == pytest.approx(200.0)
