@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: setup demo test unit lint bench config-doc clean
+.PHONY: setup demo test unit lint bench replay config-doc clean
 
 setup:
 	@bash deploy/setup.sh
@@ -26,6 +26,12 @@ bench: setup
 	@$(PY) -c "import matplotlib, jinja2" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check -e ".[bench]" 2>&1 | grep -v '^WARNING: Location' || true
 	@test -x .venv/aiperf/bin/aiperf || { python3 -m venv .venv/aiperf && .venv/aiperf/bin/python -m pip install -q --disable-pip-version-check "aiperf==0.13.0" 2>&1 | grep -v '^WARNING: Location' || true; }
 	$(PY) -m benchmarks.routing --short
+
+# The replay suite (benchmarks/replay): every arm on the standard workloads at 8-64 workers on
+# a virtual clock; writes benchmarks/results/replay/suite.{json,md,png} (<= 15 minutes).
+replay: setup
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check -e ".[bench]" 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m benchmarks.replay suite
 
 # Regenerate docs/CONFIG.md and deploy/vllm/akr.env from the configuration models.
 config-doc: setup

@@ -1,0 +1,121 @@
+"""Our router as a replay policy: the processor's own objects on the replay's virtual clock.
+
+The decision path is the processor's (processor/routing.py): the hints become a
+``RouteRequest`` through ``route_request``, Dynamo's ``get_potential_loads`` rows are rebuilt
+from the simulated KV-event index exactly as a KvRouter that tracks none of our load returns
+them (this prompt's uncached tokens and own blocks per worker), ``find_worker_message`` adds
+what the engines report (capacity, requests held back), and ``RouterService`` decides,
+accounts load and learns from the simulated TTFT/ITL. Only the clock differs: virtual seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from benchmarks.replay.cluster import ClusterConfig, ClusterView, SimRequest
+from benchmarks.replay.records import RequestRecord
+from benchmarks.replay.trace import Hints
+from processor.routing import find_worker_message, finish_feedback, route_request
+from router.config import RouterConfig
+from router.hints import AgentHints
+from router.service import Feedback, RouterService
+
+# Worker ids as the processor sees them: Dynamo instance ids (uint64). Offset so that an id is
+# never confused with a worker index.
+_ID_BASE = 0x1000
+
+
+def router_config(cluster: ClusterConfig, seed: int) -> RouterConfig:
+    """Our router as an operator deploys it: defaults, the fleet's block size, a fixed seed.
+    Capacity comes per worker with each request, as the processor reads it from model cards."""
+    return RouterConfig(block_size=cluster.block_size, seed=seed)
+
+
+class EngineReport:
+    """What the processor's EngineState holds: capacity per worker and requests held back."""
+
+    def __init__(self) -> None:
+        self.capacity: dict[int, int] = {}
+        self.waiting: dict[int, int] = {}
+
+
+def agent_hints(h: Hints | None) -> AgentHints:
+    """The trace's hints as the gateway hands them to the processor."""
+    if h is None:
+        return AgentHints()
+    return AgentHints(
+        prefix_id=h.prefix_id,
+        total_requests=h.total_requests,
+        osl=h.osl,
+        iat_ms=None if h.iat_ms is None else round(h.iat_ms),
+        latency_sensitivity=h.latency_sensitivity,
+        priority=h.priority,
+        pin_type="ephemeral" if h.pin_ttl_s else None,
+        pin_ttl_s=h.pin_ttl_s,
+    )
+
+
+def potential_load_rows(
+    ids: list[int], overlap_blocks: np.ndarray, prompt_tokens: int, block_size: int
+) -> list[dict[str, Any]]:
+    """``KvRouter.get_potential_loads`` for one prompt when it tracks none of our requests."""
+    own_blocks = prompt_tokens // block_size
+    uncached = np.maximum(prompt_tokens - overlap_blocks.astype(np.int64) * block_size, 0)
+    return [
+        {"worker_id": w, "potential_prefill_tokens": int(u), "potential_decode_blocks": own_blocks}
+        for w, u in zip(ids, uncached.tolist(), strict=True)
+    ]
+
+
+class OursPolicy:
+    """``RouterService`` behind the replay's Policy hooks; sweeps on the virtual clock."""
+
+    name = "ours"
+
+    def __init__(self, config: RouterConfig, sweep_interval_s: float = 1.0) -> None:
+        self.service = RouterService(config)
+        self._sweep_every = sweep_interval_s
+        self._next_sweep = 0.0
+        self._ids: list[int] = []
+        self._engine = EngineReport()
+        self._block_size = config.block_size
+
+    def _workers(self, view: ClusterView) -> list[int]:
+        if len(self._ids) != view.num_workers:
+            self._ids = [_ID_BASE + i for i in range(view.num_workers)]
+            cap = view.capacity_blocks.tolist()
+            self._engine.capacity = {w: int(c) for w, c in zip(self._ids, cap, strict=True)}
+        return self._ids
+
+    def route(self, req: SimRequest, view: ClusterView) -> int:
+        now = view.now_ms / 1000.0
+        if now >= self._next_sweep:  # the processor's background sweep, on virtual time
+            self.service.sweep(now)
+            self._next_sweep = now + self._sweep_every
+        ids = self._workers(view)
+        waiting = view.waiting()
+        self._engine.waiting = {ids[i]: int(waiting[i]) for i in np.flatnonzero(waiting)}
+        t = req.trace
+        route = route_request(req.request_id, agent_hints(t.hints), t.input_length, t.output_length)
+        rows = potential_load_rows(ids, view.overlap_blocks(req), t.input_length, self._block_size)
+        msg = find_worker_message(route, rows, frozenset(ids), self._engine)  # type: ignore[arg-type]
+        decision = self.service.find_worker(msg, now)
+        return decision.worker_id - _ID_BASE
+
+    def on_first_token(self, req: SimRequest, worker: int, now_ms: float) -> None:
+        self.service.feedback(Feedback(event="first_token", request_id=req.request_id))
+
+    def on_finish(self, req: SimRequest, worker: int, now_ms: float, rec: RequestRecord) -> None:
+        self.service.feedback(
+            finish_feedback(
+                req.request_id,
+                rec.input_length,
+                rec.reused_tokens,
+                rec.ttft_ms,
+                rec.itl_ms,
+                rec.output_length,
+                "ok",
+            )
+        )

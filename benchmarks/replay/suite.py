@@ -1,0 +1,227 @@
+"""The standard replay suite: every arm on every workload and cluster size, one JSON.
+
+``python -m benchmarks.replay suite`` (``make replay``) writes, in ``benchmarks/results/replay/``:
+
+* ``suite.json``: ``{workload: {workers: {arm: figures}}}``, each arm's figures with the two
+  reuse references of its case (``reuse_pooled_bound``, ``reuse_ideal``) added;
+* ``suite.md``: one table per case, latency ratios against ``dynamo_kv``;
+* ``suite.png``: TTFT CDF per arm for every case, and reuse against the bounds;
+* ``records/<workload>-<workers>-<arm>.csv.gz``: the per-request records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks.replay import agentic
+from benchmarks.replay.arms import TraceFile, run_arm
+from benchmarks.replay.cluster import ClusterConfig, block_hashes_of
+from benchmarks.replay.metrics import reuse_ideal, reuse_pooled, summarize
+from benchmarks.replay.records import RequestRecord
+from benchmarks.replay.report import table
+from benchmarks.replay.trace import read_mooncake
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results" / "replay"
+MOONCAKE = ROOT.parent / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
+SLO_TTFT_MS = 2000.0  # goodput counts requests whose first token came within this
+ALL_ARMS = ("ours", "dynamo_kv", "dynamo_kv_port", "round_robin")
+SESSION_ARMS = (*ALL_ARMS, "dynamo_kv_affinity")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One workload on one cluster; ``make_trace`` writes the trace file into a directory."""
+
+    workload: str
+    workers: int
+    make_trace: Callable[[Path], TraceFile]
+    num_gpu_blocks: int
+    speeds: tuple[float, ...] | None = None
+    speedup_ratio: float = 1.0
+    arrival_speedup_ratio: float = 1.0
+    arms: tuple[str, ...] = ALL_ARMS
+    slo_ttft_ms: float = SLO_TTFT_MS
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload}-{self.workers}"
+
+    def cluster(self) -> ClusterConfig:
+        return ClusterConfig(
+            num_workers=self.workers,
+            num_gpu_blocks=self.num_gpu_blocks,
+            speeds=list(self.speeds) if self.speeds else None,
+            speedup_ratio=self.speedup_ratio,
+            arrival_speedup_ratio=self.arrival_speedup_ratio,
+        )
+
+
+def mooncake(limit: int | None = None) -> Callable[[Path], TraceFile]:
+    def make(_: Path) -> TraceFile:
+        return TraceFile(MOONCAKE, "mooncake", read_mooncake(MOONCAKE, limit), limit)
+
+    return make
+
+
+def agentic_trace(name: str, params: agentic.AgenticParams, seed: int) -> Callable:
+    def make(work: Path) -> TraceFile:
+        path = work / f"{name}.jsonl"
+        if not path.exists():
+            agentic.write_agentic(path, agentic.generate_agentic(seed, params), params)
+        return TraceFile(path, "agentic", agentic.read_agentic(path))
+
+    return make
+
+
+def cases(quick: bool = False) -> list[Case]:
+    """The standard suite. ``quick``: small slices of the same cases, for a smoke run."""
+    lim = 1500 if quick else None
+    out = [
+        Case("mooncake", 8, mooncake(lim), 16384),
+        Case("mooncake", 16, mooncake(lim), 16384, arrival_speedup_ratio=2.0),
+        Case("mooncake", 64, mooncake(lim), 16384, arrival_speedup_ratio=8.0),
+    ]
+    for workers in (8, 64):
+        for workload, speed in (("agentic", 1.0), ("agentic_slow", 0.125)):
+            blocks = agentic.PRESSURE_BLOCKS[speed]
+            params = agentic.pressure_params(workers, 0, num_gpu_blocks=blocks, quick=quick)
+            out.append(
+                Case(
+                    workload,
+                    workers,
+                    agentic_trace(f"{workload}-{workers}", params, 0),
+                    blocks,
+                    speedup_ratio=speed,
+                    arms=SESSION_ARMS,
+                )
+            )
+    blocks = agentic.PRESSURE_BLOCKS[1.0]
+    params = agentic.pressure_params(8, 1, num_gpu_blocks=blocks, quick=quick)
+    out.append(
+        Case(
+            "heterogeneous",
+            8,
+            agentic_trace("heterogeneous-8", params, 1),
+            blocks,
+            speeds=(2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
+            arms=SESSION_ARMS,
+        )
+    )
+    params = agentic.overload_params(8, 2, num_gpu_blocks=blocks, load=1.5, quick=quick)
+    out.append(
+        Case("overload", 8, agentic_trace("overload-8", params, 2), blocks, arms=SESSION_ARMS)
+    )
+    return out
+
+
+def _task(case: Case, arm: str, work: Path, records_dir: Path) -> tuple[str, str, dict]:
+    t0 = time.perf_counter()
+    trace = case.make_trace(work)
+    records, engine = run_arm(arm, trace, case.cluster())
+    figures = summarize(records, case.workers, case.slo_ttft_ms)
+    figures["engine"] = engine
+    figures["wall_s"] = round(time.perf_counter() - t0, 1)
+    write_records(records_dir / f"{case.key}-{arm}.csv.gz", records)
+    if arm == "ours":  # the references, in the arrival order this arm saw
+        figures["reuse_pooled_bound"], figures["reuse_ideal"] = reuse_bounds(case, trace, records)
+    return case.key, arm, figures
+
+
+def reuse_bounds(case: Case, trace: TraceFile, records: list[RequestRecord]) -> tuple[float, float]:
+    """(pooled, ideal) reuse of the trace: one LRU of the cluster's capacity, infinite cache."""
+    cluster = case.cluster()
+    by_index = {t.index: t for t in trace.requests}
+    order = sorted(records, key=lambda r: (r.arrival_ms, r.index))
+    prompts = [
+        (by_index[r.index].input_length, block_hashes_of(by_index[r.index], cluster)) for r in order
+    ]
+    capacity = cluster.num_gpu_blocks * case.workers
+    return reuse_pooled(prompts, cluster.block_size, capacity), reuse_ideal(
+        prompts, cluster.block_size
+    )
+
+
+RECORD_FIELDS = (
+    "index",
+    "worker",
+    "arrival_ms",
+    "ttft_ms",
+    "e2e_ms",
+    "itl_ms",
+    "input_length",
+    "output_length",
+    "reused_tokens",
+)
+
+
+def write_records(path: Path, records: list[RequestRecord]) -> None:
+    """Per-request records as gzipped CSV (times rounded to 0.1 ms to keep the files small)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", compresslevel=9) as f:
+        f.write(",".join(RECORD_FIELDS) + "\n")
+        for r in records:
+            itl = "" if r.itl_ms is None else f"{r.itl_ms:.2f}"
+            f.write(
+                f"{r.index},{r.worker},{r.arrival_ms:.1f},{r.ttft_ms:.1f},{r.e2e_ms:.1f},{itl},"
+                f"{r.input_length},{r.output_length},{r.reused_tokens}\n"
+            )
+
+
+def _assemble(suite: list[Case], done: dict[tuple[str, str], dict]) -> dict:
+    out: dict = {}
+    for case in suite:
+        arms = {arm: done[(case.key, arm)] for arm in case.arms if (case.key, arm) in done}
+        ours = arms.get("ours", {})
+        for fig in arms.values():
+            for k in ("reuse_pooled_bound", "reuse_ideal"):
+                if k in ours:
+                    fig[k] = ours[k]
+        out.setdefault(case.workload, {})[str(case.workers)] = arms
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    suite = cases(quick=args.quick)
+    if args.only:
+        keep = set(args.only.split(","))
+        suite = [c for c in suite if c.workload in keep or c.key in keep]
+    out_dir = args.out or (RESULTS if not args.quick else Path(tempfile.mkdtemp()) / "replay")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done: dict[tuple[str, str], dict] = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for case in suite:  # write every trace file once, before the workers read them
+            case.make_trace(work)
+        tasks = [(c, arm) for c in suite for arm in c.arms]
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(_task, c, a, work, out_dir / "records") for c, a in tasks]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="replay suite"):
+                key, arm, figures = fut.result()
+                done[(key, arm)] = figures
+    result = _assemble(suite, done)
+    (out_dir / "suite.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    lines = [f"# Replay suite\n\n`{' '.join(['python -m benchmarks.replay', *sys.argv[1:]])}`\n"]
+    for case in suite:
+        lines.append(f"\n## {case.workload}, {case.workers} workers\n")
+        lines.append(table(result[case.workload][str(case.workers)], baseline="dynamo_kv"))
+    (out_dir / "suite.md").write_text("\n".join(lines) + "\n")
+    from benchmarks.replay.plot import plot_suite
+
+    plot_suite(result, out_dir / "records", out_dir / "suite.png")
+    print(f"suite: {len(done)} arm runs in {time.perf_counter() - t0:.0f} s -> {out_dir}")
+    print("\n".join(lines))
+    return 0
