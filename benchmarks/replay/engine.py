@@ -334,7 +334,11 @@ class Engine:
         while i < len(running) and budget > 0:
             s = running[i]
             length = s.length
-            if s.computed == length - 1 and -(-s.alloc_tokens // bs) >= len(s.copies):
+            if (
+                s.computed == length - 1
+                and s.generated > 0
+                and -(-s.alloc_tokens // bs) >= len(s.copies)
+            ):
                 # A decode step that needs no new block (the common case, kept short).
                 s.alloc_tokens = max(s.alloc_tokens, length)
                 s.computed = length
