@@ -122,7 +122,7 @@ class KvIndex:
         self._masks: dict[int, int] = {}
         self._all = (1 << num_workers) - 1
 
-    def apply(self, worker: int, stored: list[int], removed: list[int]) -> None:
+    def apply(self, worker: int, stored: Sequence[int], removed: Sequence[int]) -> None:
         masks = self._masks
         bit = 1 << worker
         for h in stored:
@@ -280,22 +280,37 @@ def run_replay(
     deliveries: list[tuple[float, int, int, list[int], list[int]]] = []
     in_flight: list[object] = [None] * n_workers  # PassResult of the running pass
     seq = 0
-    done = 0
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(trace), unit="req", desc=f"replay {policy.name}")
 
+    def route(pos: int, t: float) -> int:
+        r = trace[pos]
+        blocks = block_hashes_of(r, cluster)
+        sim = SimRequest(f"r{r.index}", r, blocks, t, -1, blocks.tolist())
+        sims[pos] = sim
+        w = policy.route(sim, view)
+        if not 0 <= w < n_workers:
+            raise ValueError(f"policy {policy.name} chose worker {w} of {n_workers}")
+        sim.worker = w
+        s = EngineState(sim, r.input_length, r.output_length, sim.block_list, cluster.block_size)
+        s.salt = mix64(pos + 1)
+        states[id(s)] = pos
+        engines[w].submit(s)
+        return w
+
     def settle_pass(w: int, t: float) -> None:
-        nonlocal done, seq
+        nonlocal seq
         res = in_flight[w]
         in_flight[w] = None
-        if lag > 0.0:
-            heapq.heappush(deliveries, (t + lag, seq, w, res.stored, res.removed))
-            seq += 1
-        else:
-            index.apply(w, res.stored, res.removed)
+        if res.stored or res.removed:
+            if lag > 0.0:
+                heapq.heappush(deliveries, (t + lag, seq, w, res.stored, res.removed))
+                seq += 1
+            else:
+                index.apply(w, res.stored, res.removed)
         for s in res.first_tokens:
             policy.on_first_token(s.req, w, t)
         for s in res.finished:
@@ -304,31 +319,30 @@ def run_replay(
             rec = _record(sim, s, pos)
             records[pos] = rec
             policy.on_finish(sim, w, t, rec)
-            done += 1
+            sims[pos] = None  # its block identities are no longer needed here
             for child in children.get(pos, ()):
                 r = trace[child]
                 heapq.heappush(arrivals, (max(r.arrival_ms / ratio, t + r.delay_ms), child))
         if bar is not None and res.finished:
             bar.update(len(res.finished))
 
-    t = 0.0
+    inf = float("inf")
+    dirty: set[int] = set()  # workers that may be idle with work at this instant
     while True:
-        nxt = []
-        if arrivals:
-            nxt.append(arrivals[0][0])
-        if passes:
-            nxt.append(passes[0][0])
-        if deliveries:
-            nxt.append(deliveries[0][0])
-        if not nxt:
+        t = arrivals[0][0] if arrivals else inf
+        if passes and passes[0][0] < t:
+            t = passes[0][0]
+        if deliveries and deliveries[0][0] < t:
+            t = deliveries[0][0]
+        if t == inf:
             break
-        t = min(nxt)
         view.now_ms = t
         while True:
             changed = False
             while passes and passes[0][0] <= t:
                 _, _, w = heapq.heappop(passes)
                 settle_pass(w, t)
+                dirty.add(w)
                 changed = True
             while deliveries and deliveries[0][0] <= t:
                 _, _, w, stored, removed = heapq.heappop(deliveries)
@@ -336,30 +350,21 @@ def run_replay(
                 changed = True
             while arrivals and arrivals[0][0] <= t:
                 _, pos = heapq.heappop(arrivals)
-                r = trace[pos]
-                blocks = block_hashes_of(r, cluster)
-                sim = SimRequest(f"r{r.index}", r, blocks, t, -1, blocks.tolist())
-                sims[pos] = sim
-                w = policy.route(sim, view)
-                if not 0 <= w < n_workers:
-                    raise ValueError(f"policy {policy.name} chose worker {w} of {n_workers}")
-                sim.worker = w
-                s = EngineState(
-                    sim, r.input_length, r.output_length, sim.block_list, cluster.block_size
-                )
-                s.salt = mix64(pos + 1)
-                states[id(s)] = pos
-                engines[w].submit(s)
+                dirty.add(route(pos, t))
                 changed = True
-            for w in range(n_workers):
-                if in_flight[w] is None and engines[w].has_work():
-                    res = engines[w].execute_pass(t)
-                    if res.end_ms <= t and not res.finished and engines[w].has_work():
+            if dirty:
+                for w in sorted(dirty):
+                    eng = engines[w]
+                    if in_flight[w] is not None or not (eng.running or eng.waiting):
+                        continue
+                    res = eng.execute_pass(t)
+                    if res.end_ms <= t and not res.finished and eng.has_work():
                         raise RuntimeError(f"worker {w} cannot make progress at {t} ms")
                     in_flight[w] = res
                     heapq.heappush(passes, (res.end_ms, seq, w))
                     seq += 1
                     changed = True
+                dirty.clear()
             if not changed:
                 break
     if bar is not None:

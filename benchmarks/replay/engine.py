@@ -26,6 +26,7 @@ mocker; the pass's outputs and KV events are handed back for delivery at its end
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,11 +78,15 @@ class EngineState:
         "hashes",
         "length",
         "max_out",
+        "pass_no",
         "pending",
         "prompt_len",
         "req",
         "reused_tokens",
         "salt",
+        "sched_prefix",
+        "sched_prompt",
+        "sched_used",
         "status",
     )
 
@@ -104,6 +109,10 @@ class EngineState:
         self.first_token_ms: float | None = None
         self.finish_ms: float | None = None
         self.salt = 0
+        self.pass_no = -1  # the engine pass that last scheduled this request
+        self.sched_used = 0  # tokens, prompt tokens and prompt-before of that scheduling
+        self.sched_prompt = 0
+        self.sched_prefix = 0
 
 
 @dataclass(slots=True)
@@ -113,8 +122,8 @@ class PassResult:
     end_ms: float
     first_tokens: list[EngineState] = field(default_factory=list)
     finished: list[EngineState] = field(default_factory=list)
-    stored: list[int] = field(default_factory=list)  # hashes that became visible
-    removed: list[int] = field(default_factory=list)  # hashes whose last copy was evicted
+    stored: Sequence[int] = ()  # hashes that became visible
+    removed: Sequence[int] = ()  # hashes whose last copy was evicted
 
 
 class Engine:
@@ -149,6 +158,9 @@ class Engine:
         self._stored: list[int] = []
         self._removed: list[int] = []
         self.preemptions = 0
+        self._pass = 0
+        self._count = self._isl = self._prefix = 0  # the pass's prefill batch
+        self._kv_tokens = num_gpu_blocks * block_size
 
     # ---- pool -------------------------------------------------------------------------------
     def num_active_blocks(self) -> int:
@@ -325,9 +337,10 @@ class Engine:
     def execute_pass(self, now_ms: float) -> PassResult:
         """Schedule one forward pass at ``now_ms`` and return what it produces at its end."""
         bs = self.bs
+        self._pass += 1
+        pno = self._pass
+        self._count = self._isl = self._prefix = 0
         budget = self.max_batched
-        scheduled: dict[int, tuple[int, int, int]] = {}
-        stats = [0, 0, 0]  # batch count, total prompt-after, total prompt-before
         preempted_any = False
         running = self.running
         i = 0
@@ -340,15 +353,18 @@ class Engine:
                 and -(-s.alloc_tokens // bs) >= len(s.copies)
             ):
                 # A decode step that needs no new block (the common case, kept short).
-                s.alloc_tokens = max(s.alloc_tokens, length)
+                if s.alloc_tokens < length:
+                    s.alloc_tokens = length
                 s.computed = length
-                scheduled[id(s)] = (1, 0, 0)
+                s.pass_no = pno
+                s.sched_used = 1
+                s.sched_prompt = 0
                 budget -= 1
                 i += 1
                 if length % bs == 0:
                     self._finalize(s, length - 1, length)
                 continue
-            out, budget, pre = self._schedule(s, False, 0, budget, scheduled, stats)
+            out, budget, pre = self._schedule(s, False, 0, budget)
             preempted_any |= pre
             if out == _SCHEDULED:
                 i += 1
@@ -362,30 +378,25 @@ class Engine:
             if needed > self.num_gpu_blocks - self.num_active_blocks():
                 break
             before = budget
-            out, budget, pre = self._schedule(s, True, cached, budget, scheduled, stats)
+            out, budget, pre = self._schedule(s, True, cached, budget)
             preempted_any |= pre
             if out != _SCHEDULED or (budget == before and budget == 0):
                 break
-        count, total_isl, total_prefix = stats
+        count = self._count
         pre_ms = 0.0
         if count:
-            new_per_request = total_isl // count - total_prefix // count
+            new_per_request = self._isl // count - self._prefix // count
             pre_ms = _scaled(prefill_ms(count, new_per_request), self.speed)
         result = PassResult(end_ms=now_ms)
-        prefilled = {k for k, v in scheduled.items() if v[1] > 0}
-        self._emit(now_ms + pre_ms, result, prefilled)
-        result.stored, self._stored = self._stored, []
-        result.removed, self._removed = self._removed, []
+        self._emit(now_ms + pre_ms, result, pno)
+        if self._stored:
+            result.stored, self._stored = self._stored, []
+        if self._removed:
+            result.removed, self._removed = self._removed, []
         return result
 
     def _schedule(
-        self,
-        s: EngineState,
-        from_waiting: bool,
-        cached: int,
-        budget: int,
-        scheduled: dict[int, tuple[int, int, int]],
-        stats: list[int],
+        self, s: EngineState, from_waiting: bool, cached: int, budget: int
     ) -> tuple[int, int, bool]:
         """The mocker's ``schedule_request``: (outcome, token budget left, whether anything was
         preempted). A preempted request that was already scheduled in this pass gives its
@@ -416,13 +427,13 @@ class Engine:
                 after = before
                 break
             preempted = True
-            undone = scheduled.pop(id(victim), None)
-            if undone is not None:
-                budget += undone[0]
-                if undone[1] > 0:
-                    stats[0] -= 1
-                    stats[1] -= undone[2] + undone[1]
-                    stats[2] -= undone[2]
+            if victim.pass_no == self._pass:
+                victim.pass_no = -1
+                budget += victim.sched_used
+                if victim.sched_prompt > 0:
+                    self._count -= 1
+                    self._isl -= victim.sched_prefix + victim.sched_prompt
+                    self._prefix -= victim.sched_prefix
             if victim is s:
                 return _SELF_PREEMPTED, budget, True
         used = after - before
@@ -430,11 +441,14 @@ class Engine:
             return _BLOCKED, budget, preempted
         self._finalize(s, before, after)
         prompt_tokens = min(after, prompt_len) - prompt_before
-        scheduled[id(s)] = (used, prompt_tokens, prompt_before)
+        s.pass_no = self._pass
+        s.sched_used = used
+        s.sched_prompt = prompt_tokens
+        s.sched_prefix = prompt_before
         if prompt_tokens > 0:
-            stats[0] += 1
-            stats[1] += prompt_before + prompt_tokens
-            stats[2] += prompt_before
+            self._count += 1
+            self._isl += prompt_before + prompt_tokens
+            self._prefix += prompt_before
         if from_waiting:
             self.waiting.popleft()
             self.running.append(s)
@@ -443,7 +457,7 @@ class Engine:
                 s.reused_tokens = cached
         return _SCHEDULED, budget - used, preempted
 
-    def _emit(self, decode_start_ms: float, result: PassResult, prefilled: set[int]) -> None:
+    def _emit(self, decode_start_ms: float, result: PassResult, pno: int) -> None:
         """Generate one token for every request whose known sequence is computed. The decode
         time covers the requests already decoding; a request whose prompt finished in this
         pass gets its first token at the pass's end without adding decode time (as the 1.6.1
@@ -454,21 +468,22 @@ class Engine:
         for s in self.running:
             if s.computed >= s.length:
                 ready.append(s)
-                if id(s) not in prefilled:
+                if s.pass_no != pno or s.sched_prompt == 0:
                     total += s.length
                     decoding += 1
         end = decode_start_ms
         if decoding:
-            end += _scaled(decode_ms(total, self.num_gpu_blocks * self.bs), self.speed)
+            end += _scaled(decode_ms(total, self._kv_tokens), self.speed)
         result.end_ms = end
         if not ready:
             return
         bs = self.bs
         done = False
         for s in ready:
-            s.length += 1
+            length = s.length + 1
+            s.length = length
             s.generated += 1
-            if (s.length - 1) % bs == 0:
+            if (length - 1) % bs == 0:
                 s.hashes.append(None)
                 s.copies.append(-1)
                 s.pending.append(False)
