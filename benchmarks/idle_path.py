@@ -6,14 +6,11 @@ Under load, path cost mixes with queueing; one request at a time shows the fixed
 each design. Two parts, both on loopback with the stack's own Dynamo settings:
 
 1. Client TTFT per arm (``deploy.local_stack``, 2 mocker workers at speed-up 10, fresh stack
-   per arm, arms interleaved twice so drift hits all of them): ``dynamo_kv`` (stock frontend
-   ``--router-mode kv``), ``ours`` (gateway -> stock frontend -> processor -> workers) and
-   ``ours_gateway`` (routing in the gateway, no processor; frontend/routing.py), for a short
-   and a long prompt (a random system prompt of ``words`` words + a fresh 40-word question;
-   the tiny model's tokenizer makes ~4 tokens of a word). Streaming, 3 output tokens, 50 ms
-   between requests; the first 5 requests of a stack are warm-up. For ``ours_gateway`` the
-   gateway's trace splits the time: the tokens query to the stock frontend, the decision,
-   and the pinned forward until the first chunk.
+   per arm, arms interleaved twice so drift hits both): ``dynamo_kv`` (stock frontend
+   ``--router-mode kv``) and ``ours`` (gateway -> stock frontend -> processor -> workers),
+   for a short and a long prompt (a random system prompt of ``words`` words + a fresh 40-word
+   question; the tiny model's tokenizer makes ~4 tokens of a word). Streaming, 3 output
+   tokens, 50 ms between requests; the first 5 requests of a stack are warm-up.
 2. A bare Dynamo request-plane round trip between two Python processes (an endpoint that
    answers one item at once, ``client.direct`` -> end of stream), with 0, 1k, 5k and 10k
    token ids in the request: the floor of any design that puts a Python component between
@@ -44,7 +41,7 @@ from benchmarks.routing import MACHINE, code_state
 from deploy.local_stack import LocalStack, StackConfig, loopback_env
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARMS = {"dynamo_kv": "kv", "ours": "ours", "ours_gateway": "gateway"}
+ARMS = {"dynamo_kv": "kv", "ours": "ours"}
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
 WARMUP = 5
 
@@ -135,25 +132,6 @@ def run_arm(arm: str, words: int, requests: int, seed: int) -> dict[str, Any]:
                 ttfts.append(ttft)
             time.sleep(0.05)
         out: dict[str, Any] = {"arm": arm, "words": words, "ttft_ms": pct(ttfts)}
-        if arm == "ours_gateway":
-            path = stack.trace_path.with_name("gateway.jsonl")
-            deadline = time.monotonic() + 10
-            recs: list[dict[str, Any]] = []
-            while time.monotonic() < deadline:
-                recs = [
-                    r
-                    for r in map(json.loads, path.read_text().splitlines())
-                    if (r.get("hints") or {}).get("prefix_id", "").startswith("idle-")
-                ]
-                if len(recs) >= requests + WARMUP:
-                    break
-                time.sleep(0.2)
-            recs = recs[WARMUP:]
-            out["prompt_tokens"] = int(np.median([r["prompt_tokens"] for r in recs]))
-            out["split_ms"] = {
-                k: pct([r[k] for r in recs if r.get(k) is not None])
-                for k in ("query_ms", "decision_ms", "ttft_ms")
-            }
     return out
 
 
@@ -194,8 +172,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Client TTFT (p50 / p90), arms interleaved, two rounds:",
         "",
-        "| words | arm | round | prompt tokens | TTFT p50 | TTFT p90 | vs dynamo_kv p50 |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| words | arm | round | TTFT p50 | TTFT p90 | vs dynamo_kv p50 |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
     for row in result["arms"]:
         base = next(
@@ -204,26 +182,10 @@ def markdown(result: dict[str, Any]) -> str:
             if r["arm"] == "dynamo_kv" and r["words"] == row["words"] and r["round"] == row["round"]
         )
         lines.append(
-            f"| {row['words']} | {row['arm']} | {row['round']} | "
-            f"{row.get('prompt_tokens', '')} | {row['ttft_ms']['p50']} | "
+            f"| {row['words']} | {row['arm']} | {row['round']} | {row['ttft_ms']['p50']} | "
             f"{row['ttft_ms']['p90']} | "
             f"+{row['ttft_ms']['p50'] - base['ttft_ms']['p50']:.2f} |"
         )
-    lines += [
-        "",
-        "`ours_gateway` split from the gateway's trace (p50): tokens query to the stock "
-        "frontend / decision / pinned forward to first chunk:",
-        "",
-        "| words | round | query | decision | forward to first chunk |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for row in result["arms"]:
-        if "split_ms" in row:
-            s = row["split_ms"]
-            lines.append(
-                f"| {row['words']} | {row['round']} | {s['query_ms']['p50']} | "
-                f"{s['decision_ms']['p50']} | {s['ttft_ms']['p50']} |"
-            )
     lines += [
         "",
         "Bare Dynamo request-plane round trip, Python to Python (`client.direct` to the "

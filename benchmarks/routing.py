@@ -73,8 +73,6 @@ from deploy.local_stack import LocalStack, StackConfig
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 ARMS = ("ours", "dynamo_kv", "dynamo_kv_affinity", "round_robin", "random")
-# Run only when asked (--arms): our router inside the gateway, no processor (frontend/routing.py).
-OPTIONAL_ARMS = ("ours_gateway",)
 BASELINE = "dynamo_kv"
 AFFINITY_TTL_S = 60
 OURS_ENV: dict[str, str] = {}  # --ours-env KEY=VALUE: experiments with router settings
@@ -103,12 +101,6 @@ def stack_config(arm: str, wl: Workload) -> StackConfig:
     if arm == "ours":
         return StackConfig(
             arm="ours",
-            processor_env={"AKR_ROUTER_WORKER_CAPACITY_BLOCKS": str(wl.gpu_blocks), **OURS_ENV},
-            **base,
-        )
-    if arm == "ours_gateway":
-        return StackConfig(
-            arm="gateway",
             processor_env={"AKR_ROUTER_WORKER_CAPACITY_BLOCKS": str(wl.gpu_blocks), **OURS_ENV},
             **base,
         )
@@ -200,33 +192,11 @@ def our_trace_stats(stack: LocalStack, since_wall: float, workers: int) -> dict[
     }
 
 
-def gateway_trace_stats(stack: LocalStack, since_wall: float, workers: int) -> dict[str, Any]:
-    """Per-worker counts and reasons of the ``ours_gateway`` arm, from the gateway's trace."""
-    path = stack.trace_path.with_name("gateway.jsonl")
-    time.sleep(1.0)  # let the async writer flush the tail
-    recs = (
-        [
-            r
-            for r in map(json.loads, path.read_text().splitlines())
-            if r.get("ts", 0) >= since_wall and "worker_id" in r
-        ]
-        if path.exists()
-        else []
-    )
-    counts = per_worker_counts((r["worker_id"] for r in recs), workers)
-    return {
-        "trace_records": len(recs),
-        "requests_per_worker": counts,
-        "reasons": dict(Counter(r["reason"] for r in recs)),
-        "imbalance": imbalance_of(counts),
-    }
-
-
 async def _drive(
     stack: LocalStack, arm: str, wl: Workload, repeat: int, run_dir: Path, use_aiperf: bool
 ) -> dict[str, Any]:
     sampler = LoadSampler()
-    poller = None if arm.startswith("ours") else WorkerCountPoller(f"{stack.frontend_url}/metrics")
+    poller = None if arm == "ours" else WorkerCountPoller(f"{stack.frontend_url}/metrics")
     sampler.start()
     if poller:
         poller.start()
@@ -266,12 +236,6 @@ async def _drive(
         out["requests_per_worker"] = vals
         out["poll_coverage"] = round(sum(vals) / max(1, len(out["records"])), 3)
         out["imbalance"] = imbalance_of(vals)
-    elif arm == "ours_gateway":
-        out.update(
-            await asyncio.to_thread(gateway_trace_stats, stack, since_wall - 1, len(wl.speeds))
-        )
-        gw_trace = stack.trace_path.with_name("gateway.jsonl")
-        await asyncio.to_thread(keep_trace, gw_trace, f"{wl.name}-ours_gateway-{repeat}.jsonl")
     else:
         stats = await asyncio.to_thread(our_trace_stats, stack, since_wall - 1, len(wl.speeds))
         out.update(stats)
@@ -574,7 +538,7 @@ def main() -> None:
         if w not in WORKLOADS:
             ap.error(f"unknown workload {w}")
     for a in arms:
-        if a not in ARMS + OPTIONAL_ARMS:
+        if a not in ARMS:
             ap.error(f"unknown arm {a}")
     use_aiperf = aiperf_runner.available() and not args.no_aiperf
     out_dir = Path(args.out)

@@ -37,7 +37,6 @@ WORKER_MODEL = "akr-internal-workers"
 WORKER_ENDPOINT = "workers.backend.generate"
 START_ATTEMPTS = 3
 ROUTER_SERVICE = "agents.router"
-OUR_ARMS = ("ours", "gateway")
 
 
 @dataclass
@@ -51,8 +50,6 @@ class StackConfig:
     block_size: int = 64
     model_dir: Path = DEFAULT_MODEL_DIR
     # "ours": gateway -> stock frontend (round-robin) -> processor -> workers.
-    # "gateway": our router in the gateway -> stock frontend (kv, pinned) -> workers
-    #   (AKR_GATEWAY_ROUTING=gateway, frontend/routing.py; no processor).
     # any Dynamo router mode ("kv", "round-robin", "random"): stock frontend straight to workers.
     arm: str = "ours"
     frontend_args: list[str] = field(default_factory=list)
@@ -150,12 +147,7 @@ class LocalStack:
 
     @property
     def model_name(self) -> str:
-        return PUBLIC_MODEL if self.config.arm in OUR_ARMS else WORKER_MODEL
-
-    @property
-    def worker_model(self) -> str:
-        """The name the workers register under: the public one when no processor owns it."""
-        return PUBLIC_MODEL if self.config.arm == "gateway" else WORKER_MODEL
+        return PUBLIC_MODEL if self.config.arm == "ours" else WORKER_MODEL
 
     @property
     def processor_metrics_url(self) -> str:
@@ -164,7 +156,7 @@ class LocalStack:
     # -- lifecycle ----------------------------------------------------------------------------
     def _pick_ports(self) -> None:
         self.frontend_port = free_port()
-        self.gateway_port = free_port() if self.config.arm in OUR_ARMS else None
+        self.gateway_port = free_port() if self.config.arm == "ours" else None
         self.processor_metrics_port = free_port() if self.config.arm == "ours" else None
 
     def __enter__(self) -> LocalStack:
@@ -204,21 +196,6 @@ class LocalStack:
             self._start_frontend(["--router-mode", "round-robin"])
             self._wait_model(self.frontend_url, PUBLIC_MODEL)
             self._start_gateway()
-            self._wait_http(f"{self.gateway_url}/health")
-            self._wait_answer(self.gateway_url, PUBLIC_MODEL)
-        elif self.config.arm == "gateway":
-            self._start_frontend(["--router-mode", "kv"])
-            self._wait_model(self.frontend_url, PUBLIC_MODEL)
-            self._start_gateway(
-                {
-                    "AKR_GATEWAY_ROUTING": "gateway",
-                    "AKR_GATEWAY_WORKER_ENDPOINT": WORKER_ENDPOINT,
-                    "AKR_GATEWAY_BLOCK_SIZE": str(self.config.block_size),
-                    "AKR_GATEWAY_TRACE_PATH": str(self.trace_path.with_name("gateway.jsonl")),
-                    "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
-                    **self.config.processor_env,  # the router's AKR_ROUTER_* settings live here
-                }
-            )
             self._wait_http(f"{self.gateway_url}/health")
             self._wait_answer(self.gateway_url, PUBLIC_MODEL)
         else:
@@ -298,7 +275,7 @@ class LocalStack:
                     "--model-path",
                     str(self.config.model_dir),
                     "--model-name",
-                    self.worker_model,
+                    WORKER_MODEL,
                     "--endpoint",
                     f"dyn://{WORKER_ENDPOINT}",
                     "--num-workers",
@@ -459,7 +436,7 @@ def main() -> None:
     parser.add_argument("--speedup", type=float, default=10.0)
     parser.add_argument("--speeds", type=str, default=None, help="comma list, one speed per worker")
     parser.add_argument("--gpu-blocks", type=int, default=1024)
-    parser.add_argument("--arm", default="ours", help="ours | gateway | kv | round-robin | random")
+    parser.add_argument("--arm", default="ours", help="ours | kv | round-robin | random")
     args = parser.parse_args()
     speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
     config = StackConfig(

@@ -18,7 +18,7 @@ from frontend.config import GatewayConfig
 log = logging.getLogger("frontend")
 
 
-async def _serve_fast(cfg: GatewayConfig) -> None:
+async def _serve(cfg: GatewayConfig) -> None:
     from frontend.server import start_server, stop_server
 
     gw, server = await start_server(cfg)
@@ -31,23 +31,6 @@ async def _serve_fast(cfg: GatewayConfig) -> None:
         await stop.wait()
     finally:
         await stop_server(gw, server)
-
-
-def _serve_aiohttp(cfg: GatewayConfig) -> None:
-    from aiohttp import web
-
-    from frontend.app import build_app
-
-    log.info("gateway (aiohttp) on %s:%d -> %s", cfg.host, cfg.port, cfg.upstream_url)
-    web.run_app(
-        build_app(cfg),
-        host=cfg.host,
-        port=cfg.port,
-        access_log=None,
-        handler_cancellation=True,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,10 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if cfg.server == "aiohttp":
-        _serve_aiohttp(cfg)
-    else:
-        uvloop.run(_serve_fast(cfg))
+    uvloop.run(_serve(cfg))
 
 
 if __name__ == "__main__":

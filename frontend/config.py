@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -66,73 +66,11 @@ class GatewayConfig(BaseSettings):
         "from /v1/models (keeps the workers' internal model, which bypasses the processor, "
         "unreachable). Empty = no filter.",
     )
-    server: Literal["fast", "aiohttp"] = Field(
-        "fast",
-        description="HTTP server: 'fast' (asyncio + httptools, frontend.server) or 'aiohttp' "
-        "(frontend.app, ~3x the CPU per request).",
-    )
     request_read_timeout_s: float = Field(
         60.0, gt=0, description="A client must send a whole request within this time."
     )
     client_keepalive_timeout_s: float = Field(
         75.0, gt=0, description="Idle client keep-alive connections are closed after this."
-    )
-    routing: Literal["processor", "gateway"] = Field(
-        "processor",
-        description="Who routes: 'processor' (the stock frontend forwards to our processor, "
-        "which picks the worker) or 'gateway' (the gateway picks the worker and the stock "
-        "frontend, run with --router-mode kv and the workers under the public model, sends the "
-        "request straight to it: one request-plane hop less; frontend.routing).",
-    )
-    worker_endpoint: str = Field(
-        "workers.backend.generate",
-        description="With routing=gateway: the workers' Dynamo endpoint (namespace.component."
-        "endpoint) whose KV events and instances the gateway's router reads.",
-    )
-    block_size: int = Field(
-        64, ge=1, description="With routing=gateway: the workers' KV block size in tokens."
-    )
-    sticky_fast_path: bool = Field(
-        False,
-        description="EXPERIMENT, with routing=gateway: later turns of a conversation the router "
-        "already placed skip the tokens query; the prompt length is estimated from its "
-        "characters and the conversation's home is credited with its last prompt's blocks.",
-    )
-    sticky_max_sessions: int = Field(
-        4096,
-        ge=1,
-        description="With the sticky fast path: conversations whose last prompt's block hashes "
-        "the gateway keeps (least recently used dropped first; 8 bytes per block), so the "
-        "router's KV-full term counts fast-path requests too.",
-    )
-    max_retries: int = Field(
-        2,
-        ge=0,
-        description="With routing=gateway: retries on another worker when the frontend answers "
-        "5xx for the chosen worker before the answer starts (a dead or failing worker).",
-    )
-    first_token_timeout_s: float = Field(
-        120.0,
-        gt=0,
-        description="With routing=gateway, streamed requests: a worker that has not sent the "
-        "first token this long after the request left the gateway (sending included) has "
-        "failed: the request is dropped there and decided again (max_retries), like the "
-        "processor's AKR_PROCESSOR_FIRST_TOKEN_TIMEOUT_S. A whole answer has no first token to "
-        "wait for; the upstream read timeout bounds it.",
-    )
-    worker_quarantine_s: float = Field(
-        10.0,
-        ge=0,
-        description="With routing=gateway: a worker that just failed a request is left out of "
-        "routing this long (discovery notices a killed worker only when its lease runs out); "
-        "ignored while every live worker is in quarantine. 0 = off.",
-    )
-    engine_poll_s: float = Field(
-        0.05,
-        ge=0,
-        description="With routing=gateway: period of reading the workers' own reports (KV "
-        "capacity from their model cards, requests their engines hold back), as the processor "
-        "does (AKR_PROCESSOR_ENGINE_POLL_S). 0 = off.",
     )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics.")
     log_level: str = Field("INFO", description="Python logging level of the gateway.")

@@ -1,11 +1,11 @@
 """The gateway's request handling, independent of the HTTP server that carries it.
 
-Why separate: the deployed server (``frontend.server``, asyncio + httptools) and the aiohttp
-adapter (``frontend.app``) share exactly this logic, and tests run both. ``Gateway.handle``
-takes the parsed request and returns a ``Reply`` (whole body) or a ``StreamReply`` (SSE relayed
-chunk by chunk from the upstream; the server writes it with backpressure and calls ``close()``
-at the end, which on an early end closes the upstream connection so the stock frontend cancels
-the generation).
+Why separate: the HTTP server (``frontend.server``, asyncio + httptools) only parses and
+writes; this module decides what to answer, and tests drive it without sockets.
+``Gateway.handle`` takes the parsed request and returns a ``Reply`` (whole body) or a
+``StreamReply`` (SSE relayed chunk by chunk from the upstream; the server writes it with
+backpressure and calls ``close()`` at the end, which on an early end closes the upstream
+connection so the stock frontend cancels the generation).
 
 Error answers use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400
 ``invalid_hint`` / ``invalid_json``, 404 ``model_not_found``, 413 ``body_too_large``, 502
@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import msgspec
@@ -27,16 +26,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend.config import GatewayConfig
 from frontend.metrics import GatewayMetrics
-from frontend.routing import (
-    GatewayRouting,
-    NoWorker,
-    Routed,
-    TokensUnavailable,
-    pinned_body,
-    query_body,
-    tokens_from_query,
-    trace_fields,
-)
 from frontend.translate import WORKER_PIN_HEADERS, response_headers, translate
 from frontend.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from router.hints import AgentHints, HintError
@@ -76,27 +65,11 @@ class StreamReply:
     finish: Any  # callable(status) recording metrics and the trace record
     headers: dict[str, str] = field(default_factory=dict)  # relayed from the upstream
     complete: bool = False
-    # Sees every chunk before the client does (routing=gateway: TTFT and token feedback).
-    observer: Callable[[bytes], None] | None = None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body chunk by chunk (for servers that write with an awaitable, like aiohttp)."""
-        observe = self.observer
-        try:
-            async for chunk in self.upstream.iter_chunks():
-                if observe is not None:
-                    observe(chunk)
-                yield chunk
-        except (UpstreamError, UpstreamTimeout) as e:
-            yield self._broken(e)
-        self.complete = True
 
     async def relay(self, sink: Callable[[bytes], None], *, paused: bool = False) -> None:
         """The body into ``sink`` from the upstream's read callback (``frontend.server``);
         backpressure through ``upstream.pause()``/``resume()`` (``paused``: the client is
         already behind)."""
-        if self.observer is not None:
-            sink = _observed(sink, self.observer)
         try:
             await self.upstream.relay(sink, paused=paused)
         except (UpstreamError, UpstreamTimeout) as e:
@@ -115,16 +88,6 @@ class StreamReply:
         """No-op after a complete relay; otherwise drops the upstream connection."""
         self.upstream.close()
         self.finish(self.status if self.complete else 499)
-
-
-def _observed(
-    sink: Callable[[bytes], None], observe: Callable[[bytes], None]
-) -> Callable[[bytes], None]:
-    def write(chunk: bytes) -> None:
-        observe(chunk)
-        sink(chunk)
-
-    return write
 
 
 def error_reply(
@@ -170,20 +133,6 @@ class Gateway:
         )
         self.trace: JsonlWriter | None = None
         self._lag_watch: asyncio.Task[None] | None = None
-        self.routing: GatewayRouting | None = (
-            GatewayRouting(
-                config.worker_endpoint,
-                config.block_size,
-                sticky_fast_path=config.sticky_fast_path,
-                sticky_max_sessions=config.sticky_max_sessions,
-                engine_poll_s=config.engine_poll_s,
-                quarantine_s=config.worker_quarantine_s,
-            )
-            if config.routing == "gateway"
-            else None
-        )
-        if self.routing is not None:
-            self.routing.on_departed = self.metrics.forget_worker
 
     async def start(self) -> None:
         cfg = self.config
@@ -200,13 +149,8 @@ class Gateway:
                 backups=cfg.trace_backups,
             )
             self.trace.start()
-        if self.routing is not None:
-            await self.routing.start()
-            self.metrics.engine = self.routing.engine
 
     async def close(self) -> None:
-        if self.routing is not None:
-            await self.routing.stop()
         if self._lag_watch is not None:
             self._lag_watch.cancel()
             self._lag_watch = None
@@ -280,125 +224,6 @@ class Gateway:
         return reply
 
     # --- POST routes -------------------------------------------------------------------------
-
-    async def _route(
-        self,
-        route: str,
-        body: dict[str, Any],
-        headers: Mapping[str, str],
-        hints: AgentHints,
-        excluded: frozenset[int],
-        tokens: list[int] | None,
-    ) -> tuple[Routed, bytes, list[int] | None]:
-        """routing=gateway: tokens from the frontend (unless a retry has them), our decision,
-        the pinned body. Returns the tokens for a retry."""
-        assert self.routing is not None
-        routed = None
-        queried = False
-        if tokens is None:
-            routed = self.routing.decide_sticky(body, hints, excluded)  # EXPERIMENT, off
-        if routed is None:
-            t0 = time.perf_counter()
-            if tokens is None:
-                tokens = await _tokens(self.client, route, body, headers)
-                self.routing.learn_tokens_per_char(body, len(tokens))
-                queried = True
-            routed = await self.routing.decide(
-                body, hints, tokens, (time.perf_counter() - t0) * 1000.0, excluded
-            )
-        self.metrics.observe_decision(
-            routed.decision.worker_id,
-            routed.decision.reason,
-            routed.query_ms / 1000.0 if queried else None,
-            routed.decision_ms / 1000.0,
-        )
-        # Without tokens (fast path) the frontend tokenizes and sends it to the pinned worker.
-        pinned = pinned_body(
-            body, None if routed.tokens_source == "estimate" else tokens, routed.decision.worker_id
-        )
-        return routed, _encoder.encode(pinned), tokens
-
-    async def _forward_routed(
-        self, route: str, body: dict[str, Any], headers: Mapping[str, str], hints: AgentHints
-    ) -> tuple[Routed, UpstreamResponse]:
-        """routing=gateway: decide, then forward pinned to the chosen worker.
-
-        A worker that fails before its answer starts makes the frontend answer 5xx at once
-        (checked on Dynamo 1.6.1 with a killed mocker: 503 for a whole answer, 500 for a
-        stream, before any SSE event); a streamed answer whose first token does not come within
-        ``first_token_timeout_s`` (a hung engine, a stopped worker process) is dropped, which
-        makes the frontend cancel it at the worker. Either way the decision is reported as a
-        failure, the worker quarantined, and the request decided again without it, at most
-        ``max_retries`` times; the last attempt's 5xx goes to the client as it is, its
-        first-token timeout as ``UpstreamTimeout`` (504). On an exception the current
-        decision's feedback is closed here (the caller never saw it)."""
-        assert self.routing is not None
-        excluded: frozenset[int] = frozenset()
-        tokens: list[int] | None = None
-        # Only a stream has a first token to wait for before answering the client.
-        deadline_s = self.config.first_token_timeout_s if body.get("stream") is True else None
-        for attempt in range(self.config.max_retries + 1):
-            routed, data, tokens = await self._route(route, body, headers, hints, excluded, tokens)
-            routed.t_sent = time.perf_counter()
-            wid = routed.decision.worker_id
-            up: UpstreamResponse | None = None
-            try:
-                async with asyncio.timeout(deadline_s) as deadline:
-                    up = await self.client.request("POST", route, data, headers)
-                    if deadline_s is not None and up.status < 500:
-                        await up.wait_body()
-            except asyncio.CancelledError:
-                self.routing.finish(routed, 499)
-                if up is not None:
-                    up.close()
-                raise
-            except TimeoutError:
-                if not deadline.expired():  # the upstream's own timeout, not the worker's
-                    self.routing.finish(routed, 504)
-                    raise
-                assert deadline_s is not None
-                if up is not None:
-                    up.close()  # the frontend cancels the request at the worker
-                self._worker_failed(routed, 504)
-                if attempt == self.config.max_retries:
-                    raise UpstreamTimeout(
-                        f"no first token from worker {wid:x} within {deadline_s:g} s"
-                    ) from None
-                excluded = excluded | {wid}
-                self.metrics.retries += 1
-                log.warning(
-                    "worker %x sent no first token within %g s; retrying elsewhere", wid, deadline_s
-                )
-                continue
-            except BaseException:
-                self.routing.finish(routed, 502)
-                if up is not None:
-                    up.close()
-                raise
-            if up.status < 500:
-                return routed, up
-            if attempt == self.config.max_retries:
-                self.routing.worker_failed(wid)
-                self.metrics.worker_error(wid)
-                return routed, up  # the caller reports it (a failure) and relays the error
-            up.close()  # the error body is not needed: drop the connection, not read it
-            self._worker_failed(routed, up.status)
-            excluded = excluded | {wid}
-            self.metrics.retries += 1
-            log.warning(
-                "worker %x failed a request (HTTP %d from the frontend); retrying elsewhere",
-                wid,
-                up.status,
-            )
-        raise AssertionError("unreachable")
-
-    def _worker_failed(self, routed: Routed, status: int) -> None:
-        """Quarantine a failed attempt's worker, count it, close the attempt's feedback."""
-        assert self.routing is not None
-        wid = routed.decision.worker_id
-        self.routing.worker_failed(wid)
-        self.metrics.worker_error(wid)
-        self.routing.finish(routed, status)
 
     def _reject(self, route: str, reply: Reply, field: str) -> Reply:
         self.metrics.reject(field)
@@ -475,12 +300,9 @@ class Gateway:
 
         t_up = time.perf_counter()
         t_headers: float | None = None
-        routed: Routed | None = None
 
         def finish(status: int) -> None:
             m.count_request(route, status)
-            if routed is not None:
-                self.routing.finish(routed, status)
             if self.trace is not None:
                 record = {
                     "ts": time.time(),
@@ -490,24 +312,10 @@ class Gateway:
                     "upstream_ttfb_ms": None if t_headers is None else (t_headers - t0) * 1e3,
                     "hints": msgspec.structs.asdict(hints) if not hints.is_empty() else None,
                 }
-                if routed is not None:
-                    record.update(trace_fields(routed))
                 self.trace.put(record)
 
         try:
-            if self.routing is not None:
-                routed, up = await self._forward_routed(route, tr.body, tr.headers, hints)
-                t_up = routed.t_sent
-            else:
-                up = await self.client.request("POST", route, data, tr.headers)
-        except NoWorker as e:
-            m.upstream_error("no_worker")
-            finish(503)
-            return error_reply(503, str(e), type_="upstream_error", code="upstream_unavailable")
-        except TokensUnavailable as e:
-            m.upstream_error("tokens")
-            finish(e.status)
-            return Reply(e.status, e.body)
+            up = await self.client.request("POST", route, data, tr.headers)
         except UpstreamTimeout:
             m.upstream_error("timeout")
             finish(504)
@@ -524,8 +332,7 @@ class Gateway:
         ctype = up.headers.get("content-type", JSON)
         echo = response_headers(up.headers)
         if ctype.startswith("text/event-stream"):
-            observer = None if routed is None else partial(self.routing.observe, routed)
-            return StreamReply(up.status, ctype, up, self, finish, echo, observer=observer)
+            return StreamReply(up.status, ctype, up, self, finish, echo)
         try:
             payload = await up.read()
         except UpstreamTimeout:
@@ -543,32 +350,6 @@ class Gateway:
             up.close()  # no-op after a complete read
         finish(up.status)
         return Reply(up.status, payload, ctype, echo)
-
-
-async def _tokens(
-    client: UpstreamClient, route: str, body: dict[str, Any], headers: Mapping[str, str]
-) -> list[int]:
-    """The prompt's tokens, from the stock frontend (``frontend.routing``, step 1)."""
-    up = await client.request("POST", route, _encoder.encode(query_body(body)), headers)
-    try:
-        payload = await up.read()
-    finally:
-        up.close()
-    if up.status != 200:
-        raise TokensUnavailable(up.status, payload)
-    tokens = tokens_from_query(payload)
-    if tokens is None:
-        raise TokensUnavailable(
-            502,
-            error_reply(
-                502,
-                "the upstream did not return the prompt's tokens (routing=gateway needs a "
-                "Dynamo frontend with --router-mode kv)",
-                type_="upstream_error",
-                code="upstream_unavailable",
-            ).body,
-        )
-    return tokens
 
 
 def _filter_models(payload: bytes, public: list[str]) -> bytes:

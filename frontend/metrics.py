@@ -10,10 +10,6 @@ Exposed: ``akr_gateway_requests_total{route,status}``, ``akr_gateway_hints_total
 ``akr_gateway_upstream_latency_seconds{route}`` (histogram, time to upstream response headers),
 ``akr_gateway_trace_dropped`` (trace records dropped because the queue was full),
 ``akr_gateway_event_loop_lag_seconds`` (histogram, how long ready work waits for the loop).
-With routing in the gateway (frontend/routing.py) also
-``akr_gateway_decisions_total{worker,reason}``, ``akr_gateway_tokens_seconds`` (histogram, the
-prompt's tokens from the stock frontend) and ``akr_gateway_decision_seconds`` (histogram, our
-decision).
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ from prometheus_client.core import (
     Metric,
 )
 
-from processor.engine_state import EngineState
 from router.loop_lag import LOOP_LAG_BUCKETS
 
 # Upstream time to response headers: ~1 ms (overhead) up to minutes (long prefill queues).
@@ -89,16 +84,6 @@ class GatewayMetrics:
         self.trace_dropped = 0
         self.latency: dict[str, _Histogram] = {}
         self.loop_lag = _Histogram(LOOP_LAG_BUCKETS)
-        # routing=gateway only; series of workers that leave discovery are dropped
-        # (forget_worker), so the label set is bounded by the live fleet.
-        self.decisions: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.retries = 0  # requests decided again after the chosen worker failed
-        self.worker_errors: defaultdict[str, int] = defaultdict(int)
-        self.tokens_latency = _Histogram()
-        self.decision_latency = _Histogram(LOOP_LAG_BUCKETS)
-        # routing=gateway with AKR_GATEWAY_ENGINE_POLL_S > 0: the engines' own reports, read
-        # at scrape time (only live workers are in them).
-        self.engine: EngineState | None = None
         self.registry.register(_Collector(self))
 
     def count_request(self, route: str, status: int) -> None:
@@ -112,25 +97,6 @@ class GatewayMetrics:
 
     def upstream_error(self, kind: str) -> None:
         self.upstream_errors[kind] += 1
-
-    def observe_decision(
-        self, worker_id: int, reason: str, tokens_s: float | None, decision_s: float
-    ) -> None:
-        """``tokens_s`` None: the request was routed without asking for its tokens."""
-        self.decisions[(f"{worker_id:x}", reason)] += 1
-        if tokens_s is not None:
-            self.tokens_latency.observe(tokens_s)
-        self.decision_latency.observe(decision_s)
-
-    def worker_error(self, worker_id: int) -> None:
-        self.worker_errors[f"{worker_id:x}"] += 1
-
-    def forget_worker(self, worker_id: int) -> None:
-        """End the series of a worker that left discovery (bounded label sets)."""
-        label = f"{worker_id:x}"
-        for key in [k for k in self.decisions if k[0] == label]:
-            del self.decisions[key]
-        self.worker_errors.pop(label, None)
 
     def observe_upstream(self, route: str, seconds: float) -> None:
         h = self.latency.get(route)
@@ -195,54 +161,6 @@ class _Collector:
         for route, hist in sorted(m.latency.items()):
             h.add_metric([route], hist.cumulative(), hist.total)
         yield h
-        if m.decisions:
-            yield _counter(
-                "akr_gateway_decisions",
-                "Routing decisions made in the gateway, by worker and reason",
-                ["worker", "reason"],
-                m.decisions,
-            )
-            yield CounterMetricFamily(
-                "akr_gateway_retries",
-                "Requests decided again after the chosen worker failed before its answer started",
-                value=m.retries,
-            )
-            yield _counter(
-                "akr_gateway_worker_errors",
-                "Answers the frontend could not get from the chosen worker (5xx "
-                "before the answer started), by worker",
-                ["worker"],
-                m.worker_errors,
-            )
-            h = HistogramMetricFamily(
-                "akr_gateway_tokens_seconds", "Time to the prompt's tokens from the stock frontend"
-            )
-            h.add_metric([], m.tokens_latency.cumulative(), m.tokens_latency.total)
-            yield h
-            h = HistogramMetricFamily(
-                "akr_gateway_decision_seconds", "Time of one routing decision in the gateway"
-            )
-            h.add_metric([], m.decision_latency.cumulative(), m.decision_latency.total)
-            yield h
-        engine = m.engine
-        if engine is not None:
-            g = GaugeMetricFamily(
-                "akr_gateway_worker_capacity_blocks",
-                "KV capacity each worker reports in its model card, in router blocks",
-                labels=["worker"],
-            )
-            for w, blocks in sorted(engine.capacity.items()):
-                g.add_metric([f"{w:x}"], blocks)
-            yield g
-            g = GaugeMetricFamily(
-                "akr_gateway_engine_waiting_requests",
-                "Requests each worker's engine held back in its last forward pass",
-                labels=["worker"],
-            )
-            waiting = engine.waiting  # only workers holding requests back: 0 for the rest
-            for w in sorted(engine.capacity.keys() | waiting.keys()):
-                g.add_metric([f"{w:x}"], waiting.get(w, 0))
-            yield g
         h = HistogramMetricFamily(
             "akr_gateway_event_loop_lag_seconds",
             "How late a periodic timer fires on the gateway's event loop: "

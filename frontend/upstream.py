@@ -9,11 +9,9 @@ an LIFO pool, and streaming with backpressure (the upstream socket stops being r
 client is slow). Talks only to the upstream given at construction, so it never follows
 redirects, handles no cookies and sends no proxy headers.
 
-Two ways to read a streamed body: ``iter_chunks()`` (an async iterator; one task switch, one
-future and one timer per chunk) and ``relay(sink)``, which hands each chunk to ``sink`` inside
-the socket's read callback. The gateway's own server relays SSE answers with the latter: a
-token's event goes from the upstream socket to the client socket without waking the request's
-task, which is what a streamed token costs on the relay (measured in benchmarks/README.md).
+A streamed body is read with ``relay(sink)``, which hands each chunk to ``sink`` inside the
+socket's read callback: a token's event goes from the upstream socket to the client socket
+without waking the request's task (no task switch, future or timer per chunk).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -201,7 +199,7 @@ class _Conn(asyncio.Protocol):
 
 
 class UpstreamResponse:
-    """Status and headers are known; read the body with ``read()`` or ``iter_chunks()``."""
+    """Status and headers are known; read the body with ``read()`` or ``relay()``."""
 
     def __init__(self, client: UpstreamClient, conn: _Conn) -> None:
         self._client = client
@@ -216,26 +214,6 @@ class UpstreamResponse:
         body = conn.take()
         self.release()
         return body
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive; the upstream is paused while the consumer lags."""
-        conn = self._require()
-        while True:
-            if conn.buffered:
-                yield conn.take()
-                continue
-            if conn.done:
-                break
-            await conn.wait(self._client.read_timeout)
-        self.release()
-
-    async def wait_body(self) -> None:
-        """Until the first body bytes (or the end of the body) arrive; they stay buffered for
-        ``relay()`` / ``iter_chunks()``. The caller bounds the wait (the first-token deadline of
-        routing=gateway); ``read_timeout`` still applies."""
-        conn = self._require()
-        while not conn.buffered and not conn.done:
-            await conn.wait(self._client.read_timeout)
 
     async def relay(self, sink: Callable[[bytes], None], *, paused: bool = False) -> None:
         """Hand every body chunk to ``sink`` as it arrives, from the socket's read callback.

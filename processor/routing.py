@@ -162,8 +162,7 @@ class Quarantine:
     """Workers that just failed a request, left out of routing for ``seconds`` unless that
     leaves none. Why: discovery drops a killed worker only when its lease runs out (about 10 s
     with file discovery), and until then every request sent there fails. Bounded: ``prune``
-    keeps at most one entry per live worker. Shared by the processor and routing in the
-    gateway; ``seconds`` 0 = off."""
+    keeps at most one entry per live worker; ``seconds`` 0 = off."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

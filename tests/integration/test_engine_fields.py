@@ -1,9 +1,8 @@
 """What reaches the engine: a NAT-style request through gateway -> stock frontend -> processor
-(or, with routing in the gateway, gateway -> stock frontend) arrives at the worker with the
-conversation id in ``agent_context.session_id`` (what Dynamo 1.6.1's engine handlers read:
-SGLang's session-aware radix cache, vLLM's ``generate(session_id=...)``, TensorRT-LLM's
-conversation affinity), the parent conversation from ``x-dynamo-parent-session-id``, and the
-client's priority in ``routing.priority``.
+arrives at the worker with the conversation id in ``agent_context.session_id`` (what Dynamo
+1.6.1's engine handlers read: SGLang's session-aware radix cache, vLLM's
+``generate(session_id=...)``, TensorRT-LLM's conversation affinity), the parent conversation
+from ``x-dynamo-parent-session-id``, and the client's priority in ``routing.priority``.
 
 The worker is tests/integration/recording_worker.py, a real Dynamo worker that writes down
 the fields of each request it gets (the mocker does not show its requests).
@@ -24,15 +23,11 @@ from tests.integration.processor_util import chat, poll, running_stack
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["ours", "gateway"])
-def recorded(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[LocalStack, Path]]:
-    """Both deployments: the processor path (default) and routing in the gateway."""
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
     path = tmp_path_factory.mktemp("engine-fields") / "requests.jsonl"
     config = StackConfig(
         workers=1,
-        arm=request.param,
         worker_module="tests.integration.recording_worker",
         worker_env={"AKR_TEST_RECORD_PATH": str(path)},
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from frontend.metrics import GatewayMetrics
 from processor.metrics import ProcessorMetrics
 from processor.routing import Quarantine, drop_departed
 
@@ -37,16 +36,6 @@ def test_processor_metrics_forget_a_departed_workers_series() -> None:
     text = generate_latest(m.registry).decode()
     assert 'worker="a"' not in text
     assert 'akr_processor_decisions_total{reason="overlap",worker="b"} 1.0' in text
-
-
-def test_gateway_metrics_forget_a_departed_workers_series() -> None:
-    m = GatewayMetrics()
-    m.observe_decision(0xA, "overlap", 0.001, 0.001)
-    m.observe_decision(0xA, "load", None, 0.001)
-    m.observe_decision(0xB, "overlap", 0.001, 0.001)
-    m.forget_worker(0xA)
-    text = generate_latest(m.registry).decode()
-    assert 'worker="a"' not in text and 'worker="b"' in text
 
 
 def test_quarantine_forgets_departed_and_expired_workers() -> None:

@@ -11,10 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from frontend.app import build_app
 from frontend.config import GatewayConfig
 from frontend.server import start_server, stop_server
 
@@ -104,7 +103,7 @@ async def upstream() -> AsyncIterator[EchoUpstream]:
 
 
 class FastClient:
-    """The deployed server (frontend.server) behind TestClient's small interface."""
+    """The gateway's server (frontend.server) with a small client interface."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -134,36 +133,26 @@ class FastClient:
         await stop_server(self.gw, self.server)
 
 
-async def make_client(upstream_url: str, kind: str = "fast", **cfg: Any) -> Any:
+async def make_client(upstream_url: str, **cfg: Any) -> FastClient:
     config = GatewayConfig(upstream_url=upstream_url, host="127.0.0.1", port=0, **cfg)
-    if kind == "fast":
-        return await FastClient(config).start()
-    client = TestClient(TestServer(build_app(config)))
-    await client.start_server()
-    return client
-
-
-@pytest.fixture(params=["fast", "aiohttp"])
-def kind(request: pytest.FixtureRequest) -> str:
-    """Which server carries the gateway: the deployed one or the aiohttp adapter."""
-    return request.param
+    return await FastClient(config).start()
 
 
 @pytest.fixture
-async def gw(kind: str, upstream: EchoUpstream) -> AsyncIterator[Any]:
-    client = await make_client(upstream.url, kind)
+async def gw(upstream: EchoUpstream) -> AsyncIterator[FastClient]:
+    client = await make_client(upstream.url)
     yield client
     await client.close()
 
 
-async def test_health_and_models(gw: TestClient) -> None:
+async def test_health_and_models(gw: FastClient) -> None:
     r = await gw.get("/health")
     assert r.status == 200 and (await r.json())["status"] == "healthy"
     r = await gw.get("/v1/models")
     assert r.status == 200 and (await r.json())["data"][0]["id"] == "tiny"
 
 
-async def test_nat_body_is_translated(gw: TestClient, upstream: EchoUpstream) -> None:
+async def test_nat_body_is_translated(gw: FastClient, upstream: EchoUpstream) -> None:
     body = {
         "model": "tiny",
         "messages": [{"role": "user", "content": "hi"}],
@@ -208,8 +197,8 @@ async def test_nat_body_is_translated(gw: TestClient, upstream: EchoUpstream) ->
     assert got["body"]["messages"] == body["messages"]
 
 
-async def test_pin_headers_allowed_when_configured(kind: str, upstream: EchoUpstream) -> None:
-    client = await make_client(upstream.url, kind, allow_worker_pin_headers=True)
+async def test_pin_headers_allowed_when_configured(upstream: EchoUpstream) -> None:
+    client = await make_client(upstream.url, allow_worker_pin_headers=True)
     try:
         r = await client.post(
             CHAT, json={"model": "tiny"}, headers={"x-dynamo-worker-instance-id": "42"}
@@ -219,7 +208,7 @@ async def test_pin_headers_allowed_when_configured(kind: str, upstream: EchoUpst
         await client.close()
 
 
-async def test_plain_body_passes_byte_for_byte(gw: TestClient, upstream: EchoUpstream) -> None:
+async def test_plain_body_passes_byte_for_byte(gw: FastClient, upstream: EchoUpstream) -> None:
     raw = b'{"model":"tiny",  "messages":[], "max_tokens": 1}'
     r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
     assert r.status == 200
@@ -230,7 +219,7 @@ async def test_plain_body_passes_byte_for_byte(gw: TestClient, upstream: EchoUps
     assert upstream.seen[-1]["body"] == json.loads(raw)
 
 
-async def test_header_hints(gw: TestClient, upstream: EchoUpstream) -> None:
+async def test_header_hints(gw: FastClient, upstream: EchoUpstream) -> None:
     r = await gw.post(
         "/v1/completions",
         json={"model": "tiny", "prompt": "x"},
@@ -249,7 +238,7 @@ async def test_header_hints(gw: TestClient, upstream: EchoUpstream) -> None:
     assert "akr.v1.pin=ephemeral:300.0" in got["body"]["nvext"]["annotations"]
 
 
-async def test_streaming_passthrough(gw: TestClient) -> None:
+async def test_streaming_passthrough(gw: FastClient) -> None:
     r = await gw.post(
         CHAT,
         json={"model": "tiny", "stream": True, "tag": "s", "nvext": NAT_NVEXT},
@@ -278,7 +267,7 @@ async def test_streaming_passthrough(gw: TestClient) -> None:
     ],
 )
 async def test_invalid_hint_400(
-    gw: TestClient, upstream: EchoUpstream, body: dict, param: str
+    gw: FastClient, upstream: EchoUpstream, body: dict, param: str
 ) -> None:
     r = await gw.post(CHAT, json={"model": "tiny", **body})
     assert r.status == 400
@@ -288,22 +277,22 @@ async def test_invalid_hint_400(
     assert upstream.seen == []
 
 
-async def test_invalid_header_hint_400(gw: TestClient) -> None:
+async def test_invalid_header_hint_400(gw: FastClient) -> None:
     r = await gw.post(CHAT, json={"model": "tiny"}, headers={"x-akr-iat": "-1"})
     assert r.status == 400
     assert (await r.json())["error"]["param"] == "header:x-akr-iat"
 
 
 @pytest.mark.parametrize("raw", [b"{", b"[]", b"3", b"", b"\xff\xfe", b'{"a":1e999}'])
-async def test_invalid_json_400(gw: TestClient, raw: bytes) -> None:
+async def test_invalid_json_400(gw: FastClient, raw: bytes) -> None:
     r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
     assert r.status == 400
     err = (await r.json())["error"]
     assert err["param"] == "body" and err["code"] == "invalid_json"
 
 
-async def test_body_too_large_413(kind: str, upstream: EchoUpstream) -> None:
-    client = await make_client(upstream.url, kind, max_body_bytes=2048)
+async def test_body_too_large_413(upstream: EchoUpstream) -> None:
+    client = await make_client(upstream.url, max_body_bytes=2048)
     try:
         r = await client.post(CHAT, data=b"{" + b" " * 4096 + b"}")
         assert r.status == 413 and (await r.json())["error"]["param"] == "body"
@@ -318,13 +307,13 @@ async def test_body_too_large_413(kind: str, upstream: EchoUpstream) -> None:
         await client.close()
 
 
-async def test_upstream_status_passes_through(gw: TestClient) -> None:
+async def test_upstream_status_passes_through(gw: FastClient) -> None:
     r = await gw.post(CHAT, json={"model": "tiny", "bad_status": 422})
     assert r.status == 422 and (await r.json())["error"]["message"] == "nope"
 
 
-async def test_upstream_down_502(kind: str) -> None:
-    client = await make_client("http://127.0.0.1:9", kind)  # discard port: nothing listens
+async def test_upstream_down_502() -> None:
+    client = await make_client("http://127.0.0.1:9")  # discard port: nothing listens
     try:
         r = await client.post(CHAT, json={"model": "tiny"})
         assert r.status == 502 and (await r.json())["error"]["code"] == "upstream_unavailable"
@@ -334,9 +323,9 @@ async def test_upstream_down_502(kind: str) -> None:
         await client.close()
 
 
-async def test_upstream_timeout_504(kind: str, upstream: EchoUpstream) -> None:
+async def test_upstream_timeout_504(upstream: EchoUpstream) -> None:
     upstream.stall_s = 2.0
-    client = await make_client(upstream.url, kind, upstream_read_timeout_s=0.2)
+    client = await make_client(upstream.url, upstream_read_timeout_s=0.2)
     try:
         r = await client.post(CHAT, json={"model": "tiny"})
         assert r.status == 504 and (await r.json())["error"]["code"] == "upstream_timeout"
@@ -344,7 +333,7 @@ async def test_upstream_timeout_504(kind: str, upstream: EchoUpstream) -> None:
         await client.close()
 
 
-async def test_client_disconnect_cancels_upstream(gw: TestClient, upstream: EchoUpstream) -> None:
+async def test_client_disconnect_cancels_upstream(gw: FastClient, upstream: EchoUpstream) -> None:
     url = gw.make_url(CHAT)
     async with aiohttp.ClientSession() as s:
         resp = await s.post(
@@ -355,7 +344,7 @@ async def test_client_disconnect_cancels_upstream(gw: TestClient, upstream: Echo
     await asyncio.wait_for(upstream.cancelled.wait(), timeout=5)
 
 
-async def test_metrics(gw: TestClient) -> None:
+async def test_metrics(gw: FastClient) -> None:
     await gw.post(CHAT, json={"model": "tiny", "nvext": NAT_NVEXT})
     await gw.post(CHAT, json={"model": "tiny", "nvext": {"agent_hints": {"iat": 0}}})
     text = await (await gw.get("/metrics")).text()
@@ -365,9 +354,9 @@ async def test_metrics(gw: TestClient) -> None:
     assert "akr_gateway_upstream_latency_seconds_bucket" in text
 
 
-async def test_trace_written(kind: str, upstream: EchoUpstream, tmp_path) -> None:
+async def test_trace_written(upstream: EchoUpstream, tmp_path) -> None:
     path = tmp_path / "gw.jsonl"
-    client = await make_client(upstream.url, kind, trace_path=path)
+    client = await make_client(upstream.url, trace_path=path)
     await client.post(CHAT, json={"model": "tiny", "nvext": NAT_NVEXT})
     await client.post(CHAT, json={"model": "tiny", "nvext": {"agent_hints": {"iat": 0}}})
     await client.close()  # flushes the writer
@@ -377,10 +366,10 @@ async def test_trace_written(kind: str, upstream: EchoUpstream, tmp_path) -> Non
     assert recs[1] == {**recs[1], "status": 400, "reject": "nvext.agent_hints.iat"}
 
 
-async def test_public_models_filter(kind: str, upstream: EchoUpstream, monkeypatch) -> None:
+async def test_public_models_filter(upstream: EchoUpstream, monkeypatch) -> None:
     monkeypatch.setenv("AKR_GATEWAY_PUBLIC_MODELS", "tiny, other")
     assert GatewayConfig().public_models == ["tiny", "other"]
-    client = await make_client(upstream.url, kind, public_models=["other"])
+    client = await make_client(upstream.url, public_models=["other"])
     try:
         r = await client.get("/v1/models")
         assert (await r.json())["data"] == []
@@ -407,7 +396,7 @@ def test_config_env(monkeypatch) -> None:
         assert f.description, name
 
 
-async def test_duplicate_keys_cannot_smuggle_hints(gw: TestClient, upstream: EchoUpstream) -> None:
+async def test_duplicate_keys_cannot_smuggle_hints(gw: FastClient, upstream: EchoUpstream) -> None:
     raw = (
         b'{"model":"tiny","nvext":{"agent_hints":{"prefix_id":"x y","total_requests":0},'
         b'"cache_control":{"type":"forever"}},"nvext":{"ignore_eos":true}}'

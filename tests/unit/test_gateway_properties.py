@@ -149,15 +149,15 @@ class Env:
         return self.loop.run(coro)
 
 
-@pytest.fixture(scope="module", params=["fast", "aiohttp"])
-def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
     runner = asyncio.Runner()
 
     async def setup() -> Env:
         up = EchoUpstream()
         up.server = TestServer(up.app())
         await up.server.start_server()
-        gw = await make_client(up.url, request.param, max_body_bytes=64 * 1024)
+        gw = await make_client(up.url, max_body_bytes=64 * 1024)
         return Env(runner, up, gw, aiohttp.ClientSession())
 
     e = runner.run(setup())

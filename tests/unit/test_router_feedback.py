@@ -68,9 +68,8 @@ def test_failure_is_penalized_like_a_slow_ttft() -> None:
 
 def test_a_served_answer_without_ttft_teaches_nothing() -> None:
     """ok=True without a TTFT (a whole, non-streamed answer) is neither a failure nor a
-    measurement: the decision is closed, the learner unchanged, and it is counted apart. (Until
-    2026-12-02 it counted as a failure: a harness's non-streamed warm-up pushed one worker's
-    correction to -870 ms in the gateway's first benchmark.)"""
+    measurement: the decision is closed, the learner unchanged, and it is counted apart
+    (counted as a failure, a client's non-streamed warm-up would skew one worker's correction)."""
     f, b = _tracker()
     before = b.mean_correction(1, X, "ttft")
     for i in range(20):
