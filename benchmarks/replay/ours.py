@@ -82,6 +82,11 @@ class OursPolicy:
         self._engine = EngineReport()
         self._block_size = config.block_size
 
+    @property
+    def worker_ids(self) -> list[int]:
+        """The instance ids the router knows the simulated workers by."""
+        return self._ids
+
     def _workers(self, view: ClusterView) -> list[int]:
         if len(self._ids) != view.num_workers:
             self._ids = [_ID_BASE + i for i in range(view.num_workers)]
