@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from benchmarks.replay.agentic_format import read_agentic, read_agentic_header, write_agentic
+from benchmarks.replay.agentic_format import (
+    read_agentic,
+    read_agentic_header,
+    row_request_ids,
+    write_agentic,
+)
+from benchmarks.replay.agentic_gen import (
+    AgenticParams,
+    demo_preset,
+    generate_agentic,
+    pressure_params,
+)
+from benchmarks.replay.agentic_load import ENGINE_BLOCK, live_context_tokens, modelled_load
 from benchmarks.replay.trace import Hints, TraceError, TraceRequest
 
 HEADER = {
@@ -213,3 +227,140 @@ def test_writer_refuses_what_dynamo_would_reject(tmp_path: Path) -> None:
     ]
     with pytest.raises(ValueError, match="earlier request"):
         write_agentic(tmp_path / "t.jsonl", later_parent)
+
+
+# --- the generator and its presets -------------------------------------------------------------
+
+SMALL = AgenticParams(duration_s=120.0, session_rate_per_s=0.5, osl_median=30.0)
+
+
+def test_same_seed_same_file_other_seed_other_file(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    write_agentic(a, generate_agentic(7, SMALL))
+    write_agentic(b, generate_agentic(7, SMALL))
+    write_agentic(c, generate_agentic(8, SMALL))
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    assert read_agentic(a) == generate_agentic(7, SMALL)
+
+
+def test_sessions_grow_their_context_and_wait_for_tool_calls() -> None:
+    reqs = generate_agentic(3, SMALL)
+    sessions: dict[str, list[TraceRequest]] = {}
+    for r in reqs:
+        assert r.session_id is not None and r.hints is not None
+        sessions.setdefault(r.session_id, []).append(r)
+    assert len(sessions) > 20
+    for turns in sessions.values():
+        hints = turns[0].hints
+        assert hints is not None and hints.prefix_id == turns[0].session_id
+        assert hints.total_requests == len(turns)  # the turns this trace holds
+        assert all(t.hints == hints for t in turns)
+        assert turns[0].parent is None
+        for prev, cur in itertools.pairwise(turns):
+            assert cur.parent == prev.index and cur.index > prev.index
+            assert 1000.0 <= cur.delay_ms <= 10000.0  # tool gaps of 1-10 s
+            assert cur.arrival_ms == pytest.approx(prev.arrival_ms + cur.delay_ms)
+            # the context grows by the answer and a tool result, and keeps its prefix
+            assert cur.input_length > prev.input_length + prev.output_length
+            assert cur.hash_ids[: len(prev.hash_ids)] == prev.hash_ids
+        if hints.pin_ttl_s is not None:
+            assert hints.pin_ttl_s == math.ceil(len(turns) * hints.iat_ms / 1000.0)
+    pinned = sum(t[0].hints.pin_ttl_s is not None for t in sessions.values())  # type: ignore[union-attr]
+    assert 0.25 < pinned / len(sessions) < 0.75
+
+
+def test_agents_of_one_type_share_their_system_prompt() -> None:
+    firsts: dict[str, TraceRequest] = {}
+    for r in generate_agentic(3, SMALL):
+        firsts.setdefault(r.session_id or "", r)
+    by_type: dict[str, list[tuple[int, ...]]] = {}
+    for sid, r in firsts.items():
+        by_type.setdefault(sid.split("-")[0], []).append(r.hash_ids)
+    assert len(by_type) > 1
+    leading = {}
+    for agent, prompts in by_type.items():
+        shared = prompts[0]
+        for ids in prompts[1:]:
+            n = 0
+            while n < min(len(shared), len(ids)) and shared[n] == ids[n]:
+                n += 1
+            shared = shared[:n]
+        assert len(shared) >= SMALL.system_prompt_blocks[0], agent
+        leading[agent] = shared
+    assert len({ids[0] for ids in leading.values()}) == len(leading)  # types differ
+
+
+def test_pressure_preset_keeps_more_live_context_than_the_cluster_holds() -> None:
+    preset = pressure_params(8, 0, num_gpu_blocks=512, max_requests=3000)
+    reqs = generate_agentic(preset.seed, preset.params)
+    kv = preset.workers * preset.num_gpu_blocks * ENGINE_BLOCK
+    # sessions in a tool call at 0 count from their first turn in the trace, and the last
+    # turns before the cut have no child: the first and last 10 s (the longest gap) ramp
+    live = live_context_tokens(reqs)[10 : int(preset.params.duration_s) - 10]
+    assert len(reqs) == pytest.approx(preset.expected_requests, rel=0.15)
+    # the planned live context alone (no service time) exceeds the KV at all times
+    assert live.mean() / kv == pytest.approx(preset.pressure, rel=0.15)
+    assert live.min() > kv
+    span = preset.params.duration_s * 1000.0
+    assert modelled_load(reqs, 8, 512, span_ms=span) == pytest.approx(preset.load, rel=0.15)
+    assert preset.load == pytest.approx(0.5, rel=0.01)
+    assert max(r.input_length for r in reqs) <= 512 * ENGINE_BLOCK // 2
+
+
+def test_pressure_preset_scales_with_workers_and_refuses_what_it_cannot_serve() -> None:
+    small = pressure_params(8, 0, num_gpu_blocks=512, max_requests=10**9)
+    large = pressure_params(64, 0, num_gpu_blocks=512, max_requests=10**9)
+    assert large.params.session_rate_per_s == pytest.approx(
+        8 * small.params.session_rate_per_s, rel=0.03
+    )
+    capped = pressure_params(64, 0, num_gpu_blocks=512, max_requests=15_000)
+    assert capped.expected_requests == pytest.approx(15_000, rel=0.01)
+    assert capped.params.duration_s < small.params.duration_s
+    # at 1/8 of the speed, decode alone overloads the mocker at this pressure
+    with pytest.raises(ValueError, match="modelled load is"):
+        pressure_params(8, 0, num_gpu_blocks=128, speed=0.125)
+    slow = pressure_params(8, 0, num_gpu_blocks=128, pressure=1.0, speed=0.125, decode_speedup=8)
+    assert slow.load == pytest.approx(0.5, rel=0.01)
+
+
+def test_demo_preset_is_small_and_under_pressure() -> None:
+    preset = demo_preset(0)
+    reqs = generate_agentic(preset.seed, preset.params)
+    assert len({r.session_id for r in reqs}) == 24
+    assert 70 <= len(reqs) <= 120
+    assert preset.pressure > 1.2
+    assert (
+        max(r.input_length + r.output_length for r in reqs) <= preset.num_gpu_blocks * ENGINE_BLOCK
+    )
+
+
+def test_dynamo_replay_runs_a_generated_file(tmp_path: Path) -> None:
+    """Dynamo 1.6.1's own replay takes the file as is; dependencies and reuse hold there."""
+    replay = pytest.importorskip("dynamo.replay")
+    preset = demo_preset(0)
+    reqs = generate_agentic(preset.seed, preset.params)
+    path = tmp_path / "demo.jsonl"
+    write_agentic(path, reqs)
+    report = replay.run_trace_replay(
+        str(path),
+        extra_engine_args={"engine": {"block_size": 64, "num_gpu_blocks": preset.num_gpu_blocks}},
+        num_workers=preset.workers,
+        router_mode="round_robin",
+        trace_format="agentic_mooncake",
+        execution_model="akr-test",
+        capture_per_request=True,
+    )
+    assert report.summary["completed_requests"] == len(reqs)
+    assert report.summary["incomplete_trajectories"] == 0
+    by_id = {rec["request_id"]: rec for rec in report.per_request}
+    ids = row_request_ids(path)
+    assert sorted(by_id) == sorted(ids)
+    for r in reqs:
+        rec = by_id[ids[r.index]]
+        assert rec["input_length"] == r.input_length
+        if r.parent is not None:
+            parent = by_id[ids[r.parent]]
+            dispatched = max(r.arrival_ms, parent["terminal_time_ms"] + r.delay_ms)
+            assert rec["dispatched_at_ms"] == pytest.approx(dispatched, abs=1e-3)
+    assert sum(rec["reused_input_tokens"] for rec in report.per_request) > 0
