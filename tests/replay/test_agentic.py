@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.replay.agentic_convert import convert_processor_trace
 from benchmarks.replay.agentic_format import (
     read_agentic,
     read_agentic_header,
@@ -23,6 +24,9 @@ from benchmarks.replay.agentic_gen import (
 )
 from benchmarks.replay.agentic_load import ENGINE_BLOCK, live_context_tokens, modelled_load
 from benchmarks.replay.trace import Hints, TraceError, TraceRequest
+from processor.routing import block_hashes
+from processor.traces import SCHEMA_VERSION, TraceRecord
+from router.jsonl_writer import JsonlWriter
 
 HEADER = {
     "schema": "dynamo.agentic_mooncake",
@@ -364,3 +368,146 @@ def test_dynamo_replay_runs_a_generated_file(tmp_path: Path) -> None:
             dispatched = max(r.arrival_ms, parent["terminal_time_ms"] + r.delay_ms)
             assert rec["dispatched_at_ms"] == pytest.approx(dispatched, abs=1e-3)
     assert sum(rec["reused_input_tokens"] for rec in report.per_request) > 0
+
+
+# --- the processor's traces as an agentic trace ---------------------------------------------
+
+BS = 64
+SYSTEM = list(range(1000, 1200))  # 200 tokens shared by both sessions: 3 full blocks
+
+
+def _record(
+    rid: str, ts: float, tokens: list[int], prefix: str | None, **kw: object
+) -> TraceRecord:
+    hints = {"total_requests": 3, "iat_ms": 2000, "osl": 20, "pin_ttl_s": 6.0} if prefix else {}
+    fields: dict = {
+        "v": SCHEMA_VERSION,
+        "ts": ts,
+        "request_id": rid,
+        "prompt_tokens": len(tokens),
+        "block_size": BS,
+        "block_hashes": block_hashes(tokens, BS),
+        "prefix_id": prefix,
+        "e2e_ms": 400.0,
+        "output_tokens": 20,
+        "worker_id": 1,
+    }
+    return TraceRecord(**(fields | hints | kw))
+
+
+async def _processor_trace(path: Path) -> list[TraceRecord]:
+    """Two agent sessions, a parallel call, a request without hints and a failed one, written
+    by the processor's own writer."""
+    a1 = SYSTEM + list(range(150))  # 350 tokens: 5 full blocks + 30
+    a2 = a1 + list(range(5000, 5120))  # + answer and tool result: 470 tokens
+    a3 = a2 + list(range(6000, 6200))
+    b1 = SYSTEM + list(range(7000, 7100))
+    records = [
+        _record("a1", 1000.0, a1, "agent-a", e2e_ms=500.0),
+        _record("b1", 1001.0, b1, "agent-b"),
+        _record("b-par", 1001.2, [*b1, 9], "agent-b"),  # while b1 still runs: no parent
+        _record("a2", 1002.5, a2, "agent-a"),  # 2 s after a1 finished
+        _record("solo", 1003.0, list(range(300)), None),
+        _record("bad", 1004.0, a1, "agent-a", error="http 500", output_tokens=0),
+        _record("a3", 1005.9, a3, "agent-a"),  # 3 s after a2 finished
+    ]
+    writer = JsonlWriter(path)
+    writer.start()
+    for rec in records:
+        assert writer.put(rec)
+    await writer.close()
+    return records
+
+
+async def test_converter_turns_processor_traces_into_sessions(tmp_path: Path) -> None:
+    src, dst = tmp_path / "processor.jsonl", tmp_path / "agentic.jsonl"
+    await _processor_trace(src)
+    done = convert_processor_trace(src, dst)
+    assert (done.requests, done.sessions, done.dependent) == (6, 3, 2)
+    assert done.dropped == [f"{src}:6: http 500"]
+    reqs = {r.session_id: [] for r in read_agentic(dst)}
+    for r in read_agentic(dst):
+        reqs[r.session_id].append(r)  # type: ignore[index]
+    assert read_agentic_header(dst)["block_size"] == BS
+    a1, a2, a3 = reqs["agent-a"]
+    assert a1.parent is None and a1.arrival_ms == 0.0
+    assert (a2.parent, a2.delay_ms, a2.arrival_ms) == (a1.index, 2000.0, 2000.0)
+    assert (a3.parent, a3.delay_ms) == (a2.index, pytest.approx(3000.0))
+    assert a3.arrival_ms == pytest.approx(5000.0)  # closed loop: parent's + the gap
+    # the worker's block hashes: the context keeps its full blocks, the partial one is unique
+    assert a2.hash_ids[:5] == a1.hash_ids[:5] and a1.hash_ids[5] not in a2.hash_ids
+    assert (a1.input_length, len(a1.hash_ids), len(a2.hash_ids)) == (350, 6, 8)
+    b1, b_par = reqs["agent-b"]
+    assert b1.hash_ids[:3] == a1.hash_ids[:3] and b1.hash_ids[3] != a1.hash_ids[3]
+    assert b_par.parent is None and b_par.arrival_ms == pytest.approx(1200.0)
+    assert a1.hints == Hints("agent-a", 3, 20, 2000.0, None, None, 6.0)
+    (solo,) = [r for s, rs in reqs.items() if s not in ("agent-a", "agent-b") for r in rs]
+    assert solo.hints is None and solo.parent is None
+    kept = convert_processor_trace(src, tmp_path / "kept.jsonl", keep_schedule=True)
+    assert kept.requests == 6
+    assert [r.arrival_ms for r in read_agentic(tmp_path / "kept.jsonl")][-1] == pytest.approx(
+        5900.0
+    )
+
+
+async def test_dynamo_replay_runs_a_converted_file(tmp_path: Path) -> None:
+    replay = pytest.importorskip("dynamo.replay")
+    src, dst = tmp_path / "processor.jsonl", tmp_path / "agentic.jsonl"
+    await _processor_trace(src)
+    convert_processor_trace(src, dst)
+    report = replay.run_trace_replay(
+        str(dst),
+        extra_engine_args={"engine": {"block_size": BS, "num_gpu_blocks": 256}},
+        num_workers=1,
+        router_mode="round_robin",
+        trace_format="agentic_mooncake",
+        execution_model="akr-test",
+        capture_per_request=True,
+    )
+    assert report.summary["completed_requests"] == 6
+    reused = {rec["request_id"]: rec["reused_input_tokens"] for rec in report.per_request}
+    assert reused["agent-a:1"] == 5 * BS  # a1's full blocks, on the same single worker
+
+
+@pytest.mark.parametrize(
+    ("mangle", "line", "field"),
+    [
+        (lambda lines: [*lines[:2], "{oops\n", *lines[2:]], 3, "<line>"),
+        (lambda lines: [*lines[:-1], lines[-1].rstrip("\n")[:-5]], 7, "<line>"),
+        (
+            lambda lines: [
+                lines[0].replace('"prompt_tokens":350', '"prompt_tokens":"350"'),
+                *lines[1:],
+            ],
+            1,
+            "prompt_tokens",
+        ),
+        (
+            lambda lines: [
+                lines[0].replace('"prompt_tokens":350', '"prompt_tokens":900'),
+                *lines[1:],
+            ],
+            1,
+            "block_hashes",
+        ),
+        (
+            lambda lines: [
+                lines[0],
+                lines[1].replace('"block_size":64', '"block_size":16'),
+                *lines[2:],
+            ],
+            2,
+            "block_size",
+        ),
+    ],
+)
+async def test_converter_names_the_bad_line_and_field(
+    tmp_path: Path, mangle: object, line: int, field: str
+) -> None:
+    src = tmp_path / "processor.jsonl"
+    await _processor_trace(src)
+    lines = src.read_text().splitlines(keepends=True)
+    src.write_text("".join(mangle(lines)))  # type: ignore[operator]
+    with pytest.raises(TraceError) as err:
+        convert_processor_trace(src, tmp_path / "out.jsonl")
+    assert (err.value.path, err.value.line, err.value.field) == (str(src), line, field)
