@@ -346,10 +346,12 @@ def write_agentic(
     *,
     source: str = "akr",
     model: str = DEFAULT_MODEL,
+    extra_header: dict[str, Any] | None = None,
 ) -> None:
     """Write ``requests`` (indices 0..n-1, parents before children, one hash block size) as an
     agentic_mooncake v2 file. Request ids are ``<session>:<turn>``; the header's digest is the
-    sha256 of the rows, so equal traces give byte-identical files."""
+    sha256 of the rows, so equal traces give byte-identical files. ``extra_header`` adds
+    fields to the header (Dynamo ignores them), e.g. the cluster a preset was sized for."""
     blocks = {r.hash_block for r in requests}
     if len(blocks) > 1:
         raise ValueError(f"one hash block size per file, got {sorted(blocks)}")
@@ -361,5 +363,6 @@ def write_agentic(
         "block_size": block,
         "hash_id_scope": "local",
         "source": {"format": source, "digest": hashlib.sha256(body.encode()).hexdigest()},
+        **(extra_header or {}),
     }
     Path(path).write_text(json.dumps(header, separators=(",", ":")) + "\n" + body, encoding="utf-8")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.replay.agentic import main
 from benchmarks.replay.agentic_convert import convert_processor_trace
 from benchmarks.replay.agentic_format import (
     read_agentic,
@@ -511,3 +512,34 @@ async def test_converter_names_the_bad_line_and_field(
     with pytest.raises(TraceError) as err:
         convert_processor_trace(src, tmp_path / "out.jsonl")
     assert (err.value.path, err.value.line, err.value.field) == (str(src), line, field)
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+
+async def test_cli_generates_converts_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo = tmp_path / "demo.jsonl"
+    assert main(["generate", "--preset", "demo", "--seed", "0", "--out", str(demo)]) == 0
+    assert read_agentic(demo) == generate_agentic(0, demo_preset(0).params)
+    recorded = read_agentic_header(demo)["akr_preset"]
+    assert (recorded["workers"], recorded["num_gpu_blocks"], recorded["name"]) == (8, 128, "demo")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["requests"] == len(read_agentic(demo)) and printed["pressure"] > 1.2
+
+    bad = tmp_path / "slow.jsonl"
+    assert main(["generate", "--workers", "8", "--speed", "0.125", "--out", str(bad)]) == 2
+    assert "modelled load is" in capsys.readouterr().err and not bad.exists()
+
+    src, dst = tmp_path / "processor.jsonl", tmp_path / "agentic.jsonl"
+    await _processor_trace(src)
+    assert main(["convert", str(src), str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert "6 requests, 3 sessions, 2 after a tool gap" in out and f"{src}:6: http 500" in out
+
+    assert main(["stats", str(dst), "--workers", "1", "--num-gpu-blocks", "64"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 6
+    src.write_text("{broken\n")
+    assert main(["convert", str(src), str(dst)]) == 2
+    assert f"{src}:1: field '<line>'" in capsys.readouterr().err
