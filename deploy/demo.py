@@ -4,7 +4,8 @@ Starts the full path (gateway -> stock frontend -> processor + router -> 4 mocke
 runs a few agent conversations concurrently through the gateway with NAT-style hints
 (``nvext.agent_hints`` + ``nvext.cache_control``) and a context that grows by a tool result
 every turn, then prints one line per turn (worker, TTFT, cached tokens, decision reason) from
-the processor's trace and a summary, and stops every process it started.
+the processor's trace and a summary, and stops every process it started. It ends with a
+replay of an agentic pressure trace at 8 workers, ours against Dynamo kv (benchmarks/replay).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from itertools import pairwise
 
 import httpx
 
+from benchmarks.replay.demo import demo_table
 from deploy.local_stack import LocalStack, StackConfig
 from processor.traces import read_records
 
@@ -156,6 +158,10 @@ def main() -> None:
         records = asyncio.run(wait_for_traces(stack, sessions * turns + 1))
         report(records, elapsed)
     print("stack stopped")
+    # The same question at cluster scale, where it matters: KV pressure, sessions paused in
+    # tool calls, 8 workers. A virtual-clock replay of the engines (benchmarks/replay).
+    print("\nreplay: ours against Dynamo kv under KV pressure (simulated engines, virtual clock)")
+    print(demo_table())
 
 
 if __name__ == "__main__":

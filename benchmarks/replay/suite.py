@@ -50,6 +50,7 @@ class Case:
     num_gpu_blocks: int
     speeds: tuple[float, ...] | None = None
     speedup_ratio: float = 1.0
+    decode_speedup_ratio: float = 1.0
     arrival_speedup_ratio: float = 1.0
     arms: tuple[str, ...] = ALL_ARMS
     slo_ttft_ms: float = SLO_TTFT_MS
@@ -65,6 +66,7 @@ class Case:
             num_gpu_blocks=self.num_gpu_blocks,
             speeds=list(self.speeds) if self.speeds else None,
             speedup_ratio=self.speedup_ratio,
+            decode_speedup_ratio=self.decode_speedup_ratio,
             arrival_speedup_ratio=self.arrival_speedup_ratio,
         )
 
@@ -76,55 +78,104 @@ def mooncake(limit: int | None = None) -> Callable[[Path], TraceFile]:
     return make
 
 
-def agentic_trace(name: str, params: agentic.AgenticParams, seed: int) -> Callable:
+def agentic_trace(name: str, preset: agentic.Preset) -> Callable[[Path], TraceFile]:
     def make(work: Path) -> TraceFile:
         path = work / f"{name}.jsonl"
         if not path.exists():
-            agentic.write_agentic(path, agentic.generate_agentic(seed, params), params)
+            requests = agentic.generate_agentic(preset.seed, preset.params)
+            agentic.write_agentic(path, requests, extra_header={"akr_case": name})
         return TraceFile(path, "agentic", agentic.read_agentic(path))
 
     return make
 
 
+def _agentic_case(
+    workload: str,
+    workers: int,
+    blocks: int,
+    *,
+    seed: int = 0,
+    speed: float = 1.0,
+    decode_speedup: float = 1.0,
+    pressure: float = 1.5,
+    load: float = 0.75,
+    speeds: tuple[float, ...] | None = None,
+    max_requests: int = 15_000,
+) -> Case:
+    preset = agentic.pressure_params(
+        workers,
+        seed,
+        num_gpu_blocks=blocks,
+        pressure=pressure,
+        load=load,
+        speed=speed,
+        decode_speedup=decode_speedup,
+        max_requests=max_requests,
+    )
+    notes = {
+        "pressure": preset.pressure,
+        "modelled_load": preset.load,
+        "sessions": round(preset.expected_sessions),
+        "window_s": preset.params.duration_s,
+    }
+    return Case(
+        workload,
+        workers,
+        agentic_trace(f"{workload}-{workers}", preset),
+        blocks,
+        speeds=speeds,
+        speedup_ratio=speed,
+        decode_speedup_ratio=decode_speedup,
+        arms=SESSION_ARMS,
+        notes=notes,
+    )
+
+
 def cases(quick: bool = False) -> list[Case]:
-    """The standard suite. ``quick``: small slices of the same cases, for a smoke run."""
+    """The standard suite. ``quick``: small slices of the same cases, for a smoke run.
+
+    Agentic traces keep more live context than the cluster's KV (``pressure``) with tool gaps
+    of 1-10 s; ``agentic_slow`` is a model 8x slower at prefill (decode at the same cost), so a
+    cache miss costs 8x more while the router's own cost stays the same."""
     lim = 1500 if quick else None
-    out = [
+    cap = 1500 if quick else 15_000
+    big = 1500 if quick else 40_000
+    return [
         Case("mooncake", 8, mooncake(lim), 16384),
         Case("mooncake", 16, mooncake(lim), 16384, arrival_speedup_ratio=2.0),
         Case("mooncake", 64, mooncake(lim), 16384, arrival_speedup_ratio=8.0),
-    ]
-    for workers in (8, 64):
-        for workload, speed in (("agentic", 1.0), ("agentic_slow", 0.125)):
-            blocks = agentic.PRESSURE_BLOCKS[speed]
-            params = agentic.pressure_params(workers, 0, num_gpu_blocks=blocks, quick=quick)
-            out.append(
-                Case(
-                    workload,
-                    workers,
-                    agentic_trace(f"{workload}-{workers}", params, 0),
-                    blocks,
-                    speedup_ratio=speed,
-                    arms=SESSION_ARMS,
-                )
-            )
-    blocks = agentic.PRESSURE_BLOCKS[1.0]
-    params = agentic.pressure_params(8, 1, num_gpu_blocks=blocks, quick=quick)
-    out.append(
-        Case(
+        _agentic_case("agentic", 8, 512, max_requests=cap),
+        _agentic_case("agentic", 64, 256, max_requests=big),
+        _agentic_case(
+            "agentic_slow",
+            8,
+            128,
+            speed=0.125,
+            decode_speedup=8.0,
+            pressure=1.2,
+            load=0.5,
+            max_requests=cap,
+        ),
+        _agentic_case(
+            "agentic_slow",
+            64,
+            128,
+            speed=0.125,
+            decode_speedup=8.0,
+            pressure=1.2,
+            load=0.5,
+            max_requests=big,
+        ),
+        _agentic_case(
             "heterogeneous",
             8,
-            agentic_trace("heterogeneous-8", params, 1),
-            blocks,
+            512,
+            seed=1,
             speeds=(2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
-            arms=SESSION_ARMS,
-        )
-    )
-    params = agentic.overload_params(8, 2, num_gpu_blocks=blocks, load=1.5, quick=quick)
-    out.append(
-        Case("overload", 8, agentic_trace("overload-8", params, 2), blocks, arms=SESSION_ARMS)
-    )
-    return out
+            max_requests=cap,
+        ),
+        _agentic_case("overload", 8, 512, seed=2, load=1.5, max_requests=cap),
+    ]
 
 
 def _task(case: Case, arm: str, work: Path, records_dir: Path) -> tuple[str, str, dict]:
