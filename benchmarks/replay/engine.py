@@ -122,8 +122,8 @@ class PassResult:
     end_ms: float
     first_tokens: list[EngineState] = field(default_factory=list)
     finished: list[EngineState] = field(default_factory=list)
-    stored: Sequence[int] = ()  # hashes that became visible
-    removed: Sequence[int] = ()  # hashes whose last copy was evicted
+    # In order: a hash that became visible (h >= 0), or whose last copy was evicted (~h < 0).
+    kv_events: Sequence[int] = ()
 
 
 class Engine:
@@ -155,8 +155,7 @@ class Engine:
         self._primary: dict[int, int] = {}  # hash -> visible copy
         self._dups: dict[int, deque[int]] = {}  # hash -> further copies (not visible)
         self._lru: OrderedDict[int, None] = OrderedDict()  # unreferenced cached copies
-        self._stored: list[int] = []
-        self._removed: list[int] = []
+        self._events: list[int] = []  # KV events in order: h stored, ~h (negative) removed
         self.preemptions = 0
         self._pass = 0
         self._count = self._isl = self._prefix = 0  # the pass's prefill batch
@@ -186,7 +185,7 @@ class Engine:
                     del self._dups[h]
             else:
                 del self._primary[h]
-                self._removed.append(h)
+                self._events.append(~h)
         else:
             dups = self._dups[h]
             dups.remove(copy)
@@ -276,7 +275,7 @@ class Engine:
                 self._dups.setdefault(h, deque()).append(c)
             else:
                 self._primary[h] = c
-                self._stored.append(h)
+                self._events.append(h)
 
     def _release_all(self, s: EngineState) -> None:
         copies, pending = s.copies, s.pending
@@ -389,10 +388,8 @@ class Engine:
             pre_ms = _scaled(prefill_ms(count, new_per_request), self.speed)
         result = PassResult(end_ms=now_ms)
         self._emit(now_ms + pre_ms, result, pno)
-        if self._stored:
-            result.stored, self._stored = self._stored, []
-        if self._removed:
-            result.removed, self._removed = self._removed, []
+        if self._events:
+            result.kv_events, self._events = self._events, []
         return result
 
     def _schedule(
