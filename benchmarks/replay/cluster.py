@@ -122,18 +122,21 @@ class KvIndex:
         self._masks: dict[int, int] = {}
         self._all = (1 << num_workers) - 1
 
-    def apply(self, worker: int, stored: Sequence[int], removed: Sequence[int]) -> None:
+    def apply(self, worker: int, events: Sequence[int]) -> None:
+        """Apply one pass's KV events in order (``h`` stored, ``~h`` removed)."""
         masks = self._masks
         bit = 1 << worker
-        for h in stored:
-            masks[h] = masks.get(h, 0) | bit
         keep = ~bit
-        for h in removed:
-            m = masks.get(h, 0) & keep
-            if m:
-                masks[h] = m
+        for h in events:
+            if h >= 0:
+                masks[h] = masks.get(h, 0) | bit
             else:
-                masks.pop(h, None)
+                h = ~h
+                m = masks.get(h, 0) & keep
+                if m:
+                    masks[h] = m
+                else:
+                    masks.pop(h, None)
 
     def overlap(self, blocks: list[int]) -> np.ndarray:
         """Leading blocks of ``blocks`` held by each worker."""
@@ -277,7 +280,7 @@ def run_replay(
     ]
     heapq.heapify(arrivals)
     passes: list[tuple[float, int, int]] = []  # (end_ms, seq, worker)
-    deliveries: list[tuple[float, int, int, list[int], list[int]]] = []
+    deliveries: list[tuple[float, int, int, Sequence[int]]] = []
     in_flight: list[object] = [None] * n_workers  # PassResult of the running pass
     seq = 0
     bar = None
@@ -305,12 +308,12 @@ def run_replay(
         nonlocal seq
         res = in_flight[w]
         in_flight[w] = None
-        if res.stored or res.removed:
+        if res.kv_events:
             if lag > 0.0:
-                heapq.heappush(deliveries, (t + lag, seq, w, res.stored, res.removed))
+                heapq.heappush(deliveries, (t + lag, seq, w, res.kv_events))
                 seq += 1
             else:
-                index.apply(w, res.stored, res.removed)
+                index.apply(w, res.kv_events)
         for s in res.first_tokens:
             policy.on_first_token(s.req, w, t)
         for s in res.finished:
@@ -345,8 +348,8 @@ def run_replay(
                 dirty.add(w)
                 changed = True
             while deliveries and deliveries[0][0] <= t:
-                _, _, w, stored, removed = heapq.heappop(deliveries)
-                index.apply(w, stored, removed)
+                _, _, w, events = heapq.heappop(deliveries)
+                index.apply(w, events)
                 changed = True
             while arrivals and arrivals[0][0] <= t:
                 _, pos = heapq.heappop(arrivals)

@@ -110,11 +110,14 @@ class KvPortPolicy:
         self._rng = random.Random(seed)
         self._load: _ActiveLoad | None = None
 
-    def costs(self, req: SimRequest, view: ClusterView) -> np.ndarray:
-        """The per-worker cost Dynamo's default selector minimises."""
+    def _tracker(self, view: ClusterView) -> _ActiveLoad:
         if self._load is None:
             self._load = _ActiveLoad(view.num_workers)
-        load = self._load
+        return self._load
+
+    def costs(self, req: SimRequest, view: ClusterView) -> np.ndarray:
+        """The per-worker cost Dynamo's default selector minimises."""
+        load = self._tracker(view)
         bs = view.block_size
         overlap = view.overlap_blocks(req).astype(np.float64)
         raw_prefill_blocks = (load.prefill_tokens + req.trace.input_length) / float(bs)
@@ -126,10 +129,14 @@ class KvPortPolicy:
         cost = self.costs(req, view)
         ties = np.flatnonzero(cost == cost.min())
         w = int(ties[0]) if len(ties) == 1 else int(ties[self._rng.randrange(len(ties))])
-        assert self._load is not None
-        cached = int(view.overlap_blocks(req)[w]) * view.block_size
-        self._load.add(req.request_id, w, req.block_list, req.trace.input_length - cached)
+        self._admit(req, view, w)
         return w
+
+    def _admit(self, req: SimRequest, view: ClusterView, w: int) -> None:
+        """Start tracking ``req``'s load on ``w`` as Dynamo's router does once it routes."""
+        cached = int(view.overlap_blocks(req)[w]) * view.block_size
+        load = self._tracker(view)
+        load.add(req.request_id, w, req.block_list, req.trace.input_length - cached)
 
     def on_first_token(self, req: SimRequest, worker: int, now_ms: float) -> None:
         if self._load is not None:
@@ -138,3 +145,54 @@ class KvPortPolicy:
     def on_finish(self, req: SimRequest, worker: int, now_ms: float, rec: RequestRecord) -> None:
         if self._load is not None:
             self._load.free(req.request_id)
+
+
+def session_key(req: SimRequest) -> str | None:
+    """The conversation a request belongs to: its session id, else the client's prefix id."""
+    if req.trace.session_id:
+        return req.trace.session_id
+    hints = req.trace.hints
+    return hints.prefix_id if hints is not None and hints.prefix_id else None
+
+
+class KvAffinityPolicy(KvPortPolicy):
+    """The KV router with session affinity as later Dynamo versions bind it (modelled; 1.6.1's
+    replay cannot express it): a session's first request, or its first after the binding
+    expired, goes where the KV router sends it and binds the session to that worker; later
+    requests of the session go there while one is in flight or within ``ttl_s`` of the last one
+    finishing. Requests without a session or prefix id route as plain KV."""
+
+    name = "dynamo_kv_affinity"
+
+    def __init__(self, seed: int = 0, ttl_s: float = 60.0) -> None:
+        super().__init__(seed)
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        self.ttl_ms = ttl_s * 1000.0
+        self._bound: dict[str, list[float]] = {}  # key -> [worker, in flight, idle deadline]
+        self._key_of: dict[str, str] = {}  # request id -> session key
+
+    def route(self, req: SimRequest, view: ClusterView) -> int:
+        key = session_key(req)
+        if key is None:
+            return super().route(req, view)
+        b = self._bound.get(key)
+        if b is not None and (b[1] > 0 or view.now_ms < b[2]):
+            w = int(b[0])
+            self._admit(req, view, w)
+            b[1] += 1
+        else:
+            w = super().route(req, view)
+            self._bound[key] = [w, 1, 0.0]
+        self._key_of[req.request_id] = key
+        return w
+
+    def on_finish(self, req: SimRequest, worker: int, now_ms: float, rec: RequestRecord) -> None:
+        super().on_finish(req, worker, now_ms, rec)
+        key = self._key_of.pop(req.request_id, None)
+        if key is None:
+            return
+        b = self._bound[key]
+        b[1] -= 1
+        if b[1] == 0:
+            b[2] = now_ms + self.ttl_ms

@@ -57,12 +57,20 @@ def decode_ms(active_kv_tokens: int, total_kv_tokens: int) -> float:
     return max(-25.74 * p * p + 54.01 * p + 5.74, 1.0)
 
 
+def _duration_s(seconds: float) -> float:
+    """``seconds`` through a Rust ``Duration`` and back: whole nanoseconds, read back as
+    ``secs + nanos / 1e9``."""
+    whole, nanos = divmod(round(seconds * 1e9), 1_000_000_000)
+    return whole + nanos / 1e9
+
+
 def _scaled(ms: float, speed: float) -> float:
-    """A modeled duration divided by the speed, kept to whole nanoseconds as the mocker's
-    ``Duration`` keeps it (speed 0 means unscaled, as in the mocker)."""
-    if speed > 0.0 and ms > 0.0:
-        ms = ms / speed
-    return round(ms * 1e6) / 1e6
+    """A modeled duration divided by the speed, with the same nanosecond roundings the
+    mocker's ``Duration`` arithmetic applies (speed 0 means unscaled, as in the mocker)."""
+    d = _duration_s(ms / 1000.0)
+    if speed > 0.0 and d > 0.0:
+        d = _duration_s(d / speed)
+    return _duration_s(d * 1000.0 / 1000.0) * 1000.0
 
 
 class EngineState:
@@ -122,8 +130,8 @@ class PassResult:
     end_ms: float
     first_tokens: list[EngineState] = field(default_factory=list)
     finished: list[EngineState] = field(default_factory=list)
-    stored: Sequence[int] = ()  # hashes that became visible
-    removed: Sequence[int] = ()  # hashes whose last copy was evicted
+    # In order: a hash that became visible (h >= 0), or whose last copy was evicted (~h < 0).
+    kv_events: Sequence[int] = ()
 
 
 class Engine:
@@ -155,8 +163,7 @@ class Engine:
         self._primary: dict[int, int] = {}  # hash -> visible copy
         self._dups: dict[int, deque[int]] = {}  # hash -> further copies (not visible)
         self._lru: OrderedDict[int, None] = OrderedDict()  # unreferenced cached copies
-        self._stored: list[int] = []
-        self._removed: list[int] = []
+        self._events: list[int] = []  # KV events in order: h stored, ~h (negative) removed
         self.preemptions = 0
         self._pass = 0
         self._count = self._isl = self._prefix = 0  # the pass's prefill batch
@@ -186,7 +193,7 @@ class Engine:
                     del self._dups[h]
             else:
                 del self._primary[h]
-                self._removed.append(h)
+                self._events.append(~h)
         else:
             dups = self._dups[h]
             dups.remove(copy)
@@ -276,7 +283,7 @@ class Engine:
                 self._dups.setdefault(h, deque()).append(c)
             else:
                 self._primary[h] = c
-                self._stored.append(h)
+                self._events.append(h)
 
     def _release_all(self, s: EngineState) -> None:
         copies, pending = s.copies, s.pending
@@ -388,11 +395,9 @@ class Engine:
             new_per_request = self._isl // count - self._prefix // count
             pre_ms = _scaled(prefill_ms(count, new_per_request), self.speed)
         result = PassResult(end_ms=now_ms)
-        self._emit(now_ms + pre_ms, result, pno)
-        if self._stored:
-            result.stored, self._stored = self._stored, []
-        if self._removed:
-            result.removed, self._removed = self._removed, []
+        self._emit(now_ms + pre_ms, result)
+        if self._events:
+            result.kv_events, self._events = self._events, []
         return result
 
     def _schedule(
@@ -453,22 +458,23 @@ class Engine:
             self.waiting.popleft()
             self.running.append(s)
             s.status = _RUNNING
-            if s.reused_tokens is None:
+            # The most any admission reused, as Dynamo's replay records it (a preempted request
+            # re-admitted over its own released blocks can count them).
+            if s.reused_tokens is None or cached > s.reused_tokens:
                 s.reused_tokens = cached
         return _SCHEDULED, budget - used, preempted
 
-    def _emit(self, decode_start_ms: float, result: PassResult, pno: int) -> None:
+    def _emit(self, decode_start_ms: float, result: PassResult) -> None:
         """Generate one token for every request whose known sequence is computed. The decode
-        time covers the requests already decoding; a request whose prompt finished in this
-        pass gets its first token at the pass's end without adding decode time (as the 1.6.1
-        mocker times it)."""
+        time covers the requests that already produced a token; a request producing its first
+        token adds no decode time (as the 1.6.1 mocker times it)."""
         ready = []
         total = 0
         decoding = 0
         for s in self.running:
             if s.computed >= s.length:
                 ready.append(s)
-                if s.pass_no != pno or s.sched_prompt == 0:
+                if s.generated > 0:
                     total += s.length
                     decoding += 1
         end = decode_start_ms
