@@ -299,7 +299,6 @@ class LocalStack:
 
     def _start_router(self) -> None:
         env = {
-            "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
             "AKR_ROUTER_SERVICE_ENDPOINT": ROUTER_SERVICE,
             **self.config.router_env,
         }
@@ -313,10 +312,8 @@ class LocalStack:
             "AKR_PROCESSOR_MODEL_NAME": PUBLIC_MODEL,
             "AKR_PROCESSOR_MODEL_PATH": str(self.config.model_dir),
             "AKR_PROCESSOR_WORKER_ENDPOINT": WORKER_ENDPOINT,
-            "AKR_PROCESSOR_BLOCK_SIZE": str(self.config.block_size),
             "AKR_PROCESSOR_METRICS_PORT": str(metrics_port),
             "AKR_PROCESSOR_TRACE_PATH": str(self.trace_path.with_name(f"{name}.jsonl")),
-            "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
             **(
                 {"AKR_PROCESSOR_ROUTER_ENDPOINT": ROUTER_SERVICE}
                 if self.config.router_component

@@ -22,7 +22,7 @@ from tests.integration.processor_util import chat, metric, poll, running_stack, 
 
 pytestmark = pytest.mark.integration
 
-ENV = {"AKR_PROCESSOR_TRACE_QUEUE_SIZE": "2", "AKR_PROCESSOR_SWEEP_INTERVAL_S": "0.25"}
+ENV = {"AKR_PROCESSOR_TRACE_QUEUE_SIZE": "2"}
 N = 30
 
 
