@@ -1,13 +1,12 @@
 """Worker signals from Dynamo's KvRouter rows (overlap from worker KV events) + our load.
 
-The caller makes one ``KvRouter.get_potential_loads`` call per decision
-(processor/routing.py). The processor forwards requests with
-``client.direct`` (so cancellation reaches the worker), which means the KvRouter tracks no
-load of ours: its ``potential_prefill_tokens`` is exactly this prompt's uncached tokens on
-each worker, i.e. the overlap, and its ``potential_decode_blocks`` this prompt's own blocks.
-The queued prefill, decode blocks and in-flight count of the requests we placed come from
-``router.load.LoadTracker`` and are added here, giving the same quantities Dynamo's cost
-function uses (potential prefill incl. queue, potential decode blocks).
+The caller makes one ``KvRouter.get_potential_loads`` call per decision (processor/routing.py). The
+processor forwards requests with ``client.direct``, so the KvRouter tracks no load of ours
+(router/load.py says why): its ``potential_prefill_tokens`` is exactly this prompt's uncached tokens
+on each worker, i.e. the overlap, and its ``potential_decode_blocks`` this prompt's own blocks. The
+queued prefill, decode blocks and in-flight count of the requests we placed come from
+``router.load.LoadTracker`` and are added here, giving the same quantities Dynamo's cost function
+uses (potential prefill incl. queue, potential decode blocks).
 """
 
 from __future__ import annotations

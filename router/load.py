@@ -1,12 +1,14 @@
 """Per-worker load of the requests this router placed: queued prefill, decode blocks, in flight.
 
-Why our own accounting: the processor forwards with ``client.direct(..., context=...)`` so a client
-disconnect reaches the worker, and Dynamo's ``KvRouter`` only tracks load for requests it forwards
-itself (docs/DESIGN.md says why we do not forward through it). Asking it with no load of its own
-also makes its ``potential_prefill_tokens`` exactly this request's uncached tokens, so one call
-gives the overlap. The accounting mirrors Dynamo's active-sequence tracking: a request's uncached
-tokens count as queued prefill until its first token, and its blocks (prompt + expected output)
-count as decode blocks until it ends.
+Why our own accounting: the processor forwards with ``client.direct(..., context=...)``, and
+Dynamo's ``KvRouter`` only tracks load for requests it forwards itself. Forwarding through it
+(``generate_from_request`` pinned to our worker) would cancel and fail alike
+(tests/integration/test_forwarding.py), but it counts load differently (distinct prompt blocks,
+no expected output), and the score's decode weight and KV-full term were measured with this
+accounting (docs/DESIGN.md). Asking the KvRouter with no load of its own also makes its
+``potential_prefill_tokens`` exactly this request's uncached tokens, so one call gives the
+overlap. A request's uncached tokens count as queued prefill until its first token, and its
+blocks (prompt + expected output) count as decode blocks until it ends.
 
 State is one small record per request in flight and three numbers per live worker; every
 update is O(1). A record whose end is never reported is expired by ``expire`` (called by the
