@@ -1,4 +1,4 @@
-"""Retained memory of the processor and router over a long agentic workload (issue 4).
+"""Retained memory of the processor and router over a long agentic workload.
 
     python -m benchmarks.memory    # 64 sessions x 50 turns -> benchmarks/results/memory.json
 

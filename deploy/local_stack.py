@@ -1,7 +1,7 @@
 """Local stack launcher: simulated workers, processor, stock frontend and gateway on loopback.
 
 Everything binds to 127.0.0.1, discovery is file-based in a directory of the stack's own
-(``DYN_FILE_KV``), so two stacks on one machine never see each other's workers (brief 3.2).
+(``DYN_FILE_KV``), so two stacks on one machine never see each other's workers.
 Every process is started in its own process group and stopped by that group, so nothing the
 launcher started outlives it; readiness is polled, never slept for.
 

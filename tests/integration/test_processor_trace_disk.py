@@ -1,4 +1,4 @@
-"""A slow or full trace disk never slows requests down (issue 4).
+"""A slow or full trace disk never slows requests down.
 
 The processor's trace path is a FIFO that nobody reads: opening it for writing blocks (in
 the trace writer's thread) for as long as no reader appears, i.e. the "disk" accepts nothing.
