@@ -9,31 +9,17 @@ breaks ties at random.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-from deploy.local_stack import REPO_ROOT, LocalStack, StackConfig, loopback_env
+from deploy.local_stack import LocalStack, StackConfig
+from tests.integration.processor_util import run_probe
 
 pytestmark = pytest.mark.integration
 
 
 def test_our_choice_is_best_worker_with_the_extras_off() -> None:
     with LocalStack(StackConfig(workers=4, speedup=1.0, arm="round-robin")) as stack:
-        env = {**os.environ, **loopback_env(stack.file_kv), "DYN_LOG": "warn"}
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.integration.equivalence_probe"],
-            env=env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    assert done.returncode == 0, done.stderr[-2000:]
-    probes = json.loads(done.stdout.strip().splitlines()[-1])["probes"]
+        probes = run_probe(stack, "tests.integration.equivalence_probe")["probes"]
     decided = [p for p in probes if _unique_best(p["scores"])]
     assert len(decided) >= 20, f"only {len(decided)} of {len(probes)} probes without a tie"
     assert [p["ours"] for p in decided] == [p["dynamo"] for p in decided]

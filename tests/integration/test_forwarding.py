@@ -19,15 +19,13 @@ because the score's terms were measured with that accounting (docs/DESIGN.md).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.local_stack import REPO_ROOT, LocalStack, StackConfig, loopback_env
+from deploy.local_stack import LocalStack, StackConfig
+from tests.integration.processor_util import run_probe
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +41,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], li
         worker_env={"AKR_TEST_RECORD_PATH": str(path), "AKR_TEST_TOKEN_DELAY_S": "0.1"},
     )
     with LocalStack(config) as stack:
-        env = {**os.environ, **loopback_env(stack.file_kv), "DYN_LOG": "warn"}
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.integration.forwarding_probe", str(path)],
-            env=env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-    assert done.returncode == 0, done.stderr[-2000:]
-    probe = json.loads(done.stdout.strip().splitlines()[-1])
+        probe = run_probe(stack, "tests.integration.forwarding_probe", str(path), timeout_s=180)
     return probe, [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
