@@ -131,8 +131,8 @@ async def _measure(runtime: Any, n_workers: int, samples: int, warmup: int, seed
         )
 
     # Our side, set up as in processor/handler.py.
-    cfg = RouterConfig(block_size=BLOCK_SIZE, seed=seed)
-    service = RouterService(cfg)
+    cfg = RouterConfig(seed=seed)
+    service = RouterService(cfg, BLOCK_SIZE)
     for i, w in enumerate(worker_ids[::2]):  # synthetic in-flight load on half the workers
         service.load.start(
             f"inflight-{i}", w, 512 * (i % 3), PROMPT_TOKENS, 128, now=time.monotonic()

@@ -18,8 +18,8 @@ added_pXX = pXX(gateway) - pXX(frontend) of end-to-end client latency at ``--rat
 stack; ``--stacks`` fresh stacks are measured in turn and the headline figures are their medians.
 max_rps: closed loop with ``--concurrency`` clients, one target at a time, alternating.
 The load client (``--client``) is the gateway's own lean HTTP/1.1 client by default, the same for
-both targets; ``aiohttp`` (the default before 2026-12-01) costs several times its CPU per
-request on the same 2 cores as everything measured.
+both targets; ``aiohttp`` costs several times its CPU per request on the same cores as
+everything measured.
 
 ``--arm direct`` (default): stock frontend -> workers (``round-robin``), with the gateway started
 here in front of it (same command and environment as the launcher uses), so the figure isolates
@@ -62,7 +62,7 @@ TARGET = {"added_p50_ms": 0.5, "added_p99_ms": 2.0}
 
 
 def nat_body(model: str, i: int) -> dict[str, Any]:
-    """A request as nvidia-nat-core 1.9.0's transport shapes it (brief section 5)."""
+    """A request as nvidia-nat-core 1.9.0's transport shapes it."""
     return {
         "model": model,
         "messages": [
@@ -388,8 +388,8 @@ def run_stacks(args: argparse.Namespace) -> dict[str, Any]:
     """``run`` on ``--stacks`` fresh stacks in turn; the headline figures are their medians.
 
     Why: within one stack the alternating phases cancel drift, but the added p50 still moves
-    from one stack (and minute) to the next by more than the 0.5 ms target (0.2-0.65 ms in ten
-    single-stack runs on 2026-12-01), so one stack's figure is a draw, not a measurement."""
+    from one stack (and minute) to the next by more than the 0.5 ms target, so one stack's
+    figure is a draw, not a measurement."""
     runs = [run(args) for _ in range(args.stacks)]
     if len(runs) == 1:
         return runs[0]

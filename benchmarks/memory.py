@@ -1,4 +1,4 @@
-"""Retained memory of the processor and router over a long agentic workload (issue 4).
+"""Retained memory of the processor and router over a long agentic workload.
 
     python -m benchmarks.memory    # 64 sessions x 50 turns -> benchmarks/results/memory.json
 
@@ -141,11 +141,8 @@ async def _run(args: argparse.Namespace, stack: LocalStack) -> dict[str, Any]:
         block_size=args.block_size,
         trace_path=trace_dir / "processor.jsonl",
         metrics_port=None,
-        sweep_interval_s=1.0,
     )
-    service = RouterService(
-        RouterConfig(block_size=args.block_size, worker_capacity_blocks=args.gpu_blocks)
-    )
+    service = RouterService(RouterConfig(worker_capacity_blocks=args.gpu_blocks), args.block_size)
     rng = random.Random(args.seed)
     system = [rng.randrange(1, 256) for _ in range(args.system_tokens)]
     sessions = [

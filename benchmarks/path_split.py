@@ -3,16 +3,13 @@
     python -m benchmarks.path_split [--short] [--repeats 1] [--seed 1]
 
 Drives the seeded agentic workload of the routing benchmark (``benchmarks.workloads``) through
-four identical simulated clusters in turn, one after the other in one run:
+three identical simulated clusters in turn, one after the other in one run:
 
 * ``dynamo_kv``: the stock frontend with ``--router-mode kv`` (the routing benchmark's baseline);
 * ``ours``: gateway -> stock frontend -> our processor -> workers, NAT hints in the body;
 * ``ours_no_gateway``: the same stack, the client sending the gateway's translation of the
   same bodies (``frontend.translate``) straight to the stock frontend: what the gateway adds
-  under this load, side by side;
-* ``ours_no_quickack``: ``ours`` with the gateway's ``AKR_GATEWAY_UPSTREAM_QUICKACK=false``
-  (delayed ACKs towards the stock frontend, whose HTTP server leaves Nagle on): what
-  acknowledging every upstream read at once saves on the response path.
+  under this load, side by side.
 
 For our arms every client record is joined to the processor's trace record of the same request
 (the answer id is the processor's request id), which splits the client's TTFT into:
@@ -45,7 +42,7 @@ from deploy.local_stack import LocalStack
 from frontend.translate import translate
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARMS = ("dynamo_kv", "ours", "ours_no_gateway", "ours_no_quickack")
+ARMS = ("dynamo_kv", "ours", "ours_no_gateway")
 HIT = 0.9
 PARTS = ("request_path_ms", "decision_ms", "worker_ms", "response_path_ms")
 
@@ -104,8 +101,6 @@ def run_arm(arm: str, wl: Workload, repeat: int) -> dict[str, Any]:
     ours = arm.startswith("ours")
     stack_arm = "ours" if ours else arm  # all our arms run the same stack
     cfg = stack_config(stack_arm, wl)
-    if arm == "ours_no_quickack":
-        cfg.gateway_env["AKR_GATEWAY_UPSTREAM_QUICKACK"] = "false"
     with LocalStack(cfg) as stack:
         url = stack.frontend_url if arm == "ours_no_gateway" else stack.url
         driver = Driver(

@@ -1,7 +1,7 @@
 """Local stack launcher: simulated workers, processor, stock frontend and gateway on loopback.
 
 Everything binds to 127.0.0.1, discovery is file-based in a directory of the stack's own
-(``DYN_FILE_KV``), so two stacks on one machine never see each other's workers (brief 3.2).
+(``DYN_FILE_KV``), so two stacks on one machine never see each other's workers.
 Every process is started in its own process group and stopped by that group, so nothing the
 launcher started outlives it; readiness is polled, never slept for.
 
@@ -299,7 +299,6 @@ class LocalStack:
 
     def _start_router(self) -> None:
         env = {
-            "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
             "AKR_ROUTER_SERVICE_ENDPOINT": ROUTER_SERVICE,
             **self.config.router_env,
         }
@@ -313,10 +312,8 @@ class LocalStack:
             "AKR_PROCESSOR_MODEL_NAME": PUBLIC_MODEL,
             "AKR_PROCESSOR_MODEL_PATH": str(self.config.model_dir),
             "AKR_PROCESSOR_WORKER_ENDPOINT": WORKER_ENDPOINT,
-            "AKR_PROCESSOR_BLOCK_SIZE": str(self.config.block_size),
             "AKR_PROCESSOR_METRICS_PORT": str(metrics_port),
             "AKR_PROCESSOR_TRACE_PATH": str(self.trace_path.with_name(f"{name}.jsonl")),
-            "AKR_ROUTER_BLOCK_SIZE": str(self.config.block_size),
             **(
                 {"AKR_PROCESSOR_ROUTER_ENDPOINT": ROUTER_SERVICE}
                 if self.config.router_component

@@ -1,4 +1,4 @@
-"""Build the tiny local model directory the simulated stack needs (brief 3.7).
+"""Build the tiny local model directory the simulated stack needs.
 
 No model hub is reachable here, and the frontend and mocker only need a tokenizer, a chat
 template and a minimal ``config.json``: we train a small byte-level BPE on text generated

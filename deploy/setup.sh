@@ -3,7 +3,7 @@
 # local model. Safe to run again; does nothing when the stamp matches pyproject.toml.
 #
 # ai-dynamo==1.6.1 is installed with --no-deps: its dependency `aisimulate` downloads from
-# NVIDIA's own index, which this machine cannot reach (brief 3.1). Its real needs are listed
+# NVIDIA's own index, which this machine cannot reach. Its real needs are listed
 # by name below. On a GPU host with internet: pip install "ai-dynamo[vllm]==1.6.1" instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install aiohttp msgspec prometheus-client pyzmq tqdm typing-extensions zstandard \
   pyyaml packaging 2>&1 | grep -v '^WARNING: Location' || true
 "${pip[@]}" install --no-deps ai-dynamo==1.6.1 2>&1 | grep -v '^WARNING: Location' || true
-# The real NeMo Agent Toolkit client, for the tests that drive the gateway with it (brief 5).
+# The real NeMo Agent Toolkit client, for the tests that drive the gateway with it.
 "${pip[@]}" install nvidia-nat-core==1.9.0 openai 2>&1 | grep -v '^WARNING: Location' || true
 "$VENV/bin/python" -c "import dynamo.frontend, dynamo.mocker, dynamo.llm, router, processor, frontend"
 "$VENV/bin/python" deploy/make_model.py .model/akr-tiny >/dev/null

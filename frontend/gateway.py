@@ -124,12 +124,7 @@ class Gateway:
         self.config = config
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.client = UpstreamClient(
-            config.upstream_url,
-            pool_size=config.pool_size,
-            connect_timeout=config.upstream_connect_timeout_s,
-            read_timeout=config.upstream_read_timeout_s,
-            keepalive_timeout=config.keepalive_timeout_s,
-            quickack=config.upstream_quickack,
+            config.upstream_url, read_timeout=config.upstream_read_timeout_s
         )
         self.trace: JsonlWriter | None = None
         self._lag_watch: asyncio.Task[None] | None = None
@@ -142,12 +137,7 @@ class Gateway:
                 watch_loop_lag(self.metrics.loop_lag.observe, loop.time)
             )
         if cfg.trace_path is not None and self.trace is None:
-            self.trace = JsonlWriter(
-                cfg.trace_path,
-                queue_size=cfg.trace_queue_size,
-                max_bytes=cfg.trace_max_bytes,
-                backups=cfg.trace_backups,
-            )
+            self.trace = JsonlWriter(cfg.trace_path)
             self.trace.start()
 
     async def close(self) -> None:
@@ -169,7 +159,7 @@ class Gateway:
             if method != "POST":
                 return self._method_not_allowed(path, "POST")
             return await self._proxy_post(path, headers, body)
-        if path in GET_ROUTES and (path != "/metrics" or self.config.metrics_enabled):
+        if path in GET_ROUTES:
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(path, "GET")
             if path == "/health":

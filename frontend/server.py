@@ -81,11 +81,19 @@ class _Request:
         self.error: Reply | None = None
 
 
+REQUEST_READ_TIMEOUT_S = 60.0  # a client must send a whole request within this time
+CLIENT_KEEPALIVE_TIMEOUT_S = 75.0  # idle client keep-alive connections are closed after this
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
     def __init__(
-        self, gateway: Gateway, *, request_timeout: float = 60.0, keepalive_timeout: float = 75.0
+        self,
+        gateway: Gateway,
+        *,
+        request_timeout: float = REQUEST_READ_TIMEOUT_S,
+        keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT_S,
     ) -> None:
         self.gw = gateway
         self.max_body = gateway.config.max_body_bytes
@@ -383,18 +391,18 @@ class HttpProtocol(asyncio.Protocol):
 
 
 async def start_server(
-    config: GatewayConfig, gateway: Gateway | None = None
+    config: GatewayConfig,
+    gateway: Gateway | None = None,
+    *,
+    request_timeout: float = REQUEST_READ_TIMEOUT_S,
 ) -> tuple[Gateway, asyncio.Server]:
-    """Start the gateway on ``config.host``/``config.port`` (0 = any free port)."""
+    """Start the gateway on ``config.host``/``config.port`` (0 = any free port);
+    ``request_timeout``: how long a client may take to send a whole request."""
     gw = gateway if gateway is not None else Gateway(config)
     await gw.start()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: HttpProtocol(
-            gw,
-            request_timeout=config.request_read_timeout_s,
-            keepalive_timeout=config.client_keepalive_timeout_s,
-        ),
+        lambda: HttpProtocol(gw, request_timeout=request_timeout),
         config.host,
         config.port,
         backlog=1024,

@@ -30,10 +30,10 @@ _HIGH_WATER = 256 * 1024  # buffered response bytes beyond which the upstream so
 # Why acknowledge at once: Dynamo 1.6.1's HTTP server (the stock frontend) does not set
 # TCP_NODELAY on the connections it accepts (strace: no setsockopt on them), so Nagle holds
 # each small SSE write until the previous one is acknowledged, and a pooled keep-alive
-# connection like ours is in the kernel's delayed-ACK ("pingpong") mode. Under the agentic
-# load the first token then waited up to ~20 ms (p99) before the gateway could read it
-# (benchmarks/README.md "Delayed ACKs"). Setting TCP_QUICKACK after a read sends the pending
-# ACK now. Linux only; elsewhere this is None and nothing is done.
+# connection like ours is in the kernel's delayed-ACK ("pingpong") mode: under load a streamed
+# token then waits for the delayed ACK before the gateway can read it (docs/DESIGN.md, "Delayed
+# ACKs"). Setting TCP_QUICKACK after a read sends the pending ACK now. Linux only; elsewhere
+# this is None and nothing is done.
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 

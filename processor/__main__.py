@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 import uvloop
 from dynamo.common.utils.graceful_shutdown import install_signal_handlers
@@ -28,8 +27,7 @@ logger = logging.getLogger(__name__)
 @dynamo_worker()
 async def worker(runtime: DistributedRuntime) -> None:
     config = ProcessorConfig()
-    sys.setswitchinterval(config.gil_switch_interval_ms / 1000.0)
-    service = RouterService(RouterConfig())
+    service = RouterService(RouterConfig(), block_size=None)  # the workers' size, in start()
     if service.config.state_path and service.load_state(service.config.state_path):
         logger.info("restored learner state from %s", service.config.state_path)
     handler = ProcessorHandler(runtime, config, service)
@@ -42,7 +40,7 @@ async def worker(runtime: DistributedRuntime) -> None:
         config.model_path,
         config.model_name,
         worker_type=WorkerType.Aggregated,
-        kv_cache_block_size=config.block_size,
+        kv_cache_block_size=handler.block_size,
     )
     logger.info("processor serving %s as model %s", config.endpoint, config.model_name)
     # SIGTERM/SIGINT: leave discovery, wait Dynamo's grace period

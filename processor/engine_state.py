@@ -1,4 +1,9 @@
-"""What the workers' engines say about themselves: KV capacity and requests held back.
+"""What the workers' engines say about themselves: KV block size, capacity, requests held back.
+
+* **block size**: ``kv_cache_block_size`` of the workers' model deployment cards. The
+  processor takes it from there at start-up (``agreed_block_size``) and refuses to start when
+  the workers disagree, or disagree with ``AKR_PROCESSOR_BLOCK_SIZE`` set explicitly; that
+  setting is only the fallback for cards without it.
 
 Two signals our own accounting (router/load.py) cannot produce:
 
@@ -13,7 +18,7 @@ Two signals our own accounting (router/load.py) cannot produce:
 
 Both come from Dynamo's ``FpmEventSubscriber`` in tracking mode (the same discovery and
 event plane as KV events; ZMQ on our loopback stacks), read by a background task every
-``engine_poll_s``: the request path only reads two small dicts. Bounded: one entry per
+``ENGINE_POLL_S``: the request path only reads two small dicts. Bounded: one entry per
 worker that publishes, rebuilt on every refresh, so workers that left disappear with
 Dynamo's own purge. The same source as Dynamo's ``thunderagent_router/capacity.py``.
 """
@@ -27,7 +32,58 @@ from typing import Any
 
 import msgspec
 
+from router.service import BlockSizeMismatch
+
 logger = logging.getLogger(__name__)
+
+ENGINE_POLL_S = 0.05  # period of reading the workers' reports (in memory, ~us per worker)
+CARDS_TIMEOUT_S = 10.0  # how long start-up waits for the workers' model cards
+
+
+def card_block_size(card_json: str) -> int | None:
+    """``kv_cache_block_size`` of one model card; None when the card lacks it."""
+    try:
+        card = json.loads(card_json)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    size = card.get("kv_cache_block_size") if isinstance(card, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def agreed_block_size(cards: dict[str, str], fallback: int, explicit: bool) -> int:
+    """The one KV block size of the workers whose cards are in ``cards``.
+
+    Cards that do not state one are skipped; without any, ``fallback``. Raises
+    ``BlockSizeMismatch`` when the cards disagree, or when ``explicit`` (the operator set the
+    fallback) and they say something else: blocks of two sizes would be counted as one.
+    """
+    sizes = {w: card_block_size(body) for w, body in cards.items()}
+    distinct = sorted({s for s in sizes.values() if s is not None})
+    if len(distinct) > 1:
+        raise BlockSizeMismatch(
+            f"the workers' model cards disagree on kv_cache_block_size: {sizes}; "
+            "serve one block size behind a processor"
+        )
+    if not distinct:
+        return fallback
+    size = distinct[0]
+    if explicit and size != fallback:
+        raise BlockSizeMismatch(
+            f"AKR_PROCESSOR_BLOCK_SIZE={fallback} but the workers' model cards say "
+            f"kv_cache_block_size={size}: unset the variable or make them agree"
+        )
+    return size
+
+
+async def wait_for_cards(subscriber: Any, timeout_s: float = CARDS_TIMEOUT_S) -> dict[str, str]:
+    """The workers' model cards, once the subscriber has any (empty after ``timeout_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        cards = subscriber.get_model_cards()
+        if cards or loop.time() >= deadline:
+            return dict(cards)
+        await asyncio.sleep(0.05)
 
 
 def capacity_blocks(card_json: str, block_size: int) -> int | None:
@@ -112,7 +168,7 @@ class EngineState:
         self.errors = 0
 
     def start(self) -> None:
-        self._sub.start_tracking()
+        """Poll the subscriber (its ``start_tracking()`` already called) in the background."""
         self.refresh()
         self._task = asyncio.get_running_loop().create_task(self._poll_forever())
 

@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 
 from processor.config import ProcessorConfig
-from processor.engine_state import EngineState
+from processor.engine_state import ENGINE_POLL_S, EngineState, agreed_block_size, wait_for_cards
 from processor.metrics import ProcessorMetrics
 from processor.routing import (
     LocalRouting,
@@ -42,14 +42,16 @@ from processor.routing import (
     finish_feedback,
     route_request,
 )
-from processor.traces import SCHEMA_VERSION, Candidate, TraceRecord
+from processor.traces import SCHEMA_VERSION, TraceRecord
 from router.hints import hints_from_request
 from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
 from router.policy import Decision, RouteRequest
-from router.service import Feedback, RouterService
+from router.service import STATE_SAVE_INTERVAL_S, Feedback, RouterService
 
 logger = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 1.0  # period of the background sweep (expiry, feedback timeouts, workers)
 
 
 class WorkerFailed(RuntimeError):
@@ -99,7 +101,8 @@ class ProcessorHandler:
         self._runtime = runtime
         self._config = config
         # In-process router (default); unused when config.router_endpoint names a component.
-        self.service = service or RouterService()
+        self.service = service or RouterService(block_size=None)
+        self.block_size = config.block_size  # the workers' one, read from their cards in start()
         self.metrics = metrics or ProcessorMetrics()
         self._client: Any = None
         self.routing: Routing | None = None
@@ -107,29 +110,33 @@ class ProcessorHandler:
         self._sweeper: asyncio.Task[None] | None = None
         self._lag_watch: asyncio.Task[None] | None = None
         self._known_workers: frozenset[int] = frozenset()
-        self.engine: EngineState | None = None  # the workers' own reports (engine_poll_s > 0)
+        self.engine: EngineState | None = None  # the workers' own reports
         # The router charges full workers only with the prompt's block hashes (router/load.py).
         self._send_hashes = self.service.config.kv_full_ms > 0
         self._quarantine = Quarantine(self._config.worker_quarantine_s)
 
     async def start(self) -> None:
-        from dynamo.llm import KvRouter, KvRouterConfig
+        """Connect to the workers, agree on their KV block size, start the background tasks.
 
-        endpoint = self._runtime.endpoint(self._config.worker_endpoint)
+        Raises ``BlockSizeMismatch`` when the workers' cards disagree on the block size (with
+        each other, an explicit ``AKR_PROCESSOR_BLOCK_SIZE``, or the router's)."""
+        from dynamo.llm import FpmEventSubscriber, KvRouter, KvRouterConfig
+
+        cfg = self._config
+        endpoint = self._runtime.endpoint(cfg.worker_endpoint)
         self._client = await endpoint.client()
         await self._client.wait_for_instances()
-        kv_router = KvRouter(
-            endpoint,
-            self._config.block_size,
-            KvRouterConfig(router_event_threads=self._config.kv_event_threads),
+        subscriber = FpmEventSubscriber(endpoint)
+        subscriber.start_tracking()
+        cards = await wait_for_cards(subscriber)
+        self.block_size = agreed_block_size(
+            cards, cfg.block_size, "block_size" in cfg.model_fields_set
         )
-        if self._config.engine_poll_s > 0:
-            from dynamo.llm import FpmEventSubscriber
-
-            self.engine = EngineState(
-                FpmEventSubscriber(endpoint), self._config.block_size, self._config.engine_poll_s
-            )
-            self.engine.start()
+        self.service.use_block_size(self.block_size)
+        logger.info("workers' KV block size: %d tokens", self.block_size)
+        kv_router = KvRouter(endpoint, self.block_size, KvRouterConfig())
+        self.engine = EngineState(subscriber, self.block_size, ENGINE_POLL_S)
+        self.engine.start()
         if self._config.router_endpoint:
             find = await self._runtime.endpoint(
                 f"{self._config.router_endpoint}.find_worker"
@@ -138,17 +145,12 @@ class ProcessorHandler:
                 f"{self._config.router_endpoint}.feedback"
             ).client()
             await find.wait_for_instances()
-            self.routing = RemoteRouting(find, feedback, kv_router, self.engine)
+            self.routing = RemoteRouting(find, feedback, kv_router, self.engine, self.block_size)
             logger.info("routing through the router component %s", self._config.router_endpoint)
         else:
-            self.routing = LocalRouting(self.service, kv_router, self.engine)
+            self.routing = LocalRouting(self.service, kv_router, self.engine, self.block_size)
         if self._config.trace_path is not None:
-            self._writer = JsonlWriter(
-                self._config.trace_path,
-                queue_size=self._config.trace_queue_size,
-                max_bytes=self._config.trace_max_bytes,
-                backups=self._config.trace_backups,
-            )
+            self._writer = JsonlWriter(self._config.trace_path, queue_size=cfg.trace_queue_size)
             self._writer.start()
         if self._config.metrics_port is not None:
             self.metrics.serve(self._config.metrics_port, self._config.metrics_host)
@@ -175,10 +177,10 @@ class ProcessorHandler:
         state_path = self.service.config.state_path
         last_save = time.monotonic()
         while True:
-            await asyncio.sleep(self._config.sweep_interval_s)
+            await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
                 self._sweep_once()
-                due = time.monotonic() - last_save >= self.service.config.state_save_interval_s
+                due = time.monotonic() - last_save >= STATE_SAVE_INTERVAL_S
                 if state_path and due and isinstance(self.routing, LocalRouting):
                     await self.service.save_state(state_path)
                     last_save = time.monotonic()
@@ -216,7 +218,7 @@ class ProcessorHandler:
         # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.
         prompt_hashes: list[int] | None = None
         if self._send_hashes:
-            prompt_hashes = block_hashes(token_ids, self._config.block_size)
+            prompt_hashes = block_hashes(token_ids, self.block_size)
             route.block_hashes = chain_hashes(prompt_hashes)
         self.metrics.active.inc()
         excluded: set[int] = set()
@@ -389,11 +391,11 @@ class ProcessorHandler:
                 ts=arrival,
                 request_id=request_id,
                 prompt_tokens=len(token_ids),
-                block_size=self._config.block_size,
+                block_size=self.block_size,
                 block_hashes=(
                     prompt_hashes
                     if prompt_hashes is not None
-                    else block_hashes(token_ids, self._config.block_size)
+                    else block_hashes(token_ids, self.block_size)
                 ),
                 prefix_id=route.prefix_id,
                 total_requests=route.total_requests,
@@ -404,7 +406,7 @@ class ProcessorHandler:
                 pin_ttl_s=route.pin_ttl_s,
                 worker_id=None if decision is None else decision.worker_id,
                 reason=None if decision is None else decision.reason,
-                candidates=[] if decision is None else [_candidate(c) for c in decision.candidates],
+                candidates=[] if decision is None else decision.candidates,
                 decision_us=decision_us,
                 retries=retries,
                 ttft_ms=ttft_ms,
@@ -439,21 +441,6 @@ def _observe(measure: _Measure, item: Any, keep_ids: int) -> None:
             measure.cached = int(details["cached_tokens"])
     if item.get("finish_reason"):
         measure.finish_reason = str(item["finish_reason"])
-
-
-def _candidate(c: Any) -> Candidate:
-    terms = {
-        "ttft_ms": c.ttft_ms,
-        "decode_ms": c.decode_ms,
-        "eviction_ms": c.eviction_ms,
-        "affinity_ms": c.affinity_ms,
-        "learned_ms": c.learned_ms,
-        "overlap_blocks": c.overlap_blocks,
-        "queued_tokens": c.queued_tokens,
-    }
-    if c.waiting_ms:  # only where an engine reported requests held back
-        terms["waiting_ms"] = c.waiting_ms
-    return Candidate(c.worker_id, round(c.total_ms, 3), {k: round(v, 3) for k, v in terms.items()})
 
 
 def _context_cancelled(context: Any) -> bool:

@@ -19,7 +19,6 @@ import msgspec
 
 from processor.engine_state import EngineState
 from router.hints import AgentHints
-from router.load import latency_class
 from router.policy import Decision, RouteRequest
 from router.service import Feedback, FindWorker, RouterService
 
@@ -46,17 +45,22 @@ class LocalRouting:
     """``RouterService`` in this process: one ``get_potential_loads`` call and a decision."""
 
     def __init__(
-        self, service: RouterService, kv_router: Any, engine: EngineState | None = None
+        self,
+        service: RouterService,
+        kv_router: Any,
+        engine: EngineState | None = None,
+        block_size: int | None = None,
     ) -> None:
         self.service = service
         self._kv = kv_router
         self._engine = engine
+        self._block_size = block_size
 
     async def decide(
         self, route: RouteRequest, token_ids: list[int], live: frozenset[int]
     ) -> Decision:
         rows = await self._kv.get_potential_loads(token_ids)
-        msg = find_worker_message(route, rows, live, self._engine)
+        msg = find_worker_message(route, rows, live, self._engine, self._block_size)
         return self.service.find_worker(msg, time.monotonic())
 
     def feedback(self, msg: Feedback) -> None:
@@ -79,11 +83,13 @@ class RemoteRouting:
         feedback_client: Any,
         kv_router: Any,
         engine: EngineState | None = None,
+        block_size: int | None = None,
     ) -> None:
         self._find = find_client
         self._feedback = feedback_client
         self._kv = kv_router
         self._engine = engine
+        self._block_size = block_size
         self._sending: set[asyncio.Task[None]] = set()
         self.feedback_dropped = 0
 
@@ -91,7 +97,8 @@ class RemoteRouting:
         self, route: RouteRequest, token_ids: list[int], live: frozenset[int]
     ) -> Decision:
         rows = await self._kv.get_potential_loads(token_ids)
-        msg = msgspec.to_builtins(find_worker_message(route, rows, live, self._engine))
+        msg = find_worker_message(route, rows, live, self._engine, self._block_size)
+        msg = msgspec.to_builtins(msg)
         async for answer in await self._find.round_robin(msg, annotated=False):
             return msgspec.convert(answer, Decision)
         raise RuntimeError("router component returned no decision")
@@ -124,16 +131,16 @@ def find_worker_message(
     rows: list[dict[str, Any]],
     live: frozenset[int],
     engine: EngineState | None,
+    block_size: int | None = None,
 ) -> FindWorker:
-    """The ``find_worker`` message: KvRouter rows plus what the engines report, if read."""
-    if engine is None:
-        return FindWorker(request=route, rows=rows, live=list(live))
+    """The ``find_worker`` message: KvRouter rows, the capacities the workers' cards state (if
+    read) and the caller's KV block size (None: the router's own)."""
     return FindWorker(
         request=route,
         rows=rows,
         live=list(live),
-        capacity=engine.capacity or None,
-        waiting=engine.waiting or None,
+        capacity=(engine.capacity or None) if engine is not None else None,
+        block_size=block_size,
     )
 
 
@@ -206,7 +213,6 @@ def route_request(
         osl=osl,
         iat_ms=hints.iat_ms,
         latency_sensitivity=hints.latency_sensitivity or 0.0,
-        latency_class=latency_class(hints.latency_sensitivity),
         priority=hints.priority or 0,
         pin_ttl_s=hints.pin_ttl_s,
     )

@@ -23,15 +23,11 @@ from pathlib import Path
 
 import msgspec
 
-SCHEMA_VERSION = 1
+from router.cost import Candidate
 
-
-class Candidate(msgspec.Struct, omit_defaults=True):
-    """One of the best-scored workers of a decision, with the terms of its score (ms)."""
-
-    worker_id: int
-    score: float
-    terms: dict[str, float] = {}
+# 2: a candidate is router.cost.Candidate (score, the six named terms, overlap, uncached and
+# queued tokens), the same type the decision returns.
+SCHEMA_VERSION = 2
 
 
 class TraceRecord(msgspec.Struct, omit_defaults=True):
@@ -51,7 +47,7 @@ class TraceRecord(msgspec.Struct, omit_defaults=True):
     latency_sensitivity: float | None = None
     priority: int | None = None
     pin_ttl_s: float | None = None
-    # decision
+    # decision: the best candidates, best first, each with the terms of its score (ms)
     worker_id: int | None = None
     reason: str | None = None
     candidates: list[Candidate] = []

@@ -7,7 +7,8 @@ otherwise each processor runs ``RouterService`` in-process (the default, one hop
 ``find_worker`` takes a ``FindWorker`` message (the route request and the caller's KvRouter
 rows: O(workers) numbers, no tokens) and answers the ``Decision``; ``feedback`` takes
 ``Feedback`` messages (first token, finish) and answers nothing. The background task sweeps
-expiry and feedback timeouts, and snapshots the learner to ``AKR_ROUTER_STATE_PATH``.
+expiry and feedback timeouts, and snapshots the learner to ``AKR_ROUTER_STATE_PATH``. The KV
+block size comes with the processors' messages (router/service.py).
 With ``AKR_ROUTER_METRICS_PORT`` set it serves Prometheus metrics (router/metrics.py).
 """
 
@@ -27,7 +28,7 @@ from dynamo.runtime.logging import configure_dynamo_logging
 
 from router.config import RouterConfig
 from router.metrics import serve_metrics
-from router.service import Feedback, FindWorker, RouterService
+from router.service import STATE_SAVE_INTERVAL_S, Feedback, FindWorker, RouterService
 
 configure_dynamo_logging()
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class RouterEndpoints:
         yield  # an async generator that answers nothing
 
     async def maintain(self) -> None:
-        """Sweep every second; snapshot the learner every ``state_save_interval_s``."""
+        """Sweep every second; snapshot the learner every ``STATE_SAVE_INTERVAL_S``."""
         cfg = self.service.config
         last_save = self.clock()
         while True:
@@ -59,7 +60,7 @@ class RouterEndpoints:
             try:
                 now = self.clock()
                 self.service.sweep(now)
-                if cfg.state_path and now - last_save >= cfg.state_save_interval_s:
+                if cfg.state_path and now - last_save >= STATE_SAVE_INTERVAL_S:
                     await self.service.save_state(cfg.state_path)
                     last_save = self.clock()
             except Exception:  # maintenance must go on; one failed pass is logged
@@ -69,7 +70,7 @@ class RouterEndpoints:
 @dynamo_worker()
 async def worker(runtime: DistributedRuntime) -> None:
     config = RouterConfig()
-    service = RouterService(config)
+    service = RouterService(config, block_size=None)
     if config.state_path and service.load_state(config.state_path):
         logger.info("restored learner state from %s", config.state_path)
     endpoints = RouterEndpoints(service, time.monotonic)

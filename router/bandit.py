@@ -6,13 +6,13 @@ down mid-run), so for each worker we learn what the model gets wrong:
 
 * Features (standardized by fixed scales so their weights keep one meaning over time):
   ``x = [1, uncached k-tokens, queued k-tokens, decode blocks / capacity,
-  active requests / active_requests_scale]``.
+  active requests / ACTIVE_REQUESTS_SCALE]``.
 * Two heads, each a Bayesian linear regression per worker:
-  - TTFT: target = (observed TTFT - model-predicted TTFT) / ttft_scale_ms. The residual is
+  - TTFT: target = (observed TTFT - model-predicted TTFT) / TTFT_SCALE_MS. The residual is
     kept in ms rather than divided by uncached tokens: the uncached-k-tokens weight already
     learns "ms per uncached 1k tokens", the intercept learns fixed overhead, and dividing
     would blow up on full cache hits.
-  - ITL: target = observed ms per output token / itl_scale_ms.
+  - ITL: target = observed ms per output token / ITL_SCALE_MS.
   Both targets are centred on a fleet-wide EMA of the same quantity before learning, so a
   worker's correction means "slower/faster than the average worker" and a new worker,
   which starts at the prior (zero correction), is treated as average rather than as the
@@ -28,6 +28,9 @@ down mid-run), so for each worker we learn what the model gets wrong:
 
 Workers come and go: ``worker_id -> row`` map with a free list; rows are reset to the prior
 on removal, so storage is bounded by the number of live workers.
+
+The constants below are the learner's internals: what an operator tunes is only whether it
+runs and how much it explores (``AKR_ROUTER_BANDIT_ENABLED``, ``AKR_ROUTER_EXPLORATION``).
 """
 
 from __future__ import annotations
@@ -43,9 +46,28 @@ FEATURES = ("bias", "uncached_ktok", "queued_ktok", "decode_util", "active_req")
 DIM = len(FEATURES)
 HEADS = ("ttft", "itl")
 
+TTFT_SCALE_MS = 100.0  # unit of the standardized TTFT residual
+ITL_SCALE_MS = 10.0  # unit of the standardized ITL residual (ms per output token)
+# Prior variance of each regression weight, in those units per standardized feature: how far
+# a new worker may be from the model (TTFT), +/-0.7 ms per output token at one sigma (ITL).
+PRIOR_VARIANCE = (0.02, 0.005)
+NOISE_VARIANCE = 0.25  # observation noise of a standardized residual
+# Per-observation discount of a worker's evidence toward the prior (memory ~ 1/(1-g)
+# observations), and per idle second (half-life ~140 s), so a worker that stopped getting
+# traffic, e.g. after a slow spell, is retried within minutes.
+FORGETTING = 0.995
+IDLE_FORGETTING_PER_S = 0.995
+RESIDUAL_CLIP = 50.0  # standardized residuals are clipped: one outlier cannot wreck a worker
+BASELINE_EMA = 0.05  # rate of the fleet-average residual the per-worker corrections centre on
+FEATURE_TOKENS_SCALE = 1000.0  # token features in k-tokens
+ACTIVE_REQUESTS_SCALE = 8.0
+# Weight of the learned ITL correction x expected output tokens in the score: 1.0 would
+# optimize predicted end-to-end time; less favours TTFT (the agent's critical path) and keeps
+# cold-start ITL uncertainty from drowning the cache-overlap signal.
+ITL_WEIGHT = 0.1
+
 
 def make_features(
-    cfg: RouterConfig,
     uncached_tokens: np.ndarray,
     queued_tokens: np.ndarray,
     decode_blocks: np.ndarray,
@@ -55,10 +77,10 @@ def make_features(
     """Standardized feature matrix, shape (W, DIM), filled column by column in place."""
     x = np.empty((uncached_tokens.shape[0], DIM))
     x[:, 0] = 1.0
-    np.divide(uncached_tokens, cfg.feature_tokens_scale, out=x[:, 1])
-    np.divide(queued_tokens, cfg.feature_tokens_scale, out=x[:, 2])
+    np.divide(uncached_tokens, FEATURE_TOKENS_SCALE, out=x[:, 1])
+    np.divide(queued_tokens, FEATURE_TOKENS_SCALE, out=x[:, 2])
     np.divide(decode_blocks, np.maximum(capacity_blocks, 1.0), out=x[:, 3])
-    np.divide(active_requests, cfg.active_requests_scale, out=x[:, 4])
+    np.divide(active_requests, ACTIVE_REQUESTS_SCALE, out=x[:, 4])
     return x
 
 
@@ -77,10 +99,6 @@ class _Heads:
         # Cached sampling factor U^-1 with P = U^T U: theta = mean + U^-1 z has cov P^-1.
         self.factor = np.empty((h, 0, DIM, DIM))
         self.count = np.empty((h, 0))  # discounted number of observations (diagnostics)
-        # Feature range each worker row was observed at (lo > hi: nothing observed yet);
-        # used only by learned_feature_clip.
-        self.lo = np.empty((0, DIM))
-        self.hi = np.empty((0, DIM))
         self.grow(capacity)
 
     @property
@@ -100,16 +118,8 @@ class _Heads:
         self.mean = np.concatenate([self.mean, np.zeros((h, extra, DIM))], axis=1)
         self.factor = np.concatenate([self.factor, f0], axis=1)
         self.count = np.concatenate([self.count, np.zeros((h, extra))], axis=1)
-        self.lo = np.concatenate([self.lo, np.full((extra, DIM), np.inf)])
-        self.hi = np.concatenate([self.hi, np.full((extra, DIM), -np.inf)])
-
-    def observe_range(self, row: int, x: np.ndarray) -> None:
-        np.minimum(self.lo[row], x, out=self.lo[row])
-        np.maximum(self.hi[row], x, out=self.hi[row])
 
     def reset(self, row: int) -> None:
-        self.lo[row] = np.inf
-        self.hi[row] = -np.inf
         for k in range(len(HEADS)):
             self.precision[k, row] = self.p0[k]
             self.b[k, row] = 0.0
@@ -151,17 +161,10 @@ class _Heads:
         x: np.ndarray,
         scale: float,
         rng: np.random.Generator,
-        clip_to_seen: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(sampled, mean) corrections, shape (H, W), in standardized units. ``clip_to_seen``:
-        the mean is taken at the features clipped to the range each worker was observed at,
-        so a slope fitted on other conditions is not extrapolated (exploration unchanged)."""
+        """(sampled, mean) corrections, shape (H, W), in standardized units."""
         mean = self.mean[:, rows]  # (H, W, d)
-        xm = x
-        if clip_to_seen:
-            lo, hi = self.lo[rows], self.hi[rows]
-            xm = np.where(lo <= hi, np.clip(x, lo, hi), x)
-        mean_pred = np.einsum("wi,hwi->hw", xm, mean)
+        mean_pred = np.einsum("wi,hwi->hw", x, mean)
         if scale <= 0.0:
             return mean_pred, mean_pred
         z = rng.standard_normal(mean.shape)
@@ -176,8 +179,7 @@ class WorkerBandit:
     def __init__(self, cfg: RouterConfig, rng: np.random.Generator | None = None) -> None:
         self.cfg = cfg
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
-        prior = np.array([cfg.prior_variance, cfg.itl_prior_variance])
-        self._heads = _Heads(8, prior, cfg.noise_variance)
+        self._heads = _Heads(8, np.array(PRIOR_VARIANCE), NOISE_VARIANCE)
         self.baseline = {h: 0.0 for h in HEADS}
         self._baseline_n = {h: 0 for h in HEADS}
         self._row: dict[int, int] = {}
@@ -240,7 +242,7 @@ class WorkerBandit:
             * min(1.0, max(0.0, cold_fraction))
             / (1.0 + max(0.0, latency_sensitivity))
         )
-        return self._heads.predict(rows, x, scale, self.rng, self.cfg.learned_feature_clip)
+        return self._heads.predict(rows, x, scale, self.rng)
 
     # --------------------------------------------------------------- learn
     def update(self, worker_id: int, x: np.ndarray, head: str, y: float) -> float | None:
@@ -251,18 +253,16 @@ class WorkerBandit:
         row = self._row.get(worker_id)
         if row is None:
             return None
-        clip = self.cfg.residual_clip
-        y = min(clip, max(-clip, float(y)))
+        y = min(RESIDUAL_CLIP, max(-RESIDUAL_CLIP, float(y)))
         if y != y:  # NaN from a broken measurement: ignore rather than poison the posterior
             return None
         # Warm-up: plain mean for the first observations, then an EMA.
         n = self._baseline_n[head] + 1
         self._baseline_n[head] = n
-        rate = max(self.cfg.baseline_ema, 1.0 / n)
+        rate = max(BASELINE_EMA, 1.0 / n)
         target = y - self.baseline[head]
         self.baseline[head] += rate * (y - self.baseline[head])
-        self._heads.update(HEADS.index(head), row, x, target, self.cfg.forgetting)
-        self._heads.observe_range(row, x)
+        self._heads.update(HEADS.index(head), row, x, target, FORGETTING)
         return target
 
     def decay(self, factor: float) -> None:
@@ -297,8 +297,6 @@ class WorkerBandit:
                 }
                 for k, h in enumerate(HEADS)
             }
-            if hs.lo[r, 0] <= hs.hi[r, 0]:  # observed: keep the feature range
-                workers[str(wid)]["range"] = [hs.lo[r].tolist(), hs.hi[r].tolist()]
         return {
             "version": 1,
             "features": list(FEATURES),
@@ -322,6 +320,4 @@ class WorkerBandit:
                 hs.b[k, r] = np.asarray(heads[h]["b"], dtype=np.float64)
                 hs.count[k, r] = float(heads[h].get("count", 0.0))
                 hs.refresh(k, r)
-            if "range" in heads:  # absent in states saved before ranges were kept
-                hs.lo[r], hs.hi[r] = heads["range"]
         self._last_ids = None

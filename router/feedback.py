@@ -3,11 +3,11 @@
 Each routed request leaves a ``Pending`` record (chosen worker, the features the bandit saw,
 the model's predicted TTFT, a deadline). ``report()`` turns the measured TTFT/ITL into
 standardized residuals for the bandit (router/bandit.py); a failed request is learned as a
-TTFT of ``failure_penalty_ms``. Records whose feedback never arrives are expired by
-``sweep(now)`` with ``timeout_penalty_ms``; the sweep runs in a background task, never on
+TTFT of ``FAILURE_PENALTY_MS``. Records whose feedback never arrives are expired by
+``sweep(now)`` with ``TIMEOUT_PENALTY_MS``; the sweep runs in a background task, never on
 the request path (the prior art swept inline, per request).
 
-Bounded: at most ``max_pending_feedback`` records; when full the oldest is dropped without
+Bounded: at most ``MAX_PENDING_FEEDBACK`` records; when full the oldest is dropped without
 learning (counted in ``dropped``). Insertion order equals deadline order (one timeout for
 all), so the sweep only ever looks at the front of an ``OrderedDict``.
 
@@ -21,8 +21,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from router.bandit import WorkerBandit
+from router.bandit import FEATURE_TOKENS_SCALE, ITL_SCALE_MS, TTFT_SCALE_MS, WorkerBandit
 from router.config import RouterConfig
+
+MAX_PENDING_FEEDBACK = 100_000
+SWEEP_BATCH = 2048  # decisions expired per sweep call at most, keeping each sweep short
+TIMEOUT_PENALTY_MS = 5000.0  # TTFT learned for a request whose feedback never came
+FAILURE_PENALTY_MS = 2000.0  # TTFT learned for a request reported as failed
 
 
 class Pending:
@@ -78,7 +83,7 @@ class FeedbackTracker:
         self._pending[request_id] = Pending(
             worker_id, features, queued_tokens, predicted_ttft_ms, now + self.cfg.feedback_timeout_s
         )
-        if len(self._pending) > self.cfg.max_pending_feedback:
+        if len(self._pending) > MAX_PENDING_FEEDBACK:
             self._pending.popitem(last=False)
             self.dropped += 1
 
@@ -103,23 +108,21 @@ class FeedbackTracker:
             # The engine told us the real cache hit: explain TTFT with it, so the residual
             # measures the worker's speed, not our overlap estimate's error.
             x = x.copy()
-            x[1] = uncached_tokens / cfg.feature_tokens_scale
-            predicted = cfg.prefill_ms_per_token * (
-                uncached_tokens + cfg.queue_weight * p.queued_tokens
-            )
+            x[1] = uncached_tokens / FEATURE_TOKENS_SCALE
+            predicted = cfg.prefill_ms_per_token * (uncached_tokens + p.queued_tokens)
         if ok and ttft_ms is None:
             self.unmeasured += 1
             return True
         if not ok:
             self.failures += 1
             self.bandit.update(
-                p.worker_id, x, "ttft", (cfg.failure_penalty_ms - predicted) / cfg.ttft_scale_ms
+                p.worker_id, x, "ttft", (FAILURE_PENALTY_MS - predicted) / TTFT_SCALE_MS
             )
             return True
         self.reports += 1
-        self.bandit.update(p.worker_id, x, "ttft", (ttft_ms - predicted) / cfg.ttft_scale_ms)
+        self.bandit.update(p.worker_id, x, "ttft", (ttft_ms - predicted) / TTFT_SCALE_MS)
         if itl_ms is not None and output_tokens > 1:
-            self.bandit.update(p.worker_id, x, "itl", itl_ms / cfg.itl_scale_ms)
+            self.bandit.update(p.worker_id, x, "itl", itl_ms / ITL_SCALE_MS)
         return True
 
     def discard(self, request_id: str) -> bool:
@@ -129,8 +132,7 @@ class FeedbackTracker:
 
     def sweep(self, now: float, batch: int | None = None) -> int:
         """Expire up to ``batch`` overdue decisions with the timeout penalty."""
-        batch = batch or self.cfg.sweep_batch
-        cfg = self.cfg
+        batch = batch or SWEEP_BATCH
         n = 0
         pending = self._pending
         while pending and n < batch:
@@ -144,6 +146,6 @@ class FeedbackTracker:
                 p.worker_id,
                 p.features,
                 "ttft",
-                (cfg.timeout_penalty_ms - p.predicted_ttft_ms) / cfg.ttft_scale_ms,
+                (TIMEOUT_PENALTY_MS - p.predicted_ttft_ms) / TTFT_SCALE_MS,
             )
         return n

@@ -2,7 +2,7 @@
 
 Why one module: the NAT client, the gateway and the processor must agree on field names, ranges
 and on how hints cross the stock Dynamo frontend, which rejects NAT's ``nvext.agent_hints`` keys
-``prefix_id``/``total_requests``/``iat`` and ``nvext.cache_control`` (brief 3.4).
+``prefix_id``/``total_requests``/``iat`` and ``nvext.cache_control``.
 
 Client input (gateway side)
 ---------------------------

@@ -11,8 +11,8 @@ Each batch costs one hand-off to the worker thread (unbuffered file: one ``write
 ``flush``), and the task waits ``linger_s`` after a batch's first record so that, under load, a
 batch holds many records. Why: every hand-off wakes a thread that must take the GIL, and in the
 processor the loop thread shares the GIL with Dynamo's Rust threads, which need it for every
-request and streamed token; one write per request (write + flush, two hand-offs, before
-2026-12-01) put that contention on the request path. Records reach the disk ``linger_s`` later.
+request and streamed token; one write per request (write + flush, two hand-offs) would put
+that contention on the request path. Records reach the disk ``linger_s`` later.
 
 Records are encoded later, in the writer task: do not mutate a record after ``put``.
 """

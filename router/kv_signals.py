@@ -1,13 +1,12 @@
 """Worker signals from Dynamo's KvRouter rows (overlap from worker KV events) + our load.
 
-The caller makes one ``KvRouter.get_potential_loads`` call per decision
-(processor/routing.py). The processor forwards requests with
-``client.direct`` (so cancellation reaches the worker), which means the KvRouter tracks no
-load of ours: its ``potential_prefill_tokens`` is exactly this prompt's uncached tokens on
-each worker, i.e. the overlap, and its ``potential_decode_blocks`` this prompt's own blocks.
-The queued prefill, decode blocks and in-flight count of the requests we placed come from
-``router.load.LoadTracker`` and are added here, giving the same quantities Dynamo's cost
-function uses (potential prefill incl. queue, potential decode blocks).
+The caller makes one ``KvRouter.get_potential_loads`` call per decision (processor/routing.py). The
+processor forwards requests with ``client.direct``, so the KvRouter tracks no load of ours
+(router/load.py says why): its ``potential_prefill_tokens`` is exactly this prompt's uncached tokens
+on each worker, i.e. the overlap, and its ``potential_decode_blocks`` this prompt's own blocks. The
+queued prefill, decode blocks and in-flight count of the requests we placed come from
+``router.load.LoadTracker`` and are added here, giving the same quantities Dynamo's cost function
+uses (potential prefill incl. queue, potential decode blocks).
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ _DECODE = itemgetter("potential_decode_blocks")
 _LOAD_FIELDS = tuple(
     attrgetter(f) for f in ("queued_prefill_tokens", "decode_blocks", "active_requests")
 )
-# Only read when the router charges class mixing (router/cost.py; both weights default to 0).
-_CLASS_FIELDS = tuple(attrgetter(f) for f in ("background_blocks", "sensitive_requests"))
 
 
 def signals_from_rows(
@@ -38,9 +35,7 @@ def signals_from_rows(
     capacity_blocks: int,
     live: frozenset[int] | None = None,
     reported_capacity: Mapping[int, int] | None = None,
-    engine_waiting: Mapping[int, int] | None = None,
     block_hashes: tuple[int, ...] | list[int] | None = None,
-    latency_classes: bool = False,
 ) -> tuple[WorkerSignals, dict[int, int]]:
     """``get_potential_loads`` rows for one prompt + our load -> (signals, uncached tokens).
 
@@ -49,13 +44,10 @@ def signals_from_rows(
     decode = Dynamo's decode blocks summed over ranks + ours per rank, active = ours per
     rank. Vectorized: no Python loop over workers beyond reading Dynamo's rows.
     ``reported_capacity`` (blocks per worker from the workers' own cards) overrides
-    ``capacity_blocks`` where present; ``engine_waiting`` holds only workers with requests
-    held back, so both are usually small or empty. With ``block_hashes`` (the prompt's chained
-    block hashes; only when the router charges full workers) the signals also carry each
-    worker's distinct blocks in use by our requests and how many of this prompt's leading
-    blocks they already hold (router/load.py). With ``latency_classes`` (only when the router
-    charges class mixing) they also carry each worker's background blocks and sensitive
-    requests in flight; otherwise those two are None.
+    ``capacity_blocks`` where present. With ``block_hashes`` (the prompt's chained block
+    hashes; only when the router charges full workers) the signals also carry each worker's
+    distinct blocks in use by our requests and how many of this prompt's leading blocks they
+    already hold (router/load.py).
     """
     if live is not None and not live.issuperset(map(_WORKER_ID, rows)):
         rows = [row for row in rows if row["worker_id"] in live]
@@ -66,12 +58,10 @@ def signals_from_rows(
         np.fromiter(map(_DECODE, rows), np.float64, n_rows),
     )
     n = ids.shape[0]
-    # Our load (queued prefill, decode blocks, in flight; with latency_classes also background
-    # blocks and sensitive requests in flight) on the workers where we have requests in
-    # flight; zero elsewhere.
-    fields = _LOAD_FIELDS + _CLASS_FIELDS if latency_classes else _LOAD_FIELDS
-    ours = np.zeros((len(fields), n))
-    queued, ours_decode, ours_active = ours[:3]
+    # Our load (queued prefill, decode blocks, in flight) on the workers where we have
+    # requests in flight; zero elsewhere.
+    ours = np.zeros((len(_LOAD_FIELDS), n))
+    queued, ours_decode, ours_active = ours
     busy = load.busy()
     used = shared = None
     if block_hashes is not None:
@@ -81,7 +71,7 @@ def signals_from_rows(
         at = np.minimum(ids.searchsorted(keys), n - 1)
         hit = ids[at] == keys
         loads = list(busy.values())
-        for row, field in zip(ours, fields, strict=True):
+        for row, field in zip(ours, _LOAD_FIELDS, strict=True):
             row[at[hit]] = np.fromiter(map(field, loads), np.float64, len(loads))[hit]
         if used is not None and shared is not None and block_hashes is not None:
             for i, wl, ok in zip(at.tolist(), loads, hit.tolist(), strict=True):
@@ -95,10 +85,7 @@ def signals_from_rows(
         decode_blocks=dynamo_decode + ranks * ours_decode,
         active_requests=ranks * ours_active,
         capacity_blocks=aligned(ids, reported_capacity, capacity_blocks),
-        engine_waiting=aligned(ids, engine_waiting) if engine_waiting else None,
         used_blocks=used,
         shared_blocks=shared,
-        background_blocks=ranks * ours[3] if latency_classes else None,
-        sensitive_requests=ranks * ours[4] if latency_classes else None,
     )
     return signals, dict(zip(ids.tolist(), own.tolist(), strict=True))

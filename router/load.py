@@ -1,12 +1,14 @@
 """Per-worker load of the requests this router placed: queued prefill, decode blocks, in flight.
 
-Why our own accounting: the processor forwards with ``client.direct(..., context=...)`` so a
-client disconnect reaches the worker, and Dynamo's ``KvRouter`` only tracks load for requests
-it forwards itself (brief 3.6). Asking it with no load of its own also makes its
+Why our own accounting: the processor forwards with ``client.direct(..., context=...)``, and
+Dynamo's ``KvRouter`` only tracks load for requests it forwards itself. Forwarding through it
+(``generate_from_request`` pinned to our worker) would cancel and fail alike
+(tests/integration/test_forwarding.py), but it counts load differently (distinct prompt blocks,
+no expected output), and the score's decode weight and KV-full term were measured with this
+accounting (docs/DESIGN.md). Asking the KvRouter with no load of its own also makes its
 ``potential_prefill_tokens`` exactly this request's uncached tokens, so one call gives the
-overlap. The accounting mirrors Dynamo's active-sequence tracking: a request's uncached
-tokens count as queued prefill until its first token, and its blocks (prompt + expected
-output) count as decode blocks until it ends.
+overlap. A request's uncached tokens count as queued prefill until its first token, and its
+blocks (prompt + expected output) count as decode blocks until it ends.
 
 State is one small record per request in flight and three numbers per live worker; every
 update is O(1). A record whose end is never reported is expired by ``expire`` (called by the
@@ -19,26 +21,11 @@ memory. With hashes each worker also keeps a reference count per block of its re
 flight, so ``used_blocks`` = distinct prompt blocks + each request's own output and partial
 blocks: what the engine must hold for our traffic. The hashes of a request live only while it
 is in flight (released at finish or expiry), one int per 64-token block.
-
-Latency classes (router/cost.py, ``sensitive_mix_weight`` / ``background_mix_weight``): a
-request whose hints say ``latency_sensitivity > 0`` is SENSITIVE, one that says exactly 0 is
-BACKGROUND, one without the hint is neither. Each worker counts the blocks of its background
-requests in flight and its sensitive requests in flight, so the cost model can keep the two
-classes apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-UNCLASSED, SENSITIVE, BACKGROUND = 0, 1, 2
-
-
-def latency_class(latency_sensitivity: float | None) -> int:
-    """The request's class from its hint: None -> UNCLASSED, > 0 -> SENSITIVE, 0 -> BACKGROUND."""
-    if latency_sensitivity is None:
-        return UNCLASSED
-    return SENSITIVE if latency_sensitivity > 0 else BACKGROUND
 
 
 def request_blocks(prompt_tokens: int, osl: int, block_size: int) -> int:
@@ -53,7 +40,6 @@ class _Active:
     blocks: int
     started: float  # monotonic seconds; entries whose "finish" never came are expired
     hashes: tuple[int, ...] = ()  # chained prompt block hashes (unique-block accounting only)
-    klass: int = UNCLASSED  # latency class (SENSITIVE / BACKGROUND), see the module docstring
 
 
 @dataclass(slots=True)
@@ -65,9 +51,6 @@ class WorkerLoad:
     # and the blocks no other request can share (expected output, partial last block).
     block_refs: dict[int, int] | None = None
     private_blocks: int = 0
-    # Latency classes: blocks of BACKGROUND requests, count of SENSITIVE requests in flight.
-    background_blocks: int = 0
-    sensitive_requests: int = 0
 
     @property
     def used_blocks(self) -> int:
@@ -119,22 +102,17 @@ class LoadTracker:
         prompt_tokens: int,
         osl: int,
         hashes: tuple[int, ...] = (),
-        klass: int = UNCLASSED,
         *,
         now: float,
     ) -> None:
         """Count a placed request's load; ``now`` (the caller's monotonic seconds) is its start,
         which ``expire`` compares against."""
         blocks = request_blocks(prompt_tokens, osl, self.block_size)
-        self._active[request_id] = _Active(worker_id, uncached_tokens, blocks, now, hashes, klass)
+        self._active[request_id] = _Active(worker_id, uncached_tokens, blocks, now, hashes)
         load = self._workers.setdefault(worker_id, WorkerLoad())
         load.queued_prefill_tokens += uncached_tokens
         load.decode_blocks += blocks
         load.active_requests += 1
-        if klass == BACKGROUND:
-            load.background_blocks += blocks
-        elif klass == SENSITIVE:
-            load.sensitive_requests += 1
         if hashes:
             refs = load.block_refs
             if refs is None:
@@ -169,10 +147,6 @@ class LoadTracker:
         load.queued_prefill_tokens -= active.queued_tokens
         load.decode_blocks -= active.blocks
         load.active_requests -= 1
-        if active.klass == BACKGROUND:
-            load.background_blocks -= active.blocks
-        elif active.klass == SENSITIVE:
-            load.sensitive_requests -= 1
         if active.hashes and load.block_refs is not None:
             refs = load.block_refs
             for h in active.hashes:

@@ -6,7 +6,7 @@
    prefix_table.py): its home worker, remaining reuse budget, pin, last prompt's blocks.
 2. History fallback: if no worker reports any KV overlap (workers without KV events, or
    the events lag) but the table saw this conversation on worker ``w`` within
-   ``history_window_s``, credit ``w`` with the last prompt's blocks as overlap.
+   ``HISTORY_WINDOW_S``, credit ``w`` with the last prompt's blocks as overlap.
 3. Score every worker with the additive cost model (router/cost.py) plus the bandit's
    sampled latency correction (router/bandit.py); pick the minimum.
 4. Record the request in the prefix table (budget, home, pin) and leave a pending
@@ -28,14 +28,24 @@ import msgspec
 import numpy as np
 
 from router import cost
-from router.bandit import WorkerBandit, make_features
+from router.bandit import (
+    IDLE_FORGETTING_PER_S,
+    ITL_SCALE_MS,
+    ITL_WEIGHT,
+    TTFT_SCALE_MS,
+    WorkerBandit,
+    make_features,
+)
 from router.config import RouterConfig
+from router.cost import Candidate
 from router.feedback import FeedbackTracker
 from router.load import request_blocks
 from router.prefix_table import PrefixTable
 from router.signals import WorkerSignals, aligned
 
 Reason = Literal["sticky", "overlap", "load", "exploration", "pin"]
+HISTORY_WINDOW_S = 120.0  # how recent a conversation's placement must be for the fallback
+TOP_K = 3  # best candidates (with their terms) in a decision and its trace record
 
 
 class RouteRequest(msgspec.Struct, kw_only=True):
@@ -49,29 +59,10 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     iat_ms: float | None = None  # expected gap between calls; carried to traces only
     latency_sensitivity: float = 0.0  # higher = explore less
     priority: int = 0  # engine queue priority; carried, not used for placement
-    # SENSITIVE / BACKGROUND / UNCLASSED from the latency_sensitivity hint (router/load.py):
-    # the cost model keeps the two classes apart (sensitive_/background_mix_weight).
-    latency_class: int = 0
     pin_ttl_s: float | None = None  # cache_control TTL; keeps the conversation pinned
     # Chained block hashes of the prompt, only sent when the router charges full workers
     # (kv_full_ms > 0): unique-block accounting in router/load.py. One int per block.
     block_hashes: list[int] | None = None
-
-
-class Candidate(msgspec.Struct):
-    """One of the best-scored workers with its score breakdown (ms; lower is better)."""
-
-    worker_id: int
-    total_ms: float
-    ttft_ms: float
-    decode_ms: float
-    eviction_ms: float
-    affinity_ms: float
-    learned_ms: float
-    overlap_blocks: float
-    uncached_tokens: float
-    queued_tokens: float
-    waiting_ms: float = 0.0
 
 
 class Decision(msgspec.Struct):
@@ -92,9 +83,9 @@ class Decision(msgspec.Struct):
     request_id: str
     worker_id: int
     reason: Reason
-    candidates: list[Candidate]
+    candidates: list[Candidate]  # the best TOP_K workers, best first, with their terms
     features: list[float]  # bandit features of the chosen worker (see bandit.FEATURES)
-    predicted_ttft_ms: float  # cost-model TTFT on the chosen worker (before learning)
+    predicted_ttft_ms: float  # prefill_ms of the chosen worker (before learning)
     home_worker_id: int | None = None  # conversation's home before this decision
     reuse_remaining: int = 0  # requests still expected after this one
     pinned: bool = False
@@ -108,13 +99,12 @@ class NoWorkers(RuntimeError):
 class Router:
     """Agent-aware KV router core: pure logic, no I/O, no Dynamo imports."""
 
-    def __init__(self, cfg: RouterConfig | None = None) -> None:
+    def __init__(self, cfg: RouterConfig | None = None, block_size: int = 64) -> None:
         self.cfg = cfg or RouterConfig()
+        self.block_size = block_size  # the workers' KV block size, in tokens
         c = self.cfg
         self.rng = np.random.default_rng(c.seed)
-        self.table = PrefixTable(
-            c.prefix_table_max_entries, c.prefix_idle_ttl_s, c.max_pin_ttl_s, c.sweep_batch
-        )
+        self.table = PrefixTable(c.prefix_table_max_entries, max_pin_ttl_s=c.max_pin_ttl_s)
         self.bandit = WorkerBandit(c, self.rng)
         self.feedback = FeedbackTracker(c, self.bandit)
         self._last_sweep: float | None = None
@@ -129,7 +119,7 @@ class Router:
         ids = signals.worker_ids
         if ids.shape[0] == 0:
             raise NoWorkers("no workers to route to")
-        bs = cfg.block_size
+        bs = self.block_size
         prompt_blocks = request.prompt_tokens // bs
 
         # 1) Conversation state.
@@ -150,7 +140,7 @@ class Router:
             home >= 0
             and entry is not None
             and entry.blocks > 0
-            and now - entry.last_seen <= cfg.history_window_s
+            and now - entry.last_seen <= HISTORY_WINDOW_S
             and not np.count_nonzero(kv_overlap)  # no KV overlap anywhere (cheaper: any())
         ):
             overlap = kv_overlap.copy()
@@ -165,38 +155,29 @@ class Router:
             reserved[home] = max(0.0, reserved[home] - entry.reserved)
         active = signals.active_requests
 
-        # 3) Score.
-        costs = cost.score(
+        # 3) Score: the named terms of router/cost.py, then the learner's correction.
+        uncached, queued = cost.split_prefill(
+            request.prompt_tokens,
+            overlap,
+            signals.potential_prefill_tokens,
+            bs,
+            kv_overlap if fallback else None,
+        )
+        terms = cost.breakdown(
             cfg,
-            prompt_tokens=request.prompt_tokens,
+            bs,
+            signals,
+            uncached=uncached,
+            queued=queued,
             overlap_blocks=overlap,
-            potential_prefill_tokens=signals.potential_prefill_tokens,
-            decode_blocks=signals.decode_blocks,
-            active_requests=active,
-            reserved_blocks=reserved,
-            capacity_blocks=signals.capacity_blocks,
-            home=home,
-            remaining_requests=remaining_before,
-            pinned=pinned,
-            kv_overlap_blocks=kv_overlap if fallback else None,
-            engine_waiting=signals.engine_waiting,
-            used_blocks=signals.used_blocks,
-            shared_blocks=signals.shared_blocks,
+            pinned_blocks=reserved,
             request_blocks=request_blocks(
                 request.prompt_tokens, request.osl or cfg.default_osl, bs
             ),
-            latency_class=request.latency_class,
-            background_blocks=signals.background_blocks,
-            sensitive_requests=signals.sensitive_requests,
+            home=home,
+            reuse=cost.reuse_factor(remaining_before, pinned),
         )
-        x = make_features(
-            cfg,
-            costs.uncached_tokens,
-            costs.queued_tokens,
-            signals.decode_blocks,
-            signals.capacity_blocks,
-            active,
-        )
+        x = make_features(uncached, queued, signals.decode_blocks, signals.capacity_blocks, active)
         learned_mean = None
         if cfg.bandit_enabled:
             osl = request.osl or cfg.default_osl
@@ -204,8 +185,7 @@ class Router:
             # is the cached prefix it would have reused. So sampling is scaled by the part of
             # the prompt that is cold everywhere: a conversation with a live home, or a prompt
             # cached in full somewhere, follows the posterior mean (its feedback still teaches
-            # the learner); a prompt nobody has cached explores fully. Measured on the Mooncake
-            # replay (no hints): 122 of 719 decisions were explorations, many off a hit.
+            # the learner); a prompt nobody has cached explores fully.
             cold = (
                 0.0
                 if home >= 0
@@ -215,22 +195,20 @@ class Router:
             )
             sampled, mean = self.bandit.sample(ids, x, request.latency_sensitivity, cold)
             # Standardized units -> ms: TTFT directly; ITL (ms/token) x expected tokens.
-            unit = np.array([cfg.ttft_scale_ms, cfg.itl_weight * osl * cfg.itl_scale_ms])
-            costs.learned_ms = unit @ sampled
+            unit = np.array([TTFT_SCALE_MS, ITL_WEIGHT * osl * ITL_SCALE_MS])
+            terms["learned_ms"] = unit @ sampled
             if sampled is not mean:  # no sample drawn: nothing to explain by exploration
                 learned_mean = unit @ mean
-        total = costs.total
+        total = cost.score(terms)
         i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
         chosen = int(ids[i])
+        affinity, learned = terms["affinity_ms"], terms["learned_ms"]
 
         # Reason, by the rules in Decision's docstring.
         reason: Reason
-        if i == home and costs.affinity_ms[i] > 0 and int(costs.base.argmin()) != i:
+        if i == home and affinity[i] > 0 and int((total + affinity).argmin()) != i:
             reason = "pin" if pinned else "sticky"
-        elif (
-            learned_mean is not None
-            and int((total - costs.learned_ms + learned_mean).argmin()) != i
-        ):
+        elif learned_mean is not None and int((total - learned + learned_mean).argmin()) != i:
             reason = "exploration"
         elif overlap[i] > 0 and overlap[i] >= overlap.max():
             reason = "overlap"
@@ -240,22 +218,17 @@ class Router:
         self.decisions += 1
 
         # Top-k candidates with their breakdown.
-        k = min(cfg.top_k, ids.shape[0])
+        k = min(TOP_K, ids.shape[0])
         top = total.argpartition(k - 1)[:k] if ids.shape[0] > k else np.arange(k)
         top = top[total[top].argsort(kind="stable")]
         candidates = [
             Candidate(
                 worker_id=int(ids[j]),
-                total_ms=float(total[j]),
-                ttft_ms=float(costs.ttft_ms[j]),
-                decode_ms=float(costs.decode_ms[j]),
-                eviction_ms=float(costs.eviction_ms[j]),
-                affinity_ms=float(costs.affinity_ms[j]),
-                learned_ms=float(costs.learned_ms[j]),
+                score=float(total[j]),
+                terms={name: float(term[j]) for name, term in terms.items()},
                 overlap_blocks=float(overlap[j]),
-                uncached_tokens=float(costs.uncached_tokens[j]),
-                queued_tokens=float(costs.queued_tokens[j]),
-                waiting_ms=float(costs.waiting_ms[j]),
+                uncached_tokens=float(uncached[j]),
+                queued_tokens=float(queued[j]),
             )
             for j in top
         ]
@@ -277,8 +250,8 @@ class Router:
             request.request_id,
             chosen,
             xi,
-            float(costs.queued_tokens[i]),
-            float(costs.ttft_ms[i]),
+            float(queued[i]),
+            float(terms["prefill_ms"][i]),
             now,
         )
         return Decision(
@@ -287,7 +260,7 @@ class Router:
             reason=reason,
             candidates=candidates,
             features=xi.tolist(),
-            predicted_ttft_ms=float(costs.ttft_ms[i]),
+            predicted_ttft_ms=float(terms["prefill_ms"][i]),
             home_worker_id=home_id,
             reuse_remaining=after.remaining if after is not None else 0,
             pinned=after is not None and after.pinned(now),
@@ -319,7 +292,7 @@ class Router:
         if self._last_sweep is not None and self.cfg.bandit_enabled:
             elapsed = max(0.0, now - self._last_sweep)
             if elapsed > 0:
-                self.bandit.decay(self.cfg.idle_forgetting_per_s**elapsed)
+                self.bandit.decay(IDLE_FORGETTING_PER_S**elapsed)
         self._last_sweep = now
         return {"prefixes_removed": removed, "feedback_timeouts": timed_out}
 

@@ -12,6 +12,11 @@ with no load of ours tracked there are exactly this prompt's uncached tokens and
 per worker (see router/kv_signals.py). With ``kv_full_ms`` set, the request also carries one
 hash per prompt block (router/load.py counts distinct blocks in flight with them).
 
+Block size: the workers' KV block size, which the processor reads from their model cards.
+An in-process service is built with it; a standalone router takes it from the first
+``find_worker`` message and refuses any message that names another one, so a processor and a
+router that disagree fail loudly instead of counting blocks of different sizes.
+
 Learner state survives restarts: ``save_state`` writes the bandit's posterior as JSON from a
 worker thread, ``load_state`` reads it at start-up.
 """
@@ -31,6 +36,13 @@ from router.kv_signals import signals_from_rows
 from router.load import LoadTracker
 from router.policy import Decision, Router, RouteRequest
 
+DEFAULT_BLOCK_SIZE = 64
+STATE_SAVE_INTERVAL_S = 60.0  # period of the learner-state snapshots
+
+
+class BlockSizeMismatch(ValueError):
+    """A caller's KV block size differs from the one this router counts in."""
+
 
 class FindWorker(msgspec.Struct, kw_only=True):
     """Request of ``find_worker``: the route request and the caller's KvRouter rows."""
@@ -38,9 +50,9 @@ class FindWorker(msgspec.Struct, kw_only=True):
     request: RouteRequest
     rows: list[dict[str, Any]]
     live: list[int] | None = None  # workers the caller can reach; None = all in rows
-    # What the workers report themselves (processor/engine_state.py); None = not read.
-    capacity: dict[int, int] | None = None  # KV blocks per worker, from the model cards
-    waiting: dict[int, int] | None = None  # requests each engine holds back (only > 0)
+    # KV blocks per worker from their model cards (processor/engine_state.py); None = not read.
+    capacity: dict[int, int] | None = None
+    block_size: int | None = None  # the caller's KV block size; None = the router's own
 
 
 class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -59,13 +71,31 @@ class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
 class RouterService:
     """Router + load accounting behind the three calls of a request's life."""
 
-    def __init__(self, config: RouterConfig | None = None) -> None:
+    def __init__(
+        self, config: RouterConfig | None = None, block_size: int | None = DEFAULT_BLOCK_SIZE
+    ) -> None:
+        """``block_size`` None: taken from the first ``find_worker`` message (standalone)."""
         self.config = config or RouterConfig()
-        self.router = Router(self.config)
-        self.load = LoadTracker(self.config.block_size)
+        self.block_size = block_size
+        self.router = Router(self.config, block_size or DEFAULT_BLOCK_SIZE)
+        self.load = LoadTracker(block_size or DEFAULT_BLOCK_SIZE)
+
+    def use_block_size(self, block_size: int | None) -> None:
+        """Count in ``block_size`` (the first caller's, when the service was built without
+        one); ``BlockSizeMismatch`` when it differs from the size already in use."""
+        if block_size is None or block_size == self.block_size:
+            return
+        if self.block_size is None:  # the first caller names it
+            self.block_size = self.router.block_size = self.load.block_size = block_size
+            return
+        raise BlockSizeMismatch(
+            f"a caller counts KV blocks of {block_size} tokens, this router {self.block_size}: "
+            "every processor must see the same workers' block size (their model cards)"
+        )
 
     def find_worker(self, msg: FindWorker, now: float) -> Decision:
         """Decide and start accounting the request's load on the chosen worker."""
+        self.use_block_size(msg.block_size)
         req, cfg = msg.request, self.config
         live = None if msg.live is None else frozenset(msg.live)
         signals, uncached = signals_from_rows(
@@ -75,9 +105,7 @@ class RouterService:
             cfg.worker_capacity_blocks,
             live,
             msg.capacity,
-            msg.waiting,
             req.block_hashes,
-            latency_classes=bool(cfg.sensitive_mix_weight or cfg.background_mix_weight),
         )
         decision = self.router.decide(req, signals, now)
         wid = decision.worker_id
@@ -88,7 +116,6 @@ class RouterService:
             req.prompt_tokens,
             req.osl or self.config.default_osl,
             tuple(req.block_hashes) if req.block_hashes else (),
-            req.latency_class,
             now=now,
         )
         return decision

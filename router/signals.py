@@ -29,13 +29,9 @@ class WorkerSignals:
     ``overlap_blocks``: device KV blocks of this prompt already cached on the worker (from KV
     events). ``potential_prefill_tokens``: Dynamo's potential prefill, i.e. this request's uncached
     tokens plus prefill already queued there. ``decode_blocks`` and ``active_requests`` include the
-    requests we placed (router/load.py). ``engine_waiting``: requests the worker's engine reports
-    holding back (processor/engine_state.py); None = no worker reports any. ``used_blocks`` /
-    ``shared_blocks``: distinct KV blocks our requests in flight hold on the worker, and how many
-    leading blocks of this prompt are among them (router/load.py; None unless the request carried
-    block hashes). ``background_blocks`` / ``sensitive_requests``: blocks of our background requests
-    and the count of our latency-sensitive requests in flight there (router/load.py; None = not
-    tracked).
+    requests we placed (router/load.py). ``used_blocks`` / ``shared_blocks``: distinct KV blocks
+    our requests in flight hold on the worker, and how many leading blocks of this prompt are
+    among them (router/load.py; None unless the request carried block hashes).
     """
 
     worker_ids: np.ndarray
@@ -44,11 +40,8 @@ class WorkerSignals:
     decode_blocks: np.ndarray
     active_requests: np.ndarray
     capacity_blocks: np.ndarray
-    engine_waiting: np.ndarray | None = None
     used_blocks: np.ndarray | None = None
     shared_blocks: np.ndarray | None = None
-    background_blocks: np.ndarray | None = None
-    sensitive_requests: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.worker_ids.shape[0])

@@ -94,7 +94,6 @@ DYN_DEFAULTS: list[tuple[str, str, str]] = [
 AKR_OVERRIDES: dict[str, str] = {
     "AKR_PROCESSOR_METRICS_PORT": "9095",
     "AKR_PROCESSOR_BLOCK_SIZE": "64",
-    "AKR_ROUTER_BLOCK_SIZE": "64",
     "AKR_GATEWAY_PORT": "8080",
 }
 LAUNCHER_FILLS = {

@@ -147,12 +147,8 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
     ]
 
     akr = {k: v for k, v in knobs.items() if k.startswith("AKR_")}
+    # The vLLM --block-size; the processor checks it against the workers' model cards.
     block_size = akr.get("AKR_PROCESSOR_BLOCK_SIZE", "64")
-    if akr.get("AKR_ROUTER_BLOCK_SIZE", block_size) != block_size:
-        raise SystemExit(
-            "AKR_PROCESSOR_BLOCK_SIZE and AKR_ROUTER_BLOCK_SIZE must be equal "
-            "(both are the vLLM --block-size)"
-        )
     worker_endpoint = knobs["LAUNCH_WORKER_ENDPOINT"]
     if akr.get("AKR_PROCESSOR_WORKER_ENDPOINT", worker_endpoint) != worker_endpoint:
         raise SystemExit("AKR_PROCESSOR_WORKER_ENDPOINT must equal LAUNCH_WORKER_ENDPOINT")

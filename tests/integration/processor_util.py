@@ -1,10 +1,14 @@
-"""Helpers of the processor integration tests: requests with hints, metric scrapes, traces."""
+"""Helpers of the processor integration tests: requests with hints, metric scrapes, traces, and
+probes that talk to a stack's workers from a Dynamo runtime of their own."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +17,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local_stack import LocalStack, StackConfig, StackError
+from deploy.local_stack import REPO_ROOT, LocalStack, StackConfig, StackError, loopback_env
 from processor.traces import TraceRecord, read_records
 from tests.conftest import pids_alive
 
@@ -184,3 +188,19 @@ def running_stack(
             stack.stop()
         assert pids_alive(started) == [], "the stack left processes behind"
         return
+
+
+def run_probe(stack: LocalStack, module: str, *args: str, timeout_s: float = 300.0) -> Any:
+    """``python -m module args`` in the stack's Dynamo environment (Dynamo's logs at warn): the
+    last line it prints, as JSON. Fails with the tail of its stderr when it fails."""
+    env = {**os.environ, **loopback_env(stack.file_kv), "DYN_LOG": "warn"}
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,11 +9,17 @@ session-aware radix cache, ``dynamo.vllm`` to vLLM's ``generate(session_id=...)`
 ``dynamo.trtllm`` to its conversation affinity; ``routing``; ``annotations``) as a JSON line
 to ``$AKR_TEST_RECORD_PATH``. Why: the mocker does not show its requests, and whether a
 client's conversation id and priority reach the engine is only known end to end.
+
+With ``$AKR_TEST_TOKEN_DELAY_S`` it streams slowly, stops when its request context is stopped
+(as engines do), and appends a second line when a request ends: how many tokens it sent and
+whether it was stopped, with its process id and the first prompt tokens (to tell requests and
+workers apart). tests/integration/test_forwarding.py reads those.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -43,23 +49,40 @@ async def worker(runtime: DistributedRuntime) -> None:
     record_path = os.environ["AKR_TEST_RECORD_PATH"]
     endpoint = runtime.endpoint(args.endpoint.removeprefix("dyn://"))
 
-    async def generate(request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
-        line = json.dumps({k: request.get(k) for k in RECORDED}) + "\n"
+    delay_s = float(os.environ.get("AKR_TEST_TOKEN_DELAY_S", "0"))
+
+    async def record(fields: dict[str, Any]) -> None:
         async with aiofiles.open(record_path, "a") as out:
-            await out.write(line)
+            await out.write(json.dumps(fields) + "\n")
+
+    async def generate(request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        head = (request.get("token_ids") or [])[:4]
+        await record({k: request.get(k) for k in RECORDED} | {"pid": os.getpid(), "head": head})
         prompt = len(request.get("token_ids") or [])
         n = max(1, int((request.get("stop_conditions") or {}).get("max_tokens") or 1))
-        for i in range(n):
-            item: dict[str, Any] = {"token_ids": [ord("a") + i % 26]}
-            if i == n - 1:
-                item["finish_reason"] = "length"
-                item["completion_usage"] = {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": n,
-                    "total_tokens": prompt + n,
-                    "prompt_tokens_details": {"cached_tokens": 0},
-                }
-            yield item
+        sent, stopped = 0, False
+        try:
+            for i in range(n):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                    if context.is_stopped() or context.is_killed():
+                        stopped = True
+                        return
+                item: dict[str, Any] = {"token_ids": [ord("a") + i % 26]}
+                if i == n - 1:
+                    item["finish_reason"] = "length"
+                    item["completion_usage"] = {
+                        "prompt_tokens": prompt,
+                        "completion_tokens": n,
+                        "total_tokens": prompt + n,
+                        "prompt_tokens_details": {"cached_tokens": 0},
+                    }
+                yield item
+                sent += 1
+        finally:
+            if delay_s:
+                end = {"event": "end", "pid": os.getpid(), "head": head, "sent": sent}
+                await record(end | {"stopped": stopped or context.is_stopped()})
 
     await register_model(
         ModelInput.Tokens,

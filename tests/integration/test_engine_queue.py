@@ -3,10 +3,9 @@
 One mocker worker with 8 KV blocks (512 tokens). Request A (~6 blocks of prompt, a long
 answer) holds most of them; request B (another ~6 blocks) cannot be scheduled until A ends,
 so the engine reports it as held back in its forward-pass metrics. The processor reads that
-over the loopback event plane: its gauge shows the waiting request on the worker, and the
-decision for a third request C carries the ``waiting_ms`` term (``engine_waiting_ms`` x held
-back requests) in its trace, keyed by the same worker id the processor routes to. The second
-test checks the router's own count (``AKR_ROUTER_KV_FULL_MS``, router/load.py) end to end.
+over the loopback event plane: its gauge shows the waiting request on the worker, keyed by the
+same worker id the processor routes to. The second test checks the router's own count
+(``AKR_ROUTER_KV_FULL_MS``, router/load.py) end to end.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from tests.integration.processor_util import chat, poll, running_stack, scrape, 
 
 pytestmark = pytest.mark.integration
 
-WAITING_MS = 150.0
-
 
 def _prompt(tag: str) -> str:
     # ~345 tokens with the chat template (6 blocks), distinct from the first block on
@@ -35,11 +32,6 @@ def tight_stack() -> Iterator[LocalStack]:
         workers=1,
         speedup=1.0,
         gpu_blocks=8,
-        processor_env={
-            "AKR_ROUTER_ENGINE_WAITING_MS": str(WAITING_MS),
-            "AKR_PROCESSOR_ENGINE_POLL_S": "0.02",
-            "AKR_PROCESSOR_SWEEP_INTERVAL_S": "0.1",
-        },
     )
     with running_stack(config) as running:
         yield running
@@ -58,9 +50,9 @@ def _active(stack: LocalStack) -> float:
     return samples.get(("akr_processor_active_requests", ()), 0.0)
 
 
-def test_held_back_request_reaches_the_score(tight_stack: LocalStack) -> None:
+def test_held_back_request_shows_in_the_engine_gauge(tight_stack: LocalStack) -> None:
     stack = tight_stack
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(2) as pool:
         a = pool.submit(
             chat, stack.frontend_url, stack.model_name, _prompt("a"), max_tokens=60, timeout=120
         )
@@ -69,15 +61,11 @@ def test_held_back_request_reaches_the_score(tight_stack: LocalStack) -> None:
             chat, stack.frontend_url, stack.model_name, _prompt("b"), max_tokens=4, timeout=120
         )
         waiting = poll("B held back by the engine", lambda: _waiting(stack), 30, interval_s=0.02)
-        c = pool.submit(chat, stack.frontend_url, stack.model_name, "c", max_tokens=2, timeout=120)
-        (rid_a, usage_a), (rid_b, _), (rid_c, _) = a.result(), b.result(), c.result()
+        (rid_a, usage_a), (rid_b, _) = a.result(), b.result()
     assert usage_a["completion_tokens"] == 60
     (worker,) = waiting  # the one worker, as the processor labels it (hex id)
-    trace_a, trace_c = trace_of(stack, rid_a), trace_of(stack, rid_c)
+    trace_a = trace_of(stack, rid_a)
     assert f"{trace_a.worker_id:x}" == worker  # FPM ids are the ids we route to
-    assert trace_c.worker_id == trace_a.worker_id
-    (cand,) = trace_c.candidates
-    assert cand.terms.get("waiting_ms", 0.0) >= WAITING_MS  # one request held back, or more
     trace_b = trace_of(stack, rid_b)
     assert trace_b.ts + trace_b.ttft_ms / 1e3 >= trace_a.ts + trace_a.e2e_ms / 1e3 - 0.05, (
         "B was scheduled only once A released its blocks"
@@ -116,5 +104,5 @@ def test_a_request_that_would_not_fit_leaves_its_cache(two_tight_workers: LocalS
         rid_a, _ = a.result()
     trace_a, trace_b = trace_of(stack, rid_a), trace_of(stack, rid_b)
     assert trace_b.worker_id != trace_a.worker_id
-    full = {c.worker_id: c.terms.get("waiting_ms", 0.0) for c in trace_b.candidates}
+    full = {c.worker_id: c.terms["kv_full_ms"] for c in trace_b.candidates}
     assert full == {trace_a.worker_id: 500.0, trace_b.worker_id: 0.0}

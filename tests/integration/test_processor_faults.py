@@ -1,4 +1,4 @@
-"""Faults on the real stack: client disconnects, killed and frozen worker processes (issue 4).
+"""Faults on the real stack: client disconnects, killed and frozen worker processes.
 
 Workers run with ``--max-num-seqs 1``: a mocker then runs one sequence at a time, so a worker
 that kept generating for a vanished client would visibly hold up the next request, and

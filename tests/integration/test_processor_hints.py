@@ -1,4 +1,4 @@
-"""Hints from every channel reach the router (issue 4): asserted on the processor's trace.
+"""Hints from every channel reach the router: asserted on the processor's trace.
 
 The trace record's hint fields are the ``RouteRequest`` the router decided on, so a value in
 the record is a value the router saw. Channels: body hints through the gateway (NAT's real

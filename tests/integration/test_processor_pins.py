@@ -1,8 +1,8 @@
-"""Cache pins expire on time (issue 4): the pins gauge and the prefix table entry.
+"""Cache pins expire on time: the pins gauge and the prefix table entry.
 
 A pin reserves its prompt's blocks on the home worker, so prompts here span several KV
 blocks (a pin on a prompt shorter than one block reserves nothing and is not counted).
-The sweep runs every 0.25 s in this stack; expiry is polled, bounded by deadlines.
+The processor sweeps every second; expiry is polled, bounded by deadlines.
 """
 
 from __future__ import annotations
@@ -13,20 +13,19 @@ from collections.abc import Iterator
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
+from processor.handler import SWEEP_INTERVAL_S
 from tests.integration.processor_util import chat, metric, poll, running_stack, scrape, trace_of
 
 pytestmark = pytest.mark.integration
 
-SWEEP_S = 0.25
+SWEEP_S = SWEEP_INTERVAL_S
 SLACK_S = 1.0  # scrape latency and scheduling on a busy 2-core box
 LONG = "the agent keeps its whole tool transcript in context " * 20  # ~5 blocks
 
 
 @pytest.fixture(scope="module")
 def pin_stack() -> Iterator[LocalStack]:
-    config = StackConfig(
-        workers=2, speedup=10.0, processor_env={"AKR_PROCESSOR_SWEEP_INTERVAL_S": str(SWEEP_S)}
-    )
+    config = StackConfig(workers=2, speedup=10.0)
     with running_stack(config) as running:
         yield running
 

@@ -39,11 +39,10 @@ def test_two_processors_share_one_router_and_its_state_survives_a_restart(tmp_pa
         workers=2,
         router_component=True,
         processors=2,
-        # No periodic snapshot during the test: the state file can only come from the save
-        # the router makes when the stack stops it with SIGTERM.
+        # The first periodic snapshot comes a minute after start, after this test: the state
+        # file can only come from the save the router makes when the stack stops it (SIGTERM).
         router_env={
             "AKR_ROUTER_STATE_PATH": str(state),
-            "AKR_ROUTER_STATE_SAVE_INTERVAL_S": "3600",
             "AKR_ROUTER_METRICS_PORT": str(metrics_port),
         },
     )

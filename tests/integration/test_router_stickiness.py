@@ -1,4 +1,6 @@
-"""Issue 3 on the real stack: a conversation stays with its cache while other load moves away."""
+"""On the real stack: a conversation stays with its cache while other load moves away, and
+what keeps it there is the affinity term (plain KV overlap would keep most turns home too, so
+the worker alone does not show affinity working)."""
 
 from __future__ import annotations
 
@@ -84,3 +86,8 @@ def test_conversation_keeps_its_worker_while_other_load_moves_away() -> None:
     spread = Counter(r.worker_id for r in rest)
     assert len(spread) == 3, spread
     assert spread[home] <= -(-background // 3) + 1, (spread, home)
+    # Every later turn's decision valued the home's exclusive cache while turns remained: the
+    # chosen candidate carries a positive affinity term (0 with AKR_ROUTER_AFFINITY_WEIGHT=0).
+    for r in conv[1:]:
+        chosen = r.candidates[0]
+        assert chosen.worker_id == home and chosen.terms["affinity_ms"] > 0, (r.reason, chosen)

@@ -153,7 +153,7 @@ def test_ports_match_launcher_and_config_defaults(components: dict[str, dict], p
         read_env_file(None)["LAUNCH_KV_EVENTS_PORT_BASE"]
     )
     block = worker["args"][worker["args"].index("--block-size") + 1]
-    assert block == _env(proc)["AKR_PROCESSOR_BLOCK_SIZE"] == _env(proc)["AKR_ROUTER_BLOCK_SIZE"]
+    assert block == _env(proc)["AKR_PROCESSOR_BLOCK_SIZE"]
 
 
 def test_worker_flags_match_the_launcher(components: dict[str, dict], plan) -> None:

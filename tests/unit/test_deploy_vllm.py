@@ -105,11 +105,7 @@ def test_workers_one_gpu_each_with_kv_events_and_internal_registration(two_worke
         assert flag(argv, "--endpoint-types") == "none"
         assert flag(argv, "--served-model-name") != proc_env["AKR_PROCESSOR_MODEL_NAME"]
         assert flag(argv, "--endpoint") == f"dyn://{proc_env['AKR_PROCESSOR_WORKER_ENDPOINT']}"
-        assert (
-            flag(argv, "--block-size")
-            == proc_env["AKR_PROCESSOR_BLOCK_SIZE"]
-            == proc_env["AKR_ROUTER_BLOCK_SIZE"]
-        )
+        assert flag(argv, "--block-size") == proc_env["AKR_PROCESSOR_BLOCK_SIZE"]
         assert "--enable-prefix-caching" in argv
         kv = json.loads(flag(argv, "--kv-events-config"))
         assert (

@@ -15,7 +15,13 @@ from dynamo.common.forward_pass_metrics import (
     encode,
 )
 
-from processor.engine_state import capacity_blocks, waiting_requests
+from processor.engine_state import (
+    agreed_block_size,
+    capacity_blocks,
+    card_block_size,
+    waiting_requests,
+)
+from router.service import BlockSizeMismatch
 
 
 def _card(blocks: object, block_size: object = 64, dp: object = None) -> str:
@@ -80,3 +86,26 @@ def test_waiting_requests_per_worker_from_dynamos_own_encoding() -> None:
         ("not-an-id", 0): _fpm("x", prefill=1),
     }
     assert waiting_requests(stats) == {11: 3}
+
+
+def _sized(block_size: int | None) -> str:
+    card: dict = {"display_name": "w", "runtime_config": {"total_kv_blocks": 100}}
+    if block_size is not None:
+        card["kv_cache_block_size"] = block_size
+    return json.dumps(card)
+
+
+def test_block_size_comes_from_the_cards_and_disagreement_is_refused() -> None:
+    """The workers' cards name the block size; the setting is only the fallback for cards
+    without one, and a processor that was told another size, or workers that disagree with
+    each other, refuse to start with the sizes in the message."""
+    assert agreed_block_size({"1": _sized(16), "2": _sized(16)}, 64, explicit=False) == 16
+    assert agreed_block_size({"1": _sized(None), "2": _sized(16)}, 64, explicit=False) == 16
+    assert agreed_block_size({"1": _sized(None)}, 32, explicit=False) == 32
+    assert agreed_block_size({}, 32, explicit=True) == 32
+    assert agreed_block_size({"1": _sized(64)}, 64, explicit=True) == 64
+    with pytest.raises(BlockSizeMismatch, match=r"AKR_PROCESSOR_BLOCK_SIZE=64 .* say"):
+        agreed_block_size({"1": _sized(16)}, 64, explicit=True)
+    with pytest.raises(BlockSizeMismatch, match="disagree"):
+        agreed_block_size({"1": _sized(16), "2": _sized(32)}, 64, explicit=False)
+    assert card_block_size("not json") is None and card_block_size(_sized(0)) is None

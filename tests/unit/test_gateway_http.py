@@ -25,14 +25,8 @@ async def port() -> AsyncIterator[int]:
     up = EchoUpstream()
     up.server = TestServer(up.app())
     await up.server.start_server()
-    cfg = GatewayConfig(
-        upstream_url=up.url,
-        host="127.0.0.1",
-        port=0,
-        max_body_bytes=4096,
-        request_read_timeout_s=0.5,
-    )
-    gw, server = await start_server(cfg)
+    cfg = GatewayConfig(upstream_url=up.url, host="127.0.0.1", port=0, max_body_bytes=4096)
+    gw, server = await start_server(cfg, request_timeout=0.5)
     yield server.sockets[0].getsockname()[1]
     await stop_server(gw, server)
     await up.server.close()
@@ -224,14 +218,8 @@ def raw_env() -> Iterator[tuple[asyncio.Runner, int]]:
         up = EchoUpstream()
         up.server = TestServer(up.app())
         await up.server.start_server()
-        cfg = GatewayConfig(
-            upstream_url=up.url,
-            host="127.0.0.1",
-            port=0,
-            max_body_bytes=4096,
-            request_read_timeout_s=0.5,
-        )
-        gw, server = await start_server(cfg)
+        cfg = GatewayConfig(upstream_url=up.url, host="127.0.0.1", port=0, max_body_bytes=4096)
+        gw, server = await start_server(cfg, request_timeout=0.5)
         return up, gw, server, server.sockets[0].getsockname()[1]
 
     up, gw, server, p = runner.run(setup())

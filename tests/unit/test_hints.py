@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from router import hints as H
 from router.hints import AgentHints, HintError
 
-NAT_BODY = {  # what nvidia-nat-core 1.9.0's transport sends (brief section 5)
+NAT_BODY = {  # what nvidia-nat-core 1.9.0's transport sends
     "agent_hints": {
         "latency_sensitivity": 2.0,
         "osl": 512,

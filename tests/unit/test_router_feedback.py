@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from router.bandit import WorkerBandit
+from router import feedback
+from router.bandit import TTFT_SCALE_MS, WorkerBandit
 from router.config import RouterConfig
 from router.feedback import FeedbackTracker
 
@@ -18,8 +20,9 @@ def _tracker(**kw) -> tuple[FeedbackTracker, WorkerBandit]:
     return FeedbackTracker(cfg, b), b
 
 
-def test_bounded_pending_drops_oldest_and_counts() -> None:
-    f, _ = _tracker(max_pending_feedback=100)
+def test_bounded_pending_drops_oldest_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feedback, "MAX_PENDING_FEEDBACK", 100)
+    f, _ = _tracker()
     for i in range(250):
         f.add(f"r{i}", i % 2, X, 0.0, 30.0, now=float(i))
     assert len(f) == 100 and f.dropped == 150
@@ -28,8 +31,9 @@ def test_bounded_pending_drops_oldest_and_counts() -> None:
     assert f.unknown_reports == 1 and len(f) == 99
 
 
-def test_sweep_is_bounded_per_call() -> None:
-    f, _ = _tracker(feedback_timeout_s=10.0, sweep_batch=50)
+def test_sweep_is_bounded_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feedback, "SWEEP_BATCH", 50)
+    f, _ = _tracker(feedback_timeout_s=10.0)
     for i in range(120):
         f.add(f"r{i}", i % 2, X, 0.0, 30.0, now=0.0)
     assert f.sweep(5.0) == 0  # not due yet
@@ -50,8 +54,8 @@ def test_timeouts_via_sweep_penalize_the_silent_worker() -> None:
         f.report(f"a{t}", 30.0, 5.0, output_tokens=10)
         f.sweep(float(t))
     assert f.timeouts == 200 - 10  # the last 10 are not due yet
-    corr1 = b.mean_correction(1, X, "ttft") * b.cfg.ttft_scale_ms
-    corr0 = b.mean_correction(0, X, "ttft") * b.cfg.ttft_scale_ms
+    corr1 = b.mean_correction(1, X, "ttft") * TTFT_SCALE_MS
+    corr0 = b.mean_correction(0, X, "ttft") * TTFT_SCALE_MS
     assert corr1 > 0 > corr0 and corr1 - corr0 > 2000.0
 
 
@@ -89,7 +93,7 @@ def test_observed_cache_hit_replaces_predicted_uncached_tokens() -> None:
         f.report(f"r{i}", 3.0, 5.0, uncached_tokens=200, output_tokens=10)
     x_obs = X.copy()
     x_obs[1] = 0.2
-    assert abs(b.mean_correction(0, x_obs, "ttft") * b.cfg.ttft_scale_ms) < 2.0
+    assert abs(b.mean_correction(0, x_obs, "ttft") * TTFT_SCALE_MS) < 2.0
 
 
 def test_retried_request_id_supersedes_the_old_decision() -> None:

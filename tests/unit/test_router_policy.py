@@ -7,10 +7,12 @@ import msgspec
 import numpy as np
 import pytest
 
+from router import feedback
 from router.config import RouterConfig
+from router.cost import TERMS
 from router.kv_signals import signals_from_rows
 from router.load import LoadTracker
-from router.policy import Decision, NoWorkers, Router, RouteRequest
+from router.policy import HISTORY_WINDOW_S, Decision, NoWorkers, Router, RouteRequest
 from router.signals import WorkerSignals
 
 BS = 64
@@ -120,11 +122,18 @@ def test_overlap_preference() -> None:
     )
     assert d.worker_id == 12 and d.reason == "overlap"
     assert d.candidates[0].worker_id == 12 and len(d.candidates) == 3
-    totals = [c.total_ms for c in d.candidates]
-    assert totals == sorted(totals)
+    scores = [c.score for c in d.candidates]
+    assert scores == sorted(scores)
     c = d.candidates[0]
-    assert c.total_ms == pytest.approx(
-        c.ttft_ms + c.decode_ms + c.eviction_ms + c.learned_ms - c.affinity_ms
+    t = c.terms
+    assert set(t) == set(TERMS)
+    assert c.score == pytest.approx(
+        t["prefill_ms"]
+        + t["decode_ms"]
+        + t["eviction_ms"]
+        + t["kv_full_ms"]
+        + t["learned_ms"]
+        - t["affinity_ms"]
     )
 
 
@@ -220,7 +229,7 @@ def test_exploration_is_scaled_by_the_cold_part_of_the_prompt() -> None:
 
 
 def test_history_fallback_only_when_no_kv_overlap_and_recent() -> None:
-    r = _det(history_window_s=60.0)
+    r = _det()
     r.decide(
         _req("h1", 6400, "conv", total=10),
         _sig(potential_prefill_tokens=[9000, 6400, 6400, 6400]),
@@ -240,7 +249,9 @@ def test_history_fallback_only_when_no_kv_overlap_and_recent() -> None:
     assert not d.history_fallback and d.worker_id == 12
     # Too old: no fallback.
     d = r.decide(
-        _req("h4", 8320, "conv", total=10), _sig(potential_prefill_tokens=np.full(4, 8320.0)), 100.0
+        _req("h4", 8320, "conv", total=10),
+        _sig(potential_prefill_tokens=np.full(4, 8320.0)),
+        3.0 + HISTORY_WINDOW_S,
     )
     assert not d.history_fallback
 
@@ -359,8 +370,9 @@ def test_affinity_keeps_more_cache_than_plain_kv_cost(seed: int) -> None:
     assert len(r.table) == 0 and len(r2.table) == 0  # budgets used up -> released
 
 
-def test_router_state_stays_bounded_over_many_distinct_conversations() -> None:
-    r = Router(RouterConfig(seed=0, prefix_table_max_entries=500, max_pending_feedback=300))
+def test_router_state_stays_bounded_over_many_distinct_conversations(monkeypatch) -> None:
+    monkeypatch.setattr(feedback, "MAX_PENDING_FEEDBACK", 300)
+    r = Router(RouterConfig(seed=0, prefix_table_max_entries=500))
     sig = _sig(potential_prefill_tokens=np.full(4, 1000.0))
     for i in range(20_000):
         r.decide(_req(f"r{i}", 1000, f"conv{i}", total=5), sig, i * 0.001)
@@ -419,9 +431,8 @@ def test_signals_from_rows_aggregate_dp_ranks_and_add_our_load() -> None:
     assert s.capacity_blocks.tolist() == [1000, 1000]
 
 
-def test_signals_take_the_workers_reported_capacity_and_engine_queue() -> None:
-    """A worker's own card overrides the configured capacity; workers without one keep it.
-    Only workers whose engine holds requests back appear in ``waiting``; others read 0."""
+def test_signals_take_the_workers_reported_capacity() -> None:
+    """A worker's own card overrides the configured capacity; workers without one keep it."""
     rows = [
         {
             "worker_id": w,
@@ -431,34 +442,7 @@ def test_signals_take_the_workers_reported_capacity_and_engine_queue() -> None:
         }
         for w in (3, 7, 9)
     ]
-    s, _ = signals_from_rows(
-        rows, 640, LoadTracker(BS), 1000, reported_capacity={7: 192, 9: 512}, engine_waiting={9: 2}
-    )
+    s, _ = signals_from_rows(rows, 640, LoadTracker(BS), 1000, reported_capacity={7: 192, 9: 512})
     assert s.capacity_blocks.tolist() == [1000, 192, 512]
-    assert s.engine_waiting is not None and s.engine_waiting.tolist() == [0, 0, 2]
-    s, _ = signals_from_rows(
-        rows, 640, LoadTracker(BS), 1000, reported_capacity={}, engine_waiting={}
-    )
-    assert s.capacity_blocks.tolist() == [1000] * 3 and s.engine_waiting is None
-
-
-def test_a_worker_whose_engine_holds_requests_back_loses_its_cache_edge() -> None:
-    """The engine of worker 7 (holding this prompt's cache) reports a request it cannot
-    schedule: with engine_waiting_ms set, the request goes to worker 3 and the trace terms
-    say why; with it off (the default), the cache wins."""
-    sig = WorkerSignals.build(
-        [3, 7],
-        overlap_blocks=[0, 40],
-        potential_prefill_tokens=[3000, 440],
-        decode_blocks=[50, 50],
-    )
-    sig.engine_waiting = np.array([0.0, 1.0])
-    req = RouteRequest(request_id="r", prompt_tokens=3000)
-    off = Router(RouterConfig(bandit_enabled=False, seed=0)).decide(req, sig, 0.0)
-    assert off.worker_id == 7 and off.candidates[0].waiting_ms == 0.0
-    on = Router(RouterConfig(bandit_enabled=False, seed=0, engine_waiting_ms=200.0)).decide(
-        req, sig, 0.0
-    )
-    assert on.worker_id == 3
-    waited = next(c for c in on.candidates if c.worker_id == 7)
-    assert waited.waiting_ms == 200.0 and waited.total_ms > on.candidates[0].total_ms
+    s, _ = signals_from_rows(rows, 640, LoadTracker(BS), 1000, reported_capacity={})
+    assert s.capacity_blocks.tolist() == [1000] * 3

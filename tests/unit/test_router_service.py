@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from router.config import RouterConfig
 from router.policy import RouteRequest
-from router.service import Feedback, FindWorker, RouterService
+from router.service import BlockSizeMismatch, Feedback, FindWorker, RouterService
 
 BS = 64
 W1, W2 = 2**63 + 11, 2**63 + 22  # Dynamo instance ids are u64: above int64's range
@@ -28,7 +30,7 @@ def rows(uncached: dict[int, int], prompt: int) -> list[dict]:
 
 
 def service() -> RouterService:
-    return RouterService(RouterConfig(seed=3, block_size=BS, bandit_enabled=False))
+    return RouterService(RouterConfig(seed=3, bandit_enabled=False))
 
 
 def find(svc: RouterService, rid: str, uncached: dict[int, int], prompt: int = 4096, **kw) -> int:
@@ -87,7 +89,7 @@ def test_live_filter_excludes_workers_the_caller_cannot_reach() -> None:
 
 
 def test_learner_state_survives_a_restart(tmp_path: Path) -> None:
-    cfg = RouterConfig(seed=1, block_size=BS)
+    cfg = RouterConfig(seed=1)
     svc = RouterService(cfg)
     for i in range(60):  # W1 is consistently slow
         wid = find(svc, f"r{i}", {W1: 4096, W2: 4096})
@@ -172,7 +174,6 @@ def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
         svc = RouterService(
             RouterConfig(
                 seed=3,
-                block_size=BS,
                 bandit_enabled=False,
                 worker_capacity_blocks=80,
                 kv_full_ms=kv_full_ms,
@@ -196,64 +197,33 @@ def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
         )
         decision = svc.find_worker(msg, now=1.0)
         by_worker = {c.worker_id: c for c in decision.candidates}
-        assert by_worker[W1].waiting_ms == kv_full_ms and by_worker[W2].waiting_ms == 0.0
+        assert by_worker[W1].terms["kv_full_ms"] == kv_full_ms
+        assert by_worker[W2].terms["kv_full_ms"] == 0.0
         return decision.worker_id
 
     assert run(0.0) == W1
     assert run(500.0) == W2
 
 
-def test_latency_classes_are_kept_apart_only_when_asked() -> None:
-    """W1 decodes a background request's 60-block document, W2 holds 30 blocks of unclassed
-    work (so plain decode load favours W1). With the class weights a latency-sensitive request
-    goes to W2, while a request without the hint still follows plain load; a background
-    request is charged for the sensitive requests in flight on a worker. Finishing releases
-    the class counters."""
-    from router.load import BACKGROUND, SENSITIVE, UNCLASSED, latency_class
+def test_a_router_counts_in_one_block_size_and_refuses_another() -> None:
+    """A standalone router (built without a block size) takes the first caller's; a caller
+    that counts in another size is refused with an error naming both. An in-process service
+    built with the workers' size refuses any other too."""
+    standalone = RouterService(RouterConfig(seed=3, bandit_enabled=False), block_size=None)
 
-    classes = (latency_class(None), latency_class(0.0), latency_class(2.0))
-    assert classes == (UNCLASSED, BACKGROUND, SENSITIVE)
-
-    def run(weight: float, klass: int) -> tuple[int, RouterService]:
-        svc = RouterService(
-            RouterConfig(
-                seed=3,
-                block_size=BS,
-                bandit_enabled=False,
-                sensitive_mix_weight=weight,
-                background_mix_weight=weight,
-            )
+    def message(rid: str, block_size: int | None) -> FindWorker:
+        return FindWorker(
+            request=RouteRequest(request_id=rid, prompt_tokens=4096, osl=64),
+            rows=rows({W1: 4096, W2: 2048}, 4096),
+            block_size=block_size,
         )
-        svc.load.start("doc", W1, 0, prompt_tokens=59 * BS, osl=BS, klass=BACKGROUND, now=1.0)
-        svc.load.start("chat", W2, 0, prompt_tokens=79 * BS, osl=BS, now=1.0)
-        wid = find(svc, "r", {W1: 4096, W2: 4096}, latency_class=klass)
-        return wid, svc
 
-    assert run(0.0, SENSITIVE)[0] == W1  # off: decode load only (60 < 80 blocks)
-    assert run(1.0, UNCLASSED)[0] == W1  # no hint: never charged
-    wid, svc = run(1.0, SENSITIVE)
-    assert wid == W2 and svc.load.get(W2).sensitive_requests == 1
-    assert svc.load.get(W1).background_blocks == 60
-
-    # A background request is charged, on W2 only, its own 65 blocks per sensitive request
-    # in flight there (one), at the class weight: the same decision without the weight differs
-    # by exactly that on W2 and by nothing on W1.
-    def background_decode(svc: RouterService) -> dict[int, float]:
-        msg = FindWorker(
-            request=RouteRequest(
-                request_id="bg", prompt_tokens=4096, osl=64, latency_class=BACKGROUND
-            ),
-            rows=rows({W1: 4096, W2: 4096}, 4096),
-        )
-        return {c.worker_id: c.decode_ms for c in svc.find_worker(msg, now=1.0).candidates}
-
-    charged = background_decode(svc)
-    assert svc.load.get(W1).background_blocks == 60 + 65  # it went to W1
-    svc.config.background_mix_weight = 0.0
-    svc.load.finish("bg")
-    plain = background_decode(svc)
-    assert charged[W1] == plain[W1]
-    assert abs(charged[W2] - plain[W2] - svc.config.decode_ms_per_block * 65) < 1e-9
-    for rid in ("doc", "chat", "r", "bg"):
-        svc.load.finish(rid)
-    assert svc.load.busy() == {}
+    standalone.find_worker(message("a", 32), now=1.0)
+    assert standalone.block_size == standalone.load.block_size == standalone.router.block_size
+    assert standalone.block_size == 32
+    standalone.find_worker(message("b", None), now=1.0)  # no size named: the router's own
+    with pytest.raises(BlockSizeMismatch, match="of 64 tokens, this router 32"):
+        standalone.find_worker(message("c", 64), now=1.0)
+    in_process = RouterService(RouterConfig(seed=3), block_size=16)
+    with pytest.raises(BlockSizeMismatch):
+        in_process.use_block_size(64)
