@@ -32,9 +32,13 @@ class TraceFile:
     limit: int | None = None
 
 
+DYNAMO_FORMAT = {"mooncake": "mooncake", "agentic": "agentic_mooncake"}
+
+
 def dynamo_can_run(trace: TraceFile, cluster: ClusterConfig) -> bool:
-    """Dynamo's replay takes one engine config for all workers and reads whole files."""
-    return cluster.speeds is None and trace.limit is None and dynamo_ref.supports(trace.fmt)
+    """Dynamo's replay takes one engine config for all workers; it slices only Mooncake."""
+    homogeneous = len({cluster.worker_speed(w) for w in range(cluster.num_workers)}) == 1
+    return homogeneous and (trace.limit is None or trace.fmt == "mooncake")
 
 
 def run_arm(
@@ -43,9 +47,12 @@ def run_arm(
     """Replay one arm; returns its records and which engine ran it ("dynamo" or "ours")."""
     if arm in ("dynamo_kv", "round_robin") and dynamo_can_run(trace, cluster):
         mode = "kv_router" if arm == "dynamo_kv" else "round_robin"
-        return dynamo_ref.run_reference(trace.path, trace.fmt, cluster, mode, seed=seed), "dynamo"
+        records = dynamo_ref.run_dynamo_replay(
+            trace.path, cluster, mode, trace_format=DYNAMO_FORMAT[trace.fmt], limit=trace.limit
+        )
+        return records, "dynamo"
     if arm == "ours":
-        policy = OursPolicy(router_config(cluster, seed))
+        policy = OursPolicy(router_config(cluster, seed), cluster.block_size)
     elif arm in ("dynamo_kv", "dynamo_kv_port"):
         policy = KvPortPolicy(seed=seed)
     elif arm == "round_robin":

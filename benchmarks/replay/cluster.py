@@ -35,6 +35,7 @@ class ClusterConfig:
     block_size: int = 64
     speeds: Sequence[float] | None = None  # per-worker multiplier of speedup_ratio
     speedup_ratio: float = 1.0
+    decode_speedup_ratio: float = 1.0  # decode only, on top of speedup_ratio (the mocker's)
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     enable_chunked_prefill: bool = True
@@ -263,6 +264,7 @@ def run_replay(
             cluster.max_num_batched_tokens,
             cluster.enable_chunked_prefill,
             cluster.worker_speed(w),
+            cluster.decode_speedup_ratio,
         )
         for w in range(n_workers)
     ]

@@ -54,6 +54,7 @@ def engine_args(cluster: ClusterConfig) -> dict[str, Any]:
             "max_num_batched_tokens": cluster.max_num_batched_tokens,
             "enable_chunked_prefill": cluster.enable_chunked_prefill,
             "speedup_ratio": speeds.pop(),
+            "decode_speedup_ratio": cluster.decode_speedup_ratio,
         }
     }
 

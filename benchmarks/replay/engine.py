@@ -145,6 +145,7 @@ class Engine:
         max_num_batched_tokens: int = 8192,
         enable_chunked_prefill: bool = True,
         speed: float = 1.0,
+        decode_speedup_ratio: float = 1.0,
     ) -> None:
         self.num_gpu_blocks = num_gpu_blocks
         self.bs = block_size
@@ -152,6 +153,7 @@ class Engine:
         self.max_batched = max_num_batched_tokens
         self.chunked = enable_chunked_prefill
         self.speed = speed
+        self.decode_speed = speed * decode_speedup_ratio  # the mocker's effective decode speedup
         self.waiting: deque[EngineState] = deque()
         self.running: list[EngineState] = []
         # Block pool. A copy id is an int; cached copies have an entry in ``_hash``/``_refs``.
@@ -479,7 +481,7 @@ class Engine:
                     decoding += 1
         end = decode_start_ms
         if decoding:
-            end += _scaled(decode_ms(total, self._kv_tokens), self.speed)
+            end += _scaled(decode_ms(total, self._kv_tokens), self.decode_speed)
         result.end_ms = end
         if not ready:
             return

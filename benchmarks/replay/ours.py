@@ -28,17 +28,16 @@ _ID_BASE = 0x1000
 
 
 def router_config(cluster: ClusterConfig, seed: int) -> RouterConfig:
-    """Our router as an operator deploys it: defaults, the fleet's block size, a fixed seed.
-    Capacity comes per worker with each request, as the processor reads it from model cards."""
-    return RouterConfig(block_size=cluster.block_size, seed=seed)
+    """Our router as an operator deploys it: its defaults and a fixed seed. Block size and
+    capacity come with each request, as the processor reads them from the model cards."""
+    return RouterConfig(seed=seed)
 
 
 class EngineReport:
-    """What the processor's EngineState holds: capacity per worker and requests held back."""
+    """What the processor's EngineState holds: KV capacity per worker, from the model cards."""
 
     def __init__(self) -> None:
         self.capacity: dict[int, int] = {}
-        self.waiting: dict[int, int] = {}
 
 
 def agent_hints(h: Hints | None) -> AgentHints:
@@ -74,13 +73,16 @@ class OursPolicy:
 
     name = "ours"
 
-    def __init__(self, config: RouterConfig, sweep_interval_s: float = 1.0) -> None:
-        self.service = RouterService(config)
+    def __init__(
+        self, config: RouterConfig, block_size: int = 64, sweep_interval_s: float = 1.0
+    ) -> None:
+        self.service = RouterService(config, block_size=block_size)
         self._sweep_every = sweep_interval_s
         self._next_sweep = 0.0
         self._ids: list[int] = []
         self._engine = EngineReport()
-        self._block_size = config.block_size
+        self._block_size = block_size
+        self._send_hashes = config.kv_full_ms > 0
 
     @property
     def worker_ids(self) -> list[int]:
@@ -100,12 +102,12 @@ class OursPolicy:
             self.service.sweep(now)
             self._next_sweep = now + self._sweep_every
         ids = self._workers(view)
-        waiting = view.waiting()
-        self._engine.waiting = {ids[i]: int(waiting[i]) for i in np.flatnonzero(waiting)}
         t = req.trace
         route = route_request(req.request_id, agent_hints(t.hints), t.input_length, t.output_length)
+        if self._send_hashes:  # as the processor sends them: one prefix-chained id per block
+            route.block_hashes = req.block_list
         rows = potential_load_rows(ids, view.overlap_blocks(req), t.input_length, self._block_size)
-        msg = find_worker_message(route, rows, frozenset(ids), self._engine)  # type: ignore[arg-type]
+        msg = find_worker_message(route, rows, frozenset(ids), self._engine, self._block_size)  # type: ignore[arg-type]
         decision = self.service.find_worker(msg, now)
         return decision.worker_id - _ID_BASE
 

@@ -22,8 +22,12 @@ def mooncake_slice() -> list[TraceRequest]:
 
 def test_same_seed_gives_identical_records(mooncake_slice: list[TraceRequest]) -> None:
     cluster = ClusterConfig(num_workers=4, num_gpu_blocks=4096)
-    a = run_replay(mooncake_slice, cluster, OursPolicy(router_config(cluster, seed=3)))
-    b = run_replay(mooncake_slice, cluster, OursPolicy(router_config(cluster, seed=3)))
+    a = run_replay(
+        mooncake_slice, cluster, OursPolicy(router_config(cluster, seed=3), cluster.block_size)
+    )
+    b = run_replay(
+        mooncake_slice, cluster, OursPolicy(router_config(cluster, seed=3), cluster.block_size)
+    )
     assert a == b
     assert len({r.worker for r in a}) == 4
 
@@ -32,7 +36,7 @@ def test_every_request_is_fed_back_and_its_load_released(
     mooncake_slice: list[TraceRequest],
 ) -> None:
     cluster = ClusterConfig(num_workers=4, num_gpu_blocks=4096)
-    policy = OursPolicy(router_config(cluster, seed=0))
+    policy = OursPolicy(router_config(cluster, seed=0), cluster.block_size)
     records = run_replay(mooncake_slice, cluster, policy)
     stats = policy.service.router.stats()
     assert stats["decisions"] == len(records)
@@ -67,7 +71,7 @@ def _session(sid: str, start: int, turns: int, t0: float) -> list[TraceRequest]:
 def test_hinted_conversations_are_kept_home() -> None:
     trace = _session("a", 0, 4, 0.0) + _session("b", 4, 4, 10.0)
     cluster = ClusterConfig(num_workers=4, num_gpu_blocks=1024)
-    policy = OursPolicy(router_config(cluster, seed=0))
+    policy = OursPolicy(router_config(cluster, seed=0), cluster.block_size)
     decisions = []
     find = policy.service.find_worker
 
