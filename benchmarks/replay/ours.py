@@ -28,9 +28,13 @@ _ID_BASE = 0x1000
 
 
 def router_config(cluster: ClusterConfig, seed: int) -> RouterConfig:
-    """Our router as an operator deploys it: its defaults and a fixed seed. Block size and
-    capacity come with each request, as the processor reads them from the model cards."""
-    return RouterConfig(seed=seed)
+    """Our router as an operator deploys it: defaults, a fixed seed, and the prefill time per
+    token calibrated to the engine (the setting's own instruction): the default is the
+    mocker's at speed 1, so a cluster ``s`` times as fast takes the default over ``s``. Block
+    size and capacity come with each request, as the processor reads them from model cards."""
+    speed = float(np.mean([cluster.worker_speed(w) for w in range(cluster.num_workers)]))
+    default = RouterConfig.model_fields["prefill_ms_per_token"].default
+    return RouterConfig(seed=seed, prefill_ms_per_token=default / speed)
 
 
 class EngineReport:

@@ -71,22 +71,29 @@ class Case:
         )
 
 
-def mooncake(limit: int | None = None) -> Callable[[Path], TraceFile]:
-    def make(_: Path) -> TraceFile:
-        return TraceFile(MOONCAKE, "mooncake", read_mooncake(MOONCAKE, limit), limit)
+@dataclass(frozen=True)
+class MooncakeTrace:
+    """The shared Mooncake conversation trace (its first ``limit`` rows)."""
 
-    return make
+    limit: int | None = None
+
+    def __call__(self, _: Path) -> TraceFile:
+        return TraceFile(MOONCAKE, "mooncake", read_mooncake(MOONCAKE, self.limit), self.limit)
 
 
-def agentic_trace(name: str, preset: agentic.Preset) -> Callable[[Path], TraceFile]:
-    def make(work: Path) -> TraceFile:
-        path = work / f"{name}.jsonl"
+@dataclass(frozen=True)
+class AgenticTrace:
+    """A generated agentic trace, written once into the suite's work directory."""
+
+    name: str
+    preset: agentic.Preset
+
+    def __call__(self, work: Path) -> TraceFile:
+        path = work / f"{self.name}.jsonl"
         if not path.exists():
-            requests = agentic.generate_agentic(preset.seed, preset.params)
-            agentic.write_agentic(path, requests, extra_header={"akr_case": name})
+            requests = agentic.generate_agentic(self.preset.seed, self.preset.params)
+            agentic.write_agentic(path, requests, extra_header={"akr_case": self.name})
         return TraceFile(path, "agentic", agentic.read_agentic(path))
-
-    return make
 
 
 def _agentic_case(
@@ -121,7 +128,7 @@ def _agentic_case(
     return Case(
         workload,
         workers,
-        agentic_trace(f"{workload}-{workers}", preset),
+        AgenticTrace(f"{workload}-{workers}", preset),
         blocks,
         speeds=speeds,
         speedup_ratio=speed,
@@ -141,9 +148,9 @@ def cases(quick: bool = False) -> list[Case]:
     cap = 1500 if quick else 15_000
     big = 1500 if quick else 40_000
     return [
-        Case("mooncake", 8, mooncake(lim), 16384),
-        Case("mooncake", 16, mooncake(lim), 16384, arrival_speedup_ratio=2.0),
-        Case("mooncake", 64, mooncake(lim), 16384, arrival_speedup_ratio=8.0),
+        Case("mooncake", 8, MooncakeTrace(lim), 16384),
+        Case("mooncake", 16, MooncakeTrace(lim), 16384, arrival_speedup_ratio=2.0),
+        Case("mooncake", 64, MooncakeTrace(lim), 16384, arrival_speedup_ratio=8.0),
         _agentic_case("agentic", 8, 512, max_requests=cap),
         _agentic_case("agentic", 64, 256, max_requests=big),
         _agentic_case(
