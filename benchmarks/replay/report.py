@@ -44,3 +44,30 @@ def table(arms: dict[str, dict], baseline: str | None = None) -> str:
             f"infinite cache {first['reuse_ideal']:.3f}"
         )
     return "\n".join(lines)
+
+
+def headline(suite: dict, baseline: str = "dynamo_kv") -> str:
+    """One row per (workload, workers): ours against ``baseline`` as ratios, reuse against the
+    references. The README's Benchmarks section leads with it."""
+    lines = [
+        "| workload | workers | TTFT p50 | p90 | p99 | goodput | reuse ours / kv "
+        "| pooled bound | kv run by |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for workload, by_n in suite.items():
+        for n in sorted(by_n, key=int):
+            arms = by_n[n]
+            ours, base = arms.get("ours"), arms.get(baseline)
+            if not ours or not base:
+                continue
+            ratios = [
+                f"{ours[k] / base[k]:.2f}x" if base.get(k) else "-"
+                for k in ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "goodput")
+            ]
+            engine = "Dynamo's replay" if base.get("engine") == "dynamo" else "our port"
+            lines.append(
+                f"| {workload} | {n} | {' | '.join(ratios)} | {ours['reuse']:.3f} / "
+                f"{base['reuse']:.3f} | {ours.get('reuse_pooled_bound', float('nan')):.3f} "
+                f"| {engine} |"
+            )
+    return "\n".join(lines)

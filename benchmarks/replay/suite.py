@@ -6,7 +6,9 @@
   reuse references of its case (``reuse_pooled_bound``, ``reuse_ideal``) added;
 * ``suite.md``: one table per case, latency ratios against ``dynamo_kv``;
 * ``suite.png``: TTFT CDF per arm for every case, and reuse against the bounds;
-* ``records/<workload>-<workers>-<arm>.csv.gz``: the per-request records.
+* ``records/<workload>-<workers>-<arm>.csv.gz``: the per-request records (trace row, worker,
+  arrival, TTFT, E2E, ITL, reused tokens). Not committed: the same seed gives identical
+  records, and a full set is about 15 MB.
 """
 
 from __future__ import annotations
@@ -219,8 +221,6 @@ RECORD_FIELDS = (
     "ttft_ms",
     "e2e_ms",
     "itl_ms",
-    "input_length",
-    "output_length",
     "reused_tokens",
 )
 
@@ -234,7 +234,7 @@ def write_records(path: Path, records: list[RequestRecord]) -> None:
             itl = "" if r.itl_ms is None else f"{r.itl_ms:.2f}"
             f.write(
                 f"{r.index},{r.worker},{r.arrival_ms:.1f},{r.ttft_ms:.1f},{r.e2e_ms:.1f},{itl},"
-                f"{r.input_length},{r.output_length},{r.reused_tokens}\n"
+                f"{r.reused_tokens}\n"
             )
 
 

@@ -58,3 +58,20 @@ def test_summary_goodput_reuse_and_imbalance() -> None:
     # worker 0 computed 500 + 10 + 1000 + 10, worker 1 computed 0 + 10 tokens.
     assert fig["imbalance"] == pytest.approx(1520 / ((1520 + 10) / 2))
     assert fig["ttft_p50_ms"] == pytest.approx(200.0)
+
+
+def test_headline_reads_ours_against_kv_as_ratios() -> None:
+    from benchmarks.replay.report import headline
+
+    fig = {"ttft_p50_ms": 100.0, "ttft_p90_ms": 200.0, "ttft_p99_ms": 400.0, "goodput": 2.0}
+    suite = {
+        "agentic": {
+            "8": {
+                "ours": {**fig, "ttft_p90_ms": 100.0, "reuse": 0.4, "reuse_pooled_bound": 0.5},
+                "dynamo_kv": {**fig, "reuse": 0.3, "engine": "dynamo"},
+            }
+        }
+    }
+    row = headline(suite).splitlines()[-1]
+    assert row.startswith("| agentic | 8 | 1.00x | 0.50x | 1.00x | 1.00x | 0.400 / 0.300 | 0.500")
+    assert row.endswith("Dynamo's replay |")
