@@ -16,8 +16,9 @@ here reproduces Dynamo's own replay request by request:
   an allocation that does not fit preempts the newest running request (LIFO), which frees its
   blocks and goes back to the head of the waiting queue;
 * timing: the default polynomials (prefill on the pass's new prompt tokens, decode on the
-  active KV share), divided by ``speedup_ratio`` times this worker's speed; every token of a
-  pass is stamped at the pass's end.
+  KV share of the requests that already produced a token; a first token adds no decode time),
+  divided by ``speedup_ratio`` times this worker's speed and kept to whole nanoseconds; every
+  token of a pass is stamped at the pass's end.
 
 State changes (admission, block allocation, completion) happen when a pass starts, as in the
 mocker; the pass's outputs and KV events are handed back for delivery at its end.
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _MASK = (1 << 64) - 1
-_WAITING, _RUNNING, _PREEMPTED = 0, 1, 2
+_WAITING, _RUNNING, _PREEMPTED, _FINISHED = 0, 1, 2, -1
 _SCHEDULED, _BLOCKED, _SELF_PREEMPTED = 0, 1, 2
 
 
@@ -499,7 +500,7 @@ class Engine:
             if s.generated >= s.max_out:
                 s.finish_ms = end
                 self._release_all(s)
-                s.status = -1
+                s.status = _FINISHED
                 result.finished.append(s)
                 done = True
         if done:

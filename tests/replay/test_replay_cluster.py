@@ -76,6 +76,8 @@ def test_bad_dependencies_and_bad_choices_are_errors() -> None:
         run_replay([_req(0, 0, (1,), 100)], cluster, _Fixed(worker=5))
     with pytest.raises(ValueError, match="speeds"):
         ClusterConfig(num_workers=2, speeds=[1.0])
+    with pytest.raises(ValueError, match="do not cover"):
+        run_replay([_req(0, 0, (1,), 600)], cluster, RoundRobinPolicy())
 
 
 def test_overlap_appears_when_the_pass_that_computed_it_ends() -> None:
