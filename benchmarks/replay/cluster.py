@@ -373,7 +373,11 @@ def run_replay(
                     seq += 1
                     changed = True
                 dirty.clear()
-            if not changed:
+            if not changed or not (
+                (passes and passes[0][0] <= t)
+                or (arrivals and arrivals[0][0] <= t)
+                or (deliveries and deliveries[0][0] <= t)
+            ):
                 break
     if bar is not None:
         bar.close()
