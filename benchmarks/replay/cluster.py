@@ -234,10 +234,15 @@ def _record(sim: SimRequest, s: EngineState, index: int) -> RequestRecord:
     )
 
 
-def _check_parents(trace: list[TraceRequest]) -> dict[int, list[int]]:
+def _check_trace(trace: list[TraceRequest]) -> dict[int, list[int]]:
+    """Reject requests the engine cannot replay; map each parent to its children."""
     pos = {r.index: i for i, r in enumerate(trace)}
     children: dict[int, list[int]] = {}
     for i, r in enumerate(trace):
+        if r.input_length < 1 or r.output_length < 1:
+            raise ValueError(f"request {r.index}: input and output lengths must be >= 1")
+        if len(r.hash_ids) * r.hash_block < r.input_length:
+            raise ValueError(f"request {r.index}: hash_ids do not cover {r.input_length} tokens")
         if r.parent is None:
             continue
         if r.parent not in pos:
@@ -270,7 +275,7 @@ def run_replay(
     ]
     index = KvIndex(n_workers)
     view = ClusterView(cluster, engines, index)
-    children = _check_parents(trace)
+    children = _check_trace(trace)
     ratio = cluster.arrival_speedup_ratio
     lag = cluster.kv_event_lag_ms
     records: list[RequestRecord | None] = [None] * len(trace)
@@ -370,7 +375,11 @@ def run_replay(
                     seq += 1
                     changed = True
                 dirty.clear()
-            if not changed:
+            if not changed or not (
+                (passes and passes[0][0] <= t)
+                or (arrivals and arrivals[0][0] <= t)
+                or (deliveries and deliveries[0][0] <= t)
+            ):
                 break
     if bar is not None:
         bar.close()

@@ -16,8 +16,9 @@ here reproduces Dynamo's own replay request by request:
   an allocation that does not fit preempts the newest running request (LIFO), which frees its
   blocks and goes back to the head of the waiting queue;
 * timing: the default polynomials (prefill on the pass's new prompt tokens, decode on the
-  active KV share), divided by ``speedup_ratio`` times this worker's speed; every token of a
-  pass is stamped at the pass's end.
+  KV share of the requests that already produced a token; a first token adds no decode time),
+  divided by ``speedup_ratio`` times this worker's speed and kept to whole nanoseconds; every
+  token of a pass is stamped at the pass's end.
 
 State changes (admission, block allocation, completion) happen when a pass starts, as in the
 mocker; the pass's outputs and KV events are handed back for delivery at its end.
@@ -27,11 +28,11 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 _MASK = (1 << 64) - 1
-_WAITING, _RUNNING, _PREEMPTED = 0, 1, 2
+_WAITING, _RUNNING, _PREEMPTED, _FINISHED = 0, 1, 2, -1
 _SCHEDULED, _BLOCKED, _SELF_PREEMPTED = 0, 1, 2
 
 
@@ -57,20 +58,16 @@ def decode_ms(active_kv_tokens: int, total_kv_tokens: int) -> float:
     return max(-25.74 * p * p + 54.01 * p + 5.74, 1.0)
 
 
-def _duration_s(seconds: float) -> float:
-    """``seconds`` through a Rust ``Duration`` and back: whole nanoseconds, read back as
-    ``secs + nanos / 1e9``."""
-    whole, nanos = divmod(round(seconds * 1e9), 1_000_000_000)
-    return whole + nanos / 1e9
-
-
 def _scaled(ms: float, speed: float) -> float:
-    """A modeled duration divided by the speed, with the same nanosecond roundings the
-    mocker's ``Duration`` arithmetic applies (speed 0 means unscaled, as in the mocker)."""
-    d = _duration_s(ms / 1000.0)
-    if speed > 0.0 and d > 0.0:
-        d = _duration_s(d / speed)
-    return _duration_s(d * 1000.0 / 1000.0) * 1000.0
+    """A modeled duration divided by the speed, with the nanosecond roundings the mocker's
+    ``Duration`` arithmetic applies (speed 0 means unscaled, as in the mocker). The mocker
+    converts a third time; that one is exact and left out."""
+    whole, nanos = divmod(round(ms / 1000.0 * 1e9), 1_000_000_000)
+    d = whole + nanos / 1e9
+    if speed != 1.0 and speed > 0.0 and d > 0.0:
+        whole, nanos = divmod(round(d / speed * 1e9), 1_000_000_000)
+        d = whole + nanos / 1e9
+    return d * 1000.0
 
 
 class EngineState:
@@ -128,8 +125,8 @@ class PassResult:
     """What one pass hands back for delivery at ``end_ms``."""
 
     end_ms: float
-    first_tokens: list[EngineState] = field(default_factory=list)
-    finished: list[EngineState] = field(default_factory=list)
+    first_tokens: Sequence[EngineState] = ()  # a list once the pass has any
+    finished: Sequence[EngineState] = ()
     # In order: a hash that became visible (h >= 0), or whose last copy was evicted (~h < 0).
     kv_events: Sequence[int] = ()
 
@@ -486,7 +483,8 @@ class Engine:
         if not ready:
             return
         bs = self.bs
-        done = False
+        first: list[EngineState] = []
+        finished: list[EngineState] = []
         for s in ready:
             length = s.length + 1
             s.length = length
@@ -497,12 +495,14 @@ class Engine:
                 s.pending.append(False)
             if s.generated == 1:
                 s.first_token_ms = end
-                result.first_tokens.append(s)
+                first.append(s)
             if s.generated >= s.max_out:
                 s.finish_ms = end
                 self._release_all(s)
-                s.status = -1
-                result.finished.append(s)
-                done = True
-        if done:
+                s.status = _FINISHED
+                finished.append(s)
+        if first:
+            result.first_tokens = first
+        if finished:
+            result.finished = finished
             self.running = [s for s in self.running if s.status == _RUNNING]
