@@ -320,6 +320,19 @@ def markdown(result: dict) -> str:
             kve = "/".join(_pct(c["ttft_rel_err"][k]) for k in QUANTILES)
             reuse = f"{c['ours_mean']['reuse']:.4f} / {c['dynamo_mean']['reuse']:.4f}"
             lines.append(f"| {lag} | {kve} | {reuse} |")
+    if "kv_noise_first1000_w4" in result:
+        n = result["kv_noise_first1000_w4"]
+        lines += [
+            "",
+            f"Run-to-run spread of the 1,000-request KV case ({n['runs']} Dynamo runs, as many "
+            "seeds here): one run's standard deviation, ours / Dynamo: TTFT p90 "
+            f"{n['ours_std']['p90']:.1f} / {n['dynamo_std']['p90']:.1f} ms, p99 "
+            f"{n['ours_std']['p99']:.1f} / {n['dynamo_std']['p99']:.1f} ms, reuse "
+            f"{n['ours_std']['reuse']:.4f} / {n['dynamo_std']['reuse']:.4f}. Means over the "
+            "runs: TTFT err p50/p90/p99 "
+            + "/".join(_pct(n["ttft_rel_err"][k]) for k in QUANTILES)
+            + f", reuse {n['ours_mean']['reuse']:.4f} / {n['dynamo_mean']['reuse']:.4f}.",
+        ]
     if "agentic" in result:
         a = result["agentic"]
         rr = a["round_robin"]
@@ -351,12 +364,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT, help="directory for fidelity.json/.md")
     ap.add_argument("--runs", type=int, default=3, help="Dynamo KV runs (and our seeds)")
     ap.add_argument("--quick", action="store_true", help="only the 1,000-request case")
+    ap.add_argument(
+        "--noise-runs",
+        type=int,
+        default=20,
+        help="extra KV runs on the 1,000-request case to show run-to-run spread (0: none)",
+    )
     args = ap.parse_args(list(argv) if argv is not None else None)
     if not args.trace.is_file():
         print(f"trace not found: {args.trace}", file=sys.stderr)
         return 2
     cases = {"mooncake_first1000_w4": (1000, 4)}
-    if not args.quick:
+    if args.quick:
+        args.noise_runs = 0
+    else:
         cases["mooncake_full_w8"] = (None, 8)
     result: dict = {
         "command": "python -m benchmarks.replay.fidelity" + (" --quick" if args.quick else ""),
@@ -386,6 +407,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result["kv_event_lag"][f"{lag:.0f}"] = {
                     k: c[k] for k in ("ttft_rel_err", "reuse_abs_err", "ours_mean", "dynamo_mean")
                 }
+    if args.noise_runs:
+        print(f"mooncake_first1000_w4: kv noise x{args.noise_runs}", flush=True)
+        trace = read_mooncake(args.trace, limit=1000)
+        c = compare_kv(trace, args.trace, 1000, ClusterConfig(num_workers=4), args.noise_runs)
+        result["kv_noise_first1000_w4"] = {
+            "runs": args.noise_runs,
+            "ttft_rel_err": c["ttft_rel_err"],
+            "reuse_abs_err": c["reuse_abs_err"],
+            "ours_mean": c["ours_mean"],
+            "dynamo_mean": c["dynamo_mean"],
+            "ours_std": {k: float(np.std([r[k] for r in c["ours_runs"]])) for k in c["ours_mean"]},
+            "dynamo_std": {
+                k: float(np.std([r[k] for r in c["dynamo_runs"]])) for k in c["dynamo_mean"]
+            },
+        }
     print("agentic", flush=True)
     result["agentic"] = compare_agentic(args.trace, args.runs)
     result.update(summarize(result["cases"]))
