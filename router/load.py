@@ -16,8 +16,8 @@ background sweep), so lost feedback cannot leak load or memory.
 
 Unique blocks (only when the caller passes a request's chained block hashes, i.e. with
 ``kv_full_ms`` set): ``decode_blocks`` counts a system prompt shared by ten requests ten
-times, as Dynamo's potential decode blocks do, which is right for decode cost but wrong for
-memory. With hashes each worker also keeps a reference count per block of its requests in
+times (Dynamo's sequence tracker counts it once), which is right for decode cost but wrong
+for memory. With hashes each worker also keeps a reference count per block of its requests in
 flight, so ``used_blocks`` = distinct prompt blocks + each request's own output and partial
 blocks: what the engine must hold for our traffic. The hashes of a request live only while it
 is in flight (released at finish or expiry), one int per 64-token block.
