@@ -1,5 +1,5 @@
-"""The replay half of ``make demo``: an agentic pressure trace at 8 workers, ours against
-Dynamo kv, as one short table (``python -m benchmarks.replay.demo``)."""
+"""The replay half of ``make demo``: the replay suite's agentic pressure case at 8 workers,
+ours against Dynamo kv, as one short table (``python -m benchmarks.replay.demo``, ~15 s)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,29 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.replay import agentic
-from benchmarks.replay.arms import TraceFile, run_arm
-from benchmarks.replay.cluster import ClusterConfig
+from benchmarks.replay.arms import run_arm
 from benchmarks.replay.metrics import summarize
+from benchmarks.replay.suite import agentic_case
 
 SLO_TTFT_MS = 2000.0
 ROWS = (("ours", "ours"), ("dynamo_kv", "Dynamo kv"))
 
 
-def demo_table(seed: int = 0) -> str:
-    """Replay the demo preset with both arms; returns the table as text."""
-    preset = agentic.demo_preset(seed)
-    cluster = ClusterConfig(num_workers=preset.workers, num_gpu_blocks=preset.num_gpu_blocks)
+def demo_table() -> str:
+    """Replay the suite's ``agentic`` case at 8 workers with both arms; the table as text."""
+    case = agentic_case("agentic", 8, 512)  # as in the suite's cases()
+    cluster = case.cluster()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "demo.jsonl"
-        agentic.write_agentic(path, agentic.generate_agentic(preset.seed, preset.params))
-        trace = TraceFile(path, "agentic", agentic.read_agentic(path))
+        trace = case.make_trace(Path(tmp))
         figs = {}
         for arm, _ in ROWS:
-            records, engine = run_arm(arm, trace, cluster, seed=seed)
+            records, engine = run_arm(arm, trace, cluster)
             figs[arm] = summarize(records, cluster.num_workers, SLO_TTFT_MS) | {"engine": engine}
-    n = figs["ours"]["requests"]
+    n, notes = figs["ours"]["requests"], case.notes
     lines = [
-        f"replay: {n} requests of {preset.params.num_sessions} agent sessions on "
-        f"{preset.workers} simulated workers x {preset.num_gpu_blocks} KV blocks "
-        f"(live context {preset.pressure:.1f}x the cluster's KV), virtual clock",
+        f"replay: {n:,} requests of {notes['sessions']:,} agent sessions over "
+        f"{notes['window_s']:.0f} s on {case.workers} simulated workers x {case.num_gpu_blocks} "
+        f"KV blocks (live context {notes['pressure']:.1f}x the cluster's KV), virtual clock",
         f"{'arm':<11}{'TTFT p50':>10}{'p90':>9}{'p99':>9}{'reuse':>8}{'goodput/s':>11}",
     ]
     for arm, label in ROWS:

@@ -98,7 +98,7 @@ class AgenticTrace:
         return TraceFile(path, "agentic", agentic.read_agentic(path))
 
 
-def _agentic_case(
+def agentic_case(
     workload: str,
     workers: int,
     blocks: int,
@@ -153,9 +153,9 @@ def cases(quick: bool = False) -> list[Case]:
         Case("mooncake", 8, MooncakeTrace(lim), 16384),
         Case("mooncake", 16, MooncakeTrace(lim), 16384, arrival_speedup_ratio=2.0),
         Case("mooncake", 64, MooncakeTrace(lim), 16384, arrival_speedup_ratio=8.0),
-        _agentic_case("agentic", 8, 512, max_requests=cap),
-        _agentic_case("agentic", 64, 256, max_requests=big),
-        _agentic_case(
+        agentic_case("agentic", 8, 512, max_requests=cap),
+        agentic_case("agentic", 64, 256, max_requests=big),
+        agentic_case(
             "agentic_slow",
             8,
             128,
@@ -165,7 +165,7 @@ def cases(quick: bool = False) -> list[Case]:
             load=0.5,
             max_requests=cap,
         ),
-        _agentic_case(
+        agentic_case(
             "agentic_slow",
             64,
             128,
@@ -175,7 +175,7 @@ def cases(quick: bool = False) -> list[Case]:
             load=0.5,
             max_requests=big,
         ),
-        _agentic_case(
+        agentic_case(
             "heterogeneous",
             8,
             512,
@@ -183,7 +183,7 @@ def cases(quick: bool = False) -> list[Case]:
             speeds=(2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
             max_requests=cap,
         ),
-        _agentic_case("overload", 8, 512, seed=2, load=1.5, max_requests=cap),
+        agentic_case("overload", 8, 512, seed=2, load=1.5, max_requests=cap),
     ]
 
 
