@@ -66,8 +66,9 @@ class RouterConfig(BaseSettings):
     affinity_cap_ms: float = Field(
         500.0,
         ge=0,
-        description="Upper bound of that value (ms): a home worker more than this much worse "
-        "than the best other worker loses the conversation.",
+        description="Most predicted time to first token (ms) a request gives up for the "
+        "future of its cache: it caps the affinity value, and no worker whose predicted TTFT "
+        "(queued plus uncached prefill) is more than this behind the best one's is chosen.",
     )
     kv_full_ms: float = Field(
         300.0,

@@ -10,8 +10,10 @@ prefill_ms   the request's uncached tokens on the worker plus the prefill alread
              there, times prefill_ms_per_token: its time to first token.
 decode_ms    the decode blocks running on the worker, each worth decode_block_weight of a
              prefill block: the batch the request would join.
-eviction_ms  the recompute time of other conversations' pinned blocks that the request's new
-             blocks would push out of a full worker.
+eviction_ms  the recompute time of other conversations' claimed blocks that the request's
+             new blocks would push out of a full worker. A conversation claims its home's
+             blocks while pinned (cache_control) or while its next request is expected
+             (iat hint; router/prefix_table.py), and releases them after its last one.
 kv_full_ms   a flat cost when our requests in flight there plus this one's new blocks do not
              fit the worker's KV capacity: the engine would hold it back for blocks.
 affinity_ms  subtracted, on the conversation's home only while it has requests to come or a
@@ -99,10 +101,11 @@ def eviction_ms(
     pinned_blocks: np.ndarray,
     capacity_blocks: np.ndarray,
 ) -> np.ndarray:
-    """Recompute time of other conversations' pinned blocks the request would push out.
+    """Recompute time of other conversations' claimed blocks the request would push out.
 
-    Free = capacity - decode blocks - pinned blocks; new blocks beyond it come out of the
-    pinned ones (unpinned cached blocks are fair game).
+    Free = capacity - decode blocks - claimed blocks; new blocks beyond it come out of the
+    claimed ones (blocks of finished or overdue conversations are fair game), so cold work
+    goes where it evicts the least expected reuse.
     """
     if not np.count_nonzero(pinned_blocks):  # no pins anywhere (the common case): 0
         return np.zeros(uncached.shape)

@@ -13,8 +13,14 @@
    feedback record (router/feedback.py) for ``report()``.
 
 Reuse budget: the first request of a prefix sets ``remaining = total_requests - 1``; every
-later request decrements it; at zero the conversation is released unless pinned. Requests
-without a ``prefix_id`` are their own conversation: no table entry, no affinity.
+later request decrements it; at zero the conversation is released, pin included when the client
+said how many requests come. Requests without a ``prefix_id`` are their own conversation: no
+table entry, no affinity.
+
+Return model: with an ``iat`` hint the conversation claims its home's blocks until its next
+request is overdue (``claim_s``); the eviction term charges new work for pushing claimed
+blocks out. Tail guard: whatever the affinity, cache or learner say, the chosen worker's
+predicted TTFT is at most ``affinity_cap_ms`` behind the best worker's.
 
 Expiry of table entries and feedback timeouts happen in ``sweep(now)``, which the caller
 runs from a background task; ``decide`` never sweeps.
@@ -45,7 +51,17 @@ from router.signals import WorkerSignals, aligned
 
 Reason = Literal["sticky", "overlap", "load", "exploration", "pin"]
 HISTORY_WINDOW_S = 120.0  # how recent a conversation's placement must be for the fallback
+CLAIM_SERVICE_S = 10.0  # a turn's own service time before its gap starts, generously
+CLAIM_GAP_SLACK = 2.0  # a client's gap may run this many times its iat hint
 TOP_K = 3  # best candidates (with their terms) in a decision and its trace record
+
+
+def claim_s(iat_ms: float | None) -> float:
+    """How long a conversation's home blocks stay claimed after a request: until its next
+    request is overdue (the request's own service, then the client's gap, with slack)."""
+    if not iat_ms:
+        return 0.0
+    return CLAIM_SERVICE_S + CLAIM_GAP_SLACK * iat_ms / 1000.0
 
 
 class RouteRequest(msgspec.Struct, kw_only=True):
@@ -56,7 +72,7 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     total_requests: int = 1  # requests this conversation will make in total
     osl: int | None = None  # expected output tokens; None -> config default_osl
-    iat_ms: float | None = None  # expected gap between calls; carried to traces only
+    iat_ms: float | None = None  # expected gap between calls: how long the home is claimed
     latency_sensitivity: float = 0.0  # higher = explore less
     priority: int = 0  # engine queue priority; carried, not used for placement
     pin_ttl_s: float | None = None  # cache_control TTL; keeps the conversation pinned
@@ -201,6 +217,12 @@ class Router:
                 learned_mean = unit @ mean
         total = cost.score(terms)
         i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
+        # Tail guard: no affinity, cache or learned correction buys more than affinity_cap_ms
+        # of predicted TTFT behind the best worker (never a turn queued behind a hot spot).
+        ttft = terms["prefill_ms"]
+        bound = float(ttft.min()) + cfg.affinity_cap_ms
+        if ttft[i] > bound:
+            i = int(np.where(ttft <= bound, total, np.inf).argmin())
         chosen = int(ids[i])
         affinity, learned = terms["affinity_ms"], terms["learned_ms"]
 
@@ -244,6 +266,7 @@ class Router:
                 request.total_requests,
                 prompt_blocks,
                 request.pin_ttl_s,
+                claim_s(request.iat_ms),
             )
         xi = x[i].copy()
         self.feedback.add(

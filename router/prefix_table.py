@@ -13,10 +13,12 @@ background ``sweep(now)`` does the rest in bounded steps (at most ``batch`` entr
 call): it pops due pin timers from a heap (one timer per pinned entry, re-armed lazily when
 the pin was extended) and inspects the oldest entries of the LRU for idleness.
 
-Per-worker reserved (pinned) block totals are maintained in O(1) per change, so the cost
-model reads "blocks reserved by pins on worker w" without touching the entries. An entry
-reserves ``blocks`` on its home worker exactly while its pin is active. Because pin expiry
-is detected lazily/by the sweep, the totals can lag real expiry by one sweep interval.
+Per-worker reserved (claimed) block totals are maintained in O(1) per change, so the cost
+model reads "blocks claimed on worker w" without touching the entries. An entry reserves
+``blocks`` on its home worker exactly while it holds: its pin is active, or its soft claim
+(the conversation is expected back, from its iat hint) has not run out. A client that said how
+many requests come releases everything with the last one. Because expiry is detected
+lazily/by the sweep, the totals can lag real expiry by one sweep interval.
 
 Memory: measured with tracemalloc (tests/unit/test_router_prefix_table.py) at about 300
 bytes per tracked prefix: ~210 B for the entry object and the OrderedDict slot plus ~85 B
@@ -36,6 +38,8 @@ class PrefixEntry:
 
     __slots__ = (
         "blocks",
+        "claim_until",
+        "finite",
         "home",
         "key",
         "last_seen",
@@ -53,10 +57,19 @@ class PrefixEntry:
         self.last_seen = now
         self.blocks = blocks  # KV blocks of the last prompt (history overlap, reservation)
         self.reserved = 0  # blocks currently counted in the home worker's reserved total
-        self.timer_armed = False  # one pin timer in the heap at most
+        self.timer_armed = False  # one hold timer in the heap at most
+        self.claim_until = 0.0  # soft claim: expected back before this (monotonic seconds)
+        self.finite = False  # the client said how many requests come (total_requests > 1)
 
     def pinned(self, now: float) -> bool:
         return self.pin_expiry > now
+
+    def holds(self, now: float) -> bool:
+        """Whether the home's blocks are claimed: a pin, or a return expected soon."""
+        return self.pin_expiry > now or self.claim_until > now
+
+    def hold_until(self) -> float:
+        return max(self.pin_expiry, self.claim_until)
 
     def __repr__(self) -> str:  # for test failures and debugging only
         return (
@@ -105,7 +118,7 @@ class PrefixTable:
             self._remove(entry)
             self.expirations += 1
             return None
-        if entry.reserved and not entry.pinned(now):
+        if entry.reserved and not entry.holds(now):
             self._unreserve(entry)
         return entry
 
@@ -122,13 +135,17 @@ class PrefixTable:
         total_requests: int,
         blocks: int,
         pin_ttl_s: float | None = None,
+        claim_s: float = 0.0,
     ) -> PrefixEntry | None:
         """Record one routed request of ``prefix_id`` on ``worker_id``.
 
         First request of a prefix: reuse budget = total_requests - 1. Later requests
         decrement it. The conversation's home follows the request (its newest, longest
-        context is now cached there). A pin TTL extends the pin to now + ttl. Returns the
-        entry, or None when the prefix is no longer live (budget exhausted, no pin).
+        context is now cached there). A pin TTL extends the pin to now + ttl; ``claim_s`` > 0
+        claims the home's blocks until now + claim_s (the conversation is expected back by
+        then). Returns the entry, or None when the prefix is no longer live: its budget is
+        exhausted and it has no pin, or the client said how many requests come and this was
+        the last one (then a pin is released at once too).
         """
         entry = self.get(prefix_id, now)
         pin_until = now + min(pin_ttl_s, self.max_pin_ttl_s) if pin_ttl_s else 0.0
@@ -137,6 +154,7 @@ class PrefixTable:
             if remaining <= 0 and pin_until <= now:
                 return None  # single-shot request: nothing to remember
             entry = PrefixEntry(prefix_id, worker_id, remaining, now, blocks)
+            entry.finite = total_requests > 1
             self._entries[prefix_id] = entry
             if len(self._entries) > self.max_entries:
                 _, oldest = self._entries.popitem(last=False)
@@ -152,11 +170,12 @@ class PrefixTable:
             entry.last_seen = now
         if pin_until > entry.pin_expiry:
             entry.pin_expiry = pin_until
-        if entry.remaining <= 0 and not entry.pinned(now):
+        entry.claim_until = now + claim_s if claim_s > 0 else 0.0
+        if entry.remaining <= 0 and (entry.finite or not entry.pinned(now)):
             self._remove(entry)
             self.expirations += 1
             return None
-        if entry.pinned(now):
+        if entry.holds(now):
             if not entry.reserved:
                 self._reserve(entry)
             if not entry.timer_armed:
@@ -193,7 +212,7 @@ class PrefixTable:
             entry.timer_armed = False
             if self._entries.get(entry.key) is not entry:
                 continue  # entry already gone (evicted/expired): stale timer
-            if entry.pinned(now):
+            if entry.holds(now):
                 self._arm(entry)
                 continue
             self._unreserve(entry)
@@ -231,7 +250,7 @@ class PrefixTable:
         return entry.remaining <= 0 or now - entry.last_seen > self.idle_ttl_s
 
     def _arm(self, entry: PrefixEntry) -> None:
-        heapq.heappush(self._timers, (entry.pin_expiry, next(self._seq), entry))
+        heapq.heappush(self._timers, (entry.hold_until(), next(self._seq), entry))
         entry.timer_armed = True
 
     def _reserve(self, entry: PrefixEntry) -> None:

@@ -76,7 +76,13 @@ def test_score_is_dynamos_default_cost_in_ms_with_the_extras_off() -> None:
     (potential prefill blocks + decode blocks), so the argmin is the same worker -- via the
     terms and end to end through Router.decide. The real KvRouter.best_worker is checked in
     tests/integration/test_dynamo_equivalence.py."""
-    cfg = RouterConfig(affinity_weight=0.0, bandit_enabled=False, seed=0, decode_block_weight=1.0)
+    cfg = RouterConfig(
+        affinity_weight=0.0,
+        bandit_enabled=False,
+        seed=0,
+        decode_block_weight=1.0,
+        affinity_cap_ms=1e12,  # no tail guard
+    )
     router = Router(cfg, BS)
     rng = np.random.default_rng(1)
     for trial in range(1000):

@@ -185,6 +185,27 @@ def test_stickiness_while_budget_lasts_then_release() -> None:
     assert d.worker_id != home and d.reason == "load"
 
 
+def test_tail_guard_never_sends_a_turn_behind_a_hot_spot() -> None:
+    """The home holds all 1000 blocks of the prompt and has 110k tokens queued (predicted TTFT
+    1650 ms); the idle workers would recompute it all (960 ms) but carry 1000 decode blocks
+    each (240 ms). The score keeps the turn home (1650 - 500 affinity < 960 + 240), 690 ms
+    behind the best predicted TTFT: the guard (affinity_cap_ms, 500 ms) moves it. With the
+    cap lifted out of reach the home wins."""
+    prompt = 64_000
+    chosen = {}
+    for cap in (1e12, 500.0):
+        r = _det(affinity_cap_ms=cap)
+        r.table.observe("conv", 10, 0.0, total_requests=10, blocks=1000)
+        sig = _sig(
+            overlap_blocks=[1000, 0, 0, 0],
+            potential_prefill_tokens=[110_000, prompt, prompt, prompt],
+            decode_blocks=[0, 1000, 1000, 1000],
+        )
+        chosen[cap] = r.decide(_req(f"g{cap}", prompt, "conv", total=10), sig, 1.0).worker_id
+    assert chosen[1e12] == 10
+    assert chosen[500.0] != 10
+
+
 def test_pin_keeps_conversation_until_ttl() -> None:
     r = _det()
     d = r.decide(

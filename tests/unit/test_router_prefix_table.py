@@ -39,6 +39,28 @@ def test_pin_keeps_exhausted_prefix_and_reserves_blocks_until_expiry() -> None:
     assert "p" not in t and t.reserved_by_worker().get(7, 0) == 0
 
 
+def test_last_expected_request_releases_a_pin_at_once() -> None:
+    """A client that said how many requests come is done after the last: its pin (which
+    would hold to the TTL) is released with the entry."""
+    t = PrefixTable()
+    t.observe("p", 7, 0.0, total_requests=2, blocks=40, pin_ttl_s=300.0)
+    assert t.reserved_by_worker().get(7, 0) == 40
+    assert t.observe("p", 7, 5.0, total_requests=2, blocks=50, pin_ttl_s=300.0) is None
+    assert "p" not in t and t.reserved_by_worker().get(7, 0) == 0
+
+
+def test_soft_claim_reserves_the_home_until_the_return_is_overdue() -> None:
+    t = PrefixTable()
+    t.observe("c", 3, 0.0, total_requests=5, blocks=20, claim_s=12.0)
+    assert t.reserved_by_worker().get(3, 0) == 20
+    t.observe("c", 4, 10.0, total_requests=5, blocks=25, claim_s=12.0)  # moves, extends
+    assert t.reserved_by_worker().get(3, 0) == 0 and t.reserved_by_worker().get(4, 0) == 25
+    t.sweep(13.0)  # first timer pops; the claim now runs to 22 -> re-armed
+    assert t.reserved_by_worker().get(4, 0) == 25
+    t.sweep(23.0)  # overdue: the claim goes, the conversation stays live (budget left)
+    assert "c" in t and t.reserved_by_worker().get(4, 0) == 0
+
+
 def test_pin_extension_rearms_timer_and_move_transfers_reservation() -> None:
     t = PrefixTable()
     t.observe("p", 1, 0.0, total_requests=10, blocks=20, pin_ttl_s=10.0)
