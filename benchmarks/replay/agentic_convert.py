@@ -36,8 +36,9 @@ from pathlib import Path
 import msgspec
 
 from benchmarks.replay.agentic_format import write_agentic
-from benchmarks.replay.trace import Hints, TraceError, TraceRequest
+from benchmarks.replay.trace import TraceError, TraceRequest
 from processor.traces import TraceRecord
+from router.hints import AgentHints
 
 _decoder = msgspec.json.Decoder(TraceRecord)
 _AT = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -70,17 +71,18 @@ def _records(paths: Sequence[Path]) -> Iterator[tuple[Path, int, TraceRecord]]:
                     raise TraceError(path, n, "<line>", f"not JSON ({e})") from None
 
 
-def _hints(rec: TraceRecord) -> Hints | None:
-    h = Hints(
+def _hints(rec: TraceRecord) -> AgentHints | None:
+    h = AgentHints(
         prefix_id=rec.prefix_id,
         total_requests=rec.total_requests,
         osl=rec.osl,
-        iat_ms=None if rec.iat_ms is None else float(rec.iat_ms),
+        iat_ms=None if rec.iat_ms is None else round(rec.iat_ms),
         latency_sensitivity=rec.latency_sensitivity,
         priority=rec.priority,
+        pin_type=None if rec.pin_ttl_s is None else "ephemeral",
         pin_ttl_s=rec.pin_ttl_s,
     )
-    return None if h == Hints() else h
+    return None if h.is_empty() else h
 
 
 def processor_requests(

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.replay.trace import Hints, TraceError, TraceRequest, _lines
+from benchmarks.replay.trace import TraceError, TraceRequest, _lines
 from router.hints import AgentHints, HintError, parse_agent_hints
 
 SCHEMA = "dynamo.agentic_mooncake"
@@ -83,31 +83,17 @@ def _check_header(obj: dict, path: Path) -> int:
     return block
 
 
-def hints_of(agent_hints: AgentHints) -> Hints | None:
-    """The replay's ``Hints`` from validated client hints (None when the client sent none)."""
-    if agent_hints.is_empty():
-        return None
-    return Hints(
-        prefix_id=agent_hints.prefix_id,
-        total_requests=agent_hints.total_requests,
-        osl=agent_hints.osl,
-        iat_ms=None if agent_hints.iat_ms is None else float(agent_hints.iat_ms),
-        latency_sensitivity=agent_hints.latency_sensitivity,
-        priority=agent_hints.priority,
-        pin_ttl_s=agent_hints.pin_ttl_s if agent_hints.pin_type is not None else None,
-    )
-
-
-def _hints(row: dict, path: Path, line: int) -> Hints | None:
+def _hints(row: dict, path: Path, line: int) -> AgentHints | None:
     nvext = row.get("nvext")
     if nvext is None:
         return None
     if not isinstance(nvext, dict):
         raise TraceError(path, line, "nvext", "expected an object")
     try:
-        return hints_of(parse_agent_hints(nvext.get("agent_hints"), nvext.get("cache_control")))
+        hints = parse_agent_hints(nvext.get("agent_hints"), nvext.get("cache_control"))
     except HintError as e:
         raise TraceError(path, line, e.field, e.reason) from None
+    return None if hints.is_empty() else hints
 
 
 def _hash_ids(row: dict, isl: int, block: int, path: Path, line: int) -> tuple[int, ...]:
@@ -272,7 +258,7 @@ def row_request_ids(path: Path | str) -> list[str]:
     return [obj["request_id"] for n, obj in _lines(Path(path)) if n > 1]
 
 
-def nvext_of(hints: Hints) -> dict[str, Any]:
+def nvext_of(hints: AgentHints) -> dict[str, Any]:
     """``nvext`` as a NAT client sends it: agent_hints, plus cache_control when pinned."""
     ah: dict[str, Any] = {}
     if hints.prefix_id is not None:

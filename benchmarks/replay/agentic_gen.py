@@ -29,7 +29,8 @@ from benchmarks.replay.agentic_load import (
     modelled_load,
     request_cost_ms,
 )
-from benchmarks.replay.trace import Hints, TraceRequest
+from benchmarks.replay.trace import TraceRequest
+from router.hints import AgentHints
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +202,13 @@ def generate_agentic(seed: int, params: AgenticParams) -> list[TraceRequest]:
         count = last - first
         sid = f"agent{sess.agent}-s{s:06d}"
         ttl = float(max(1, math.ceil(count * sess.iat_ms / 1000.0))) if sess.pinned else None
-        hints = Hints(
+        hints = AgentHints(
             prefix_id=sid,
             total_requests=count,
             osl=sess.osl,
-            iat_ms=sess.iat_ms,
+            iat_ms=max(1, round(sess.iat_ms)),  # the hint is whole milliseconds
             latency_sensitivity=p.latency_sensitivities[sess.agent % len(p.latency_sensitivities)],
+            pin_type=None if ttl is None else "ephemeral",
             pin_ttl_s=ttl,
         )
         for k in range(first, last):

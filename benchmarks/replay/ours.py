@@ -16,7 +16,6 @@ import numpy as np
 
 from benchmarks.replay.cluster import ClusterConfig, ClusterView, SimRequest
 from benchmarks.replay.records import RequestRecord
-from benchmarks.replay.trace import Hints
 from processor.routing import find_worker_message, finish_feedback, route_request
 from router.config import RouterConfig
 from router.hints import AgentHints
@@ -44,20 +43,7 @@ class EngineReport:
         self.capacity: dict[int, int] = {}
 
 
-def agent_hints(h: Hints | None) -> AgentHints:
-    """The trace's hints as the gateway hands them to the processor."""
-    if h is None:
-        return AgentHints()
-    return AgentHints(
-        prefix_id=h.prefix_id,
-        total_requests=h.total_requests,
-        osl=h.osl,
-        iat_ms=None if h.iat_ms is None else round(h.iat_ms),
-        latency_sensitivity=h.latency_sensitivity,
-        priority=h.priority,
-        pin_type="ephemeral" if h.pin_ttl_s else None,
-        pin_ttl_s=h.pin_ttl_s,
-    )
+NO_HINTS = AgentHints()
 
 
 def potential_load_rows(
@@ -107,7 +93,7 @@ class OursPolicy:
             self._next_sweep = now + self._sweep_every
         ids = self._workers(view)
         t = req.trace
-        route = route_request(req.request_id, agent_hints(t.hints), t.input_length, t.output_length)
+        route = route_request(req.request_id, t.hints or NO_HINTS, t.input_length, t.output_length)
         if self._send_hashes:  # as the processor sends them: one prefix-chained id per block
             route.block_hashes = req.block_list
         rows = potential_load_rows(ids, view.overlap_blocks(req), t.input_length, self._block_size)

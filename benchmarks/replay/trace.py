@@ -1,7 +1,8 @@
 """Trace requests as every replay arm reads them, and the Mooncake JSONL reader.
 
-A trace line becomes a ``TraceRequest``. Agent traffic adds ``Hints`` (what a NAT client
-sends) and a dependency: a turn that waits for its parent's answer plus a tool-call gap.
+A trace line becomes a ``TraceRequest``. Agent traffic adds the client's hints (the router's
+own ``AgentHints``, as the gateway hands them to the processor) and a dependency: a turn that
+waits for its parent's answer plus a tool-call gap.
 A malformed line is a ``TraceError`` naming the file, the line and the field; nothing is
 skipped.
 """
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.hints import AgentHints
+
 MOONCAKE_HASH_BLOCK = 512  # tokens per hash_id in the Mooncake traces
 
 
@@ -22,19 +25,6 @@ class TraceError(ValueError):
     def __init__(self, path: Path | str, line: int, field: str, reason: str) -> None:
         super().__init__(f"{path}:{line}: field {field!r}: {reason}")
         self.path, self.line, self.field, self.reason = str(path), line, field, reason
-
-
-@dataclass(frozen=True, slots=True)
-class Hints:
-    """The client's hints for one request (NAT's nvext.agent_hints and cache_control)."""
-
-    prefix_id: str | None = None
-    total_requests: int | None = None
-    osl: int | None = None
-    iat_ms: float | None = None
-    latency_sensitivity: float | None = None
-    priority: int | None = None
-    pin_ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +39,7 @@ class TraceRequest:
     output_length: int
     hash_ids: tuple[int, ...]
     hash_block: int = MOONCAKE_HASH_BLOCK
-    hints: Hints | None = None
+    hints: AgentHints | None = None
     session_id: str | None = None
     parent: int | None = None  # index of the request this one waits for
     delay_ms: float = 0.0  # tool-call gap after the parent finishes

@@ -24,9 +24,10 @@ from benchmarks.replay.agentic_gen import (
     pressure_params,
 )
 from benchmarks.replay.agentic_load import ENGINE_BLOCK, live_context_tokens, modelled_load
-from benchmarks.replay.trace import Hints, TraceError, TraceRequest
+from benchmarks.replay.trace import TraceError, TraceRequest
 from processor.routing import block_hashes
 from processor.traces import SCHEMA_VERSION, TraceRecord
+from router.hints import AgentHints
 from router.jsonl_writer import JsonlWriter
 
 HEADER = {
@@ -70,13 +71,14 @@ def _write(path: Path, *rows: dict, header: dict = HEADER) -> Path:
 
 
 def _requests() -> list[TraceRequest]:
-    pinned = Hints(
+    pinned = AgentHints(
         prefix_id="agent-1",
         total_requests=2,
         osl=64,
-        iat_ms=2500.0,
+        iat_ms=2500,
         latency_sensitivity=1.5,
         priority=2,
+        pin_type="ephemeral",
         pin_ttl_s=5.0,
     )
     return [
@@ -131,7 +133,9 @@ def test_hints_are_parsed_by_the_gateway_parser(tmp_path: Path) -> None:
     path = _write(tmp_path / "t.jsonl", _row("a", nvext=nvext))
     (req,) = read_agentic(path)
     # NAT's levels and the default pin TTL (5 min) come from router.hints
-    assert req.hints == Hints(prefix_id="p", osl=2048, iat_ms=50.0, pin_ttl_s=300.0)
+    assert req.hints == AgentHints(
+        prefix_id="p", osl=2048, iat_ms=50, pin_type="ephemeral", pin_ttl_s=300.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -441,7 +445,7 @@ async def test_converter_turns_processor_traces_into_sessions(tmp_path: Path) ->
     b1, b_par = reqs["agent-b"]
     assert b1.hash_ids[:3] == a1.hash_ids[:3] and b1.hash_ids[3] != a1.hash_ids[3]
     assert b_par.parent is None and b_par.arrival_ms == pytest.approx(1200.0)
-    assert a1.hints == Hints("agent-a", 3, 20, 2000.0, None, None, 6.0)
+    assert a1.hints == AgentHints("agent-a", 3, 20, 2000, None, None, "ephemeral", 6.0)
     (solo,) = [r for s, rs in reqs.items() if s not in ("agent-a", "agent-b") for r in rs]
     assert solo.hints is None and solo.parent is None
     kept = convert_processor_trace(src, tmp_path / "kept.jsonl", keep_schedule=True)

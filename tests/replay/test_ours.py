@@ -8,7 +8,8 @@ import pytest
 
 from benchmarks.replay.cluster import ClusterConfig, run_replay
 from benchmarks.replay.ours import OursPolicy, router_config
-from benchmarks.replay.trace import Hints, TraceRequest, read_mooncake
+from benchmarks.replay.trace import TraceRequest, read_mooncake
+from router.hints import AgentHints
 
 MOONCAKE = Path(__file__).resolve().parents[3] / "shared/traces/mooncake_conversation_trace.jsonl"
 
@@ -59,7 +60,7 @@ def _session(sid: str, start: int, turns: int, t0: float) -> list[TraceRequest]:
                 input_length=len(hashes) * 512,
                 output_length=20,
                 hash_ids=hashes,
-                hints=Hints(prefix_id=sid, total_requests=turns, osl=20, iat_ms=1000.0),
+                hints=AgentHints(prefix_id=sid, total_requests=turns, osl=20, iat_ms=1000),
                 session_id=sid,
                 parent=None if k == 0 else start + k - 1,
                 delay_ms=1000.0,
