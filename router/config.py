@@ -73,8 +73,9 @@ class RouterConfig(BaseSettings):
     kv_full_ms: float = Field(
         300.0,
         ge=0,
-        description="Cost (ms) of a worker whose KV blocks the request would not fit in, next "
-        "to our requests in flight there (the engine would make it wait); 0 = off. Set it "
+        description="Wait (ms) for one turnover of a worker's KV blocks: a request that does "
+        "not fit next to our requests in flight there is predicted to wait one turnover plus "
+        "one per capacity of overflow, in its score and in the tail guard; 0 = off. Set it "
         "alike on processors and a standalone router.",
     )
 

@@ -14,8 +14,10 @@ eviction_ms  the recompute time of other conversations' claimed blocks that the 
              new blocks would push out of a full worker. A conversation claims its home's
              blocks while pinned (cache_control) or while its next request is expected
              (iat hint; router/prefix_table.py), and releases them after its last one.
-kv_full_ms   a flat cost when our requests in flight there plus this one's new blocks do not
-             fit the worker's KV capacity: the engine would hold it back for blocks.
+kv_full_ms   the predicted wait for KV blocks when our requests in flight there plus this
+             one's new blocks do not fit the worker's KV capacity: one turnover of the KV
+             (the kv_full_ms setting) per capacity of overflow, plus one. Part of the
+             predicted TTFT the policy's tail guard compares.
 affinity_ms  subtracted, on the conversation's home only while it has requests to come or a
              pin: the recompute time of the blocks only the home holds, capped at
              affinity_cap_ms and scaled by the requests still to come.
@@ -121,12 +123,18 @@ def kv_full_ms(
     request_blocks: int,
     capacity_blocks: np.ndarray,
 ) -> np.ndarray:
-    """``kv_full_ms`` where the distinct blocks of our requests in flight + this request's
-    blocks not already among them exceed the capacity (None: not tracked, no cost).
-    decode_ms cannot say this: it counts a shared prompt once per request, with no cliff."""
+    """The predicted wait for free KV blocks where the distinct blocks of our requests in
+    flight + this request's blocks not already among them exceed the capacity (None: not
+    tracked, no cost). ``kv_full_ms`` is one turnover of the worker's KV (its requests in
+    flight finishing and freeing their blocks); a request whose blocks overflow by k
+    capacities waits 1 + k turnovers, so a queue far beyond the KV costs its real wait, not a
+    flat fee. decode_ms cannot say this: it counts a shared prompt once per request, with no
+    cliff."""
     if not cfg.kv_full_ms or used_blocks is None or shared_blocks is None:
         return np.zeros(capacity_blocks.shape)
-    return cfg.kv_full_ms * (used_blocks + (request_blocks - shared_blocks) > capacity_blocks)
+    overflow = used_blocks + (request_blocks - shared_blocks) - capacity_blocks
+    turnovers = 1.0 + np.maximum(overflow, 0.0) / np.maximum(capacity_blocks, 1.0)
+    return np.where(overflow > 0, cfg.kv_full_ms * turnovers, 0.0)
 
 
 def reuse_factor(remaining_requests: int, pinned: bool) -> float:

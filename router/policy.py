@@ -218,8 +218,9 @@ class Router:
         total = cost.score(terms)
         i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
         # Tail guard: no affinity, cache or learned correction buys more than affinity_cap_ms
-        # of predicted TTFT behind the best worker (never a turn queued behind a hot spot).
-        ttft = terms["prefill_ms"]
+        # of predicted TTFT behind the best worker (never a turn queued behind a hot spot);
+        # the predicted TTFT includes the wait for KV blocks on a full worker.
+        ttft = terms["prefill_ms"] + terms["kv_full_ms"]
         bound = float(ttft.min()) + cfg.affinity_cap_ms
         if ttft[i] > bound:
             i = int(np.where(ttft <= bound, total, np.inf).argmin())

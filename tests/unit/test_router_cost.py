@@ -236,3 +236,21 @@ def test_history_fallback_split_keeps_queued_part() -> None:
     )
     np.testing.assert_allclose(uncached, [6400 - 50 * 64, 6400])
     np.testing.assert_allclose(queued, [1000, 0])
+
+
+def test_kv_wait_is_one_turnover_per_capacity_of_overflow() -> None:
+    """No wait where the request fits beside our blocks in flight; one turnover
+    (kv_full_ms) just past the capacity, two at one capacity of overflow: a queue far beyond
+    the KV costs more than one that barely overflows, and more load never costs less."""
+    cfg = RouterConfig(kv_full_ms=300.0)
+    capacity = np.full(5, 128.0)
+    used = np.array([0.0, 100.0, 101.0, 228.0, 356.0])
+    wait = cost.kv_full_ms(cfg, used, np.zeros(5), 28, capacity)
+    assert wait[:2].tolist() == [0.0, 0.0]
+    assert wait[2] == pytest.approx(300.0 * (1 + 1 / 128))
+    assert wait[3] == pytest.approx(600.0)
+    assert wait[4] == pytest.approx(900.0)
+    assert np.all(np.diff(wait) >= 0)
+    # Blocks already held by our requests in flight are not new: no overflow, no wait.
+    assert cost.kv_full_ms(cfg, used, np.full(5, 28.0), 28, capacity)[1] == 0.0
+    assert not cost.kv_full_ms(RouterConfig(kv_full_ms=0.0), used, None, 28, capacity).any()

@@ -11,7 +11,7 @@ from router import feedback
 from router.config import RouterConfig
 from router.cost import TERMS
 from router.kv_signals import signals_from_rows
-from router.load import LoadTracker
+from router.load import LoadTracker, request_blocks
 from router.policy import HISTORY_WINDOW_S, Decision, NoWorkers, Router, RouteRequest
 from router.signals import WorkerSignals
 
@@ -467,3 +467,34 @@ def test_signals_take_the_workers_reported_capacity() -> None:
     assert s.capacity_blocks.tolist() == [1000, 192, 512]
     s, _ = signals_from_rows(rows, 640, LoadTracker(BS), 1000, reported_capacity={})
     assert s.capacity_blocks.tolist() == [1000] * 3
+
+
+def test_tail_guard_counts_the_wait_for_kv_blocks() -> None:
+    """The home holds all 1000 blocks of the prompt with nothing queued, but our requests in
+    flight there overflow its 2000 KV blocks by four capacities: a wait of five turnovers
+    (1500 ms). The idle workers would recompute the prompt (960 ms) and carry 1000 decode
+    blocks each (240 ms). The score keeps the turn home (1500 - 500 affinity < 960 + 240),
+    540 ms behind the best predicted TTFT once the KV wait counts: the guard moves it. Without
+    the KV term (kv_full_ms 0) the home is predicted at 0 ms and keeps it."""
+    prompt = 64_000
+    rb = request_blocks(prompt, RouterConfig().default_osl, BS)
+    chosen = {}
+    for kv_full in (0.0, 300.0):
+        r = _det(kv_full_ms=kv_full)
+        r.table.observe("conv", 10, 0.0, total_requests=10, blocks=1000)
+        sig = _sig(
+            overlap_blocks=[1000, 0, 0, 0],
+            potential_prefill_tokens=[0, prompt, prompt, prompt],
+            decode_blocks=[0, 1000, 1000, 1000],
+            capacity_blocks=2000,
+        )
+        sig.used_blocks = np.array([10_000.0 - rb, 0.0, 0.0, 0.0])
+        sig.shared_blocks = np.zeros(4)
+        d = r.decide(_req(f"k{kv_full}", prompt, "conv", total=10), sig, 1.0)
+        chosen[kv_full] = d.worker_id
+        if kv_full:
+            by_id = {c.worker_id: c for c in d.candidates}
+            assert by_id[10].terms["kv_full_ms"] == pytest.approx(1500.0)
+            assert by_id[10].score < by_id[d.worker_id].score  # the guard, not the score
+    assert chosen[0.0] == 10
+    assert chosen[300.0] != 10
