@@ -100,7 +100,7 @@ def eviction_ms(
     block_size: int,
     uncached: np.ndarray,
     decode_blocks: np.ndarray,
-    pinned_blocks: np.ndarray,
+    claimed_blocks: np.ndarray,
     capacity_blocks: np.ndarray,
 ) -> np.ndarray:
     """Recompute time of other conversations' claimed blocks the request would push out.
@@ -109,11 +109,11 @@ def eviction_ms(
     claimed ones (blocks of finished or overdue conversations are fair game), so cold work
     goes where it evicts the least expected reuse.
     """
-    if not np.count_nonzero(pinned_blocks):  # no pins anywhere (the common case): 0
+    if not np.count_nonzero(claimed_blocks):  # no claims anywhere (the common case): 0
         return np.zeros(uncached.shape)
     new_blocks = np.ceil(uncached / block_size)
-    free = np.maximum(capacity_blocks - decode_blocks - pinned_blocks, 0.0)
-    return block_ms(cfg, block_size) * np.clip(new_blocks - free, 0.0, pinned_blocks)
+    free = np.maximum(capacity_blocks - decode_blocks - claimed_blocks, 0.0)
+    return block_ms(cfg, block_size) * np.clip(new_blocks - free, 0.0, claimed_blocks)
 
 
 def kv_full_ms(
@@ -172,7 +172,7 @@ def breakdown(
     uncached: np.ndarray,
     queued: np.ndarray,
     overlap_blocks: np.ndarray,
-    pinned_blocks: np.ndarray,
+    claimed_blocks: np.ndarray,
     request_blocks: int,
     home: int = -1,
     reuse: float = 0.0,
@@ -183,7 +183,7 @@ def breakdown(
     return {
         "prefill_ms": prefill_ms(cfg, uncached, queued),
         "decode_ms": decode_ms(cfg, block_size, decode),
-        "eviction_ms": eviction_ms(cfg, block_size, uncached, decode, pinned_blocks, capacity),
+        "eviction_ms": eviction_ms(cfg, block_size, uncached, decode, claimed_blocks, capacity),
         "kv_full_ms": kv_full_ms(
             cfg, signals.used_blocks, signals.shared_blocks, request_blocks, capacity
         ),

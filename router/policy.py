@@ -186,7 +186,7 @@ class Router:
             uncached=uncached,
             queued=queued,
             overlap_blocks=overlap,
-            pinned_blocks=reserved,
+            claimed_blocks=reserved,
             request_blocks=request_blocks(
                 request.prompt_tokens, request.osl or cfg.default_osl, bs
             ),

@@ -60,7 +60,7 @@ def _terms(
         uncached=uncached,
         queued=queued,
         overlap_blocks=f["overlap_blocks"],
-        pinned_blocks=reserved if reserved is not None else np.zeros(w),
+        claimed_blocks=reserved if reserved is not None else np.zeros(w),
         request_blocks=0,
         home=home,
         reuse=cost.reuse_factor(remaining_requests, pinned),
