@@ -4,7 +4,8 @@
     python -m deploy.config_reference --check  # exit 1 if docs/CONFIG.md is stale
 
 The configuration models are the single source: a field's name, default and ``description``
-become one row. tests/unit/test_config_reference.py fails when the file is stale.
+become one row; a setting with a declared search range (router/tunable.py) shows it as
+"tunable (range)". tests/unit/test_config_reference.py fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic_settings import BaseSettings
 from frontend.config import GatewayConfig
 from processor.config import ProcessorConfig
 from router.config import RouterConfig
+from router.tunable import describe, search_space
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
 
@@ -62,10 +64,16 @@ def render() -> str:
     ]
     for title, model, what in COMPONENTS:
         prefix = model.model_config.get("env_prefix", "")
-        lines += [f"## {title}", "", what, "", "| variable | default | meaning |", "|---|---|---|"]
+        space = search_space(model)
+        cols = ["variable", "default", *(["tuning"] if space else []), "meaning"]
+        head = "| " + " | ".join(cols) + " |"
+        lines += [f"## {title}", "", what, "", head, "|---" * len(cols) + "|"]
         for name, field in model.model_fields.items():
             desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{prefix}{name.upper()}` | `{_default(field)}` | {desc} |")
+            tune = ""
+            if space:
+                tune = f" tunable ({describe(space[name])}) |" if name in space else " |"
+            lines.append(f"| `{prefix}{name.upper()}` | `{_default(field)}` |{tune} {desc} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -5,6 +5,9 @@ in docs/CONFIG.md. The learner's internals (priors, noise, forgetting, scales) a
 in router/bandit.py and router/feedback.py. The KV block size is not here: it comes from the
 workers' model cards through the processor (``RouterService(block_size=...)``).
 
+Settings declared ``tunable(...)`` (router/tunable.py) carry the range ``python -m
+benchmarks.tune`` searches: only those that change a routing decision in the replay.
+
 Units are in the field names: ``_ms`` milliseconds, ``_s`` seconds, ``_blocks`` KV blocks.
 """
 
@@ -14,6 +17,8 @@ from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from router.tunable import tunable
 
 
 class RouterConfig(BaseSettings):
@@ -47,12 +52,14 @@ class RouterConfig(BaseSettings):
     prefill_ms_per_token: float = Field(
         0.015,
         gt=0,
+        json_schema_extra=tunable(0.003, 0.1, log=True),
         description="Prefill time per uncached or queued token (ms): turns token and block "
         "counts into predicted milliseconds. Calibrate it to the engine.",
     )
     decode_block_weight: float = Field(
         0.25,
         ge=0,
+        json_schema_extra=tunable(0.0, 1.5),
         description="Weight of a decode block on the worker against a prefill block (1.0 is "
         "Dynamo's weighting); lower because other sequences' decode steps barely delay a new "
         "prefill (docs/DESIGN.md).",
@@ -60,12 +67,14 @@ class RouterConfig(BaseSettings):
     affinity_weight: float = Field(
         1.0,
         ge=0,
+        json_schema_extra=tunable(0.0, 4.0),
         description="Weight of the value of keeping a conversation on the worker holding its "
         "cache while it has requests to come or a pin; 0 turns affinity off.",
     )
     affinity_cap_ms: float = Field(
         500.0,
         ge=0,
+        json_schema_extra=tunable(50.0, 5000.0, log=True),
         description="Most predicted time to first token (ms) a request gives up for the "
         "future of its cache: it caps the affinity value, and no worker whose predicted TTFT "
         "(queued plus uncached prefill) is more than this behind the best one's is chosen.",
@@ -73,6 +82,7 @@ class RouterConfig(BaseSettings):
     kv_full_ms: float = Field(
         300.0,
         ge=0,
+        json_schema_extra=tunable(0.0, 2000.0),
         description="Wait (ms) for one turnover of a worker's KV blocks: a request that does "
         "not fit next to our requests in flight there is predicted to wait one turnover plus "
         "one per capacity of overflow, in its score and in the tail guard; 0 = off. Set it "
@@ -81,11 +91,14 @@ class RouterConfig(BaseSettings):
 
     # --- Learner (router/bandit.py) ---------------------------------------------------
     bandit_enabled: bool = Field(
-        True, description="Learn per-worker latency corrections from the measured latency."
+        True,
+        json_schema_extra=tunable(choices=(True, False)),
+        description="Learn per-worker latency corrections from the measured latency.",
     )
     exploration: float = Field(
         0.25,
         ge=0,
+        json_schema_extra=tunable(0.0, 1.0),
         description="Scale of the learner's posterior sampling (0 = its mean, no exploration); "
         "per request it shrinks with the latency_sensitivity hint and with the share of the "
         "prompt already cached somewhere.",

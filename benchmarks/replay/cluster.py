@@ -14,7 +14,7 @@ produced them, plus ``kv_event_lag_ms``), queue lengths and capacities.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -200,8 +200,13 @@ class ClusterView:
         return np.fromiter(it, np.int64, self.num_workers)
 
 
+QUEUED = -1  # what ``Policy.route`` returns for a request it holds back in its own queue
+
+
 class Policy(Protocol):
-    """A routing policy: picks the worker at arrival and hears back from the engines."""
+    """A routing policy: picks the worker at arrival and hears back from the engines. A policy
+    with a router-side queue returns ``QUEUED`` and hands the request out later through an
+    optional ``release(view) -> [(request, worker), ...]``, asked after every engine update."""
 
     name: str
 
@@ -258,8 +263,14 @@ def run_replay(
     cluster: ClusterConfig,
     policy: Policy,
     progress: bool = False,
+    on_checkpoint: Callable[[int, list[RequestRecord]], None] | None = None,
+    checkpoints: int = 4,
 ) -> list[RequestRecord]:
-    """Replay ``trace`` through ``policy`` on ``cluster``; records in trace order."""
+    """Replay ``trace`` through ``policy`` on ``cluster``; records in trace order.
+
+    ``on_checkpoint(k, finished)`` is called each time another ``1/(checkpoints + 1)`` of the
+    requests has finished, with the records so far: a tuner reads intermediate figures there
+    and may stop a hopeless replay by raising."""
     n_workers = cluster.num_workers
     engines = [
         Engine(
@@ -290,6 +301,12 @@ def run_replay(
     deliveries: list[tuple[float, int, int, Sequence[int]]] = []
     in_flight: list[object] = [None] * n_workers  # PassResult of the running pass
     seq = 0
+    release = getattr(policy, "release", None)
+    held: dict[str, int] = {}  # request id -> trace position, while the policy queues it
+    n_done = 0
+    marks = [len(trace) * (k + 1) // (checkpoints + 1) for k in range(checkpoints)]
+    if on_checkpoint is None:
+        marks = []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -302,6 +319,13 @@ def run_replay(
         sim = SimRequest(f"r{r.index}", r, blocks, t, -1, blocks.tolist())
         sims[pos] = sim
         w = policy.route(sim, view)
+        if w == QUEUED and release is not None:
+            held[sim.request_id] = pos
+            return -1
+        return submit(pos, sim, w)
+
+    def submit(pos: int, sim: SimRequest, w: int) -> int:
+        r = trace[pos]
         if not 0 <= w < n_workers:
             raise ValueError(f"policy {policy.name} chose worker {w} of {n_workers}")
         sim.worker = w
@@ -312,7 +336,7 @@ def run_replay(
         return w
 
     def settle_pass(w: int, t: float) -> None:
-        nonlocal seq
+        nonlocal seq, n_done
         res = in_flight[w]
         in_flight[w] = None
         if res.kv_events:
@@ -335,6 +359,11 @@ def run_replay(
                 heapq.heappush(arrivals, (max(r.arrival_ms / ratio, t + r.delay_ms), child))
         if bar is not None and res.finished:
             bar.update(len(res.finished))
+        n_done += len(res.finished)
+        while marks and n_done >= marks[0]:
+            marks.pop(0)
+            assert on_checkpoint is not None
+            on_checkpoint(checkpoints - len(marks) - 1, [r for r in records if r is not None])
 
     inf = float("inf")
     dirty: set[int] = set()  # workers that may be idle with work at this instant
@@ -358,9 +387,14 @@ def run_replay(
                 _, _, w, events = heapq.heappop(deliveries)
                 index.apply(w, events)
                 changed = True
+            if held and changed:  # engine updates may free the router's queue
+                for sim, w in release(view):
+                    dirty.add(submit(held.pop(sim.request_id), sim, w))
             while arrivals and arrivals[0][0] <= t:
                 _, pos = heapq.heappop(arrivals)
-                dirty.add(route(pos, t))
+                w = route(pos, t)
+                if w >= 0:
+                    dirty.add(w)
                 changed = True
             if dirty:
                 for w in sorted(dirty):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 
 import numpy as np
+from pydantic import BaseModel, Field
 
-from benchmarks.replay.cluster import ClusterView, SimRequest
+from benchmarks.replay.cluster import QUEUED, ClusterView, SimRequest
 from benchmarks.replay.records import RequestRecord
+from router.tunable import tunable
 
 
 class RoundRobinPolicy:
@@ -97,18 +100,62 @@ class _ActiveLoad:
         self.active_blocks[worker] = len(counts)
 
 
+class KvKnobs(BaseModel):
+    """The ``KvRouterConfig`` knobs of Dynamo 1.6.1 the port implements, under Dynamo's names
+    and defaults, with the ranges ``python -m benchmarks.tune`` searches (router/tunable.py)."""
+
+    overlap_score_credit: float = Field(
+        1.0,
+        ge=0,
+        json_schema_extra=tunable(0.0, 3.0),
+        description="Blocks of prefill credited per cached prompt block (the cost's prefill "
+        "term is clamped at zero).",
+    )
+    prefill_load_scale: float = Field(
+        1.0,
+        gt=0,
+        json_schema_extra=tunable(0.1, 10.0, log=True),
+        description="Weight of the prefill term against the decode blocks.",
+    )
+    router_temperature: float = Field(
+        0.0,
+        ge=0,
+        json_schema_extra=tunable(0.0, 1.0),
+        description="0: the lowest cost wins; above: softmax sampling over the costs, "
+        "normalised to their spread.",
+    )
+    router_queue_threshold: float | None = Field(
+        None,
+        ge=0,
+        json_schema_extra=tunable(0.0, 4.0, optional=True),
+        description="Hold requests in the router while every worker's tracked prefill tokens "
+        "exceed this fraction of max_num_batched_tokens; unset = never.",
+    )
+
+
 class KvPortPolicy:
-    """Dynamo 1.6.1's KV router with its default ``KvRouterConfig``: per worker,
-    ``max(0, (active prefill tokens + prompt) / block - overlap blocks) + active prompt blocks +
-    this prompt's blocks not already active there``; the lowest cost wins, ties uniformly at
-    random (seeded here; Dynamo's draw is unseeded). Load is tracked as Dynamo's router tracks
-    it: prefill tokens from routing to the first token, blocks from routing to the finish."""
+    """Dynamo 1.6.1's KV router (``DefaultWorkerSelector`` and the scheduler queue of
+    lib/llm/src/kv_router in ai-dynamo/dynamo). Per worker the cost is
+    ``prefill_load_scale * max(0, (active prefill tokens + prompt) / block -
+    overlap_score_credit * overlap blocks) + active prompt blocks + this prompt's blocks not
+    already active there``. Temperature 0: the lowest cost wins, ties uniformly at random
+    (seeded here; Dynamo's draw is unseeded). Above 0: Dynamo's ``softmax_sample``, i.e.
+    probabilities ``exp(-(cost - min) / ((max - min) * temperature))``, uniform when all costs
+    are equal. With ``router_queue_threshold``, a request that arrives while every worker holds
+    more than ``threshold * max_num_batched_tokens`` tracked prefill tokens waits in a FCFS
+    queue; after each engine update the queue is drained while some worker is below that,
+    each request routed on the state of that moment. Load is tracked as Dynamo's router tracks
+    it: prefill tokens from routing to the first token, blocks from routing to the finish.
+    With default ``KvKnobs`` this is the configuration checked against Dynamo's replay
+    (benchmarks/results/replay/fidelity.md)."""
 
     name = "dynamo_kv"
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, knobs: KvKnobs | None = None) -> None:
         self._rng = random.Random(seed)
         self._load: _ActiveLoad | None = None
+        self.knobs = knobs or KvKnobs()
+        self._queue: deque[SimRequest] = deque()
 
     def _tracker(self, view: ClusterView) -> _ActiveLoad:
         if self._load is None:
@@ -119,18 +166,54 @@ class KvPortPolicy:
         """The per-worker cost Dynamo's default selector minimises."""
         load = self._tracker(view)
         bs = view.block_size
+        k = self.knobs
         overlap = view.overlap_blocks(req).astype(np.float64)
         raw_prefill_blocks = (load.prefill_tokens + req.trace.input_length) / float(bs)
-        prefill = np.maximum(raw_prefill_blocks - overlap, 0.0)
+        prefill = np.maximum(raw_prefill_blocks - k.overlap_score_credit * overlap, 0.0)
+        if k.prefill_load_scale != 1.0:
+            prefill = k.prefill_load_scale * prefill
         new_blocks = len(req.block_list) - load.present(req.block_list)
         return prefill + (load.active_blocks + new_blocks).astype(np.float64)
 
-    def route(self, req: SimRequest, view: ClusterView) -> int:
-        cost = self.costs(req, view)
+    def _pick(self, cost: np.ndarray) -> int:
+        t = self.knobs.router_temperature
+        if t > 0.0:
+            lo, hi = float(cost.min()), float(cost.max())
+            if hi == lo:
+                p = np.full(len(cost), 1.0 / len(cost))
+            else:
+                p = np.exp(-(cost - lo) / ((hi - lo) * t))
+                p /= p.sum()
+            u = self._rng.random()
+            return min(int(np.searchsorted(np.cumsum(p), u)), len(cost) - 1)
         ties = np.flatnonzero(cost == cost.min())
-        w = int(ties[0]) if len(ties) == 1 else int(ties[self._rng.randrange(len(ties))])
+        return int(ties[0]) if len(ties) == 1 else int(ties[self._rng.randrange(len(ties))])
+
+    def _all_busy(self, view: ClusterView) -> bool:
+        limit = self.knobs.router_queue_threshold
+        if limit is None:
+            return False
+        tokens = self._tracker(view).prefill_tokens
+        return bool((tokens > limit * view.cluster.max_num_batched_tokens).all())
+
+    def route(self, req: SimRequest, view: ClusterView) -> int:
+        if self._queue or self._all_busy(view):
+            self._queue.append(req)
+            return QUEUED
+        return self._route_now(req, view)
+
+    def _route_now(self, req: SimRequest, view: ClusterView) -> int:
+        w = self._pick(self.costs(req, view))
         self._admit(req, view, w)
         return w
+
+    def release(self, view: ClusterView) -> list[tuple[SimRequest, int]]:
+        """Queued requests that may go now, each routed on the state of this moment."""
+        out: list[tuple[SimRequest, int]] = []
+        while self._queue and not self._all_busy(view):
+            req = self._queue.popleft()
+            out.append((req, self._route_now(req, view)))
+        return out
 
     def _admit(self, req: SimRequest, view: ClusterView, w: int) -> None:
         """Start tracking ``req``'s load on ``w`` as Dynamo's router does once it routes."""
@@ -165,7 +248,7 @@ class KvAffinityPolicy(KvPortPolicy):
     name = "dynamo_kv_affinity"
 
     def __init__(self, seed: int = 0, ttl_s: float = 60.0) -> None:
-        super().__init__(seed)
+        super().__init__(seed)  # default knobs: no router queue, so ``route`` never holds
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         self.ttl_ms = ttl_s * 1000.0
