@@ -166,7 +166,6 @@ class Objective:
             if not prune or not done:
                 return
             fig = figures(done, self.cluster.num_workers, self.slos)
-            _record_violations(trial, fig, self.slos)
             trial.report(fig[self.objectives[0]], step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"at checkpoint {step}")
