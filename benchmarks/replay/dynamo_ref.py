@@ -128,9 +128,11 @@ def run_dynamo_replay(
     limit: int | None = None,
     trace_block_size: int = MOONCAKE_HASH_BLOCK,
     execution_model: str = "replay",
+    router_knobs: dict[str, Any] | None = None,
 ) -> list[RequestRecord]:
     """Run Dynamo's replay of the trace at ``path`` on ``cluster`` with its ``mode`` router;
-    ``limit`` keeps the first rows of a mooncake trace. Records in trace order."""
+    ``limit`` keeps the first rows of a mooncake trace; ``router_knobs`` are ``KvRouterConfig``
+    arguments for its KV router (default: its defaults). Records in trace order."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if trace_format not in FORMATS:
@@ -158,6 +160,10 @@ def run_dynamo_replay(
             # Dynamo takes a lag for its KV router only; round-robin reads no KV events.
             "kv_event_lag_ms": (cluster.kv_event_lag_ms or None) if mode == "kv_router" else None,
         }
+        if router_knobs:
+            from dynamo.llm import KvRouterConfig
+
+            kwargs["router_config"] = KvRouterConfig(**router_knobs)
         if trace_format == "mooncake":
             kwargs["trace_block_size"] = trace_block_size
         else:

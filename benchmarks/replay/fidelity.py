@@ -22,12 +22,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.replay.cluster import ClusterConfig, Policy, run_replay
-from benchmarks.replay.dynamo_kv import KvPortPolicy, RoundRobinPolicy
+from benchmarks.replay.dynamo_kv import KvKnobs, KvPortPolicy, RoundRobinPolicy
 from benchmarks.replay.dynamo_ref import run_dynamo_replay
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.trace import TraceRequest, read_mooncake
@@ -129,8 +130,13 @@ def compare_kv(
     runs: int,
     trace_format: str = "mooncake",
     policy: Callable[[int], Policy] = KvPortPolicy,
+    knobs: KvKnobs | None = None,
 ) -> dict:
-    """Distribution comparison of the KV port with Dynamo's KV router (mean of ``runs``)."""
+    """Distribution comparison of the KV port with Dynamo's KV router (mean of ``runs``);
+    ``knobs`` set both to the same non-default ``KvRouterConfig`` knobs."""
+    if knobs is not None:
+        policy = partial(KvPortPolicy, knobs=knobs)
+    set_knobs = knobs.model_dump(exclude_defaults=True) if knobs is not None else None
     walls, ours = [], []
     for seed in range(runs):
         t0 = time.perf_counter()
@@ -138,7 +144,14 @@ def compare_kv(
         walls.append(time.perf_counter() - t0)
     ref = [
         ttft_stats(
-            run_dynamo_replay(path, cluster, "kv_router", limit=limit, trace_format=trace_format)
+            run_dynamo_replay(
+                path,
+                cluster,
+                "kv_router",
+                limit=limit,
+                trace_format=trace_format,
+                router_knobs=set_knobs,
+            )
         )
         for _ in range(runs)
     ]

@@ -67,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.3, help="share of conversations held back")
+    p.add_argument(
+        "--eval-seeds", type=int, default=3, help="seeds per arm on the held-back part (mean)"
+    )
     p.add_argument("--only", default=None, help="tune only these of our settings (comma list)")
     p.add_argument("--set", action="append", default=[], help="hold one of our settings: N=V")
     p.add_argument("--name", default=None, help="output directory name (default: trace name)")
@@ -139,6 +142,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     objectives = parse_objectives(args.objective, slos)
     if args.trials < 1:
         raise TuneInputError(f"--trials {args.trials}: must be >= 1")
+    if args.eval_seeds < 1:
+        raise TuneInputError(f"--eval-seeds {args.eval_seeds}: must be >= 1")
     spaces: dict[str, Space] = {
         "ours": make_space("ours", args.only.split(",") if args.only else None, _sets(args.set)),
         "kv": make_space("kv"),
@@ -183,17 +188,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         "tuned_kv": ("kv", tuned["kv"]),
         "default_kv": ("kv", spaces["kv"].fixed),
     }
-    figs = heldout(arms, held, cluster, args.seed, slos, args.jobs)
+    seeds = [args.seed + i for i in range(args.eval_seeds)]
+    figs, per_seed = heldout(arms, held, cluster, seeds, slos, args.jobs)
     wall["heldout"] = time.perf_counter() - t0
     wall["total"] = time.perf_counter() - t_start
     details = _details(args, label, command, requests, tune, held, cluster, objectives, slos)
     details["wall_s"] = {k: round(v, 1) for k, v in wall.items()}
+    details["eval_seeds"] = seeds
+    details["heldout_by_seed"] = {
+        arm: [round(f[objectives[0]], 4) for f in runs] for arm, runs in per_seed.items()
+    }
     details["routers"] = {
         r: _router_details(spaces[r], studies[r], best[r], cluster, args.seed) for r in ROUTERS
     }
     report.write_all(out, details, figs, studies)
     print(report.comparison_table(figs, objectives[0]))
-    print("\n".join(report.verdict(figs, objectives[0])))
+    print("\n".join(report.verdict(figs, objectives[0], details["heldout_by_seed"])))
     print(f"wrote {out} in {wall['total']:.0f} s")
     return 0
 

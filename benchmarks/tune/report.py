@@ -104,8 +104,11 @@ def comparison_table(figs: dict[str, dict], objective: str) -> str:
     return "\n".join(lines)
 
 
-def verdict(figs: dict[str, dict], objective: str) -> list[str]:
-    """Sentences saying whether tuned ours beat default ours and tuned kv on the objective."""
+def verdict(
+    figs: dict[str, dict], objective: str, by_seed: dict[str, list[float]] | None = None
+) -> list[str]:
+    """Sentences saying whether tuned ours beat default ours and tuned kv on the objective
+    (the mean over seeds, and on how many seeds)."""
     sign = 1.0 if lower_is_better(objective) else -1.0
     ours = figs["tuned_ours"][objective]
     out = []
@@ -114,10 +117,15 @@ def verdict(figs: dict[str, dict], objective: str) -> list[str]:
         better = sign * ours < sign * v
         ratio = ours / v if v else math.nan
         word = "beats" if better else ("ties" if ours == v else "does NOT beat")
-        out.append(
+        line = (
             f"tuned_ours {word} {other} on {objective}: {_fmt(objective, ours)} vs "
             f"{_fmt(objective, v)} ({ratio:.3f}x)"
         )
+        if by_seed:
+            pairs = list(zip(by_seed["tuned_ours"], by_seed[other], strict=True))
+            wins = sum(sign * a < sign * b for a, b in pairs)
+            line += f", better on {wins} of {len(pairs)} seeds"
+        out.append(line)
     return out
 
 
@@ -242,9 +250,16 @@ def markdown(details: dict[str, Any], figs: dict[str, dict], pngs: list[str]) ->
         "",
         "## Held-back part",
         "",
+        f"Mean over seeds {', '.join(map(str, details['eval_seeds']))}; {obj} per seed: "
+        + "; ".join(
+            f"{arm} {' / '.join(_fmt(obj, v) for v in vals)}"
+            for arm, vals in details["heldout_by_seed"].items()
+        )
+        + ".",
+        "",
         comparison_table(figs, obj),
         "",
-        *(f"- {v}" for v in verdict(figs, obj)),
+        *(f"- {v}" for v in verdict(figs, obj, details["heldout_by_seed"])),
         "",
         "## Tuned settings",
         "",

@@ -65,6 +65,8 @@ def test_whole_flow_three_trials(tmp_path: Path) -> None:
 
     details = json.loads((out / "details.json").read_text())
     assert details["requests"] == {"all": 300, "tune": 210, "heldout": 90}
+    assert details["eval_seeds"] == [0, 1, 2]  # the held-back figures are a mean over seeds
+    assert all(len(v) == 3 for v in details["heldout_by_seed"].values())
     for router in ("ours", "kv"):
         r = details["routers"][router]
         assert r["complete"] + r["pruned"] == 3
