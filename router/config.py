@@ -52,14 +52,14 @@ class RouterConfig(BaseSettings):
     prefill_ms_per_token: float = Field(
         0.015,
         gt=0,
-        json_schema_extra=tunable(0.003, 0.1, log=True),
+        json_schema_extra=tunable(0.003, 0.5, log=True),
         description="Prefill time per uncached or queued token (ms): turns token and block "
         "counts into predicted milliseconds. Calibrate it to the engine.",
     )
     decode_block_weight: float = Field(
         0.25,
         ge=0,
-        json_schema_extra=tunable(0.0, 1.5),
+        json_schema_extra=tunable(0.0, 2.0),
         description="Weight of a decode block on the worker against a prefill block (1.0 is "
         "Dynamo's weighting); lower because other sequences' decode steps barely delay a new "
         "prefill (docs/DESIGN.md).",
@@ -74,7 +74,7 @@ class RouterConfig(BaseSettings):
     affinity_cap_ms: float = Field(
         500.0,
         ge=0,
-        json_schema_extra=tunable(50.0, 5000.0, log=True),
+        json_schema_extra=tunable(5.0, 5000.0, log=True),
         description="Most predicted time to first token (ms) a request gives up for the "
         "future of its cache: it caps the affinity value, and no worker whose predicted TTFT "
         "(queued plus uncached prefill) is more than this behind the best one's is chosen.",

@@ -114,7 +114,7 @@ class KvKnobs(BaseModel):
     prefill_load_scale: float = Field(
         1.0,
         gt=0,
-        json_schema_extra=tunable(0.1, 10.0, log=True),
+        json_schema_extra=tunable(0.1, 50.0, log=True),
         description="Weight of the prefill term against the decode blocks.",
     )
     router_temperature: float = Field(
