@@ -269,7 +269,7 @@ def markdown(details: dict[str, Any], figs: dict[str, dict], pngs: list[str]) ->
         lines += [
             f"### {router}",
             "",
-            f"best trial #{r['best_trial']} of {r['complete']} complete, {r['pruned']} pruned; "
+            f"best trial #{r['best_trial']} ({r['complete']} complete, {r['pruned']} pruned); "
             f"on the tuning part {obj} {_fmt(obj, r['tune_best'][obj])} "
             f"(defaults, trial 0: {_fmt(obj, r['tune_default'][obj])})",
             "",
