@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks.replay.cluster import ClusterConfig, run_replay
-from benchmarks.replay.dynamo_kv import RoundRobinPolicy
+from benchmarks.replay.dynamo_kv import KvKnobs, RoundRobinPolicy
 from benchmarks.replay.dynamo_ref import run_dynamo_replay
 from benchmarks.replay.fidelity import BARS, agentic_case, compare_kv, ttft_stats
 from benchmarks.replay.trace import read_mooncake
@@ -60,6 +60,29 @@ def test_kv_port_matches_dynamo_kv_router_distribution(trace) -> None:
     for k, err in got["ttft_rel_err"].items():
         assert err <= BARS["kv_ttft_rel_err"], (k, got["ours_mean"], got["dynamo_mean"])
     assert got["reuse_abs_err"] <= BARS["kv_reuse_abs_err"]
+
+
+# The router-side queue departs more: under a 4x overload the port's TTFT p90/p99 came out
+# 2.5-4.1% below the mean of 8 Dynamo runs (reuse within 0.009) in three repeats, so that case
+# is held to a looser bar than the cost knobs (which stay within 1.5%).
+QUEUE_BARS = {"kv_ttft_rel_err": 0.06, "kv_reuse_abs_err": 0.015}
+
+
+@pytest.mark.parametrize(
+    ("knobs", "arrival_speedup", "runs", "bars"),
+    [
+        (KvKnobs(overlap_score_credit=0.5, prefill_load_scale=2.0), 1.0, 4, BARS),
+        (KvKnobs(router_temperature=0.3), 1.0, 4, BARS),
+        (KvKnobs(router_queue_threshold=0.5), 4.0, 8, QUEUE_BARS),  # the queue fills
+    ],
+)
+def test_kv_port_knobs_match_dynamo_kv_router(trace, knobs, arrival_speedup, runs, bars) -> None:
+    """The knobs the tuner searches, set alike in the port and in Dynamo's KvRouterConfig."""
+    cluster = ClusterConfig(num_workers=4, arrival_speedup_ratio=arrival_speedup)
+    got = compare_kv(trace, TRACE, N, cluster, runs=runs, knobs=knobs)
+    for k, err in got["ttft_rel_err"].items():
+        assert err <= bars["kv_ttft_rel_err"], (k, got["ours_mean"], got["dynamo_mean"])
+    assert got["reuse_abs_err"] <= bars["kv_reuse_abs_err"]
 
 
 def test_dependent_requests_match_dynamos_agentic_replay(trace, tmp_path: Path) -> None:
