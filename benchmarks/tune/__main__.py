@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     command = "python -m benchmarks.tune " + shlex.join(argv)
     print(f"{label}: {len(requests)} requests; tuning on {len(tune)}, held back {len(held)}")
 
-    studies, best, wall = {}, {}, {}
+    studies, best, wall, firsts = {}, {}, {}, {}
     for router in ROUTERS:
         space = spaces[router]
         objective = Objective(space, tune, cluster, args.seed, tuple(objectives), slos)
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "fixed": {k: str(v) for k, v in space.fixed.items()},
             "seed": args.seed,
         }
-        first = space.default_params(defaults_of(space, cluster, args.seed))
+        first = firsts[router] = space.default_params(defaults_of(space, cluster, args.seed))
         studies[router], wall[router] = run_search(
             storage, router, objective, settings, args.trials, args.jobs, first
         )
@@ -199,7 +199,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         arm: [round(f[objectives[0]], 4) for f in runs] for arm, runs in per_seed.items()
     }
     details["routers"] = {
-        r: _router_details(spaces[r], studies[r], best[r], cluster, args.seed) for r in ROUTERS
+        r: _router_details(spaces[r], studies[r], best[r], firsts[r], cluster, args.seed)
+        for r in ROUTERS
     }
     report.write_all(out, details, figs, studies)
     print(report.comparison_table(figs, objectives[0]))
@@ -237,11 +238,14 @@ def _details(
     }
 
 
-def _router_details(space: Space, study: Any, best: Any, cluster: ClusterConfig, seed: int) -> dict:
+def _router_details(
+    space: Space, study: Any, best: Any, first: dict, cluster: ClusterConfig, seed: int
+) -> dict:
     from optuna.trial import TrialState
 
     defaults = defaults_of(space, cluster, seed)
-    trial0 = study.trials[0]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trial0 = next((t for t in done if t.params == first), None)  # the defaults' trial
     return {
         "best_trial": best.number,
         "complete": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
@@ -249,7 +253,7 @@ def _router_details(space: Space, study: Any, best: Any, cluster: ClusterConfig,
         "tuned": space.settings(best.params),
         "default": {k: getattr(defaults, k) for k in space.ranges},
         "tune_best": best.user_attrs.get("figures", {}),
-        "tune_default": trial0.user_attrs.get("figures", {}),
+        "tune_default": trial0.user_attrs.get("figures", {}) if trial0 is not None else {},
         "importance": report.importances(study),
     }
 

@@ -229,6 +229,10 @@ def plot(out: Path, studies: dict[str, optuna.Study], objectives: list[str]) -> 
     return names
 
 
+def _default_value(fig: dict, obj: str) -> str:
+    return _fmt(obj, fig[obj]) if obj in fig else "not run to the end"
+
+
 def markdown(details: dict[str, Any], figs: dict[str, dict], pngs: list[str]) -> str:
     obj = details["objectives"][0]
     lines = [
@@ -271,7 +275,7 @@ def markdown(details: dict[str, Any], figs: dict[str, dict], pngs: list[str]) ->
             "",
             f"best trial #{r['best_trial']} ({r['complete']} complete, {r['pruned']} pruned); "
             f"on the tuning part {obj} {_fmt(obj, r['tune_best'][obj])} "
-            f"(defaults, trial 0: {_fmt(obj, r['tune_default'][obj])})",
+            f"(defaults: {_default_value(r['tune_default'], obj)})",
             "",
             "| setting | tuned | default | importance |",
             "|---|---|---|---|",

@@ -68,8 +68,10 @@ def open_study(
             f"--storage {storage_path}: study {name!r} was made with other settings; "
             "use another --name or --storage to start afresh"
         )
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # interrupted run
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # left running by an interrupted run: failed, and queued again with the same values
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, skip_if_exists=False)
     return study
 
 
