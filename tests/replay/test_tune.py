@@ -191,3 +191,29 @@ def _spy(release, seen: list):
         return out
 
     return wrapped
+
+
+async def test_operator_flow_processor_trace_to_deployed_settings(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The README's three commands: convert the processor's trace, tune, deploy the env file
+    (here: the router reads its settings from the file's active lines)."""
+    from benchmarks.replay.agentic import main as agentic_main
+    from tests.replay.test_agentic import _processor_trace
+
+    src, dst = tmp_path / "processor.jsonl", tmp_path / "traffic.jsonl"
+    await _processor_trace(src)
+    assert agentic_main(["convert", str(src), str(dst)]) == 0
+    argv = ["--trace", str(dst), "--workers", "2", "--kv-blocks", "64", "--trials", "2"]
+    argv += ["--jobs", "1", "--eval-seeds", "1", "--name", "ops", "--out-root", str(tmp_path)]
+    assert main(argv) == 0
+    details = json.loads((tmp_path / "ops" / "details.json").read_text())
+    assert details["split"].startswith("conversations")
+    env = (tmp_path / "ops" / "akr.env").read_text()
+    for line in env.splitlines():
+        if line.startswith("AKR_ROUTER_"):
+            name, _, value = line.partition("=")
+            monkeypatch.setenv(name, value)
+    deployed = RouterConfig()
+    for name, value in details["routers"]["ours"]["tuned"].items():
+        assert getattr(deployed, name) == pytest.approx(value, rel=1e-3)
