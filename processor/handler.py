@@ -203,9 +203,7 @@ class ProcessorHandler:
         self.metrics.pins.set(swept["pinned_prefixes"])
         self.metrics.tracked_prefixes.set(swept["prefixes"])
         if self._writer is not None:
-            dropped = self._writer.dropped - self.metrics.trace_dropped._value.get()
-            if dropped > 0:
-                self.metrics.trace_dropped.inc(dropped)
+            self.metrics.sync_trace_lost(self._writer.lost)
 
     # -- request path -------------------------------------------------------------------------
     async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[Any]:

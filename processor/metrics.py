@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from router.jsonl_writer import LOSS_REASONS
 from router.loop_lag import LOOP_LAG_BUCKETS
 
 _LATENCY_BUCKETS = (
@@ -101,9 +102,13 @@ class ProcessorMetrics:
         )
         self.trace_dropped = Counter(
             "akr_processor_trace_records_dropped",
-            "Trace records dropped because the trace queue was full.",
+            "Trace records that never reached the trace file, by reason (queue_full, closed, "
+            "unencodable, unwritable, disk_full, io_error).",
+            ["reason"],
             registry=r,
         )
+        for reason in LOSS_REASONS:  # every series from 0, so increase() sees the first loss
+            self.trace_dropped.labels(reason=reason)
         self.feedback_timeouts = Counter(
             "akr_processor_feedback_timeouts",
             "Decisions whose feedback never came and were swept with a penalty.",
@@ -162,6 +167,15 @@ class ProcessorMetrics:
         label = f"{worker_id:x}"
         for m in (self.decisions, self.worker_errors):
             m.remove_by_labels({"worker": label})
+
+    def sync_trace_lost(self, lost: dict[str, int]) -> None:
+        """Raise the dropped-records counter to the trace writer's own counts (the writer
+        counts on its task; the counter follows at each sweep)."""
+        for reason, n in lost.items():
+            child = self.trace_dropped.labels(reason=reason)
+            behind = n - child._value.get()
+            if behind > 0:
+                child.inc(behind)
 
     def observe_tokens(self, prompt: int, cached: int, output: int) -> None:
         self.prompt_tokens.inc(prompt)
