@@ -30,6 +30,12 @@ import msgspec
 
 from processor.config import ProcessorConfig
 from processor.engine_state import ENGINE_POLL_S, EngineState, agreed_block_size, wait_for_cards
+from processor.health import (
+    WorkerHealth,
+    as_http_error,
+    serve_metrics_and_health,
+    wait_for_routable,
+)
 from processor.metrics import ProcessorMetrics
 from processor.routing import (
     LocalRouting,
@@ -48,6 +54,7 @@ from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
 from router.policy import Decision, RouteRequest
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, RouterService
+from router.unavailable import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +121,8 @@ class ProcessorHandler:
         # The router charges full workers only with the prompt's block hashes (router/load.py).
         self._send_hashes = self.service.config.kv_full_ms > 0
         self._quarantine = Quarantine(self._config.worker_quarantine_s)
+        self.health = WorkerHealth(config.expected_workers, config.expected_workers_window_s)
+        self._http: Any = None
 
     async def start(self) -> None:
         """Connect to the workers, agree on their KV block size, start the background tasks.
@@ -153,7 +162,9 @@ class ProcessorHandler:
             self._writer = JsonlWriter(self._config.trace_path, queue_size=cfg.trace_queue_size)
             self._writer.start()
         if self._config.metrics_port is not None:
-            self.metrics.serve(self._config.metrics_port, self._config.metrics_host)
+            self._http = serve_metrics_and_health(
+                self.metrics.registry, self.health, cfg.metrics_port, cfg.metrics_host
+            )
         self._sweep_once()  # gauges (workers routable, ...) valid before the first periodic sweep
         self._sweeper = asyncio.create_task(self._sweep_forever())
         self._lag_watch = asyncio.create_task(
@@ -170,6 +181,9 @@ class ProcessorHandler:
             await self.service.save_state(self.service.config.state_path)
         if self._writer is not None:
             await self._writer.close()
+        if self._http is not None:
+            await asyncio.to_thread(self._http.shutdown)
+            self._http.server_close()
 
     # -- background ---------------------------------------------------------------------------
     async def _sweep_forever(self) -> None:
@@ -197,7 +211,9 @@ class ProcessorHandler:
         swept = self.routing.maintain(now)
         if swept["feedback_timeouts"]:
             self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
-        self.metrics.workers.set(len(live - self._quarantine.workers()))
+        routable = len(live - self._quarantine.workers())
+        self.metrics.workers.set(routable)
+        self.metrics.expected_workers.set(self.health.update(routable, now))
         if self.engine is not None:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)
         self.metrics.pins.set(swept["pinned_prefixes"])
@@ -260,6 +276,10 @@ class ProcessorHandler:
         except (asyncio.CancelledError, GeneratorExit):
             outcome, error = "cancelled", "client disconnected"
             raise
+        except Unavailable as exc:
+            outcome, error = "unavailable", str(exc)
+            self.metrics.unavailable.labels(reason=exc.reason).inc()
+            raise as_http_error(exc) from exc
         except Exception as exc:
             error = error or repr(exc)
             raise
@@ -284,11 +304,14 @@ class ProcessorHandler:
         self, route: RouteRequest, token_ids: list[int], excluded: set[int], attempt: int
     ) -> tuple[Decision, float]:
         assert self.routing is not None, "start() first"
-        live = frozenset(self._client.instance_ids()) - excluded
-        if not live:
-            live = frozenset(await self._client.wait_for_instances()) - excluded
-        if not live:
-            raise RuntimeError("no live worker to route to")
+        cfg = self._config
+        live = await wait_for_routable(
+            self._client.instance_ids,
+            excluded,
+            cfg.no_worker_wait_s,
+            cfg.no_worker_retry_after_s,
+            asyncio.get_running_loop().time,
+        )
         live = self._quarantine.healthy(live)
         if attempt:  # a retry is a new decision with its own feedback record
             route = msgspec.structs.replace(route, request_id=f"{route.request_id}#{attempt}")

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the processor, in a registry of its own served on a loopback port.
+"""Prometheus metrics of the processor, in a registry of its own served on a loopback port
+(with ``/health``: processor/health.py).
 
 Names follow Prometheus conventions (``_total`` counters, base units in seconds). The KV hit
 ratio is exported both as its two counters (aggregate with ``rate(cached)/rate(prompt)``) and as
@@ -7,7 +8,7 @@ a gauge over the process lifetime for a quick look.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from router.jsonl_writer import LOSS_REASONS
 from router.loop_lag import LOOP_LAG_BUCKETS
@@ -130,6 +131,19 @@ class ProcessorMetrics:
             registry=r,
         )
         self.workers = Gauge("akr_processor_workers", "Workers currently routable.", registry=r)
+        self.expected_workers = Gauge(
+            "akr_processor_expected_workers",
+            "Workers the processor expects to route to (setting, or the recent peak); more "
+            "than akr_processor_workers means a worker was lost.",
+            registry=r,
+        )
+        self.unavailable = Counter(
+            "akr_processor_unavailable",
+            "Requests failed as 'retry later' (503 with Retry-After at the gateway), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.unavailable.labels(reason="no_worker")
 
         self.worker_capacity = Gauge(
             "akr_processor_worker_capacity_blocks",
@@ -184,7 +198,3 @@ class ProcessorMetrics:
         total = self.prompt_tokens._value.get()
         if total:
             self.kv_hit_ratio.set(self.cached_tokens._value.get() / total)
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        """Serve /metrics from a daemon thread (prometheus_client's own server)."""
-        start_http_server(port, addr=host, registry=self.registry)
