@@ -99,3 +99,9 @@ class ProcessorConfig(BaseSettings):
         description="Without expected_workers: how long a lost worker keeps the processor "
         "degraded before the smaller fleet counts as the expected one.",
     )
+    migration_limit: int = Field(
+        3,
+        ge=0,
+        description="Times one answer may be continued on another worker when its worker fails "
+        "after the first token (prompt plus the tokens sent, max_tokens reduced); 0 = off.",
+    )

@@ -9,7 +9,10 @@ writer (both O(1), neither awaits I/O on the stream).
 
 Faults: a worker that fails (or stays silent past ``first_token_timeout_s``) before the first
 token is excluded and the request is retried on the next best worker, at most
-``max_retries`` times (counted); after tokens were sent the client gets a clean error. A
+``max_retries`` times (counted); after tokens were sent the answer is continued on another
+worker (processor/migration.py, at most ``migration_limit`` times, counted), and only past
+that does the client get a clean error. With no routable worker a request fails fast as
+unavailable (processor/health.py). A
 worker that leaves discovery is dropped from routing by the next decision (decisions only
 consider ``client.instance_ids()``) and from the router's state by the background sweep. As
 discovery notices a killed worker only after its lease runs out (about 10 s with file
@@ -37,6 +40,7 @@ from processor.health import (
     wait_for_routable,
 )
 from processor.metrics import ProcessorMetrics
+from processor.migration import Continuation
 from processor.routing import (
     LocalRouting,
     Quarantine,
@@ -71,18 +75,38 @@ class WorkerFailed(RuntimeError):
 
 
 class _Measure:
-    """Timings and counts of one forwarding attempt (slots: one per request in flight)."""
+    """Timings and counts of one request (slots: one per request in flight): the client's view
+    across attempts (``first``, ``tokens``), and the current attempt's own (``attempt_*``),
+    which is what the chosen worker did and what its feedback to the router reports."""
 
-    __slots__ = ("cached", "finish_reason", "first", "last", "out_ids", "start", "tokens")
+    __slots__ = (
+        "attempt_first",
+        "attempt_start",
+        "attempt_tokens",
+        "cached",
+        "finish_reason",
+        "first",
+        "last",
+        "out_ids",
+        "start",
+        "tokens",
+    )
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.start = self.attempt_start = time.perf_counter()
         self.first: float | None = None
+        self.attempt_first: float | None = None
         self.last = self.start
-        self.tokens = 0
+        self.tokens = self.attempt_tokens = 0
         self.cached: int | None = None
         self.finish_reason: str | None = None
         self.out_ids: list[int] | None = None
+
+    def new_attempt(self) -> None:
+        self.attempt_start = time.perf_counter()
+        self.attempt_first = None
+        self.attempt_tokens = 0
+        self.cached = None
 
     @property
     def ttft_ms(self) -> float | None:
@@ -93,6 +117,18 @@ class _Measure:
         if self.first is None or self.tokens < 2:
             return None
         return (self.last - self.first) * 1000.0 / (self.tokens - 1)
+
+    @property
+    def attempt_ttft_ms(self) -> float | None:
+        if self.attempt_first is None:
+            return None
+        return (self.attempt_first - self.attempt_start) * 1000.0
+
+    @property
+    def attempt_itl_ms(self) -> float | None:
+        if self.attempt_first is None or self.attempt_tokens < 2:
+            return None
+        return (self.last - self.attempt_first) * 1000.0 / (self.attempt_tokens - 1)
 
 
 class ProcessorHandler:
@@ -236,20 +272,24 @@ class ProcessorHandler:
             route.block_hashes = chain_hashes(prompt_hashes)
         self.metrics.active.inc()
         excluded: set[int] = set()
-        attempt = 0
+        retries = 0
         decision: Decision | None = None
         decision_us = 0.0
-        measure = _Measure()
+        measure = _Measure()  # the whole request as the client sees it, across attempts
+        carry = Continuation(request, self._config.migration_limit)
+        attempt_request, attempt_ids = request, token_ids
         error: str | None = None
         outcome = "error"
         open_decision: str | None = None  # decision whose "finish" feedback is still owed
         try:
             while True:
-                decision, decision_us = await self._decide(route, token_ids, excluded, attempt)
+                decision, decision_us = await self._decide(
+                    route, attempt_ids, excluded, retries + carry.migrations
+                )
                 open_decision = decision.request_id
-                measure = _Measure()
+                measure.new_attempt()
                 try:
-                    forward = self._forward(request, context, decision, measure)
+                    forward = self._forward(attempt_request, context, decision, measure, carry)
                     async for item in forward:
                         yield item
                     # A client disconnect kills the context: the worker stops and its stream
@@ -265,12 +305,25 @@ class ProcessorHandler:
                     open_decision = None
                     self.metrics.worker_errors.labels(worker=f"{failure.worker_id:x}").inc()
                     self._quarantine.add(failure.worker_id)
-                    if failure.before_first_token and attempt < self._config.max_retries:
+                    if failure.before_first_token and retries < self._config.max_retries:
                         excluded.add(failure.worker_id)
-                        attempt += 1
+                        retries += 1
                         self.metrics.retries.inc()
                         logger.warning("%s; retrying request %s elsewhere", failure, request_id)
                         continue
+                    if not failure.before_first_token and not _context_cancelled(context):
+                        follow = carry.next_request(request)
+                        if follow is not None:
+                            excluded.add(failure.worker_id)
+                            attempt_request, attempt_ids = follow, follow["token_ids"]
+                            self.metrics.migrations.inc()
+                            logger.warning(
+                                "%s after %d tokens; continuing request %s elsewhere",
+                                failure,
+                                measure.tokens,
+                                request_id,
+                            )
+                            continue
                     error = str(failure)
                     raise
         except (asyncio.CancelledError, GeneratorExit):
@@ -294,7 +347,8 @@ class ProcessorHandler:
                 decision,
                 open_decision,
                 decision_us,
-                attempt,
+                retries,
+                carry.migrations,
                 measure,
                 outcome,
                 error,
@@ -330,8 +384,10 @@ class ProcessorHandler:
         context: Any,
         decision: Decision,
         measure: _Measure,
+        carry: Continuation,
     ) -> AsyncIterator[Any]:
-        """Stream one attempt from the chosen worker; raise ``WorkerFailed`` on its faults."""
+        """Stream one attempt from the chosen worker; raise ``WorkerFailed`` on its faults
+        (``before_first_token``: before this attempt's first output)."""
         wid = decision.worker_id
         keep_ids = self._config.trace_tokens
         try:
@@ -349,11 +405,13 @@ class ProcessorHandler:
             raise
         except Exception as exc:
             raise WorkerFailed(wid, True, exc) from exc
-        measure.first = measure.last = time.perf_counter()
+        measure.attempt_first = measure.last = time.perf_counter()
+        if measure.first is None:
+            measure.first = measure.attempt_first
         self.routing.feedback(Feedback(event="first_token", request_id=decision.request_id))
         item: Any = first
         while True:
-            _observe(measure, item, keep_ids)
+            _observe(measure, item, keep_ids, carry)
             yield item
             try:
                 item = await iterator.__anext__()
@@ -376,6 +434,7 @@ class ProcessorHandler:
         open_decision: str | None,
         decision_us: float,
         retries: int,
+        migrations: int,
         measure: _Measure,
         outcome: str,
         error: str | None,
@@ -397,9 +456,9 @@ class ProcessorHandler:
                     open_decision,
                     len(token_ids),
                     measure.cached,
-                    ttft_ms,
-                    itl_ms,
-                    measure.tokens,
+                    measure.attempt_ttft_ms,
+                    measure.attempt_itl_ms,
+                    measure.attempt_tokens,
                     outcome,
                 )
             )
@@ -430,6 +489,7 @@ class ProcessorHandler:
                 candidates=[] if decision is None else decision.candidates,
                 decision_us=decision_us,
                 retries=retries,
+                migrations=migrations,
                 ttft_ms=ttft_ms,
                 itl_ms=itl_ms,
                 e2e_ms=e2e_ms,
@@ -443,13 +503,15 @@ class ProcessorHandler:
         )
 
 
-def _observe(measure: _Measure, item: Any, keep_ids: int) -> None:
+def _observe(measure: _Measure, item: Any, keep_ids: int, carry: Continuation) -> None:
     """Count tokens and pick usage / finish reason out of one worker output."""
     if not isinstance(item, dict):
         return
     ids = item.get("token_ids")
     if ids:
         measure.tokens += len(ids)
+        measure.attempt_tokens += len(ids)
+        carry.record(ids)
         if keep_ids:
             out = measure.out_ids if measure.out_ids is not None else []
             if len(out) < keep_ids:

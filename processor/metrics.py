@@ -123,6 +123,11 @@ class ProcessorMetrics:
             "Requests retried on another worker before any token.",
             registry=r,
         )
+        self.migrations = Counter(
+            "akr_processor_migrations",
+            "Answers continued on another worker after their worker failed mid-stream.",
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "akr_processor_event_loop_lag_seconds",
             "How late a periodic timer fires on the processor's event loop: the wait of every "
