@@ -11,13 +11,15 @@ Faults: a worker that fails (or stays silent past ``first_token_timeout_s``) bef
 token is excluded and the request is retried on the next best worker, at most
 ``max_retries`` times (counted); after tokens were sent the answer is continued on another
 worker (processor/migration.py, at most ``migration_limit`` times, counted), and only past
-that does the client get a clean error. With no routable worker a request fails fast as
-unavailable (processor/health.py). A
-worker that leaves discovery is dropped from routing by the next decision (decisions only
-consider ``client.instance_ids()``) and from the router's state by the background sweep. As
-discovery notices a killed worker only after its lease runs out (about 10 s with file
-discovery), a worker that fails a request is also quarantined for ``worker_quarantine_s``:
-later decisions leave it out unless no other worker is live.
+that does the client get a clean error. A worker's refusal (an error in its stream, e.g. a
+prompt beyond its admission limits) fails the request (outcome "rejected", 400 when the
+prompt exceeds a limit) without a retry, a quarantine or a TTFT for the learner. With no
+routable worker a request fails fast as unavailable (processor/health.py). A worker that
+leaves discovery is dropped from routing by the next decision (decisions only consider
+``client.instance_ids()``) and from the router's state by the background sweep. As discovery
+notices a killed worker only after its lease runs out (about 10 s with file discovery), a
+worker that fails a request is also quarantined for ``worker_quarantine_s``: later decisions
+leave it out unless no other worker is live.
 """
 
 from __future__ import annotations
@@ -72,6 +74,24 @@ class WorkerFailed(RuntimeError):
         super().__init__(f"worker {worker_id:x} failed: {cause!r}")
         self.worker_id = worker_id
         self.before_first_token = before_first_token
+
+
+class WorkerRejected(RuntimeError):
+    """The worker refused the request (an error in its stream, e.g. a prompt beyond its
+    admission limits): the request's failure, not the worker's, so no retry, no quarantine,
+    and never a success for the learner."""
+
+    def __init__(self, worker_id: int, message: str) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+
+    def to_client(self) -> Exception:
+        """A refusal of the prompt itself is the client's 400 (the stock frontend forwards a
+        4xx message as is); anything else stays a server error."""
+        from dynamo.llm.exceptions import HttpError
+
+        text = str(self)
+        return HttpError(400, text) if "exceeds" in text.lower() else RuntimeError(text)
 
 
 class _Measure:
@@ -265,9 +285,11 @@ class ProcessorHandler:
         token_ids: list[int] = request.get("token_ids") or []
         stop = request.get("stop_conditions") or {}
         route = route_request(request_id, hints, len(token_ids), stop.get("max_tokens"))
+        # A prompt no worker can hold is refused before any work that walks its tokens.
+        too_long = self._beyond_capacity(len(token_ids))
         # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.
-        prompt_hashes: list[int] | None = None
-        if self._send_hashes:
+        prompt_hashes: list[int] | None = [] if too_long else None
+        if self._send_hashes and not too_long:
             prompt_hashes = block_hashes(token_ids, self.block_size)
             route.block_hashes = chain_hashes(prompt_hashes)
         self.metrics.active.inc()
@@ -282,6 +304,8 @@ class ProcessorHandler:
         outcome = "error"
         open_decision: str | None = None  # decision whose "finish" feedback is still owed
         try:
+            if too_long:
+                raise WorkerRejected(0, too_long)
             while True:
                 decision, decision_us = await self._decide(
                     route, attempt_ids, excluded, retries + carry.migrations
@@ -329,6 +353,9 @@ class ProcessorHandler:
         except (asyncio.CancelledError, GeneratorExit):
             outcome, error = "cancelled", "client disconnected"
             raise
+        except WorkerRejected as exc:
+            outcome, error = "rejected", str(exc)
+            raise exc.to_client() from exc
         except Unavailable as exc:
             outcome, error = "unavailable", str(exc)
             self.metrics.unavailable.labels(reason=exc.reason).inc()
@@ -353,6 +380,22 @@ class ProcessorHandler:
                 outcome,
                 error,
             )
+
+    def _beyond_capacity(self, prompt_tokens: int) -> str | None:
+        """Why a prompt of this length can never be served (longer than the KV capacity of
+        every worker, from their cards), or None. Why: such a prompt is refused by the worker
+        anyway, after the processor has hashed, scored and copied millions of tokens on its
+        event loop (hundreds of ms for a 10 MiB prompt, every other request waiting)."""
+        capacity = self.engine.capacity if self.engine is not None else None
+        if not capacity:
+            return None
+        limit = max(capacity.values()) * self.block_size
+        if prompt_tokens <= limit:
+            return None
+        return (
+            f"request rejected: prompt of {prompt_tokens} tokens exceeds the KV capacity of "
+            f"every worker ({limit} tokens)"
+        )
 
     async def _decide(
         self, route: RouteRequest, token_ids: list[int], excluded: set[int], attempt: int
@@ -405,6 +448,8 @@ class ProcessorHandler:
             raise
         except Exception as exc:
             raise WorkerFailed(wid, True, exc) from exc
+        if (refusal := _item_error(first)) is not None:
+            raise WorkerRejected(wid, refusal)
         measure.attempt_first = measure.last = time.perf_counter()
         if measure.first is None:
             measure.first = measure.attempt_first
@@ -421,6 +466,8 @@ class ProcessorHandler:
                 raise
             except Exception as exc:
                 raise WorkerFailed(wid, False, exc) from exc
+            if (refusal := _item_error(item)) is not None:
+                raise WorkerRejected(wid, refusal)
             measure.last = time.perf_counter()
 
     def _finish(
@@ -524,6 +571,20 @@ def _observe(measure: _Measure, item: Any, keep_ids: int, carry: Continuation) -
             measure.cached = int(details["cached_tokens"])
     if item.get("finish_reason"):
         measure.finish_reason = str(item["finish_reason"])
+
+
+def _item_error(item: Any) -> str | None:
+    """The error a worker output carries instead of tokens, if any: Dynamo's error finish
+    reason (``{"finish_reason": {"error": "..."}}``) or an error field."""
+    if not isinstance(item, dict):
+        return None
+    reason = item.get("finish_reason")
+    if isinstance(reason, dict) and "error" in reason:
+        return str(reason["error"])
+    if isinstance(reason, str) and reason.startswith("error"):
+        return reason
+    error = item.get("error")
+    return str(error) if error else None
 
 
 def _context_cancelled(context: Any) -> bool:

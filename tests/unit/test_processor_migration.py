@@ -42,3 +42,19 @@ def test_no_continuation_when_off_guided_or_done() -> None:
     carry.record([5])
     follow = carry.next_request(unbounded)
     assert follow is not None and follow["stop_conditions"] == {}
+
+
+def test_worker_refusal_in_the_stream_is_an_error() -> None:
+    """The mocker's refusal arrives as an output whose finish reason is an error."""
+    from processor.handler import WorkerRejected, _item_error
+
+    refusal = {
+        "token_ids": [],
+        "finish_reason": {"error": "request rejected: request exceeds worker admission limits"},
+    }
+    assert _item_error(refusal) == "request rejected: request exceeds worker admission limits"
+    assert _item_error({"token_ids": [5], "finish_reason": "length"}) is None
+    assert _item_error({"token_ids": [5]}) is None
+    err = WorkerRejected(1, "request rejected: request exceeds worker admission limits")
+    assert getattr(err.to_client(), "code", None) == 400
+    assert not hasattr(WorkerRejected(1, "engine crashed").to_client(), "code")
