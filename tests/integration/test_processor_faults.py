@@ -202,6 +202,14 @@ def test_killed_worker_loses_no_request(two_workers: LocalStack) -> None:
     # Dropped from routing within seconds (the requests keep running meanwhile).
     poll("the workers gauge to drop", lambda: metric(scrape(url), "akr_processor_workers") == 1, 15)
     dropped_after = time.monotonic() - killed_at
+    # Still serving, but short of the two workers seen: readiness says degraded, the gauges
+    # (and the AkrWorkersLost alert) say one lost.
+    health = httpx.get(url.replace("/metrics", "/health"), timeout=5)
+    assert (health.status_code, health.json()) == (
+        200,
+        {"status": "degraded", "routable_workers": 1, "expected_workers": 2},
+    )
+    assert metric(scrape(url), "akr_processor_expected_workers") == 2
     for t in threads:
         t.join(60)
     assert len(results) == n
