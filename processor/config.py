@@ -105,3 +105,9 @@ class ProcessorConfig(BaseSettings):
         description="Times one answer may be continued on another worker when its worker fails "
         "after the first token (prompt plus the tokens sent, max_tokens reduced); 0 = off.",
     )
+    stream_stall_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="A worker silent this long between two outputs of a streaming answer has "
+        "failed: the answer is continued on another worker (see migration_limit). 0 = no limit.",
+    )

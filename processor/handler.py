@@ -11,9 +11,11 @@ Faults: a worker that fails (or stays silent past ``first_token_timeout_s``) bef
 token is excluded and the request is retried on the next best worker, at most
 ``max_retries`` times (counted); after tokens were sent the answer is continued on another
 worker (processor/migration.py, at most ``migration_limit`` times, counted), and only past
-that does the client get a clean error. A worker's refusal (an error in its stream, e.g. a
-prompt beyond its admission limits) fails the request (outcome "rejected", 400 when the
-prompt exceeds a limit) without a retry, a quarantine or a TTFT for the learner. With no
+that does the client get a clean error; a worker silent mid-stream for
+``stream_stall_timeout_s`` (frozen, or cut off without a reset) has failed too. A worker's
+refusal (an error in its stream, e.g. a prompt beyond its admission limits) fails the
+request (outcome "rejected", 400 when the prompt exceeds a limit) without a retry, a
+quarantine or a TTFT for the learner. With no
 routable worker a request fails fast as unavailable (processor/health.py). A worker that
 leaves discovery is dropped from routing by the next decision (decisions only consider
 ``client.instance_ids()``) and from the router's state by the background sweep. As discovery
@@ -433,6 +435,7 @@ class ProcessorHandler:
         (``before_first_token``: before this attempt's first output)."""
         wid = decision.worker_id
         keep_ids = self._config.trace_tokens
+        stall_s = self._config.stream_stall_timeout_s
         try:
             # One deadline for sending the request and for its first token: a worker that
             # accepts the connection but never answers otherwise holds the request for the
@@ -459,7 +462,11 @@ class ProcessorHandler:
             _observe(measure, item, keep_ids, carry)
             yield item
             try:
-                item = await iterator.__anext__()
+                if stall_s:  # only around the wait: a deadline must never span the yield
+                    async with asyncio.timeout(stall_s):
+                        item = await iterator.__anext__()
+                else:
+                    item = await iterator.__anext__()
             except StopAsyncIteration:
                 return
             except (asyncio.CancelledError, GeneratorExit):

@@ -8,6 +8,7 @@ concurrent requests queue on a worker without having started to stream.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -302,4 +303,67 @@ def test_frozen_worker_times_out_before_the_first_token_and_is_retried() -> None
         print(
             f"\nfrozen worker: {len(retried)}/4 requests timed out after {timeout_s} s and "
             f"were retried; client latencies {[round(x, 2) for _, x in got]} s"
+        )
+
+
+def test_worker_frozen_mid_stream_is_continued_elsewhere() -> None:
+    """A worker stopped (SIGSTOP) while streaming: after ``stream_stall_timeout_s`` of silence
+    its answers are continued on the other worker; every client gets its full answer."""
+    stall_s = 1.0
+    config = StackConfig(
+        speeds=[0.5, 0.6],  # ~10 ms a token: 150 tokens stream for ~1.5 s
+        gpu_blocks=1024,
+        processor_env={"AKR_PROCESSOR_STREAM_STALL_TIMEOUT_S": str(stall_s)},
+    )
+    with running_stack(config) as stack:
+        url = stack.processor_metrics_url
+        poll("both workers routable", lambda: metric(scrape(url), "akr_processor_workers") == 2, 15)
+        n, tokens = 6, 150
+        streamed: dict[int, int] = {}
+        results: dict[int, tuple[str, int, str | None]] = {}
+
+        def client(i: int) -> None:
+            body = {
+                "model": stack.model_name,
+                "messages": [{"role": "user", "content": f"frozen mid-stream {i} " * 20}],
+                "max_tokens": tokens,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            rid, got, error = "", 0, None
+            with httpx.stream(
+                "POST", f"{stack.gateway_url}/v1/chat/completions", json=body, timeout=60
+            ) as resp:
+                for line in resp.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        error = str(chunk)
+                        continue
+                    rid = rid or chunk["id"].split("-", 1)[1]
+                    streamed[i] = streamed.get(i, 0) + 1
+                    if chunk.get("usage"):
+                        got = chunk["usage"]["completion_tokens"]
+            results[i] = (rid, got, error)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        poll("every answer streaming", lambda: len(streamed) == n, 20)
+        stack.signal("mocker1", signal.SIGSTOP)
+        try:
+            for t in threads:
+                t.join(60)
+        finally:
+            stack.signal("mocker1", signal.SIGCONT)
+        assert len(results) == n
+        assert all(err is None and got == tokens for _, got, err in results.values()), results
+        recs = [trace_of(stack, rid) for rid, _, _ in results.values()]
+        migrated = [r for r in recs if r.migrations]
+        assert migrated, "no answer was on the frozen worker"
+        assert all(r.error is None and r.output_tokens == tokens for r in migrated)
+        print(
+            f"\nfrozen mid-stream: {len(migrated)}/{n} answers continued after {stall_s} s of "
+            f"silence, all {n} complete"
         )
