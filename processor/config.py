@@ -77,3 +77,37 @@ class ProcessorConfig(BaseSettings):
             "live worker is in quarantine. 0 = off."
         ),
     )
+    no_worker_wait_s: float = Field(
+        3.0,
+        ge=0,
+        description="With no routable worker, a request waits this long for one to appear, "
+        "then fails as unavailable (the gateway answers 503 with Retry-After).",
+    )
+    no_worker_retry_after_s: int = Field(
+        5, ge=1, description="Retry-After (seconds) of a request failed for lack of a worker."
+    )
+    expected_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Workers this processor should see; fewer routable marks it degraded in "
+        "/health and in akr_processor_expected_workers. Unset = the most workers routable at "
+        "once within expected_workers_window_s.",
+    )
+    expected_workers_window_s: float = Field(
+        600.0,
+        gt=0,
+        description="Without expected_workers: how long a lost worker keeps the processor "
+        "degraded before the smaller fleet counts as the expected one.",
+    )
+    migration_limit: int = Field(
+        3,
+        ge=0,
+        description="Times one answer may be continued on another worker when its worker fails "
+        "after the first token (prompt plus the tokens sent, max_tokens reduced); 0 = off.",
+    )
+    stream_stall_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="A worker silent this long between two outputs of a streaming answer has "
+        "failed: the answer is continued on another worker (see migration_limit). 0 = no limit.",
+    )

@@ -9,12 +9,19 @@ writer (both O(1), neither awaits I/O on the stream).
 
 Faults: a worker that fails (or stays silent past ``first_token_timeout_s``) before the first
 token is excluded and the request is retried on the next best worker, at most
-``max_retries`` times (counted); after tokens were sent the client gets a clean error. A
-worker that leaves discovery is dropped from routing by the next decision (decisions only
-consider ``client.instance_ids()``) and from the router's state by the background sweep. As
-discovery notices a killed worker only after its lease runs out (about 10 s with file
-discovery), a worker that fails a request is also quarantined for ``worker_quarantine_s``:
-later decisions leave it out unless no other worker is live.
+``max_retries`` times (counted); after tokens were sent the answer is continued on another
+worker (processor/migration.py, at most ``migration_limit`` times, counted), and only past
+that does the client get a clean error; a worker silent mid-stream for
+``stream_stall_timeout_s`` (frozen, or cut off without a reset) has failed too. A worker's
+refusal (an error in its stream, e.g. a prompt beyond its admission limits) fails the
+request (outcome "rejected", 400 when the prompt exceeds a limit) without a retry, a
+quarantine or a TTFT for the learner. With no
+routable worker a request fails fast as unavailable (processor/health.py). A worker that
+leaves discovery is dropped from routing by the next decision (decisions only consider
+``client.instance_ids()``) and from the router's state by the background sweep. As discovery
+notices a killed worker only after its lease runs out (about 10 s with file discovery), a
+worker that fails a request is also quarantined for ``worker_quarantine_s``: later decisions
+leave it out unless no other worker is live.
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ import msgspec
 
 from processor.config import ProcessorConfig
 from processor.engine_state import ENGINE_POLL_S, EngineState, agreed_block_size, wait_for_cards
+from processor.health import (
+    WorkerHealth,
+    as_http_error,
+    serve_metrics_and_health,
+    wait_for_routable,
+)
 from processor.metrics import ProcessorMetrics
+from processor.migration import Continuation
 from processor.routing import (
     LocalRouting,
     Quarantine,
@@ -48,6 +62,7 @@ from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
 from router.policy import Decision, RouteRequest
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, RouterService
+from router.unavailable import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -63,19 +78,57 @@ class WorkerFailed(RuntimeError):
         self.before_first_token = before_first_token
 
 
-class _Measure:
-    """Timings and counts of one forwarding attempt (slots: one per request in flight)."""
+class WorkerRejected(RuntimeError):
+    """The worker refused the request (an error in its stream, e.g. a prompt beyond its
+    admission limits): the request's failure, not the worker's, so no retry, no quarantine,
+    and never a success for the learner."""
 
-    __slots__ = ("cached", "finish_reason", "first", "last", "out_ids", "start", "tokens")
+    def __init__(self, worker_id: int, message: str) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+
+    def to_client(self) -> Exception:
+        """A refusal of the prompt itself is the client's 400 (the stock frontend forwards a
+        4xx message as is); anything else stays a server error."""
+        from dynamo.llm.exceptions import HttpError
+
+        text = str(self)
+        return HttpError(400, text) if "exceeds" in text.lower() else RuntimeError(text)
+
+
+class _Measure:
+    """Timings and counts of one request (slots: one per request in flight): the client's view
+    across attempts (``first``, ``tokens``), and the current attempt's own (``attempt_*``),
+    which is what the chosen worker did and what its feedback to the router reports."""
+
+    __slots__ = (
+        "attempt_first",
+        "attempt_start",
+        "attempt_tokens",
+        "cached",
+        "finish_reason",
+        "first",
+        "last",
+        "out_ids",
+        "start",
+        "tokens",
+    )
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.start = self.attempt_start = time.perf_counter()
         self.first: float | None = None
+        self.attempt_first: float | None = None
         self.last = self.start
-        self.tokens = 0
+        self.tokens = self.attempt_tokens = 0
         self.cached: int | None = None
         self.finish_reason: str | None = None
         self.out_ids: list[int] | None = None
+
+    def new_attempt(self) -> None:
+        self.attempt_start = time.perf_counter()
+        self.attempt_first = None
+        self.attempt_tokens = 0
+        self.cached = None
 
     @property
     def ttft_ms(self) -> float | None:
@@ -86,6 +139,18 @@ class _Measure:
         if self.first is None or self.tokens < 2:
             return None
         return (self.last - self.first) * 1000.0 / (self.tokens - 1)
+
+    @property
+    def attempt_ttft_ms(self) -> float | None:
+        if self.attempt_first is None:
+            return None
+        return (self.attempt_first - self.attempt_start) * 1000.0
+
+    @property
+    def attempt_itl_ms(self) -> float | None:
+        if self.attempt_first is None or self.attempt_tokens < 2:
+            return None
+        return (self.last - self.attempt_first) * 1000.0 / (self.attempt_tokens - 1)
 
 
 class ProcessorHandler:
@@ -114,6 +179,8 @@ class ProcessorHandler:
         # The router charges full workers only with the prompt's block hashes (router/load.py).
         self._send_hashes = self.service.config.kv_full_ms > 0
         self._quarantine = Quarantine(self._config.worker_quarantine_s)
+        self.health = WorkerHealth(config.expected_workers, config.expected_workers_window_s)
+        self._http: Any = None
 
     async def start(self) -> None:
         """Connect to the workers, agree on their KV block size, start the background tasks.
@@ -153,7 +220,9 @@ class ProcessorHandler:
             self._writer = JsonlWriter(self._config.trace_path, queue_size=cfg.trace_queue_size)
             self._writer.start()
         if self._config.metrics_port is not None:
-            self.metrics.serve(self._config.metrics_port, self._config.metrics_host)
+            self._http = serve_metrics_and_health(
+                self.metrics.registry, self.health, cfg.metrics_port, cfg.metrics_host
+            )
         self._sweep_once()  # gauges (workers routable, ...) valid before the first periodic sweep
         self._sweeper = asyncio.create_task(self._sweep_forever())
         self._lag_watch = asyncio.create_task(
@@ -170,6 +239,9 @@ class ProcessorHandler:
             await self.service.save_state(self.service.config.state_path)
         if self._writer is not None:
             await self._writer.close()
+        if self._http is not None:
+            await asyncio.to_thread(self._http.shutdown)
+            self._http.server_close()
 
     # -- background ---------------------------------------------------------------------------
     async def _sweep_forever(self) -> None:
@@ -197,15 +269,15 @@ class ProcessorHandler:
         swept = self.routing.maintain(now)
         if swept["feedback_timeouts"]:
             self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
-        self.metrics.workers.set(len(live - self._quarantine.workers()))
+        routable = len(live - self._quarantine.workers())
+        self.metrics.workers.set(routable)
+        self.metrics.expected_workers.set(self.health.update(routable, now))
         if self.engine is not None:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)
         self.metrics.pins.set(swept["pinned_prefixes"])
         self.metrics.tracked_prefixes.set(swept["prefixes"])
         if self._writer is not None:
-            dropped = self._writer.dropped - self.metrics.trace_dropped._value.get()
-            if dropped > 0:
-                self.metrics.trace_dropped.inc(dropped)
+            self.metrics.sync_trace_lost(self._writer.lost)
 
     # -- request path -------------------------------------------------------------------------
     async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[Any]:
@@ -215,27 +287,35 @@ class ProcessorHandler:
         token_ids: list[int] = request.get("token_ids") or []
         stop = request.get("stop_conditions") or {}
         route = route_request(request_id, hints, len(token_ids), stop.get("max_tokens"))
+        # A prompt no worker can hold is refused before any work that walks its tokens.
+        too_long = self._beyond_capacity(len(token_ids))
         # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.
-        prompt_hashes: list[int] | None = None
-        if self._send_hashes:
+        prompt_hashes: list[int] | None = [] if too_long else None
+        if self._send_hashes and not too_long:
             prompt_hashes = block_hashes(token_ids, self.block_size)
             route.block_hashes = chain_hashes(prompt_hashes)
         self.metrics.active.inc()
         excluded: set[int] = set()
-        attempt = 0
+        retries = 0
         decision: Decision | None = None
         decision_us = 0.0
-        measure = _Measure()
+        measure = _Measure()  # the whole request as the client sees it, across attempts
+        carry = Continuation(request, self._config.migration_limit)
+        attempt_request, attempt_ids = request, token_ids
         error: str | None = None
         outcome = "error"
         open_decision: str | None = None  # decision whose "finish" feedback is still owed
         try:
+            if too_long:
+                raise WorkerRejected(0, too_long)
             while True:
-                decision, decision_us = await self._decide(route, token_ids, excluded, attempt)
+                decision, decision_us = await self._decide(
+                    route, attempt_ids, excluded, retries + carry.migrations
+                )
                 open_decision = decision.request_id
-                measure = _Measure()
+                measure.new_attempt()
                 try:
-                    forward = self._forward(request, context, decision, measure)
+                    forward = self._forward(attempt_request, context, decision, measure, carry)
                     async for item in forward:
                         yield item
                     # A client disconnect kills the context: the worker stops and its stream
@@ -251,17 +331,37 @@ class ProcessorHandler:
                     open_decision = None
                     self.metrics.worker_errors.labels(worker=f"{failure.worker_id:x}").inc()
                     self._quarantine.add(failure.worker_id)
-                    if failure.before_first_token and attempt < self._config.max_retries:
+                    if failure.before_first_token and retries < self._config.max_retries:
                         excluded.add(failure.worker_id)
-                        attempt += 1
+                        retries += 1
                         self.metrics.retries.inc()
                         logger.warning("%s; retrying request %s elsewhere", failure, request_id)
                         continue
+                    if not failure.before_first_token and not _context_cancelled(context):
+                        follow = carry.next_request(request)
+                        if follow is not None:
+                            excluded.add(failure.worker_id)
+                            attempt_request, attempt_ids = follow, follow["token_ids"]
+                            self.metrics.migrations.inc()
+                            logger.warning(
+                                "%s after %d tokens; continuing request %s elsewhere",
+                                failure,
+                                measure.tokens,
+                                request_id,
+                            )
+                            continue
                     error = str(failure)
                     raise
         except (asyncio.CancelledError, GeneratorExit):
             outcome, error = "cancelled", "client disconnected"
             raise
+        except WorkerRejected as exc:
+            outcome, error = "rejected", str(exc)
+            raise exc.to_client() from exc
+        except Unavailable as exc:
+            outcome, error = "unavailable", str(exc)
+            self.metrics.unavailable.labels(reason=exc.reason).inc()
+            raise as_http_error(exc) from exc
         except Exception as exc:
             error = error or repr(exc)
             raise
@@ -276,21 +376,41 @@ class ProcessorHandler:
                 decision,
                 open_decision,
                 decision_us,
-                attempt,
+                retries,
+                carry.migrations,
                 measure,
                 outcome,
                 error,
             )
 
+    def _beyond_capacity(self, prompt_tokens: int) -> str | None:
+        """Why a prompt of this length can never be served (longer than the KV capacity of
+        every worker, from their cards), or None. Why: such a prompt is refused by the worker
+        anyway, after the processor has hashed, scored and copied millions of tokens on its
+        event loop (hundreds of ms for a 10 MiB prompt, every other request waiting)."""
+        capacity = self.engine.capacity if self.engine is not None else None
+        if not capacity:
+            return None
+        limit = max(capacity.values()) * self.block_size
+        if prompt_tokens <= limit:
+            return None
+        return (
+            f"request rejected: prompt of {prompt_tokens} tokens exceeds the KV capacity of "
+            f"every worker ({limit} tokens)"
+        )
+
     async def _decide(
         self, route: RouteRequest, token_ids: list[int], excluded: set[int], attempt: int
     ) -> tuple[Decision, float]:
         assert self.routing is not None, "start() first"
-        live = frozenset(self._client.instance_ids()) - excluded
-        if not live:
-            live = frozenset(await self._client.wait_for_instances()) - excluded
-        if not live:
-            raise RuntimeError("no live worker to route to")
+        cfg = self._config
+        live = await wait_for_routable(
+            self._client.instance_ids,
+            excluded,
+            cfg.no_worker_wait_s,
+            cfg.no_worker_retry_after_s,
+            asyncio.get_running_loop().time,
+        )
         live = self._quarantine.healthy(live)
         if attempt:  # a retry is a new decision with its own feedback record
             route = msgspec.structs.replace(route, request_id=f"{route.request_id}#{attempt}")
@@ -309,10 +429,13 @@ class ProcessorHandler:
         context: Any,
         decision: Decision,
         measure: _Measure,
+        carry: Continuation,
     ) -> AsyncIterator[Any]:
-        """Stream one attempt from the chosen worker; raise ``WorkerFailed`` on its faults."""
+        """Stream one attempt from the chosen worker; raise ``WorkerFailed`` on its faults
+        (``before_first_token``: before this attempt's first output)."""
         wid = decision.worker_id
         keep_ids = self._config.trace_tokens
+        stall_s = self._config.stream_stall_timeout_s
         try:
             # One deadline for sending the request and for its first token: a worker that
             # accepts the connection but never answers otherwise holds the request for the
@@ -328,20 +451,30 @@ class ProcessorHandler:
             raise
         except Exception as exc:
             raise WorkerFailed(wid, True, exc) from exc
-        measure.first = measure.last = time.perf_counter()
+        if (refusal := _item_error(first)) is not None:
+            raise WorkerRejected(wid, refusal)
+        measure.attempt_first = measure.last = time.perf_counter()
+        if measure.first is None:
+            measure.first = measure.attempt_first
         self.routing.feedback(Feedback(event="first_token", request_id=decision.request_id))
         item: Any = first
         while True:
-            _observe(measure, item, keep_ids)
+            _observe(measure, item, keep_ids, carry)
             yield item
             try:
-                item = await iterator.__anext__()
+                if stall_s:  # only around the wait: a deadline must never span the yield
+                    async with asyncio.timeout(stall_s):
+                        item = await iterator.__anext__()
+                else:
+                    item = await iterator.__anext__()
             except StopAsyncIteration:
                 return
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception as exc:
                 raise WorkerFailed(wid, False, exc) from exc
+            if (refusal := _item_error(item)) is not None:
+                raise WorkerRejected(wid, refusal)
             measure.last = time.perf_counter()
 
     def _finish(
@@ -355,6 +488,7 @@ class ProcessorHandler:
         open_decision: str | None,
         decision_us: float,
         retries: int,
+        migrations: int,
         measure: _Measure,
         outcome: str,
         error: str | None,
@@ -376,9 +510,9 @@ class ProcessorHandler:
                     open_decision,
                     len(token_ids),
                     measure.cached,
-                    ttft_ms,
-                    itl_ms,
-                    measure.tokens,
+                    measure.attempt_ttft_ms,
+                    measure.attempt_itl_ms,
+                    measure.attempt_tokens,
                     outcome,
                 )
             )
@@ -409,6 +543,7 @@ class ProcessorHandler:
                 candidates=[] if decision is None else decision.candidates,
                 decision_us=decision_us,
                 retries=retries,
+                migrations=migrations,
                 ttft_ms=ttft_ms,
                 itl_ms=itl_ms,
                 e2e_ms=e2e_ms,
@@ -422,13 +557,15 @@ class ProcessorHandler:
         )
 
 
-def _observe(measure: _Measure, item: Any, keep_ids: int) -> None:
+def _observe(measure: _Measure, item: Any, keep_ids: int, carry: Continuation) -> None:
     """Count tokens and pick usage / finish reason out of one worker output."""
     if not isinstance(item, dict):
         return
     ids = item.get("token_ids")
     if ids:
         measure.tokens += len(ids)
+        measure.attempt_tokens += len(ids)
+        carry.record(ids)
         if keep_ids:
             out = measure.out_ids if measure.out_ids is not None else []
             if len(out) < keep_ids:
@@ -441,6 +578,20 @@ def _observe(measure: _Measure, item: Any, keep_ids: int) -> None:
             measure.cached = int(details["cached_tokens"])
     if item.get("finish_reason"):
         measure.finish_reason = str(item["finish_reason"])
+
+
+def _item_error(item: Any) -> str | None:
+    """The error a worker output carries instead of tokens, if any: Dynamo's error finish
+    reason (``{"finish_reason": {"error": "..."}}``) or an error field."""
+    if not isinstance(item, dict):
+        return None
+    reason = item.get("finish_reason")
+    if isinstance(reason, dict) and "error" in reason:
+        return str(reason["error"])
+    if isinstance(reason, str) and reason.startswith("error"):
+        return reason
+    error = item.get("error")
+    return str(error) if error else None
 
 
 def _context_cancelled(context: Any) -> bool:

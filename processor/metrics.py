@@ -1,4 +1,5 @@
-"""Prometheus metrics of the processor, in a registry of its own served on a loopback port.
+"""Prometheus metrics of the processor, in a registry of its own served on a loopback port
+(with ``/health``: processor/health.py).
 
 Names follow Prometheus conventions (``_total`` counters, base units in seconds). The KV hit
 ratio is exported both as its two counters (aggregate with ``rate(cached)/rate(prompt)``) and as
@@ -7,8 +8,9 @@ a gauge over the process lifetime for a quick look.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from router.jsonl_writer import LOSS_REASONS
 from router.loop_lag import LOOP_LAG_BUCKETS
 
 _LATENCY_BUCKETS = (
@@ -101,9 +103,13 @@ class ProcessorMetrics:
         )
         self.trace_dropped = Counter(
             "akr_processor_trace_records_dropped",
-            "Trace records dropped because the trace queue was full.",
+            "Trace records that never reached the trace file, by reason (queue_full, closed, "
+            "unencodable, unwritable, disk_full, io_error).",
+            ["reason"],
             registry=r,
         )
+        for reason in LOSS_REASONS:  # every series from 0, so increase() sees the first loss
+            self.trace_dropped.labels(reason=reason)
         self.feedback_timeouts = Counter(
             "akr_processor_feedback_timeouts",
             "Decisions whose feedback never came and were swept with a penalty.",
@@ -117,6 +123,11 @@ class ProcessorMetrics:
             "Requests retried on another worker before any token.",
             registry=r,
         )
+        self.migrations = Counter(
+            "akr_processor_migrations",
+            "Answers continued on another worker after their worker failed mid-stream.",
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "akr_processor_event_loop_lag_seconds",
             "How late a periodic timer fires on the processor's event loop: the wait of every "
@@ -125,6 +136,19 @@ class ProcessorMetrics:
             registry=r,
         )
         self.workers = Gauge("akr_processor_workers", "Workers currently routable.", registry=r)
+        self.expected_workers = Gauge(
+            "akr_processor_expected_workers",
+            "Workers the processor expects to route to (setting, or the recent peak); more "
+            "than akr_processor_workers means a worker was lost.",
+            registry=r,
+        )
+        self.unavailable = Counter(
+            "akr_processor_unavailable",
+            "Requests failed as 'retry later' (503 with Retry-After at the gateway), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.unavailable.labels(reason="no_worker")
 
         self.worker_capacity = Gauge(
             "akr_processor_worker_capacity_blocks",
@@ -163,6 +187,15 @@ class ProcessorMetrics:
         for m in (self.decisions, self.worker_errors):
             m.remove_by_labels({"worker": label})
 
+    def sync_trace_lost(self, lost: dict[str, int]) -> None:
+        """Raise the dropped-records counter to the trace writer's own counts (the writer
+        counts on its task; the counter follows at each sweep)."""
+        for reason, n in lost.items():
+            child = self.trace_dropped.labels(reason=reason)
+            behind = n - child._value.get()
+            if behind > 0:
+                child.inc(behind)
+
     def observe_tokens(self, prompt: int, cached: int, output: int) -> None:
         self.prompt_tokens.inc(prompt)
         self.cached_tokens.inc(cached)
@@ -170,7 +203,3 @@ class ProcessorMetrics:
         total = self.prompt_tokens._value.get()
         if total:
             self.kv_hit_ratio.set(self.cached_tokens._value.get() / total)
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        """Serve /metrics from a daemon thread (prometheus_client's own server)."""
-        start_http_server(port, addr=host, registry=self.registry)

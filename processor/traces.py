@@ -53,6 +53,7 @@ class TraceRecord(msgspec.Struct, omit_defaults=True):
     candidates: list[Candidate] = []
     decision_us: float | None = None
     retries: int = 0
+    migrations: int = 0  # continuations on another worker after tokens were sent
     # outcome
     ttft_ms: float | None = None
     itl_ms: float | None = None

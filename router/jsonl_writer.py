@@ -15,12 +15,18 @@ request and streamed token; one write per request (write + flush, two hand-offs)
 that contention on the request path. Records reach the disk ``linger_s`` later.
 
 Records are encoded later, in the writer task: do not mutate a record after ``put``.
+
+Every record that does not reach the file is counted in ``lost`` by reason (``LOSS_REASONS``):
+the queue was full, the writer was closed, the record could not be encoded, the path cannot
+be written (permissions, read-only file system, a file where a directory should be), or the
+disk is full. An operator alerts on these counts; a silent loss looks like a quiet service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 from pathlib import Path
@@ -32,14 +38,37 @@ import msgspec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JsonlWriter"]
+__all__ = ["LOSS_REASONS", "JsonlWriter", "io_loss_reason"]
+
+LOSS_REASONS = ("queue_full", "closed", "unencodable", "unwritable", "disk_full", "io_error")
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_UNWRITABLE = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENOENT,
+    errno.EEXIST,
+}
+
+
+def io_loss_reason(exc: OSError) -> str:
+    """The ``lost`` reason of records a failed write took with it."""
+    if exc.errno in _DISK_FULL:
+        return "disk_full"
+    if exc.errno in _UNWRITABLE:
+        return "unwritable"
+    return "io_error"
 
 
 class JsonlWriter:
     """Bounded, drop-when-full JSONL writer; ``start()`` inside a running loop, ``close()`` flushes.
 
     Counters: ``written`` (records on disk), ``dropped`` (queue full or writer closed),
-    ``errors`` (records lost to encoding or I/O errors).
+    ``errors`` (records lost to encoding or I/O errors), and ``lost`` (every record not
+    written, by reason: the sum of ``dropped`` and ``errors``).
     """
 
     def __init__(
@@ -64,6 +93,7 @@ class JsonlWriter:
         self.written = 0
         self.dropped = 0
         self.errors = 0
+        self.lost: dict[str, int] = dict.fromkeys(LOSS_REASONS, 0)
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
         self._encoder = msgspec.json.Encoder()
         self._task: asyncio.Task[None] | None = None
@@ -77,11 +107,13 @@ class JsonlWriter:
         """Queue one record; False (and ``dropped`` += 1) when full or closed. Never blocks."""
         if self._closing:
             self.dropped += 1
+            self.lost["closed"] += 1
             return False
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
             self.dropped += 1
+            self.lost["queue_full"] += 1
             return False
         return True
 
@@ -139,6 +171,7 @@ class JsonlWriter:
                     parts.append(self._encoder.encode(r))
                 except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
                     self.errors += 1
+                    self.lost["unencodable"] += 1
             return (b"\n".join(parts) + b"\n" if parts else b""), len(parts)
 
     async def _write_batch(self, batch: list[Any]) -> None:
@@ -156,6 +189,7 @@ class JsonlWriter:
             self.written += n
         except OSError as e:
             self.errors += n
+            self.lost[io_loss_reason(e)] += n
             log.warning("trace write to %s failed (%s); %d records lost", self.path, e, n)
             await self._close_file()
 

@@ -1,10 +1,13 @@
 """The one error text that means "retry later" on its way from the processor to the client.
 
-The stock Dynamo frontend passes a processor exception's message through as an error body
-(or an SSE error event), but not a status code. The processor raises ``Unavailable`` (no
-routable worker, a full admission queue, a missed admission deadline); the gateway finds the
-marker in the upstream error text with ``parse_unavailable`` and answers 503 with
-``Retry-After`` as an OpenAI-style error.
+The processor raises ``Unavailable`` (no routable worker, a full admission queue, a missed
+admission deadline). The stock Dynamo frontend (1.6.1) does not pass an engine's error text to
+its client: it answers a generic "Internal server error". What it does keep is the status of
+Dynamo's ``HttpError``, so the processor raises ``HttpError(503, <this text>)``
+(processor/health.py ``as_http_error``): the client of the stock frontend gets 503
+(non-streamed) or an SSE error event with code 503 (streamed). The text, marker included,
+stays in the processor's trace record and log; ``parse_unavailable`` reads it wherever the
+text does arrive (a component that sees the processor's own error, or a future frontend).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Metric names used by the monitoring files, for the tests that hold them to the real output.
+"""Metric names used by the monitoring files (recording and alert rules, dashboard), for the
+tests that hold them to the real output.
 
 python -m deploy.monitoring.names     # print raw and recorded names used by rules + dashboard
 """
@@ -13,6 +14,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 RULES = HERE / "recording_rules.yml"
+ALERTS = HERE / "alert_rules.yml"
 DASHBOARD = HERE / "grafana" / "agent-kv-router.json"
 PROMETHEUS = HERE / "prometheus.yml"
 
@@ -33,6 +35,12 @@ def rule_exprs() -> dict[str, str]:
     return {r["record"]: r["expr"] for g in doc["groups"] for r in g["rules"]}
 
 
+def alert_exprs() -> dict[str, str]:
+    """alert name -> expression, over every group of alert_rules.yml."""
+    doc = yaml.safe_load(ALERTS.read_text())
+    return {r["alert"]: r["expr"] for g in doc["groups"] for r in g["rules"]}
+
+
 def dashboard_exprs() -> list[str]:
     doc = json.loads(DASHBOARD.read_text())
     return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
@@ -43,7 +51,7 @@ def used_names() -> tuple[set[str], set[str]]:
     rules = rule_exprs()
     recorded = set(rules)
     used: set[str] = set()
-    for expr in [*rules.values(), *dashboard_exprs()]:
+    for expr in [*rules.values(), *alert_exprs().values(), *dashboard_exprs()]:
         used |= names_in(expr)
     return used - recorded, recorded
 

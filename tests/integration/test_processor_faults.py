@@ -8,6 +8,7 @@ concurrent requests queue on a worker without having started to stream.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -145,7 +146,7 @@ def two_workers() -> Iterator[LocalStack]:
         yield running
 
 
-def test_killed_worker_loses_no_request_that_had_not_started(two_workers: LocalStack) -> None:
+def test_killed_worker_loses_no_request(two_workers: LocalStack) -> None:
     stack = two_workers
     url = stack.processor_metrics_url
     before = poll(
@@ -202,24 +203,29 @@ def test_killed_worker_loses_no_request_that_had_not_started(two_workers: LocalS
     # Dropped from routing within seconds (the requests keep running meanwhile).
     poll("the workers gauge to drop", lambda: metric(scrape(url), "akr_processor_workers") == 1, 15)
     dropped_after = time.monotonic() - killed_at
+    # Still serving, but short of the two workers seen: readiness says degraded, the gauges
+    # (and the AkrWorkersLost alert) say one lost.
+    health = httpx.get(url.replace("/metrics", "/health"), timeout=5)
+    assert (health.status_code, health.json()) == (
+        200,
+        {"status": "degraded", "routable_workers": 1, "expected_workers": 2},
+    )
+    assert metric(scrape(url), "akr_processor_expected_workers") == 2
     for t in threads:
         t.join(60)
     assert len(results) == n
 
+    # No request fails: one that had not started is retried, one that was streaming is
+    # continued on the survivor (prompt + tokens sent), and its client sees one full answer.
     failed = [r for r in results.values() if r["error"] is not None or r["tokens"] != tokens]
-    for r in failed:  # only a request already streaming may fail, and then with an error
-        assert r["error"] is not None, r  # an error event, not a silently truncated answer
-        assert r["rid"], r  # it had received chunks
-        rec = trace_of(stack, r["rid"])
-        assert rec.ttft_ms is not None and rec.error, rec  # the processor had sent tokens
-    for r in results.values():
-        if r not in failed:
-            assert r["finish"] == "length", r
-    # The client's view: requests without a token at the kill all succeeded (a token already
-    # on the wire at the kill is the processor's "started", checked above).
-    not_started = [r for r in results.values() if r["first"] is None or r["first"] > killed_at]
-    assert len([r for r in not_started if r not in failed]) >= n // 4  # queued at the kill
-
+    assert not failed, [(r["tokens"], r["finish"], r["error"]) for r in failed]
+    assert all(r["finish"] == "length" for r in results.values())
+    streaming = [r for r in results.values() if r["first"] is not None and r["first"] <= killed_at]
+    not_started = [r for r in results.values() if r not in streaming]
+    assert len(not_started) >= n // 4  # queued at the kill
+    migrated = [rec for r in streaming if (rec := trace_of(stack, r["rid"])).migrations]
+    assert migrated, "the answer streaming on the killed worker was not continued"
+    assert all(rec.error is None and rec.output_tokens == tokens for rec in migrated)
     after = scrape(url)
     retries = metric(after, "akr_processor_retries_total") - metric(
         before, "akr_processor_retries_total"
@@ -231,9 +237,14 @@ def test_killed_worker_loses_no_request_that_had_not_started(two_workers: LocalS
         if name == "akr_processor_worker_errors_total" and v
     }
     assert len(dead) == 1
-    retried = [trace_of(stack, r["rid"]) for r in not_started if r not in failed]
+    retried = [trace_of(stack, r["rid"]) for r in not_started]
     assert sum(rec.retries for rec in retried) >= 1
     assert all(rec.worker_id not in dead for rec in retried)
+    migrations = metric(after, "akr_processor_migrations_total") - metric(
+        before, "akr_processor_migrations_total"
+    )
+    assert migrations == sum(rec.migrations for rec in migrated) >= 1
+    assert all(rec.worker_id not in dead for rec in migrated)
 
     # Later requests all go to the survivor, without a failed attempt first.
     assert dropped_after < 15
@@ -244,11 +255,10 @@ def test_killed_worker_loses_no_request_that_had_not_started(two_workers: LocalS
     assert all(rec.retries == 0 for rec in later_recs)
     assert len(records(stack)) >= n + 6
     print(
-        f"\nkill: {len(not_started)}/{n} without a token at the kill, "
-        f"{len([r for r in not_started if r not in failed])} of them ok; {len(failed)} failed "
-        f"(all already streaming); retries {retries:g}; worker gauge 2->1 after "
-        f"{dropped_after:.1f} s; 6 later requests on the survivor, 0 retries; "
-        f"failures seen by clients: {[(r['tokens'], r['finish'], r['error']) for r in failed]}"
+        f"\nkill: {n} requests, 0 failed; {len(not_started)} without a token at the kill, "
+        f"{len(streaming)} streaming, {len(migrated)} continued elsewhere "
+        f"({migrations:g} migrations); retries {retries:g}; worker gauge 2->1 after "
+        f"{dropped_after:.1f} s; 6 later requests on the survivor, 0 retries"
     )
 
 
@@ -293,4 +303,67 @@ def test_frozen_worker_times_out_before_the_first_token_and_is_retried() -> None
         print(
             f"\nfrozen worker: {len(retried)}/4 requests timed out after {timeout_s} s and "
             f"were retried; client latencies {[round(x, 2) for _, x in got]} s"
+        )
+
+
+def test_worker_frozen_mid_stream_is_continued_elsewhere() -> None:
+    """A worker stopped (SIGSTOP) while streaming: after ``stream_stall_timeout_s`` of silence
+    its answers are continued on the other worker; every client gets its full answer."""
+    stall_s = 1.0
+    config = StackConfig(
+        speeds=[0.5, 0.6],  # ~10 ms a token: 150 tokens stream for ~1.5 s
+        gpu_blocks=1024,
+        processor_env={"AKR_PROCESSOR_STREAM_STALL_TIMEOUT_S": str(stall_s)},
+    )
+    with running_stack(config) as stack:
+        url = stack.processor_metrics_url
+        poll("both workers routable", lambda: metric(scrape(url), "akr_processor_workers") == 2, 15)
+        n, tokens = 6, 150
+        streamed: dict[int, int] = {}
+        results: dict[int, tuple[str, int, str | None]] = {}
+
+        def client(i: int) -> None:
+            body = {
+                "model": stack.model_name,
+                "messages": [{"role": "user", "content": f"frozen mid-stream {i} " * 20}],
+                "max_tokens": tokens,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            rid, got, error = "", 0, None
+            with httpx.stream(
+                "POST", f"{stack.gateway_url}/v1/chat/completions", json=body, timeout=60
+            ) as resp:
+                for line in resp.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        error = str(chunk)
+                        continue
+                    rid = rid or chunk["id"].split("-", 1)[1]
+                    streamed[i] = streamed.get(i, 0) + 1
+                    if chunk.get("usage"):
+                        got = chunk["usage"]["completion_tokens"]
+            results[i] = (rid, got, error)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        poll("every answer streaming", lambda: len(streamed) == n, 20)
+        stack.signal("mocker1", signal.SIGSTOP)
+        try:
+            for t in threads:
+                t.join(60)
+        finally:
+            stack.signal("mocker1", signal.SIGCONT)
+        assert len(results) == n
+        assert all(err is None and got == tokens for _, got, err in results.values()), results
+        recs = [trace_of(stack, rid) for rid, _, _ in results.values()]
+        migrated = [r for r in recs if r.migrations]
+        assert migrated, "no answer was on the frozen worker"
+        assert all(r.error is None and r.output_tokens == tokens for r in migrated)
+        print(
+            f"\nfrozen mid-stream: {len(migrated)}/{n} answers continued after {stall_s} s of "
+            f"silence, all {n} complete"
         )

@@ -220,3 +220,16 @@ def test_name_extraction() -> None:
         " / akr:foo:bar"
     )
     assert names.names_in(expr) == {"akr_processor_decisions_total", "akr:foo:bar"}
+
+
+def test_alert_rules_are_loaded_and_name_real_series() -> None:
+    doc = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    assert "alert_rules.yml" in doc["rule_files"]
+    alerts = names.alert_exprs()
+    assert {"AkrTraceRecordsDropped", "AkrWorkersLost", "AkrNoWorkers"} <= set(alerts)
+    raw, _ = names.used_names()
+    assert {
+        "akr_processor_trace_records_dropped_total",
+        "akr_processor_workers",
+        "akr_processor_expected_workers",
+    } <= raw

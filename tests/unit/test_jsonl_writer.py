@@ -176,3 +176,52 @@ async def test_written_records_are_not_kept_alive_while_idle(tmp_path: Path) -> 
     gc.collect()
     assert w.written == 3 and all(ref() is None for ref in refs)
     await w.close()
+
+
+async def test_disk_full_loses_records_counted_by_reason() -> None:
+    """/dev/full accepts the open and fails every write with ENOSPC, like a full disk."""
+    w = JsonlWriter("/dev/full", linger_s=0)
+    w.start()
+    for i in range(5):
+        w.put({"i": i})
+    await w.close()
+    assert w.written == 0
+    assert w.lost["disk_full"] == 5 and sum(w.lost.values()) == 5
+
+
+async def test_unwritable_path_loses_records_counted_by_reason(tmp_path: Path) -> None:
+    """A trace path below a regular file can never be created (as root too, unlike chmod)."""
+    (tmp_path / "file").write_text("")
+    w = JsonlWriter(tmp_path / "file" / "t.jsonl", linger_s=0)
+    w.start()
+    for i in range(3):
+        w.put({"i": i})
+    await w.close()
+    assert w.written == 0 and w.lost["unwritable"] == 3 and sum(w.lost.values()) == 3
+
+
+async def test_every_unwritten_record_has_a_reason(tmp_path: Path) -> None:
+    w = JsonlWriter(tmp_path / "t.jsonl", queue_size=2)
+    w.put({"a": 1})
+    w.put({"bad": object()})
+    w.put({"a": 3})  # queue full
+    await w.close()
+    w.put({"a": 4})  # closed
+    assert w.written == 1
+    assert {k: v for k, v in w.lost.items() if v} == {
+        "queue_full": 1,
+        "unencodable": 1,
+        "closed": 1,
+    }
+    assert sum(w.lost.values()) == w.dropped + w.errors
+
+
+def test_io_loss_reasons() -> None:
+    import errno
+
+    from router.jsonl_writer import io_loss_reason
+
+    assert io_loss_reason(OSError(errno.ENOSPC, "full")) == "disk_full"
+    assert io_loss_reason(OSError(errno.EROFS, "ro")) == "unwritable"
+    assert io_loss_reason(PermissionError(errno.EACCES, "no")) == "unwritable"
+    assert io_loss_reason(OSError(errno.EIO, "io")) == "io_error"
