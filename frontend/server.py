@@ -12,7 +12,9 @@ at most 0.5 ms at p50. The server does only what the gateway needs, defensively:
 * request-read timeout (slow senders) and keep-alive idle timeout close the connection;
 * responses: whole bodies in one write; SSE relayed with chunked encoding, each chunk written
   from the upstream's read callback as it arrives (no task switch per token) and the upstream
-  not read while the client's socket buffer is full;
+  not read while the client's output buffer is over ``client_buffer_bytes``;
+* slow readers: a client whose output buffer stays full for ``stall_timeout_s`` is
+  disconnected and counted; that closes its upstream stream and frees its upstream slot;
 * a client disconnect cancels the request's task, which closes the upstream connection, so the
   stock frontend cancels the generation.
 
@@ -96,7 +98,7 @@ class HttpProtocol(asyncio.Protocol):
         keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT_S,
     ) -> None:
         self.gw = gateway
-        self.max_body = gateway.config.max_body_bytes
+        self.max_body = gateway.body_limit()
         self.request_timeout = request_timeout
         self.keepalive_timeout = keepalive_timeout
         self.transport: asyncio.Transport | None = None
@@ -109,17 +111,23 @@ class HttpProtocol(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None
         self.relaying: StreamReply | None = None  # the SSE answer being relayed, if any
         self.timer: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None  # armed while the output buffer is full
         self.discarding = False  # after an early answer: read and drop, then close
         self.loop = asyncio.get_running_loop()
 
     # -- connection --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        high = self.gw.config.client_buffer_bytes
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)  # type: ignore[union-attr]
         self._arm(self.keepalive_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._disarm()
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
         if self.task is not None and not self.task.done():
             self.task.cancel()  # propagates to the upstream request
         if self.writable is not None and not self.writable.done():
@@ -130,12 +138,28 @@ class HttpProtocol(asyncio.Protocol):
             self.writable = self.loop.create_future()
         if self.relaying is not None:
             self.relaying.upstream.pause()
+        if self.stall is None:
+            self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
 
     def resume_writing(self) -> None:
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         if self.relaying is not None:
             self.relaying.upstream.resume()
+
+    def _stalled(self) -> None:
+        """The client read nothing for the stall timeout: drop it (what it has not read is
+        lost anyway), which cancels its request and frees the upstream slot."""
+        self.stall = None
+        if self.closed or self.transport is None:
+            return
+        self.gw.metrics.stalled_clients += 1
+        log.info("client stalled for %.1f s, disconnected", self.gw.config.stall_timeout_s)
+        self.closed = True
+        self.transport.abort()  # close() would wait to flush a buffer nobody reads
 
     async def _drain(self) -> None:
         if self.closed:
