@@ -132,6 +132,7 @@ class HttpProtocol(asyncio.Protocol):
             self.task.cancel()  # propagates to the upstream request
         if self.writable is not None and not self.writable.done():
             self.writable.set_exception(ConnectionResetError("client went away"))
+            self.writable.exception()  # seen here: nobody may be waiting for it
 
     def pause_writing(self) -> None:
         if self.writable is None or self.writable.done():
