@@ -43,7 +43,7 @@ def _request(host: str, model: str, max_tokens: int, index: int) -> bytes:
             "messages": [{"role": "user", "content": f"non-reader {index}: write a long story"}],
             "max_tokens": max_tokens,
             "stream": True,
-            "nvext": {"ignore_eos": True},
+            "ignore_eos": True,  # the whole max_tokens (the stock frontend's extension field)
         }
     ).encode()
     return (
@@ -75,6 +75,19 @@ def open_non_readers(
     return socks
 
 
+def answered_200(socks: list[socket.socket]) -> int:
+    """How many of ``socks`` got a 200 status line (peeked: nothing is consumed, so the
+    receive window stays shut)."""
+    ok = 0
+    for s in socks:
+        try:
+            s.settimeout(0.5)
+            ok += s.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 200"
+        except OSError:
+            pass
+    return ok
+
+
 def close_all(socks: list[socket.socket]) -> None:
     for s in socks:
         try:
@@ -101,13 +114,24 @@ def normal_request(url: str, model: str, client: httpx.Client, max_tokens: int =
 
 
 def normal_latencies(
-    url: str, model: str, count: int, *, gap_s: float = 0.1, timeout_s: float = 60.0
+    url: str,
+    model: str,
+    count: int,
+    *,
+    gap_s: float = 0.1,
+    timeout_s: float = 60.0,
+    direct_url: str | None = None,
+    direct: list[float] | None = None,
 ) -> list[float]:
-    """``count`` normal requests one after another, ``gap_s`` apart; latencies in seconds."""
+    """``count`` normal requests one after another, ``gap_s`` apart; latencies in seconds.
+    With ``direct_url`` each is followed by the same request there (the stock frontend, to
+    tell the gateway's share from the stack's), its latency appended to ``direct``."""
     out = []
     with httpx.Client(timeout=timeout_s) as client:
         for _ in range(count):
             out.append(normal_request(url, model, client))
+            if direct_url is not None and direct is not None:
+                direct.append(normal_request(direct_url, model, client))
             time.sleep(gap_s)
     return out
 
@@ -130,20 +154,33 @@ def slow_readers(
     gap_s: float = 0.1,
     max_tokens: int = 1500,
     hold_s: float | None = None,
+    timeout_s: float = 10.0,
+    direct_url: str | None = None,
 ) -> dict[str, Any]:
     """Baseline normal latencies, then the same while ``clients`` non-readers are connected.
 
     The non-readers stay open for ``hold_s`` (default: as long as the measurement) and are
-    closed at the end. Returns ``{"clients", "normal_p99_ms", "normal_p50_ms",
+    closed at the end. Returns ``{"clients", "streams_200", "normal_p99_ms", "normal_p50_ms",
     "normal_max_ms", "baseline_p99_ms", "baseline_p50_ms", "normal_requests",
-    "open_s"}``."""
+    "open_s"}``, and with ``direct_url`` (the stock frontend) ``direct_p99_ms`` and
+    ``direct_p50_ms`` of the same requests sent there right after each."""
     normal_latencies(url, model, 3, gap_s=0.0)  # warm-up: connections, caches
-    base = _stats(normal_latencies(url, model, normal, gap_s=gap_s))
+    base = _stats(normal_latencies(url, model, normal, gap_s=gap_s, timeout_s=timeout_s))
     t0 = time.perf_counter()
     socks = open_non_readers(url, model, clients, max_tokens=max_tokens)
     open_s = time.perf_counter() - t0
     try:
-        lat = normal_latencies(url, model, normal, gap_s=gap_s)
+        direct: list[float] = []
+        lat = normal_latencies(
+            url,
+            model,
+            normal,
+            gap_s=gap_s,
+            timeout_s=timeout_s,
+            direct_url=direct_url,
+            direct=direct,
+        )
+        streams_200 = answered_200(socks)
         if hold_s is not None:
             time.sleep(max(0.0, hold_s - (time.perf_counter() - t0)))
     finally:
@@ -151,6 +188,7 @@ def slow_readers(
     under = _stats(lat)
     return {
         "clients": clients,
+        "streams_200": streams_200,
         "normal_p99_ms": under["p99_ms"],
         "normal_p50_ms": under["p50_ms"],
         "normal_max_ms": under["max_ms"],
@@ -158,6 +196,8 @@ def slow_readers(
         "baseline_p50_ms": base["p50_ms"],
         "normal_requests": normal,
         "open_s": round(open_s, 2),
+        **({"direct_p99_ms": _stats(direct)["p99_ms"]} if direct else {}),
+        **({"direct_p50_ms": _stats(direct)["p50_ms"]} if direct else {}),
     }
 
 
@@ -191,7 +231,8 @@ def main() -> None:
     from deploy.local_stack import LocalStack
 
     with LocalStack(slow_reader_stack_config()) as stack:
-        print(json.dumps(slow_readers(stack.url, stack.model_name, **kw), indent=1))
+        got = slow_readers(stack.url, stack.model_name, direct_url=stack.frontend_url, **kw)
+        print(json.dumps(got, indent=1))
 
 
 if __name__ == "__main__":

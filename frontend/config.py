@@ -53,7 +53,7 @@ class GatewayConfig(BaseSettings):
         "is closed and its upstream slot freed.",
     )
     client_buffer_bytes: int = Field(
-        256 * 1024,
+        64 * 1024,
         ge=4096,
         description="Output buffered for one client beyond the kernel's socket buffer; above "
         "it the upstream stream is no longer read until the client catches up.",

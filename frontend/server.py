@@ -13,8 +13,9 @@ at most 0.5 ms at p50. The server does only what the gateway needs, defensively:
 * responses: whole bodies in one write; SSE relayed with chunked encoding, each chunk written
   from the upstream's read callback as it arrives (no task switch per token) and the upstream
   not read while the client's output buffer is over ``client_buffer_bytes``;
-* slow readers: a client whose output buffer stays full for ``stall_timeout_s`` is
-  disconnected and counted; that closes its upstream stream and frees its upstream slot;
+* slow readers: a client that takes no byte of its pending output for ``stall_timeout_s``
+  (the kernel's socket buffer full, our buffer not shrinking) is disconnected and counted; that
+  closes its upstream stream and frees its upstream slot;
 * a client disconnect cancels the request's task, which closes the upstream connection, so the
   stock frontend cancels the generation.
 
@@ -111,7 +112,9 @@ class HttpProtocol(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None
         self.relaying: StreamReply | None = None  # the SSE answer being relayed, if any
         self.timer: asyncio.TimerHandle | None = None
-        self.stall: asyncio.TimerHandle | None = None  # armed while the output buffer is full
+        self.stall: asyncio.TimerHandle | None = None  # armed while output is pending
+        self.sent = 0  # bytes handed to the transport
+        self.flushed = 0  # of those, bytes the kernel had taken at the last stall check
         self.discarding = False  # after an early answer: read and drop, then close
         self.loop = asyncio.get_running_loop()
 
@@ -139,23 +142,37 @@ class HttpProtocol(asyncio.Protocol):
             self.writable = self.loop.create_future()
         if self.relaying is not None:
             self.relaying.upstream.pause()
-        if self.stall is None:
-            self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
 
     def resume_writing(self) -> None:
-        if self.stall is not None:
-            self.stall.cancel()
-            self.stall = None
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         if self.relaying is not None:
             self.relaying.upstream.resume()
 
+    def _write(self, data: bytes) -> None:
+        """Write to the client; output the kernel did not take starts the stall watch."""
+        t = self.transport
+        assert t is not None
+        t.write(data)
+        self.sent += len(data)
+        if self.stall is None and t.get_write_buffer_size():
+            self.flushed = self.sent - t.get_write_buffer_size()
+            self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
+
     def _stalled(self) -> None:
-        """The client read nothing for the stall timeout: drop it (what it has not read is
-        lost anyway), which cancels its request and frees the upstream slot."""
+        """Output has been pending for the stall timeout: if the client took none of it, drop
+        it (what it has not read is lost anyway), which cancels its request and frees the
+        upstream slot; if it took some, watch again."""
         self.stall = None
-        if self.closed or self.transport is None:
+        t = self.transport
+        if self.closed or t is None:
+            return
+        pending = t.get_write_buffer_size()
+        if not pending:
+            return
+        if self.sent - pending > self.flushed:  # progress: a slow reader, not a dead one
+            self.flushed = self.sent - pending
+            self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
             return
         self.gw.metrics.stalled_clients += 1
         log.info("client stalled for %.1f s, disconnected", self.gw.config.stall_timeout_s)
@@ -188,7 +205,10 @@ class HttpProtocol(asyncio.Protocol):
     def _close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
-            self.transport.close()
+            self.transport.close()  # flushes what the client has not read yet, then closes
+            if self.transport.get_write_buffer_size():
+                # ... for at most the stall timeout: a client that never reads is dropped.
+                self.loop.call_later(self.gw.config.stall_timeout_s, self.transport.abort)
 
     def _arm(self, delay: float) -> None:
         self._disarm()
@@ -347,7 +367,7 @@ class HttpProtocol(asyncio.Protocol):
         t = self.transport
         assert t is not None
         if isinstance(reply, Reply):
-            t.write(
+            self._write(
                 self._head(reply.status, reply.content_type, len(reply.body), keep, reply.headers)
                 + (b"" if head_only else reply.body)
             )
@@ -356,7 +376,7 @@ class HttpProtocol(asyncio.Protocol):
         chunked = not req.http10
         keep = keep and chunked
         try:
-            t.write(
+            self._write(
                 self._head(
                     reply.status,
                     reply.content_type,
@@ -373,7 +393,7 @@ class HttpProtocol(asyncio.Protocol):
                 full = self.writable is not None and not self.writable.done()
                 await reply.relay(self._sink(t, chunked), paused=full)
                 if chunked:
-                    t.write(b"0\r\n\r\n")
+                    self._write(b"0\r\n\r\n")
             await self._drain()
         finally:
             self.relaying = None
@@ -385,7 +405,7 @@ class HttpProtocol(asyncio.Protocol):
 
         def write(chunk: bytes) -> None:
             if chunk and not self.closed:
-                t.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
 
         return write
 
