@@ -20,12 +20,14 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
+HOLD_MAX_S = 90.0
 RCVBUF = 4096  # bytes; the kernel doubles it, and autotuning is off once it is set
 
 
@@ -156,13 +158,15 @@ def slow_readers(
     hold_s: float | None = None,
     timeout_s: float = 10.0,
     direct_url: str | None = None,
+    hold_until: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Baseline normal latencies, then the same while ``clients`` non-readers are connected.
 
-    The non-readers stay open for ``hold_s`` (default: as long as the measurement) and are
-    closed at the end. Returns ``{"clients", "streams_200", "normal_p99_ms", "normal_p50_ms",
-    "normal_max_ms", "baseline_p99_ms", "baseline_p50_ms", "normal_requests",
-    "open_s"}``, and with ``direct_url`` (the stock frontend) ``direct_p99_ms`` and
+    The non-readers stay open for ``hold_s`` (default: as long as the measurement), then until
+    ``hold_until()`` is true (at most ``HOLD_MAX_S``), and are closed at the end. Returns
+    ``{"clients", "streams_200", "normal_p99_ms", "normal_p50_ms", "normal_max_ms",
+    "baseline_p99_ms", "baseline_p50_ms", "normal_requests", "open_s", "held_s"}``, and
+    with ``direct_url`` (the stock frontend) ``direct_p99_ms`` and
     ``direct_p50_ms`` of the same requests sent there right after each."""
     normal_latencies(url, model, 3, gap_s=0.0)  # warm-up: connections, caches
     base = _stats(normal_latencies(url, model, normal, gap_s=gap_s, timeout_s=timeout_s))
@@ -183,6 +187,11 @@ def slow_readers(
         streams_200 = answered_200(socks)
         if hold_s is not None:
             time.sleep(max(0.0, hold_s - (time.perf_counter() - t0)))
+        while hold_until is not None and not hold_until():
+            if time.perf_counter() - t0 > HOLD_MAX_S:
+                raise AssertionError(f"hold_until still false after {HOLD_MAX_S} s")
+            time.sleep(0.2)
+        held_s = time.perf_counter() - t0
     finally:
         close_all(socks)
     under = _stats(lat)
@@ -196,6 +205,7 @@ def slow_readers(
         "baseline_p50_ms": base["p50_ms"],
         "normal_requests": normal,
         "open_s": round(open_s, 2),
+        "held_s": round(held_s, 1),
         **({"direct_p99_ms": _stats(direct)["p99_ms"]} if direct else {}),
         **({"direct_p50_ms": _stats(direct)["p50_ms"]} if direct else {}),
     }

@@ -55,8 +55,9 @@ class GatewayConfig(BaseSettings):
     client_buffer_bytes: int = Field(
         64 * 1024,
         ge=4096,
-        description="Output buffered for one client beyond the kernel's socket buffer; above "
-        "it the upstream stream is no longer read until the client catches up.",
+        description="Output buffered for one client, in the gateway and (as SO_SNDBUF, which "
+        "the kernel doubles) in its socket; above it the upstream stream is no longer read "
+        "until the client catches up.",
     )
     upstream_connections: int = Field(
         1024,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -123,6 +124,14 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         high = self.gw.config.client_buffer_bytes
         self.transport.set_write_buffer_limits(high=high, low=high // 4)  # type: ignore[union-attr]
+        # The kernel's share too: autotuned, a send buffer held a whole 1500-token answer
+        # (338 KB) for a client that read nothing, so nothing here ever saw it stall.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, high)
+            except OSError:
+                pass
         self._arm(self.keepalive_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
