@@ -352,6 +352,7 @@ class LocalStack:
             "AKR_GATEWAY_PORT": str(self.gateway_port),
             "AKR_GATEWAY_UPSTREAM_URL": self.frontend_url,
             "AKR_GATEWAY_PUBLIC_MODELS": PUBLIC_MODEL,
+            "AKR_GATEWAY_PROCESSOR_HEALTH_URL": f"http://127.0.0.1:{self.processor_metrics_port}/health",
             **self.config.gateway_env,
         }
         self._spawn("gateway", [sys.executable, "-m", "frontend"], env)

@@ -8,6 +8,10 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DEFAULT_CONTEXT_TOKENS = 131072
+BODY_OVERHEAD_BYTES = 1024 * 1024
+JSON_ESCAPE_FACTOR = 3  # "\uXXXX" per UTF-8 byte pair, surrogate pairs: at most 3 x the text
+
 
 class GatewayConfig(BaseSettings):
     """Every field has a safe default: loopback only, worker pinning off, traces off."""
@@ -20,8 +24,64 @@ class GatewayConfig(BaseSettings):
         "http://127.0.0.1:8000",
         description="Base URL of the stock Dynamo frontend (OpenAI-compatible), no trailing /v1.",
     )
-    max_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest request body accepted; larger gets 413. Unset = what a maximal "
+        "prompt needs: context_tokens x max_bytes_per_token x 3 (JSON escaping of non-ASCII "
+        "text) + 1 MiB for the other fields.",
+    )
+    context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="The model context, in tokens, that prompts are checked against. Unset = "
+        "each model's context_window in the stock frontend's /v1/models (from the model card); "
+        f"{DEFAULT_CONTEXT_TOKENS} for the body limit until that list was read.",
+    )
+    max_bytes_per_token: float = Field(
+        8.0,
+        gt=0,
+        description="Prompt rule without a tokenizer: a prompt whose text has more than "
+        "context_tokens x this many UTF-8 bytes is rejected with 400 (common BPE tokenizers "
+        "average about 4 bytes per token on English); shorter prompts are left to the engine.",
+    )
+    stall_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A client that reads nothing while its output buffer is full for this long "
+        "is disconnected (counted in akr_gateway_stalled_clients_total); its upstream stream "
+        "is closed and its upstream slot freed.",
+    )
+    client_buffer_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        description="Output buffered for one client, in the gateway and (as SO_SNDBUF, which "
+        "the kernel doubles) in its socket; above it the upstream stream is no longer read "
+        "until the client catches up.",
+    )
+    upstream_connections: int = Field(
+        1024,
+        ge=1,
+        description="Concurrent requests to the stock frontend (upstream slots); more wait.",
+    )
+    slot_wait_s: float = Field(
+        2.0,
+        gt=0,
+        description="Longest wait for an upstream slot; past it the request gets 503 with "
+        "Retry-After (code gateway_busy).",
+    )
+    retry_after_s: int = Field(
+        1,
+        ge=0,
+        description="Retry-After of a 503 whose cause carries no retry time of its own.",
+    )
+    processor_health_url: str | None = Field(
+        None,
+        description="URL of the processor's readiness endpoint (GET, 200 = a worker is "
+        "routable). Unset: readiness checks only that the stock frontend lists the models.",
+    )
+    ready_cache_s: float = Field(
+        1.0, ge=0, description="How long a readiness verdict is reused before probing again."
     )
     upstream_read_timeout_s: float = Field(
         300.0,
@@ -44,6 +104,14 @@ class GatewayConfig(BaseSettings):
         "unreachable). Empty = no filter.",
     )
     log_level: str = Field("INFO", description="Python logging level of the gateway.")
+
+    def body_limit(self, context_tokens: int | None = None) -> int:
+        """``max_body_bytes``, or what a prompt of ``context_tokens`` needs (the setting, else
+        the given context, else the default)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        ctx = self.context_tokens or context_tokens or DEFAULT_CONTEXT_TOKENS
+        return int(ctx * self.max_bytes_per_token * JSON_ESCAPE_FACTOR) + BODY_OVERHEAD_BYTES
 
     @field_validator("public_models", mode="before")
     @classmethod

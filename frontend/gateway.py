@@ -8,8 +8,16 @@ backpressure and calls ``close()`` at the end, which on an early end closes the 
 connection so the stock frontend cancels the generation).
 
 Error answers use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400
-``invalid_hint`` / ``invalid_json``, 404 ``model_not_found``, 413 ``body_too_large``, 502
-``upstream_unavailable``, 504 ``upstream_timeout``.
+``invalid_hint`` / ``invalid_json`` / ``context_length_exceeded``, 404 ``model_not_found``, 413
+``body_too_large``, 502 ``upstream_unavailable``, 503 (type ``service_unavailable``, with
+``Retry-After``; code ``gateway_busy``, ``no_worker``, ``unavailable`` or the processor's
+reason), 504 ``upstream_timeout``.
+
+Why the gateway makes the 503: Dynamo 1.6.1's stock frontend keeps the status of a processor's
+``HttpError(503, ...)`` but replaces its message (a 503 body, or a 200 stream whose first event
+is an error with code 503), and sends no ``Retry-After``. The gateway turns both into a real 503
+with ``Retry-After`` before the client saw a 200; the reason comes from the processor's marker
+(``router.unavailable``) when a message carries it, else from the processor's last health.
 """
 
 from __future__ import annotations
@@ -25,23 +33,34 @@ import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend.config import GatewayConfig
+from frontend.health import Readiness
 from frontend.metrics import GatewayMetrics
+from frontend.prompt_limit import prompt_error
 from frontend.translate import WORKER_PIN_HEADERS, response_headers, translate
-from frontend.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
+from frontend.upstream import (
+    UpstreamBusy,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from router.hints import AgentHints, HintError
 from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
+from router.unavailable import parse_unavailable
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 POST_ROUTES = ("/v1/chat/completions", "/v1/completions")
-GET_ROUTES = ("/v1/models", "/health", "/metrics")
+GET_ROUTES = ("/v1/models", "/health", "/ready", "/live", "/metrics")
+PROMPT_FIELDS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
+MODEL_REFRESH_S = 10.0  # how often the model list (context windows) is re-read
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _HINT_FIELDS = AgentHints.__struct_fields__
-_HEALTH = b'{"status":"healthy"}'
+_LIVE = b'{"status":"live"}'
 
 
 @dataclass(slots=True)
@@ -111,6 +130,34 @@ def _timeout_reply() -> Reply:
     return error_reply(504, "upstream timed out", type_="upstream_error", code="upstream_timeout")
 
 
+def service_unavailable(reason: str, retry_after_s: int, message: str) -> Reply:
+    """503 with ``Retry-After``: the client should come back later."""
+    r = error_reply(503, message, type_="service_unavailable", code=reason)
+    r.headers["Retry-After"] = str(retry_after_s)
+    return r
+
+
+def _error_text(payload: bytes) -> str | None:
+    """The error message of an error body or of an SSE error event, else None."""
+    text = payload.strip()
+    if text.startswith(b"data:"):
+        text = text[5:].split(b"\n", 1)[0].strip()
+    if not text.startswith(b"{"):
+        return None
+    try:
+        doc = _decoder.decode(text)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    err = doc.get("error", doc)
+    if not isinstance(err, dict) or ("message" not in err and "code" not in err):
+        return None
+    if "error" not in doc and not isinstance(doc.get("code"), int):
+        return None
+    return f"{err.get('message', '')} code={err.get('code')}"
+
+
 def _unavailable_reply(e: BaseException) -> Reply:
     return error_reply(
         502, f"upstream unavailable: {e}", type_="upstream_error", code="upstream_unavailable"
@@ -124,10 +171,16 @@ class Gateway:
         self.config = config
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.client = UpstreamClient(
-            config.upstream_url, read_timeout=config.upstream_read_timeout_s
+            config.upstream_url,
+            read_timeout=config.upstream_read_timeout_s,
+            pool_size=config.upstream_connections,
+            slot_wait=config.slot_wait_s,
         )
+        self.readiness = Readiness(config, time.monotonic)
+        self.metrics.slots_in_use = lambda: self.client.in_use
         self.trace: JsonlWriter | None = None
         self._lag_watch: asyncio.Task[None] | None = None
+        self._model_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -136,15 +189,30 @@ class Gateway:
             self._lag_watch = loop.create_task(
                 watch_loop_lag(self.metrics.loop_lag.observe, loop.time)
             )
+        if cfg.context_tokens is None and self._model_watch is None:
+            self._model_watch = asyncio.get_running_loop().create_task(self._watch_models())
         if cfg.trace_path is not None and self.trace is None:
             self.trace = JsonlWriter(cfg.trace_path)
             self.trace.start()
 
+    async def _watch_models(self) -> None:
+        """Keep the model list's context windows current (prompt and body limits)."""
+        while True:
+            await self.readiness.refresh_models()
+            await asyncio.sleep(MODEL_REFRESH_S)
+
+    def body_limit(self) -> int:
+        """The body size limit now: the setting, else what the largest known context needs."""
+        known = max(self.readiness.contexts.values(), default=0)
+        return self.config.body_limit(known or None)
+
     async def close(self) -> None:
-        if self._lag_watch is not None:
-            self._lag_watch.cancel()
-            self._lag_watch = None
+        for task in (self._lag_watch, self._model_watch):
+            if task is not None:
+                task.cancel()
+        self._lag_watch = self._model_watch = None
         await self.client.close()
+        await self.readiness.close()
         if self.trace is not None:
             await self.trace.close()
 
@@ -162,8 +230,10 @@ class Gateway:
         if path in GET_ROUTES:
             if method not in ("GET", "HEAD"):
                 return self._method_not_allowed(path, "GET")
-            if path == "/health":
-                return Reply(200, _HEALTH)
+            if path == "/live":
+                return Reply(200, _LIVE)
+            if path in ("/health", "/ready"):
+                return await self._ready()
             if path == "/metrics":
                 return self._metrics()
             return await self._models()
@@ -176,7 +246,7 @@ class Gateway:
         self.metrics.count_request(path if path in POST_ROUTES else "other", 413)
         return error_reply(
             413,
-            f"request body exceeds {self.config.max_body_bytes} bytes",
+            f"request body exceeds {self.body_limit()} bytes",
             param="body",
             code="body_too_large",
         )
@@ -188,6 +258,12 @@ class Gateway:
         return r
 
     # --- GET routes --------------------------------------------------------------------------
+
+    async def _ready(self) -> Reply:
+        """200 when the stock frontend lists the models and a worker is routable, else 503."""
+        v = await self.readiness.check()
+        self.metrics.ready = v.ready
+        return Reply(200 if v.ready else 503, _encoder.encode(v.body()))
 
     def _metrics(self) -> Reply:
         m = self.metrics
@@ -259,6 +335,21 @@ class Gateway:
                 ),
                 "model",
             )
+        ctx = cfg.context_tokens or (self.readiness.contexts.get(model, 0) if model else 0)
+        if ctx:
+            field_name = PROMPT_FIELDS[route]
+            why = prompt_error(field_name, body, ctx, cfg.max_bytes_per_token)
+            if why is not None:
+                return self._reject(
+                    route,
+                    error_reply(
+                        400,
+                        f"{field_name}: {why}",
+                        param=field_name,
+                        code="context_length_exceeded",
+                    ),
+                    field_name,
+                )
         try:
             tr = translate(body, headers, allow_worker_pin_headers=cfg.allow_worker_pin_headers)
             data = _encoder.encode(tr.body) if tr.changed else raw
@@ -306,6 +397,9 @@ class Gateway:
 
         try:
             up = await self.client.request("POST", route, data, tr.headers)
+        except UpstreamBusy as e:
+            finish(503)
+            return self._unavailable("gateway_busy", cfg.retry_after_s, str(e))
         except UpstreamTimeout:
             m.upstream_error("timeout")
             finish(504)
@@ -322,7 +416,29 @@ class Gateway:
         ctype = up.headers.get("content-type", JSON)
         echo = response_headers(up.headers)
         if ctype.startswith("text/event-stream"):
-            return StreamReply(up.status, ctype, up, self, finish, echo)
+            # Hold the headers until the first event: an error before any token becomes a 503.
+            try:
+                first = await up.peek_event()
+            except UpstreamTimeout:
+                up.close()
+                m.upstream_error("timeout")
+                finish(504)
+                return _timeout_reply()
+            except UpstreamError as e:
+                up.close()
+                m.upstream_error("read")
+                finish(502)
+                return _unavailable_reply(e)
+            except BaseException:
+                up.close()
+                finish(499)
+                raise
+            busy = self._upstream_unavailable(first) if up.status == 200 else None
+            if busy is None:
+                return StreamReply(up.status, ctype, up, self, finish, echo)
+            up.close()
+            finish(503)
+            return busy
         try:
             payload = await up.read()
         except UpstreamTimeout:
@@ -338,8 +454,31 @@ class Gateway:
             raise
         finally:
             up.close()  # no-op after a complete read
+        if up.status >= 500:
+            busy = self._upstream_unavailable(payload, up.status)
+            if busy is not None:
+                finish(503)
+                return busy
         finish(up.status)
         return Reply(up.status, payload, ctype, echo)
+
+    def _upstream_unavailable(self, payload: bytes, status: int = 200) -> Reply | None:
+        """Our 503 for an upstream "retry later": a 503, or an error (body or first SSE event)
+        carrying the processor's marker or code 503; None for anything else."""
+        text = _error_text(payload)
+        if text is None:
+            return None
+        marked = parse_unavailable(text)
+        if marked is not None:
+            return self._unavailable(marked[0], marked[1], "no capacity, retry later")
+        if status != 503 and not text.endswith(" code=503"):
+            return None
+        reason = "no_worker" if self.readiness.processor_status == "no_workers" else "unavailable"
+        return self._unavailable(reason, self.config.retry_after_s, "no capacity, retry later")
+
+    def _unavailable(self, reason: str, retry_after_s: int, message: str) -> Reply:
+        self.metrics.count_unavailable(reason)
+        return service_unavailable(reason, retry_after_s, message)
 
 
 def _filter_models(payload: bytes, public: list[str]) -> bytes:

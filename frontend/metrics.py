@@ -9,14 +9,17 @@ Exposed: ``akr_gateway_requests_total{route,status}``, ``akr_gateway_hints_total
 ``akr_gateway_upstream_errors_total{kind}``, ``akr_gateway_dropped_pin_headers_total``,
 ``akr_gateway_upstream_latency_seconds{route}`` (histogram, time to upstream response headers),
 ``akr_gateway_trace_dropped`` (trace records dropped because the queue was full),
-``akr_gateway_event_loop_lag_seconds`` (histogram, how long ready work waits for the loop).
+``akr_gateway_event_loop_lag_seconds`` (histogram, how long ready work waits for the loop),
+``akr_gateway_unavailable_total{reason}`` (503 answers), ``akr_gateway_stalled_clients_total``
+(clients disconnected for reading nothing), ``akr_gateway_upstream_slots_in_use``,
+``akr_gateway_ready`` (the last readiness verdict, 1/0).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -84,7 +87,14 @@ class GatewayMetrics:
         self.trace_dropped = 0
         self.latency: dict[str, _Histogram] = {}
         self.loop_lag = _Histogram(LOOP_LAG_BUCKETS)
+        self.unavailable: defaultdict[str, int] = defaultdict(int)
+        self.stalled_clients = 0
+        self.slots_in_use: Callable[[], int] = lambda: 0
+        self.ready: bool | None = None  # unknown until /health or /ready was asked
         self.registry.register(_Collector(self))
+
+    def count_unavailable(self, reason: str) -> None:
+        self.unavailable[reason] += 1
 
     def count_request(self, route: str, status: int) -> None:
         self.requests[(route, status)] += 1
@@ -153,6 +163,26 @@ class _Collector:
         yield GaugeMetricFamily(
             "akr_gateway_trace_dropped", "Trace records dropped (queue full)", value=m.trace_dropped
         )
+        yield _counter(
+            "akr_gateway_unavailable",
+            "503 answers (retry later), by reason",
+            ["reason"],
+            m.unavailable,
+        )
+        yield CounterMetricFamily(
+            "akr_gateway_stalled_clients",
+            "Clients disconnected because they read nothing for the stall timeout",
+            value=m.stalled_clients,
+        )
+        yield GaugeMetricFamily(
+            "akr_gateway_upstream_slots_in_use",
+            "Upstream slots taken (requests in flight to the stock frontend)",
+            value=m.slots_in_use(),
+        )
+        if m.ready is not None:
+            yield GaugeMetricFamily(
+                "akr_gateway_ready", "Last readiness verdict (1 ready, 0 not)", value=int(m.ready)
+            )
         h = HistogramMetricFamily(
             "akr_gateway_upstream_latency_seconds",
             "Time from sending to the upstream until its response headers",

@@ -12,7 +12,10 @@ at most 0.5 ms at p50. The server does only what the gateway needs, defensively:
 * request-read timeout (slow senders) and keep-alive idle timeout close the connection;
 * responses: whole bodies in one write; SSE relayed with chunked encoding, each chunk written
   from the upstream's read callback as it arrives (no task switch per token) and the upstream
-  not read while the client's socket buffer is full;
+  not read while the client's output buffer is over ``client_buffer_bytes``;
+* slow readers: a client that takes no byte of its pending output for ``stall_timeout_s``
+  (the kernel's socket buffer full, our buffer not shrinking) is disconnected and counted; that
+  closes its upstream stream and frees its upstream slot;
 * a client disconnect cancels the request's task, which closes the upstream connection, so the
   stock frontend cancels the generation.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -96,7 +100,7 @@ class HttpProtocol(asyncio.Protocol):
         keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT_S,
     ) -> None:
         self.gw = gateway
-        self.max_body = gateway.config.max_body_bytes
+        self.max_body = gateway.body_limit()
         self.request_timeout = request_timeout
         self.keepalive_timeout = keepalive_timeout
         self.transport: asyncio.Transport | None = None
@@ -109,21 +113,38 @@ class HttpProtocol(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None
         self.relaying: StreamReply | None = None  # the SSE answer being relayed, if any
         self.timer: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None  # armed while output is pending
+        self.sent = 0  # bytes handed to the transport
+        self.flushed = 0  # of those, bytes the kernel had taken at the last stall check
         self.discarding = False  # after an early answer: read and drop, then close
         self.loop = asyncio.get_running_loop()
 
     # -- connection --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        high = self.gw.config.client_buffer_bytes
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)  # type: ignore[union-attr]
+        # The kernel's share too: autotuned, a send buffer held a whole 1500-token answer
+        # (338 KB) for a client that read nothing, so nothing here ever saw it stall.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, high)
+            except OSError:
+                pass
         self._arm(self.keepalive_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._disarm()
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
         if self.task is not None and not self.task.done():
             self.task.cancel()  # propagates to the upstream request
         if self.writable is not None and not self.writable.done():
             self.writable.set_exception(ConnectionResetError("client went away"))
+            self.writable.exception()  # seen here: nobody may be waiting for it
 
     def pause_writing(self) -> None:
         if self.writable is None or self.writable.done():
@@ -136,6 +157,36 @@ class HttpProtocol(asyncio.Protocol):
             self.writable.set_result(None)
         if self.relaying is not None:
             self.relaying.upstream.resume()
+
+    def _write(self, data: bytes) -> None:
+        """Write to the client; output the kernel did not take starts the stall watch."""
+        t = self.transport
+        assert t is not None
+        t.write(data)
+        self.sent += len(data)
+        if self.stall is None and t.get_write_buffer_size():
+            self.flushed = self.sent - t.get_write_buffer_size()
+            self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
+
+    def _stalled(self) -> None:
+        """Output has been pending for the stall timeout: if the client took none of it, drop
+        it (what it has not read is lost anyway), which cancels its request and frees the
+        upstream slot; if it took some, watch again."""
+        self.stall = None
+        t = self.transport
+        if self.closed or t is None:
+            return
+        pending = t.get_write_buffer_size()
+        if not pending:
+            return
+        if self.sent - pending > self.flushed:  # progress: a slow reader, not a dead one
+            self.flushed = self.sent - pending
+            self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
+            return
+        self.gw.metrics.stalled_clients += 1
+        log.info("client stalled for %.1f s, disconnected", self.gw.config.stall_timeout_s)
+        self.closed = True
+        self.transport.abort()  # close() would wait to flush a buffer nobody reads
 
     async def _drain(self) -> None:
         if self.closed:
@@ -163,7 +214,10 @@ class HttpProtocol(asyncio.Protocol):
     def _close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
-            self.transport.close()
+            self.transport.close()  # flushes what the client has not read yet, then closes
+            if self.transport.get_write_buffer_size():
+                # ... for at most the stall timeout: a client that never reads is dropped.
+                self.loop.call_later(self.gw.config.stall_timeout_s, self.transport.abort)
 
     def _arm(self, delay: float) -> None:
         self._disarm()
@@ -322,7 +376,7 @@ class HttpProtocol(asyncio.Protocol):
         t = self.transport
         assert t is not None
         if isinstance(reply, Reply):
-            t.write(
+            self._write(
                 self._head(reply.status, reply.content_type, len(reply.body), keep, reply.headers)
                 + (b"" if head_only else reply.body)
             )
@@ -331,7 +385,7 @@ class HttpProtocol(asyncio.Protocol):
         chunked = not req.http10
         keep = keep and chunked
         try:
-            t.write(
+            self._write(
                 self._head(
                     reply.status,
                     reply.content_type,
@@ -348,7 +402,7 @@ class HttpProtocol(asyncio.Protocol):
                 full = self.writable is not None and not self.writable.done()
                 await reply.relay(self._sink(t, chunked), paused=full)
                 if chunked:
-                    t.write(b"0\r\n\r\n")
+                    self._write(b"0\r\n\r\n")
             await self._drain()
         finally:
             self.relaying = None
@@ -360,7 +414,7 @@ class HttpProtocol(asyncio.Protocol):
 
         def write(chunk: bytes) -> None:
             if chunk and not self.closed:
-                t.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
 
         return write
 

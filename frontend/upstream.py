@@ -24,7 +24,13 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["UpstreamClient", "UpstreamError", "UpstreamResponse", "UpstreamTimeout"]
+__all__ = [
+    "UpstreamBusy",
+    "UpstreamClient",
+    "UpstreamError",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
 
 _HIGH_WATER = 256 * 1024  # buffered response bytes beyond which the upstream socket is paused
 # Why acknowledge at once: Dynamo 1.6.1's HTTP server (the stock frontend) does not set
@@ -43,6 +49,10 @@ class UpstreamError(ConnectionError):
 
 class UpstreamTimeout(TimeoutError):
     """Connect or read timeout."""
+
+
+class UpstreamBusy(Exception):
+    """Every upstream slot stayed taken for the whole slot wait; nothing was sent."""
 
 
 class _Conn(asyncio.Protocol):
@@ -215,6 +225,16 @@ class UpstreamResponse:
         self.release()
         return body
 
+    async def peek_event(self) -> bytes:
+        """Wait for the first whole SSE event (or the end of the body) and return what has
+        arrived so far, without consuming it: ``relay()`` hands it over first."""
+        conn = self._require()
+        while not conn.done and not any(b"\n\n" in c or b"\r\n\r\n" in c for c in conn.chunks):
+            if conn.buffered > _HIGH_WATER:
+                break
+            await conn.wait(self._client.read_timeout)
+        return b"".join(conn.chunks)
+
     async def relay(self, sink: Callable[[bytes], None], *, paused: bool = False) -> None:
         """Hand every body chunk to ``sink`` as it arrives, from the socket's read callback.
 
@@ -289,6 +309,7 @@ class UpstreamClient:
         read_timeout: float = 300.0,
         keepalive_timeout: float = 30.0,
         quickack: bool = True,
+        slot_wait: float | None = None,
     ) -> None:
         u = urlsplit(base_url)
         if u.scheme != "http" or not u.hostname:
@@ -302,16 +323,30 @@ class UpstreamClient:
         self.read_timeout = read_timeout
         self.keepalive_timeout = keepalive_timeout
         self.quickack = quickack  # acknowledge each read at once (see _TCP_QUICKACK)
+        self.slot_wait = slot_wait  # longest wait for a free slot (None: no deadline)
         self._idle: collections.deque[tuple[_Conn, float]] = collections.deque()
         self._slots = asyncio.Semaphore(pool_size)
+        self._taken = 0
         self._closed = False
 
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
     ) -> UpstreamResponse:
-        """Send and wait for the response headers (the body is read from the response)."""
+        """Send and wait for the response headers (the body is read from the response).
+
+        Raises ``UpstreamBusy`` when no slot frees up within ``slot_wait``."""
         head = self._head(method, path, body, headers)
-        await self._slots.acquire()
+        if self.slot_wait is None or not self._slots.locked():
+            await self._slots.acquire()
+        else:
+            try:
+                async with asyncio.timeout(self.slot_wait):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise UpstreamBusy(
+                    f"all {self.pool_size} upstream slots busy for {self.slot_wait} s"
+                ) from None
+        self._taken += 1
         try:
             for attempt in (0, 1):
                 conn = await self._acquire()
@@ -332,7 +367,7 @@ class UpstreamClient:
                 return _Released(self, conn)
             raise AssertionError("unreachable")
         except BaseException:
-            self._slots.release()
+            self._slot_done()
             raise
 
     def _head(
@@ -376,6 +411,11 @@ class UpstreamClient:
             raise UpstreamError(f"cannot connect to upstream: {e}") from e
         return conn
 
+    @property
+    def in_use(self) -> int:
+        """Slots taken now (requests sent or waiting for their answer to end)."""
+        return self._taken
+
     def _put_back(self, conn: _Conn) -> None:
         if self._closed:
             conn.close()
@@ -383,6 +423,7 @@ class UpstreamClient:
         self._idle.append((conn, asyncio.get_running_loop().time()))
 
     def _slot_done(self) -> None:
+        self._taken -= 1
         self._slots.release()
 
     async def close(self) -> None:

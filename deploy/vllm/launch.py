@@ -275,6 +275,11 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
         "AKR_GATEWAY_HOST": host,
         "AKR_GATEWAY_UPSTREAM_URL": f"http://{upstream_host}:{frontend_port}",
         "AKR_GATEWAY_PUBLIC_MODELS": public_model,
+        **(
+            {"AKR_GATEWAY_PROCESSOR_HEALTH_URL": f"http://{upstream_host}:{metrics_port}/health"}
+            if metrics_port
+            else {}
+        ),
         **{k: v for k, v in akr.items() if k.startswith("AKR_GATEWAY_")},
     }
     gateway_port = int(gateway_env.get("AKR_GATEWAY_PORT", "8080"))

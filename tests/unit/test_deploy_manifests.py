@@ -169,14 +169,17 @@ def test_worker_flags_match_the_launcher(components: dict[str, dict], plan) -> N
 
 
 def test_gateway_service_and_pod_monitor_select_real_ports(components: dict[str, dict]) -> None:
-    docs = {d["kind"]: d for d in load_all(K8S / "dynamo-graph.yaml")}
-    svc = docs["Service"]
-    assert svc["spec"]["ports"][0]["targetPort"] == _ports(components["gateway"])["http"]
+    all_docs = list(load_all(K8S / "dynamo-graph.yaml"))
+    docs = {d["kind"]: d for d in all_docs}
+    services = {d["metadata"]["name"]: d for d in all_docs if d["kind"] == "Service"}
     graph = docs["DynamoGraphDeployment"]
-    gw_labels = next(c for c in graph["spec"]["components"] if c["name"] == "gateway")[
-        "podTemplate"
-    ]["metadata"]["labels"]
-    assert svc["spec"]["selector"].items() <= gw_labels.items()
+    for name, port in (("gateway", "http"), ("processor", "metrics")):
+        svc = services[f"akr-{name}"]
+        assert svc["spec"]["ports"][0]["targetPort"] == _ports(components[name])[port]
+        labels = next(c for c in graph["spec"]["components"] if c["name"] == name)["podTemplate"][
+            "metadata"
+        ]["labels"]
+        assert svc["spec"]["selector"].items() <= labels.items()
     all_port_names = {n for main in components.values() for n in _ports(main)}
     for ep in docs["PodMonitor"]["spec"]["podMetricsEndpoints"]:
         assert ep["port"] in all_port_names
@@ -233,3 +236,14 @@ def test_alert_rules_are_loaded_and_name_real_series() -> None:
         "akr_processor_workers",
         "akr_processor_expected_workers",
     } <= raw
+
+
+def test_gateway_probes_liveness_and_readiness(components: dict[str, dict]) -> None:
+    """Liveness on /live (restart a stuck gateway), readiness on /ready (which asks the
+    processor's /health through its Service)."""
+    gw = components["gateway"]
+    assert gw["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert gw["readinessProbe"]["httpGet"]["path"] == "/ready"
+    env = {e["name"]: e.get("value") for e in gw["env"]}
+    port = _ports(components["processor"])["metrics"]
+    assert env["AKR_GATEWAY_PROCESSOR_HEALTH_URL"] == f"http://akr-processor:{port}/health"

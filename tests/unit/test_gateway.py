@@ -147,7 +147,7 @@ async def gw(upstream: EchoUpstream) -> AsyncIterator[FastClient]:
 
 async def test_health_and_models(gw: FastClient) -> None:
     r = await gw.get("/health")
-    assert r.status == 200 and (await r.json())["status"] == "healthy"
+    assert r.status == 200 and (await r.json())["status"] == "ready"
     r = await gw.get("/v1/models")
     assert r.status == 200 and (await r.json())["data"][0]["id"] == "tiny"
 

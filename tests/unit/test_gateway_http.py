@@ -71,7 +71,7 @@ async def test_keepalive_and_pipelining(port: int) -> None:
     )
     assert statuses(raw) == [200, 200, 200]
     assert raw.index(b'"path": "/v1/chat/completions"') < raw.index(b'"path": "/v1/completions"')
-    assert raw.endswith(b'{"status":"healthy"}')
+    assert raw.endswith(b'{"status":"ready","models":["tiny"]}')
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,374 @@
+"""The gateway under faults: readiness that follows the path behind it, prompt limits, 503 with
+Retry-After for "retry later", a deadline on upstream slots, and clients that stop reading."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from frontend.config import GatewayConfig
+from frontend.gateway import Gateway
+from frontend.server import start_server, stop_server
+from tests.unit.test_gateway import FastClient, make_client
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+# What Dynamo 1.6.1's stock frontend sends when the engine raised HttpError(503, ...) (checked
+# with tests/integration/unavailable_worker.py): its text replaces the engine's message.
+FRONTEND_503 = {"message": "Internal server error", "type": "Service Unavailable", "code": 503}
+FRONTEND_503_EVENT = (
+    b'data: {"error":{"message":"Service temporarily unavailable",'
+    b'"type":"service_unavailable","code":503}}\n\ndata: [DONE]\n\n'
+)
+
+
+@dataclass
+class Stub:
+    """A stock frontend stand-in: a model list with context windows, answers chosen per test."""
+
+    context_window: int = 1000
+    models_status: int = 200
+    model_probes: int = 0
+    answer: str = "ok"  # ok | 503 | 500_marker | sse_503 | sse_503_late | endless | slow
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post(CHAT, self._post)
+        app.router.add_post(COMPLETIONS, self._post)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.model_probes += 1
+        data = [{"id": "tiny", "object": "model", "context_window": self.context_window}]
+        return web.json_response({"object": "list", "data": data}, status=self.models_status)
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if self.answer == "503":
+            return web.json_response(FRONTEND_503, status=503)
+        if self.answer == "500_marker":
+            text = "akr_unavailable retry_after_s=7 reason=admission_full: queue full"
+            return web.json_response({"message": text, "code": 500}, status=500)
+        if self.answer == "slow":
+            await asyncio.sleep(3.0)
+            return web.json_response({"ok": True})
+        if self.answer == "ok":
+            return web.json_response({"ok": True})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        token = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+        try:
+            if self.answer == "sse_503":
+                await resp.write(FRONTEND_503_EVENT)
+            elif self.answer == "sse_503_late":
+                await resp.write(token + FRONTEND_503_EVENT)
+            else:  # endless: a long answer, as fast as the client takes it
+                piece = b"data: " + b"x" * 8000 + b"\n\n"
+                while True:
+                    await resp.write(piece)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled.set()
+            raise
+        return resp
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[Stub]:
+    s = Stub()
+    s.server = TestServer(s.app())
+    await s.server.start_server()
+    yield s
+    await s.server.close()
+
+
+async def until(cond: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def ready_gateway(url: str, **cfg: Any) -> FastClient:
+    """A gateway that has read the model list once (context windows known)."""
+    gw = await make_client(url, public_models="tiny", **cfg)
+    await until(lambda: gw.gw.readiness.contexts)
+    return gw
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProcessorHealth:
+    """The processor's /health stand-in."""
+
+    status: int = 200
+    body: dict[str, Any] = field(
+        default_factory=lambda: {"status": "ready", "routable_workers": 2, "expected_workers": 2}
+    )
+    hits: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        return web.json_response(self.body, status=self.status)
+
+
+async def test_readiness_follows_the_frontend_and_the_processor(stub: Stub) -> None:
+    proc = ProcessorHealth()
+    app = web.Application()
+    app.router.add_get("/health", proc.handle)
+    proc_server = TestServer(app)
+    await proc_server.start_server()
+    proc_url = str(proc_server.make_url("/health"))
+    gw = await make_client(
+        stub.url, public_models="tiny", processor_health_url=proc_url, ready_cache_s=0.3
+    )
+    try:
+        for path in ("/health", "/ready"):
+            r = await gw.get(path)
+            body = await r.json()
+            assert r.status == 200 and body["status"] == "ready", body
+            assert body["routable_workers"] == 2 and body["expected_workers"] == 2
+        assert proc.hits == 1, "a second probe within ready_cache_s reuses the verdict"
+
+        proc.status, proc.body = 503, {"status": "degraded", "routable_workers": 1}
+        await asyncio.sleep(0.35)
+        r = await gw.get("/health")
+        assert r.status == 200 and (await r.json())["status"] == "degraded"
+
+        proc.body = {"status": "no_workers", "routable_workers": 0, "expected_workers": 2}
+        await asyncio.sleep(0.35)
+        r = await gw.get("/ready")
+        body = await r.json()
+        assert r.status == 503 and body["reason"] == "no_workers", body
+
+        await proc_server.close()  # the processor is down
+        await asyncio.sleep(0.35)
+        r = await gw.get("/health")
+        body = await r.json()
+        assert r.status == 503 and body["reason"] == "processor_unreachable", body
+        r = await gw.get("/live")
+        assert r.status == 200 and (await r.json())["status"] == "live"
+        metrics = await (await gw.get("/metrics")).text()
+        assert "akr_gateway_ready 0.0" in metrics
+    finally:
+        await gw.close()
+        await proc_server.close()
+
+
+async def test_readiness_needs_the_model_listed(stub: Stub) -> None:
+    gw = await make_client(stub.url, public_models="other", ready_cache_s=0)
+    try:
+        r = await gw.get("/health")
+        body = await r.json()
+        assert r.status == 503 and body["reason"] == "model_not_listed"
+        assert body["missing"] == ["other"]
+        stub.models_status = 500
+        r = await gw.get("/ready")
+        assert r.status == 503 and (await r.json())["reason"] == "frontend_unhealthy"
+    finally:
+        await gw.close()
+    gw = await make_client("http://127.0.0.1:9", ready_cache_s=0)  # nothing listens
+    try:
+        r = await gw.get("/health")
+        assert r.status == 503 and (await r.json())["reason"] == "frontend_unreachable"
+        assert (await gw.get("/live")).status == 200
+    finally:
+        await gw.close()
+
+
+# --- prompt limits -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "route,body,param",
+    [
+        (CHAT, {"messages": [{"role": "user", "content": "a" * 8001}]}, "messages"),
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "é" * 4001}]}]},
+            "messages",
+        ),
+        (COMPLETIONS, {"prompt": "a" * 8001}, "prompt"),
+        (COMPLETIONS, {"prompt": ["ok", "a" * 8001]}, "prompt"),
+        (COMPLETIONS, {"prompt": list(range(1001))}, "prompt"),
+        (COMPLETIONS, {"prompt": [[1, 2], list(range(1001))]}, "prompt"),
+    ],
+)
+async def test_prompt_over_the_context_gets_400(
+    stub: Stub, route: str, body: dict[str, Any], param: str
+) -> None:
+    gw = await ready_gateway(stub.url)  # context_window 1000, 8 bytes per token: 8000 bytes
+    try:
+        r = await gw.post(route, json={"model": "tiny", **body})
+        err = (await r.json())["error"]
+        assert r.status == 400, err
+        assert err["param"] == param and err["code"] == "context_length_exceeded"
+        assert err["message"].startswith(f"{param}: ") and "1000 tokens" in err["message"]
+    finally:
+        await gw.close()
+
+
+async def test_prompt_within_the_bound_passes_and_the_setting_overrides(stub: Stub) -> None:
+    gw = await ready_gateway(stub.url)
+    try:
+        ok = {"model": "tiny", "messages": [{"role": "user", "content": "a" * 7000}]}
+        assert (await gw.post(CHAT, json=ok)).status == 200
+        ids = {"model": "tiny", "prompt": list(range(1000))}
+        assert (await gw.post(COMPLETIONS, json=ids)).status == 200
+    finally:
+        await gw.close()
+    gw = await make_client(stub.url, context_tokens=100)
+    try:
+        r = await gw.post(CHAT, json=ok)
+        assert r.status == 400 and "100 tokens" in (await r.json())["error"]["message"]
+    finally:
+        await gw.close()
+
+
+def test_prompt_rule_counts_utf8_bytes_and_stops_early() -> None:
+    from frontend.prompt_limit import prompt_error
+
+    assert prompt_error("messages", {"messages": [{"content": "é" * 50}]}, 10, 10.0) is None
+    assert "101 bytes" in (prompt_error("messages", {"messages": ["é" * 50, "a"]}, 10, 10.0) or "")
+    assert prompt_error("prompt", {"prompt": []}, 10, 1.0) is None
+    assert prompt_error("messages", {}, 10, 1.0) is None
+    deep: Any = "a" * 20
+    for _ in range(200):
+        deep = [deep]
+    assert prompt_error("messages", {"messages": deep}, 10, 1.0) is None  # too deep: not text
+
+
+async def test_body_limit_follows_the_context(stub: Stub) -> None:
+    assert GatewayConfig().body_limit() == 131072 * 8 * 3 + 1024 * 1024
+    assert GatewayConfig(max_body_bytes=5000).body_limit(10) == 5000
+    gw = await ready_gateway(stub.url)  # 1000 tokens -> 24000 + 1 MiB
+    try:
+        assert gw.gw.body_limit() == 1000 * 8 * 3 + 1024 * 1024
+        big = {"model": "tiny", "messages": [], "pad": "x" * (1024 * 1024 + 30_000)}
+        r = await gw.post(CHAT, json=big)
+        assert r.status == 413 and (await r.json())["error"]["param"] == "body"
+    finally:
+        await gw.close()
+
+
+# --- 503 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_upstream_503_becomes_503_with_retry_after(stub: Stub, stream: bool) -> None:
+    stub.answer = "sse_503" if stream else "503"
+    gw = await ready_gateway(stub.url, retry_after_s=3)
+    try:
+        r = await gw.post(CHAT, json={"model": "tiny", "messages": [], "stream": stream})
+        assert r.status == 503 and r.headers["Retry-After"] == "3"
+        err = (await r.json())["error"]
+        assert err["type"] == "service_unavailable" and err["code"] == "unavailable"
+        metrics = await (await gw.get("/metrics")).text()
+        assert 'akr_gateway_unavailable_total{reason="unavailable"} 1.0' in metrics
+    finally:
+        await gw.close()
+
+
+async def test_marker_gives_reason_and_retry_after(stub: Stub) -> None:
+    stub.answer = "500_marker"
+    gw = await ready_gateway(stub.url)
+    try:
+        r = await gw.post(CHAT, json={"model": "tiny", "messages": []})
+        assert r.status == 503 and r.headers["Retry-After"] == "7"
+        assert (await r.json())["error"]["code"] == "admission_full"
+    finally:
+        await gw.close()
+
+
+async def test_error_after_a_token_stays_in_the_stream(stub: Stub) -> None:
+    stub.answer = "sse_503_late"
+    gw = await ready_gateway(stub.url)
+    try:
+        r = await gw.post(CHAT, json={"model": "tiny", "messages": [], "stream": True})
+        assert r.status == 200
+        text = (await r.read()).decode()
+        assert text.startswith('data: {"choices"') and '"code":503' in text
+    finally:
+        await gw.close()
+
+
+async def test_waiting_for_an_upstream_slot_has_a_deadline(stub: Stub) -> None:
+    stub.answer = "slow"
+    gw = await ready_gateway(stub.url, upstream_connections=1, slot_wait_s=0.3)
+    try:
+        first = asyncio.ensure_future(gw.post(CHAT, json={"model": "tiny", "messages": []}))
+        await until(lambda: gw.gw.client.in_use == 1)
+        t0 = time.monotonic()
+        r = await gw.post(CHAT, json={"model": "tiny", "messages": []})
+        waited = time.monotonic() - t0
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        assert (await r.json())["error"]["code"] == "gateway_busy"
+        assert 0.25 < waited < 2.0, waited
+        assert (await first).status == 200
+    finally:
+        await gw.close()
+
+
+# --- clients that stop reading -----------------------------------------------------------------
+
+
+async def test_a_client_that_reads_nothing_is_dropped_and_frees_its_slot(stub: Stub) -> None:
+    stub.answer = "endless"
+    cfg = GatewayConfig(
+        upstream_url=stub.url,
+        host="127.0.0.1",
+        port=0,
+        stall_timeout_s=0.5,
+        client_buffer_bytes=64 * 1024,
+        upstream_connections=1,
+        context_tokens=1000,
+    )
+    gw = Gateway(cfg)
+    _, server = await start_server(cfg, gw)
+    port = server.sockets[0].getsockname()[1]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect(("127.0.0.1", port))
+        body = json.dumps({"model": "tiny", "stream": True, "messages": []}).encode()
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        await until(lambda: gw.client.in_use == 1)
+        t0 = time.monotonic()
+        await until(lambda: gw.metrics.stalled_clients == 1, timeout_s=5.0)
+        assert time.monotonic() - t0 >= 0.4
+        await until(lambda: gw.client.in_use == 0)
+        await asyncio.wait_for(stub.cancelled.wait(), timeout=5)
+        # the one upstream slot serves the next client
+        stub.answer = "ok"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n{}"
+        )
+        raw = await asyncio.wait_for(reader.read(), timeout=5)
+        assert raw.startswith(b"HTTP/1.1 200 ")
+        writer.close()
+    finally:
+        sock.close()
+        await stop_server(gw, server)
