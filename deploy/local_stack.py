@@ -213,6 +213,7 @@ class LocalStack:
             self.start_failed = True
             raise
         self.start_failed = False
+        self.supervisor.tick()  # attribute every registration now: the stack is up
         self.supervisor.write_status()
         self._watch = SupervisorThread(self.supervisor)
         self._watch.start()

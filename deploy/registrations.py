@@ -1,10 +1,13 @@
 """Which process owns which discovery registration, read from Dynamo's file discovery.
 
-With ``DYN_DISCOVERY_BACKEND=file`` every served endpoint instance is one file under
-``$DYN_FILE_KV/v1/instances/``; its owner re-touches it every few seconds and any process of
-the stack removes it once it is about 10 s old (the lease). The file names the instance's TCP
-request-plane address (``"transport": {"tcp": "127.0.0.1:PORT/..."}``), so the process that
-listens on that port owns it: found through ``/proc`` (Linux), no log scraping.
+With ``DYN_DISCOVERY_BACKEND=file`` each registration is one file under ``$DYN_FILE_KV/v1/``:
+served endpoint instances (``instances/``), event-plane publishers (``event_channels/``: KV
+events, load metrics) and KV-event sources (``event_sources/``). Its owner re-touches it every
+few seconds, and any process of the stack removes it once it is about 10 s old (the lease). A
+process frozen past that loses some or all of its entries for good: without ``instances/`` it
+gets no requests, without ``event_channels/`` nobody hears its KV events. Each file names a TCP
+address the owner listens on (request plane, or ZMQ publisher), so the process listening on
+that port owns it: found through ``/proc`` (Linux), no log scraping.
 """
 
 from __future__ import annotations
@@ -12,23 +15,35 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+KINDS = ("instances", "event_channels", "event_sources")
+
+
+def _port(kind: str, data: dict[str, Any]) -> int:
+    if kind == "instances":
+        address = data["transport"]["tcp"].split("/", 1)[0]  # 127.0.0.1:PORT/<id>/<path>
+    elif kind == "event_channels":
+        address = data["transport"]["config"]["endpoint"]  # tcp://127.0.0.1:PORT
+    else:
+        address = data["metadata"]["recovery_target"]["transport"]["tcp"].split("/", 1)[0]
+    return int(address.rsplit(":", 1)[1])
 
 
 def registrations(file_kv: Path) -> dict[str, int]:
-    """Instance file name -> request-plane port, for every instance registered now."""
+    """``<kind>/<file name>`` -> the TCP port its owner listens on, for every entry now."""
     out: dict[str, int] = {}
-    directory = file_kv / "v1" / "instances"
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return out
-    for name in names:
+    for kind in KINDS:
+        directory = file_kv / "v1" / kind
         try:
-            data = json.loads((directory / name).read_text())
-            address = data["transport"]["tcp"].split("/", 1)[0]
-            out[name] = int(address.rsplit(":", 1)[1])
-        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-            continue  # being written or removed right now, or not a TCP instance
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            try:
+                out[f"{kind}/{name}"] = _port(kind, json.loads((directory / name).read_text()))
+            except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+                continue  # being written or removed right now, or not over TCP
     return out
 
 

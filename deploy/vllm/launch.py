@@ -376,6 +376,7 @@ def run(plan: Plan, ready_timeout_s: float, supervise: bool = True, poll_s: floa
         print(f"  worker metrics:    {worker_urls}")
         print(f"  supervisor status: {plan.workdir / 'supervisor.json'}")
         print("Ctrl-C stops every process of this stack.", flush=True)
+        supervisor.tick()  # attribute every registration now: the stack is up
         supervisor.write_status()
         while supervise or not supervisor.failures:
             supervisor.tick()

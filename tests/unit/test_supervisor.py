@@ -148,7 +148,15 @@ def test_registrations_belong_to_the_process_listening_on_their_port(tmp_path, c
         time.sleep(0.02)
     port = int(port_file.read_text())
     _register(tmp_path / "kv", "workers%2Fbackend%2Fgenerate%2Fabc", port)
-    assert registrations(tmp_path / "kv") == {"workers%2Fbackend%2Fgenerate%2Fabc": port}
+    channel = tmp_path / "kv" / "v1" / "event_channels" / "kv-events"
+    channel.parent.mkdir(parents=True)
+    channel.write_text(
+        json.dumps({"transport": {"config": {"endpoint": f"tcp://127.0.0.1:{port}"}}})
+    )
+    assert registrations(tmp_path / "kv") == {
+        "instances/workers%2Fbackend%2Fgenerate%2Fabc": port,
+        "event_channels/kv-events": port,
+    }
     assert port in group_listening_ports(listener.pid)
     assert port not in group_listening_ports(os.getpgid(0))
 
@@ -171,7 +179,7 @@ def test_alive_child_that_lost_its_registration_is_killed_and_restarted(tmp_path
         tmp_path / "kv", "workers%2Fbackend%2Fgenerate%2Fabc", int(port_file.read_text())
     )
     sup.tick()
-    assert worker.registered == {entry.name}
+    assert worker.registered == {f"instances/{entry.name}"}
     assert gateway.registered == set()
 
     entry.unlink()  # the lease expired (a frozen process) and someone removed the entry
