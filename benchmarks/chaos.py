@@ -363,7 +363,7 @@ async def worker_freeze(short: bool) -> tuple[dict, dict]:
 
 
 async def no_worker(short: bool) -> tuple[dict, dict]:
-    cap_s = 20.0 if short else 60.0
+    cap_s = 15.0 if short else 30.0
     config = StackConfig(workers=1, speedup=10.0, supervise=False)
     with stack_of(config) as stack:
         async with aiohttp.ClientSession() as session:
