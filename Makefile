@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: setup demo test unit lint bench replay config-doc clean
+.PHONY: setup demo test unit lint bench replay chaos config-doc clean
 
 setup:
 	@bash deploy/setup.sh
@@ -32,6 +32,13 @@ bench: setup
 replay: setup
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check -e ".[bench]" 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m benchmarks.replay suite
+
+# The chaos suite (benchmarks/chaos.py): faults on real local stacks (killed and frozen
+# workers, killed processor, unwritable traces, non-reading clients, over-long prompts); writes
+# benchmarks/results/chaos.json and chaos_details.json (~6 minutes). `make test` runs its
+# short form (tests/integration/test_chaos.py).
+chaos: setup
+	$(PY) -m benchmarks.chaos
 
 # Regenerate docs/CONFIG.md and deploy/vllm/akr.env from the configuration models.
 config-doc: setup

@@ -5,6 +5,12 @@ Everything binds to 127.0.0.1, discovery is file-based in a directory of the sta
 Every process is started in its own process group and stopped by that group, so nothing the
 launcher started outlives it; readiness is polled, never slept for.
 
+Once the stack is up, a supervisor (deploy/supervisor.py) restarts any process that exits, or
+that is alive but lost its discovery registration, with backoff; each restart is logged with
+the process's name, exit code and runtime and counted in ``<workdir>/supervisor.json``. A
+temporary work directory (logs, traces, discovery) is removed on stop only if nothing failed;
+otherwise it is kept and its path printed.
+
     python -m deploy.local_stack --workers 4 --speedup 10      # prints URLs, Ctrl-C stops
 
 Used by the tests and benchmarks as ``with LocalStack(StackConfig(...)) as stack: ...``.
@@ -27,7 +33,15 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+
+from deploy.supervisor import (
+    Backoff,
+    Child,
+    Supervisor,
+    SupervisorThread,
+    describe_code,
+    signal_group,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / ".model" / "akr-tiny"
@@ -65,10 +79,18 @@ class StackConfig:
     # (tests/integration/recording_worker.py shows what the workers receive).
     worker_module: str = "dynamo.mocker"
     worker_env: dict[str, str] = field(default_factory=dict)
+    # One mocker process per worker (else one process per distinct speed), so that a fault can
+    # hit one worker of several.
+    split_workers: bool = False
     workdir: Path | None = None
-    # A temporary workdir (logs, traces, discovery) is removed by stop() unless kept.
-    keep_workdir: bool = False
+    # A temporary workdir (logs, traces, discovery) is removed by stop(): None = unless
+    # something failed (start-up, or a process that died or lost its registration later);
+    # True = never; False = always (tests that kill processes on purpose).
+    keep_workdir: bool | None = None
     ready_timeout_s: float = 120.0
+    # Restart processes that die or lose their registration once the stack is up.
+    supervise: bool = True
+    backoff: Backoff = field(default_factory=Backoff)
 
     def worker_speeds(self) -> list[float]:
         return list(self.speeds) if self.speeds else [self.speedup] * self.workers
@@ -101,14 +123,6 @@ class StackError(RuntimeError):
     """The stack did not come up; the message names the process and the tail of its log."""
 
 
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
-
-
 class LocalStack:
     """Start the processes of one stack; ``stop()`` (or leaving the ``with``) kills them all."""
 
@@ -125,7 +139,17 @@ class LocalStack:
             **loopback_env(self.file_kv),
             "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0",
         }
-        self.procs: list[_Proc] = []
+        self.procs: list[Child] = []
+        self.supervisor = Supervisor(
+            self.procs,
+            file_kv=self.file_kv,
+            status_path=self.workdir / "supervisor.json",
+            log=self._log,
+            backoff=self.config.backoff,
+            restart=self.config.supervise,
+        )
+        self._watch: SupervisorThread | None = None
+        self.start_failed = False
         self._pick_ports()
         self.trace_path = self.workdir / "traces" / "processor.jsonl"
 
@@ -172,6 +196,7 @@ class LocalStack:
                     self.stop()
                     raise
                 shutil.rmtree(self.file_kv, ignore_errors=True)
+                self.procs.clear()
                 self._pick_ports()
             except BaseException:
                 self.stop()
@@ -182,6 +207,18 @@ class LocalStack:
         self.stop()
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.start_failed = True
+            raise
+        self.start_failed = False
+        self.supervisor.tick()  # attribute every registration now: the stack is up
+        self.supervisor.write_status()
+        self._watch = SupervisorThread(self.supervisor)
+        self._watch.start()
+
+    def _start(self) -> None:
         self.file_kv.mkdir(parents=True, exist_ok=True)
         if not (self.config.model_dir / "tokenizer.json").exists():
             from deploy.make_model import build
@@ -203,44 +240,83 @@ class LocalStack:
             self._wait_model(self.frontend_url, WORKER_MODEL)
             self._wait_answer(self.frontend_url, WORKER_MODEL)
 
+    @property
+    def failed(self) -> bool:
+        """Start-up failed, or a process died or lost its registration after it."""
+        return self.start_failed or bool(self.supervisor.failures)
+
     def stop(self, remove_workdir: bool = True) -> None:
-        """SIGTERM every process group we started, then SIGKILL what is left."""
-        for proc in reversed(self.procs):
-            _signal_group(proc.popen, signal.SIGTERM)
-        deadline = time.monotonic() + 10.0
-        for proc in reversed(self.procs):
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(proc.popen, signal.SIGKILL)
-            try:
-                proc.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            proc.log.close()
-        self.procs.clear()
-        if remove_workdir and self._own_workdir and not self.config.keep_workdir:
+        """Stop supervising, SIGTERM every process group we started, then SIGKILL what is left.
+
+        The workdir is kept (and its path printed) when anything failed, see ``keep_workdir``.
+        """
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        with self.supervisor.lock:
+            running = [p.popen for p in reversed(self.procs) if p.popen is not None]
+            for popen in running:
+                signal_group(popen, signal.SIGTERM)
+            deadline = time.monotonic() + 10.0
+            for popen in running:
+                try:
+                    popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+                signal_group(popen, signal.SIGKILL)
+                try:
+                    popen.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        if self.workdir.exists():
+            self.supervisor.write_status()  # the final counts
+        if not remove_workdir or not self._own_workdir or not self.workdir.exists():
+            return
+        keep = self.config.keep_workdir
+        if keep is None and self.failed:
+            self._log(
+                f"stack work directory kept (logs, traces): {self.workdir}; failures: "
+                + ("start-up failed; " if self.start_failed else "")
+                + "; ".join(self.supervisor.failures)
+            )
+        elif not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def _log(self, line: str) -> None:
+        """Launcher events go to stderr and to ``<workdir>/launcher.log``."""
+        print(f"[local_stack] {line}", file=sys.stderr, flush=True)
+        try:
+            with open(self.workdir / "launcher.log", "a") as log:
+                log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        except OSError:
+            pass
+
     def pids(self) -> list[int]:
-        return [p.popen.pid for p in self.procs]
+        return [p.pid for p in self.procs]
 
     def worker_pids(self) -> list[int]:
-        return [p.popen.pid for p in self.procs if p.name.startswith("mocker")]
+        return [p.pid for p in self.procs if p.name.startswith("mocker")]
+
+    def restarts(self, name: str) -> int:
+        """How many times the supervisor restarted process ``name``."""
+        return self.supervisor.restarts(name)
 
     def kill(self, name: str) -> None:
-        """Kill one named process group (fault-injection in tests)."""
-        self.signal(name, signal.SIGKILL)
-        for proc in self.procs:
-            if proc.name == name:
-                proc.popen.wait(timeout=10)
+        """Kill one named process group (fault-injection in tests); the supervisor, when on,
+        restarts it as it would any process that died."""
+        with self.supervisor.lock:
+            popens = [p.popen for p in self.procs if p.name == name and p.popen is not None]
+            for popen in popens:
+                signal_group(popen, signal.SIGKILL)
+        for popen in popens:
+            popen.wait(timeout=10)
 
     def signal(self, name: str, sig: int) -> None:
         """Send ``sig`` to one named process group (SIGSTOP freezes a worker, SIGCONT thaws)."""
-        for proc in self.procs:
-            if proc.name == name:
-                _signal_group(proc.popen, sig)
+        with self.supervisor.lock:
+            for proc in self.procs:
+                if proc.name == name:
+                    signal_group(proc.popen, sig)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         for proc in self.procs:
@@ -250,22 +326,27 @@ class LocalStack:
 
     # -- processes ----------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
-        log_path = self.workdir / f"{name}.log"
-        log = open(log_path, "wb")
-        env = {**self.env, **(extra_env or {})}
-        popen = subprocess.Popen(
+        """Start one process in its own group (stop() kills exactly what it started); every
+        process but the gateway registers in discovery."""
+        child = Child(
+            name,
             argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
+            {**self.env, **(extra_env or {})},
+            self.workdir / f"{name}.log",
             cwd=REPO_ROOT,
-            start_new_session=True,  # own process group: stop() kills exactly what it started
+            registers=name != "gateway",
         )
-        self.procs.append(_Proc(name, popen, log_path, log))
+        child.log_path.unlink(missing_ok=True)  # a fresh log per stack start
+        child.spawn(time.monotonic())
+        self.procs.append(child)
 
     def _start_workers(self) -> None:
-        groups = Counter(self.config.worker_speeds())
-        for index, (speed, count) in enumerate(sorted(groups.items())):
+        speeds = self.config.worker_speeds()
+        if self.config.split_workers:
+            groups = [(speed, 1) for speed in speeds]
+        else:
+            groups = sorted(Counter(speeds).items())
+        for index, (speed, count) in enumerate(groups):
             self._spawn(
                 f"mocker{index}",
                 [
@@ -360,10 +441,12 @@ class LocalStack:
     # -- readiness ----------------------------------------------------------------------------
     def _check_alive(self) -> None:
         for proc in self.procs:
-            code = proc.popen.poll()
+            code = proc.popen.poll() if proc.popen is not None else None
             if code is not None:
+                runtime = time.monotonic() - proc.started_at
                 raise StackError(
-                    f"{proc.name} exited with {code} during start-up:\n{self.log_tail(proc.name)}"
+                    f"{proc.name} exited with {describe_code(code)} during start-up after "
+                    f"{runtime:.1f} s (work directory {self.workdir}):\n{self.log_tail(proc.name)}"
                 )
 
     def _poll(self, what: str, probe: object) -> None:
@@ -399,13 +482,6 @@ class LocalStack:
         )
 
 
-def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(popen.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _http_get(url: str) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -435,6 +511,14 @@ def main() -> None:
     parser.add_argument("--speeds", type=str, default=None, help="comma list, one speed per worker")
     parser.add_argument("--gpu-blocks", type=int, default=1024)
     parser.add_argument("--arm", default="ours", help="ours | kv | round-robin | random")
+    parser.add_argument(
+        "--split-workers", action="store_true", help="one mocker process per worker"
+    )
+    parser.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="do not restart processes; stop the stack when one dies",
+    )
     args = parser.parse_args()
     speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
     config = StackConfig(
@@ -443,9 +527,12 @@ def main() -> None:
         speeds=speeds,
         gpu_blocks=args.gpu_blocks,
         arm=args.arm,
+        split_workers=args.split_workers,
+        supervise=not args.no_supervise,
     )
     stack = LocalStack(config)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code = 0
     try:
         stack.start()
         print(f"stack ready (workdir {stack.workdir})")
@@ -454,14 +541,21 @@ def main() -> None:
         if config.arm == "ours":
             print(f"  processor metrics {stack.processor_metrics_url}")
             print(f"  processor traces  {stack.trace_path}")
-        print("Ctrl-C stops every process of this stack.")
-        while True:
-            stack._check_alive()
+        print(f"  supervisor status {stack.workdir / 'supervisor.json'}")
+        print("Ctrl-C stops every process of this stack.", flush=True)
+        # The supervisor thread restarts and reports; unsupervised, the first death ends it.
+        while config.supervise or not stack.supervisor.failures:
             time.sleep(1.0)
+        code = 1
+    except StackError as exc:
+        stack.start_failed = True
+        print(f"stack failed to start: {exc}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         pass
     finally:
         stack.stop()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@ router runs inside the processor.
 ``shlex.split`` after the ``<name>: `` prefix gives back the exact environment and argv) and
 exits: that is what tests/unit/test_deploy_vllm.py checks without a GPU. Without it every
 process starts in its own process group (logs in the work directory) and Ctrl-C / SIGTERM stops
-exactly those groups.
+exactly those groups. Once the stack is ready a supervisor (deploy/supervisor.py) restarts a
+process that exits, or (file discovery) a worker or processor that is alive but lost its
+registration, with exponential backoff; each restart is printed with the process's name, exit
+code and runtime and counted in ``<workdir>/supervisor.json``. ``--no-supervise`` stops the
+stack at the first death instead. The work directory (logs, traces) is never removed.
 
 Flags of ``python -m dynamo.vllm`` used here, checked in the ai-dynamo 1.6.1 wheel (vllm itself
 is not installed on the build machine, so ``--help`` could not run):
@@ -55,7 +59,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values  # python-dotenv, a dependency of pydantic-settings
 
-from deploy.local_stack import REPO_ROOT, _http_get, _signal_group, loopback_env
+from deploy.local_stack import REPO_ROOT, _http_get, loopback_env
+from deploy.supervisor import Child, Supervisor, describe_code, signal_group
 from deploy.vllm.envfile import AKR_OVERRIDES, DYN_DEFAULTS, ENV_FILE, LAUNCH_DEFAULTS
 
 PY = "python"  # printed commands are meant for the node's environment (venv or container)
@@ -82,6 +87,8 @@ class Plan:
     processor_metrics_port: int | None
     worker_system_ports: list[int]
     public_model: str
+    # File discovery's directory: the supervisor watches registrations there (None = etcd).
+    file_kv: Path | None = None
 
 
 def read_env_file(path: Path | None) -> dict[str, str]:
@@ -293,6 +300,7 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
         int(metrics_port) if metrics_port else None,
         system_ports,
         public_model,
+        workdir / "dynamo_kv" if discovery == "file" else None,
     )
 
 
@@ -304,38 +312,57 @@ def _is_loopback(host: str) -> bool:
 
 
 # -- running ----------------------------------------------------------------------------------
-def run(plan: Plan, ready_timeout_s: float) -> None:
+# Processes that register in Dynamo discovery (the gateway and the infrastructure do not).
+UNREGISTERED = ("gateway", "etcd", "nats")
+
+
+def run(plan: Plan, ready_timeout_s: float, supervise: bool = True, poll_s: float = 2.0) -> int:
+    """Start the plan, wait until the gateway lists the model, then supervise until Ctrl-C /
+    SIGTERM (or, unsupervised, the first death). Returns the exit status."""
     plan.workdir.mkdir(parents=True, exist_ok=True)
     (plan.workdir / "traces").mkdir(exist_ok=True)
-    procs: list[tuple[Process, subprocess.Popen[bytes], object]] = []
+    launcher_log = plan.workdir / "launcher.log"
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with open(launcher_log, "a") as out:
+            out.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+    children: list[Child] = []
+    supervisor = Supervisor(
+        children,
+        file_kv=plan.file_kv,
+        status_path=plan.workdir / "supervisor.json",
+        log=log,
+        restart=supervise,
+    )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    status = 0
     try:
         for proc in plan.processes:
             if not shutil.which(proc.argv[0]) and proc.argv[0] != PY:
                 raise SystemExit(f"{proc.argv[0]} not found on PATH (needed by {proc.name})")
             argv = [sys.executable, *proc.argv[1:]] if proc.argv[0] == PY else proc.argv
-            log = open(plan.workdir / f"{proc.name}.log", "wb")
-            popen = subprocess.Popen(
+            child = Child(
+                proc.name,
                 argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **proc.env},
+                {**os.environ, **proc.env},
+                plan.workdir / f"{proc.name}.log",
                 cwd=REPO_ROOT,
-                start_new_session=True,
+                registers=proc.name not in UNREGISTERED,
             )
-            procs.append((proc, popen, log))
-            print(
-                f"started {proc.name} (pid {popen.pid}, log {plan.workdir / (proc.name + '.log')})"
-            )
+            child.spawn(time.monotonic())
+            children.append(child)
+            log(f"started {proc.name} (pid {child.pid}, log {child.log_path})")
         base = f"http://{'127.0.0.1' if plan.host in ('0.0.0.0', '::') else plan.host}"
         gateway = f"{base}:{plan.gateway_port}"
         deadline = time.monotonic() + ready_timeout_s
-        print(
+        log(
             f"waiting for model {plan.public_model!r} at {gateway}/v1/models "
             "(vLLM loads weights and captures graphs: minutes)"
         )
         while True:
-            _check_alive(procs)
+            _check_started(children, plan.workdir)
             body = _http_get(f"{gateway}/v1/models")
             if body and any(m.get("id") == plan.public_model for m in body.get("data", [])):
                 break
@@ -343,8 +370,8 @@ def run(plan: Plan, ready_timeout_s: float) -> None:
                 raise SystemExit(
                     "timed out waiting for the stack; see the logs in " + str(plan.workdir)
                 )
-            time.sleep(2.0)
-        print("stack ready")
+            time.sleep(poll_s)
+        log("stack ready")
         print(f"  clients:           {gateway}/v1/chat/completions  model={plan.public_model}")
         print(f"  gateway metrics:   {gateway}/metrics")
         print(f"  frontend metrics:  {base}:{plan.frontend_port}/metrics")
@@ -352,37 +379,54 @@ def run(plan: Plan, ready_timeout_s: float) -> None:
             print(f"  processor metrics: {base}:{plan.processor_metrics_port}/metrics")
         worker_urls = ", ".join(f"{base}:{p}/metrics" for p in plan.worker_system_ports)
         print(f"  worker metrics:    {worker_urls}")
-        print("Ctrl-C stops every process of this stack.")
-        while True:
-            _check_alive(procs)
-            time.sleep(1.0)
+        print(f"  supervisor status: {plan.workdir / 'supervisor.json'}")
+        print("Ctrl-C stops every process of this stack.", flush=True)
+        supervisor.tick()  # attribute every registration now: the stack is up
+        supervisor.write_status()
+        while supervise or not supervisor.failures:
+            supervisor.tick()
+            time.sleep(0.5)
+        status = 1
     except KeyboardInterrupt:
         pass
+    except SystemExit as exc:
+        print(exc, file=sys.stderr, flush=True)
+        status = 1
     finally:
-        _stop(procs)
+        _stop(children)
+        supervisor.write_status()  # the final counts, even when a signal cut a tick short
+        if status or supervisor.failures:
+            print(f"work directory kept (logs, traces): {plan.workdir}", file=sys.stderr)
+    return status
 
 
-def _check_alive(procs: list) -> None:
-    for proc, popen, _ in procs:
-        if popen.poll() is not None:
-            raise SystemExit(f"{proc.name} exited with {popen.returncode}; see its log")
+def _check_started(children: list[Child], workdir: Path) -> None:
+    """Before the stack is ready a death ends the launch: report it, do not restart it."""
+    for child in children:
+        code = child.popen.poll() if child.popen is not None else None
+        if code is not None:
+            runtime = time.monotonic() - child.started_at
+            raise SystemExit(
+                f"{child.name} exited with {describe_code(code)} during start-up after "
+                f"{runtime:.1f} s; see {child.log_path}"
+            )
 
 
-def _stop(procs: list) -> None:
-    for _, popen, _ in reversed(procs):
-        _signal_group(popen, signal.SIGTERM)
+def _stop(children: list[Child]) -> None:
+    running = [c.popen for c in reversed(children) if c.popen is not None]
+    for popen in running:
+        signal_group(popen, signal.SIGTERM)
     deadline = time.monotonic() + 20.0
-    for _, popen, log in reversed(procs):
+    for popen in running:
         try:
             popen.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-        _signal_group(popen, signal.SIGKILL)
+        signal_group(popen, signal.SIGKILL)
         try:
             popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        log.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -422,6 +466,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=1800.0)
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     parser.add_argument(
+        "--no-supervise",
+        action="store_true",
+        help="do not restart processes; stop the stack when one dies",
+    )
+    parser.add_argument(
         "vllm_args",
         nargs=argparse.REMAINDER,
         help="after --: extra vLLM engine flags for every worker",
@@ -443,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         for proc in plan.processes:
             print(proc.command_line())
         return
-    run(plan, args.ready_timeout)
+    sys.exit(run(plan, args.ready_timeout, supervise=not args.no_supervise))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], li
         arm="round-robin",
         worker_module="tests.integration.recording_worker",
         worker_env={"AKR_TEST_RECORD_PATH": str(path), "AKR_TEST_TOKEN_DELAY_S": "0.1"},
+        supervise=False,  # the probe kills workers on purpose: no restart, nothing kept
+        keep_workdir=False,
     )
     with LocalStack(config) as stack:
         probe = run_probe(stack, "tests.integration.forwarding_probe", str(path), timeout_s=180)

@@ -141,7 +141,13 @@ def test_disconnect_stops_the_worker(slow_stack: LocalStack) -> None:
 @pytest.fixture(scope="module")
 def two_workers() -> Iterator[LocalStack]:
     """Two mocker processes of different speeds: ``mocker0`` (1.0) and ``mocker1`` (1.5)."""
-    config = StackConfig(speeds=[1.0, 1.5], gpu_blocks=1024, mocker_args=["--max-num-seqs", "1"])
+    config = StackConfig(
+        speeds=[1.0, 1.5],
+        gpu_blocks=1024,
+        mocker_args=["--max-num-seqs", "1"],
+        supervise=False,  # the killed worker stays dead (restarts: tests/integration/test_chaos)
+        keep_workdir=False,
+    )
     with running_stack(config) as running:
         yield running
 

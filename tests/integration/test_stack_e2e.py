@@ -94,7 +94,7 @@ def test_client_request_id_comes_back_through_the_gateway(stack: LocalStack, str
 
 
 def test_two_stacks_run_side_by_side_without_seeing_each_other() -> None:
-    one = LocalStack(StackConfig(workers=1, arm="round-robin"))
+    one = LocalStack(StackConfig(workers=1, arm="round-robin", supervise=False, keep_workdir=False))
     two = LocalStack(StackConfig(workers=3, arm="round-robin"))
     with one, two:
         started = one.pids() + two.pids()

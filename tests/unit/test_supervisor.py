@@ -1,0 +1,197 @@
+"""The launchers' supervisor on stand-in processes (small ``python -c`` programs, no Dynamo):
+restarts with backoff, counting, the JSON status, and a lost discovery registration."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.registrations import group_listening_ports, registrations
+from deploy.supervisor import Backoff, Child, Supervisor
+
+LISTENER = """
+import socket, sys, time
+sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen()
+open(sys.argv[1], "w").write(str(sock.getsockname()[1]))
+time.sleep(600)
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    made: list[Child] = []
+    yield made
+    for child in made:
+        if child.popen is not None and child.popen.poll() is None:
+            child.popen.kill()
+            child.popen.wait()
+
+
+def child(tmp_path: Path, name: str, code: str, *args: str) -> Child:
+    return Child(name, [sys.executable, "-c", code, *args], dict(os.environ), tmp_path / name)
+
+
+def wait_exit(c: Child) -> None:
+    assert c.popen is not None
+    c.popen.wait(timeout=10)
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff(base_s=0.5, cap_s=4.0)
+    assert [backoff.delay_s(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_a_dead_child_is_restarted_after_backoff_and_counted(tmp_path, children) -> None:
+    clock, lines = Clock(), []
+    crash = child(tmp_path, "worker0", "raise SystemExit(3)")
+    children.append(crash)
+    status = tmp_path / "supervisor.json"
+    sup = Supervisor(
+        children, status_path=status, log=lines.append, clock=clock, backoff=Backoff(1.0, 8.0)
+    )
+    for delay in (1.0, 2.0, 4.0):
+        crash.spawn(clock())
+        first_pid = crash.pid
+        wait_exit(crash)
+        clock.now += 0.25
+        sup.tick()
+        assert crash.restart_at == clock.now + delay  # backoff grows while it keeps failing
+        clock.now += delay - 0.01
+        sup.tick()
+        assert crash.pid == first_pid  # not yet
+        clock.now += 0.01
+        sup.tick()
+        assert crash.pid != first_pid
+        crash.popen.wait(timeout=10)  # type: ignore[union-attr]
+        crash.restart_at, crash.popen = None, None  # next round spawns it by hand
+    assert sup.restarts("worker0") == 3
+    report = json.loads(status.read_text())["components"]["worker0"]
+    assert report["restarts"] == 3
+    assert report["last_exit"] == {"code": 3, "runtime_s": 0.2, "reason": "exited"}
+    assert (
+        "worker0 (pid " in lines[0] and "exited with 3 after 0.2 s; restart 1 in 1.0 s" in lines[0]
+    )
+
+
+def test_a_long_healthy_run_resets_the_backoff(tmp_path, children) -> None:
+    clock = Clock()
+    crash = child(tmp_path, "processor", "raise SystemExit(1)")
+    children.append(crash)
+    sup = Supervisor(children, log=lambda _: None, clock=clock, backoff=Backoff(1.0, 30.0, 60.0))
+    crash.streak = 4  # four quick failures before
+    crash.spawn(clock())
+    wait_exit(crash)
+    clock.now += 61.0
+    sup.tick()
+    assert crash.restart_at == clock.now + 1.0
+
+
+def test_unsupervised_death_is_reported_with_code_and_runtime(tmp_path, children) -> None:
+    clock, lines = Clock(), []
+    dead = child(tmp_path, "processor", "raise SystemExit(7)")
+    children.append(dead)
+    sup = Supervisor(children, log=lines.append, clock=clock, restart=False)
+    dead.spawn(clock())
+    wait_exit(dead)
+    clock.now += 42.0
+    sup.tick()
+    sup.tick()
+    assert dead.restart_at is None and dead.restarts == 0
+    assert sup.failures == [f"processor (pid {dead.pid}) exited with 7 after 42.0 s"]
+    assert lines == [f"supervisor: {sup.failures[0]}; not restarted (supervision off)"]
+    assert sup.status()["components"]["processor"]["state"] == "exited"
+
+
+def test_signal_deaths_name_the_signal(tmp_path, children) -> None:
+    clock, lines = Clock(), []
+    victim = child(tmp_path, "worker1", "import time; time.sleep(600)")
+    children.append(victim)
+    sup = Supervisor(children, log=lines.append, clock=clock)
+    victim.spawn(clock())
+    victim.popen.kill()  # type: ignore[union-attr]
+    wait_exit(victim)
+    sup.tick()
+    assert "exited with -9 (SIGKILL) after 0.0 s; restart 1 in 0.5 s" in lines[0]
+
+
+def _register(file_kv: Path, name: str, port: int) -> Path:
+    directory = file_kv / "v1" / "instances"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    transport = {"tcp": f"127.0.0.1:{port}/{name}/workers/backend/generate"}
+    path.write_text(json.dumps({"type": "Endpoint", "transport": transport}))
+    return path
+
+
+def test_registrations_belong_to_the_process_listening_on_their_port(tmp_path, children) -> None:
+    listener = child(tmp_path, "worker0", LISTENER, str(tmp_path / "port"))
+    children.append(listener)
+    listener.spawn(0.0)
+    port_file = tmp_path / "port"
+    deadline = time.monotonic() + 10
+    while not (port_file.exists() and port_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    port = int(port_file.read_text())
+    _register(tmp_path / "kv", "workers%2Fbackend%2Fgenerate%2Fabc", port)
+    channel = tmp_path / "kv" / "v1" / "event_channels" / "kv-events"
+    channel.parent.mkdir(parents=True)
+    channel.write_text(
+        json.dumps({"transport": {"config": {"endpoint": f"tcp://127.0.0.1:{port}"}}})
+    )
+    assert registrations(tmp_path / "kv") == {
+        "instances/workers%2Fbackend%2Fgenerate%2Fabc": port,
+        "event_channels/kv-events": port,
+    }
+    assert port in group_listening_ports(listener.pid)
+    assert port not in group_listening_ports(os.getpgid(0))
+
+
+def test_alive_child_that_lost_its_registration_is_killed_and_restarted(tmp_path, children) -> None:
+    clock, lines = Clock(), []
+    worker = child(tmp_path, "worker0", LISTENER, str(tmp_path / "port"))
+    gateway = child(tmp_path, "gateway", "import time; time.sleep(600)")
+    gateway.registers = False
+    children.extend([worker, gateway])
+    sup = Supervisor(children, file_kv=tmp_path / "kv", log=lines.append, clock=clock)
+    worker.spawn(clock())
+    gateway.spawn(clock())
+    port_file = tmp_path / "port"
+    deadline = time.monotonic() + 10
+    while not (port_file.exists() and port_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    entry = _register(
+        tmp_path / "kv", "workers%2Fbackend%2Fgenerate%2Fabc", int(port_file.read_text())
+    )
+    sup.tick()
+    assert worker.registered == {f"instances/{entry.name}"}
+    assert gateway.registered == set()
+
+    entry.unlink()  # the lease expired (a frozen process) and someone removed the entry
+    first_pid = worker.pid
+    sup.tick()
+    assert worker.popen.poll() is None  # type: ignore[union-attr]  # within the grace
+    clock.now += 1.0
+    sup.tick()
+    assert worker.popen.poll() is not None  # type: ignore[union-attr]
+    assert worker.last_exit is not None and worker.last_exit.reason == "lost registration"
+    assert gateway.popen.poll() is None  # type: ignore[union-attr]
+    clock.now += 0.5
+    sup.tick()
+    assert worker.pid != first_pid and worker.restarts == 1
+    assert "lost its discovery registration while alive after 1.0 s; killed; restart 1" in lines[0]
