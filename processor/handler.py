@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from processor.admission import Admission
 from processor.config import ProcessorConfig
 from processor.engine_state import ENGINE_POLL_S, EngineState, agreed_block_size, wait_for_cards
 from processor.metrics import ProcessorMetrics
@@ -48,6 +49,7 @@ from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
 from router.policy import Decision, RouteRequest
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, RouterService
+from router.unavailable import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ class ProcessorHandler:
         # The router charges full workers only with the prompt's block hashes (router/load.py).
         self._send_hashes = self.service.config.kv_full_ms > 0
         self._quarantine = Quarantine(self._config.worker_quarantine_s)
+        self.admission = Admission(config.admission_deadline_s, self.metrics)
 
     async def start(self) -> None:
         """Connect to the workers, agree on their KV block size, start the background tasks.
@@ -262,6 +265,9 @@ class ProcessorHandler:
         except (asyncio.CancelledError, GeneratorExit):
             outcome, error = "cancelled", "client disconnected"
             raise
+        except Unavailable as exc:  # admission refused it: no worker was involved
+            outcome, error = "refused", str(exc)
+            raise
         except Exception as exc:
             error = error or repr(exc)
             raise
@@ -294,9 +300,20 @@ class ProcessorHandler:
         live = self._quarantine.healthy(live)
         if attempt:  # a retry is a new decision with its own feedback record
             route = msgspec.structs.replace(route, request_id=f"{route.request_id}#{attempt}")
-        t0 = time.perf_counter()
-        decision = await self.routing.decide(route, token_ids, live)
-        decision_s = time.perf_counter() - t0
+        routing = self.routing
+        decision_s = 0.0
+
+        async def timed(r: RouteRequest) -> Decision:  # the last decision's own time
+            nonlocal decision_s
+            t0 = time.perf_counter()
+            d = await routing.decide(r, token_ids, live)
+            decision_s = time.perf_counter() - t0
+            return d
+
+        if attempt:
+            decision = await timed(route)
+        else:  # a first attempt may wait for admission (never a retry: it was admitted)
+            decision = await self.admission.place(route, timed)
         self.metrics.decision.observe(decision_s)
         self.metrics.decisions.labels(
             worker=f"{decision.worker_id:x}", reason=decision.reason
@@ -330,6 +347,7 @@ class ProcessorHandler:
             raise WorkerFailed(wid, True, exc) from exc
         measure.first = measure.last = time.perf_counter()
         self.routing.feedback(Feedback(event="first_token", request_id=decision.request_id))
+        self.admission.notify()
         item: Any = first
         while True:
             _observe(measure, item, keep_ids)
@@ -360,6 +378,7 @@ class ProcessorHandler:
         error: str | None,
     ) -> None:
         """Feedback, metrics and the trace record; O(1) work, no awaiting."""
+        self.admission.notify()
         e2e_ms = (time.perf_counter() - measure.start) * 1000.0
         ttft_ms, itl_ms = measure.ttft_ms, measure.itl_ms
         m = self.metrics

@@ -97,6 +97,11 @@ class AdmissionQueue:
         if self._live.pop(request_id, None) is not None:
             self.stats.cancelled += 1
 
+    def refuse(self, request_id: str) -> None:
+        """A waiting request reached its deadline (the live path: each waiter times out)."""
+        if self._live.pop(request_id, None) is not None:
+            self.stats.rejected_deadline += 1
+
     def _oldest(self) -> Held | None:
         q = self._by_deadline
         while q and self._live.get(q[0].request_id) is not q[0]:
