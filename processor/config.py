@@ -60,6 +60,15 @@ class ProcessorConfig(BaseSettings):
         ge=0,
         description="Log at most this many prompt/output token ids per trace record (0 = none).",
     )
+    admission_deadline_s: float = Field(
+        2.0,
+        ge=0,
+        description="Admission under overload: a new conversation's first request is placed "
+        "only while some worker's predicted time to first token fits in what is left of this "
+        "deadline; otherwise it waits (highest priority, then latency sensitivity, first) and "
+        "at the deadline gets 503 with Retry-After. Running conversations are never held. "
+        "0 = off.",
+    )
     max_retries: int = Field(
         2,
         ge=0,

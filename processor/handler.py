@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from processor.admission import Admission
 from processor.config import ProcessorConfig
 from processor.engine_state import ENGINE_POLL_S, EngineState, agreed_block_size, wait_for_cards
 from processor.health import (
@@ -181,6 +182,7 @@ class ProcessorHandler:
         self._quarantine = Quarantine(self._config.worker_quarantine_s)
         self.health = WorkerHealth(config.expected_workers, config.expected_workers_window_s)
         self._http: Any = None
+        self.admission = Admission(config.admission_deadline_s, self.metrics)
 
     async def start(self) -> None:
         """Connect to the workers, agree on their KV block size, start the background tasks.
@@ -358,7 +360,7 @@ class ProcessorHandler:
         except WorkerRejected as exc:
             outcome, error = "rejected", str(exc)
             raise exc.to_client() from exc
-        except Unavailable as exc:
+        except Unavailable as exc:  # no worker, or admission refused it
             outcome, error = "unavailable", str(exc)
             self.metrics.unavailable.labels(reason=exc.reason).inc()
             raise as_http_error(exc) from exc
@@ -414,9 +416,20 @@ class ProcessorHandler:
         live = self._quarantine.healthy(live)
         if attempt:  # a retry is a new decision with its own feedback record
             route = msgspec.structs.replace(route, request_id=f"{route.request_id}#{attempt}")
-        t0 = time.perf_counter()
-        decision = await self.routing.decide(route, token_ids, live)
-        decision_s = time.perf_counter() - t0
+        routing = self.routing
+        decision_s = 0.0
+
+        async def timed(r: RouteRequest) -> Decision:  # the last decision's own time
+            nonlocal decision_s
+            t0 = time.perf_counter()
+            d = await routing.decide(r, token_ids, live)
+            decision_s = time.perf_counter() - t0
+            return d
+
+        if attempt:
+            decision = await timed(route)
+        else:  # a first attempt may wait for admission (never a retry: it was admitted)
+            decision = await self.admission.place(route, timed)
         self.metrics.decision.observe(decision_s)
         self.metrics.decisions.labels(
             worker=f"{decision.worker_id:x}", reason=decision.reason
@@ -457,6 +470,7 @@ class ProcessorHandler:
         if measure.first is None:
             measure.first = measure.attempt_first
         self.routing.feedback(Feedback(event="first_token", request_id=decision.request_id))
+        self.admission.notify()
         item: Any = first
         while True:
             _observe(measure, item, keep_ids, carry)
@@ -494,6 +508,7 @@ class ProcessorHandler:
         error: str | None,
     ) -> None:
         """Feedback, metrics and the trace record; O(1) work, no awaiting."""
+        self.admission.notify()
         e2e_ms = (time.perf_counter() - measure.start) * 1000.0
         ttft_ms, itl_ms = measure.ttft_ms, measure.itl_ms
         m = self.metrics

@@ -149,6 +149,23 @@ class ProcessorMetrics:
             registry=r,
         )
         self.unavailable.labels(reason="no_worker")
+        self.admission_depth = Gauge(
+            "akr_processor_admission_queue_depth",
+            "New conversations held because every worker is full.",
+            registry=r,
+        )
+        self.admission_wait = Histogram(
+            "akr_processor_admission_wait_seconds",
+            "How long an admitted request waited in the admission queue.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.admission_rejected = Counter(
+            "akr_processor_admission_rejected",
+            "Requests refused with 503 by admission: deadline reached or queue full.",
+            ["reason"],
+            registry=r,
+        )
 
         self.worker_capacity = Gauge(
             "akr_processor_worker_capacity_blocks",

@@ -49,7 +49,7 @@ from router.load import request_blocks
 from router.prefix_table import PrefixTable
 from router.signals import WorkerSignals, aligned
 
-Reason = Literal["sticky", "overlap", "load", "exploration", "pin"]
+Reason = Literal["sticky", "overlap", "load", "exploration", "pin", "held"]
 HISTORY_WINDOW_S = 120.0  # how recent a conversation's placement must be for the fallback
 CLAIM_SERVICE_S = 10.0  # a turn's own service time before its gap starts, generously
 CLAIM_GAP_SLACK = 2.0  # a client's gap may run this many times its iat hint
@@ -79,6 +79,10 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     # Chained block hashes of the prompt, only sent when the router charges full workers
     # (kv_full_ms > 0): unique-block accounting in router/load.py. One int per block.
     block_hashes: list[int] | None = None
+    # Admission (router/admission.py): a new conversation's first request is placed only if
+    # some worker's predicted TTFT is within this many ms, else the decision says "held".
+    # None: always placed (continuing turns, admission off).
+    admit_within_ms: float | None = None
 
 
 class Decision(msgspec.Struct):
@@ -94,6 +98,8 @@ class Decision(msgspec.Struct):
     * ``"overlap"``: the chosen worker has the largest KV overlap (> 0, incl. the history
       fallback) for this prompt.
     * ``"load"``: otherwise; the worker won on load (and learned speed) with no cache edge.
+    * ``"held"``: not placed (``worker_id`` -1): a new conversation under ``admit_within_ms``
+      and no worker's predicted TTFT within it; nothing was recorded.
     """
 
     request_id: str
@@ -126,7 +132,7 @@ class Router:
         self._last_sweep: float | None = None
         self.decisions = 0
         self.reasons: dict[str, int] = {
-            r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin")
+            r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin", "held")
         }
 
     # ------------------------------------------------------------------ decide
@@ -224,6 +230,15 @@ class Router:
         bound = float(ttft.min()) + cfg.affinity_cap_ms
         if ttft[i] > bound:
             i = int(np.where(ttft <= bound, total, np.inf).argmin())
+        if request.admit_within_ms is not None and entry is None:
+            # Admission: a new conversation only goes where it starts now, i.e. its blocks fit
+            # (no KV wait) and its queued plus uncached prefill fits the time left.
+            fits = (terms["kv_full_ms"] <= 0.0) & (ttft <= request.admit_within_ms)
+            if not fits[i]:
+                if not fits.any():
+                    self.reasons["held"] += 1
+                    return Decision(request.request_id, -1, "held", [], [], float(ttft.min()))
+                i = int(np.where(fits, total, np.inf).argmin())
         chosen = int(ids[i])
         affinity, learned = terms["affinity_ms"], terms["learned_ms"]
 

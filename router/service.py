@@ -108,6 +108,8 @@ class RouterService:
             req.block_hashes,
         )
         decision = self.router.decide(req, signals, now)
+        if decision.reason == "held":
+            return decision
         wid = decision.worker_id
         self.load.start(
             decision.request_id,

@@ -6,6 +6,11 @@ reach the policy), then routes the requests that arrive then, then starts a pass
 worker that has work. A request with a ``parent`` arrives ``delay_ms`` after the parent's last
 token (never before its own ``arrival_ms``).
 
+Admission: a policy may answer ``HELD`` instead of a worker and keep the request; the loop
+then asks its ``release(view)`` at every instant for the held requests it now places or
+refuses (``REFUSED``), and wakes at its ``wake_ms()``. A refused request is recorded as
+``refused``, and so is every request that depends on it: its conversation was not served.
+
 The policy sees the cluster through a ``ClusterView``: per-worker prefix overlap as a KV router
 fed by the engines' KV events would see it (events delivered at the end of the pass that
 produced them, plus ``kv_event_lag_ms``), queue lengths and capacities.
@@ -103,6 +108,10 @@ def block_hashes_of(req: TraceRequest, cluster: ClusterConfig) -> np.ndarray:
         return _splitmix(chain[k_of] ^ _splitmix(np.arange(n, dtype=np.uint64)))
 
 
+HELD = -1  # the policy keeps the request in its admission queue
+REFUSED = -2  # the policy refused the request (the client would get 503)
+
+
 @dataclass(slots=True, eq=False)
 class SimRequest:
     """A request inside the replay: its trace row, its prompt's block identities, its worker."""
@@ -113,6 +122,9 @@ class SimRequest:
     arrival_ms: float = 0.0  # when it reached the router (after any dependency's gap)
     worker: int = -1
     block_list: list[int] = field(default_factory=list)
+
+
+_NO_BLOCKS = np.zeros(0, np.uint64)
 
 
 class KvIndex:
@@ -219,6 +231,14 @@ class Policy(Protocol):
     ) -> None: ...
 
 
+class AdmittingPolicy(Policy, Protocol):
+    """A policy that may answer ``HELD`` from ``route``."""
+
+    def release(self, view: ClusterView) -> list[tuple[SimRequest, int]]: ...
+
+    def wake_ms(self) -> float | None: ...
+
+
 def _record(sim: SimRequest, s: EngineState, index: int) -> RequestRecord:
     assert s.first_token_ms is not None and s.finish_ms is not None
     itl = (s.finish_ms - s.first_token_ms) / (s.generated - 1) if s.generated > 1 else None
@@ -236,6 +256,24 @@ def _record(sim: SimRequest, s: EngineState, index: int) -> RequestRecord:
         e2e_ms=s.finish_ms - sim.arrival_ms,
         itl_ms=itl,
         session_id=sim.trace.session_id,
+    )
+
+
+def _refused(sim: SimRequest, trace: TraceRequest, index: int, now_ms: float) -> RequestRecord:
+    return RequestRecord(
+        index=index,
+        request_id=sim.request_id,
+        worker=-1,
+        arrival_ms=sim.arrival_ms,
+        first_token_ms=now_ms,
+        finish_ms=now_ms,
+        input_length=trace.input_length,
+        output_length=0,
+        reused_tokens=0,
+        ttft_ms=float("inf"),
+        e2e_ms=float("inf"),
+        session_id=trace.session_id,
+        refused=True,
     )
 
 
@@ -313,6 +351,7 @@ def run_replay(
 
         bar = tqdm(total=len(trace), unit="req", desc=f"replay {policy.name}")
 
+<<<<<<< HEAD
     def route(pos: int, t: float) -> int:
         r = trace[pos]
         blocks = block_hashes_of(r, cluster)
@@ -326,14 +365,44 @@ def run_replay(
 
     def submit(pos: int, sim: SimRequest, w: int) -> int:
         r = trace[pos]
+=======
+    admitting = hasattr(policy, "release")
+    position: dict[str, int] = {}  # request id -> trace position, while held
+
+    def submit(pos: int, sim: SimRequest, w: int) -> int:
+>>>>>>> adm
         if not 0 <= w < n_workers:
             raise ValueError(f"policy {policy.name} chose worker {w} of {n_workers}")
+        r = trace[pos]
         sim.worker = w
         s = EngineState(sim, r.input_length, r.output_length, sim.block_list, cluster.block_size)
         s.salt = mix64(pos + 1)
         states[id(s)] = pos
         engines[w].submit(s)
         return w
+
+    def refuse(pos: int, sim: SimRequest, t: float) -> None:
+        todo = [(pos, sim)]
+        while todo:
+            p, sm = todo.pop()
+            records[p] = _refused(sm, trace[p], p, t)
+            sims[p] = None
+            for child in children.get(p, ()):
+                r = trace[child]
+                todo.append((child, SimRequest(f"r{r.index}", r, _NO_BLOCKS, t)))
+            if bar is not None:
+                bar.update(1)
+
+    def route(pos: int, t: float) -> int:
+        r = trace[pos]
+        blocks = block_hashes_of(r, cluster)
+        sim = SimRequest(f"r{r.index}", r, blocks, t, -1, blocks.tolist())
+        sims[pos] = sim
+        w = policy.route(sim, view)
+        if w == HELD and admitting:
+            position[sim.request_id] = pos
+            return HELD
+        return submit(pos, sim, w)
 
     def settle_pass(w: int, t: float) -> None:
         nonlocal seq, n_done
@@ -369,6 +438,10 @@ def run_replay(
     dirty: set[int] = set()  # workers that may be idle with work at this instant
     while True:
         t = arrivals[0][0] if arrivals else inf
+        if admitting and position:
+            wake = policy.wake_ms()  # type: ignore[attr-defined]
+            if wake is not None and wake < t:
+                t = max(wake, view.now_ms)
         if passes and passes[0][0] < t:
             t = passes[0][0]
         if deliveries and deliveries[0][0] < t:
@@ -396,6 +469,14 @@ def run_replay(
                 if w >= 0:
                     dirty.add(w)
                 changed = True
+            if position:
+                for sim, w in policy.release(view):  # type: ignore[attr-defined]
+                    pos = position.pop(sim.request_id)
+                    if w == REFUSED:
+                        refuse(pos, sim, t)
+                    else:
+                        dirty.add(submit(pos, sim, w))
+                    changed = True
             if dirty:
                 for w in sorted(dirty):
                     eng = engines[w]
@@ -415,6 +496,10 @@ def run_replay(
                 or (deliveries and deliveries[0][0] <= t)
             ):
                 break
+        if position and not (arrivals or passes or deliveries):
+            wake = policy.wake_ms()  # type: ignore[attr-defined]
+            if wake is None:
+                raise RuntimeError(f"policy {policy.name} holds requests with no wake time")
     if bar is not None:
         bar.close()
     missing = [i for i, rec in enumerate(records) if rec is None]

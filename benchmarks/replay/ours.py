@@ -5,7 +5,9 @@ The decision path is the processor's (processor/routing.py): the hints become a
 from the simulated KV-event index exactly as a KvRouter that tracks none of our load returns
 them (this prompt's uncached tokens and own blocks per worker), ``find_worker_message`` adds
 what the engines report (capacity, requests held back), and ``RouterService`` decides,
-accounts load and learns from the simulated TTFT/ITL. Only the clock differs: virtual seconds.
+accounts load and learns from the simulated TTFT/ITL. Admission is the processor's too
+(router/admission.py with the processor's deadline): a held request waits in the policy's
+queue and is placed or refused by ``release``. Only the clock differs: virtual seconds.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.replay.cluster import ClusterConfig, ClusterView, SimRequest
+from benchmarks.replay.cluster import REFUSED, ClusterConfig, ClusterView, SimRequest
 from benchmarks.replay.records import RequestRecord
+from processor.config import ProcessorConfig
 from processor.routing import find_worker_message, finish_feedback, route_request
+from router.admission import AdmissionQueue
 from router.config import RouterConfig
 from router.hints import AgentHints
 from router.service import Feedback, RouterService
@@ -64,9 +68,20 @@ class OursPolicy:
     name = "ours"
 
     def __init__(
-        self, config: RouterConfig, block_size: int = 64, sweep_interval_s: float = 1.0
+        self,
+        config: RouterConfig,
+        block_size: int = 64,
+        sweep_interval_s: float = 1.0,
+        admission_deadline_s: float | None = None,
     ) -> None:
+        """``admission_deadline_s`` None: the processor's default; 0: admission off."""
+        if admission_deadline_s is None:
+            admission_deadline_s = ProcessorConfig.model_fields["admission_deadline_s"].default
         self.service = RouterService(config, block_size=block_size)
+        self.queue = AdmissionQueue(admission_deadline_s) if admission_deadline_s > 0 else None
+        self._held: dict[str, SimRequest] = {}
+        self._changes = 0  # engine events since the queue's head was last tried
+        self._tried_at = -1
         self._sweep_every = sweep_interval_s
         self._next_sweep = 0.0
         self._ids: list[int] = []
@@ -86,7 +101,7 @@ class OursPolicy:
             self._engine.capacity = {w: int(c) for w, c in zip(self._ids, cap, strict=True)}
         return self._ids
 
-    def route(self, req: SimRequest, view: ClusterView) -> int:
+    def _decide(self, req: SimRequest, view: ClusterView, admit_within_ms: float | None) -> int:
         now = view.now_ms / 1000.0
         if now >= self._next_sweep:  # the processor's background sweep, on virtual time
             self.service.sweep(now)
@@ -94,17 +109,66 @@ class OursPolicy:
         ids = self._workers(view)
         t = req.trace
         route = route_request(req.request_id, t.hints or NO_HINTS, t.input_length, t.output_length)
+        route.admit_within_ms = admit_within_ms
         if self._send_hashes:  # as the processor sends them: one prefix-chained id per block
             route.block_hashes = req.block_list
         rows = potential_load_rows(ids, view.overlap_blocks(req), t.input_length, self._block_size)
         msg = find_worker_message(route, rows, frozenset(ids), self._engine, self._block_size)  # type: ignore[arg-type]
         decision = self.service.find_worker(msg, now)
-        return decision.worker_id - _ID_BASE
+        return -1 if decision.reason == "held" else decision.worker_id - _ID_BASE
+
+    def route(self, req: SimRequest, view: ClusterView) -> int:
+        q = self.queue
+        if q is None:
+            return self._decide(req, view, None)
+        # While others wait, a new conversation queues behind them (-1 ms: never fits).
+        w = self._decide(req, view, q.deadline_s * 1000.0 if not len(q) else -1.0)
+        if w >= 0:
+            return w
+        hints = req.trace.hints or NO_HINTS
+        if (
+            q.push(
+                req.request_id,
+                view.now_ms / 1000.0,
+                hints.priority or 0,
+                hints.latency_sensitivity or 0.0,
+            )
+            is None
+        ):
+            return REFUSED
+        self._held[req.request_id] = req
+        self._changes += 1
+        return -1
+
+    def release(self, view: ClusterView) -> list[tuple[SimRequest, int]]:
+        """Held requests placed now (their worker) or refused at their deadline (REFUSED)."""
+        q = self.queue
+        assert q is not None
+        now = view.now_ms / 1000.0
+        out = [(self._held.pop(h.request_id), REFUSED) for h in q.expire(now)]
+        if self._changes == self._tried_at:  # nothing moved since the head was last tried
+            return out
+        while (h := q.head()) is not None:
+            waited_ms = (now - h.since) * 1000.0
+            w = self._decide(self._held[h.request_id], view, q.deadline_s * 1000.0 - waited_ms)
+            if w < 0:
+                break
+            q.admit(h.request_id, now)
+            out.append((self._held.pop(h.request_id), w))
+        self._tried_at = self._changes
+        return out
+
+    def wake_ms(self) -> float | None:
+        """The next admission deadline, in virtual ms."""
+        d = self.queue.next_deadline() if self.queue is not None else None
+        return None if d is None else d * 1000.0
 
     def on_first_token(self, req: SimRequest, worker: int, now_ms: float) -> None:
+        self._changes += 1
         self.service.feedback(Feedback(event="first_token", request_id=req.request_id))
 
     def on_finish(self, req: SimRequest, worker: int, now_ms: float, rec: RequestRecord) -> None:
+        self._changes += 1
         self.service.feedback(
             finish_feedback(
                 req.request_id,

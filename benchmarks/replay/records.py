@@ -22,3 +22,4 @@ class RequestRecord:
     e2e_ms: float  # finish_ms - arrival_ms
     itl_ms: float | None = None  # mean inter-token latency; None for one-token answers
     session_id: str | None = None
+    refused: bool = False  # refused by admission (or its conversation was): never served

@@ -30,7 +30,7 @@ def test_same_seed_gives_identical_records(mooncake_slice: list[TraceRequest]) -
         mooncake_slice, cluster, OursPolicy(router_config(cluster, seed=3), cluster.block_size)
     )
     assert a == b
-    assert len({r.worker for r in a}) == 4
+    assert len({r.worker for r in a if not r.refused}) == 4
 
 
 def test_every_request_is_fed_back_and_its_load_released(
@@ -40,7 +40,7 @@ def test_every_request_is_fed_back_and_its_load_released(
     policy = OursPolicy(router_config(cluster, seed=0), cluster.block_size)
     records = run_replay(mooncake_slice, cluster, policy)
     stats = policy.service.router.stats()
-    assert stats["decisions"] == len(records)
+    assert stats["decisions"] == len([r for r in records if not r.refused])
     assert stats["pending_feedback"] == 0
     assert stats["feedback_timeouts"] == stats["feedback_unknown"] == 0
     assert len(policy.service.load) == 0  # every finish released its load on the virtual clock
@@ -91,3 +91,26 @@ def test_hinted_conversations_are_kept_home() -> None:
     assert all(d.reuse_remaining >= 0 for d in later)
     # later turns reuse the whole previous context from the home's cache
     assert all(r.reused_tokens > 0 for r in records if r.index % 4)
+
+
+def test_admission_refuses_only_at_its_deadline_and_loses_nothing(
+    mooncake_slice: list[TraceRequest],
+) -> None:
+    """The 400-request slice overloads 4 small workers: some requests are held and some
+    refused, each exactly at the deadline; every request ends served or refused."""
+    cluster = ClusterConfig(num_workers=4, num_gpu_blocks=4096)
+    on = run_replay(
+        mooncake_slice,
+        cluster,
+        OursPolicy(router_config(cluster, 0), cluster.block_size, admission_deadline_s=2.0),
+    )
+    refused = [r for r in on if r.refused]
+    assert 0 < len(refused) < len(on)
+    assert all(r.finish_ms - r.arrival_ms <= 2000.0 + 1e-6 for r in refused)
+    assert all(r.ttft_ms >= 0 and r.output_length > 0 for r in on if not r.refused)
+    off = run_replay(
+        mooncake_slice,
+        cluster,
+        OursPolicy(router_config(cluster, 0), cluster.block_size, admission_deadline_s=0.0),
+    )
+    assert not any(r.refused for r in off)

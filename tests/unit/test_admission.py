@@ -1,0 +1,84 @@
+"""The admission queue: order, bound, deadlines; and the router's held decision."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from router.admission import AdmissionQueue
+from router.config import RouterConfig
+from router.policy import Router, RouteRequest
+from router.signals import WorkerSignals
+
+
+def test_order_is_priority_then_sensitivity_then_attained_service_then_arrival() -> None:
+    q = AdmissionQueue(deadline_s=2.0)
+    q.push("late-low", 0.0)
+    q.push("urgent", 0.1, latency_sensitivity=1.0)
+    q.push("important", 0.2, priority=5)
+    q.push("served-before", 0.3, latency_sensitivity=1.0, attained_tokens=5000)
+    order = []
+    while (h := q.head()) is not None:
+        order.append(h.request_id)
+        q.admit(h.request_id, 1.0)
+    assert order == ["important", "urgent", "served-before", "late-low"]
+    assert q.stats.admitted == 4 and len(q) == 0
+
+
+def test_a_full_queue_refuses_and_counts() -> None:
+    q = AdmissionQueue(deadline_s=2.0, max_len=2)
+    assert q.push("a", 0.0) and q.push("b", 0.0)
+    assert q.push("c", 0.0) is None
+    assert q.stats.rejected_full == 1 and len(q) == 2
+
+
+def test_deadlines_expire_in_arrival_order_and_skip_the_gone() -> None:
+    q = AdmissionQueue(deadline_s=2.0)
+    q.push("a", 0.0)
+    q.push("b", 0.5)
+    q.push("c", 1.0)
+    q.cancel("a")
+    assert q.next_deadline() == 2.5
+    assert [h.request_id for h in q.expire(2.6)] == ["b"]
+    assert q.stats.rejected_deadline == 1 and q.stats.cancelled == 1
+    assert q.head() is not None and q.head().request_id == "c"  # type: ignore[union-attr]
+
+
+def _full_signals(free_worker: bool) -> WorkerSignals:
+    """Two workers whose in-flight blocks fill their 1000 KV blocks; optionally a third idle."""
+    ids = [10, 11, 12] if free_worker else [10, 11]
+    n = len(ids)
+    sig = WorkerSignals.build(
+        ids,
+        overlap_blocks=[0] * n,
+        potential_prefill_tokens=[6400] * n,
+        decode_blocks=[0] * n,
+        capacity_blocks=1000,
+    )
+    used = [1000.0] * n
+    if free_worker:
+        used[-1] = 0.0
+    sig.used_blocks = np.array(used)
+    sig.shared_blocks = np.zeros(n)
+    return sig
+
+
+def test_a_new_conversation_is_held_while_every_worker_is_full() -> None:
+    r = Router(RouterConfig(bandit_enabled=False, seed=0))
+    new = RouteRequest(request_id="n", prefix_id="new", prompt_tokens=6400, admit_within_ms=2000)
+    d = r.decide(new, _full_signals(free_worker=False), 1.0)
+    assert d.reason == "held" and d.worker_id == -1
+    assert r.stats()["decisions"] == 0 and len(r.table) == 0  # nothing was recorded
+
+
+def test_a_new_conversation_goes_where_it_starts_now() -> None:
+    r = Router(RouterConfig(bandit_enabled=False, seed=0))
+    new = RouteRequest(request_id="n", prefix_id="new", prompt_tokens=6400, admit_within_ms=2000)
+    assert r.decide(new, _full_signals(free_worker=True), 1.0).worker_id == 12
+
+
+def test_a_running_conversation_is_never_held() -> None:
+    r = Router(RouterConfig(bandit_enabled=False, seed=0))
+    r.table.observe("conv", 10, 0.0, total_requests=5, blocks=100)
+    turn = RouteRequest(request_id="t", prefix_id="conv", prompt_tokens=6400, admit_within_ms=0)
+    d = r.decide(turn, _full_signals(free_worker=False), 1.0)
+    assert d.reason != "held" and d.worker_id in (10, 11)
