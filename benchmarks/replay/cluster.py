@@ -6,7 +6,7 @@ reach the policy), then routes the requests that arrive then, then starts a pass
 worker that has work. A request with a ``parent`` arrives ``delay_ms`` after the parent's last
 token (never before its own ``arrival_ms``).
 
-Admission: a policy may answer ``HELD`` instead of a worker and keep the request; the loop
+Admission: a policy may answer ``QUEUED`` instead of a worker and keep the request; the loop
 then asks its ``release(view)`` at every instant for the held requests it now places or
 refuses (``REFUSED``), and wakes at its ``wake_ms()``. A refused request is recorded as
 ``refused``, and so is every request that depends on it: its conversation was not served.
@@ -108,7 +108,6 @@ def block_hashes_of(req: TraceRequest, cluster: ClusterConfig) -> np.ndarray:
         return _splitmix(chain[k_of] ^ _splitmix(np.arange(n, dtype=np.uint64)))
 
 
-HELD = -1  # the policy keeps the request in its admission queue
 REFUSED = -2  # the policy refused the request (the client would get 503)
 
 
@@ -232,7 +231,7 @@ class Policy(Protocol):
 
 
 class AdmittingPolicy(Policy, Protocol):
-    """A policy that may answer ``HELD`` from ``route``."""
+    """A policy that may answer ``QUEUED`` from ``route``."""
 
     def release(self, view: ClusterView) -> list[tuple[SimRequest, int]]: ...
 
@@ -339,8 +338,6 @@ def run_replay(
     deliveries: list[tuple[float, int, int, Sequence[int]]] = []
     in_flight: list[object] = [None] * n_workers  # PassResult of the running pass
     seq = 0
-    release = getattr(policy, "release", None)
-    held: dict[str, int] = {}  # request id -> trace position, while the policy queues it
     n_done = 0
     marks = [len(trace) * (k + 1) // (checkpoints + 1) for k in range(checkpoints)]
     if on_checkpoint is None:
@@ -351,26 +348,11 @@ def run_replay(
 
         bar = tqdm(total=len(trace), unit="req", desc=f"replay {policy.name}")
 
-<<<<<<< HEAD
-    def route(pos: int, t: float) -> int:
-        r = trace[pos]
-        blocks = block_hashes_of(r, cluster)
-        sim = SimRequest(f"r{r.index}", r, blocks, t, -1, blocks.tolist())
-        sims[pos] = sim
-        w = policy.route(sim, view)
-        if w == QUEUED and release is not None:
-            held[sim.request_id] = pos
-            return -1
-        return submit(pos, sim, w)
-
-    def submit(pos: int, sim: SimRequest, w: int) -> int:
-        r = trace[pos]
-=======
     admitting = hasattr(policy, "release")
+    wake_ms = getattr(policy, "wake_ms", lambda: None)  # a queue without deadlines has none
     position: dict[str, int] = {}  # request id -> trace position, while held
 
     def submit(pos: int, sim: SimRequest, w: int) -> int:
->>>>>>> adm
         if not 0 <= w < n_workers:
             raise ValueError(f"policy {policy.name} chose worker {w} of {n_workers}")
         r = trace[pos]
@@ -399,9 +381,9 @@ def run_replay(
         sim = SimRequest(f"r{r.index}", r, blocks, t, -1, blocks.tolist())
         sims[pos] = sim
         w = policy.route(sim, view)
-        if w == HELD and admitting:
+        if w == QUEUED and admitting:
             position[sim.request_id] = pos
-            return HELD
+            return QUEUED
         return submit(pos, sim, w)
 
     def settle_pass(w: int, t: float) -> None:
@@ -439,7 +421,7 @@ def run_replay(
     while True:
         t = arrivals[0][0] if arrivals else inf
         if admitting and position:
-            wake = policy.wake_ms()  # type: ignore[attr-defined]
+            wake = wake_ms()
             if wake is not None and wake < t:
                 t = max(wake, view.now_ms)
         if passes and passes[0][0] < t:
@@ -460,9 +442,6 @@ def run_replay(
                 _, _, w, events = heapq.heappop(deliveries)
                 index.apply(w, events)
                 changed = True
-            if held and changed:  # engine updates may free the router's queue
-                for sim, w in release(view):
-                    dirty.add(submit(held.pop(sim.request_id), sim, w))
             while arrivals and arrivals[0][0] <= t:
                 _, pos = heapq.heappop(arrivals)
                 w = route(pos, t)
@@ -497,7 +476,7 @@ def run_replay(
             ):
                 break
         if position and not (arrivals or passes or deliveries):
-            wake = policy.wake_ms()  # type: ignore[attr-defined]
+            wake = wake_ms()
             if wake is None:
                 raise RuntimeError(f"policy {policy.name} holds requests with no wake time")
     if bar is not None:
