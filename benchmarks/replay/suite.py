@@ -201,10 +201,11 @@ def _task(case: Case, arm: str, work: Path, records_dir: Path) -> tuple[str, str
 
 
 def reuse_bounds(case: Case, trace: TraceFile, records: list[RequestRecord]) -> tuple[float, float]:
-    """(pooled, ideal) reuse of the trace: one LRU of the cluster's capacity, infinite cache."""
+    """(pooled, ideal) reuse of the served requests: one LRU of the cluster's capacity, an
+    infinite cache."""
     cluster = case.cluster()
     by_index = {t.index: t for t in trace.requests}
-    order = sorted(records, key=lambda r: (r.arrival_ms, r.index))
+    order = sorted((r for r in records if not r.refused), key=lambda r: (r.arrival_ms, r.index))
     prompts = [
         (by_index[r.index].input_length, block_hashes_of(by_index[r.index], cluster)) for r in order
     ]
