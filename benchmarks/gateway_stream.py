@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             [sys.executable, "-m", "frontend"], env=env, cwd=src, start_new_session=True
         )
         try:
-            await asyncio.to_thread(wait_health, f"http://127.0.0.1:{gw_port}/health", proc)
+            await asyncio.to_thread(wait_health, f"http://127.0.0.1:{gw_port}/live", proc)
             return await _measure(args, up_port, gw_port, proc.pid)
         finally:
             proc.terminate()

@@ -1,5 +1,5 @@
 """Admission on a real stack: one mocker worker of 8 KV blocks, the stock frontend, our
-processor with a 2 s admission deadline.
+processor with a 0.5 s admission deadline.
 
 Request A (~6 blocks of prompt plus its answer) fills the worker; B, a new conversation of
 another ~6 blocks, does not fit next to it. While A is short, B waits in the admission queue
@@ -30,9 +30,9 @@ def _prompt(tag: str) -> str:
 def full_worker() -> Iterator[LocalStack]:
     config = StackConfig(
         workers=1,
-        speedup=0.2,
+        speedup=1.0,
         gpu_blocks=8,
-        processor_env={"AKR_PROCESSOR_ADMISSION_DEADLINE_S": "2"},
+        processor_env={"AKR_PROCESSOR_ADMISSION_DEADLINE_S": "0.5"},
     )
     with running_stack(config) as running:
         yield running
@@ -46,7 +46,7 @@ def test_a_new_conversation_waits_for_room_then_runs(full_worker: LocalStack) ->
     stack = full_worker
     with ThreadPoolExecutor(1) as pool:
         a = pool.submit(
-            chat, stack.frontend_url, stack.model_name, _prompt("a"), max_tokens=20, timeout=60
+            chat, stack.frontend_url, stack.model_name, _prompt("a"), max_tokens=12, timeout=60
         )
         poll("A running", lambda: _active(stack) >= 1, 30)
         rid_b, usage_b = chat(stack.frontend_url, stack.model_name, _prompt("b"), max_tokens=4)
@@ -75,5 +75,5 @@ def test_a_new_conversation_is_refused_at_its_deadline(full_worker: LocalStack) 
     assert resp.status_code != 200
     assert resp.status_code == 503, resp.text  # Dynamo's HttpError(503); text is not passed
     samples = scrape(stack.processor_metrics_url)
-    assert metric(samples, "akr_processor_admission_rejected_total", reason="deadline") == 1
-    assert metric(samples, "akr_processor_requests_total", outcome="unavailable") == 1
+    assert metric(samples, "akr_processor_admission_rejected_total", reason="deadline") >= 1
+    assert metric(samples, "akr_processor_requests_total", outcome="unavailable") >= 1

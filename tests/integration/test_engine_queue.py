@@ -32,6 +32,8 @@ def tight_stack() -> Iterator[LocalStack]:
         workers=1,
         speedup=1.0,
         gpu_blocks=8,
+        # B must reach the engine: admission would hold it at the processor (KV full)
+        processor_env={"AKR_PROCESSOR_ADMISSION_DEADLINE_S": "0"},
     )
     with running_stack(config) as running:
         yield running

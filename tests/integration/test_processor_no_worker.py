@@ -55,6 +55,8 @@ def test_no_worker_fails_fast_and_lost_traces_are_counted(tmp_path: Path) -> Non
     blocker.write_text("")
     config = StackConfig(
         workers=1,
+        supervise=False,  # the launcher would restart the killed worker
+        keep_workdir=False,
         processor_env={
             "AKR_PROCESSOR_TRACE_PATH": str(blocker / "processor.jsonl"),
             "AKR_PROCESSOR_NO_WORKER_WAIT_S": str(WAIT_S),
