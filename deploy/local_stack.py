@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from deploy.supervisor import (
     SupervisorThread,
     describe_code,
     signal_group,
+    stop_groups,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -254,20 +254,7 @@ class LocalStack:
             self._watch.stop()
             self._watch = None
         with self.supervisor.lock:
-            running = [p.popen for p in reversed(self.procs) if p.popen is not None]
-            for popen in running:
-                signal_group(popen, signal.SIGTERM)
-            deadline = time.monotonic() + 10.0
-            for popen in running:
-                try:
-                    popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-                signal_group(popen, signal.SIGKILL)
-                try:
-                    popen.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
+            stop_groups([p.popen for p in reversed(self.procs) if p.popen is not None], 10.0)
         if self.workdir.exists():
             self.supervisor.write_status()  # the final counts
         if not remove_workdir or not self._own_workdir or not self.workdir.exists():

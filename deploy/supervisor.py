@@ -119,6 +119,23 @@ def signal_group(popen: subprocess.Popen[bytes] | None, sig: int) -> None:
         pass
 
 
+def stop_groups(running: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM every process group, wait up to ``grace_s`` in all, then SIGKILL what is left."""
+    for popen in running:
+        signal_group(popen, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for popen in running:
+        try:
+            popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        signal_group(popen, signal.SIGKILL)
+        try:
+            popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 class Supervisor:
     """Checks its children on each ``tick()``: exits, lost registrations, due restarts."""
 

@@ -50,7 +50,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +59,7 @@ from pathlib import Path
 from dotenv import dotenv_values  # python-dotenv, a dependency of pydantic-settings
 
 from deploy.local_stack import REPO_ROOT, _http_get, loopback_env
-from deploy.supervisor import Child, Supervisor, describe_code, signal_group
+from deploy.supervisor import Child, Supervisor, describe_code, stop_groups
 from deploy.vllm.envfile import AKR_OVERRIDES, DYN_DEFAULTS, ENV_FILE, LAUNCH_DEFAULTS
 
 PY = "python"  # printed commands are meant for the node's environment (venv or container)
@@ -413,20 +412,7 @@ def _check_started(children: list[Child], workdir: Path) -> None:
 
 
 def _stop(children: list[Child]) -> None:
-    running = [c.popen for c in reversed(children) if c.popen is not None]
-    for popen in running:
-        signal_group(popen, signal.SIGTERM)
-    deadline = time.monotonic() + 20.0
-    for popen in running:
-        try:
-            popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        signal_group(popen, signal.SIGKILL)
-        try:
-            popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+    stop_groups([c.popen for c in reversed(children) if c.popen is not None], 20.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
