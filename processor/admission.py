@@ -46,10 +46,7 @@ class Admission:
         q = self.queue
         if q is None:
             return await decide(route)
-        # While others wait, a new conversation queues behind them (-1 ms never fits).
-        first = msgspec.structs.replace(
-            route, admit_within_ms=q.deadline_s * 1000.0 if not len(q) else -1.0
-        )
+        first = msgspec.structs.replace(route, admit_within_ms=q.arrival_budget_ms())
         decision = await decide(first)
         if decision.reason != "held":
             return decision
@@ -60,12 +57,12 @@ class Admission:
         self._metrics.admission_depth.set(len(q))
         try:
             while True:
-                left = held.deadline - time.monotonic()
-                if left <= 0:
+                left_ms = held.left_ms(time.monotonic())
+                if left_ms <= 0:
                     q.refuse(held.request_id)
                     self._refuse("deadline")
                 if q.head() is held:
-                    try_route = msgspec.structs.replace(route, admit_within_ms=left * 1000.0)
+                    try_route = msgspec.structs.replace(route, admit_within_ms=left_ms)
                     decision = await decide(try_route)
                     if decision.reason != "held":
                         waited = time.monotonic() - held.since
@@ -75,7 +72,7 @@ class Admission:
                         return decision
                 changed = self._changed
                 try:
-                    await asyncio.wait_for(changed.wait(), timeout=min(POLL_S, max(left, 0.0)))
+                    await asyncio.wait_for(changed.wait(), timeout=min(POLL_S, left_ms / 1000.0))
                 except TimeoutError:
                     pass
         except (asyncio.CancelledError, GeneratorExit):
@@ -85,7 +82,7 @@ class Admission:
             self._metrics.admission_depth.set(len(q))
 
     def _refuse(self, reason: str) -> None:
-        self._metrics.admission_rejected.labels(reason=reason).inc()
+        """Counted by the handler, with every Unavailable, in akr_processor_unavailable."""
         raise Unavailable(
             f"admission_{reason}",
             self._retry_after_s,

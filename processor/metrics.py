@@ -160,12 +160,6 @@ class ProcessorMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.admission_rejected = Counter(
-            "akr_processor_admission_rejected",
-            "Requests refused with 503 by admission: deadline reached or queue full.",
-            ["reason"],
-            registry=r,
-        )
 
         self.worker_capacity = Gauge(
             "akr_processor_worker_capacity_blocks",

@@ -33,6 +33,10 @@ class Held:
     since: float = field(compare=False)
     deadline: float = field(compare=False)
 
+    def left_ms(self, now: float) -> float:
+        """What is left of its deadline: the budget of its next try."""
+        return (self.deadline - now) * 1000.0
+
 
 @dataclass(slots=True)
 class AdmissionStats:
@@ -57,6 +61,11 @@ class AdmissionQueue:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def arrival_budget_ms(self) -> float:
+        """A new request's budget at arrival: the whole deadline, or -1 ms (never fits) while
+        others wait, so that it queues behind them instead of overtaking."""
+        return self.deadline_s * 1000.0 if not self._live else -1.0
 
     def push(
         self,

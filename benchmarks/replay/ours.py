@@ -121,8 +121,7 @@ class OursPolicy:
         q = self.queue
         if q is None:
             return self._decide(req, view, None)
-        # While others wait, a new conversation queues behind them (-1 ms: never fits).
-        w = self._decide(req, view, q.deadline_s * 1000.0 if not len(q) else -1.0)
+        w = self._decide(req, view, q.arrival_budget_ms())
         if w >= 0:
             return w
         hints = req.trace.hints or NO_HINTS
@@ -149,8 +148,7 @@ class OursPolicy:
         if self._changes == self._tried_at:  # nothing moved since the head was last tried
             return out
         while (h := q.head()) is not None:
-            waited_ms = (now - h.since) * 1000.0
-            w = self._decide(self._held[h.request_id], view, q.deadline_s * 1000.0 - waited_ms)
+            w = self._decide(self._held[h.request_id], view, h.left_ms(now))
             if w < 0:
                 break
             q.admit(h.request_id, now)

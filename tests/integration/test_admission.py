@@ -75,5 +75,5 @@ def test_a_new_conversation_is_refused_at_its_deadline(full_worker: LocalStack) 
     assert resp.status_code != 200
     assert resp.status_code == 503, resp.text  # Dynamo's HttpError(503); text is not passed
     samples = scrape(stack.processor_metrics_url)
-    assert metric(samples, "akr_processor_admission_rejected_total", reason="deadline") >= 1
+    assert metric(samples, "akr_processor_unavailable_total", reason="admission_deadline") >= 1
     assert metric(samples, "akr_processor_requests_total", outcome="unavailable") >= 1
