@@ -11,7 +11,7 @@ import logging
 
 import uvloop
 from dynamo.common.utils.graceful_shutdown import install_signal_handlers
-from dynamo.llm import ModelInput, ModelType, WorkerType, register_model
+from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
@@ -33,6 +33,11 @@ async def worker(runtime: DistributedRuntime) -> None:
     handler = ProcessorHandler(runtime, config, service)
     await handler.start()
     endpoint = runtime.endpoint(config.endpoint)
+    # Our context is the workers' (their cards): the stock frontend then refuses a longer
+    # prompt itself, and its token ids never reach this event loop.
+    runtime_config = ModelRuntimeConfig()
+    if handler.prompt_limit is not None:
+        runtime_config.context_length = handler.prompt_limit
     await register_model(
         ModelInput.Tokens,
         ModelType.Chat | ModelType.Completions,
@@ -41,6 +46,7 @@ async def worker(runtime: DistributedRuntime) -> None:
         config.model_name,
         worker_type=WorkerType.Aggregated,
         kv_cache_block_size=handler.block_size,
+        runtime_config=runtime_config,
     )
     logger.info("processor serving %s as model %s", config.endpoint, config.model_name)
     # SIGTERM/SIGINT: leave discovery, wait Dynamo's grace period

@@ -211,3 +211,37 @@ class EngineState:
                 capacity[wid] = blocks
         self.capacity = capacity
         self.waiting = waiting_requests(stats)
+
+
+def prompt_limit_tokens(cards: dict[str, str], block_size: int) -> int | None:
+    """The longest prompt some worker can take, from the workers' cards: per card the smallest
+    of the model's ``context_length``, the engine's ``runtime_config.context_length`` and its
+    KV capacity, then the largest over the workers; None when no card states any.
+
+    Why: the processor registers the public model with this as its ``context_length``, and the
+    stock frontend then refuses a longer prompt itself, before turning millions of token ids
+    into a Python list on the processor's event loop (a 10 MiB prompt held it for 100-500 ms).
+    """
+    best: int | None = None
+    for body in cards.values():
+        try:
+            card = json.loads(body)
+        except (json.JSONDecodeError, TypeError):
+            continue
+        if not isinstance(card, dict):
+            continue
+        rc = card.get("runtime_config") or {}
+        engine_ctx = rc.get("context_length") if isinstance(rc, dict) else None
+        blocks = capacity_blocks(body, block_size)
+        limits = [
+            v
+            for v in (card.get("context_length"), engine_ctx, blocks and blocks * block_size)
+            if _positive(v)
+        ]
+        if limits:
+            best = max(best or 0, min(limits))
+    return best
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0

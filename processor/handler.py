@@ -37,7 +37,13 @@ import msgspec
 
 from processor.admission import Admission
 from processor.config import ProcessorConfig
-from processor.engine_state import ENGINE_POLL_S, EngineState, agreed_block_size, wait_for_cards
+from processor.engine_state import (
+    ENGINE_POLL_S,
+    EngineState,
+    agreed_block_size,
+    prompt_limit_tokens,
+    wait_for_cards,
+)
 from processor.health import (
     WorkerHealth,
     as_http_error,
@@ -177,6 +183,8 @@ class ProcessorHandler:
         self._lag_watch: asyncio.Task[None] | None = None
         self._known_workers: frozenset[int] = frozenset()
         self.engine: EngineState | None = None  # the workers' own reports
+        # The longest prompt a worker can take (their cards), registered as our context_length.
+        self.prompt_limit: int | None = None
         # The router charges full workers only with the prompt's block hashes (router/load.py).
         self._send_hashes = self.service.config.kv_full_ms > 0
         self._quarantine = Quarantine(self._config.worker_quarantine_s)
@@ -203,6 +211,8 @@ class ProcessorHandler:
         )
         self.service.use_block_size(self.block_size)
         logger.info("workers' KV block size: %d tokens", self.block_size)
+        self.prompt_limit = prompt_limit_tokens(cards, self.block_size)
+        logger.info("longest prompt a worker takes: %s tokens", self.prompt_limit)
         kv_router = KvRouter(endpoint, self.block_size, KvRouterConfig())
         self.engine = EngineState(subscriber, self.block_size, ENGINE_POLL_S)
         self.engine.start()

@@ -19,6 +19,7 @@ from processor.engine_state import (
     agreed_block_size,
     capacity_blocks,
     card_block_size,
+    prompt_limit_tokens,
     waiting_requests,
 )
 from router.service import BlockSizeMismatch
@@ -109,3 +110,17 @@ def test_block_size_comes_from_the_cards_and_disagreement_is_refused() -> None:
     with pytest.raises(BlockSizeMismatch, match="disagree"):
         agreed_block_size({"1": _sized(16), "2": _sized(32)}, 64, explicit=False)
     assert card_block_size("not json") is None and card_block_size(_sized(0)) is None
+
+
+def test_the_prompt_limit_is_the_largest_worker_context_within_its_kv_capacity() -> None:
+    """The limit the processor registers as its context_length (the stock frontend refuses
+    longer prompts before their token ids reach the processor's loop)."""
+    small, big = _card(1024), _card(4096)  # 65536 and 262144 tokens of KV
+    assert prompt_limit_tokens({"1": small, "2": big}, 64) == 4096 * 64
+    with_ctx = json.loads(big)
+    with_ctx["context_length"] = 131072  # the model's own context bounds a larger KV cache
+    assert prompt_limit_tokens({"1": small, "2": json.dumps(with_ctx)}, 64) == 131072
+    with_ctx["runtime_config"]["context_length"] = 32768  # the engine's max_model_len
+    assert prompt_limit_tokens({"2": json.dumps(with_ctx)}, 64) == 32768
+    assert prompt_limit_tokens({"1": "not json", "2": json.dumps({"x": 1})}, 64) is None
+    assert prompt_limit_tokens({}, 64) is None
