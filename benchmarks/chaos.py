@@ -595,8 +595,8 @@ async def long_prompt(short: bool) -> tuple[dict, dict]:
         "prompt_10mib_to_stock_frontend": {"status": direct.status, "error": direct.error},
         "prompt_10mib_via_gateway": {"status": gateway_10m.status, "error": gateway_10m.error},
         "loop_lag_histogram_gained": buckets or "metric absent",
-        # 0: the stock frontend refused the 10 MiB prompt itself (the processor registers the
-        # workers' context), so its token ids never reached the processor.
+        # 1: the stock frontend passed the 10 MiB prompt's token ids on to the processor, whose
+        # loop then held the whole list (the lag above); 0 would mean it refused it itself.
         "processor_requests_during": metric(after, "akr_processor_requests_total")
         - metric(before, "akr_processor_requests_total"),
         "normal_request_after": normal.status,

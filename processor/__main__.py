@@ -33,8 +33,8 @@ async def worker(runtime: DistributedRuntime) -> None:
     handler = ProcessorHandler(runtime, config, service)
     await handler.start()
     endpoint = runtime.endpoint(config.endpoint)
-    # Our context is the workers' (their cards): the stock frontend then refuses a longer
-    # prompt itself, and its token ids never reach this event loop.
+    # Our context is the workers' (their cards): the stock frontend lists it, and the gateway
+    # checks prompts against it (see processor.engine_state.prompt_limit_tokens).
     runtime_config = ModelRuntimeConfig()
     if handler.prompt_limit is not None:
         runtime_config.context_length = handler.prompt_limit

@@ -218,9 +218,12 @@ def prompt_limit_tokens(cards: dict[str, str], block_size: int) -> int | None:
     of the model's ``context_length``, the engine's ``runtime_config.context_length`` and its
     KV capacity, then the largest over the workers; None when no card states any.
 
-    Why: the processor registers the public model with this as its ``context_length``, and the
-    stock frontend then refuses a longer prompt itself, before turning millions of token ids
-    into a Python list on the processor's event loop (a 10 MiB prompt held it for 100-500 ms).
+    Why: the processor registers the public model with this as its ``context_length``; the
+    stock frontend lists it as the model's ``context_window``, and the gateway checks prompts
+    and sizes its body limit against what a worker can really hold (chaos stack: 65536 tokens
+    of KV, not the model's 131072, so 512 KiB of text and 2.5 MiB of body). Dynamo 1.6.1's
+    stock frontend does not refuse longer prompts itself: a 10 MiB prompt sent to it directly
+    still reaches the processor (benchmarks/chaos.py, ``long_prompt``).
     """
     best: int | None = None
     for body in cards.values():

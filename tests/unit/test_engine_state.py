@@ -113,8 +113,8 @@ def test_block_size_comes_from_the_cards_and_disagreement_is_refused() -> None:
 
 
 def test_the_prompt_limit_is_the_largest_worker_context_within_its_kv_capacity() -> None:
-    """The limit the processor registers as its context_length (the stock frontend refuses
-    longer prompts before their token ids reach the processor's loop)."""
+    """The limit the processor registers as its context_length (the gateway's prompt check and
+    body limit follow it through the stock frontend's model list)."""
     small, big = _card(1024), _card(4096)  # 65536 and 262144 tokens of KV
     assert prompt_limit_tokens({"1": small, "2": big}, 64) == 4096 * 64
     with_ctx = json.loads(big)
