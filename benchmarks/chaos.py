@@ -25,8 +25,8 @@ process that stack started, and returns its figures (the keys of ``chaos.json``)
 * ``slow_readers``: 300 streamed requests (max_tokens 1500, 4 KiB receive buffer) that are never
   read; ``normal_p99_ms``: p99 latency of normal requests sent meanwhile. The workers have room
   for every stream's KV (the stack of ``chaos_clients``): with the default 1024 blocks only
-  about 80 of the 300 answers fit, and the figure measured the engines' queue, not the
-  non-readers.
+  about 84 of the 300 answers fit, the processor's admission held the rest, and the figure
+  measured normal requests waiting in that queue (overload), not the non-readers.
 * ``long_prompt``: a 1 MiB prompt (well past the model's 131072-token context) through the
   gateway gives ``status``; a 10 MiB prompt sent straight to the stock frontend (so it reaches
   the processor) gives ``loop_lag_ms``: the upper bound of the highest bucket of the
