@@ -28,9 +28,10 @@ process that stack started, and returns its figures (the keys of ``chaos.json``)
   about 84 of the 300 answers fit, the processor's admission held the rest, and the figure
   measured normal requests waiting in that queue (overload), not the non-readers.
 * ``long_prompt``: a 1 MiB prompt (well past the model's 131072-token context) through the
-  gateway gives ``status``; a 10 MiB prompt sent straight to the stock frontend (so it reaches
-  the processor) gives ``loop_lag_ms``: the upper bound of the highest bucket of the
-  processor's event-loop lag histogram that filled meanwhile.
+  gateway gives ``status``; a 10 MiB prompt sent straight to the stock frontend (past the
+  gateway; the launchers give that frontend a 2 MB body limit, so it answers 413 and the
+  prompt never reaches the processor) gives ``loop_lag_ms``: the upper bound of the highest
+  bucket of the processor's event-loop lag histogram that filled meanwhile.
 
 Writes ``benchmarks/results/chaos.json`` (figures only) and ``chaos_details.json``.
 """
@@ -595,8 +596,9 @@ async def long_prompt(short: bool) -> tuple[dict, dict]:
         "prompt_10mib_to_stock_frontend": {"status": direct.status, "error": direct.error},
         "prompt_10mib_via_gateway": {"status": gateway_10m.status, "error": gateway_10m.error},
         "loop_lag_histogram_gained": buckets or "metric absent",
-        # 1: the stock frontend passed the 10 MiB prompt's token ids on to the processor, whose
-        # loop then held the whole list (the lag above); 0 would mean it refused it itself.
+        # 0: the stock frontend refused the 10 MiB body itself (DYN_HTTP_BODY_LIMIT_MB from the
+        # launcher); without that limit it was 1, and the processor's loop held the prompt's
+        # 7.4 million token ids as one Python list (a 100-500 ms lag sample).
         "processor_requests_during": metric(after, "akr_processor_requests_total")
         - metric(before, "akr_processor_requests_total"),
         "normal_request_after": normal.status,

@@ -53,6 +53,17 @@ START_ATTEMPTS = 3
 ROUTER_SERVICE = "agents.router"
 
 
+# The stock frontend's request body limit (Dynamo's DYN_HTTP_BODY_LIMIT_MB; its default is
+# 45 MB). Why: it does not check a prompt against the context it lists, and a prompt reaches
+# the processor as token ids that Dynamo's binding builds into one Python list on the
+# processor's event loop before any check of ours runs: 10 MiB of text (7.4 million ids)
+# held that loop 100-500 ms. A body of B bytes yields at most about B ids; measured at 2 MB,
+# the largest prompt let through (1.9 MiB) cost one loop-lag sample of at most 25 ms (50 ms at
+# 3 MB). Bigger bodies get 413 from the frontend itself. The gateway's own limit is the
+# public one; this guards the direct path to the stock frontend.
+FRONTEND_BODY_LIMIT_MB = 2
+
+
 @dataclass
 class StackConfig:
     """What to start. ``speeds`` gives one speed-up ratio per worker (heterogeneous mix)."""
@@ -392,6 +403,7 @@ class LocalStack:
         self._spawn(name, [sys.executable, "-m", "processor"], env)
 
     def _start_frontend(self, router_args: list[str]) -> None:
+        limit = {"DYN_HTTP_BODY_LIMIT_MB": str(FRONTEND_BODY_LIMIT_MB)}
         self._spawn(
             "frontend",
             [
@@ -411,6 +423,7 @@ class LocalStack:
                 *router_args,
                 *self.config.frontend_args,
             ],
+            {} if "DYN_HTTP_BODY_LIMIT_MB" in self.env else limit,  # an operator's value wins
         )
 
     def _start_gateway(self, extra: dict[str, str] | None = None) -> None:

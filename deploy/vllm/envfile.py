@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from deploy.config_reference import COMPONENTS, _default
+from deploy.local_stack import FRONTEND_BODY_LIMIT_MB
 
 ENV_FILE = Path(__file__).resolve().parent / "akr.env"
 
@@ -86,6 +87,12 @@ DYN_DEFAULTS: list[tuple[str, str, str]] = [
     ("NATS_SERVER", "nats://127.0.0.1:4222", "etcd discovery only (event plane)."),
     ("HF_HUB_OFFLINE", "0", "1 once the model is in the local Hugging Face cache."),
     ("DYN_LOG", "info", "Log level of Dynamo's Rust runtime."),
+    (
+        "DYN_HTTP_BODY_LIMIT_MB",
+        str(FRONTEND_BODY_LIMIT_MB),
+        "Stock frontend's body limit: keeps huge prompts off the processor's loop "
+        "(deploy/local_stack.py FRONTEND_BODY_LIMIT_MB).",
+    ),
 ]
 
 # AKR_* values that differ from the model defaults on a GPU node. The launcher fills

@@ -273,7 +273,7 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
                 "round-robin",
                 *plane_flags,
             ],
-            dict(common),
+            {**common, "DYN_HTTP_BODY_LIMIT_MB": knobs["DYN_HTTP_BODY_LIMIT_MB"]},
         )
     )
     upstream_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host

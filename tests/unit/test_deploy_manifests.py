@@ -247,3 +247,10 @@ def test_gateway_probes_liveness_and_readiness(components: dict[str, dict]) -> N
     env = {e["name"]: e.get("value") for e in gw["env"]}
     port = _ports(components["processor"])["metrics"]
     assert env["AKR_GATEWAY_PROCESSOR_HEALTH_URL"] == f"http://akr-processor:{port}/health"
+
+
+def test_the_k8s_frontend_has_the_launchers_body_limit(components: dict[str, dict]) -> None:
+    from deploy.local_stack import FRONTEND_BODY_LIMIT_MB
+
+    env = {e["name"]: e["value"] for e in components["frontend"].get("env", [])}
+    assert env["DYN_HTTP_BODY_LIMIT_MB"] == str(FRONTEND_BODY_LIMIT_MB)

@@ -228,3 +228,12 @@ def test_readme_dry_run_block_is_what_the_launcher_prints(capsys) -> None:
     args.remove("--dry-run")
     launch_main([*args, "--dry-run"])
     assert capsys.readouterr().out.strip() == m.group(2).strip()
+
+
+def test_the_stock_frontend_gets_the_body_limit_that_guards_the_processor(two_workers) -> None:
+    """A huge prompt sent to the stock frontend directly gets 413 there instead of reaching the
+    processor's event loop as millions of token ids (deploy/local_stack.py)."""
+    from deploy.local_stack import FRONTEND_BODY_LIMIT_MB
+
+    env = two_workers["frontend"][0]
+    assert env["DYN_HTTP_BODY_LIMIT_MB"] == str(FRONTEND_BODY_LIMIT_MB)
