@@ -58,12 +58,12 @@ def test_every_trace_record_lost_to_an_unwritable_path_is_counted() -> None:
 
 
 # Not strict: on this box the short form's p99 lands on either side of 1 s (under 1 s once,
-# 1.5 s in the long form), so a strict marker would fail at random.
+# 1.5 and 2.5 s in two long-form runs), so a strict marker would fail at random.
 @pytest.mark.xfail(
     strict=False,
     reason="known miss, not hidden: 300 streams generating at once (workers with room for all "
     "their KV) keep the processor at 100% of one core relaying tokens; normal requests take "
-    "p50 ~260 ms, p99 0.8-1.5 s (target < 1 s), about the same p50 at the stock frontend",
+    "p50 ~260 ms, p99 0.8-2.5 s (target < 1 s), about the same p50 at the stock frontend",
 )
 def test_300_non_reading_clients_leave_normal_requests_fast() -> None:
     result, details = run("slow_readers")
