@@ -45,6 +45,7 @@ from router.bandit import (
 from router.config import RouterConfig
 from router.cost import Candidate
 from router.feedback import FeedbackTracker
+from router.lineage import Lineage
 from router.load import request_blocks
 from router.prefix_table import PrefixTable
 from router.signals import WorkerSignals, aligned
@@ -53,6 +54,7 @@ Reason = Literal["sticky", "overlap", "load", "exploration", "pin", "held"]
 HISTORY_WINDOW_S = 120.0  # how recent a conversation's placement must be for the fallback
 CLAIM_SERVICE_S = 10.0  # a turn's own service time before its gap starts, generously
 CLAIM_GAP_SLACK = 2.0  # a client's gap may run this many times its iat hint
+LINEAGE_MODE = "affinity"  # experiment: "off" | "affinity" | "claim"
 TOP_K = 3  # best candidates (with their terms) in a decision and its trace record
 
 
@@ -62,6 +64,13 @@ def claim_s(iat_ms: float | None) -> float:
     if not iat_ms:
         return 0.0
     return CLAIM_SERVICE_S + CLAIM_GAP_SLACK * iat_ms / 1000.0
+
+
+def wants_block_hashes(cfg: RouterConfig, request: RouteRequest) -> bool:
+    """Whether the caller should send the prompt's chained block hashes: the KV-full term
+    counts distinct blocks with them, and a request without a prefix id finds its
+    conversation by them (router/lineage.py)."""
+    return cfg.kv_full_ms > 0 or request.prefix_id is None
 
 
 class RouteRequest(msgspec.Struct, kw_only=True):
@@ -130,6 +139,7 @@ class Router:
         self.bandit = WorkerBandit(c, self.rng)
         self.feedback = FeedbackTracker(c, self.bandit)
         self._last_sweep: float | None = None
+        self.lineage: Lineage | None = None  # built on first use, in the block size then known
         self.decisions = 0
         self.reasons: dict[str, int] = {
             r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin", "held")
@@ -144,8 +154,14 @@ class Router:
         bs = self.block_size
         prompt_blocks = request.prompt_tokens // bs
 
-        # 1) Conversation state.
-        entry = self.table.get(request.prefix_id, now) if request.prefix_id else None
+        # 1) Conversation state; without a prefix id, the conversation its prompt extends.
+        prefix_id = request.prefix_id
+        inferred = prefix_id is None and bool(request.block_hashes) and LINEAGE_MODE != "off"
+        if inferred:
+            if self.lineage is None:
+                self.lineage = Lineage(bs)
+            prefix_id = self.lineage.find(request.block_hashes, now)  # type: ignore[arg-type]
+        entry = self.table.get(prefix_id, now) if prefix_id else None
         home = -1
         if entry is not None:
             hit = (ids == entry.home).nonzero()[0]
@@ -274,7 +290,15 @@ class Router:
         # 4) Record.
         home_id = entry.home if entry is not None else None
         after = None
-        if request.prefix_id:
+        if inferred:
+            lin = self.lineage
+            assert lin is not None and request.block_hashes
+            key, _ = lin.record(request.block_hashes, prefix_id, now)
+            # Expected back once more; the gap is the one learned over inferred conversations.
+            self.table.remove(key)
+            gap_ms = lin.gap_s * 1000.0 if lin.gap_s and LINEAGE_MODE == "claim" else None
+            after = self.table.observe(key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms))
+        elif request.prefix_id:
             after = self.table.observe(
                 request.prefix_id,
                 chosen,
