@@ -2,7 +2,8 @@
 
 ``decide(request, signals, now)`` does O(workers) numpy work and a few dict operations:
 
-1. Look up the conversation (``prefix_id``) in the bounded prefix table (router/
+1. Look up the conversation (``prefix_id``, or without one the conversation inferred from
+   the prompt's block hashes by router/lineage.py) in the bounded prefix table (router/
    prefix_table.py): its home worker, remaining reuse budget, pin, last prompt's blocks.
 2. History fallback: if no worker reports any KV overlap (workers without KV events, or
    the events lag) but the table saw this conversation on worker ``w`` within
@@ -14,8 +15,10 @@
 
 Reuse budget: the first request of a prefix sets ``remaining = total_requests - 1``; every
 later request decrements it; at zero the conversation is released, pin included when the client
-said how many requests come. Requests without a ``prefix_id`` are their own conversation: no
-table entry, no affinity.
+said how many requests come. A request without a ``prefix_id`` but with its block hashes
+continues the conversation whose latest prompt it extends (router/lineage.py); such a
+conversation is expected back once more, after the gap learned over inferred conversations.
+Without either, a request is its own conversation: no table entry, no affinity.
 
 Return model: with an ``iat`` hint the conversation claims its home's blocks until its next
 request is overdue (``claim_s``); the eviction term charges new work for pushing claimed
@@ -54,7 +57,6 @@ Reason = Literal["sticky", "overlap", "load", "exploration", "pin", "held"]
 HISTORY_WINDOW_S = 120.0  # how recent a conversation's placement must be for the fallback
 CLAIM_SERVICE_S = 10.0  # a turn's own service time before its gap starts, generously
 CLAIM_GAP_SLACK = 2.0  # a client's gap may run this many times its iat hint
-LINEAGE_MODE = "affinity"  # experiment: "off" | "affinity" | "claim"
 TOP_K = 3  # best candidates (with their terms) in a decision and its trace record
 
 
@@ -77,7 +79,7 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     """What the router needs to know about one request (from the agent hints)."""
 
     request_id: str
-    prefix_id: str | None = None  # None: no hints; the request is its own conversation
+    prefix_id: str | None = None  # None: no hints; inferred from block_hashes if sent
     prompt_tokens: int = 0
     total_requests: int = 1  # requests this conversation will make in total
     osl: int | None = None  # expected output tokens; None -> config default_osl
@@ -85,8 +87,9 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     latency_sensitivity: float = 0.0  # higher = explore less
     priority: int = 0  # engine queue priority; carried, not used for placement
     pin_ttl_s: float | None = None  # cache_control TTL; keeps the conversation pinned
-    # Chained block hashes of the prompt, only sent when the router charges full workers
-    # (kv_full_ms > 0): unique-block accounting in router/load.py. One int per block.
+    # Chained block hashes of the prompt, sent when the router charges full workers
+    # (kv_full_ms > 0: unique-block accounting in router/load.py) or the request has no
+    # prefix_id (its conversation is inferred from them). One int per block.
     block_hashes: list[int] | None = None
     # Admission (router/admission.py): a new conversation's first request is placed only if
     # some worker's predicted TTFT is within this many ms, else the decision says "held".
@@ -156,7 +159,7 @@ class Router:
 
         # 1) Conversation state; without a prefix id, the conversation its prompt extends.
         prefix_id = request.prefix_id
-        inferred = prefix_id is None and bool(request.block_hashes) and LINEAGE_MODE != "off"
+        inferred = prefix_id is None and bool(request.block_hashes)
         if inferred:
             if self.lineage is None:
                 self.lineage = Lineage(bs)
@@ -294,9 +297,11 @@ class Router:
             lin = self.lineage
             assert lin is not None and request.block_hashes
             key, _ = lin.record(request.block_hashes, prefix_id, now)
-            # Expected back once more; the gap is the one learned over inferred conversations.
+            # Expected back once more, after the gap learned over inferred conversations: the
+            # conversation claims its home's blocks until then (the return model of hinted
+            # traffic, with learned numbers in place of the client's).
             self.table.remove(key)
-            gap_ms = lin.gap_s * 1000.0 if lin.gap_s and LINEAGE_MODE == "claim" else None
+            gap_ms = lin.gap_s * 1000.0 if lin.gap_s else None
             after = self.table.observe(key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms))
         elif request.prefix_id:
             after = self.table.observe(
@@ -375,6 +380,7 @@ class Router:
             "prefixes": len(self.table),
             "pinned_prefixes": self.table.pinned,
             "prefix_evictions": self.table.evictions,
+            "inferred_conversations": len(self.lineage) if self.lineage is not None else 0,
             "prefix_expirations": self.table.expirations,
             "pending_feedback": len(self.feedback),
             "feedback_dropped": self.feedback.dropped,
