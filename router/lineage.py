@@ -19,8 +19,10 @@ State per conversation: its key, its turn count and the hashes of its latest pro
 earlier tails. The table is an LRU capped at ``max_conversations`` whose entries also expire
 after ``idle_ttl_s`` without a request, on the caller's clock. ``find`` is O(prompt
 blocks): a reverse scan of the chained block hashes for the deepest known tail block.
-``find`` only reads (a request held back by admission may be decided again); ``record`` writes
-once the request is placed.
+Memory (tracemalloc, 64-token blocks: 5 tail hashes each): ~780 bytes per conversation,
+~16 MB at the 20,000 cap. ``find`` only reads (a request held back by admission may be
+decided again); ``record`` writes once the request is placed, and learns the typical gap
+between turns (``gap_s``), which the router uses as the inferred conversation's return time.
 """
 
 from __future__ import annotations
