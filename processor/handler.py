@@ -67,7 +67,7 @@ from processor.traces import SCHEMA_VERSION, TraceRecord
 from router.hints import hints_from_request
 from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
-from router.policy import Decision, RouteRequest
+from router.policy import Decision, RouteRequest, wants_block_hashes
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, RouterService
 from router.unavailable import Unavailable
 
@@ -185,8 +185,6 @@ class ProcessorHandler:
         self.engine: EngineState | None = None  # the workers' own reports
         # The longest prompt a worker can take (their cards), registered as our context_length.
         self.prompt_limit: int | None = None
-        # The router charges full workers only with the prompt's block hashes (router/load.py).
-        self._send_hashes = self.service.config.kv_full_ms > 0
         self._quarantine = Quarantine(self._config.worker_quarantine_s)
         self.health = WorkerHealth(config.expected_workers, config.expected_workers_window_s)
         self._http: Any = None
@@ -303,7 +301,7 @@ class ProcessorHandler:
         too_long = self._beyond_capacity(len(token_ids))
         # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.
         prompt_hashes: list[int] | None = [] if too_long else None
-        if self._send_hashes and not too_long:
+        if not too_long and wants_block_hashes(self.service.config, route):
             prompt_hashes = block_hashes(token_ids, self.block_size)
             route.block_hashes = chain_hashes(prompt_hashes)
         self.metrics.active.inc()

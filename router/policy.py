@@ -2,7 +2,8 @@
 
 ``decide(request, signals, now)`` does O(workers) numpy work and a few dict operations:
 
-1. Look up the conversation (``prefix_id``) in the bounded prefix table (router/
+1. Look up the conversation (``prefix_id``, or without one the conversation inferred from
+   the prompt's block hashes by router/lineage.py) in the bounded prefix table (router/
    prefix_table.py): its home worker, remaining reuse budget, pin, last prompt's blocks.
 2. History fallback: if no worker reports any KV overlap (workers without KV events, or
    the events lag) but the table saw this conversation on worker ``w`` within
@@ -14,8 +15,10 @@
 
 Reuse budget: the first request of a prefix sets ``remaining = total_requests - 1``; every
 later request decrements it; at zero the conversation is released, pin included when the client
-said how many requests come. Requests without a ``prefix_id`` are their own conversation: no
-table entry, no affinity.
+said how many requests come. A request without a ``prefix_id`` but with its block hashes
+continues the conversation whose latest prompt it extends (router/lineage.py); such a
+conversation is expected back once more, after the gap learned over inferred conversations.
+Without either, a request is its own conversation: no table entry, no affinity.
 
 Return model: with an ``iat`` hint the conversation claims its home's blocks until its next
 request is overdue (``claim_s``); the eviction term charges new work for pushing claimed
@@ -45,6 +48,7 @@ from router.bandit import (
 from router.config import RouterConfig
 from router.cost import Candidate
 from router.feedback import FeedbackTracker
+from router.lineage import Lineage
 from router.load import request_blocks
 from router.prefix_table import PrefixTable
 from router.signals import WorkerSignals, aligned
@@ -64,11 +68,18 @@ def claim_s(iat_ms: float | None) -> float:
     return CLAIM_SERVICE_S + CLAIM_GAP_SLACK * iat_ms / 1000.0
 
 
+def wants_block_hashes(cfg: RouterConfig, request: RouteRequest) -> bool:
+    """Whether the caller should send the prompt's chained block hashes: the KV-full term
+    counts distinct blocks with them, and a request without a prefix id finds its
+    conversation by them (router/lineage.py)."""
+    return cfg.kv_full_ms > 0 or request.prefix_id is None
+
+
 class RouteRequest(msgspec.Struct, kw_only=True):
     """What the router needs to know about one request (from the agent hints)."""
 
     request_id: str
-    prefix_id: str | None = None  # None: no hints; the request is its own conversation
+    prefix_id: str | None = None  # None: no hints; inferred from block_hashes if sent
     prompt_tokens: int = 0
     total_requests: int = 1  # requests this conversation will make in total
     osl: int | None = None  # expected output tokens; None -> config default_osl
@@ -76,8 +87,9 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     latency_sensitivity: float = 0.0  # higher = explore less
     priority: int = 0  # engine queue priority; carried, not used for placement
     pin_ttl_s: float | None = None  # cache_control TTL; keeps the conversation pinned
-    # Chained block hashes of the prompt, only sent when the router charges full workers
-    # (kv_full_ms > 0): unique-block accounting in router/load.py. One int per block.
+    # Chained block hashes of the prompt, sent when the router charges full workers
+    # (kv_full_ms > 0: unique-block accounting in router/load.py) or the request has no
+    # prefix_id (its conversation is inferred from them). One int per block.
     block_hashes: list[int] | None = None
     # Admission (router/admission.py): a new conversation's first request is placed only if
     # some worker's predicted TTFT is within this many ms, else the decision says "held".
@@ -130,6 +142,7 @@ class Router:
         self.bandit = WorkerBandit(c, self.rng)
         self.feedback = FeedbackTracker(c, self.bandit)
         self._last_sweep: float | None = None
+        self.lineage: Lineage | None = None  # built on first use, in the block size then known
         self.decisions = 0
         self.reasons: dict[str, int] = {
             r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin", "held")
@@ -144,8 +157,14 @@ class Router:
         bs = self.block_size
         prompt_blocks = request.prompt_tokens // bs
 
-        # 1) Conversation state.
-        entry = self.table.get(request.prefix_id, now) if request.prefix_id else None
+        # 1) Conversation state; without a prefix id, the conversation its prompt extends.
+        prefix_id = request.prefix_id
+        inferred = prefix_id is None and bool(request.block_hashes)
+        if inferred:
+            if self.lineage is None:
+                self.lineage = Lineage(bs)
+            prefix_id = self.lineage.find(request.block_hashes, now)  # type: ignore[arg-type]
+        entry = self.table.get(prefix_id, now) if prefix_id else None
         home = -1
         if entry is not None:
             hit = (ids == entry.home).nonzero()[0]
@@ -274,7 +293,17 @@ class Router:
         # 4) Record.
         home_id = entry.home if entry is not None else None
         after = None
-        if request.prefix_id:
+        if inferred:
+            lin = self.lineage
+            assert lin is not None and request.block_hashes
+            key, _ = lin.record(request.block_hashes, prefix_id, now)
+            # Expected back once more, after the gap learned over inferred conversations: the
+            # conversation claims its home's blocks until then (the return model of hinted
+            # traffic, with learned numbers in place of the client's).
+            self.table.remove(key)
+            gap_ms = lin.gap_s * 1000.0 if lin.gap_s else None
+            after = self.table.observe(key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms))
+        elif request.prefix_id:
             after = self.table.observe(
                 request.prefix_id,
                 chosen,
@@ -351,6 +380,7 @@ class Router:
             "prefixes": len(self.table),
             "pinned_prefixes": self.table.pinned,
             "prefix_evictions": self.table.evictions,
+            "inferred_conversations": len(self.lineage) if self.lineage is not None else 0,
             "prefix_expirations": self.table.expirations,
             "pending_feedback": len(self.feedback),
             "feedback_dropped": self.feedback.dropped,

@@ -23,6 +23,7 @@ from processor.routing import find_worker_message, finish_feedback, route_reques
 from router.admission import AdmissionQueue
 from router.config import RouterConfig
 from router.hints import AgentHints
+from router.policy import wants_block_hashes
 from router.service import Feedback, RouterService
 
 # Worker ids as the processor sees them: Dynamo instance ids (uint64). Offset so that an id is
@@ -87,7 +88,6 @@ class OursPolicy:
         self._ids: list[int] = []
         self._engine = EngineReport()
         self._block_size = block_size
-        self._send_hashes = config.kv_full_ms > 0
 
     @property
     def worker_ids(self) -> list[int]:
@@ -110,7 +110,7 @@ class OursPolicy:
         t = req.trace
         route = route_request(req.request_id, t.hints or NO_HINTS, t.input_length, t.output_length)
         route.admit_within_ms = admit_within_ms
-        if self._send_hashes:  # as the processor sends them: one prefix-chained id per block
+        if wants_block_hashes(self.service.config, route):  # as the processor sends them
             route.block_hashes = req.block_list
         rows = potential_load_rows(ids, view.overlap_blocks(req), t.input_length, self._block_size)
         msg = find_worker_message(route, rows, frozenset(ids), self._engine, self._block_size)  # type: ignore[arg-type]

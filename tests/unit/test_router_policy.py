@@ -498,3 +498,28 @@ def test_tail_guard_counts_the_wait_for_kv_blocks() -> None:
             assert by_id[10].score < by_id[d.worker_id].score  # the guard, not the score
     assert chosen[0.0] == 10
     assert chosen[300.0] != 10
+
+
+def test_unhinted_extension_continues_its_conversation() -> None:
+    """Without a prefix id, a prompt that extends an earlier one finds that one's home (here by
+    the history fallback: no KV events); a prompt sharing only a prefix does not."""
+    r = _det()
+    base = list(range(1, 101))  # 100 blocks' chained hashes
+    d1 = r.decide(
+        _req("u1", 6400, block_hashes=base),
+        _sig(potential_prefill_tokens=[9000, 6400, 6400, 6400]),
+        0.0,
+    )
+    assert d1.home_worker_id is None and d1.worker_id == 11
+    d2 = r.decide(
+        _req("u2", 7040, block_hashes=[*base, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110]),
+        _sig(potential_prefill_tokens=np.full(4, 7040.0)),
+        1.0,
+    )
+    assert d2.home_worker_id == 11 and d2.worker_id == 11 and d2.history_fallback
+    d3 = r.decide(
+        _req("u3", 7040, block_hashes=[*base[:50], *range(500, 560)]),
+        _sig(potential_prefill_tokens=np.full(4, 7040.0)),
+        2.0,
+    )
+    assert d3.home_worker_id is None and not d3.history_fallback
