@@ -231,6 +231,7 @@ class LoadSampler:
         self.load1: list[float] = []
         self.busy: list[float] = []
         self._task: asyncio.Task[None] | None = None
+        self._start: tuple[tuple[int, int], tuple[float, float, float]] | None = None
 
     @staticmethod
     def _cpu() -> tuple[int, int]:
@@ -251,9 +252,10 @@ class LoadSampler:
             self.load1.append(os.getloadavg()[0])
 
     def start(self) -> None:
+        self._start = (self._cpu(), os.getloadavg())
         self._task = asyncio.create_task(self._loop())
 
-    async def stop(self) -> dict[str, float | None]:
+    async def stop(self) -> dict[str, Any]:
         if self._task:
             self._task.cancel()
             try:
@@ -262,12 +264,22 @@ class LoadSampler:
                 pass
         if not self.load1:
             self.load1.append(os.getloadavg()[0])
-        return {
+        out: dict[str, Any] = {
             "load1_mean": round(sum(self.load1) / len(self.load1), 2),
             "load1_max": round(max(self.load1), 2),
             "cpu_busy_mean": round(sum(self.busy) / len(self.busy), 3) if self.busy else None,
             "cpu_busy_max": round(max(self.busy), 3) if self.busy else None,
         }
+        if self._start is not None:
+            # The whole arm at once: /proc/stat busy fraction from start to stop (all CPUs),
+            # and the load averages (1, 5, 15 min) at both ends.
+            (total0, idle0), load0 = self._start
+            total1, idle1 = self._cpu()
+            total = total1 - total0
+            out["cpu_busy_arm"] = round(1.0 - (idle1 - idle0) / total, 3) if total > 0 else None
+            out["loadavg_start"] = [round(x, 2) for x in load0]
+            out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        return out
 
 
 class WorkerCountPoller:

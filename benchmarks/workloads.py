@@ -191,6 +191,7 @@ class AgenticParams:
     priority: int = 1
     klass: str = "agent"
     id_prefix: str = "agent"
+    gap_clip_s: tuple[float, float] | None = None  # tool gaps clipped into [lo, hi] seconds
 
 
 def agentic_sessions(seed: int, p: AgenticParams) -> list[Session]:
@@ -216,6 +217,8 @@ def agentic_sessions(seed: int, p: AgenticParams) -> list[Session]:
         turns = []
         for t in range(n_turns):
             gap = 0.0 if t == 0 else iat / 1000 * math.exp(srng.gauss(0.0, p.gap_sigma))
+            if t and p.gap_clip_s is not None:
+                gap = min(max(gap, p.gap_clip_s[0]), p.gap_clip_s[1])
             turns.append(
                 Turn(
                     messages=[dict(m) for m in messages],
@@ -389,6 +392,35 @@ def build(name: str, seed: int, scale: float, speedup: float = 1.0) -> Workload:
             speeds=[speedup] * 4,
             gpu_blocks=blocks,
         )
+    elif name == "agentic_pressure":
+        # The issue's live pressure case: 4 workers of 512 blocks, ~30 live sessions, tool gaps
+        # of seconds, contexts to ~14k tokens; the live context is well above the cluster's KV.
+        p = AgenticParams(
+            sessions=n(AGENTIC_PRESSURE_SESSIONS),
+            arrival_window_s=window(AGENTIC_PRESSURE_WINDOW_S),
+            system_tokens=(1500, 3500),
+            task_tokens=(200, 600),
+            turns=(6, 12),
+            tool_tokens=(500, 1200),
+            osl=(16, 48),
+            iat_ms=(1500, 3000, 5000, 8000),
+            gap_sigma=0.4,
+            gap_clip_s=(1.0, 10.0),
+            id_prefix="press",
+        )
+        wl = Workload(
+            name,
+            agentic_sessions(seed + 4, p),
+            f"agent sessions under KV pressure: {p.sessions} sessions arriving over "
+            f"{p.arrival_window_s:g} s, {p.turns[0]}-{p.turns[1]} turns, "
+            f"{p.system_tokens[0]}-{p.system_tokens[1]}-token system prompts "
+            f"({p.agent_types} agent types), {p.tool_tokens[0]}-{p.tool_tokens[1]}-token tool "
+            f"results, tool gaps lognormal around {'/'.join(map(str, p.iat_ms))} ms clipped to "
+            "1-10 s, contexts to ~14k tokens; 4 workers x 512 blocks, below the live working "
+            "set (scaling: peak_live_blocks_estimate vs cluster_kv_blocks)",
+            speeds=[speedup] * 4,
+            gpu_blocks=512,
+        )
     elif name == "mixed":
         inter = AgenticParams(
             sessions=n(24),
@@ -456,30 +488,45 @@ def build(name: str, seed: int, scale: float, speedup: float = 1.0) -> Workload:
     annotate_ideal(wl.sessions)
     if name != "mooncake":
         wl.scaling["peak_live_blocks_estimate"] = peak_live_blocks(wl.sessions)
+        wl.scaling["peak_live_distinct_blocks_estimate"] = peak_live_blocks(
+            wl.sessions, distinct=True
+        )
+        wl.scaling["max_prompt_tokens"] = max(t.prompt_tokens for s in wl.sessions for t in s.turns)
         wl.scaling["cluster_kv_blocks"] = wl.gpu_blocks * len(wl.speeds)
     return wl
 
 
-def peak_live_blocks(sessions: list[Session], turn_s: float = 0.5) -> int:
+def peak_live_blocks(sessions: list[Session], turn_s: float = 0.5, distinct: bool = False) -> int:
     """Largest sum over live sessions of their current context in 64-token blocks, on the
     planned schedule (each turn assumed to take turn_s): the working set the cluster's KV
-    caches would need to keep every live conversation (system prompts counted per session)."""
+    caches would need to keep every live conversation (system prompts counted per session).
+    With ``distinct`` a session's system prompt counts once per agent type (one copy, ever
+    held: a lower bound for a cluster that must keep each type's prompt on one worker)."""
     events: list[tuple[float, int]] = []
+    shared: dict[str, int] = {}
     for s in sessions:
         t = s.start_s
         prev = 0
+        system = s.turns[0].messages[0]["content"] if s.turns[0].messages else ""
+        sys_blocks = len(system.split(" ")) // BLOCK_SIZE if distinct else 0
+        if distinct and s.turns[0].messages[0]["role"] == "system":
+            shared[system] = sys_blocks
+        else:
+            sys_blocks = 0
         for i, turn in enumerate(s.turns):
             t += turn.gap_s if i else 0.0
-            blocks = (turn.prompt_tokens + turn.max_tokens) // BLOCK_SIZE
+            blocks = (turn.prompt_tokens + turn.max_tokens) // BLOCK_SIZE - sys_blocks
             events.append((t, blocks - prev))
             prev = blocks
             t += turn_s
         events.append((t, -prev))
-    live = peak = 0
+    live = peak = sum(shared.values())
     for _, d in sorted(events):
         live += d
         peak = max(peak, live)
     return peak
 
 
-WORKLOADS = ("agentic", "mooncake", "heterogeneous", "pressure", "mixed")
+AGENTIC_PRESSURE_SESSIONS = 120
+AGENTIC_PRESSURE_WINDOW_S = 120.0
+WORKLOADS = ("agentic", "mooncake", "heterogeneous", "pressure", "mixed", "agentic_pressure")
