@@ -69,27 +69,26 @@ def _leading_hits(blocks: np.ndarray, present) -> int:
     return n
 
 
-def reuse_ideal(prompts: Iterable[tuple[int, np.ndarray]], block_size: int) -> float:
-    """Reuse with an infinite shared cache: ``prompts`` are (input tokens, block hashes) in
-    arrival order."""
+def hits_ideal(prompts: Iterable[tuple[int, np.ndarray]], block_size: int) -> np.ndarray:
+    """Per prompt, the tokens an infinite shared cache would serve: ``prompts`` are
+    (input tokens, block hashes) in arrival order."""
     seen: set[int] = set()
-    reused = total = 0
+    out = []
     for tokens, blocks in prompts:
-        reused += min(_leading_hits(blocks, seen) * block_size, tokens)
-        total += tokens
+        out.append(min(_leading_hits(blocks, seen) * block_size, tokens))
         seen.update(blocks.tolist())
-    return reused / total if total else 0.0
+    return np.array(out, dtype=np.int64)
 
 
-def reuse_pooled(
+def hits_pooled(
     prompts: Iterable[tuple[int, np.ndarray]], block_size: int, capacity_blocks: int
-) -> float:
-    """Reuse with one LRU cache of ``capacity_blocks`` (the cluster's total), arrival order."""
+) -> np.ndarray:
+    """Per prompt, the tokens one LRU cache of ``capacity_blocks`` (the cluster's total) would
+    serve, fed in arrival order."""
     lru: OrderedDict[int, None] = OrderedDict()
-    reused = total = 0
+    out = []
     for tokens, blocks in prompts:
-        reused += min(_leading_hits(blocks, lru) * block_size, tokens)
-        total += tokens
+        out.append(min(_leading_hits(blocks, lru) * block_size, tokens))
         for b in blocks.tolist():
             if b in lru:
                 lru.move_to_end(b)
@@ -97,4 +96,23 @@ def reuse_pooled(
                 lru[b] = None
         while len(lru) > capacity_blocks:
             lru.popitem(last=False)
-    return reused / total if total else 0.0
+    return np.array(out, dtype=np.int64)
+
+
+def _share(prompts: list[tuple[int, np.ndarray]], hits: np.ndarray) -> float:
+    total = sum(tokens for tokens, _ in prompts)
+    return float(hits.sum()) / total if total else 0.0
+
+
+def reuse_ideal(prompts: Iterable[tuple[int, np.ndarray]], block_size: int) -> float:
+    """Reuse with an infinite shared cache (``hits_ideal`` over all prompts)."""
+    prompts = list(prompts)
+    return _share(prompts, hits_ideal(prompts, block_size))
+
+
+def reuse_pooled(
+    prompts: Iterable[tuple[int, np.ndarray]], block_size: int, capacity_blocks: int
+) -> float:
+    """Reuse with one LRU cache of ``capacity_blocks`` (``hits_pooled`` over all prompts)."""
+    prompts = list(prompts)
+    return _share(prompts, hits_pooled(prompts, block_size, capacity_blocks))

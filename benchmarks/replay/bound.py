@@ -1,0 +1,125 @@
+"""``python -m benchmarks.replay bound``: how low any router's TTFT could go on a replay case,
+as a ratio to ``dynamo_kv``'s TTFT in the same replay.
+
+Every figure is per served request of kv's run (its arrival order), then the percentile:
+
+* ``floor_ideal``: the prefill of the tokens an infinite shared cache would have missed, alone
+  on an idle worker of the fastest speed. A strict lower bound: no router's request can wait
+  less than zero, compute fewer tokens than the infinite cache misses, or run faster than the
+  fastest worker alone, and a percentile of per-request lower bounds bounds the percentile.
+* ``floor_pooled``: the same with the tokens one LRU of the whole cluster's KV would have
+  missed (``metrics.hits_pooled``). Not strict: an offline eviction could keep more than LRU.
+* ``kv_pooled``: kv's own TTFT, less the prefill of the tokens kv computed beyond that pooled
+  miss (never more than kv computed), at the engine's cost on the worker kv chose, its
+  queueing unchanged. What a router with kv's placement and the pool's cache would see;
+  generous in the cache, strict in the queue (the saved prefill would also shorten others').
+
+The target holds only where ``floor_ideal`` is below it; ``kv_pooled`` is the estimate a
+router that keeps kv's load spread reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.replay.arms import TraceFile, run_arm
+from benchmarks.replay.cluster import ClusterConfig
+from benchmarks.replay.engine import solo_prefill_ms
+from benchmarks.replay.metrics import hits_ideal, hits_pooled
+from benchmarks.replay.records import RequestRecord
+from benchmarks.replay.suite import RESULTS, Case, cases, read_records, served_prompts
+
+DEFAULT_CASES = ("agentic-8", "agentic-64", "heterogeneous-8")
+BOUNDS = ("floor_ideal", "floor_pooled", "kv_pooled")
+QUANTILES = (50, 90, 99)
+
+
+def request_bounds(
+    cluster: ClusterConfig, trace: TraceFile, kv: list[RequestRecord]
+) -> dict[str, np.ndarray]:
+    """Per served request of kv's run: kv's TTFT and every bound's (ms), in arrival order."""
+    order, prompts = served_prompts(cluster, trace, kv)
+    bs = cluster.block_size
+    capacity = cluster.num_gpu_blocks * cluster.num_workers
+    ideal, pooled = hits_ideal(prompts, bs), hits_pooled(prompts, bs, capacity)
+    fastest = max(cluster.worker_speed(w) for w in range(cluster.num_workers))
+    chunk = cluster.max_num_batched_tokens
+    out = {k: np.empty(len(order)) for k in ("dynamo_kv", *BOUNDS)}
+    for i, r in enumerate(order):
+        n = r.input_length
+        cap = ((n - 1) // bs) * bs  # a full hit still recomputes its last block
+        miss_ideal = n - min(int(ideal[i]), cap)
+        miss_pooled = n - min(int(pooled[i]), cap)
+        miss_kv = n - r.reused_tokens
+        speed = cluster.worker_speed(r.worker)
+        saved = solo_prefill_ms(miss_kv, speed, chunk) - solo_prefill_ms(
+            min(miss_pooled, miss_kv), speed, chunk
+        )
+        out["dynamo_kv"][i] = r.ttft_ms
+        out["floor_ideal"][i] = solo_prefill_ms(miss_ideal, fastest, chunk)
+        out["floor_pooled"][i] = solo_prefill_ms(miss_pooled, fastest, chunk)
+        out["kv_pooled"][i] = r.ttft_ms - saved
+    return out
+
+
+def summarize_bounds(per_request: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """p50/p90/p99 of kv and of every bound, with each bound's ratio to kv's."""
+    kv = per_request["dynamo_kv"]
+    out: dict[str, dict[str, float]] = {}
+    for name, ttft in per_request.items():
+        fig = {}
+        for q in QUANTILES:
+            fig[f"p{q}_ms"] = float(np.percentile(ttft, q))
+            fig[f"p{q}_ratio"] = fig[f"p{q}_ms"] / float(np.percentile(kv, q))
+        out[name] = fig
+    return out
+
+
+def case_bounds(case: Case, work: Path, records_dir: Path) -> dict[str, dict[str, float]]:
+    """Bounds of one suite case on kv's records in ``records_dir`` (replayed if absent)."""
+    trace = case.make_trace(work)
+    path = records_dir / f"{case.key}-dynamo_kv.csv.gz"
+    if path.exists():
+        kv = read_records(path, trace)
+    else:
+        from benchmarks.replay.suite import write_records
+
+        kv, _ = run_arm("dynamo_kv", trace, case.cluster())
+        write_records(path, kv)
+    return summarize_bounds(request_bounds(case.cluster(), trace, kv))
+
+
+def table(result: dict[str, dict[str, dict[str, float]]]) -> str:
+    lines = [
+        "| case | figure | TTFT p50 | p90 | p99 |",
+        "|---|---|---|---|---|",
+    ]
+    for key, figs in result.items():
+        for name, f in figs.items():
+            cells = [
+                f"{f[f'p{q}_ms']:.1f}"
+                + ("" if name == "dynamo_kv" else f" ({f[f'p{q}_ratio']:.2f}x)")
+                for q in QUANTILES
+            ]
+            lines.append(f"| {key} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    keep = set((args.only or ",".join(DEFAULT_CASES)).split(","))
+    suite = [c for c in cases() if c.key in keep or c.workload in keep]
+    records_dir = args.records or RESULTS / "records"
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in suite:
+            result[case.key] = case_bounds(case, Path(tmp), records_dir)
+    text = table(result)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    return 0
