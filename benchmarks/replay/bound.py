@@ -4,15 +4,18 @@ as a ratio to ``dynamo_kv``'s TTFT in the same replay.
 Every figure is per served request of kv's run (its arrival order), then the percentile:
 
 * ``floor_ideal``: the prefill of the tokens an infinite shared cache would have missed, alone
-  on an idle worker of the fastest speed. A strict lower bound: no router's request can wait
-  less than zero, compute fewer tokens than the infinite cache misses, or run faster than the
-  fastest worker alone, and a percentile of per-request lower bounds bounds the percentile.
+  on an idle worker of the fastest speed, cut into the cheapest passes
+  (``engine.least_prefill_ms``). A strict lower bound: no router's request can wait less than
+  zero, compute fewer tokens than the infinite cache misses (a prefix computed for a later
+  arrival is computed after this one arrived, on its path), or run faster than the fastest
+  worker alone, and a percentile of per-request lower bounds bounds the percentile.
 * ``floor_pooled``: the same with the tokens one LRU of the whole cluster's KV would have
   missed (``metrics.hits_pooled``). Not strict: an offline eviction could keep more than LRU.
 * ``kv_pooled``: kv's own TTFT, less the prefill of the tokens kv computed beyond that pooled
   miss (never more than kv computed), at the engine's cost on the worker kv chose, its
   queueing unchanged. What a router with kv's placement and the pool's cache would see;
   generous in the cache, strict in the queue (the saved prefill would also shorten others').
+* ``ours_pooled`` (when the records directory has ours' run too): the same cut on ours.
 
 The target holds only where ``floor_ideal`` is below it; ``kv_pooled`` is the estimate a
 router that keeps kv's load spread reaches.
@@ -29,7 +32,7 @@ import numpy as np
 
 from benchmarks.replay.arms import TraceFile, run_arm
 from benchmarks.replay.cluster import ClusterConfig
-from benchmarks.replay.engine import solo_prefill_ms
+from benchmarks.replay.engine import least_prefill_ms, solo_prefill_ms
 from benchmarks.replay.metrics import hits_ideal, hits_pooled
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.suite import RESULTS, Case, cases, read_records, served_prompts
@@ -39,31 +42,60 @@ BOUNDS = ("floor_ideal", "floor_pooled", "kv_pooled")
 QUANTILES = (50, 90, 99)
 
 
-def request_bounds(
-    cluster: ClusterConfig, trace: TraceFile, kv: list[RequestRecord]
-) -> dict[str, np.ndarray]:
-    """Per served request of kv's run: kv's TTFT and every bound's (ms), in arrival order."""
-    order, prompts = served_prompts(cluster, trace, kv)
+def _pooled_misses(
+    cluster: ClusterConfig, trace: TraceFile, records: list[RequestRecord]
+) -> tuple[list[RequestRecord], np.ndarray, np.ndarray]:
+    """The served records in arrival order with, per request, the prompt tokens an infinite
+    cache and a pooled LRU of the cluster's KV would have missed (a full hit still recomputes
+    its last block)."""
+    order, prompts = served_prompts(cluster, trace, records)
     bs = cluster.block_size
     capacity = cluster.num_gpu_blocks * cluster.num_workers
-    ideal, pooled = hits_ideal(prompts, bs), hits_pooled(prompts, bs, capacity)
+    n = np.array([r.input_length for r in order], dtype=np.int64)
+    cap = ((n - 1) // bs) * bs
+    ideal = n - np.minimum(hits_ideal(prompts, bs), cap)
+    pooled = n - np.minimum(hits_pooled(prompts, bs, capacity), cap)
+    return order, ideal, pooled
+
+
+def pooled_cut(
+    cluster: ClusterConfig, order: list[RequestRecord], pooled_miss: np.ndarray
+) -> np.ndarray:
+    """Each record's TTFT less the prefill of the tokens it computed beyond the pooled miss,
+    at the engine's cost alone on its own worker; its queueing unchanged."""
+    chunk = cluster.max_num_batched_tokens
+    out = np.empty(len(order))
+    for i, r in enumerate(order):
+        miss = r.input_length - r.reused_tokens
+        speed = cluster.worker_speed(r.worker)
+        saved = solo_prefill_ms(miss, speed, chunk) - solo_prefill_ms(
+            min(int(pooled_miss[i]), miss), speed, chunk
+        )
+        out[i] = r.ttft_ms - saved
+    return out
+
+
+def request_bounds(
+    cluster: ClusterConfig,
+    trace: TraceFile,
+    kv: list[RequestRecord],
+    ours: list[RequestRecord] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per served request of kv's run: kv's TTFT and every bound's (ms), in arrival order;
+    with ``ours``, also ours' TTFT and ours cut to the pooled miss (``ours_pooled``)."""
+    order, ideal, pooled = _pooled_misses(cluster, trace, kv)
     fastest = max(cluster.worker_speed(w) for w in range(cluster.num_workers))
     chunk = cluster.max_num_batched_tokens
-    out = {k: np.empty(len(order)) for k in ("dynamo_kv", *BOUNDS)}
-    for i, r in enumerate(order):
-        n = r.input_length
-        cap = ((n - 1) // bs) * bs  # a full hit still recomputes its last block
-        miss_ideal = n - min(int(ideal[i]), cap)
-        miss_pooled = n - min(int(pooled[i]), cap)
-        miss_kv = n - r.reused_tokens
-        speed = cluster.worker_speed(r.worker)
-        saved = solo_prefill_ms(miss_kv, speed, chunk) - solo_prefill_ms(
-            min(miss_pooled, miss_kv), speed, chunk
-        )
-        out["dynamo_kv"][i] = r.ttft_ms
-        out["floor_ideal"][i] = solo_prefill_ms(miss_ideal, fastest, chunk)
-        out["floor_pooled"][i] = solo_prefill_ms(miss_pooled, fastest, chunk)
-        out["kv_pooled"][i] = r.ttft_ms - saved
+    out = {
+        "dynamo_kv": np.array([r.ttft_ms for r in order]),
+        "floor_ideal": np.array([least_prefill_ms(int(m), fastest, chunk) for m in ideal]),
+        "floor_pooled": np.array([least_prefill_ms(int(m), fastest, chunk) for m in pooled]),
+        "kv_pooled": pooled_cut(cluster, order, pooled),
+    }
+    if ours is not None:
+        o_order, _, o_pooled = _pooled_misses(cluster, trace, ours)
+        out["ours"] = np.array([r.ttft_ms for r in o_order])
+        out["ours_pooled"] = pooled_cut(cluster, o_order, o_pooled)
     return out
 
 
@@ -91,7 +123,9 @@ def case_bounds(case: Case, work: Path, records_dir: Path) -> dict[str, dict[str
 
         kv, _ = run_arm("dynamo_kv", trace, case.cluster())
         write_records(path, kv)
-    return summarize_bounds(request_bounds(case.cluster(), trace, kv))
+    ours_path = records_dir / f"{case.key}-ours.csv.gz"
+    ours = read_records(ours_path, trace) if ours_path.exists() else None
+    return summarize_bounds(request_bounds(case.cluster(), trace, kv, ours))
 
 
 def table(result: dict[str, dict[str, dict[str, float]]]) -> str:

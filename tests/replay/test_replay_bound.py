@@ -10,7 +10,7 @@ import pytest
 from benchmarks.replay.arms import TraceFile
 from benchmarks.replay.bound import request_bounds, summarize_bounds
 from benchmarks.replay.cluster import ClusterConfig
-from benchmarks.replay.engine import prefill_ms, solo_prefill_ms
+from benchmarks.replay.engine import least_prefill_ms, prefill_ms, solo_prefill_ms
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.trace import TraceRequest
 
@@ -90,3 +90,13 @@ def test_a_full_hit_still_recomputes_its_last_block() -> None:
     cluster = ClusterConfig(num_workers=1, num_gpu_blocks=8, block_size=BS)
     b = request_bounds(cluster, trace, _kv(trace))
     assert b["floor_ideal"][1] == pytest.approx(solo_prefill_ms(BS, 1.0, 8192))
+
+
+def test_least_prefill_is_the_cheapest_split_into_passes() -> None:
+    for n in (1, 500, 8192, 8193, 20_000, 50_000):
+        brute = min(
+            sum(prefill_ms(1, n // k + (1 if i < n % k else 0)) for i in range(k))
+            for k in range(-(-n // 8192), -(-n // 8192) + 40)
+        )
+        assert least_prefill_ms(n, 1.0, 8192) == pytest.approx(brute, rel=1e-6)
+        assert least_prefill_ms(n, 1.0, 8192) <= solo_prefill_ms(n, 1.0, 8192) + 1e-9
