@@ -9,6 +9,11 @@ Every figure is per served request of kv's run (its arrival order), then the per
   zero, compute fewer tokens than the infinite cache misses (a prefix computed for a later
   arrival is computed after this one arrived, on its path), or run faster than the fastest
   worker alone, and a percentile of per-request lower bounds bounds the percentile.
+* ``floor_capacity``: the same floor, but the cluster's KV is finite: no cache of the
+  cluster's total blocks serves more tokens in all than Belady's offline cache
+  (``metrics.hits_offline``). The percentile is the lowest T such that the requests it needs
+  at or below T can get there alone on the fastest worker with at most that many hits in all,
+  each at most its infinite-cache hit (``capacity_floor``). Strict like ``floor_ideal``.
 * ``floor_pooled``: the same with the tokens one LRU of the whole cluster's KV would have
   missed (``metrics.hits_pooled``). Not strict: an offline eviction could keep more than LRU.
 * ``kv_pooled``: kv's own TTFT, less the prefill of the tokens kv computed beyond that pooled
@@ -33,7 +38,7 @@ import numpy as np
 from benchmarks.replay.arms import TraceFile, run_arm
 from benchmarks.replay.cluster import ClusterConfig
 from benchmarks.replay.engine import least_prefill_ms, solo_prefill_ms
-from benchmarks.replay.metrics import hits_ideal, hits_pooled
+from benchmarks.replay.metrics import hits_ideal, hits_offline, hits_pooled
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.suite import RESULTS, Case, cases, read_records, served_prompts
 
@@ -56,6 +61,68 @@ def _pooled_misses(
     ideal = n - np.minimum(hits_ideal(prompts, bs), cap)
     pooled = n - np.minimum(hits_pooled(prompts, bs, capacity), cap)
     return order, ideal, pooled
+
+
+def most_tokens(ms: float, speed: float, max_num_batched_tokens: int, limit: int) -> int:
+    """The most prompt tokens (up to ``limit``) whose least prefill fits in ``ms``."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if least_prefill_ms(mid, speed, max_num_batched_tokens) <= ms:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def capacity_floor(
+    tokens: np.ndarray,
+    max_hits: np.ndarray,
+    total_hits: int,
+    q: float,
+    speed: float,
+    max_num_batched_tokens: int,
+) -> float:
+    """The lowest T (ms, to 0.1) at which the ``q``-th percentile of TTFT can be <= T: the
+    requests ``np.percentile`` needs at or below T (its lower neighbour and all under it) each
+    computing no more than fits in T alone, with hits <= ``max_hits`` each and
+    <= ``total_hits`` in all (the cheapest requests chosen)."""
+    need = int(np.floor(q / 100.0 * (len(tokens) - 1))) + 1
+    limit = int(tokens.max())
+
+    def feasible(t: float) -> bool:
+        hits = np.maximum(tokens - most_tokens(t, speed, max_num_batched_tokens, limit), 0)
+        ok = hits <= max_hits
+        if np.count_nonzero(ok) < need:
+            return False
+        return int(np.sort(hits[ok])[:need].sum()) <= total_hits
+
+    lo, hi = 0.0, least_prefill_ms(limit, speed, max_num_batched_tokens)
+    while hi - lo > 0.1:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if feasible(mid) else (mid, hi)
+    return hi
+
+
+def capacity_figures(
+    cluster: ClusterConfig, trace: TraceFile, kv: list[RequestRecord]
+) -> dict[str, float]:
+    """``floor_capacity`` at each quantile, and its ratio to kv's TTFT there."""
+    order, ideal_miss, _ = _pooled_misses(cluster, trace, kv)
+    _, prompts = served_prompts(cluster, trace, kv)
+    capacity = cluster.num_gpu_blocks * cluster.num_workers
+    total = int(hits_offline(prompts, cluster.block_size, capacity).sum())
+    tokens = np.array([r.input_length for r in order], dtype=np.int64)
+    fastest = max(cluster.worker_speed(w) for w in range(cluster.num_workers))
+    kv_ttft = np.array([r.ttft_ms for r in order])
+    fig: dict[str, float] = {}
+    for q in QUANTILES:
+        ms = capacity_floor(
+            tokens, tokens - ideal_miss, total, q, fastest, cluster.max_num_batched_tokens
+        )
+        fig[f"p{q}_ms"] = ms
+        fig[f"p{q}_ratio"] = ms / float(np.percentile(kv_ttft, q))
+    return fig
 
 
 def pooled_cut(
@@ -125,7 +192,9 @@ def case_bounds(case: Case, work: Path, records_dir: Path) -> dict[str, dict[str
         write_records(path, kv)
     ours_path = records_dir / f"{case.key}-ours.csv.gz"
     ours = read_records(ours_path, trace) if ours_path.exists() else None
-    return summarize_bounds(request_bounds(case.cluster(), trace, kv, ours))
+    figs = summarize_bounds(request_bounds(case.cluster(), trace, kv, ours))
+    figs["floor_capacity"] = capacity_figures(case.cluster(), trace, kv)
+    return figs
 
 
 def table(result: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -100,3 +100,20 @@ def test_least_prefill_is_the_cheapest_split_into_passes() -> None:
         )
         assert least_prefill_ms(n, 1.0, 8192) == pytest.approx(brute, rel=1e-6)
         assert least_prefill_ms(n, 1.0, 8192) <= solo_prefill_ms(n, 1.0, 8192) + 1e-9
+
+
+def test_capacity_floor_spends_the_cache_on_the_requests_the_percentile_needs() -> None:
+    from benchmarks.replay.bound import capacity_floor
+
+    tokens = np.array([1000, 1000, 1000])
+    max_hits = np.array([900, 900, 900])
+    chunk = 8192
+    # the median needs two requests at or below T: 900 hits in all cover 450 each.
+    t = capacity_floor(tokens, max_hits, 900, 50, 1.0, chunk)
+    assert least_prefill_ms(549, 1.0, chunk) < t <= least_prefill_ms(550, 1.0, chunk) + 0.1
+    # an unbounded cache leaves each request its infinite-cache miss.
+    t = capacity_floor(tokens, max_hits, 10**9, 50, 1.0, chunk)
+    assert least_prefill_ms(99, 1.0, chunk) < t <= least_prefill_ms(100, 1.0, chunk) + 0.1
+    # no cache at all: the whole prompt.
+    t = capacity_floor(tokens, max_hits, 0, 99, 2.0, chunk)
+    assert t == pytest.approx(least_prefill_ms(1000, 2.0, chunk), abs=0.1)
