@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     bound.add_argument("--only", type=str, default=None, help="comma-separated suite cases")
     bound.add_argument("--records", type=Path, default=None, help="suite records (dir)")
     bound.add_argument("--json", type=Path, default=None, help="write the figures here")
-    bound.add_argument("--no-oracle", action="store_true", help="skip the pooled-worker replay")
     sub.add_parser("fidelity", help="our engine against Dynamo's replay -> fidelity.json")
     args = p.parse_args(argv)
 

@@ -21,11 +21,6 @@ Every figure is per served request of kv's run (its arrival order), then the per
   queueing unchanged. What a router with kv's placement and the pool's cache would see;
   generous in the cache, strict in the queue (the saved prefill would also shorten others').
 * ``ours_pooled`` (when the records directory has ours' run too): the same cut on ours.
-* ``oracle_pool``: a virtual-clock replay on one worker with the whole cluster's KV, its summed
-  speed and N x its sequence slots (``oracle_cluster``), so no routing choice exists. Generous:
-  one pool (no split, no routing error), a lone request or pass runs at the summed speed
-  (the per-pass constant shrinks N-fold), decode too (KV held shorter). Strict: the engine's
-  LRU, not an offline eviction; the same 8192-token pass budget (one pass per N workers').
 
 The target holds only where ``floor_ideal`` is below it; ``kv_pooled`` is the estimate a
 router that keeps kv's load spread reaches.
@@ -36,14 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.replay.arms import TraceFile, run_arm
-from benchmarks.replay.cluster import ClusterConfig, run_replay
-from benchmarks.replay.dynamo_kv import RoundRobinPolicy
+from benchmarks.replay.cluster import ClusterConfig
 from benchmarks.replay.engine import least_prefill_ms, solo_prefill_ms
 from benchmarks.replay.metrics import hits_ideal, hits_offline, hits_pooled
 from benchmarks.replay.records import RequestRecord
@@ -173,26 +166,6 @@ def request_bounds(
     return out
 
 
-def oracle_cluster(cluster: ClusterConfig) -> ClusterConfig:
-    """The cluster as one worker: N x the KV blocks and sequence slots, the summed speed."""
-    n = cluster.num_workers
-    return replace(
-        cluster,
-        num_workers=1,
-        num_gpu_blocks=cluster.num_gpu_blocks * n,
-        speeds=None,
-        speedup_ratio=sum(cluster.worker_speed(w) for w in range(n)),
-        max_num_seqs=cluster.max_num_seqs * n,
-    )
-
-
-def oracle_ttft(cluster: ClusterConfig, trace: TraceFile, kv: list[RequestRecord]) -> np.ndarray:
-    """TTFT of the oracle pool's replay, for the requests kv served."""
-    served = {r.index for r in kv if not r.refused}
-    records = run_replay(trace.requests, oracle_cluster(cluster), RoundRobinPolicy())
-    return np.array([r.ttft_ms for r in records if r.index in served and not r.refused])
-
-
 def summarize_bounds(per_request: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """p50/p90/p99 of kv and of every bound, with each bound's ratio to kv's."""
     kv = per_request["dynamo_kv"]
@@ -206,9 +179,7 @@ def summarize_bounds(per_request: dict[str, np.ndarray]) -> dict[str, dict[str, 
     return out
 
 
-def case_bounds(
-    case: Case, work: Path, records_dir: Path, oracle: bool = True
-) -> dict[str, dict[str, float]]:
+def case_bounds(case: Case, work: Path, records_dir: Path) -> dict[str, dict[str, float]]:
     """Bounds of one suite case on kv's records in ``records_dir`` (replayed if absent)."""
     trace = case.make_trace(work)
     path = records_dir / f"{case.key}-dynamo_kv.csv.gz"
@@ -249,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in suite:
-            result[case.key] = case_bounds(case, Path(tmp), records_dir, not args.no_oracle)
+            result[case.key] = case_bounds(case, Path(tmp), records_dir)
     text = table(result)
     print(text)
     if args.json:

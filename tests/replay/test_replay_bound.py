@@ -117,17 +117,3 @@ def test_capacity_floor_spends_the_cache_on_the_requests_the_percentile_needs() 
     # no cache at all: the whole prompt.
     t = capacity_floor(tokens, max_hits, 0, 99, 2.0, chunk)
     assert t == pytest.approx(least_prefill_ms(1000, 2.0, chunk), abs=0.1)
-
-
-def test_the_oracle_pool_is_one_worker_with_the_whole_cluster() -> None:
-    from benchmarks.replay.bound import oracle_cluster, oracle_ttft
-
-    cluster = ClusterConfig(num_workers=2, num_gpu_blocks=3, block_size=BS, speeds=(1.0, 2.0))
-    pool = oracle_cluster(cluster)
-    assert (pool.num_workers, pool.num_gpu_blocks, pool.worker_speed(0)) == (1, 6, 3.0)
-    assert pool.max_num_seqs == 2 * cluster.max_num_seqs
-    trace = _trace()
-    ttft = oracle_ttft(cluster, trace, _kv(trace))
-    # Requests a second apart meet an idle pool: each is its own prefill at the summed speed.
-    assert ttft[:2] == pytest.approx([solo_prefill_ms(256, 3.0, 8192)] * 2, rel=1e-3)
-    assert ttft[2] < ttft[0]  # its first four blocks are still in the pool
