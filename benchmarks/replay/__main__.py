@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     bound = sub.add_parser("bound", help="the lowest TTFT ratio to dynamo_kv any router reaches")
     bound.add_argument("--only", type=str, default=None, help="comma-separated suite cases")
     bound.add_argument("--records", type=Path, default=None, help="suite records (dir)")
-    bound.add_argument("--json", type=Path, default=None, help="write the figures here")
+    bound.add_argument("--out", type=Path, default=None, help="bound.json/.md here (results)")
     sub.add_parser("fidelity", help="our engine against Dynamo's replay -> fidelity.json")
     args = p.parse_args(argv)
 

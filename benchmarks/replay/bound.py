@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -223,6 +224,9 @@ def main(args: argparse.Namespace) -> int:
             result[case.key] = case_bounds(case, Path(tmp), records_dir)
     text = table(result)
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    out = args.out or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bound.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    command = " ".join(["python -m benchmarks.replay", *sys.argv[1:]])
+    (out / "bound.md").write_text(f"# Replay bound\n\n`{command}`\n\n{text}\n")
     return 0
