@@ -117,3 +117,15 @@ def test_capacity_floor_spends_the_cache_on_the_requests_the_percentile_needs() 
     # no cache at all: the whole prompt.
     t = capacity_floor(tokens, max_hits, 0, 99, 2.0, chunk)
     assert t == pytest.approx(least_prefill_ms(1000, 2.0, chunk), abs=0.1)
+
+
+def test_records_read_back_as_written(tmp_path: Path) -> None:
+    from benchmarks.replay.suite import read_records, write_records
+
+    trace = _trace()
+    kv = _kv(trace, worker=1)
+    write_records(tmp_path / "kv.csv.gz", kv)
+    back = read_records(tmp_path / "kv.csv.gz", trace)
+    assert [(r.index, r.worker, r.input_length, r.ttft_ms, r.refused) for r in back] == [
+        (r.index, r.worker, r.input_length, r.ttft_ms, False) for r in kv
+    ]
