@@ -3,6 +3,7 @@
     python -m benchmarks.replay run --trace FILE [--format mooncake|agentic] --workers 8 \
         [--blocks 16384] [--speeds 1,1,0.5,...] [--arms ours,dynamo_kv_port,round_robin]
     python -m benchmarks.replay suite [--quick]          # make replay
+    python -m benchmarks.replay bound [--only agentic-8] [--records DIR]
     python -m benchmarks.replay fidelity                  # against Dynamo's own replay
     python -m benchmarks.replay.agentic generate|convert ...
 """
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--only", type=str, default=None, help="comma-separated workloads")
     suite.add_argument("--jobs", type=int, default=2)
     suite.add_argument("--out", type=Path, default=None)
+    bound = sub.add_parser("bound", help="the lowest TTFT ratio to dynamo_kv any router reaches")
+    bound.add_argument("--only", type=str, default=None, help="comma-separated suite cases")
+    bound.add_argument("--records", type=Path, default=None, help="suite records (dir)")
+    bound.add_argument("--out", type=Path, default=None, help="bound.json/.md here (results)")
     sub.add_parser("fidelity", help="our engine against Dynamo's replay -> fidelity.json")
     args = p.parse_args(argv)
 
@@ -48,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.replay import fidelity
 
         return fidelity.main([])
+    if args.cmd == "bound":
+        from benchmarks.replay import bound as bound_mod
+
+        return bound_mod.main(args)
     if args.cmd == "suite":
         from benchmarks.replay import suite as suite_mod
 

@@ -70,6 +70,36 @@ def _scaled(ms: float, speed: float) -> float:
     return d * 1000.0
 
 
+def solo_prefill_ms(tokens: int, speed: float, max_num_batched_tokens: int) -> float:
+    """Time to first token of a request computing ``tokens`` prompt tokens alone on an idle
+    worker: its chunks of at most ``max_num_batched_tokens``, one pass each (ms)."""
+    total, left = 0.0, max(tokens, 1)
+    while left > 0:
+        chunk = min(left, max_num_batched_tokens)
+        total += _scaled(prefill_ms(1, chunk), speed)
+        left -= chunk
+    return total
+
+
+def least_prefill_ms(tokens: int, speed: float, max_num_batched_tokens: int) -> float:
+    """A lower bound on the prefill time of ``tokens`` prompt tokens however the engine cuts
+    them into passes (ms): the cheapest split into equal chunks of at most
+    ``max_num_batched_tokens``, each pass alone. Sharing a pass only adds to its cost, and the
+    polynomial's per-pass constant against its square makes the cost convex in the number of
+    passes, so the search stops at the first rise."""
+    n = max(tokens, 1)
+    best = float("inf")
+    for k in range(-(-n // max_num_batched_tokens), n + 1):
+        small, extra = divmod(n, k)
+        cost = (k - extra) * _scaled(prefill_ms(1, small), speed) + (
+            extra * _scaled(prefill_ms(1, small + 1), speed) if extra else 0.0
+        )
+        if cost >= best:
+            break
+        best = cost
+    return best
+
+
 class EngineState:
     """One request inside an engine: its KV lease, progress and timestamps."""
 

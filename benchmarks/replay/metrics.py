@@ -5,10 +5,13 @@
 * ``reuse_ideal``: an infinite cache shared by all workers; every block ever computed stays.
 * ``reuse_pooled``: one LRU cache of the whole cluster's capacity, fed in arrival order; what a
   router could keep if the cluster's KV were one pool (no split across workers).
+* ``hits_offline``: the most blocks any cache of that capacity could hold when asked
+  (Belady's furthest-next-use eviction), an upper bound on every router's total reuse.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
@@ -69,27 +72,26 @@ def _leading_hits(blocks: np.ndarray, present) -> int:
     return n
 
 
-def reuse_ideal(prompts: Iterable[tuple[int, np.ndarray]], block_size: int) -> float:
-    """Reuse with an infinite shared cache: ``prompts`` are (input tokens, block hashes) in
-    arrival order."""
+def hits_ideal(prompts: Iterable[tuple[int, np.ndarray]], block_size: int) -> np.ndarray:
+    """Per prompt, the tokens an infinite shared cache would serve: ``prompts`` are
+    (input tokens, block hashes) in arrival order."""
     seen: set[int] = set()
-    reused = total = 0
+    out = []
     for tokens, blocks in prompts:
-        reused += min(_leading_hits(blocks, seen) * block_size, tokens)
-        total += tokens
+        out.append(min(_leading_hits(blocks, seen) * block_size, tokens))
         seen.update(blocks.tolist())
-    return reused / total if total else 0.0
+    return np.array(out, dtype=np.int64)
 
 
-def reuse_pooled(
+def hits_pooled(
     prompts: Iterable[tuple[int, np.ndarray]], block_size: int, capacity_blocks: int
-) -> float:
-    """Reuse with one LRU cache of ``capacity_blocks`` (the cluster's total), arrival order."""
+) -> np.ndarray:
+    """Per prompt, the tokens one LRU cache of ``capacity_blocks`` (the cluster's total) would
+    serve, fed in arrival order."""
     lru: OrderedDict[int, None] = OrderedDict()
-    reused = total = 0
+    out = []
     for tokens, blocks in prompts:
-        reused += min(_leading_hits(blocks, lru) * block_size, tokens)
-        total += tokens
+        out.append(min(_leading_hits(blocks, lru) * block_size, tokens))
         for b in blocks.tolist():
             if b in lru:
                 lru.move_to_end(b)
@@ -97,4 +99,67 @@ def reuse_pooled(
                 lru[b] = None
         while len(lru) > capacity_blocks:
             lru.popitem(last=False)
-    return reused / total if total else 0.0
+    return np.array(out, dtype=np.int64)
+
+
+def _share(prompts: list[tuple[int, np.ndarray]], hits: np.ndarray) -> float:
+    total = sum(tokens for tokens, _ in prompts)
+    return float(hits.sum()) / total if total else 0.0
+
+
+def reuse_ideal(prompts: Iterable[tuple[int, np.ndarray]], block_size: int) -> float:
+    """Reuse with an infinite shared cache (``hits_ideal`` over all prompts)."""
+    prompts = list(prompts)
+    return _share(prompts, hits_ideal(prompts, block_size))
+
+
+def reuse_pooled(
+    prompts: Iterable[tuple[int, np.ndarray]], block_size: int, capacity_blocks: int
+) -> float:
+    """Reuse with one LRU cache of ``capacity_blocks`` (``hits_pooled`` over all prompts)."""
+    prompts = list(prompts)
+    return _share(prompts, hits_pooled(prompts, block_size, capacity_blocks))
+
+
+def hits_offline(
+    prompts: Sequence[tuple[int, np.ndarray]], block_size: int, capacity_blocks: int
+) -> np.ndarray:
+    """Per prompt, the tokens of its blocks (leading or not) that an offline cache of
+    ``capacity_blocks`` holds when it arrives: Belady's policy, which evicts the block used
+    furthest in the future and never caches a block used never again or later than all it
+    holds. It maximizes block hits over every cache of that size fed in arrival order, and a
+    prefix hit is a block hit, so the sum bounds any cluster of that total KV (copies of a
+    block on two workers only take room). Only the sum is a bound, not each prompt's share."""
+    refs = [b for _, blocks in prompts for b in blocks.tolist()]
+    never = len(refs)
+    nxt = [never] * len(refs)
+    last: dict[int, int] = {}
+    for i in range(len(refs) - 1, -1, -1):
+        nxt[i] = last.get(refs[i], never)
+        last[refs[i]] = i
+    cached: dict[int, int] = {}  # block -> its next use
+    heap: list[tuple[int, int]] = []  # (-next use, block), stale entries skipped
+    out = np.zeros(len(prompts), dtype=np.int64)
+    i = 0
+    for p, (tokens, blocks) in enumerate(prompts):
+        hit = 0
+        for _ in range(len(blocks)):
+            b, n = refs[i], nxt[i]
+            i += 1
+            if b in cached:
+                hit += 1
+            elif n == never:
+                continue
+            elif len(cached) >= capacity_blocks:
+                while -heap[0][0] != cached.get(heap[0][1]):
+                    heapq.heappop(heap)
+                if -heap[0][0] <= n:
+                    continue
+                del cached[heapq.heappop(heap)[1]]
+            if n == never:
+                del cached[b]
+            else:
+                cached[b] = n
+                heapq.heappush(heap, (-n, b))
+        out[p] = min(hit * block_size, tokens)
+    return out

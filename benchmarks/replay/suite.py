@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from benchmarks.replay import agentic
@@ -200,15 +201,23 @@ def _task(case: Case, arm: str, work: Path, records_dir: Path) -> tuple[str, str
     return case.key, arm, figures
 
 
-def reuse_bounds(case: Case, trace: TraceFile, records: list[RequestRecord]) -> tuple[float, float]:
-    """(pooled, ideal) reuse of the served requests: one LRU of the cluster's capacity, an
-    infinite cache."""
-    cluster = case.cluster()
+def served_prompts(
+    cluster: ClusterConfig, trace: TraceFile, records: list[RequestRecord]
+) -> tuple[list[RequestRecord], list[tuple[int, np.ndarray]]]:
+    """The served records in arrival order, with each one's (input tokens, block hashes)."""
     by_index = {t.index: t for t in trace.requests}
     order = sorted((r for r in records if not r.refused), key=lambda r: (r.arrival_ms, r.index))
     prompts = [
         (by_index[r.index].input_length, block_hashes_of(by_index[r.index], cluster)) for r in order
     ]
+    return order, prompts
+
+
+def reuse_bounds(case: Case, trace: TraceFile, records: list[RequestRecord]) -> tuple[float, float]:
+    """(pooled, ideal) reuse of the served requests: one LRU of the cluster's capacity, an
+    infinite cache."""
+    cluster = case.cluster()
+    _, prompts = served_prompts(cluster, trace, records)
     capacity = cluster.num_gpu_blocks * case.workers
     return reuse_pooled(prompts, cluster.block_size, capacity), reuse_ideal(
         prompts, cluster.block_size
@@ -237,6 +246,39 @@ def write_records(path: Path, records: list[RequestRecord]) -> None:
                 f"{r.index},{r.worker},{r.arrival_ms:.1f},{r.ttft_ms:.1f},{r.e2e_ms:.1f},{itl},"
                 f"{r.reused_tokens}\n"
             )
+
+
+def read_records(path: Path, trace: TraceFile) -> list[RequestRecord]:
+    """Records written by ``write_records``, completed from the trace (lengths, ids)."""
+    by_index = {t.index: t for t in trace.requests}
+    out = []
+    with gzip.open(path, "rt") as f:
+        header = f.readline().strip().split(",")
+        if tuple(header) != RECORD_FIELDS:
+            raise ValueError(f"{path}: header {header} is not {list(RECORD_FIELDS)}")
+        for line in f:
+            idx, worker, arrival, ttft, e2e, itl, reused = line.rstrip("\n").split(",")
+            t = by_index[int(idx)]
+            a = float(arrival)
+            out.append(
+                RequestRecord(
+                    index=t.index,
+                    request_id=str(t.index),
+                    worker=int(worker),
+                    arrival_ms=a,
+                    first_token_ms=a + float(ttft),
+                    finish_ms=a + float(e2e),
+                    input_length=t.input_length,
+                    output_length=t.output_length,
+                    reused_tokens=int(reused),
+                    ttft_ms=float(ttft),
+                    e2e_ms=float(e2e),
+                    itl_ms=float(itl) if itl else None,
+                    session_id=t.session_id,
+                    refused=int(worker) < 0,
+                )
+            )
+    return out
 
 
 def _assemble(suite: list[Case], done: dict[tuple[str, str], dict]) -> dict:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from benchmarks.replay.metrics import reuse_ideal, reuse_pooled, summarize
+from benchmarks.replay.metrics import (
+    hits_offline,
+    hits_pooled,
+    reuse_ideal,
+    reuse_pooled,
+    summarize,
+)
 from benchmarks.replay.records import RequestRecord
 
 BS = 64
@@ -75,3 +83,34 @@ def test_headline_reads_ours_against_kv_as_ratios() -> None:
     row = headline(suite).splitlines()[-1]
     assert row.startswith("| agentic | 8 | 1.00x | 0.50x | 1.00x | 1.00x | 0.400 / 0.300 | 0.500")
     assert row.endswith("Dynamo's replay |")
+
+
+def _most_hits(refs: list[int], capacity: int) -> int:
+    """Exhaustive: the most block hits of any cache of ``capacity`` blocks over ``refs``."""
+    from itertools import combinations
+
+    @functools.cache
+    def best(i: int, held: frozenset[int]) -> int:
+        if i == len(refs):
+            return 0
+        b = refs[i]
+        if b in held:
+            return 1 + best(i + 1, held)
+        out = best(i + 1, held)  # not kept
+        keep = max(0, len(held) + 1 - capacity)
+        for evicted in combinations(sorted(held), keep):
+            out = max(out, best(i + 1, (held - set(evicted)) | {b}))
+        return out
+
+    return best(0, frozenset())
+
+
+def test_offline_cache_holds_the_most_any_cache_of_its_size_can() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        prompts = [_prompt(*rng.integers(0, 6, size=rng.integers(1, 4)).tolist()) for _ in range(5)]
+        capacity = int(rng.integers(1, 4))
+        refs = [b for _, blocks in prompts for b in blocks.tolist()]
+        offline = hits_offline(prompts, BS, capacity)
+        assert offline.sum() == _most_hits(refs, capacity) * BS
+        assert offline.sum() >= hits_pooled(prompts, BS, capacity).sum()
