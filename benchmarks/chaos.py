@@ -544,10 +544,17 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
                     )
 
                 outcomes = await open_loop(make, 5.0, measure_s)
+                stalled = metric(
+                    await scrape(session, stack.url + "/metrics"),
+                    "akr_gateway_stalled_clients_total",
+                )
+                active_after = metric(await scrape(session, url), "akr_processor_active_requests")
             finally:
                 for s in socks:
                     s.close()
     latencies = [(o.ended - o.sent) * 1000 for o in outcomes]
+    start = min((o.sent for o in outcomes), default=0.0)
+    slowest = sorted(outcomes, key=lambda o: o.sent - o.ended)[:3]
     ok = [o for o in outcomes if o.ok]
     result = {"clients": clients, "normal_p99_ms": round(percentile(latencies, 99), 1)}
     details = {
@@ -559,6 +566,12 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
         "normal_p50_ms": round(percentile(latencies, 50), 1),
         "normal_statuses": sorted({str(o.status) for o in outcomes}),
         "probe": f"non-streamed max_tokens 8 at 5 req/s for {measure_s:g} s",
+        "stalled_clients_dropped": stalled,
+        "processor_active_requests_after": active_after,
+        # When the slowest normal requests were sent (s into the probe) and what they took.
+        "slowest_sent_s_ms": [
+            [round(o.sent - start, 1), round((o.ended - o.sent) * 1000, 1)] for o in slowest
+        ],
     }
     return result, details
 

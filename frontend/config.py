@@ -46,18 +46,19 @@ class GatewayConfig(BaseSettings):
         "average about 4 bytes per token on English); shorter prompts are left to the engine.",
     )
     stall_timeout_s: float = Field(
-        10.0,
+        2.0,
         gt=0,
-        description="A client that reads nothing while its output buffer is full for this long "
-        "is disconnected (counted in akr_gateway_stalled_clients_total); its upstream stream "
-        "is closed and its upstream slot freed.",
+        description="A client that takes no byte for this long while its output buffer and "
+        "socket are full is disconnected (counted in akr_gateway_stalled_clients_total); its "
+        "upstream stream is closed and its upstream slot freed. A client that reads at all, "
+        "however slowly, is never dropped.",
     )
     client_buffer_bytes: int = Field(
-        64 * 1024,
+        32 * 1024,
         ge=4096,
         description="Output buffered for one client, in the gateway and (as SO_SNDBUF, which "
         "the kernel doubles) in its socket; above it the upstream stream is no longer read "
-        "until the client catches up.",
+        "until the client catches up, and the stall watch starts.",
     )
     upstream_connections: int = Field(
         1024,

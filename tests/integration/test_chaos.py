@@ -57,25 +57,26 @@ def test_every_trace_record_lost_to_an_unwritable_path_is_counted() -> None:
     assert result["counted"] == result["lost"], details
 
 
-# Not strict: on this box the short form's p99 lands on either side of 1 s (under 1 s once,
-# 1.5 and 2.5 s in two long-form runs), so a strict marker would fail at random.
-@pytest.mark.xfail(
-    strict=False,
-    reason="known miss, not hidden: 300 streams generating at once (workers with room for all "
-    "their KV) keep the processor at 100% of one core relaying tokens; normal requests take "
-    "p50 ~260 ms, p99 0.8-2.5 s (target < 1 s), about the same p50 at the stock frontend",
-)
-def test_300_non_reading_clients_leave_normal_requests_fast() -> None:
+def test_300_non_reading_clients_are_dropped_and_normal_requests_stay_fast() -> None:
+    """Every non-reader is dropped by the stall watch and frees its stream; normal requests all
+    succeed meanwhile. Their p99 under 1 s is a known miss on some runs (below), not hidden."""
     result, details = run("slow_readers")
     assert details["normal_ok"] == details["normal_requests"] > 0, details
+    assert details["stalled_clients_dropped"] == result["clients"], details
+    assert details["processor_active_requests_after"] == 0, details
+    if result["normal_p99_ms"] >= 1000.0:
+        # The slowest normal requests are those sent while the 300 streams are still filling
+        # their buffers (the first ~2.5 s): the processor relays ~240 streams at 100% of a
+        # core, as it would for 300 reading clients. p99 0.67-1.28 s over 9 long-form runs.
+        pytest.xfail(f"known miss: normal p99 {result['normal_p99_ms']:.0f} ms >= 1 s")
     assert result["normal_p99_ms"] < 1000.0, details
 
 
 def test_an_over_long_prompt_is_a_400_and_never_stalls_the_processor() -> None:
     result, details = run("long_prompt")
     assert result["status"] == 400, details
-    # Sent to the stock frontend directly, the 10 MiB prompt is refused by the processor's
-    # request plane (AKR_PROCESSOR_MAX_REQUEST_BYTES) before it becomes Python objects there.
+    # Sent to the stock frontend directly, the 10 MiB prompt is refused there (its body limit,
+    # DYN_HTTP_BODY_LIMIT_MB from the launcher) before it becomes Python objects here.
     assert details["processor_requests_during"] == 0, details
     assert result["loop_lag_ms"] is not None and result["loop_lag_ms"] <= 50.0, details
     assert details["normal_request_after"] == 200
