@@ -563,6 +563,8 @@ class ProcessorHandler:
                 pin_ttl_s=route.pin_ttl_s,
                 worker_id=None if decision is None else decision.worker_id,
                 reason=None if decision is None else decision.reason,
+                home_worker_id=None if decision is None else decision.home_worker_id,
+                inferred_conversation=None if decision is None else decision.inferred_conversation,
                 candidates=[] if decision is None else decision.candidates,
                 decision_us=decision_us,
                 retries=retries,

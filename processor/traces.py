@@ -50,6 +50,8 @@ class TraceRecord(msgspec.Struct, omit_defaults=True):
     # decision: the best candidates, best first, each with the terms of its score (ms)
     worker_id: int | None = None
     reason: str | None = None
+    home_worker_id: int | None = None  # the conversation's home before this decision
+    inferred_conversation: str | None = None  # no prefix id: the one its lineage continues
     candidates: list[Candidate] = []
     decision_us: float | None = None
     retries: int = 0

@@ -121,6 +121,8 @@ class Decision(msgspec.Struct):
     features: list[float]  # bandit features of the chosen worker (see bandit.FEATURES)
     predicted_ttft_ms: float  # prefill_ms of the chosen worker (before learning)
     home_worker_id: int | None = None  # conversation's home before this decision
+    # Without a prefix id: the conversation inferred from the prompt's lineage ("~<n>").
+    inferred_conversation: str | None = None
     reuse_remaining: int = 0  # requests still expected after this one
     pinned: bool = False
     history_fallback: bool = False  # overlap came from the prefix table, not KV events
@@ -293,6 +295,7 @@ class Router:
         # 4) Record.
         home_id = entry.home if entry is not None else None
         after = None
+        key: str | None = None
         if inferred:
             lin = self.lineage
             assert lin is not None and request.block_hashes
@@ -330,6 +333,7 @@ class Router:
             features=xi.tolist(),
             predicted_ttft_ms=float(terms["prefill_ms"][i]),
             home_worker_id=home_id,
+            inferred_conversation=key,
             reuse_remaining=after.remaining if after is not None else 0,
             pinned=after is not None and after.pinned(now),
             history_fallback=fallback,
