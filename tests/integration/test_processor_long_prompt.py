@@ -3,8 +3,10 @@ learner, and without holding the processor's event loop.
 
 One worker with 256 KV blocks of 64 tokens (16,384 tokens). A prompt of ~67k tokens is
 refused with 400 (before, the worker's refusal came back as 500 and the processor recorded
-``ok`` with a TTFT); a 10 MiB prompt (~7M tokens) is refused without the processor hashing,
-scoring and copying its tokens on its loop (before: ~0.6 s per request).
+``ok`` with a TTFT); a 1.5 MiB prompt (the largest body the stock frontend lets through under
+the launcher's ``DYN_HTTP_BODY_LIMIT_MB=2``) is refused without the processor hashing, scoring
+and copying its tokens on its loop (before: ~0.6 s per request at 10 MiB); a 10 MiB body gets
+413 from the stock frontend and never reaches the processor.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def test_over_long_prompts_are_refused_fast_and_counted_as_failures() -> None:
     with running_stack(StackConfig(workers=1, gpu_blocks=256)) as stack:
         url = stack.processor_metrics_url
         before = scrape(url)
-        for chars in (100_000, 10 * 1024 * 1024):
+        for chars in (100_000, 1536 * 1024):
             body = {
                 "model": stack.model_name,
                 "messages": [{"role": "user", "content": "word7 " * (chars // 6)}],
@@ -56,6 +58,13 @@ def test_over_long_prompts_are_refused_fast_and_counted_as_failures() -> None:
                 f"{_lag_above(lag_after, '0.05') - _lag_above(lag_before, '0.05'):g}, "
                 f"> 100 ms: {_lag_above(lag_after, '0.1') - _lag_above(lag_before, '0.1'):g}"
             )
+        huge = {
+            "model": stack.model_name,
+            "messages": [{"role": "user", "content": "word7 " * (10 * 1024 * 1024 // 6)}],
+            "max_tokens": 4,
+        }
+        resp = httpx.post(f"{stack.frontend_url}/v1/chat/completions", json=huge, timeout=120)
+        assert resp.status_code == 413, resp.text
         after = scrape(url)
         for name, labels in (
             ("akr_processor_requests_total", {"outcome": "rejected"}),
