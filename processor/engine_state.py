@@ -93,21 +93,26 @@ def capacity_blocks(card_json: str, block_size: int) -> int | None:
     data-parallel rank; a worker serves ``data_parallel_size`` ranks, and we route to the
     worker (router/signals.py sums its ranks), so the capacity is the sum.
     """
+    card = _parse_card(card_json)
+    return None if card is None else _card_capacity(card, block_size)
+
+
+def _parse_card(card_json: str) -> dict[str, Any] | None:
+    """A model card's JSON object, or None when it is not one."""
     try:
         card = json.loads(card_json)
     except (json.JSONDecodeError, TypeError):
         return None
-    if not isinstance(card, dict):
-        return None
+    return card if isinstance(card, dict) else None
+
+
+def _card_capacity(card: dict[str, Any], block_size: int) -> int | None:
     rc = card.get("runtime_config") or {}
     blocks = rc.get("total_kv_blocks") if isinstance(rc, dict) else None
     card_block = card.get("kv_cache_block_size", block_size)
     ranks = rc.get("data_parallel_size")
     ranks = 1 if ranks is None else ranks
-    if not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0
-        for v in (blocks, card_block, ranks)
-    ):
+    if not all(_positive(v) for v in (blocks, card_block, ranks)):
         return None
     return max(1, blocks * card_block * ranks // block_size)
 
@@ -222,20 +227,17 @@ def prompt_limit_tokens(cards: dict[str, str], block_size: int) -> int | None:
     stock frontend lists it as the model's ``context_window``, and the gateway checks prompts
     and sizes its body limit against what a worker can really hold (chaos stack: 65536 tokens
     of KV, not the model's 131072, so 512 KiB of text and 2.5 MiB of body). Dynamo 1.6.1's
-    stock frontend does not refuse longer prompts itself: a 10 MiB prompt sent to it directly
-    still reaches the processor (benchmarks/chaos.py, ``long_prompt``).
+    stock frontend does not refuse longer prompts by this itself; only its body limit
+    (``DYN_HTTP_BODY_LIMIT_MB``, set by the launchers) keeps huge ones from the processor.
     """
     best: int | None = None
     for body in cards.values():
-        try:
-            card = json.loads(body)
-        except (json.JSONDecodeError, TypeError):
-            continue
-        if not isinstance(card, dict):
+        card = _parse_card(body)
+        if card is None:
             continue
         rc = card.get("runtime_config") or {}
         engine_ctx = rc.get("context_length") if isinstance(rc, dict) else None
-        blocks = capacity_blocks(body, block_size)
+        blocks = _card_capacity(card, block_size)
         limits = [
             v
             for v in (card.get("context_length"), engine_ctx, blocks and blocks * block_size)

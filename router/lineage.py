@@ -37,12 +37,11 @@ EXPIRE_BATCH = 8  # idle conversations dropped per record, at most
 
 
 class _Conversation:
-    __slots__ = ("key", "last_seen", "length", "tail", "turns")
+    __slots__ = ("key", "last_seen", "tail", "turns")
 
     def __init__(self, key: str, now: float) -> None:
         self.key = key
         self.turns = 0
-        self.length = 0  # blocks of the latest prompt
         self.tail: tuple[int, ...] = ()  # indexed hashes of its last blocks
         self.last_seen = now
 
@@ -105,7 +104,6 @@ class Lineage:
         self._unindex(conv)
         n = len(chain)
         conv.turns += 1
-        conv.length = n
         conv.last_seen = now
         lo = max(0, n - 1 - self.slack_blocks)
         conv.tail = tuple(chain[p] for p in range(n - 1, lo - 1, -self.stride))
