@@ -52,6 +52,7 @@ from processor.health import (
 )
 from processor.metrics import ProcessorMetrics
 from processor.migration import Continuation
+from processor.relay import Relay
 from processor.routing import (
     LocalRouting,
     Quarantine,
@@ -480,24 +481,30 @@ class ProcessorHandler:
         self.routing.feedback(Feedback(event="first_token", request_id=decision.request_id))
         self.admission.notify()
         item: Any = first
-        while True:
-            _observe(measure, item, keep_ids, carry)
-            yield item
-            try:
-                if stall_s:  # only around the wait: a deadline must never span the yield
-                    async with asyncio.timeout(stall_s):
-                        item = await iterator.__anext__()
-                else:
-                    item = await iterator.__anext__()
-            except StopAsyncIteration:
-                return
-            except (asyncio.CancelledError, GeneratorExit):
-                raise
-            except Exception as exc:
-                raise WorkerFailed(wid, False, exc) from exc
-            if (refusal := _item_error(item)) is not None:
-                raise WorkerRejected(wid, refusal)
-            measure.last = time.perf_counter()
+        relay = Relay(iterator)  # the rest, with outputs that queued up merged
+        try:
+            while True:
+                _observe(measure, item, keep_ids, carry)
+                yield item
+                try:
+                    if stall_s:  # only around the wait: a deadline must never span the yield
+                        async with asyncio.timeout(stall_s):
+                            item = await relay.next()
+                    else:
+                        item = await relay.next()
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:
+                    raise WorkerFailed(wid, False, exc) from exc
+                if item is None:
+                    return
+                if (refusal := _item_error(item)) is not None:
+                    raise WorkerRejected(wid, refusal)
+                measure.last = time.perf_counter()
+        finally:
+            relay.close()
+            if relay.merged:
+                self.metrics.outputs_merged.inc(relay.merged)
 
     def _finish(
         self,

@@ -128,6 +128,12 @@ class ProcessorMetrics:
             "Answers continued on another worker after their worker failed mid-stream.",
             registry=r,
         )
+        self.outputs_merged = Counter(
+            "akr_processor_outputs_merged",
+            "Worker outputs merged into the one before them because they queued up while the "
+            "processor was busy (processor/relay.py): each saves one relay.",
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "akr_processor_event_loop_lag_seconds",
             "How late a periodic timer fires on the processor's event loop: the wait of every "
