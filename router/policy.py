@@ -253,8 +253,12 @@ class Router:
             i = int(np.where(ttft <= bound, total, np.inf).argmin())
         if request.admit_within_ms is not None and entry is None:
             # Admission: a new conversation only goes where it starts now, i.e. its blocks fit
-            # (no KV wait) and its queued plus uncached prefill fits the time left.
-            fits = (terms["kv_full_ms"] <= 0.0) & (ttft <= request.admit_within_ms)
+            # (no KV wait) and its queued plus uncached prefill fits the time left, or nothing
+            # is queued there (a prompt whose own prefill exceeds the deadline is not held
+            # for ever, blocking the queue behind it).
+            fits = (terms["kv_full_ms"] <= 0.0) & (
+                (ttft <= request.admit_within_ms) | (queued <= 0.0)
+            )
             if not fits[i]:
                 if not fits.any():
                     self.reasons["held"] += 1

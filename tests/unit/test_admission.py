@@ -82,3 +82,23 @@ def test_a_running_conversation_is_never_held() -> None:
     turn = RouteRequest(request_id="t", prefix_id="conv", prompt_tokens=6400, admit_within_ms=0)
     d = r.decide(turn, _full_signals(free_worker=False), 1.0)
     assert d.reason != "held" and d.worker_id in (10, 11)
+
+
+def test_a_prompt_longer_than_the_deadline_goes_where_nothing_is_queued() -> None:
+    """120k tokens predict ~2.5 s of prefill on any worker, beyond a 2 s deadline even alone.
+    Held, it would never fit and would block the queue behind it until refused; it is placed
+    where nothing is queued ahead of it, and held only while every worker has a queue."""
+    r = Router(RouterConfig(bandit_enabled=False, seed=0))
+    prompt = 120_000
+
+    def new(i: int) -> RouteRequest:
+        return RouteRequest(
+            request_id=f"n{i}", prefix_id=f"new{i}", prompt_tokens=prompt, admit_within_ms=2000
+        )
+
+    queued = np.array([500.0, 0.0, 8000.0])
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=prompt + queued)
+    d = r.decide(new(0), sig, 1.0)
+    assert d.worker_id == 11 and d.predicted_ttft_ms > 2000
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=prompt + queued + 500)
+    assert r.decide(new(1), sig, 2.0).reason == "held"
