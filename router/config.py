@@ -53,8 +53,17 @@ class RouterConfig(BaseSettings):
         0.015,
         gt=0,
         json_schema_extra=tunable(0.003, 0.5, log=True),
-        description="Prefill time per uncached or queued token (ms): turns token and block "
-        "counts into predicted milliseconds. Calibrate it to the engine.",
+        description="Prefill time per uncached or queued token (ms), the slope of the "
+        "engine's prefill curve (router/cost.py): turns token and block counts into predicted "
+        "milliseconds. Calibrate it to the engine.",
+    )
+    prefill_chunk_tokens: int = Field(
+        8192,
+        ge=0,
+        description="The engines' prefill chunk (vLLM's max_num_batched_tokens): predicted "
+        "prefill goes in passes of at most this many tokens, each with a fixed cost and a cost "
+        "per token that grows with the pass (router/cost.py); 0 = linear in tokens, as "
+        "Dynamo's KV cost. Set it to the workers' max_num_batched_tokens.",
     )
     decode_block_weight: float = Field(
         0.25,

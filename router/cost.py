@@ -6,28 +6,40 @@ Each term is an array over the candidate workers, in ms, made by one function be
 lowest score wins. Terms are only ever added, so more load never makes a worker look better,
 and every term of the best candidates is written to the trace.
 
-prefill_ms   the request's uncached tokens on the worker plus the prefill already queued
-             there, times prefill_ms_per_token: its time to first token.
+prefill_ms   the predicted time to first token: the request's uncached tokens on the worker
+             plus the prefill already queued there, computed back to back by the engine
+             (engine_prefill_ms). The engine works in passes of at most
+             prefill_chunk_tokens (vLLM's max_num_batched_tokens), and a pass of t tokens
+             costs prefill_ms_per_token x (t + t^2 / CURVE_TOKENS + PASS_TOKENS): a fixed cost
+             per pass and a cost per token that grows with the pass (attention). The shape is
+             the mocker's prefill polynomial, with its slope as the one calibrated setting;
+             so 8k queued tokens predict 167 ms, not 123 ms as the slope alone would.
 decode_ms    the decode blocks running on the worker, each worth decode_block_weight of a
-             prefill block: the batch the request would join.
+             prefill block (block_ms: the slope x the block size): the batch the request
+             would join.
 eviction_ms  the recompute time of other conversations' claimed blocks that the request's
              new blocks would push out of a full worker. A conversation claims its home's
              blocks while pinned (cache_control) or while its next request is expected
              (iat hint; router/prefix_table.py), and releases them after its last one.
 kv_full_ms   the predicted wait for KV blocks when our requests in flight there plus this
              one's new blocks do not fit the worker's KV capacity: one turnover of the KV
-             (the kv_full_ms setting) per capacity of overflow, plus one. Part of the
-             predicted TTFT the policy's tail guard compares.
+             (the kv_full_ms setting) per capacity of overflow, plus one.
 affinity_ms  subtracted, on the conversation's home only while it has requests to come or a
              pin: the recompute time of the blocks only the home holds, capped at
              affinity_cap_ms and scaled by the requests still to come.
 learned_ms   the learner's per-worker correction of what this model gets wrong
-             (router/bandit.py).
+             (router/bandit.py), learned from measured TTFT minus prefill_ms.
 
-With decode_block_weight = 1, affinity and the learner off, no pins and no full worker, the
-score is one block's prefill time x Dynamo's default cost (potential prefill blocks +
-decode blocks), so we pick the worker Dynamo's KV router picks
-(tests/integration/test_dynamo_equivalence.py checks it against KvRouter.best_worker).
+prefill_ms + kv_full_ms is the predicted TTFT that the policy's tail guard and admission
+compare (router/policy.py). The prefill curve rises with tokens, so alone it orders workers
+as Dynamo's token count does; it moves decisions where it meets the other terms (a long
+queue against affinity, decode load or the learner) and in those TTFT comparisons.
+
+With prefill_chunk_tokens = 0 (prefill linear in tokens), decode_block_weight = 1, affinity
+and the learner off, no pins and no full worker, the score is one block's prefill time x
+Dynamo's default cost (potential prefill blocks + decode blocks), so we pick the worker
+Dynamo's KV router picks (tests/integration/test_dynamo_equivalence.py checks it against
+KvRouter.best_worker).
 """
 
 from __future__ import annotations
@@ -39,6 +51,10 @@ from router.config import RouterConfig
 from router.signals import WorkerSignals
 
 TERMS = ("prefill_ms", "decode_ms", "eviction_ms", "kv_full_ms", "learned_ms", "affinity_ms")
+# The shape of a chunked engine's prefill pass, in tokens of its per-token slope: the mocker's
+# default polynomial 4.209989e-7 t^2 + 1.518344e-2 t + 16.50142 ms for a pass of t new tokens.
+PASS_TOKENS = 16.50142 / 1.518344e-2  # a pass's fixed cost: ~1087 tokens' worth
+CURVE_TOKENS = 1.518344e-2 / 4.209989e-7  # t^2 / CURVE_TOKENS: ~36k, +23% at an 8192 chunk
 # Requests still to come at which the affinity value saturates.
 AFFINITY_HORIZON = 4.0
 
@@ -86,7 +102,26 @@ def split_prefill(
 
 def prefill_ms(cfg: RouterConfig, uncached: np.ndarray, queued: np.ndarray) -> np.ndarray:
     """Time to first token: this request's prefill behind the prefill queued on the worker."""
-    return cfg.prefill_ms_per_token * (uncached + queued)
+    return engine_prefill_ms(cfg, uncached + queued)
+
+
+def engine_prefill_ms(cfg: RouterConfig, tokens: np.ndarray | float) -> np.ndarray:
+    """Prefill time of ``tokens`` prompt tokens computed back to back (ms).
+
+    Linear (``prefill_ms_per_token`` per token) with ``prefill_chunk_tokens`` 0. Otherwise a
+    chunked engine's: the tokens go through passes of at most ``prefill_chunk_tokens`` (at
+    least one pass), and a pass of t tokens costs ``prefill_ms_per_token`` x (t + t^2 /
+    CURVE_TOKENS + PASS_TOKENS): the mocker's polynomial with its slope as the unit.
+    """
+    per_token = cfg.prefill_ms_per_token
+    chunk = cfg.prefill_chunk_tokens
+    if not chunk:
+        return per_token * tokens
+    full = np.floor_divide(tokens, chunk)
+    rest = tokens - full * chunk
+    passes = np.maximum(full + (rest > 0), 1.0)
+    squares = full * float(chunk * chunk) + rest * rest
+    return per_token * (tokens + squares / CURVE_TOKENS + PASS_TOKENS * passes)
 
 
 def decode_ms(cfg: RouterConfig, block_size: int, decode_blocks: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 
 from router.bandit import FEATURE_TOKENS_SCALE, ITL_SCALE_MS, TTFT_SCALE_MS, WorkerBandit
 from router.config import RouterConfig
+from router.cost import engine_prefill_ms
 
 MAX_PENDING_FEEDBACK = 100_000
 SWEEP_BATCH = 2048  # decisions expired per sweep call at most, keeping each sweep short
@@ -109,7 +110,7 @@ class FeedbackTracker:
             # measures the worker's speed, not our overlap estimate's error.
             x = x.copy()
             x[1] = uncached_tokens / FEATURE_TOKENS_SCALE
-            predicted = cfg.prefill_ms_per_token * (uncached_tokens + p.queued_tokens)
+            predicted = float(engine_prefill_ms(cfg, uncached_tokens + p.queued_tokens))
         if ok and ttft_ms is None:
             self.unmeasured += 1
             return True

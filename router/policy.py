@@ -95,6 +95,9 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     # some worker's predicted TTFT is within this many ms, else the decision says "held".
     # None: always placed (continuing turns, admission off).
     admit_within_ms: float | None = None
+    # The whole admission deadline (ms): a prompt whose own prefill exceeds it is held only
+    # while its wait does not fit. None: not known, never.
+    admit_deadline_ms: float | None = None
 
 
 class Decision(msgspec.Struct):
@@ -253,8 +256,13 @@ class Router:
             i = int(np.where(ttft <= bound, total, np.inf).argmin())
         if request.admit_within_ms is not None and entry is None:
             # Admission: a new conversation only goes where it starts now, i.e. its blocks fit
-            # (no KV wait) and its queued plus uncached prefill fits the time left.
-            fits = (terms["kv_full_ms"] <= 0.0) & (ttft <= request.admit_within_ms)
+            # (no KV wait) and its queued plus uncached prefill fits the time left. A prompt
+            # whose own prefill on its best worker exceeds the whole deadline could never fit
+            # (it would hold the queue's head until refused): only its wait must fit.
+            own = float(cost.engine_prefill_ms(cfg, uncached.min()))
+            deadline = request.admit_deadline_ms
+            beyond = own if deadline is not None and own > deadline else 0.0
+            fits = (terms["kv_full_ms"] <= 0.0) & (ttft - beyond <= request.admit_within_ms)
             if not fits[i]:
                 if not fits.any():
                     self.reasons["held"] += 1

@@ -2,7 +2,7 @@
 
     python -m benchmarks.replay run --trace FILE [--format mooncake|agentic] --workers 8 \
         [--blocks 16384] [--speeds 1,1,0.5,...] [--arms ours,dynamo_kv_port,round_robin]
-    python -m benchmarks.replay suite [--quick]          # make replay
+    python -m benchmarks.replay suite [--quick] [--seed N]  # make replay
     python -m benchmarks.replay bound [--only agentic-8] [--records DIR]
     python -m benchmarks.replay fidelity                  # against Dynamo's own replay
     python -m benchmarks.replay.agentic generate|convert ...
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--only", type=str, default=None, help="comma-separated workloads")
     suite.add_argument("--jobs", type=int, default=2)
     suite.add_argument("--out", type=Path, default=None)
+    suite.add_argument(
+        "--seed", type=int, default=0, help="added to the generated traces' and the routers' seeds"
+    )
     bound = sub.add_parser("bound", help="the lowest TTFT ratio to dynamo_kv any router reaches")
     bound.add_argument("--only", type=str, default=None, help="comma-separated suite cases")
     bound.add_argument("--records", type=Path, default=None, help="suite records (dir)")

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,7 @@ class Case:
     arms: tuple[str, ...] = ALL_ARMS
     slo_ttft_ms: float = SLO_TTFT_MS
     notes: dict = field(default_factory=dict)
+    seed: int = 0  # the suite's seed: the routers' RNG seed (run_arm)
 
     @property
     def key(self) -> str:
@@ -141,8 +142,10 @@ def agentic_case(
     )
 
 
-def cases(quick: bool = False) -> list[Case]:
-    """The standard suite. ``quick``: small slices of the same cases, for a smoke run.
+def cases(quick: bool = False, seed: int = 0) -> list[Case]:
+    """The standard suite. ``quick``: small slices of the same cases, for a smoke run;
+    ``seed``: added to every generated trace's preset seed (the Mooncake trace is fixed) and
+    the routers' RNG seed, for the spread of a result across seeds.
 
     Agentic traces keep more live context than the cluster's KV (``pressure``) with tool gaps
     of 1-10 s; ``agentic_slow`` is a model 8x slower at prefill (decode at the same cost), so a
@@ -154,12 +157,13 @@ def cases(quick: bool = False) -> list[Case]:
         Case("mooncake", 8, MooncakeTrace(lim), 16384),
         Case("mooncake", 16, MooncakeTrace(lim), 16384, arrival_speedup_ratio=2.0),
         Case("mooncake", 64, MooncakeTrace(lim), 16384, arrival_speedup_ratio=8.0),
-        agentic_case("agentic", 8, 512, max_requests=cap),
-        agentic_case("agentic", 64, 256, max_requests=big),
+        agentic_case("agentic", 8, 512, seed=seed, max_requests=cap),
+        agentic_case("agentic", 64, 256, seed=seed, max_requests=big),
         agentic_case(
             "agentic_slow",
             8,
             128,
+            seed=seed,
             speed=0.125,
             decode_speedup=8.0,
             pressure=1.2,
@@ -170,6 +174,7 @@ def cases(quick: bool = False) -> list[Case]:
             "agentic_slow",
             64,
             128,
+            seed=seed,
             speed=0.125,
             decode_speedup=8.0,
             pressure=1.2,
@@ -180,18 +185,18 @@ def cases(quick: bool = False) -> list[Case]:
             "heterogeneous",
             8,
             512,
-            seed=1,
+            seed=1 + seed,
             speeds=(2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
             max_requests=cap,
         ),
-        agentic_case("overload", 8, 512, seed=2, load=1.5, max_requests=cap),
+        agentic_case("overload", 8, 512, seed=2 + seed, load=1.5, max_requests=cap),
     ]
 
 
 def _task(case: Case, arm: str, work: Path, records_dir: Path) -> tuple[str, str, dict]:
     t0 = time.perf_counter()
     trace = case.make_trace(work)
-    records, engine = run_arm(arm, trace, case.cluster())
+    records, engine = run_arm(arm, trace, case.cluster(), seed=case.seed)
     figures = summarize(records, case.workers, case.slo_ttft_ms)
     figures["engine"] = engine
     figures["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -295,7 +300,7 @@ def _assemble(suite: list[Case], done: dict[tuple[str, str], dict]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    suite = cases(quick=args.quick)
+    suite = [replace(c, seed=args.seed) for c in cases(quick=args.quick, seed=args.seed)]
     if args.only:
         keep = set(args.only.split(","))
         suite = [c for c in suite if c.workload in keep or c.key in keep]

@@ -4,9 +4,10 @@
 
 Caches are filled by real requests (KV events), load by pinned requests kept in flight through
 the same ``KvRouter``; then, per probe prompt, the KvRouter's rows go to a ``RouterService``
-configured as Dynamo's default cost (decode_block_weight 1; affinity, learner and KV-full term
-off) and the same prompt to ``best_worker``. Prints one JSON object: per probe, both choices
-and our score per worker (to tell ties, which Dynamo breaks at random).
+configured as Dynamo's default cost (decode_block_weight 1, prefill linear in tokens;
+affinity, learner and KV-full term off) and the same prompt to ``best_worker``. Prints one
+JSON object: per probe, both choices and our score per worker (to tell ties, which Dynamo
+breaks at random).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ async def _run(kv: Any, workers: list[int]) -> list[dict[str, Any]]:
         RouterConfig(
             seed=0,
             decode_block_weight=1.0,
+            prefill_chunk_tokens=0,
             affinity_weight=0.0,
             bandit_enabled=False,
             kv_full_ms=0.0,

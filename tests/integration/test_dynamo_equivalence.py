@@ -1,5 +1,6 @@
 """Our score picks the worker Dynamo's own ``KvRouter.best_worker`` picks, when configured as
-Dynamo's default cost (decode_block_weight 1; affinity, learner and KV-full term off).
+Dynamo's default cost (decode_block_weight 1, prefill linear in tokens; affinity, learner
+and KV-full term off).
 
 Four mocker workers, caches filled by real requests and a different load in flight on three of
 them (tests/integration/equivalence_probe.py): 24 prompts that trade cache against load. Both

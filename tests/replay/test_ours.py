@@ -96,9 +96,10 @@ def test_hinted_conversations_are_kept_home() -> None:
 def test_admission_refuses_only_at_its_deadline_and_loses_nothing(
     mooncake_slice: list[TraceRequest],
 ) -> None:
-    """The 400-request slice overloads 4 small workers: some requests are held and some
-    refused, each exactly at the deadline; every request ends served or refused."""
-    cluster = ClusterConfig(num_workers=4, num_gpu_blocks=4096)
+    """The 400-request slice at twice its arrival rate overloads 4 small workers: some
+    requests are held and some refused, each exactly at the deadline; every request ends
+    served or refused."""
+    cluster = ClusterConfig(num_workers=4, num_gpu_blocks=4096, arrival_speedup_ratio=2.0)
     on = run_replay(
         mooncake_slice,
         cluster,

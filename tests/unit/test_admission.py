@@ -82,3 +82,40 @@ def test_a_running_conversation_is_never_held() -> None:
     turn = RouteRequest(request_id="t", prefix_id="conv", prompt_tokens=6400, admit_within_ms=0)
     d = r.decide(turn, _full_signals(free_worker=False), 1.0)
     assert d.reason != "held" and d.worker_id in (10, 11)
+
+
+def test_a_prompt_longer_than_the_deadline_waits_only_for_load() -> None:
+    """120k tokens predict ~2.5 s of prefill on any worker, beyond a 2 s deadline even alone.
+    Held for that, it would never fit and would block the queue behind it until refused; it
+    is held only while its wait (beyond its own prefill) does not fit the time left."""
+    r = Router(RouterConfig(bandit_enabled=False, seed=0))
+    prompt = 120_000
+
+    def new(i: int, left_ms: float, deadline_ms: float | None = 2000) -> RouteRequest:
+        return RouteRequest(
+            request_id=f"n{i}",
+            prefix_id=f"new{i}",
+            prompt_tokens=prompt,
+            admit_within_ms=left_ms,
+            admit_deadline_ms=deadline_ms,
+        )
+
+    queued = np.array([500.0, 0.0, 8000.0])
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=prompt + queued)
+    d = r.decide(new(0, 2000), sig, 1.0)
+    assert d.worker_id == 11 and d.predicted_ttft_ms > 2000
+    assert r.decide(new(1, 2000, deadline_ms=None), sig, 1.0).reason == "held"  # as before
+    # 20k tokens queued everywhere: ~0.4 s of wait, more than the 0.1 s left -> held.
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=prompt + queued + 20_000)
+    assert r.decide(new(2, 2000), sig, 2.0).reason != "held"
+    assert r.decide(new(3, 100), sig, 2.0).reason == "held"
+    # A prompt that fits the deadline alone is held as before: its whole TTFT must fit.
+    short = RouteRequest(
+        request_id="s",
+        prefix_id="s",
+        prompt_tokens=64_000,
+        admit_within_ms=1000,
+        admit_deadline_ms=2000,
+    )
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=64_000 + queued)
+    assert r.decide(short, sig, 3.0).reason == "held"  # ~1.3 s alone > 1 s left

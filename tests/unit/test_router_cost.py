@@ -71,17 +71,18 @@ def _terms(
 
 
 def test_score_is_dynamos_default_cost_in_ms_with_the_extras_off() -> None:
-    """1000 random fleets: with decode_block_weight 1 and affinity, learner, pins and the
-    KV-full term off, the score is one block's prefill time x Dynamo's default cost
-    (potential prefill blocks + decode blocks), so the argmin is the same worker -- via the
-    terms and end to end through Router.decide. The real KvRouter.best_worker is checked in
-    tests/integration/test_dynamo_equivalence.py."""
+    """1000 random fleets: with decode_block_weight 1, a linear prefill (prefill_chunk_tokens
+    0) and affinity, learner, pins and the KV-full term off, the score is one block's prefill
+    time x Dynamo's default cost (potential prefill blocks + decode blocks), so the argmin is
+    the same worker -- via the terms and end to end through Router.decide. The real
+    KvRouter.best_worker is checked in tests/integration/test_dynamo_equivalence.py."""
     cfg = RouterConfig(
         affinity_weight=0.0,
         bandit_enabled=False,
         seed=0,
         decode_block_weight=1.0,
         affinity_cap_ms=1e12,  # no tail guard
+        prefill_chunk_tokens=0,  # prefill linear in tokens, as Dynamo's cost
     )
     router = Router(cfg, BS)
     rng = np.random.default_rng(1)
@@ -152,7 +153,7 @@ def test_load_enters_additively_a_loaded_worker_never_gains() -> None:
 
 
 def test_affinity_is_bounded_so_an_overloaded_home_loses() -> None:
-    cfg = RouterConfig(affinity_cap_ms=200.0)
+    cfg = RouterConfig(affinity_cap_ms=200.0, prefill_chunk_tokens=0)  # ms linear in tokens
     prompt = 20_000  # home holds 300 blocks: uncapped value 300 * 0.96 = 288 ms -> 200
     f = {
         "overlap_blocks": np.array([300.0, 0.0]),
@@ -254,3 +255,31 @@ def test_kv_wait_is_one_turnover_per_capacity_of_overflow() -> None:
     # Blocks already held by our requests in flight are not new: no overflow, no wait.
     assert cost.kv_full_ms(cfg, used, np.full(5, 28.0), 28, capacity)[1] == 0.0
     assert not cost.kv_full_ms(RouterConfig(kv_full_ms=0.0), used, None, 28, capacity).any()
+
+
+def test_chunked_prefill_is_the_mockers_polynomial_per_pass() -> None:
+    """With the mocker's slope, the predicted prefill of t tokens is the mocker's time for t
+    tokens alone on a worker: passes of at most the chunk, each 4.21e-7 t^2 + 0.01518 t +
+    16.5 ms (benchmarks/replay/engine.py). At the default slope (0.015) it is within 1.3% of it."""
+    from benchmarks.replay.engine import solo_prefill_ms
+
+    tokens = np.array([1.0, 64, 1000, 5800, 8191, 8192, 8193, 8800, 20_000, 100_000])
+    mocker = np.array([solo_prefill_ms(int(t), 1.0, 8192) for t in tokens])
+    exact = RouterConfig(prefill_ms_per_token=1.518344e-2)
+    np.testing.assert_allclose(cost.engine_prefill_ms(exact, tokens), mocker, rtol=1e-5)
+    np.testing.assert_allclose(cost.engine_prefill_ms(RouterConfig(), tokens), mocker, rtol=0.013)
+    # One pass at least: a full cache hit still costs a pass, as the engine recomputes a block.
+    assert cost.engine_prefill_ms(exact, np.zeros(1))[0] == pytest.approx(16.50142)
+    # prefill_chunk_tokens 0: linear, Dynamo's cost in ms.
+    linear = RouterConfig(prefill_chunk_tokens=0)
+    np.testing.assert_allclose(cost.engine_prefill_ms(linear, tokens), 0.015 * tokens)
+
+
+def test_chunked_prefill_grows_and_each_token_costs_at_least_the_slope() -> None:
+    """More tokens never cost less, and never less than the slope per token: the order of
+    the workers by tokens is the order by predicted prefill, and a token saved by the cache
+    is worth at least what the linear model said."""
+    cfg = RouterConfig()
+    t = np.arange(0.0, 40_000.0, 7.0)
+    ms = cost.engine_prefill_ms(cfg, t)
+    assert (np.diff(ms) >= cfg.prefill_ms_per_token * 7.0 - 1e-9).all()

@@ -8,6 +8,7 @@ import pytest
 from router import feedback
 from router.bandit import TTFT_SCALE_MS, WorkerBandit
 from router.config import RouterConfig
+from router.cost import engine_prefill_ms
 from router.feedback import FeedbackTracker
 
 X = np.array([1.0, 2.0, 0.0, 0.1, 0.1])
@@ -87,10 +88,11 @@ def test_observed_cache_hit_replaces_predicted_uncached_tokens() -> None:
     """The engine reports fewer uncached tokens than we predicted and a TTFT that matches
     the model for that hit: nothing to learn (near-zero correction)."""
     f, b = _tracker()
+    hit_ms = float(engine_prefill_ms(f.cfg, 200.0))  # one pass of 200 tokens, ~19 ms
     for i in range(100):
-        f.add(f"r{i}", 0, X, queued_tokens=0.0, predicted_ttft_ms=30.0, now=0.0)
-        # predicted 2000 uncached (30 ms); the engine only prefilled 200 -> 3 ms.
-        f.report(f"r{i}", 3.0, 5.0, uncached_tokens=200, output_tokens=10)
+        f.add(f"r{i}", 0, X, queued_tokens=0.0, predicted_ttft_ms=46.0, now=0.0)
+        # predicted 2000 uncached (46 ms); the engine only prefilled 200, in hit_ms.
+        f.report(f"r{i}", hit_ms, 5.0, uncached_tokens=200, output_tokens=10)
     x_obs = X.copy()
     x_obs[1] = 0.2
     assert abs(b.mean_correction(0, x_obs, "ttft") * TTFT_SCALE_MS) < 2.0

@@ -480,7 +480,7 @@ def test_tail_guard_counts_the_wait_for_kv_blocks() -> None:
     rb = request_blocks(prompt, RouterConfig().default_osl, BS)
     chosen = {}
     for kv_full in (0.0, 300.0):
-        r = _det(kv_full_ms=kv_full)
+        r = _det(kv_full_ms=kv_full, prefill_chunk_tokens=0)  # the ms above: linear prefill
         r.table.observe("conv", 10, 0.0, total_requests=10, blocks=1000)
         sig = _sig(
             overlap_blocks=[1000, 0, 0, 0],
