@@ -117,6 +117,20 @@ def _card_capacity(card: dict[str, Any], block_size: int) -> int | None:
     return max(1, blocks * card_block * ranks // block_size)
 
 
+def prefill_chunk_tokens(cards: dict[str, str]) -> int | None:
+    """The engines' prefill pass (``runtime_config.max_num_batched_tokens``), the smallest any
+    card reports; None when none does. Why: the router's prefill curve goes in passes of this
+    size (router/cost.py), and it is the engine's setting, so it comes from the engine."""
+    chunks = []
+    for card_json in cards.values():
+        card = _parse_card(card_json)
+        rc = card.get("runtime_config") if card is not None else None
+        chunk = rc.get("max_num_batched_tokens") if isinstance(rc, dict) else None
+        if _positive(chunk):
+            chunks.append(int(chunk))
+    return min(chunks) if chunks else None
+
+
 class _Queued(msgspec.Struct, frozen=True):
     num_prefill_requests: int = 0
     num_decode_requests: int = 0

@@ -41,6 +41,7 @@ from processor.engine_state import (
     ENGINE_POLL_S,
     EngineState,
     agreed_block_size,
+    prefill_chunk_tokens,
     prompt_limit_tokens,
     wait_for_cards,
 )
@@ -212,6 +213,13 @@ class ProcessorHandler:
         logger.info("workers' KV block size: %d tokens", self.block_size)
         self.prompt_limit = prompt_limit_tokens(cards, self.block_size)
         logger.info("longest prompt a worker takes: %s tokens", self.prompt_limit)
+        router_cfg = self.service.config
+        chunk = prefill_chunk_tokens(cards)
+        if chunk is not None and "prefill_chunk_tokens" not in router_cfg.model_fields_set:
+            router_cfg.prefill_chunk_tokens = chunk  # the engines' own, unless set explicitly
+        logger.info(
+            "prefill pass of the router's model: %d tokens", router_cfg.prefill_chunk_tokens
+        )
         kv_router = KvRouter(endpoint, self.block_size, KvRouterConfig())
         self.engine = EngineState(subscriber, self.block_size, ENGINE_POLL_S)
         self.engine.start()

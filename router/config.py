@@ -63,7 +63,8 @@ class RouterConfig(BaseSettings):
         description="The engines' prefill chunk (vLLM's max_num_batched_tokens): predicted "
         "prefill goes in passes of at most this many tokens, each with a fixed cost and a cost "
         "per token that grows with the pass (router/cost.py); 0 = linear in tokens, as "
-        "Dynamo's KV cost. Set it to the workers' max_num_batched_tokens.",
+        "Dynamo's KV cost. Unset, a processor takes the smallest max_num_batched_tokens of the "
+        "workers' model cards; a standalone router uses this value.",
     )
     decode_block_weight: float = Field(
         0.25,

@@ -19,6 +19,7 @@ from processor.engine_state import (
     agreed_block_size,
     capacity_blocks,
     card_block_size,
+    prefill_chunk_tokens,
     prompt_limit_tokens,
     waiting_requests,
 )
@@ -124,3 +125,15 @@ def test_the_prompt_limit_is_the_largest_worker_context_within_its_kv_capacity()
     assert prompt_limit_tokens({"2": json.dumps(with_ctx)}, 64) == 32768
     assert prompt_limit_tokens({"1": "not json", "2": json.dumps({"x": 1})}, 64) is None
     assert prompt_limit_tokens({}, 64) is None
+
+
+def test_prefill_chunk_is_the_smallest_engine_pass_the_cards_report() -> None:
+    def with_chunk(chunk: object) -> str:
+        card = json.loads(_card(1024))
+        card["runtime_config"]["max_num_batched_tokens"] = chunk
+        return json.dumps(card)
+
+    assert prefill_chunk_tokens({"1": with_chunk(8192), "2": with_chunk(2048)}) == 2048
+    assert prefill_chunk_tokens({"1": with_chunk(8192), "2": _card(1024)}) == 8192
+    assert prefill_chunk_tokens({"1": with_chunk(0), "2": with_chunk("x")}) is None
+    assert prefill_chunk_tokens({"1": "not json", "2": _card(1024)}) is None
