@@ -277,7 +277,12 @@ def test_frozen_worker_times_out_before_the_first_token_and_is_retried() -> None
     config = StackConfig(
         speeds=[1.0, 1.5],
         gpu_blocks=1024,
-        processor_env={"AKR_PROCESSOR_FIRST_TOKEN_TIMEOUT_S": str(timeout_s)},
+        # The learner off: its exploration may send all four to one worker; the load term
+        # alone spreads concurrent requests over both, so some reach the frozen one.
+        processor_env={
+            "AKR_PROCESSOR_FIRST_TOKEN_TIMEOUT_S": str(timeout_s),
+            "AKR_ROUTER_BANDIT_ENABLED": "false",
+        },
     )
     with running_stack(config) as stack:
         url = stack.processor_metrics_url
