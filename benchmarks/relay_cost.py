@@ -18,23 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 from typing import Any
 
 import aiohttp
 
-from benchmarks.chaos import scrape
+from benchmarks.chaos import Samples, has_metric, metric, scrape
+from benchmarks.gateway_overhead import cpu_seconds
 from deploy.local_stack import PUBLIC_MODEL, LocalStack, StackConfig
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 async def streamed(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> int:
@@ -49,9 +40,10 @@ async def streamed(session: aiohttp.ClientSession, url: str, body: dict[str, Any
     return chunks
 
 
-def merged_outputs(samples: Any) -> float | None:
-    values = [v for (name, _), v in samples.items() if name == "akr_processor_outputs_merged_total"]
-    return sum(values) if values else None
+def merged_outputs(samples: Samples) -> float | None:
+    """The processor's merged-output counter; None on code that has none."""
+    name = "akr_processor_outputs_merged_total"
+    return metric(samples, name) if has_metric(samples, name) else None
 
 
 async def _level(

@@ -153,7 +153,7 @@ def cases(quick: bool = False, seed: int = 0) -> list[Case]:
     lim = 1500 if quick else None
     cap = 1500 if quick else 15_000
     big = 1500 if quick else 40_000
-    return [
+    suite = [
         Case("mooncake", 8, MooncakeTrace(lim), 16384),
         Case("mooncake", 16, MooncakeTrace(lim), 16384, arrival_speedup_ratio=2.0),
         Case("mooncake", 64, MooncakeTrace(lim), 16384, arrival_speedup_ratio=8.0),
@@ -191,6 +191,7 @@ def cases(quick: bool = False, seed: int = 0) -> list[Case]:
         ),
         agentic_case("overload", 8, 512, seed=2 + seed, load=1.5, max_requests=cap),
     ]
+    return [replace(c, seed=seed) for c in suite]
 
 
 def _task(case: Case, arm: str, work: Path, records_dir: Path) -> tuple[str, str, dict]:
@@ -300,7 +301,7 @@ def _assemble(suite: list[Case], done: dict[tuple[str, str], dict]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    suite = [replace(c, seed=args.seed) for c in cases(quick=args.quick, seed=args.seed)]
+    suite = cases(quick=args.quick, seed=args.seed)
     if args.only:
         keep = set(args.only.split(","))
         suite = [c for c in suite if c.workload in keep or c.key in keep]
