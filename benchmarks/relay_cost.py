@@ -1,7 +1,7 @@
 """What relaying a streamed answer costs the processor, per token, at rising concurrency.
 
     python -m benchmarks.relay_cost [--concurrency 8,64,256] [--requests 256] [--max-tokens 300]
-                                    [--processor-env NAME=VALUE ...]
+                                    [--processor-env NAME=VALUE ...] [--out PATH]
 
 One stack (stock frontend -> processor -> 2 simulated workers; no gateway, so the figure is the
 processor's alone). For each concurrency, ``--requests`` streamed requests are kept that many at
@@ -10,7 +10,8 @@ a time against the frontend and read to the end. Reported per level: the process
 request (fewer than ``max_tokens`` when the processor merged outputs that queued up,
 processor/relay.py), the worker outputs merged (``akr_processor_outputs_merged_total``; absent
 on code without the relay), and the client's time per request. Simulated workers on this
-machine's shared cores: compare levels and checkouts within one run of the machine.
+machine's shared cores: compare levels and checkouts within one run of the machine. Writes
+``benchmarks/results/relay_cost.json`` (the rows, the command, the processor's extra env).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from benchmarks.chaos import Samples, has_metric, metric, scrape
+from benchmarks.chaos import MACHINE, RESULTS, Samples, has_metric, metric, scrape
 from benchmarks.gateway_overhead import cpu_seconds
 from deploy.local_stack import PUBLIC_MODEL, LocalStack, StackConfig
 
@@ -99,12 +102,20 @@ def main() -> None:
     parser.add_argument(
         "--processor-env", action="append", default=[], help="NAME=VALUE for the processor"
     )
+    parser.add_argument("--out", type=Path, default=RESULTS / "relay_cost.json")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     env = dict(kv.split("=", 1) for kv in args.processor_env)
     rows = asyncio.run(run(levels, args.requests, args.max_tokens, env))
     for row in rows:
         print(json.dumps(row))
+    report = {
+        "machine": MACHINE,
+        "command": " ".join(["python -m benchmarks.relay_cost", *sys.argv[1:]]),
+        "processor_env": env,
+        "rows": rows,
+    }
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
