@@ -5,8 +5,13 @@ for every worker. Real fleets differ (older GPUs, noisy neighbours, a worker tha
 down mid-run), so for each worker we learn what the model gets wrong:
 
 * Features (standardized by fixed scales so their weights keep one meaning over time):
-  ``x = [1, uncached k-tokens, queued k-tokens, decode blocks / capacity,
-  active requests / ACTIVE_REQUESTS_SCALE]``.
+  ``x = [1, predicted prefill ms / TTFT_SCALE_MS, decode blocks / capacity,
+  active requests / ACTIVE_REQUESTS_SCALE]``. The prefill feature is the cost model's own
+  prediction (router/cost.py: the request's uncached tokens behind the queued ones, on the
+  engine's curve), so its weight is a speed factor: a worker at half speed learns +1 (its
+  prefill takes twice the prediction) and carries that to a cold 8k-token prompt along
+  the curve, where free per-token slopes fitted on cache hits extrapolate however they
+  happened to fit.
 * Two heads, each a Bayesian linear regression per worker:
   - TTFT: target = (observed TTFT - model-predicted TTFT) / TTFT_SCALE_MS. The residual is
     kept in ms rather than divided by uncached tokens: the uncached-k-tokens weight already
@@ -42,15 +47,17 @@ from scipy.linalg import lapack
 
 from router.config import RouterConfig
 
-FEATURES = ("bias", "uncached_ktok", "queued_ktok", "decode_util", "active_req")
+FEATURES = ("bias", "prefill", "decode_util", "active_req")
 DIM = len(FEATURES)
 HEADS = ("ttft", "itl")
 
 TTFT_SCALE_MS = 100.0  # unit of the standardized TTFT residual
 ITL_SCALE_MS = 10.0  # unit of the standardized ITL residual (ms per output token)
-# Prior variance of each regression weight, in those units per standardized feature: how far
-# a new worker may be from the model (TTFT), +/-0.7 ms per output token at one sigma (ITL).
-PRIOR_VARIANCE = (0.02, 0.005)
+# Prior variance of each regression weight (rows: HEADS, columns: FEATURES), in those units
+# per standardized feature: how far a new worker may be from the model. TTFT: +/-14 ms
+# fixed, a speed +/-50% off the model's, and +/-14 ms per unit of decode use or of
+# ACTIVE_REQUESTS_SCALE requests; ITL: +/-0.7 ms per output token per unit.
+PRIOR_VARIANCE = ((0.02, 0.25, 0.02, 0.02), (0.005, 0.005, 0.005, 0.005))
 NOISE_VARIANCE = 0.25  # observation noise of a standardized residual
 # Per-observation discount of a worker's evidence toward the prior (memory ~ 1/(1-g)
 # observations), and per idle second (half-life ~140 s), so a worker that stopped getting
@@ -59,7 +66,6 @@ FORGETTING = 0.995
 IDLE_FORGETTING_PER_S = 0.995
 RESIDUAL_CLIP = 50.0  # standardized residuals are clipped: one outlier cannot wreck a worker
 BASELINE_EMA = 0.05  # rate of the fleet-average residual the per-worker corrections centre on
-FEATURE_TOKENS_SCALE = 1000.0  # token features in k-tokens
 ACTIVE_REQUESTS_SCALE = 8.0
 # Weight of the learned ITL correction x expected output tokens in the score: 1.0 would
 # optimize predicted end-to-end time; less favours TTFT (the agent's critical path) and keeps
@@ -68,19 +74,17 @@ ITL_WEIGHT = 0.1
 
 
 def make_features(
-    uncached_tokens: np.ndarray,
-    queued_tokens: np.ndarray,
+    prefill_ms: np.ndarray,
     decode_blocks: np.ndarray,
     capacity_blocks: np.ndarray,
     active_requests: np.ndarray,
 ) -> np.ndarray:
     """Standardized feature matrix, shape (W, DIM), filled column by column in place."""
-    x = np.empty((uncached_tokens.shape[0], DIM))
+    x = np.empty((prefill_ms.shape[0], DIM))
     x[:, 0] = 1.0
-    np.divide(uncached_tokens, FEATURE_TOKENS_SCALE, out=x[:, 1])
-    np.divide(queued_tokens, FEATURE_TOKENS_SCALE, out=x[:, 2])
-    np.divide(decode_blocks, np.maximum(capacity_blocks, 1.0), out=x[:, 3])
-    np.divide(active_requests, ACTIVE_REQUESTS_SCALE, out=x[:, 4])
+    np.divide(prefill_ms, TTFT_SCALE_MS, out=x[:, 1])
+    np.divide(decode_blocks, np.maximum(capacity_blocks, 1.0), out=x[:, 2])
+    np.divide(active_requests, ACTIVE_REQUESTS_SCALE, out=x[:, 3])
     return x
 
 
@@ -90,9 +94,9 @@ class _Heads:
 
     def __init__(self, capacity: int, prior_var: np.ndarray, noise_var: float) -> None:
         h = len(HEADS)
-        self.prior_var = prior_var  # (H,)
+        self.prior_var = prior_var  # (H, d)
         self.noise_var = noise_var
-        self.p0 = np.eye(DIM)[None] / prior_var[:, None, None]  # (H, d, d)
+        self.p0 = np.eye(DIM)[None] / prior_var[:, None, :]  # (H, d, d), diagonal
         self.precision = np.empty((h, 0, DIM, DIM))
         self.b = np.empty((h, 0, DIM))
         self.mean = np.empty((h, 0, DIM))
@@ -110,7 +114,7 @@ class _Heads:
         h = len(HEADS)
         p0 = np.broadcast_to(self.p0[:, None], (h, extra, DIM, DIM))
         f0 = np.broadcast_to(
-            (np.eye(DIM)[None] * np.sqrt(self.prior_var)[:, None, None])[:, None],
+            (np.eye(DIM)[None] * np.sqrt(self.prior_var)[:, None, :])[:, None],
             (h, extra, DIM, DIM),
         )
         self.precision = np.concatenate([self.precision, p0], axis=1)
@@ -298,7 +302,7 @@ class WorkerBandit:
                 for k, h in enumerate(HEADS)
             }
         return {
-            "version": 1,
+            "version": 2,
             "features": list(FEATURES),
             "baseline": dict(self.baseline),
             "baseline_n": dict(self._baseline_n),
@@ -306,7 +310,7 @@ class WorkerBandit:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != 1 or list(state.get("features", [])) != list(FEATURES):
+        if state.get("version") != 2 or list(state.get("features", [])) != list(FEATURES):
             raise ValueError("incompatible bandit state (version or feature set differs)")
         for wid in list(self._row):
             self.remove(wid)

@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from router.bandit import FEATURE_TOKENS_SCALE, ITL_SCALE_MS, TTFT_SCALE_MS, WorkerBandit
+from router.bandit import ITL_SCALE_MS, TTFT_SCALE_MS, WorkerBandit
 from router.config import RouterConfig
 from router.cost import engine_prefill_ms
 
@@ -108,9 +108,9 @@ class FeedbackTracker:
         if uncached_tokens is not None:
             # The engine told us the real cache hit: explain TTFT with it, so the residual
             # measures the worker's speed, not our overlap estimate's error.
-            x = x.copy()
-            x[1] = uncached_tokens / FEATURE_TOKENS_SCALE
             predicted = float(engine_prefill_ms(cfg, uncached_tokens + p.queued_tokens))
+            x = x.copy()
+            x[1] = predicted / TTFT_SCALE_MS
         if ok and ttft_ms is None:
             self.unmeasured += 1
             return True

@@ -223,7 +223,9 @@ class Router:
             home=home,
             reuse=cost.reuse_factor(remaining_before, pinned),
         )
-        x = make_features(uncached, queued, signals.decode_blocks, signals.capacity_blocks, active)
+        x = make_features(
+            terms["prefill_ms"], signals.decode_blocks, signals.capacity_blocks, active
+        )
         learned_mean = None
         if cfg.bandit_enabled:
             osl = request.osl or cfg.default_osl

@@ -11,7 +11,7 @@ from router.config import RouterConfig
 from router.cost import engine_prefill_ms
 from router.feedback import FeedbackTracker
 
-X = np.array([1.0, 2.0, 0.0, 0.1, 0.1])
+X = np.array([1.0, 0.5, 0.1, 0.1])
 
 
 def _tracker(**kw) -> tuple[FeedbackTracker, WorkerBandit]:

@@ -313,7 +313,7 @@ def test_decision_serializes_for_traces() -> None:
         _req("t", 1000, "conv", total=3), _sig(potential_prefill_tokens=np.full(4, 1000.0)), 0.0
     )
     back = msgspec.json.decode(msgspec.json.encode(d), type=Decision)
-    assert back == d and len(d.features) == 5
+    assert back == d and len(d.features) == 4
 
 
 # ------------------------------------------------------------------ learning (simulated)
@@ -409,7 +409,7 @@ def test_learner_save_restore_round_trip_through_router() -> None:
     state = msgspec.json.decode(msgspec.json.encode(r.state_dict()))
     fresh = Router(RouterConfig(seed=0))
     fresh.load_state_dict(state)
-    x = np.array([1.0, 4.0, 0.0, 0.0, 0.0])
+    x = np.array([1.0, 1.0, 0.0, 0.0])
     for w in range(100, 104):
         assert fresh.bandit.mean_correction(w, x, "ttft") == pytest.approx(
             r.bandit.mean_correction(w, x, "ttft")
