@@ -7,6 +7,8 @@ learned since the last periodic snapshot were lost.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
@@ -18,6 +20,11 @@ pytestmark = pytest.mark.integration
 
 def test_sigterm_saves_the_learner_and_flushes_the_trace(tmp_path) -> None:
     state = tmp_path / "state" / "learner.json"
+    # A state file an older version wrote (another feature set): the processor starts from
+    # the prior instead of refusing to start, and replaces the file at shutdown.
+    state.parent.mkdir(parents=True)
+    old_state = json.dumps({"version": 1, "features": ["bias", "uncached_ktok"], "workers": {}})
+    state.write_text(old_state)
     workdir = tmp_path / "stack"
     config = StackConfig(
         workers=2,
@@ -37,10 +44,12 @@ def test_sigterm_saves_the_learner_and_flushes_the_trace(tmp_path) -> None:
             for i in range(5)
         }
         trace = stack.trace_path
-        assert not state.exists()
+        assert state.read_text() == old_state
     # leaving the `with` sent SIGTERM to every process group of the stack
-    assert state.exists(), "the processor did not save its learner at SIGTERM"
-    assert state.stat().st_size > 0
+    assert state.read_text() != old_state, "the processor did not save its learner at SIGTERM"
+    assert json.loads(state.read_text())["version"] == 2
     traced = {r.request_id for r in read_records(trace)}
     assert sent <= traced
-    assert "Received shutdown signal" in (workdir / "processor.log").read_text(errors="replace")
+    log = (workdir / "processor.log").read_text(errors="replace")
+    assert "Received shutdown signal" in log
+    assert "not usable" in log
