@@ -181,6 +181,14 @@ class ProcessorMetrics:
             registry=r,
         )
         self._engine_labels: set[str] = set()
+        self.prefill_ratio = Gauge(
+            "akr_processor_worker_prefill_ratio",
+            "The learner's prefill time of each worker over the router's model (1 = as "
+            "predicted, 2 = twice as slow): which worker is slow, and by how much.",
+            ["worker"],
+            registry=r,
+        )
+        self._learner_labels: set[str] = set()
 
     def observe_engine(self, capacity: dict[int, int], waiting: dict[int, int]) -> None:
         """Per-worker engine gauges; series of workers that left are removed (bounded)."""
@@ -196,6 +204,18 @@ class ProcessorMetrics:
                 self.worker_capacity.labels(worker=label).set(capacity[w])
             self.engine_waiting.labels(worker=label).set(waiting.get(w, 0))
         self._engine_labels = set(labels)
+
+    def observe_learner(self, prefill_ratios: dict[int, float]) -> None:
+        """Per-worker learned prefill ratios; series of workers the learner dropped are removed."""
+        labels = {f"{w:x}": v for w, v in prefill_ratios.items()}
+        for gone in self._learner_labels - labels.keys():
+            try:
+                self.prefill_ratio.remove(gone)
+            except KeyError:
+                pass
+        for label, v in labels.items():
+            self.prefill_ratio.labels(worker=label).set(v)
+        self._learner_labels = set(labels)
 
     def forget_worker(self, worker_id: int) -> None:
         """End the per-worker series of a worker that left discovery: in a fleet that churns

@@ -282,6 +282,14 @@ class WorkerBandit:
             return 0.0
         return float(x @ self._heads.mean[HEADS.index(head), r])
 
+    def prefill_ratios(self) -> dict[int, float]:
+        """Each tracked worker's learned prefill time over the model's prediction (posterior
+        mean; 1 = as predicted, 2 = twice as slow): the speed factor an operator can read."""
+        k, j = HEADS.index("ttft"), FEATURES.index("prefill")
+        means = self._heads.mean
+        # list(): one C call, so a metrics thread reading this never sees the dict change
+        return {w: 1.0 + float(means[k, r, j]) for w, r in list(self._row.items())}
+
     def observations(self, worker_id: int, head: str = "ttft") -> float:
         """Discounted number of observations learned for a worker (diagnostics)."""
         r = self._row.get(worker_id)

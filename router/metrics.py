@@ -10,7 +10,8 @@ Exposed: ``akr_router_decisions_total{reason}``, ``akr_router_prefixes``,
 ``akr_router_pinned_prefixes``, ``akr_router_prefix_evictions_total``,
 ``akr_router_prefix_expirations_total``, ``akr_router_pending_feedback``,
 ``akr_router_feedback_total{kind}`` (dropped / timeout / failure / unmeasured / unknown),
-``akr_router_requests_in_flight``.
+``akr_router_requests_in_flight``, ``akr_router_worker_prefill_ratio{worker}`` (the learner's
+prefill time of each worker over the model's: 2 = twice as slow).
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ class RouterCollector:
             "Requests placed by this router and not finished.",
             value=len(self.service.load),
         )
+        g = GaugeMetricFamily(
+            "akr_router_worker_prefill_ratio",
+            "The learner's prefill time of each worker over the router's model (1 = as "
+            "predicted, 2 = twice as slow).",
+            labels=["worker"],
+        )
+        for worker, ratio in sorted(self.service.router.bandit.prefill_ratios().items()):
+            g.add_metric([f"{worker:x}"], ratio)
+        yield g
 
 
 def serve_metrics(service: RouterService, port: int, host: str = "127.0.0.1") -> CollectorRegistry:

@@ -85,6 +85,19 @@ ts(
     desc="Routing decisions per second by chosen worker.",
 )
 ts(
+    "Learned prefill time per worker",
+    [
+        ("akr_processor_worker_prefill_ratio", "{{worker}} ({{instance}})"),
+        ("akr_router_worker_prefill_ratio", "{{worker}} (shared router)"),
+    ],
+    "short",
+    desc=(
+        "Each worker's prefill time as the learner measures it, over the router's model: 1 = as "
+        "predicted, 2 = twice as slow. A worker far above the rest is slow (older GPU, noisy "
+        "neighbour) and gets less traffic."
+    ),
+)
+ts(
     "Decisions by reason",
     [("sum by (reason) (akr:decisions:rate1m)", "{{reason}}")],
     "reqps",

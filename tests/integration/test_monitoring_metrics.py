@@ -135,6 +135,7 @@ def test_dashboard_and_rule_metrics_exist_in_real_output() -> None:
     )
     assert "akr_gateway_rejects_total{field=" in outputs["gateway"]
     assert "akr_router_decisions_total{reason=" in outputs["router"]
+    assert "akr_router_worker_prefill_ratio{worker=" in outputs["router"]
 
 
 def test_exposed_suffix_rules() -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from deploy.local_stack import LocalStack
-from tests.integration.processor_util import chat, engine_reports, metric, poll, scrape
+from tests.integration.processor_util import (
+    chat,
+    engine_reports,
+    metric,
+    per_worker,
+    poll,
+    scrape,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +84,19 @@ def test_capacity_comes_from_the_workers_own_cards(stack: LocalStack) -> None:
     capacity, waiting = engine_reports(stack.processor_metrics_url, "akr_processor", 2)
     assert sorted(capacity.values()) == [stack.config.gpu_blocks] * 2
     assert waiting.keys() == capacity.keys() and set(waiting.values()) == {0.0}
+
+
+def test_learned_prefill_ratio_is_exported_per_live_worker(stack: LocalStack) -> None:
+    """The learner's per-worker speed reaches /metrics, keyed like the other per-worker gauges,
+    for every live worker once the router has seen traffic."""
+    chat(stack.gateway_url, stack.model_name, "prefill ratio probe", max_tokens=2)
+    capacity, _ = engine_reports(stack.processor_metrics_url, "akr_processor", 2)
+
+    def exported() -> dict[str, float] | None:
+        ratios = per_worker(
+            scrape(stack.processor_metrics_url), "akr_processor_worker_prefill_ratio"
+        )
+        return ratios if ratios.keys() == capacity.keys() else None
+
+    ratios = poll("a prefill ratio per worker", exported, 10.0)
+    assert all(0.0 < v < 10.0 for v in ratios.values()), ratios

@@ -42,6 +42,9 @@ def test_learns_per_worker_slowdown_relative_to_fleet() -> None:
             b.update(w, x, "ttft", resid_ms / TTFT_SCALE_MS)
     diff = b.mean_correction(1, _x(4.0), "ttft") - b.mean_correction(0, _x(4.0), "ttft")
     assert diff * TTFT_SCALE_MS == pytest.approx(400.0, rel=0.1)
+    # What /metrics shows: worker 1 takes one whole prediction more than worker 0.
+    ratios = b.prefill_ratios()
+    assert ratios[1] - ratios[0] == pytest.approx(1.0, rel=0.1)
 
 
 def test_sample_covariance_matches_posterior() -> None:
