@@ -167,38 +167,32 @@ class ProcessorMetrics:
             registry=r,
         )
 
-        self.worker_capacity = Gauge(
+        self.worker_capacity = _per_worker_gauge(
             "akr_processor_worker_capacity_blocks",
             "KV capacity each worker reports in its model card, in router blocks.",
-            ["worker"],
-            registry=r,
+            r,
         )
-        self.engine_waiting = Gauge(
+        self.engine_waiting = _per_worker_gauge(
             "akr_processor_engine_waiting_requests",
             "Requests each worker's engine held back in its last forward pass (waiting for KV "
             "blocks or batch budget, or preempted).",
-            ["worker"],
-            registry=r,
+            r,
         )
         self._engine_labels: set[str] = set()
-        self.prefill_ratio = Gauge(
+        self.prefill_ratio = _per_worker_gauge(
             "akr_processor_worker_prefill_ratio",
             "The learner's prefill time of each worker over the router's model (1 = as "
             "predicted, 2 = twice as slow): which worker is slow, and by how much.",
-            ["worker"],
-            registry=r,
+            r,
         )
         self._learner_labels: set[str] = set()
 
     def observe_engine(self, capacity: dict[int, int], waiting: dict[int, int]) -> None:
         """Per-worker engine gauges; series of workers that left are removed (bounded)."""
         labels = {f"{w:x}": w for w in capacity.keys() | waiting.keys()}
-        for gone in self._engine_labels - labels.keys():
-            for g in (self.worker_capacity, self.engine_waiting):
-                try:
-                    g.remove(gone)
-                except KeyError:
-                    pass
+        _remove_series(
+            (self.worker_capacity, self.engine_waiting), self._engine_labels - labels.keys()
+        )
         for label, w in labels.items():
             if w in capacity:
                 self.worker_capacity.labels(worker=label).set(capacity[w])
@@ -208,11 +202,7 @@ class ProcessorMetrics:
     def observe_learner(self, prefill_ratios: dict[int, float]) -> None:
         """Per-worker learned prefill ratios; series of workers the learner dropped are removed."""
         labels = {f"{w:x}": v for w, v in prefill_ratios.items()}
-        for gone in self._learner_labels - labels.keys():
-            try:
-                self.prefill_ratio.remove(gone)
-            except KeyError:
-                pass
+        _remove_series((self.prefill_ratio,), self._learner_labels - labels.keys())
         for label, v in labels.items():
             self.prefill_ratio.labels(worker=label).set(v)
         self._learner_labels = set(labels)
@@ -240,3 +230,17 @@ class ProcessorMetrics:
         total = self.prompt_tokens._value.get()
         if total:
             self.kv_hit_ratio.set(self.cached_tokens._value.get() / total)
+
+
+def _per_worker_gauge(name: str, doc: str, registry: CollectorRegistry) -> Gauge:
+    return Gauge(name, doc, ["worker"], registry=registry)
+
+
+def _remove_series(gauges: tuple[Gauge, ...], labels: set[str]) -> None:
+    """End the series of workers no longer reported (bounded label sets)."""
+    for label in labels:
+        for g in gauges:
+            try:
+                g.remove(label)
+            except KeyError:
+                pass

@@ -38,6 +38,15 @@ def test_processor_metrics_forget_a_departed_workers_series() -> None:
     assert 'akr_processor_decisions_total{reason="overlap",worker="b"} 1.0' in text
 
 
+def test_learned_prefill_ratio_series_follow_the_learners_workers() -> None:
+    m = ProcessorMetrics()
+    m.observe_learner({0xA: 1.0, 0xB: 2.5})
+    m.observe_learner({0xB: 2.0})  # the learner dropped worker a
+    text = generate_latest(m.registry).decode()
+    assert 'akr_processor_worker_prefill_ratio{worker="a"}' not in text
+    assert 'akr_processor_worker_prefill_ratio{worker="b"} 2.0' in text
+
+
 def test_quarantine_forgets_departed_and_expired_workers() -> None:
     q = Quarantine(60.0)
     q.add(1)
