@@ -14,9 +14,9 @@ down mid-run), so for each worker we learn what the model gets wrong:
   happened to fit.
 * Two heads, each a Bayesian linear regression per worker:
   - TTFT: target = (observed TTFT - model-predicted TTFT) / TTFT_SCALE_MS. The residual is
-    kept in ms rather than divided by uncached tokens: the uncached-k-tokens weight already
-    learns "ms per uncached 1k tokens", the intercept learns fixed overhead, and dividing
-    would blow up on full cache hits.
+    kept in ms rather than divided by the prediction: the prefill weight already learns the
+    relative speed, the intercept learns fixed overhead, and dividing would blow up on full
+    cache hits.
   - ITL: target = observed ms per output token / ITL_SCALE_MS.
   Both targets are centred on a fleet-wide EMA of the same quantity before learning, so a
   worker's correction means "slower/faster than the average worker" and a new worker,
