@@ -28,15 +28,8 @@ logger = logging.getLogger(__name__)
 async def worker(runtime: DistributedRuntime) -> None:
     config = ProcessorConfig()
     service = RouterService(RouterConfig(), block_size=None)  # the workers' size, in start()
-    state_path = service.config.state_path
-    try:
-        if state_path and service.load_state(state_path):
-            logger.info("restored learner state from %s", state_path)
-    except (ValueError, KeyError, TypeError) as exc:
-        # A state file from another version or a damaged one is a cache, not a reason to stay
-        # down: start from the prior (the file is overwritten at the next save).
-        logger.warning("learner state %s not usable (%s); starting from the prior", state_path, exc)
-        service = RouterService(RouterConfig(), block_size=None)
+    if service.config.state_path and service.load_state(service.config.state_path):
+        logger.info("restored learner state from %s", service.config.state_path)
     handler = ProcessorHandler(runtime, config, service)
     await handler.start()
     endpoint = runtime.endpoint(config.endpoint)

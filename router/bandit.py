@@ -318,18 +318,51 @@ class WorkerBandit:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != 2 or list(state.get("features", [])) != list(FEATURES):
+        """Replace the learner with a saved one. All or nothing: a state of another version or
+        a damaged one raises ValueError before anything is replaced."""
+        if (
+            not isinstance(state, dict)
+            or state.get("version") != 2
+            or list(state.get("features", [])) != list(FEATURES)
+        ):
             raise ValueError("incompatible bandit state (version or feature set differs)")
+        try:
+            baseline = {h: float(state["baseline"].get(h, 0.0)) for h in HEADS}
+            baseline_n = {h: int(state.get("baseline_n", {}).get(h, 0)) for h in HEADS}
+            workers = {
+                int(wid_s): [
+                    (
+                        _square(heads[h]["precision"]),
+                        _vector(heads[h]["b"]),
+                        float(heads[h].get("count", 0.0)),
+                    )
+                    for h in HEADS
+                ]
+                for wid_s, heads in state["workers"].items()
+            }
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"damaged bandit state: {exc!r}") from exc
         for wid in list(self._row):
             self.remove(wid)
-        self.baseline = {h: float(state["baseline"].get(h, 0.0)) for h in HEADS}
-        self._baseline_n = {h: int(state.get("baseline_n", {}).get(h, 0)) for h in HEADS}
+        self.baseline, self._baseline_n = baseline, baseline_n
         hs = self._heads
-        for wid_s, heads in state["workers"].items():
-            r = self.row(int(wid_s))
-            for k, h in enumerate(HEADS):
-                hs.precision[k, r] = np.asarray(heads[h]["precision"], dtype=np.float64)
-                hs.b[k, r] = np.asarray(heads[h]["b"], dtype=np.float64)
-                hs.count[k, r] = float(heads[h].get("count", 0.0))
+        for wid, per_head in workers.items():
+            r = self.row(wid)
+            for k, (precision, b, count) in enumerate(per_head):
+                hs.precision[k, r], hs.b[k, r], hs.count[k, r] = precision, b, count
                 hs.refresh(k, r)
         self._last_ids = None
+
+
+def _square(values: Any) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.shape != (DIM, DIM):
+        raise ValueError(f"precision of shape {a.shape}, expected ({DIM}, {DIM})")
+    return a
+
+
+def _vector(values: Any) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.shape != (DIM,):
+        raise ValueError(f"vector of shape {a.shape}, expected ({DIM},)")
+    return a

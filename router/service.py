@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from router.load import LoadTracker
 from router.policy import Decision, Router, RouteRequest
 
 DEFAULT_BLOCK_SIZE = 64
+logger = logging.getLogger(__name__)
 STATE_SAVE_INTERVAL_S = 60.0  # period of the learner-state snapshots
 
 
@@ -155,10 +157,17 @@ class RouterService:
         return json.dumps(self.router.state_dict()).encode()
 
     def load_state(self, path: Path) -> bool:
-        """Restore the learner if a state file exists; False when there is none."""
+        """Restore the learner from a state file; False when there is none or it is not usable.
+
+        A file of another version or a damaged one is a cache, not a reason to stay down: it is
+        logged, the learner starts from the prior, and the next save replaces the file."""
         if not path.exists():
             return False
-        self.router.load_state_dict(json.loads(path.read_bytes()))
+        try:
+            self.router.load_state_dict(json.loads(path.read_bytes()))
+        except ValueError as exc:  # another version, damaged JSON or damaged content
+            logger.warning("learner state %s not usable (%s); starting from the prior", path, exc)
+            return False
         return True
 
     async def save_state(self, path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,32 @@ def test_learner_state_survives_a_restart(tmp_path: Path) -> None:
         picks.append(find(restored, f"n{i}", {W1: 4096, W2: 4096}))
         restored.feedback(Feedback(event="finish", request_id=f"n{i}", cancelled=True))
     assert picks.count(W2) >= 8, picks
+
+
+def test_unusable_learner_state_is_skipped_and_leaves_the_learner_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Another version's file, damaged JSON or damaged content: load_state says False and the
+    learner is untouched, so the process (processor or standalone router) starts anyway."""
+    svc = RouterService(RouterConfig(seed=1))
+    for i in range(5):
+        find(svc, f"r{i}", {W1: 4096, W2: 4096})
+        svc.feedback(Feedback(event="finish", request_id=f"r{i}", ttft_ms=80.0, itl_ms=5.0))
+    before = svc.router.state_dict()
+    assert len(before["workers"]) == 2
+    damaged = json.loads(json.dumps(before))
+    next(iter(damaged["workers"].values()))["ttft"]["precision"] = [[1.0]]
+    files = {
+        "old.json": json.dumps({"version": 1, "features": ["bias", "uncached_ktok"]}),
+        "torn.json": '{"version": 2, "feat',
+        "list.json": "[1, 2]",
+        "damaged.json": json.dumps(damaged),
+    }
+    for name, text in files.items():
+        path = tmp_path / name
+        path.write_text(text)
+        assert not svc.load_state(path), name
+        assert svc.router.state_dict() == before, name
 
 
 def test_load_of_requests_whose_end_never_arrives_expires() -> None:
