@@ -65,6 +65,9 @@ NOISE_VARIANCE = 0.25  # observation noise of a standardized residual
 FORGETTING = 0.995
 IDLE_FORGETTING_PER_S = 0.995
 RESIDUAL_CLIP = 50.0  # standardized residuals are clipped: one outlier cannot wreck a worker
+# The least a learned speed factor scales a worker's decode time by: a posterior mean far
+# below -1 (noise on a new worker) must not make its decode load free or negative.
+MIN_SPEED_FACTOR = 0.1
 BASELINE_EMA = 0.05  # rate of the fleet-average residual the per-worker corrections centre on
 ACTIVE_REQUESTS_SCALE = 8.0
 # Weight of the learned ITL correction x expected output tokens in the score: 1.0 would
@@ -289,6 +292,13 @@ class WorkerBandit:
         means = self._heads.mean
         # list(): one C call, so a metrics thread reading this never sees the dict change
         return {w: 1.0 + float(means[k, r, j]) for w, r in list(self._row.items())}
+
+    def speed_factors(self, worker_ids: np.ndarray) -> np.ndarray:
+        """The learned speed factor of each of ``worker_ids`` (the prefill ratio above, floored
+        at MIN_SPEED_FACTOR): how much longer than the model this worker takes per token."""
+        rows = self.rows(worker_ids)  # first: it may grow the arrays read below
+        k, j = HEADS.index("ttft"), FEATURES.index("prefill")
+        return np.maximum(self._heads.mean[k, rows, j] + 1.0, MIN_SPEED_FACTOR)
 
     def observations(self, worker_id: int, head: str = "ttft") -> float:
         """Discounted number of observations learned for a worker (diagnostics)."""

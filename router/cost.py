@@ -16,7 +16,8 @@ prefill_ms   the predicted time to first token: the request's uncached tokens on
              so 8k queued tokens predict 167 ms, not 123 ms as the slope alone would.
 decode_ms    the decode blocks running on the worker, each worth decode_block_weight of a
              prefill block (block_ms: the slope x the block size): the batch the request
-             would join.
+             would join, in that worker's time (x its learned speed factor, when the
+             learner is on).
 eviction_ms  the recompute time of other conversations' claimed blocks that the request's
              new blocks would push out of a full worker. A conversation claims its home's
              blocks while pinned (cache_control) or while its next request is expected
@@ -124,10 +125,17 @@ def engine_prefill_ms(cfg: RouterConfig, tokens: np.ndarray | float) -> np.ndarr
     return per_token * (tokens + squares / CURVE_TOKENS + PASS_TOKENS * passes)
 
 
-def decode_ms(cfg: RouterConfig, block_size: int, decode_blocks: np.ndarray) -> np.ndarray:
+def decode_ms(
+    cfg: RouterConfig,
+    block_size: int,
+    decode_blocks: np.ndarray,
+    speed: np.ndarray | None = None,
+) -> np.ndarray:
     """The decode batch the request joins. A decode block weighs less than a prefill block:
-    other sequences' decode steps barely delay a new prefill."""
-    return (cfg.decode_block_weight * block_ms(cfg, block_size)) * decode_blocks
+    other sequences' decode steps barely delay a new prefill. ``speed`` (the learner's factor
+    per worker) puts it in each worker's own time: a fast worker's decode load costs less."""
+    ms = (cfg.decode_block_weight * block_ms(cfg, block_size)) * decode_blocks
+    return ms if speed is None else ms * speed
 
 
 def eviction_ms(
@@ -211,13 +219,15 @@ def breakdown(
     request_blocks: int,
     home: int = -1,
     reuse: float = 0.0,
+    speed: np.ndarray | None = None,
 ) -> Terms:
-    """Every term for every worker; ``learned_ms`` is zero until the learner fills it in."""
+    """Every term for every worker; ``learned_ms`` is zero until the learner fills it in.
+    ``speed`` is the learner's speed factor per worker (None: every worker as the model)."""
     decode = signals.decode_blocks
     capacity = signals.capacity_blocks
     return {
         "prefill_ms": prefill_ms(cfg, uncached, queued),
-        "decode_ms": decode_ms(cfg, block_size, decode),
+        "decode_ms": decode_ms(cfg, block_size, decode, speed),
         "eviction_ms": eviction_ms(cfg, block_size, uncached, decode, claimed_blocks, capacity),
         "kv_full_ms": kv_full_ms(
             cfg, signals.used_blocks, signals.shared_blocks, request_blocks, capacity

@@ -201,7 +201,8 @@ class Router:
             reserved[home] = max(0.0, reserved[home] - entry.reserved)
         active = signals.active_requests
 
-        # 3) Score: the named terms of router/cost.py, then the learner's correction.
+        # 3) Score: the named terms of router/cost.py (decode in each worker's learned speed),
+        #    then the learner's correction.
         uncached, queued = cost.split_prefill(
             request.prompt_tokens,
             overlap,
@@ -222,6 +223,7 @@ class Router:
             ),
             home=home,
             reuse=cost.reuse_factor(remaining_before, pinned),
+            speed=self.bandit.speed_factors(ids) if cfg.bandit_enabled else None,
         )
         x = make_features(
             terms["prefill_ms"], signals.decode_blocks, signals.capacity_blocks, active

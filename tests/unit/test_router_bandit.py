@@ -23,6 +23,8 @@ def test_new_workers_start_at_zero_correction() -> None:
     sampled, mean = b.sample(np.array([5, 9]), np.stack([_x(), _x()]))
     assert sampled.shape == (2, 2)
     np.testing.assert_array_equal(mean, 0.0)
+    # Twenty more at once (the arrays grow on the way): each starts as fast as the model.
+    np.testing.assert_array_equal(b.speed_factors(np.arange(100, 120)), 1.0)
 
 
 def test_learns_per_worker_slowdown_relative_to_fleet() -> None:
@@ -45,6 +47,21 @@ def test_learns_per_worker_slowdown_relative_to_fleet() -> None:
     # What /metrics shows: worker 1 takes one whole prediction more than worker 0.
     ratios = b.prefill_ratios()
     assert ratios[1] - ratios[0] == pytest.approx(1.0, rel=0.1)
+    # The factor the decode term uses is the same number.
+    np.testing.assert_allclose(b.speed_factors(ids), [ratios[0], ratios[1]])
+
+
+def test_speed_factor_is_floored() -> None:
+    """A worker measured far faster than the model (noise, or a bad calibration) still pays
+    MIN_SPEED_FACTOR of its decode load, never nothing or a negative cost."""
+    b = WorkerBandit(RouterConfig(seed=0))
+    ids = np.array([0, 1])
+    b.speed_factors(ids)
+    for _ in range(200):
+        b.update(0, _x(4.0), "ttft", -10.0)
+        b.update(1, _x(4.0), "ttft", 0.0)
+    assert b.prefill_ratios()[0] < bandit.MIN_SPEED_FACTOR
+    assert b.speed_factors(ids)[0] == bandit.MIN_SPEED_FACTOR
 
 
 def test_sample_covariance_matches_posterior() -> None:

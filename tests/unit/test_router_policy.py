@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from router import feedback
+from router.bandit import TTFT_SCALE_MS
 from router.config import RouterConfig
 from router.cost import TERMS
 from router.kv_signals import signals_from_rows
@@ -498,6 +499,27 @@ def test_tail_guard_counts_the_wait_for_kv_blocks() -> None:
             assert by_id[10].score < by_id[d.worker_id].score  # the guard, not the score
     assert chosen[0.0] == 10
     assert chosen[300.0] != 10
+
+
+def test_decode_load_counts_in_each_workers_learned_time() -> None:
+    """Worker 10 has been measured at half the model's prefill time per token, worker 11 as
+    predicted. The same decode load then costs it about half as much: the decode term is in
+    each worker's learned time, so a fast worker's longer decode batch does not hide it."""
+    r = Router(RouterConfig(seed=0, exploration=0.0))
+    ids = np.array([10, 11])
+    r.bandit.speed_factors(ids)  # registers the workers
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        for w in (10, 11):
+            k = rng.uniform(0.2, 8)
+            resid_ms = (-50.0 * k if w == 10 else 0.0) + rng.normal(0, 5)
+            r.bandit.update(w, np.array([1.0, k, 0.1, 0.25]), "ttft", resid_ms / TTFT_SCALE_MS)
+    speed = r.bandit.speed_factors(ids)
+    assert speed[0] < 0.7 * speed[1]
+    d = r.decide(_req("a", 640), WorkerSignals.build([10, 11], decode_blocks=[400, 400]), 0.0)
+    by_id = {c.worker_id: c.terms["decode_ms"] for c in d.candidates}
+    assert by_id[10] == pytest.approx(by_id[11] * speed[0] / speed[1], rel=1e-6)
+    assert by_id[10] < 0.7 * by_id[11]
 
 
 def test_unhinted_extension_continues_its_conversation() -> None:
