@@ -31,7 +31,8 @@ def _port(kind: str, data: dict[str, Any]) -> int:
 
 
 def registrations(file_kv: Path) -> dict[str, int]:
-    """``<kind>/<file name>`` -> the TCP port its owner listens on, for every entry now."""
+    """``<kind>/<file name>`` -> the TCP port its owner listens on, for every entry now; -1
+    for a file that exists but does not parse (being re-written): present, owner unknown."""
     out: dict[str, int] = {}
     for kind in KINDS:
         directory = file_kv / "v1" / kind
@@ -42,8 +43,10 @@ def registrations(file_kv: Path) -> dict[str, int]:
         for name in names:
             try:
                 out[f"{kind}/{name}"] = _port(kind, json.loads((directory / name).read_text()))
-            except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-                continue  # being written or removed right now, or not over TCP
+            except OSError:
+                continue  # removed since the listing
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                out[f"{kind}/{name}"] = -1  # being written right now, or not over TCP
     return out
 
 

@@ -87,7 +87,8 @@ class Child:
     # Its run ended and it stays down (supervision off).
     down: bool = False
     registered: set[str] = field(default_factory=set)
-    lost_since: float | None = None
+    # When each of its registered entries was first seen missing (cleared when it is back).
+    missing_since: dict[str, float] = field(default_factory=dict)
 
     def spawn(self, now: float) -> None:
         """Start a run; the log is appended to, so earlier runs stay readable."""
@@ -103,7 +104,7 @@ class Child:
         self.started_at = now
         self.restart_at = None
         self.registered = set()
-        self.lost_since = None
+        self.missing_since = {}
 
     @property
     def pid(self) -> int:
@@ -212,7 +213,7 @@ class Supervisor:
             if c.registers and c.popen is not None and c.restart_at is None and not c.down
         ]
         owned = set().union(*(c.registered for c in running)) if running else set()
-        unowned = {key: port for key, port in entries.items() if key not in owned}
+        unowned = {key: port for key, port in entries.items() if key not in owned and port >= 0}
         # Attributing a new entry reads /proc; at most once a second.
         if unowned and now - self._last_scan >= 1.0:
             self._last_scan = now
@@ -221,12 +222,11 @@ class Supervisor:
                 child.registered |= {key for key, port in unowned.items() if port in ports}
         changed = False
         for child in running:
+            # Per entry: a process with hundreds of entries always has one being re-written,
+            # and an entry counts as lost only while it stays missing for the grace period.
             missing = child.registered - entries.keys()
-            if not missing:
-                child.lost_since = None
-                continue
-            child.lost_since = child.lost_since if child.lost_since is not None else now
-            if now - child.lost_since < self.lost_grace_s:
+            child.missing_since = {k: child.missing_since.get(k, now) for k in missing}
+            if not missing or now - min(child.missing_since.values()) < self.lost_grace_s:
                 continue
             signal_group(child.popen, signal.SIGKILL)
             assert child.popen is not None

@@ -195,3 +195,45 @@ def test_alive_child_that_lost_its_registration_is_killed_and_restarted(tmp_path
     sup.tick()
     assert worker.pid != first_pid and worker.restarts == 1
     assert "lost its discovery registration while alive after 1.0 s; killed; restart 1" in lines[0]
+
+
+def test_entries_rewritten_in_turn_are_not_a_lost_registration(tmp_path, children) -> None:
+    """A worker with many entries (a mocker serving 256 instances) always has one being
+    re-written: on every tick another entry is torn or briefly absent, none for long. That is
+    not a lost registration (the launcher killed such a worker every few seconds); an entry
+    that stays missing past the grace still is."""
+    clock = Clock()
+    worker = child(tmp_path, "worker0", LISTENER, str(tmp_path / "port"))
+    children.append(worker)
+    sup = Supervisor(children, file_kv=tmp_path / "kv", log=lambda _: None, clock=clock)
+    worker.spawn(clock())
+    port_file = tmp_path / "port"
+    deadline = time.monotonic() + 10
+    while not (port_file.exists() and port_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    port = int(port_file.read_text())
+    entries = [
+        _register(tmp_path / "kv", f"workers%2Fbackend%2Fgenerate%2F{i}", port) for i in range(2)
+    ]
+    sup.tick()
+    assert worker.registered == {f"instances/{e.name}" for e in entries}
+    assert registrations(tmp_path / "kv") == {f"instances/{e.name}": port for e in entries}
+    texts = [e.read_text() for e in entries]
+    for k in range(8):  # 4 s of ticks, 0.5 s apart; a different entry each tick
+        torn, other = entries[k % 2], entries[(k + 1) % 2]
+        other.write_text(texts[(k + 1) % 2])
+        if k % 4 < 2:
+            torn.write_text(texts[k % 2][:20])  # half written
+            assert registrations(tmp_path / "kv")[f"instances/{torn.name}"] == -1
+        else:
+            torn.unlink()  # removed and not yet re-created
+        sup.tick()
+        clock.now += 0.5
+    assert worker.popen.poll() is None  # type: ignore[union-attr]
+    entries[0].unlink()  # now one stays gone
+    entries[1].write_text(texts[1])
+    sup.tick()
+    clock.now += 1.0
+    sup.tick()
+    assert worker.last_exit is not None and worker.last_exit.reason == "lost registration"
