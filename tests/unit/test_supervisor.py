@@ -128,6 +128,16 @@ def test_signal_deaths_name_the_signal(tmp_path, children) -> None:
     assert "exited with -9 (SIGKILL) after 0.0 s; restart 1 in 0.5 s" in lines[0]
 
 
+def _port(tmp_path: Path) -> int:
+    """The port the LISTENER child wrote, once it is listening."""
+    port_file = tmp_path / "port"
+    deadline = time.monotonic() + 10
+    while not (port_file.exists() and port_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return int(port_file.read_text())
+
+
 def _register(file_kv: Path, name: str, port: int) -> Path:
     directory = file_kv / "v1" / "instances"
     directory.mkdir(parents=True, exist_ok=True)
@@ -141,12 +151,7 @@ def test_registrations_belong_to_the_process_listening_on_their_port(tmp_path, c
     listener = child(tmp_path, "worker0", LISTENER, str(tmp_path / "port"))
     children.append(listener)
     listener.spawn(0.0)
-    port_file = tmp_path / "port"
-    deadline = time.monotonic() + 10
-    while not (port_file.exists() and port_file.read_text()):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    port = int(port_file.read_text())
+    port = _port(tmp_path)
     _register(tmp_path / "kv", "workers%2Fbackend%2Fgenerate%2Fabc", port)
     channel = tmp_path / "kv" / "v1" / "event_channels" / "kv-events"
     channel.parent.mkdir(parents=True)
@@ -170,14 +175,7 @@ def test_alive_child_that_lost_its_registration_is_killed_and_restarted(tmp_path
     sup = Supervisor(children, file_kv=tmp_path / "kv", log=lines.append, clock=clock)
     worker.spawn(clock())
     gateway.spawn(clock())
-    port_file = tmp_path / "port"
-    deadline = time.monotonic() + 10
-    while not (port_file.exists() and port_file.read_text()):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    entry = _register(
-        tmp_path / "kv", "workers%2Fbackend%2Fgenerate%2Fabc", int(port_file.read_text())
-    )
+    entry = _register(tmp_path / "kv", "workers%2Fbackend%2Fgenerate%2Fabc", _port(tmp_path))
     sup.tick()
     assert worker.registered == {f"instances/{entry.name}"}
     assert gateway.registered == set()
@@ -207,12 +205,7 @@ def test_entries_rewritten_in_turn_are_not_a_lost_registration(tmp_path, childre
     children.append(worker)
     sup = Supervisor(children, file_kv=tmp_path / "kv", log=lambda _: None, clock=clock)
     worker.spawn(clock())
-    port_file = tmp_path / "port"
-    deadline = time.monotonic() + 10
-    while not (port_file.exists() and port_file.read_text()):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    port = int(port_file.read_text())
+    port = _port(tmp_path)
     entries = [
         _register(tmp_path / "kv", f"workers%2Fbackend%2Fgenerate%2F{i}", port) for i in range(2)
     ]
