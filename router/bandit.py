@@ -50,6 +50,8 @@ from router.config import RouterConfig
 FEATURES = ("bias", "prefill", "decode_util", "active_req")
 DIM = len(FEATURES)
 HEADS = ("ttft", "itl")
+# Where the speed weight sits (TTFT head, prefill feature): a worker's speed factor is 1 + it.
+SPEED_WEIGHT = (HEADS.index("ttft"), FEATURES.index("prefill"))
 
 TTFT_SCALE_MS = 100.0  # unit of the standardized TTFT residual
 ITL_SCALE_MS = 10.0  # unit of the standardized ITL residual (ms per output token)
@@ -288,7 +290,7 @@ class WorkerBandit:
     def prefill_ratios(self) -> dict[int, float]:
         """Each tracked worker's learned prefill time over the model's prediction (posterior
         mean; 1 = as predicted, 2 = twice as slow): the speed factor an operator can read."""
-        k, j = HEADS.index("ttft"), FEATURES.index("prefill")
+        k, j = SPEED_WEIGHT
         means = self._heads.mean
         # list(): one C call, so a metrics thread reading this never sees the dict change
         return {w: 1.0 + float(means[k, r, j]) for w, r in list(self._row.items())}
@@ -297,7 +299,7 @@ class WorkerBandit:
         """The learned speed factor of each of ``worker_ids`` (the prefill ratio above, floored
         at MIN_SPEED_FACTOR): how much longer than the model this worker takes per token."""
         rows = self.rows(worker_ids)  # first: it may grow the arrays read below
-        k, j = HEADS.index("ttft"), FEATURES.index("prefill")
+        k, j = SPEED_WEIGHT
         return np.maximum(self._heads.mean[k, rows, j] + 1.0, MIN_SPEED_FACTOR)
 
     def observations(self, worker_id: int, head: str = "ttft") -> float:
