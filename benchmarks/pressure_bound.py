@@ -12,6 +12,9 @@ eviction policies and counts requests left with >= ``LONG`` uncached tokens:
 * ``lru``: least recently used (what the pooled-cache bound of the replay uses);
 * ``finished_first``: blocks last used by a conversation that sent all its turns go first;
 * ``due_last``: the conversation due back last (last use + its ``iat`` hint) goes first;
+* ``value``: finished conversations first, then the one worth least per second kept: its
+  context's tokens (what losing it costs to recompute) over the time until it is due back
+  (last use + ``iat``, at least ``DUE_FLOOR_S``); a conversation's last blocks go before its first;
 * ``belady``: the block whose next use is furthest (clairvoyant; no real cache can do it).
 
 Next to them: the arms' own counts from the records.
@@ -33,7 +36,8 @@ from benchmarks.workloads import BLOCK_SIZE, _chat_template, _tokenizer, build
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LONG = 8000
-POLICIES = ("lru", "finished_first", "due_last", "belady")
+POLICIES = ("lru", "finished_first", "due_last", "value", "belady")
+DUE_FLOOR_S = 0.5
 
 
 def chains(wl_name: str, seed: int) -> dict[tuple[str, int], tuple[list[bytes], int, int, int]]:
@@ -75,6 +79,8 @@ def simulate(
     nxt: dict[bytes, int] = {}
     seen: dict[str, int] = defaultdict(int)
     last_s: dict[str, float] = {}
+    context: dict[str, int] = {}
+    place: dict[bytes, int] = {}
     prompt = cached = long = 0
     for i, r in enumerate(reqs):
         hit = 0
@@ -88,7 +94,9 @@ def simulate(
         sid = r["session"]
         seen[sid] += 1
         last_s[sid] = r["t"]
-        for h in r["chain"]:
+        context[sid] = r["prompt"]
+        for j, h in enumerate(r["chain"]):
+            place[h] = j
             cache[h] = None
             cache.move_to_end(h)
             owner[h] = sid
@@ -106,6 +114,16 @@ def simulate(
             done = [h for h in cache if seen[owner[h]] >= totals[owner[h]]][:excess]
             chosen = set(done)
             victims = done + [h for h in cache if h not in chosen][: excess - len(done)]
+        elif policy == "value":
+
+            def worth(h: bytes, now: float = r["t"]) -> tuple[float, int]:
+                s = owner[h]
+                if seen[s] >= totals[s]:
+                    return (0.0, -place[h])
+                due = last_s[s] + iats[s] / 1000 - now
+                return (context[s] / max(DUE_FLOOR_S, due), -place[h])
+
+            victims = heapq.nsmallest(excess, cache, key=worth)
         else:  # due_last
 
             def due(h: bytes) -> float:
