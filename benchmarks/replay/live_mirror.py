@@ -1,0 +1,128 @@
+"""A live workload of benchmarks/routing.py on the replay's virtual clock, in seconds.
+
+    python -m benchmarks.replay.live_mirror [--workload agentic_pressure] [--seeds 1,2,3]
+
+Why: a live run of ``agentic_pressure`` takes 21 minutes for three seeds and its tail moves
+with the machine's load; the same sessions replayed on simulated engines take a second per
+arm and seed, with nothing but routing and the engines in them. The trace is the workload's
+own (``benchmarks.workloads.build``): every turn's prompt rendered and tokenized as the live
+driver sends it, cut into 64-token blocks identified by their whole prefix, the client's hints,
+and each turn waiting for the previous answer plus its tool gap. The cluster is the live one
+(its speeds and ``gpu_blocks``). Arms: ours (``OursPolicy``, the processor's decision path)
+and the port of Dynamo's KV router (``KvPortPolicy``).
+
+What it leaves out is the path: the gateway, Dynamo's frontend and the processor's hop add
+a few ms to every live TTFT of ours (docs/DESIGN.md, section 1), and the live engines'
+timing jitters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+import numpy as np
+
+from benchmarks.pressure_bound import LONG, chains
+from benchmarks.replay.cluster import ClusterConfig, run_replay
+from benchmarks.replay.dynamo_kv import KvPortPolicy
+from benchmarks.replay.ours import OursPolicy, router_config
+from benchmarks.replay.records import RequestRecord
+from benchmarks.replay.trace import TraceRequest
+from benchmarks.workloads import BLOCK_SIZE, build
+from router.hints import AgentHints
+
+
+def _id(digest: bytes) -> int:
+    return int.from_bytes(digest[:8], "little")
+
+
+def live_trace(workload: str, seed: int) -> tuple[list[TraceRequest], ClusterConfig]:
+    """The workload's sessions as replay requests, and the live cluster it runs on."""
+    wl = build(workload, seed, 1.0)
+    blocks = chains(workload, seed)
+    out: list[TraceRequest] = []
+    for s in wl.sessions:
+        parent: int | None = None
+        for i, turn in enumerate(s.turns):
+            chain, prompt, _, _ = blocks[(s.session_id, i)]
+            # A partial last block is this turn's own: an id no other prompt has.
+            tail = hashlib.blake2b(f"{s.session_id}/{i}".encode(), digest_size=8).digest()
+            h = turn.hints or {}
+            hints = AgentHints(
+                prefix_id=s.session_id,
+                total_requests=h.get("total_requests"),
+                iat_ms=h.get("iat"),
+                osl=h.get("osl"),
+            )
+            out.append(
+                TraceRequest(
+                    index=len(out),
+                    arrival_ms=s.start_s * 1000.0,
+                    input_length=prompt,
+                    output_length=turn.max_tokens,
+                    hash_ids=(*map(_id, chain), _id(tail)),
+                    hash_block=BLOCK_SIZE,
+                    hints=hints,
+                    session_id=s.session_id,
+                    parent=parent,
+                    delay_ms=turn.gap_s * 1000.0 if i else 0.0,
+                )
+            )
+            parent = len(out) - 1
+    cluster = ClusterConfig(
+        num_workers=len(wl.speeds),
+        num_gpu_blocks=wl.gpu_blocks,
+        block_size=BLOCK_SIZE,
+        speeds=list(wl.speeds),
+    )
+    return out, cluster
+
+
+def figures(records: list[RequestRecord]) -> dict[str, float]:
+    """TTFT percentiles, reuse, and the share of requests recomputing >= LONG tokens."""
+    ttft = np.array([r.ttft_ms for r in records])
+    prompt = sum(r.input_length for r in records)
+    long = [r.input_length - r.reused_tokens >= LONG for r in records]
+    return {
+        "ttft_p50_ms": float(np.percentile(ttft, 50)),
+        "ttft_p90_ms": float(np.percentile(ttft, 90)),
+        "ttft_p99_ms": float(np.percentile(ttft, 99)),
+        "reuse": sum(r.reused_tokens for r in records) / prompt if prompt else 0.0,
+        "long_recompute": float(np.mean(long)),
+    }
+
+
+def mirror(workload: str, seed: int) -> dict[str, dict[str, float]]:
+    """Both arms' figures on one seed of the workload."""
+    trace, cluster = live_trace(workload, seed)
+    policies = {
+        "ours": OursPolicy(router_config(cluster, seed), BLOCK_SIZE),
+        "dynamo_kv": KvPortPolicy(seed=seed),
+    }
+    return {arm: figures(run_replay(trace, cluster, p)) for arm, p in policies.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--workload", default="agentic_pressure")
+    ap.add_argument("--seeds", default="1,2,3")
+    args = ap.parse_args()
+    print(f"{args.workload} on the replay (ours / dynamo_kv port; >= {LONG} tokens recomputed)")
+    print("| seed | arm | TTFT p50 | p90 | p99 | reuse | long recomputes | p90 / kv | p99 / kv |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for seed in (int(s) for s in args.seeds.split(",")):
+        res = mirror(args.workload, seed)
+        kv = res["dynamo_kv"]
+        for arm, f in res.items():
+            print(
+                f"| {seed} | {arm} | {f['ttft_p50_ms']:.1f} | {f['ttft_p90_ms']:.1f} | "
+                f"{f['ttft_p99_ms']:.1f} | {f['reuse']:.3f} | {f['long_recompute']:.1%} | "
+                f"{f['ttft_p90_ms'] / kv['ttft_p90_ms']:.3f} | "
+                f"{f['ttft_p99_ms'] / kv['ttft_p99_ms']:.3f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

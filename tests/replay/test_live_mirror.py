@@ -1,0 +1,51 @@
+"""The replay mirror of a live workload: the sessions as the live driver sends them, and the
+same reuse as the committed live run of that workload."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from benchmarks.replay.cluster import run_replay
+from benchmarks.replay.dynamo_kv import KvPortPolicy
+from benchmarks.replay.live_mirror import figures, live_trace
+from benchmarks.replay.ours import OursPolicy, router_config
+from benchmarks.replay.trace import TraceRequest
+from benchmarks.workloads import BLOCK_SIZE
+
+LIVE = Path(__file__).resolve().parents[2] / "benchmarks/results/routing_pressure.json"
+SEED = 1
+
+
+@pytest.fixture(scope="module")
+def pressure() -> tuple[list[TraceRequest], object]:
+    return live_trace("agentic_pressure", SEED)
+
+
+def test_turns_wait_for_their_previous_answer_and_extend_its_prompt(pressure) -> None:
+    trace, cluster = pressure
+    assert cluster.num_workers == 4 and cluster.num_gpu_blocks == 512
+    by_session: dict[str, list[TraceRequest]] = {}
+    for r in trace:
+        by_session.setdefault(r.session_id, []).append(r)
+    assert len(by_session) == 120
+    for turns in by_session.values():
+        assert turns[0].parent is None and turns[0].delay_ms == 0.0
+        for prev, nxt in pairwise(turns):
+            assert nxt.parent == prev.index and nxt.delay_ms >= 1000.0  # tool gaps of 1-10 s
+            full = prev.input_length // BLOCK_SIZE
+            assert nxt.hash_ids[:full] == prev.hash_ids[:full]  # the history is a prefix
+            assert nxt.hints.prefix_id == prev.session_id and nxt.hints.iat_ms is not None
+
+
+def test_reuse_matches_the_live_run(pressure) -> None:
+    trace, cluster = pressure
+    live = json.loads(LIVE.read_text())["meta"]["workloads"]["agentic_pressure"]
+    arms = next(s["arms"] for s in live["per_seed"] if s["seed"] == SEED)
+    ours = figures(run_replay(trace, cluster, OursPolicy(router_config(cluster, SEED), 64)))
+    kv = figures(run_replay(trace, cluster, KvPortPolicy(seed=SEED)))
+    assert ours["reuse"] == pytest.approx(arms["ours"]["kv_hit_ratio"], abs=0.03)
+    assert kv["reuse"] == pytest.approx(arms["dynamo_kv"]["kv_hit_ratio"], abs=0.03)
