@@ -82,6 +82,13 @@ def simulate(
     context: dict[str, int] = {}
     place: dict[bytes, int] = {}
     prompt = cached = long = 0
+
+    def finished(s: str) -> bool:
+        return seen[s] >= totals[s]
+
+    def due_at(s: str) -> float:
+        return last_s[s] + iats[s] / 1000
+
     for i, r in enumerate(reqs):
         hit = 0
         for h in r["chain"]:
@@ -111,24 +118,22 @@ def simulate(
         if policy == "belady":
             victims = heapq.nlargest(excess, cache, key=nxt.__getitem__)
         elif policy == "finished_first":
-            done = [h for h in cache if seen[owner[h]] >= totals[owner[h]]][:excess]
+            done = [h for h in cache if finished(owner[h])][:excess]
             chosen = set(done)
             victims = done + [h for h in cache if h not in chosen][: excess - len(done)]
         elif policy == "value":
 
             def worth(h: bytes, now: float = r["t"]) -> tuple[float, int]:
                 s = owner[h]
-                if seen[s] >= totals[s]:
+                if finished(s):
                     return (0.0, -place[h])
-                due = last_s[s] + iats[s] / 1000 - now
-                return (context[s] / max(DUE_FLOOR_S, due), -place[h])
+                return (context[s] / max(DUE_FLOOR_S, due_at(s) - now), -place[h])
 
             victims = heapq.nsmallest(excess, cache, key=worth)
         else:  # due_last
 
             def due(h: bytes) -> float:
-                s = owner[h]
-                return float("inf") if seen[s] >= totals[s] else last_s[s] + iats[s] / 1000
+                return float("inf") if finished(owner[h]) else due_at(owner[h])
 
             victims = heapq.nlargest(excess, cache, key=due)
         for h in victims:
