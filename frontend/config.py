@@ -48,17 +48,17 @@ class GatewayConfig(BaseSettings):
     stall_timeout_s: float = Field(
         2.0,
         gt=0,
-        description="A client that takes no byte for this long while its output buffer and "
-        "socket are full is disconnected (counted in akr_gateway_stalled_clients_total); its "
-        "upstream stream is closed and its upstream slot freed. A client that reads at all, "
-        "however slowly, is never dropped.",
+        description="A client that acknowledges no byte of its pending output for this long "
+        "(its receive window shut) is disconnected (counted in "
+        "akr_gateway_stalled_clients_total); its upstream stream is closed and its upstream "
+        "slot freed. A client that reads at all, however slowly, is never dropped.",
     )
     client_buffer_bytes: int = Field(
         32 * 1024,
         ge=4096,
         description="Output buffered for one client, in the gateway and (as SO_SNDBUF, which "
         "the kernel doubles) in its socket; above it the upstream stream is no longer read "
-        "until the client catches up, and the stall watch starts.",
+        "until the client catches up.",
     )
     upstream_connections: int = Field(
         1024,

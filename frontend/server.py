@@ -13,9 +13,9 @@ at most 0.5 ms at p50. The server does only what the gateway needs, defensively:
 * responses: whole bodies in one write; SSE relayed with chunked encoding, each chunk written
   from the upstream's read callback as it arrives (no task switch per token) and the upstream
   not read while the client's output buffer is over ``client_buffer_bytes``;
-* slow readers: a client that takes no byte of its pending output for ``stall_timeout_s``
-  (the kernel's socket buffer full, our buffer not shrinking) is disconnected and counted; that
-  closes its upstream stream and frees its upstream slot;
+* slow readers: a client that acknowledges no byte of its pending output for
+  ``stall_timeout_s`` (its receive window stays shut) is disconnected and counted; that closes
+  its upstream stream and frees its upstream slot;
 * a client disconnect cancels the request's task, which closes the upstream connection, so the
   stock frontend cancels the generation.
 
@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -40,6 +43,19 @@ from frontend.config import GatewayConfig
 from frontend.gateway import Gateway, Reply, StreamReply, error_reply
 
 log = logging.getLogger(__name__)
+
+_OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on a Linux socket: bytes not yet acked
+
+
+def _kernel_unacked(fd: int) -> int:
+    """Bytes in the socket's send queue the peer has not acknowledged (0 where unknown)."""
+    if _OUTQ is None or fd < 0:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, _OUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
 
 MAX_URL = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -113,9 +129,10 @@ class HttpProtocol(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None
         self.relaying: StreamReply | None = None  # the SSE answer being relayed, if any
         self.timer: asyncio.TimerHandle | None = None
-        self.stall: asyncio.TimerHandle | None = None  # armed while output is pending
+        self.stall: asyncio.TimerHandle | None = None  # armed while relaying or output pends
         self.sent = 0  # bytes handed to the transport
-        self.flushed = 0  # of those, bytes the kernel had taken at the last stall check
+        self.acked = 0  # of those, bytes the client had acknowledged at the last stall check
+        self.fd = -1  # the client socket, for the kernel's count of unacknowledged bytes
         self.discarding = False  # after an early answer: read and drop, then close
         self.loop = asyncio.get_running_loop()
 
@@ -128,6 +145,7 @@ class HttpProtocol(asyncio.Protocol):
         # (338 KB) for a client that read nothing, so nothing here ever saw it stall.
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self.fd = sock.fileno()
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, high)
             except OSError:
@@ -158,30 +176,41 @@ class HttpProtocol(asyncio.Protocol):
         if self.relaying is not None:
             self.relaying.upstream.resume()
 
+    def _unacked(self) -> int:
+        """Output the client has not acknowledged: ours, and what the kernel holds unacked."""
+        t = self.transport
+        assert t is not None
+        return t.get_write_buffer_size() + _kernel_unacked(self.fd)
+
     def _write(self, data: bytes) -> None:
-        """Write to the client; output the kernel did not take starts the stall watch."""
+        """Write to the client; a relayed answer, or output the kernel did not take, starts
+        the stall watch (one check per stall timeout, not one per write)."""
         t = self.transport
         assert t is not None
         t.write(data)
         self.sent += len(data)
-        if self.stall is None and t.get_write_buffer_size():
-            self.flushed = self.sent - t.get_write_buffer_size()
+        if self.stall is None and (self.relaying is not None or t.get_write_buffer_size()):
+            self.acked = self.sent - self._unacked()
             self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
 
     def _stalled(self) -> None:
-        """Output has been pending for the stall timeout: if the client took none of it, drop
-        it (what it has not read is lost anyway), which cancels its request and frees the
-        upstream slot; if it took some, watch again."""
+        """Output has been pending for the stall timeout: if the client acknowledged none of
+        it, drop it (what it has not read is lost anyway), which cancels its request and frees
+        the upstream slot; if it took some, watch again.
+
+        Why the client's acknowledgements and not our buffer: a client that stopped reading
+        shuts its receive window as soon as its own buffer is full, while our buffer and the
+        kernel's fill at the answer's pace, 10 s or more at a model's; until then the answer is
+        generated and relayed for nobody, on the worker, the processor and the frontend."""
         self.stall = None
         t = self.transport
         if self.closed or t is None:
             return
-        pending = t.get_write_buffer_size()
-        if not pending:
-            return
-        if self.sent - pending > self.flushed:  # progress: a slow reader, not a dead one
-            self.flushed = self.sent - pending
-            self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
+        pending = self._unacked()
+        if not pending or self.sent - pending > self.acked:  # progress: not a dead reader
+            if pending or self.relaying is not None:
+                self.acked = self.sent - pending
+                self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
             return
         self.gw.metrics.stalled_clients += 1
         log.info("client stalled for %.1f s, disconnected", self.gw.config.stall_timeout_s)

@@ -38,7 +38,7 @@ class Stub:
     context_window: int = 1000
     models_status: int = 200
     model_probes: int = 0
-    answer: str = "ok"  # ok | 503 | 500_marker | sse_503 | sse_503_late | endless | slow
+    answer: str = "ok"  # ok | 503 | 500_marker | sse_503 | sse_503_late | endless | trickle | slow
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     server: TestServer | None = None
 
@@ -79,6 +79,10 @@ class Stub:
                 await resp.write(FRONTEND_503_EVENT)
             elif self.answer == "sse_503_late":
                 await resp.write(token + FRONTEND_503_EVENT)
+            elif self.answer == "trickle":  # tokens at a model's pace, ~40 KB/s
+                while True:
+                    await resp.write(token * 4)
+                    await asyncio.sleep(0.005)
             else:  # endless: a long answer, as fast as the client takes it
                 piece = b"data: " + b"x" * 8000 + b"\n\n"
                 while True:
@@ -328,6 +332,40 @@ async def test_waiting_for_an_upstream_slot_has_a_deadline(stub: Stub) -> None:
 
 
 # --- clients that stop reading -----------------------------------------------------------------
+
+
+async def test_a_non_reader_is_dropped_before_the_buffers_fill(stub: Stub) -> None:
+    """The stall watch reads the client's acknowledgements: a client that stopped reading is
+    dropped one stall timeout after its receive window shut, not after the gateway's and the
+    kernel's buffers (here 1 MiB each, ~50 s of this answer) have filled."""
+    stub.answer = "trickle"
+    cfg = GatewayConfig(
+        upstream_url=stub.url,
+        host="127.0.0.1",
+        port=0,
+        stall_timeout_s=0.5,
+        client_buffer_bytes=1024 * 1024,
+        upstream_connections=1,
+        context_tokens=1000,
+    )
+    gw = Gateway(cfg)
+    _, server = await start_server(cfg, gw)
+    port = server.sockets[0].getsockname()[1]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect(("127.0.0.1", port))
+        body = json.dumps({"model": "tiny", "stream": True, "messages": []}).encode()
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        await until(lambda: gw.client.in_use == 1)
+        await until(lambda: gw.metrics.stalled_clients == 1, timeout_s=4.0)
+        await asyncio.wait_for(stub.cancelled.wait(), timeout=5)
+    finally:
+        sock.close()
+        await stop_server(gw, server)
 
 
 async def test_a_client_that_reads_nothing_is_dropped_and_frees_its_slot(stub: Stub) -> None:
