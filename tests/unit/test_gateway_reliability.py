@@ -4,6 +4,7 @@ Retry-After for "retry later", a deadline on upstream slots, and clients that st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -334,17 +335,16 @@ async def test_waiting_for_an_upstream_slot_has_a_deadline(stub: Stub) -> None:
 # --- clients that stop reading -----------------------------------------------------------------
 
 
-async def test_a_non_reader_is_dropped_before_the_buffers_fill(stub: Stub) -> None:
-    """The stall watch reads the client's acknowledgements: a client that stopped reading is
-    dropped one stall timeout after its receive window shut, not after the gateway's and the
-    kernel's buffers (here 1 MiB each, ~50 s of this answer) have filled."""
-    stub.answer = "trickle"
+@contextlib.asynccontextmanager
+async def non_reader(stub: Stub, client_buffer_bytes: int) -> AsyncIterator[tuple[Gateway, int]]:
+    """A gateway (stall timeout 0.5 s, one upstream slot) and a client with a 4 KiB receive
+    buffer that sent a streamed request and reads nothing; yields the gateway and its port."""
     cfg = GatewayConfig(
         upstream_url=stub.url,
         host="127.0.0.1",
         port=0,
         stall_timeout_s=0.5,
-        client_buffer_bytes=1024 * 1024,
+        client_buffer_bytes=client_buffer_bytes,
         upstream_connections=1,
         context_tokens=1000,
     )
@@ -361,37 +361,25 @@ async def test_a_non_reader_is_dropped_before_the_buffers_fill(stub: Stub) -> No
             b"\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
         )
         await until(lambda: gw.client.in_use == 1)
-        await until(lambda: gw.metrics.stalled_clients == 1, timeout_s=4.0)
-        await asyncio.wait_for(stub.cancelled.wait(), timeout=5)
+        yield gw, port
     finally:
         sock.close()
         await stop_server(gw, server)
 
 
+async def test_a_non_reader_is_dropped_before_the_buffers_fill(stub: Stub) -> None:
+    """The stall watch reads the client's acknowledgements: a client that stopped reading is
+    dropped one stall timeout after its receive window shut, not after the gateway's and the
+    kernel's buffers (here 1 MiB each, ~50 s of this answer) have filled."""
+    stub.answer = "trickle"
+    async with non_reader(stub, 1024 * 1024) as (gw, _):
+        await until(lambda: gw.metrics.stalled_clients == 1, timeout_s=4.0)
+        await asyncio.wait_for(stub.cancelled.wait(), timeout=5)
+
+
 async def test_a_client_that_reads_nothing_is_dropped_and_frees_its_slot(stub: Stub) -> None:
     stub.answer = "endless"
-    cfg = GatewayConfig(
-        upstream_url=stub.url,
-        host="127.0.0.1",
-        port=0,
-        stall_timeout_s=0.5,
-        client_buffer_bytes=64 * 1024,
-        upstream_connections=1,
-        context_tokens=1000,
-    )
-    gw = Gateway(cfg)
-    _, server = await start_server(cfg, gw)
-    port = server.sockets[0].getsockname()[1]
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    try:
-        sock.connect(("127.0.0.1", port))
-        body = json.dumps({"model": "tiny", "stream": True, "messages": []}).encode()
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-            b"\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-        )
-        await until(lambda: gw.client.in_use == 1)
+    async with non_reader(stub, 64 * 1024) as (gw, port):
         t0 = time.monotonic()
         await until(lambda: gw.metrics.stalled_clients == 1, timeout_s=5.0)
         assert time.monotonic() - t0 >= 0.4
@@ -407,6 +395,3 @@ async def test_a_client_that_reads_nothing_is_dropped_and_frees_its_slot(stub: S
         raw = await asyncio.wait_for(reader.read(), timeout=5)
         assert raw.startswith(b"HTTP/1.1 200 ")
         writer.close()
-    finally:
-        sock.close()
-        await stop_server(gw, server)
