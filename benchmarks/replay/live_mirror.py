@@ -6,8 +6,9 @@ Why: a live run of ``agentic_pressure`` takes 21 minutes for three seeds and its
 with the machine's load; the same sessions replayed on simulated engines take a second per
 arm and seed, with nothing but routing and the engines in them. The trace is the workload's
 own (``benchmarks.workloads.build``): every turn's prompt rendered and tokenized as the live
-driver sends it, cut into 64-token blocks identified by their whole prefix, the client's hints,
-and each turn waiting for the previous answer plus its tool gap. The cluster is the live one
+driver sends it, cut into 64-token blocks identified by their whole prefix, the client's hints
+and ``cache_control`` pin as the gateway parses them, and each turn waiting for the previous
+answer plus its tool gap. The cluster is the live one
 (its speeds and ``gpu_blocks``). Arms: ours (``OursPolicy``, the processor's decision path)
 and the port of Dynamo's KV router (``KvPortPolicy``).
 
@@ -30,7 +31,7 @@ from benchmarks.replay.ours import OursPolicy, router_config
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.trace import TraceRequest
 from benchmarks.workloads import BLOCK_SIZE, build
-from router.hints import AgentHints
+from router.hints import parse_agent_hints
 
 
 def _id(digest: bytes) -> int:
@@ -48,13 +49,9 @@ def live_trace(workload: str, seed: int) -> tuple[list[TraceRequest], ClusterCon
             chain, prompt, _, _ = blocks[(s.session_id, i)]
             # A partial last block is this turn's own: an id no other prompt has.
             tail = hashlib.blake2b(f"{s.session_id}/{i}".encode(), digest_size=8).digest()
-            h = turn.hints or {}
-            hints = AgentHints(
-                prefix_id=s.session_id,
-                total_requests=h.get("total_requests"),
-                iat_ms=h.get("iat"),
-                osl=h.get("osl"),
-            )
+            # The hints as the driver sends them and the gateway parses them.
+            pin = {"type": "ephemeral", "ttl": turn.cache_ttl} if turn.cache_ttl else None
+            hints = parse_agent_hints(turn.hints, pin)
             out.append(
                 TraceRequest(
                     index=len(out),
