@@ -3,8 +3,9 @@
     python -m benchmarks.replay.live_mirror [--workload agentic_pressure] [--seeds 1,2,3]
 
 Why: a live run of ``agentic_pressure`` takes 21 minutes for three seeds and its tail moves
-with the machine's load; the same sessions replayed on simulated engines take a second per
-arm and seed, with nothing but routing and the engines in them. The trace is the workload's
+with the machine's load; the same sessions replayed on simulated engines take a second or two
+per arm and seed (after ~25 s of tokenizing each seed's prompts), with nothing but routing and
+the engines in them. The trace is the workload's
 own (``benchmarks.workloads.build``): every turn's prompt rendered and tokenized as the live
 driver sends it, cut into 64-token blocks identified by their whole prefix, the client's hints
 and ``cache_control`` pin as the gateway parses them, and each turn waiting for the previous
