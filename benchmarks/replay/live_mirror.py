@@ -91,9 +91,10 @@ def figures(records: list[RequestRecord]) -> dict[str, float]:
     }
 
 
-def mirror(workload: str, seed: int) -> dict[str, dict[str, float]]:
-    """Both arms' figures on one seed of the workload."""
-    trace, cluster = live_trace(workload, seed)
+def mirror(
+    trace: list[TraceRequest], cluster: ClusterConfig, seed: int
+) -> dict[str, dict[str, float]]:
+    """Both arms' figures on one seed's trace (``live_trace``)."""
     policies = {
         "ours": OursPolicy(router_config(cluster, seed), BLOCK_SIZE),
         "dynamo_kv": KvPortPolicy(seed=seed),
@@ -110,7 +111,7 @@ def main() -> None:
     print("| seed | arm | TTFT p50 | p90 | p99 | reuse | long recomputes | p90 / kv | p99 / kv |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for seed in (int(s) for s in args.seeds.split(",")):
-        res = mirror(args.workload, seed)
+        res = mirror(*live_trace(args.workload, seed), seed)
         kv = res["dynamo_kv"]
         for arm, f in res.items():
             print(

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.replay.cluster import run_replay
-from benchmarks.replay.dynamo_kv import KvPortPolicy
-from benchmarks.replay.live_mirror import figures, live_trace
-from benchmarks.replay.ours import OursPolicy, router_config
+from benchmarks.replay.cluster import ClusterConfig
+from benchmarks.replay.live_mirror import live_trace, mirror
 from benchmarks.replay.trace import TraceRequest
 from benchmarks.workloads import BLOCK_SIZE
 
@@ -21,7 +19,7 @@ SEED = 1
 
 
 @pytest.fixture(scope="module")
-def pressure() -> tuple[list[TraceRequest], object]:
+def pressure() -> tuple[list[TraceRequest], ClusterConfig]:
     return live_trace("agentic_pressure", SEED)
 
 
@@ -45,7 +43,6 @@ def test_reuse_matches_the_live_run(pressure) -> None:
     trace, cluster = pressure
     live = json.loads(LIVE.read_text())["meta"]["workloads"]["agentic_pressure"]
     arms = next(s["arms"] for s in live["per_seed"] if s["seed"] == SEED)
-    ours = figures(run_replay(trace, cluster, OursPolicy(router_config(cluster, SEED), 64)))
-    kv = figures(run_replay(trace, cluster, KvPortPolicy(seed=SEED)))
-    assert ours["reuse"] == pytest.approx(arms["ours"]["kv_hit_ratio"], abs=0.03)
-    assert kv["reuse"] == pytest.approx(arms["dynamo_kv"]["kv_hit_ratio"], abs=0.03)
+    res = mirror(trace, cluster, SEED)
+    assert res["ours"]["reuse"] == pytest.approx(arms["ours"]["kv_hit_ratio"], abs=0.03)
+    assert res["dynamo_kv"]["reuse"] == pytest.approx(arms["dynamo_kv"]["kv_hit_ratio"], abs=0.03)
