@@ -7,10 +7,11 @@ import json
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.replay.cluster import ClusterConfig
-from benchmarks.replay.live_mirror import live_trace, mirror
+from benchmarks.replay.live_mirror import live_trace, mirror, pooled_tail
 from benchmarks.replay.trace import TraceRequest
 from benchmarks.workloads import BLOCK_SIZE
 
@@ -46,3 +47,12 @@ def test_reuse_matches_the_live_run(pressure) -> None:
     res = mirror(trace, cluster, SEED)
     assert res["ours"]["reuse"] == pytest.approx(arms["ours"]["kv_hit_ratio"], abs=0.03)
     assert res["dynamo_kv"]["reuse"] == pytest.approx(arms["dynamo_kv"]["kv_hit_ratio"], abs=0.03)
+
+
+def test_pooled_tail_compares_the_slowest_requests_of_all_seeds() -> None:
+    kv = np.array([100.0] * 990 + [1000.0] * 10)  # a tail of ten long recomputes
+    ours = np.array([100.0] * 990 + [500.0] * 10)  # the same requests, the tail halved
+    out = pooled_tail(ours, kv)
+    assert out["p90"] == pytest.approx(1.0)
+    assert out["p99.5"] == pytest.approx(0.5)
+    assert out["slowest_1pct_mean"] == pytest.approx(0.5)
