@@ -162,6 +162,7 @@ def test_killed_worker_loses_no_request(two_workers: LocalStack) -> None:
     )
     n, tokens = 16, 80  # ~0.5 s of decode each; 8 queue up on each worker
     results: dict[int, dict] = {}
+    live: dict[int, dict] = {}  # each client's progress while it streams
 
     def client(i: int) -> None:
         body = {
@@ -172,6 +173,8 @@ def test_killed_worker_loses_no_request(two_workers: LocalStack) -> None:
             "stream_options": {"include_usage": True},
         }
         out: dict = {"rid": "", "first": None, "tokens": 0, "finish": None, "error": None}
+        out["chunks"] = 0
+        live[i] = out
         try:
             with httpx.stream(
                 "POST", f"{stack.gateway_url}/v1/chat/completions", json=body, timeout=60
@@ -187,6 +190,7 @@ def test_killed_worker_loses_no_request(two_workers: LocalStack) -> None:
                         continue
                     out["rid"] = out["rid"] or chunk["id"].split("-", 1)[1]
                     out["first"] = out["first"] or time.monotonic()
+                    out["chunks"] += 1
                     for choice in chunk.get("choices") or []:
                         out["finish"] = choice.get("finish_reason") or out["finish"]
                     if chunk.get("usage"):
@@ -204,6 +208,13 @@ def test_killed_worker_loses_no_request(two_workers: LocalStack) -> None:
         lambda: metric(scrape(url), "akr_processor_active_requests") >= n // 2,
         20,
     )
+
+    def both_workers_mid_answer() -> bool:
+        """Two answers in their first half: with one slot per worker, one is on mocker1."""
+        early = [r for r in list(live.values()) if r["first"] and r["chunks"] < tokens // 2]
+        return len([r for r in early if r["finish"] is None]) >= 2
+
+    poll("an answer streaming on each worker", both_workers_mid_answer, 20, 0.01)
     killed_at = time.monotonic()
     stack.kill("mocker1")
     # Dropped from routing within seconds (the requests keep running meanwhile).
