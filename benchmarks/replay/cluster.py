@@ -18,6 +18,7 @@ produced them, plus ``kv_event_lag_ms``), queue lengths and capacities.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from benchmarks.replay.engine import Engine, EngineState, mix64
+from benchmarks.replay.engine import Engine, EngineState, PassResult, mix64
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.trace import TraceRequest
 
@@ -302,12 +303,14 @@ def run_replay(
     progress: bool = False,
     on_checkpoint: Callable[[int, list[RequestRecord]], None] | None = None,
     checkpoints: int = 4,
+    on_pass: Callable[[int, float, PassResult, list[EngineState]], None] | None = None,
 ) -> list[RequestRecord]:
     """Replay ``trace`` through ``policy`` on ``cluster``; records in trace order.
 
     ``on_checkpoint(k, finished)`` is called each time another ``1/(checkpoints + 1)`` of the
     requests has finished, with the records so far: a tuner reads intermediate figures there
-    and may stop a hopeless replay by raising."""
+    and may stop a hopeless replay by raising. ``on_pass(worker, start_ms, result, prefilling)``
+    sees every pass (analyses: benchmarks/replay/tail_parts.py)."""
     n_workers = cluster.num_workers
     engines = [
         Engine(
@@ -321,6 +324,9 @@ def run_replay(
         )
         for w in range(n_workers)
     ]
+    if on_pass is not None:
+        for w, eng in enumerate(engines):
+            eng.on_pass = functools.partial(on_pass, w)
     index = KvIndex(n_workers)
     view = ClusterView(cluster, engines, index)
     children = _check_trace(trace)

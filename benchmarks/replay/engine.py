@@ -27,7 +27,7 @@ mocker; the pass's outputs and KV events are handed back for delivery at its end
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +197,9 @@ class Engine:
         self._pass = 0
         self._count = self._isl = self._prefix = 0  # the pass's prefill batch
         self._kv_tokens = num_gpu_blocks * block_size
+        # Analyses only (benchmarks/replay/tail_parts.py): called after each pass is scheduled
+        # with its start, its result and the requests that computed prompt tokens in it.
+        self.on_pass: Callable[[float, PassResult, list[EngineState]], None] | None = None
 
     # ---- pool -------------------------------------------------------------------------------
     def num_active_blocks(self) -> int:
@@ -427,6 +430,9 @@ class Engine:
         self._emit(now_ms + pre_ms, result)
         if self._events:
             result.kv_events, self._events = self._events, []
+        if self.on_pass is not None:
+            ran = (*self.running, *result.finished)
+            self.on_pass(now_ms, result, [s for s in ran if s.pass_no == pno and s.sched_prompt])
         return result
 
     def _schedule(
