@@ -28,7 +28,7 @@ import hashlib
 import numpy as np
 
 from benchmarks.pressure_bound import LONG, chains
-from benchmarks.replay.cluster import ClusterConfig, run_replay
+from benchmarks.replay.cluster import ClusterConfig, Policy, run_replay
 from benchmarks.replay.dynamo_kv import KvPortPolicy
 from benchmarks.replay.ours import OursPolicy, router_config
 from benchmarks.replay.records import RequestRecord
@@ -93,14 +93,19 @@ def figures(records: list[RequestRecord]) -> dict[str, float]:
     }
 
 
+def arm_policies(cluster: ClusterConfig, seed: int) -> dict[str, Policy]:
+    """The two arms, fresh for one seed: ours as deployed, and the port of Dynamo's KV router."""
+    return {
+        "ours": OursPolicy(router_config(cluster, seed), BLOCK_SIZE),
+        "dynamo_kv": KvPortPolicy(seed=seed),
+    }
+
+
 def replay_arms(
     trace: list[TraceRequest], cluster: ClusterConfig, seed: int
 ) -> dict[str, list[RequestRecord]]:
     """Both arms' records on one seed's trace (``live_trace``)."""
-    policies = {
-        "ours": OursPolicy(router_config(cluster, seed), BLOCK_SIZE),
-        "dynamo_kv": KvPortPolicy(seed=seed),
-    }
+    policies = arm_policies(cluster, seed)
     return {arm: run_replay(trace, cluster, p) for arm, p in policies.items()}
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.replay.cluster import ClusterConfig, Policy, run_replay
 from benchmarks.replay.engine import EngineState, PassResult, prefill_ms
-from benchmarks.replay.live_mirror import live_trace
+from benchmarks.replay.live_mirror import arm_policies, live_trace
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.trace import TraceRequest
 
@@ -84,10 +84,6 @@ def tail_parts(
 
 
 def main() -> None:
-    from benchmarks.replay.dynamo_kv import KvPortPolicy
-    from benchmarks.replay.ours import OursPolicy, router_config
-    from benchmarks.workloads import BLOCK_SIZE
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workload", default="agentic_pressure")
     ap.add_argument("--seeds", default="1,2,3")
@@ -96,11 +92,7 @@ def main() -> None:
     ttft: dict[str, list[float]] = {"ours": [], "dynamo_kv": []}
     for seed in (int(s) for s in args.seeds.split(",")):
         trace, cluster = live_trace(args.workload, seed)
-        arms = {
-            "ours": OursPolicy(router_config(cluster, seed), BLOCK_SIZE),
-            "dynamo_kv": KvPortPolicy(seed=seed),
-        }
-        for arm, policy in arms.items():
+        for arm, policy in arm_policies(cluster, seed).items():
             records, band = tail_parts(trace, cluster, policy)
             parts[arm] += [p for _, p in band]
             ttft[arm] += [r.ttft_ms for r in records]
