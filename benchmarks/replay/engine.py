@@ -70,13 +70,19 @@ def _scaled(ms: float, speed: float) -> float:
     return d * 1000.0
 
 
+def pass_prefill_ms(tokens: int, speed: float) -> float:
+    """The prefill part of one pass computing ``tokens`` new prompt tokens on a worker of
+    ``speed`` (ms), as the engine times it."""
+    return _scaled(prefill_ms(1, tokens), speed)
+
+
 def solo_prefill_ms(tokens: int, speed: float, max_num_batched_tokens: int) -> float:
     """Time to first token of a request computing ``tokens`` prompt tokens alone on an idle
     worker: its chunks of at most ``max_num_batched_tokens``, one pass each (ms)."""
     total, left = 0.0, max(tokens, 1)
     while left > 0:
         chunk = min(left, max_num_batched_tokens)
-        total += _scaled(prefill_ms(1, chunk), speed)
+        total += pass_prefill_ms(chunk, speed)
         left -= chunk
     return total
 
@@ -91,8 +97,8 @@ def least_prefill_ms(tokens: int, speed: float, max_num_batched_tokens: int) -> 
     best = float("inf")
     for k in range(-(-n // max_num_batched_tokens), n + 1):
         small, extra = divmod(n, k)
-        cost = (k - extra) * _scaled(prefill_ms(1, small), speed) + (
-            extra * _scaled(prefill_ms(1, small + 1), speed) if extra else 0.0
+        cost = (k - extra) * pass_prefill_ms(small, speed) + (
+            extra * pass_prefill_ms(small + 1, speed) if extra else 0.0
         )
         if cost >= best:
             break

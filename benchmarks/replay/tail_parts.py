@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks.replay.cluster import ClusterConfig, Policy, run_replay
-from benchmarks.replay.engine import EngineState, PassResult, prefill_ms
+from benchmarks.replay.engine import EngineState, PassResult, pass_prefill_ms
 from benchmarks.replay.live_mirror import arm_policies, live_trace
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.trace import TraceRequest
@@ -44,15 +44,11 @@ class _Pass:
     speed: float
 
 
-def _priced(tokens: int, speed: float) -> float:
-    return prefill_ms(1, tokens) / speed
-
-
 def split(record: RequestRecord, passes: list[_Pass]) -> dict[str, float]:
     """The four parts of one request's TTFT, from the passes that computed its prompt."""
     mine = [p for p in passes if p.start_ms < record.first_token_ms]
-    own = sum(_priced(p.own_tokens, p.speed) for p in mine)
-    batch = sum(_priced(p.batch_tokens, p.speed) for p in mine)
+    own = sum(pass_prefill_ms(p.own_tokens, p.speed) for p in mine)
+    batch = sum(pass_prefill_ms(p.batch_tokens, p.speed) for p in mine)
     return {
         "wait": mine[0].start_ms - record.arrival_ms,
         "own": own,
