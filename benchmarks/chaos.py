@@ -58,8 +58,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.chaos_clients import slow_reader_stack_config
+from benchmarks.gateway_overhead import cpu_seconds
 from deploy.local_stack import LocalStack, StackConfig
-from processor.traces import read_records
+from processor.traces import TraceRecord, poll_records, read_records
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MACHINE = "simulated workers (dynamo.mocker) on 2 shared CPU cores, loopback"
@@ -521,7 +522,10 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
                 chat_body(stack.model_name, "write a very long report " * 10, 1500, True)
             ).encode()
             port = int(stack.url.rsplit(":", 1)[1])
+            cpu_before = {p.name: cpu_seconds(p.pid) for p in stack.procs}
             t_open = time.perf_counter()
+            wall_open = time.time()
+            wall_minus_mono = wall_open - time.monotonic()  # Outcome times are monotonic
             socks = await asyncio.to_thread(_open_non_readers, port, body, clients)
             try:
                 url = stack.processor_metrics_url
@@ -562,12 +566,20 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
                 outcomes = await open_loop(make, 5.0, measure_s)
                 dropped_s = await watch
                 active_after = metric(await scrape(session, url), "akr_processor_active_requests")
+                cpu_s = {
+                    p.name: round(cpu_seconds(p.pid) - cpu_before[p.name], 2) for p in stack.procs
+                }
             finally:
                 for s in socks:
                     s.close()
+        records = await asyncio.to_thread(_settled_records, stack, len(outcomes) + clients)
     latencies = [(o.ended - o.sent) * 1000 for o in outcomes]
     start = min((o.sent for o in outcomes), default=0.0)
     slowest = sorted(outcomes, key=lambda o: o.sent - o.ended)[:3]
+    probe_ids = {o.request_id for o in outcomes}
+    relayed = sorted(
+        r.output_tokens for r in records if r.ts >= wall_open and r.request_id not in probe_ids
+    )
     ok = [o for o in outcomes if o.ok]
     result = {"clients": clients, "normal_p99_ms": round(percentile(latencies, 99), 1)}
     details = {
@@ -586,8 +598,40 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
         "slowest_sent_s_ms": [
             [round(o.sent - start, 1), round((o.ended - o.sent) * 1000, 1)] for o in slowest
         ],
+        # Where their time went: client -> processor (gateway, stock frontend), the processor's
+        # TTFT (of which its decision), and from its first token to the client's last byte.
+        "slowest_split_ms": [_split(o, records, wall_minus_mono) for o in slowest],
+        # CPU seconds of each process from opening the non-readers to the probe's end.
+        "cpu_s": cpu_s,
+        # Tokens each non-reader was sent (median, max) before the gateway dropped it.
+        "non_reader_tokens": [
+            relayed[len(relayed) // 2] if relayed else None,
+            relayed[-1] if relayed else None,
+        ],
     }
     return result, details
+
+
+def _settled_records(stack: LocalStack, at_least: int) -> list[TraceRecord]:
+    """The processor's trace once it holds ``at_least`` records (or after 10 s)."""
+    return poll_records(stack.trace_path, lambda rs: len(rs) >= at_least, 10.0)
+
+
+def _split(
+    out: Outcome, records: list[TraceRecord], wall_minus_mono: float
+) -> dict[str, float | None]:
+    rec = next((r for r in records if r.request_id == out.request_id), None)
+    total = (out.ended - out.sent) * 1000
+    if rec is None or rec.ttft_ms is None:
+        return {"total": round(total, 1), "to_processor": None}
+    to_processor = (rec.ts - (out.sent + wall_minus_mono)) * 1000
+    return {
+        "total": round(total, 1),
+        "to_processor": round(to_processor, 1),
+        "processor_ttft": round(rec.ttft_ms, 1),
+        "decision": round((rec.decision_us or 0.0) / 1000, 1),
+        "after_first_token": round(total - to_processor - rec.ttft_ms, 1),
+    }
 
 
 async def long_prompt(short: bool) -> tuple[dict, dict]:
