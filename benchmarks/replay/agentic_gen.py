@@ -99,11 +99,16 @@ def _agent_prompts(seed: int, p: AgenticParams) -> list[int]:
     return [int(b) for b in rng.integers(lo, hi + 1, size=p.num_agent_types)]
 
 
+def _clip(x: float, lo: float, hi: float) -> float:
+    """``np.clip`` of one number without its array machinery (most of the generator's time)."""
+    return min(max(x, lo), hi)
+
+
 def _session_turns(
     rng: np.random.Generator, p: AgenticParams, system_tokens: int
 ) -> tuple[list[tuple[int, int]], list[float], int, float, bool]:
     lo, hi = p.osl_range
-    osl = int(np.clip(round(p.osl_median * rng.lognormal(0.0, p.osl_sigma)), lo, hi))
+    osl = int(_clip(round(p.osl_median * rng.lognormal(0.0, p.osl_sigma)), lo, hi))
     iat = float(round(rng.uniform(*p.iat_ms)))
     pinned = bool(rng.random() < p.pin_fraction)
     n = int(rng.integers(p.turns[0], p.turns[1] + 1))
@@ -111,15 +116,15 @@ def _session_turns(
     turns: list[tuple[int, int]] = []
     gaps: list[float] = []
     for k in range(n):
-        out = int(np.clip(round(osl * rng.lognormal(0.0, p.turn_osl_sigma)), 1, hi))
+        out = int(_clip(round(osl * rng.lognormal(0.0, p.turn_osl_sigma)), 1, hi))
         tool = int(
-            np.clip(
+            _clip(
                 round(p.tool_tokens_median * rng.lognormal(0.0, p.tool_tokens_sigma)),
                 1,
                 p.tool_tokens_max,
             )
         )
-        gap = float(np.clip(iat * rng.lognormal(0.0, p.gap_sigma), *p.iat_ms))
+        gap = float(_clip(iat * rng.lognormal(0.0, p.gap_sigma), *p.iat_ms))
         out = min(out, p.max_context_tokens - ctx)
         if out < 1:
             break
