@@ -3,6 +3,7 @@
     python -m benchmarks.replay run --trace FILE [--format mooncake|agentic] --workers 8 \
         [--blocks 16384] [--speeds 1,1,0.5,...] [--arms ours,dynamo_kv_port,round_robin]
     python -m benchmarks.replay suite [--quick] [--seed N]  # make replay
+    python -m benchmarks.replay suite --heldout [--seed N]  # cases outside the suite
     python -m benchmarks.replay bound [--only agentic-8] [--records DIR]
     python -m benchmarks.replay fidelity                  # against Dynamo's own replay
     python -m benchmarks.replay.agentic generate|convert ...
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     suite = sub.add_parser("suite", help="the standard suite -> results/replay/suite.json")
     suite.add_argument("--quick", action="store_true", help="small slices, for a smoke run")
     suite.add_argument("--only", type=str, default=None, help="comma-separated workloads")
+    suite.add_argument(
+        "--heldout", action="store_true", help="cases outside the suite -> heldout.json"
+    )
     suite.add_argument("--jobs", type=int, default=2)
     suite.add_argument("--out", type=Path, default=None)
     suite.add_argument(

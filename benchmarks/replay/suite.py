@@ -6,6 +6,8 @@
   reuse references of its case (``reuse_pooled_bound``, ``reuse_ideal``) added;
 * ``suite.md``: one table per case, latency ratios against ``dynamo_kv``;
 * ``suite.png``: TTFT CDF per arm for every case, and reuse against the bounds;
+* ``heldout.{json,md,png}`` instead with ``--heldout``: cases outside the suite
+  (``heldout_cases``), ours against ``dynamo_kv``;
 * ``records/<workload>-<workers>-<arm>.csv.gz``: the per-request records (trace row, worker,
   arrival, TTFT, E2E, ITL, reused tokens). Not committed: the same seed gives identical
   records, and a full set is about 15 MB.
@@ -194,6 +196,44 @@ def cases(quick: bool = False, seed: int = 0) -> list[Case]:
     return [replace(c, seed=seed) for c in suite]
 
 
+def heldout_cases(seed: int = 0) -> list[Case]:
+    """Cases the router was never tuned on, to see whether it was fitted to the suite: other
+    cluster sizes, pressures, loads and speed mixes, each against ``dynamo_kv`` only. The
+    traces' seeds are disjoint from the suite's (11 and up)."""
+    arms = ("ours", "dynamo_kv")
+    quarter_slow = (1.0,) * 12 + (0.25,) * 4
+    heldout = [
+        agentic_case("agentic", 16, 512, seed=seed + 11, max_requests=10_000),
+        agentic_case("agentic", 32, 256, seed=seed + 12, pressure=2.5, max_requests=12_000),
+        agentic_case(
+            "agentic_busy", 8, 512, seed=seed + 13, pressure=1.0, load=0.9, max_requests=8000
+        ),
+        agentic_case(
+            "agentic_tight", 8, 512, seed=seed + 14, pressure=3.0, load=0.8, max_requests=8000
+        ),
+        agentic_case("agentic_busy", 64, 256, seed=seed + 18, load=0.95, max_requests=30_000),
+        agentic_case(
+            "heterogeneous_slow_quarter",
+            16,
+            512,
+            seed=seed + 15,
+            speeds=quarter_slow,
+            max_requests=10_000,
+        ),
+        agentic_case(
+            "heterogeneous_one_fast",
+            8,
+            512,
+            seed=seed + 16,
+            speeds=(4.0,) + (1.0,) * 7,
+            max_requests=8000,
+        ),
+        agentic_case("overload", 16, 512, seed=seed + 17, load=1.3, max_requests=10_000),
+        Case("mooncake", 32, MooncakeTrace(), 16384, arrival_speedup_ratio=4.0),
+    ]
+    return [replace(c, seed=seed, arms=arms) for c in heldout]
+
+
 def _task(case: Case, arm: str, work: Path, records_dir: Path) -> tuple[str, str, dict]:
     t0 = time.perf_counter()
     trace = case.make_trace(work)
@@ -301,7 +341,8 @@ def _assemble(suite: list[Case], done: dict[tuple[str, str], dict]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    suite = cases(quick=args.quick, seed=args.seed)
+    name = "heldout" if args.heldout else "suite"
+    suite = heldout_cases(args.seed) if args.heldout else cases(quick=args.quick, seed=args.seed)
     if args.only:
         keep = set(args.only.split(","))
         suite = [c for c in suite if c.workload in keep or c.key in keep]
@@ -320,15 +361,16 @@ def main(args: argparse.Namespace) -> int:
                 key, arm, figures = fut.result()
                 done[(key, arm)] = figures
     result = _assemble(suite, done)
-    (out_dir / "suite.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    lines = [f"# Replay suite\n\n`{' '.join(['python -m benchmarks.replay', *sys.argv[1:]])}`\n"]
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    title = "Replay: held-out cases" if args.heldout else "Replay suite"
+    lines = [f"# {title}\n\n`{' '.join(['python -m benchmarks.replay', *sys.argv[1:]])}`\n"]
     for case in suite:
         lines.append(f"\n## {case.workload}, {case.workers} workers\n")
         lines.append(table(result[case.workload][str(case.workers)], baseline="dynamo_kv"))
-    (out_dir / "suite.md").write_text("\n".join(lines) + "\n")
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     from benchmarks.replay.plot import plot_suite
 
-    plot_suite(result, out_dir / "records", out_dir / "suite.png")
+    plot_suite(result, out_dir / "records", out_dir / f"{name}.png")
     print(f"suite: {len(done)} arm runs in {time.perf_counter() - t0:.0f} s -> {out_dir}")
     print("\n".join(lines))
     return 0
