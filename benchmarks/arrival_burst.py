@@ -29,6 +29,7 @@ import aiohttp
 
 from benchmarks.chaos import chat_body, open_loop, percentile, request, stack_of
 from benchmarks.chaos_clients import slow_reader_stack_config
+from benchmarks.gateway_overhead import cpu_seconds
 
 PROBE_RATE, PROBE_S = 5.0, 15.0
 ARMS = {"none": 0, "short": 8, "long": 1500}
@@ -39,6 +40,7 @@ async def _arm(max_tokens: int, clients: int) -> dict[str, Any]:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=clients + 64)
         ) as session:
+            cpu_before = {p.name: cpu_seconds(p.pid) for p in stack.procs}
             burst: list[asyncio.Task] = []
             if max_tokens:
                 body = chat_body(
@@ -58,6 +60,7 @@ async def _arm(max_tokens: int, clients: int) -> dict[str, Any]:
             probe = await open_loop(make, PROBE_RATE, PROBE_S)
             done = await asyncio.gather(*burst)
             burst_s = time.monotonic() - t0
+            cpu_s = {p.name: round(cpu_seconds(p.pid) - cpu_before[p.name], 2) for p in stack.procs}
     latencies = [(o.ended - o.sent) * 1000 for o in probe]
     return {
         "normal_p99_ms": round(percentile(latencies, 99), 1),
@@ -66,6 +69,7 @@ async def _arm(max_tokens: int, clients: int) -> dict[str, Any]:
         "normal": len(probe),
         "burst_ok": sum(o.ok for o in done),
         "burst_done_s": round(burst_s, 1) if burst else None,
+        "cpu_s": cpu_s,  # each process, from the burst's start to its last answer
     }
 
 
