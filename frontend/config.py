@@ -51,7 +51,8 @@ class GatewayConfig(BaseSettings):
         description="A client that acknowledges no byte of its pending output for this long "
         "(its receive window shut) is disconnected (counted in "
         "akr_gateway_stalled_clients_total); its upstream stream is closed and its upstream "
-        "slot freed. A client that reads at all, however slowly, is never dropped.",
+        "slot freed. A client that reads something within every stall timeout, however "
+        "little, is never dropped.",
     )
     client_buffer_bytes: int = Field(
         32 * 1024,

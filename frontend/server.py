@@ -57,6 +57,11 @@ def _kernel_unacked(fd: int) -> int:
         return 0
 
 
+# Checks of a client's acknowledgements per stall timeout: a client is dropped between one
+# stall timeout and 1 + 1/STALL_CHECKS of it after its last acknowledgement (one check per
+# timeout let a dead reader hold its stream for up to two timeouts).
+STALL_CHECKS = 4
+
 MAX_URL = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 128
@@ -132,6 +137,7 @@ class HttpProtocol(asyncio.Protocol):
         self.stall: asyncio.TimerHandle | None = None  # armed while relaying or output pends
         self.sent = 0  # bytes handed to the transport
         self.acked = 0  # of those, bytes the client had acknowledged at the last stall check
+        self.acked_at = 0.0  # loop time of the last check that found more acknowledged
         self.fd = -1  # the client socket, for the kernel's count of unacknowledged bytes
         self.discarding = False  # after an early answer: read and drop, then close
         self.loop = asyncio.get_running_loop()
@@ -184,19 +190,25 @@ class HttpProtocol(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         """Write to the client; a relayed answer, or output the kernel did not take, starts
-        the stall watch (one check per stall timeout, not one per write)."""
+        the stall watch (STALL_CHECKS checks per stall timeout, none per write)."""
         t = self.transport
         assert t is not None
         t.write(data)
         self.sent += len(data)
         if self.stall is None and (self.relaying is not None or t.get_write_buffer_size()):
             self.acked = self.sent - self._unacked()
-            self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
+            self.acked_at = self.loop.time()
+            self._watch()
+
+    def _watch(self) -> None:
+        self.stall = self.loop.call_later(
+            self.gw.config.stall_timeout_s / STALL_CHECKS, self._stalled
+        )
 
     def _stalled(self) -> None:
-        """Output has been pending for the stall timeout: if the client acknowledged none of
-        it, drop it (what it has not read is lost anyway), which cancels its request and frees
-        the upstream slot; if it took some, watch again.
+        """One check of the stall watch: a client that acknowledged none of its pending output
+        for the stall timeout is dropped (what it has not read is lost anyway), which cancels
+        its request and frees the upstream slot; otherwise watch again.
 
         Why the client's acknowledgements and not our buffer: a client that stopped reading
         shuts its receive window as soon as its own buffer is full, while our buffer and the
@@ -210,7 +222,11 @@ class HttpProtocol(asyncio.Protocol):
         if not pending or self.sent - pending > self.acked:  # progress: not a dead reader
             if pending or self.relaying is not None:
                 self.acked = self.sent - pending
-                self.stall = self.loop.call_later(self.gw.config.stall_timeout_s, self._stalled)
+                self.acked_at = self.loop.time()
+                self._watch()
+            return
+        if self.loop.time() - self.acked_at < self.gw.config.stall_timeout_s:
+            self._watch()
             return
         self.gw.metrics.stalled_clients += 1
         log.info("client stalled for %.1f s, disconnected", self.gw.config.stall_timeout_s)

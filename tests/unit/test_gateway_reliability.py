@@ -336,14 +336,17 @@ async def test_waiting_for_an_upstream_slot_has_a_deadline(stub: Stub) -> None:
 
 
 @contextlib.asynccontextmanager
-async def non_reader(stub: Stub, client_buffer_bytes: int) -> AsyncIterator[tuple[Gateway, int]]:
-    """A gateway (stall timeout 0.5 s, one upstream slot) and a client with a 4 KiB receive
-    buffer that sent a streamed request and reads nothing; yields the gateway and its port."""
+async def non_reader(
+    stub: Stub, client_buffer_bytes: int, stall_timeout_s: float = 0.5
+) -> AsyncIterator[tuple[Gateway, socket.socket]]:
+    """A gateway (one upstream slot) and a client with a 4 KiB receive buffer that sent a
+    streamed request and reads nothing (unless the test reads its socket); yields the gateway
+    and that socket."""
     cfg = GatewayConfig(
         upstream_url=stub.url,
         host="127.0.0.1",
         port=0,
-        stall_timeout_s=0.5,
+        stall_timeout_s=stall_timeout_s,
         client_buffer_bytes=client_buffer_bytes,
         upstream_connections=1,
         context_tokens=1000,
@@ -361,7 +364,7 @@ async def non_reader(stub: Stub, client_buffer_bytes: int) -> AsyncIterator[tupl
             b"\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
         )
         await until(lambda: gw.client.in_use == 1)
-        yield gw, port
+        yield gw, sock
     finally:
         sock.close()
         await stop_server(gw, server)
@@ -377,9 +380,37 @@ async def test_a_non_reader_is_dropped_before_the_buffers_fill(stub: Stub) -> No
         await asyncio.wait_for(stub.cancelled.wait(), timeout=5)
 
 
+async def test_a_non_reader_is_dropped_one_stall_timeout_after_its_last_acknowledgement(
+    stub: Stub,
+) -> None:
+    """Its receive window shuts at once (a fast answer): dropped one stall timeout later,
+    within a quarter of it, where one check per timeout took two timeouts."""
+    stub.answer = "endless"
+    async with non_reader(stub, 64 * 1024, stall_timeout_s=1.0) as (gw, _):
+        t0 = time.monotonic()
+        await until(lambda: gw.metrics.stalled_clients == 1, timeout_s=5.0)
+        assert 0.9 <= time.monotonic() - t0 <= 1.6
+
+
+async def test_a_client_that_reads_slowly_is_never_dropped(stub: Stub) -> None:
+    """It empties its receive buffer only every 0.3 s, so the gateway's buffers stay full and
+    its window shuts between reads; each read is acknowledged within the stall timeout."""
+    stub.answer = "trickle"
+    async with non_reader(stub, 16 * 1024, stall_timeout_s=0.5) as (gw, sock):
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        got = 0
+        for _ in range(10):
+            await asyncio.sleep(0.3)
+            got += len(await loop.sock_recv(sock, 8192))
+        assert gw.metrics.stalled_clients == 0
+        assert got >= 10 * 4096  # it was sent data all along
+
+
 async def test_a_client_that_reads_nothing_is_dropped_and_frees_its_slot(stub: Stub) -> None:
     stub.answer = "endless"
-    async with non_reader(stub, 64 * 1024) as (gw, port):
+    async with non_reader(stub, 64 * 1024) as (gw, sock):
+        port = sock.getpeername()[1]
         t0 = time.monotonic()
         await until(lambda: gw.metrics.stalled_clients == 1, timeout_s=5.0)
         assert time.monotonic() - t0 >= 0.4
