@@ -7,9 +7,10 @@ what is left of the admission deadline; otherwise it waits here, and at the dead
 refused (the client gets 503 with Retry-After). Conversations already running are never
 held, so they keep their caches instead of thrashing with newcomers.
 
-Order: higher priority first, then higher latency sensitivity, then least attained service
-(prompt tokens the conversation was already served), then arrival. Only the head is tried,
-so a large request cannot be overtaken forever by small ones of the same rank.
+Order: higher priority first, then higher latency sensitivity, then arrival. (Least
+attained service would order nothing here: only first requests are held, and none has been
+served yet.) Only the head is tried, so a large request cannot be overtaken forever by small
+ones of the same rank.
 
 Pure and clock-passed: the processor drives it on the event loop's clock, the replay on its
 virtual clock. Bounded: at most ``max_len`` entries; a full queue refuses at once (counted).
@@ -28,7 +29,7 @@ QUEUE_MAX = 1024  # held requests at most; a burst beyond it is refused at once
 class Held:
     """One waiting request; ``key`` orders the queue, the rest is not compared."""
 
-    key: tuple[float, float, float, int]
+    key: tuple[float, float, int]
     request_id: str = field(compare=False)
     since: float = field(compare=False)
     deadline: float = field(compare=False)
@@ -73,14 +74,13 @@ class AdmissionQueue:
         now: float,
         priority: int = 0,
         latency_sensitivity: float = 0.0,
-        attained_tokens: float = 0.0,
     ) -> Held | None:
         """Hold a request; None when the queue is full (the caller refuses it)."""
         if len(self._live) >= self.max_len:
             self.stats.rejected_full += 1
             return None
         self._seq += 1
-        key = (-float(priority), -float(latency_sensitivity), float(attained_tokens), self._seq)
+        key = (-float(priority), -float(latency_sensitivity), self._seq)
         held = Held(key, request_id, now, now + self.deadline_s)
         heapq.heappush(self._heap, held)
         self._by_deadline.append(held)

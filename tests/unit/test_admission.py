@@ -10,17 +10,17 @@ from router.policy import Router, RouteRequest
 from router.signals import WorkerSignals
 
 
-def test_order_is_priority_then_sensitivity_then_attained_service_then_arrival() -> None:
+def test_order_is_priority_then_sensitivity_then_arrival() -> None:
     q = AdmissionQueue(deadline_s=2.0)
     q.push("late-low", 0.0)
     q.push("urgent", 0.1, latency_sensitivity=1.0)
     q.push("important", 0.2, priority=5)
-    q.push("served-before", 0.3, latency_sensitivity=1.0, attained_tokens=5000)
+    q.push("urgent-later", 0.3, latency_sensitivity=1.0)
     order = []
     while (h := q.head()) is not None:
         order.append(h.request_id)
         q.admit(h.request_id, 1.0)
-    assert order == ["important", "urgent", "served-before", "late-low"]
+    assert order == ["important", "urgent", "urgent-later", "late-low"]
     assert q.stats.admitted == 4 and len(q) == 0
 
 
