@@ -572,7 +572,10 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
             finally:
                 for s in socks:
                     s.close()
-        records = await asyncio.to_thread(_settled_records, stack, len(outcomes) + clients)
+        at_least = len(outcomes) + clients  # the trace writer flushes in batches
+        records = await asyncio.to_thread(
+            poll_records, stack.trace_path, lambda rs: len(rs) >= at_least, 10.0
+        )
     latencies = [(o.ended - o.sent) * 1000 for o in outcomes]
     start = min((o.sent for o in outcomes), default=0.0)
     slowest = sorted(outcomes, key=lambda o: o.sent - o.ended)[:3]
@@ -610,11 +613,6 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
         ],
     }
     return result, details
-
-
-def _settled_records(stack: LocalStack, at_least: int) -> list[TraceRecord]:
-    """The processor's trace once it holds ``at_least`` records (or after 10 s)."""
-    return poll_records(stack.trace_path, lambda rs: len(rs) >= at_least, 10.0)
 
 
 def _split(

@@ -109,13 +109,6 @@ def replay_arms(
     return {arm: run_replay(trace, cluster, p) for arm, p in policies.items()}
 
 
-def mirror(
-    trace: list[TraceRequest], cluster: ClusterConfig, seed: int
-) -> dict[str, dict[str, float]]:
-    """Both arms' figures on one seed's trace (``live_trace``)."""
-    return {arm: figures(recs) for arm, recs in replay_arms(trace, cluster, seed).items()}
-
-
 def pooled_tail(ours: np.ndarray, kv: np.ndarray) -> dict[str, float]:
     """Ours / kv on every seed's requests together: the 99th percentile of one seed is its
     ~10th slowest request, so the pooled figures and the mean of the slowest 1% move less."""
