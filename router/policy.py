@@ -9,8 +9,9 @@
    the events lag) but the table saw this conversation on worker ``w`` within
    ``HISTORY_WINDOW_S``, credit ``w`` with the last prompt's blocks as overlap.
 3. Score every worker with the additive cost model (router/cost.py) plus the bandit's
-   sampled latency correction (router/bandit.py); pick the minimum.
-4. Record the request in the prefix table (budget, home, pin) and leave a pending
+   sampled latency correction (router/bandit.py).
+4. ``pick`` the lowest score that the tail guard and admission allow, ``explain`` why it
+   won, record the request in the prefix table (budget, home, pin) and leave a pending
    feedback record (router/feedback.py) for ``report()``.
 
 Reuse budget: the first request of a prefix sets ``remaining = total_requests - 1``; every
@@ -31,7 +32,7 @@ runs from a background task; ``decide`` never sweeps.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -50,7 +51,7 @@ from router.cost import Candidate
 from router.feedback import FeedbackTracker
 from router.lineage import Lineage
 from router.load import request_blocks
-from router.prefix_table import PrefixTable
+from router.prefix_table import PrefixEntry, PrefixTable
 from router.signals import WorkerSignals, aligned
 
 Reason = Literal["sticky", "overlap", "load", "exploration", "pin", "held"]
@@ -135,6 +136,117 @@ class NoWorkers(RuntimeError):
     """``decide`` was called with an empty worker set."""
 
 
+class Conversation(NamedTuple):
+    """What the prefix table knows of a request's conversation when it arrives."""
+
+    prefix_id: str | None  # the hinted id, or the inferred one; None: a conversation of one
+    inferred: bool  # no prefix id: found (or started) from the prompt's block hashes
+    entry: PrefixEntry | None  # the table's entry; None: first request (or expired)
+    home: int  # index of the home worker among the candidates; -1: none in the fleet
+    pinned: bool  # a cache_control pin is active
+    remaining: int  # requests still expected before this one
+
+
+def history_overlap(
+    conv: Conversation, kv_overlap: np.ndarray, prompt_blocks: int, now: float
+) -> np.ndarray:
+    """KV overlap per worker; when no worker reports any (workers without KV events, or the
+    events lag) but the conversation ran on its home within ``HISTORY_WINDOW_S``, the home is
+    credited with its last prompt's blocks (a new array; otherwise ``kv_overlap`` itself)."""
+    entry, home = conv.entry, conv.home
+    if (
+        home < 0
+        or entry is None
+        or entry.blocks <= 0
+        or now - entry.last_seen > HISTORY_WINDOW_S
+        or np.count_nonzero(kv_overlap)  # some KV overlap somewhere (cheaper than any())
+    ):
+        return kv_overlap
+    overlap = kv_overlap.copy()
+    overlap[home] = min(entry.blocks, prompt_blocks)
+    return overlap
+
+
+def pick(
+    cfg: RouterConfig,
+    request: RouteRequest,
+    new_conversation: bool,
+    terms: dict[str, np.ndarray],
+    total: np.ndarray,
+    uncached: np.ndarray,
+) -> int:
+    """Index of the worker with the lowest score that the tail guard and admission allow;
+    -1 when admission holds the request.
+
+    Tail guard: no affinity, cache or learned correction buys more than ``affinity_cap_ms``
+    of predicted TTFT behind the best worker (never a turn queued behind a hot spot); the
+    predicted TTFT includes the wait for KV blocks on a full worker. Admission: a new
+    conversation only goes where it starts now, i.e. its blocks fit (no KV wait) and its
+    queued plus uncached prefill fits the time left. A prompt whose own prefill on its best
+    worker exceeds the whole deadline could never fit (it would hold the queue's head until
+    refused): only its wait must fit."""
+    i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
+    ttft = terms["prefill_ms"] + terms["kv_full_ms"]
+    bound = float(ttft.min()) + cfg.affinity_cap_ms
+    if ttft[i] > bound:
+        i = int(np.where(ttft <= bound, total, np.inf).argmin())
+    if request.admit_within_ms is None or not new_conversation:
+        return i
+    own = float(cost.engine_prefill_ms(cfg, uncached.min()))
+    deadline = request.admit_deadline_ms
+    beyond = own if deadline is not None and own > deadline else 0.0
+    fits = (terms["kv_full_ms"] <= 0.0) & (ttft - beyond <= request.admit_within_ms)
+    if fits[i]:
+        return i
+    if not fits.any():
+        return -1
+    return int(np.where(fits, total, np.inf).argmin())
+
+
+def explain(
+    i: int,
+    conv: Conversation,
+    terms: dict[str, np.ndarray],
+    total: np.ndarray,
+    overlap: np.ndarray,
+    learned_mean: np.ndarray | None,
+) -> Reason:
+    """Why worker ``i`` won, by the rules in Decision's docstring."""
+    affinity, learned = terms["affinity_ms"], terms["learned_ms"]
+    if i == conv.home and affinity[i] > 0 and int((total + affinity).argmin()) != i:
+        return "pin" if conv.pinned else "sticky"
+    if learned_mean is not None and int((total - learned + learned_mean).argmin()) != i:
+        return "exploration"
+    if overlap[i] > 0 and overlap[i] >= overlap.max():
+        return "overlap"
+    return "load"
+
+
+def top_candidates(
+    ids: np.ndarray,
+    total: np.ndarray,
+    terms: dict[str, np.ndarray],
+    overlap: np.ndarray,
+    uncached: np.ndarray,
+    queued: np.ndarray,
+) -> list[Candidate]:
+    """The ``TOP_K`` best-scored workers, best first, each with its terms."""
+    k = min(TOP_K, ids.shape[0])
+    top = total.argpartition(k - 1)[:k] if ids.shape[0] > k else np.arange(k)
+    top = top[total[top].argsort(kind="stable")]
+    return [
+        Candidate(
+            worker_id=int(ids[j]),
+            score=float(total[j]),
+            terms={name: float(term[j]) for name, term in terms.items()},
+            overlap_blocks=float(overlap[j]),
+            uncached_tokens=float(uncached[j]),
+            queued_tokens=float(queued[j]),
+        )
+        for j in top
+    ]
+
+
 class Router:
     """Agent-aware KV router core: pure logic, no I/O, no Dynamo imports."""
 
@@ -155,6 +267,8 @@ class Router:
 
     # ------------------------------------------------------------------ decide
     def decide(self, request: RouteRequest, signals: WorkerSignals, now: float) -> Decision:
+        """Score every worker in predicted ms, pick the best the tail guard and admission
+        allow, remember the conversation, and leave a feedback record for ``report()``."""
         cfg = self.cfg
         ids = signals.worker_ids
         if ids.shape[0] == 0:
@@ -162,47 +276,13 @@ class Router:
         bs = self.block_size
         prompt_blocks = request.prompt_tokens // bs
 
-        # 1) Conversation state; without a prefix id, the conversation its prompt extends.
-        prefix_id = request.prefix_id
-        inferred = prefix_id is None and bool(request.block_hashes)
-        if inferred:
-            if self.lineage is None:
-                self.lineage = Lineage(bs)
-            prefix_id = self.lineage.find(request.block_hashes, now)  # type: ignore[arg-type]
-        entry = self.table.get(prefix_id, now) if prefix_id else None
-        home = -1
-        if entry is not None:
-            hit = (ids == entry.home).nonzero()[0]
-            if hit.size:  # the home may have left the fleet
-                home = int(hit[0])
-        pinned = entry is not None and entry.pinned(now)
-        remaining_before = entry.remaining if entry is not None else 0
-
-        # 2) History fallback for workers without KV events.
+        # 1) The conversation and its home; 2) the history fallback for missing KV events.
+        conv = self._conversation(request, ids, now)
         kv_overlap = signals.overlap_blocks
-        overlap = kv_overlap
-        fallback = False
-        if (
-            home >= 0
-            and entry is not None
-            and entry.blocks > 0
-            and now - entry.last_seen <= HISTORY_WINDOW_S
-            and not np.count_nonzero(kv_overlap)  # no KV overlap anywhere (cheaper: any())
-        ):
-            overlap = kv_overlap.copy()
-            overlap[home] = min(entry.blocks, prompt_blocks)
-            fallback = True
+        overlap = history_overlap(conv, kv_overlap, prompt_blocks, now)
+        fallback = overlap is not kv_overlap
 
-        # Pinned blocks per worker from the prefix table (often none).
-        reserved = aligned(ids, self.table.reserved_by_worker())
-        if home >= 0 and entry is not None and entry.reserved:
-            # A conversation does not evict its own pinned blocks.
-            reserved = reserved.copy()
-            reserved[home] = max(0.0, reserved[home] - entry.reserved)
-        active = signals.active_requests
-
-        # 3) Score: the named terms of router/cost.py (decode in each worker's learned speed),
-        #    then the learner's correction.
+        # 3) Score: the named terms of router/cost.py, then the learner's correction.
         uncached, queued = cost.split_prefill(
             request.prompt_tokens,
             overlap,
@@ -217,108 +297,136 @@ class Router:
             uncached=uncached,
             queued=queued,
             overlap_blocks=overlap,
-            claimed_blocks=reserved,
+            claimed_blocks=self._claimed(ids, conv),
             request_blocks=request_blocks(
                 request.prompt_tokens, request.osl or cfg.default_osl, bs
             ),
-            home=home,
-            reuse=cost.reuse_factor(remaining_before, pinned),
+            home=conv.home,
+            reuse=cost.reuse_factor(conv.remaining, conv.pinned),
             speed=self.bandit.speed_factors(ids) if cfg.bandit_enabled else None,
         )
         x = make_features(
-            terms["prefill_ms"], signals.decode_blocks, signals.capacity_blocks, active
+            terms["prefill_ms"],
+            signals.decode_blocks,
+            signals.capacity_blocks,
+            signals.active_requests,
         )
-        learned_mean = None
-        if cfg.bandit_enabled:
-            osl = request.osl or cfg.default_osl
-            # Exploring moves a request off the best-scored worker, and what that can cost
-            # is the cached prefix it would have reused. So sampling is scaled by the part of
-            # the prompt that is cold everywhere: a conversation with a live home, or a prompt
-            # cached in full somewhere, follows the posterior mean (its feedback still teaches
-            # the learner); a prompt nobody has cached explores fully.
-            cold = (
-                0.0
-                if home >= 0
-                else (
-                    1.0 - min(1.0, float(overlap.max()) / prompt_blocks) if prompt_blocks else 1.0
-                )
-            )
-            sampled, mean = self.bandit.sample(ids, x, request.latency_sensitivity, cold)
-            # Standardized units -> ms: TTFT directly; ITL (ms/token) x expected tokens.
-            unit = np.array([TTFT_SCALE_MS, ITL_WEIGHT * osl * ITL_SCALE_MS])
-            terms["learned_ms"] = unit @ sampled
-            if sampled is not mean:  # no sample drawn: nothing to explain by exploration
-                learned_mean = unit @ mean
+        learned_mean = self._learn(terms, ids, x, request, conv, overlap, prompt_blocks)
         total = cost.score(terms)
-        i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
-        # Tail guard: no affinity, cache or learned correction buys more than affinity_cap_ms
-        # of predicted TTFT behind the best worker (never a turn queued behind a hot spot);
-        # the predicted TTFT includes the wait for KV blocks on a full worker.
-        ttft = terms["prefill_ms"] + terms["kv_full_ms"]
-        bound = float(ttft.min()) + cfg.affinity_cap_ms
-        if ttft[i] > bound:
-            i = int(np.where(ttft <= bound, total, np.inf).argmin())
-        if request.admit_within_ms is not None and entry is None:
-            # Admission: a new conversation only goes where it starts now, i.e. its blocks fit
-            # (no KV wait) and its queued plus uncached prefill fits the time left. A prompt
-            # whose own prefill on its best worker exceeds the whole deadline could never fit
-            # (it would hold the queue's head until refused): only its wait must fit.
-            own = float(cost.engine_prefill_ms(cfg, uncached.min()))
-            deadline = request.admit_deadline_ms
-            beyond = own if deadline is not None and own > deadline else 0.0
-            fits = (terms["kv_full_ms"] <= 0.0) & (ttft - beyond <= request.admit_within_ms)
-            if not fits[i]:
-                if not fits.any():
-                    self.reasons["held"] += 1
-                    return Decision(request.request_id, -1, "held", [], [], float(ttft.min()))
-                i = int(np.where(fits, total, np.inf).argmin())
-        chosen = int(ids[i])
-        affinity, learned = terms["affinity_ms"], terms["learned_ms"]
 
-        # Reason, by the rules in Decision's docstring.
-        reason: Reason
-        if i == home and affinity[i] > 0 and int((total + affinity).argmin()) != i:
-            reason = "pin" if pinned else "sticky"
-        elif learned_mean is not None and int((total - learned + learned_mean).argmin()) != i:
-            reason = "exploration"
-        elif overlap[i] > 0 and overlap[i] >= overlap.max():
-            reason = "overlap"
-        else:
-            reason = "load"
+        # 4) Pick, explain, record.
+        i = pick(cfg, request, conv.entry is None, terms, total, uncached)
+        if i < 0:
+            self.reasons["held"] += 1
+            ttft = terms["prefill_ms"] + terms["kv_full_ms"]
+            return Decision(request.request_id, -1, "held", [], [], float(ttft.min()))
+        reason = explain(i, conv, terms, total, overlap, learned_mean)
         self.reasons[reason] += 1
         self.decisions += 1
+        chosen = int(ids[i])
+        home_id = conv.entry.home if conv.entry is not None else None  # before it moves
+        after, key = self._remember(request, conv, chosen, prompt_blocks, now)
+        xi = x[i].copy()
+        predicted = float(terms["prefill_ms"][i])
+        self.feedback.add(request.request_id, chosen, xi, float(queued[i]), predicted, now)
+        return Decision(
+            request_id=request.request_id,
+            worker_id=chosen,
+            reason=reason,
+            candidates=top_candidates(ids, total, terms, overlap, uncached, queued),
+            features=xi.tolist(),
+            predicted_ttft_ms=predicted,
+            home_worker_id=home_id,
+            inferred_conversation=key,
+            reuse_remaining=after.remaining if after is not None else 0,
+            pinned=after is not None and after.pinned(now),
+            history_fallback=fallback,
+        )
 
-        # Top-k candidates with their breakdown.
-        k = min(TOP_K, ids.shape[0])
-        top = total.argpartition(k - 1)[:k] if ids.shape[0] > k else np.arange(k)
-        top = top[total[top].argsort(kind="stable")]
-        candidates = [
-            Candidate(
-                worker_id=int(ids[j]),
-                score=float(total[j]),
-                terms={name: float(term[j]) for name, term in terms.items()},
-                overlap_blocks=float(overlap[j]),
-                uncached_tokens=float(uncached[j]),
-                queued_tokens=float(queued[j]),
-            )
-            for j in top
-        ]
-
-        # 4) Record.
-        home_id = entry.home if entry is not None else None
-        after = None
-        key: str | None = None
+    def _conversation(self, request: RouteRequest, ids: np.ndarray, now: float) -> Conversation:
+        """The request's conversation: its prefix id, or without one the conversation its
+        prompt extends (router/lineage.py); its table entry and home's index, if any."""
+        prefix_id = request.prefix_id
+        inferred = prefix_id is None and bool(request.block_hashes)
         if inferred:
+            if self.lineage is None:
+                self.lineage = Lineage(self.block_size)
+            prefix_id = self.lineage.find(request.block_hashes, now)  # type: ignore[arg-type]
+        entry = self.table.get(prefix_id, now) if prefix_id else None
+        home = -1
+        if entry is not None:
+            hit = (ids == entry.home).nonzero()[0]
+            if hit.size:  # the home may have left the fleet
+                home = int(hit[0])
+        return Conversation(
+            prefix_id,
+            inferred,
+            entry,
+            home,
+            entry is not None and entry.pinned(now),
+            entry.remaining if entry is not None else 0,
+        )
+
+    def _claimed(self, ids: np.ndarray, conv: Conversation) -> np.ndarray:
+        """Pinned blocks per worker (often none), less the conversation's own on its home:
+        a conversation does not evict itself."""
+        reserved = aligned(ids, self.table.reserved_by_worker())
+        entry = conv.entry
+        if conv.home >= 0 and entry is not None and entry.reserved:
+            reserved = reserved.copy()
+            reserved[conv.home] = max(0.0, reserved[conv.home] - entry.reserved)
+        return reserved
+
+    def _learn(
+        self,
+        terms: dict[str, np.ndarray],
+        ids: np.ndarray,
+        x: np.ndarray,
+        request: RouteRequest,
+        conv: Conversation,
+        overlap: np.ndarray,
+        prompt_blocks: int,
+    ) -> np.ndarray | None:
+        """Set ``learned_ms`` from the learner's posterior sample; the posterior mean's
+        correction when a sample was drawn (to tell exploration apart), else None."""
+        cfg = self.cfg
+        if not cfg.bandit_enabled:
+            return None
+        osl = request.osl or cfg.default_osl
+        # Exploring moves a request off the best-scored worker, and what that can cost is the
+        # cached prefix it would have reused. So sampling is scaled by the part of the prompt
+        # that is cold everywhere: a conversation with a live home, or a prompt cached in full
+        # somewhere, follows the posterior mean (its feedback still teaches the learner); a
+        # prompt nobody has cached explores fully.
+        if conv.home >= 0:
+            cold = 0.0
+        elif prompt_blocks:
+            cold = 1.0 - min(1.0, float(overlap.max()) / prompt_blocks)
+        else:
+            cold = 1.0
+        sampled, mean = self.bandit.sample(ids, x, request.latency_sensitivity, cold)
+        # Standardized units -> ms: TTFT directly; ITL (ms/token) x expected tokens.
+        unit = np.array([TTFT_SCALE_MS, ITL_WEIGHT * osl * ITL_SCALE_MS])
+        terms["learned_ms"] = unit @ sampled
+        return unit @ mean if sampled is not mean else None  # no sample: no exploration
+
+    def _remember(
+        self, request: RouteRequest, conv: Conversation, chosen: int, prompt_blocks: int, now: float
+    ) -> tuple[PrefixEntry | None, str | None]:
+        """Record the conversation on the chosen worker (budget, home, pin, claim); the
+        entry after it, and the inferred conversation's key."""
+        if conv.inferred:
             lin = self.lineage
             assert lin is not None and request.block_hashes
-            key, _ = lin.record(request.block_hashes, prefix_id, now)
+            key, _ = lin.record(request.block_hashes, conv.prefix_id, now)
             # Expected back once more, after the gap learned over inferred conversations: the
             # conversation claims its home's blocks until then (the return model of hinted
             # traffic, with learned numbers in place of the client's).
             self.table.remove(key)
             gap_ms = lin.gap_s * 1000.0 if lin.gap_s else None
             after = self.table.observe(key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms))
-        elif request.prefix_id:
+            return after, key
+        if request.prefix_id:
             after = self.table.observe(
                 request.prefix_id,
                 chosen,
@@ -328,28 +436,8 @@ class Router:
                 request.pin_ttl_s,
                 claim_s(request.iat_ms),
             )
-        xi = x[i].copy()
-        self.feedback.add(
-            request.request_id,
-            chosen,
-            xi,
-            float(queued[i]),
-            float(terms["prefill_ms"][i]),
-            now,
-        )
-        return Decision(
-            request_id=request.request_id,
-            worker_id=chosen,
-            reason=reason,
-            candidates=candidates,
-            features=xi.tolist(),
-            predicted_ttft_ms=float(terms["prefill_ms"][i]),
-            home_worker_id=home_id,
-            inferred_conversation=key,
-            reuse_remaining=after.remaining if after is not None else 0,
-            pinned=after is not None and after.pinned(now),
-            history_fallback=fallback,
-        )
+            return after, None
+        return None, None
 
     # ------------------------------------------------------------------ feedback
     def report(
