@@ -97,8 +97,8 @@ def test_conversation_keeps_its_worker_while_other_load_spreads() -> None:
     # conversation runs the home is no hot spot. The home is busy only during its turns'
     # prefills, so its share of the other load is near a fair one and varies run to run (5-10
     # of 24, mean 6.9, over 18 runs); a router that piled the other load on the home would
-    # pass half. After the last turn the home is an ordinary worker again, so only the
-    # requests routed during the conversation count.
+    # send it more than half. After the last turn the home is an ordinary worker again, so
+    # only the requests routed during the conversation count.
     assert len(Counter(r.worker_id for r in rest)) == 3, rest
     during = Counter(r.worker_id for r in rest if r.ts <= conv[-1].ts)
     assert during[home] <= sum(during.values()) / 2, (during, home)
