@@ -144,7 +144,7 @@ class Conversation(NamedTuple):
     entry: PrefixEntry | None  # the table's entry; None: first request (or expired)
     home: int  # index of the home worker among the candidates; -1: none in the fleet
     pinned: bool  # a cache_control pin is active
-    remaining: int  # requests still expected before this one
+    remaining: int  # requests the conversation still expected when this one arrived
 
 
 def history_overlap(
