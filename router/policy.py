@@ -171,12 +171,14 @@ def pick(
     cfg: RouterConfig,
     request: RouteRequest,
     new_conversation: bool,
-    terms: dict[str, np.ndarray],
     total: np.ndarray,
+    ttft: np.ndarray,
+    kv_full: np.ndarray,
     uncached: np.ndarray,
 ) -> int:
-    """Index of the worker with the lowest score that the tail guard and admission allow;
-    -1 when admission holds the request.
+    """Index of the worker with the lowest score ``total`` that the tail guard and admission
+    allow; -1 when admission holds the request. ``ttft`` is the predicted TTFT
+    (``prefill_ms + kv_full_ms``), ``kv_full`` the ``kv_full_ms`` term.
 
     Tail guard: no affinity, cache or learned correction buys more than ``affinity_cap_ms``
     of predicted TTFT behind the best worker (never a turn queued behind a hot spot); the
@@ -186,7 +188,6 @@ def pick(
     worker exceeds the whole deadline could never fit (it would hold the queue's head until
     refused): only its wait must fit."""
     i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
-    ttft = terms["prefill_ms"] + terms["kv_full_ms"]
     bound = float(ttft.min()) + cfg.affinity_cap_ms
     if ttft[i] > bound:
         i = int(np.where(ttft <= bound, total, np.inf).argmin())
@@ -195,7 +196,7 @@ def pick(
     own = float(cost.engine_prefill_ms(cfg, uncached.min()))
     deadline = request.admit_deadline_ms
     beyond = own if deadline is not None and own > deadline else 0.0
-    fits = (terms["kv_full_ms"] <= 0.0) & (ttft - beyond <= request.admit_within_ms)
+    fits = (kv_full <= 0.0) & (ttft - beyond <= request.admit_within_ms)
     if fits[i]:
         return i
     if not fits.any():
@@ -315,10 +316,10 @@ class Router:
         total = cost.score(terms)
 
         # 4) Pick, explain, record.
-        i = pick(cfg, request, conv.entry is None, terms, total, uncached)
+        ttft = terms["prefill_ms"] + terms["kv_full_ms"]  # the predicted TTFT
+        i = pick(cfg, request, conv.entry is None, total, ttft, terms["kv_full_ms"], uncached)
         if i < 0:
             self.reasons["held"] += 1
-            ttft = terms["prefill_ms"] + terms["kv_full_ms"]
             return Decision(request.request_id, -1, "held", [], [], float(ttft.min()))
         reason = explain(i, conv, terms, total, overlap, learned_mean)
         self.reasons[reason] += 1
