@@ -29,7 +29,7 @@ import aiohttp
 
 from benchmarks.chaos import chat_body, open_loop, percentile, request, stack_of
 from benchmarks.chaos_clients import slow_reader_stack_config
-from benchmarks.gateway_overhead import cpu_seconds
+from benchmarks.gateway_overhead import cpu_by_process, cpu_since
 
 PROBE_RATE, PROBE_S = 5.0, 15.0
 ARMS = {"none": 0, "short": 8, "long": 1500}
@@ -40,7 +40,7 @@ async def _arm(max_tokens: int, clients: int) -> dict[str, Any]:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=clients + 64)
         ) as session:
-            cpu_before = {p.name: cpu_seconds(p.pid) for p in stack.procs}
+            cpu_before = cpu_by_process(stack.procs)
             burst: list[asyncio.Task] = []
             if max_tokens:
                 body = chat_body(
@@ -60,7 +60,7 @@ async def _arm(max_tokens: int, clients: int) -> dict[str, Any]:
             probe = await open_loop(make, PROBE_RATE, PROBE_S)
             done = await asyncio.gather(*burst)
             burst_s = time.monotonic() - t0
-            cpu_s = {p.name: round(cpu_seconds(p.pid) - cpu_before[p.name], 2) for p in stack.procs}
+            cpu_s = cpu_since(stack.procs, cpu_before)
     latencies = [(o.ended - o.sent) * 1000 for o in probe]
     return {
         "normal_p99_ms": round(percentile(latencies, 99), 1),

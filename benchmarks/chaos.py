@@ -58,7 +58,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.chaos_clients import slow_reader_stack_config
-from benchmarks.gateway_overhead import cpu_seconds
+from benchmarks.gateway_overhead import cpu_by_process, cpu_since
 from deploy.local_stack import LocalStack, StackConfig
 from processor.traces import TraceRecord, poll_records, read_records
 
@@ -522,7 +522,7 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
                 chat_body(stack.model_name, "write a very long report " * 10, 1500, True)
             ).encode()
             port = int(stack.url.rsplit(":", 1)[1])
-            cpu_before = {p.name: cpu_seconds(p.pid) for p in stack.procs}
+            cpu_before = cpu_by_process(stack.procs)
             t_open = time.perf_counter()
             wall_open = time.time()
             wall_minus_mono = wall_open - time.monotonic()  # Outcome times are monotonic
@@ -566,9 +566,7 @@ async def slow_readers(short: bool) -> tuple[dict, dict]:
                 outcomes = await open_loop(make, 5.0, measure_s)
                 dropped_s = await watch
                 active_after = metric(await scrape(session, url), "akr_processor_active_requests")
-                cpu_s = {
-                    p.name: round(cpu_seconds(p.pid) - cpu_before[p.name], 2) for p in stack.procs
-                }
+                cpu_s = cpu_since(stack.procs, cpu_before)
             finally:
                 for s in socks:
                     s.close()

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -190,6 +190,16 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process so far (Linux /proc; 10 ms resolution)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(procs: Iterable[Any]) -> dict[str, float]:
+    """CPU seconds so far of each process of a stack (anything with ``name`` and ``pid``)."""
+    return {p.name: cpu_seconds(p.pid) for p in procs}
+
+
+def cpu_since(procs: Iterable[Any], before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process used since ``before`` (from ``cpu_by_process``)."""
+    return {name: round(s - before[name], 2) for name, s in cpu_by_process(procs).items()}
 
 
 async def measure(
