@@ -196,9 +196,13 @@ class HttpProtocol(asyncio.Protocol):
         t.write(data)
         self.sent += len(data)
         if self.stall is None and (self.relaying is not None or t.get_write_buffer_size()):
-            self.acked = self.sent - self._unacked()
-            self.acked_at = self.loop.time()
-            self._watch()
+            self._acked_now(self._unacked())
+
+    def _acked_now(self, pending: int) -> None:
+        """Note what the client has acknowledged at this moment, then watch."""
+        self.acked = self.sent - pending
+        self.acked_at = self.loop.time()
+        self._watch()
 
     def _watch(self) -> None:
         self.stall = self.loop.call_later(
@@ -221,9 +225,7 @@ class HttpProtocol(asyncio.Protocol):
         pending = self._unacked()
         if not pending or self.sent - pending > self.acked:  # progress: not a dead reader
             if pending or self.relaying is not None:
-                self.acked = self.sent - pending
-                self.acked_at = self.loop.time()
-                self._watch()
+                self._acked_now(pending)
             return
         if self.loop.time() - self.acked_at < self.gw.config.stall_timeout_s:
             self._watch()
