@@ -32,7 +32,6 @@ runs from a background task; ``decide`` never sweeps.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -54,13 +53,11 @@ from router.lineage import Lineage
 from router.load import request_blocks
 from router.prefix_table import PrefixEntry, PrefixTable
 from router.signals import WorkerSignals, aligned
-from router.turnover import Turnover
 
 Reason = Literal["sticky", "overlap", "load", "exploration", "pin", "held"]
 HISTORY_WINDOW_S = 120.0  # how recent a conversation's placement must be for the fallback
 CLAIM_SERVICE_S = 10.0  # a turn's own service time before its gap starts, generously
 CLAIM_GAP_SLACK = 2.0  # a client's gap may run this many times its iat hint
-_RETURN_CHANCE = os.environ.get("AKR_EXP_RETURN_CHANCE") == "1"  # experiment, not a setting
 TOP_K = 3  # best candidates (with their terms) in a decision and its trace record
 
 
@@ -264,7 +261,6 @@ class Router:
         self.feedback = FeedbackTracker(c, self.bandit)
         self._last_sweep: float | None = None
         self.lineage: Lineage | None = None  # built on first use, in the block size then known
-        self.turnover = Turnover()
         self.decisions = 0
         self.reasons: dict[str, int] = {
             r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin", "held")
@@ -330,9 +326,7 @@ class Router:
         self.decisions += 1
         chosen = int(ids[i])
         home_id = conv.entry.home if conv.entry is not None else None  # before it moves
-        self.turnover.add(chosen, float(uncached[i]) / bs, now)
-        capacity = float(signals.capacity_blocks[i])
-        after, key = self._remember(request, conv, chosen, prompt_blocks, capacity, now)
+        after, key = self._remember(request, conv, chosen, prompt_blocks, now)
         xi = x[i].copy()
         predicted = float(terms["prefill_ms"][i])
         self.feedback.add(request.request_id, chosen, xi, float(queued[i]), predicted, now)
@@ -418,13 +412,7 @@ class Router:
         return unit @ mean if sampled is not mean else None  # no sample: no exploration
 
     def _remember(
-        self,
-        request: RouteRequest,
-        conv: Conversation,
-        chosen: int,
-        prompt_blocks: int,
-        capacity: float,
-        now: float,
+        self, request: RouteRequest, conv: Conversation, chosen: int, prompt_blocks: int, now: float
     ) -> tuple[PrefixEntry | None, str | None]:
         """Record the conversation on the chosen worker (budget, home, pin, claim); the
         entry after it, and the inferred conversation's key."""
@@ -437,10 +425,7 @@ class Router:
             # traffic, with learned numbers in place of the client's).
             self.table.remove(key)
             gap_ms = lin.gap_s * 1000.0 if lin.gap_s else None
-            weight = self._return_chance(chosen, capacity, gap_ms, now)
-            after = self.table.observe(
-                key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms), weight
-            )
+            after = self.table.observe(key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms))
             return after, key
         if request.prefix_id:
             after = self.table.observe(
@@ -451,18 +436,9 @@ class Router:
                 prompt_blocks,
                 request.pin_ttl_s,
                 claim_s(request.iat_ms),
-                self._return_chance(chosen, capacity, request.iat_ms, now),
             )
             return after, None
         return None, None
-
-    def _return_chance(
-        self, chosen: int, capacity: float, gap_ms: float | None, now: float
-    ) -> float:
-        """The share of a claim's blocks it holds (experiment: AKR_EXP_RETURN_CHANCE=1)."""
-        if not gap_ms or not _RETURN_CHANCE:
-            return 1.0
-        return self.turnover.return_chance(chosen, capacity, gap_ms / 1000.0, now)
 
     # ------------------------------------------------------------------ feedback
     def report(
@@ -499,7 +475,6 @@ class Router:
         bandit ignores updates for workers it no longer tracks."""
         self.bandit.remove(worker_id)
         self.table.forget_worker(worker_id)
-        self.turnover.forget(worker_id)
 
     # ------------------------------------------------------------------ state
     def stats(self) -> dict[str, Any]:

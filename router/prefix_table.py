@@ -38,7 +38,6 @@ class PrefixEntry:
 
     __slots__ = (
         "blocks",
-        "claim_blocks",
         "claim_until",
         "finite",
         "home",
@@ -57,7 +56,6 @@ class PrefixEntry:
         self.pin_expiry = 0.0  # monotonic seconds; <= now means not pinned
         self.last_seen = now
         self.blocks = blocks  # KV blocks of the last prompt (history overlap, reservation)
-        self.claim_blocks = blocks  # blocks it holds while claimed: all when pinned
         self.reserved = 0  # blocks currently counted in the home worker's reserved total
         self.timer_armed = False  # one hold timer in the heap at most
         self.claim_until = 0.0  # soft claim: expected back before this (monotonic seconds)
@@ -138,7 +136,6 @@ class PrefixTable:
         blocks: int,
         pin_ttl_s: float | None = None,
         claim_s: float = 0.0,
-        claim_weight: float = 1.0,
     ) -> PrefixEntry | None:
         """Record one routed request of ``prefix_id`` on ``worker_id``.
 
@@ -146,8 +143,7 @@ class PrefixTable:
         decrement it. The conversation's home follows the request (its newest, longest
         context is now cached there). A pin TTL extends the pin to now + ttl; ``claim_s`` > 0
         claims the home's blocks until now + claim_s (the conversation is expected back by
-        then), holding ``claim_weight`` of its blocks (all of them while pinned). Returns the
-        entry, or None when the prefix is no longer live: its budget is
+        then). Returns the entry, or None when the prefix is no longer live: its budget is
         exhausted and it has no pin, or the client said how many requests come and this was
         the last one (then a pin is released at once too).
         """
@@ -179,10 +175,6 @@ class PrefixTable:
             self._remove(entry)
             self.expirations += 1
             return None
-        held = blocks if entry.pinned(now) else round(blocks * claim_weight)
-        if held != entry.claim_blocks:
-            self._unreserve(entry)
-            entry.claim_blocks = held
         if entry.holds(now):
             if not entry.reserved:
                 self._reserve(entry)
@@ -262,9 +254,9 @@ class PrefixTable:
         entry.timer_armed = True
 
     def _reserve(self, entry: PrefixEntry) -> None:
-        self.pinned += (entry.claim_blocks > 0) - (entry.reserved > 0)
-        entry.reserved = entry.claim_blocks
-        self._reserved[entry.home] = self._reserved.get(entry.home, 0) + entry.claim_blocks
+        self.pinned += (entry.blocks > 0) - (entry.reserved > 0)
+        entry.reserved = entry.blocks
+        self._reserved[entry.home] = self._reserved.get(entry.home, 0) + entry.blocks
 
     def _unreserve(self, entry: PrefixEntry) -> None:
         if not entry.reserved:
