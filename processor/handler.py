@@ -295,7 +295,7 @@ class ProcessorHandler:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)
         if isinstance(self.routing, LocalRouting):  # a shared router exports its own
             self.metrics.observe_learner(self.service.router.bandit.prefill_ratios())
-        self.metrics.pins.set(swept["pinned_prefixes"])
+        self.metrics.claims.set(swept["claiming_prefixes"])
         self.metrics.tracked_prefixes.set(swept["prefixes"])
         if self._writer is not None:
             self.metrics.sync_trace_lost(self._writer.lost)

@@ -97,7 +97,12 @@ class ProcessorMetrics:
         self.active = Gauge(
             "akr_processor_active_requests", "Requests in flight in this processor.", registry=r
         )
-        self.pins = Gauge("akr_processor_pins", "Prefixes with a live cache pin.", registry=r)
+        self.claims = Gauge(
+            "akr_processor_claims",
+            "Conversations claiming their home's KV blocks: a live cache pin, or a return "
+            "expected from the iat hint.",
+            registry=r,
+        )
         self.tracked_prefixes = Gauge(
             "akr_processor_tracked_prefixes", "Prefixes in the router's table.", registry=r
         )

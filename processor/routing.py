@@ -123,7 +123,7 @@ class RemoteRouting:
         return None  # the router component sweeps its own state
 
     def maintain(self, now: float) -> dict[str, int]:
-        return {"feedback_timeouts": 0, "pinned_prefixes": 0, "prefixes": 0}
+        return {"feedback_timeouts": 0, "claiming_prefixes": 0, "prefixes": 0}
 
 
 def find_worker_message(
@@ -145,7 +145,7 @@ def find_worker_message(
 
 
 def _counts(stats: dict[str, Any]) -> dict[str, int]:
-    return {"pinned_prefixes": stats["pinned_prefixes"], "prefixes": stats["prefixes"]}
+    return {"claiming_prefixes": stats["claiming_prefixes"], "prefixes": stats["prefixes"]}
 
 
 def drop_departed(

@@ -3,11 +3,11 @@
 Why a scrape-time collector: the router's state already counts everything (``Router.stats``,
 ``LoadTracker``), so nothing is added to the decision path; the families are built from those
 numbers when /metrics is read. In the default deployment (router in the processor) the
-processor exports the same state as ``akr_processor_pins`` / ``akr_processor_tracked_prefixes``;
+processor exports the same state as ``akr_processor_claims`` / ``akr_processor_tracked_prefixes``;
 with a shared router those processor gauges read 0 and these are the ones to watch.
 
 Exposed: ``akr_router_decisions_total{reason}``, ``akr_router_prefixes``,
-``akr_router_pinned_prefixes``, ``akr_router_prefix_evictions_total``,
+``akr_router_claiming_prefixes``, ``akr_router_prefix_evictions_total``,
 ``akr_router_prefix_expirations_total``, ``akr_router_pending_feedback``,
 ``akr_router_feedback_total{kind}`` (dropped / timeout / failure / unmeasured / unknown),
 ``akr_router_requests_in_flight``, ``akr_router_worker_prefill_ratio{worker}`` (the learner's
@@ -53,9 +53,10 @@ class RouterCollector:
             "akr_router_prefixes", "Prefixes in the router's table.", value=stats["prefixes"]
         )
         yield GaugeMetricFamily(
-            "akr_router_pinned_prefixes",
-            "Prefixes with a live cache pin.",
-            value=stats["pinned_prefixes"],
+            "akr_router_claiming_prefixes",
+            "Conversations claiming their home's KV blocks: a live cache pin, or a return "
+            "expected from the iat hint.",
+            value=stats["claiming_prefixes"],
         )
         yield CounterMetricFamily(
             "akr_router_prefix_evictions",

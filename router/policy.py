@@ -483,7 +483,7 @@ class Router:
             "decisions": self.decisions,
             "reasons": dict(self.reasons),
             "prefixes": len(self.table),
-            "pinned_prefixes": self.table.pinned,
+            "claiming_prefixes": self.table.claims,
             "prefix_evictions": self.table.evictions,
             "inferred_conversations": len(self.lineage) if self.lineage is not None else 0,
             "prefix_expirations": self.table.expirations,

@@ -99,7 +99,7 @@ class PrefixTable:
         self._seq = itertools.count()
         # Counters for metrics.
         self.evictions = 0  # removed because the table was full (LRU)
-        self.pinned = 0  # entries holding a reservation (live pin with blocks)
+        self.claims = 0  # entries holding a reservation: a live pin or claim, with blocks
         self.expirations = 0  # removed by budget/pin/idle expiry
 
     # ------------------------------------------------------------------ reads
@@ -254,7 +254,7 @@ class PrefixTable:
         entry.timer_armed = True
 
     def _reserve(self, entry: PrefixEntry) -> None:
-        self.pinned += (entry.blocks > 0) - (entry.reserved > 0)
+        self.claims += (entry.blocks > 0) - (entry.reserved > 0)
         entry.reserved = entry.blocks
         self._reserved[entry.home] = self._reserved.get(entry.home, 0) + entry.blocks
 
@@ -269,7 +269,7 @@ class PrefixTable:
             else:
                 del self._reserved[entry.home]
         entry.reserved = 0
-        self.pinned -= 1
+        self.claims -= 1
 
     def _drop(self, entry: PrefixEntry) -> None:
         """Release what an entry holds (already unlinked from the table)."""

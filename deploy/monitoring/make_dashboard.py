@@ -116,9 +116,9 @@ ts(
     max_=1,
 )
 ts(
-    "Pins and tracked prefixes",
+    "Claims and tracked prefixes",
     [
-        ("sum(akr_processor_pins)", "live pins"),
+        ("sum(akr_processor_claims)", "claims (pins + expected returns)"),
         ("sum(akr_processor_tracked_prefixes)", "tracked prefixes"),
     ],
     "short",
@@ -172,7 +172,7 @@ ts(
         ("sum by (reason) (rate(akr_router_decisions_total[1m]))", "decisions: {{reason}}"),
         ("sum(akr_router_requests_in_flight)", "in flight"),
         ("sum(akr_router_pending_feedback)", "pending feedback"),
-        ("sum(akr_router_pinned_prefixes)", "live pins"),
+        ("sum(akr_router_claiming_prefixes)", "claims (pins + expected returns)"),
         ("sum(akr_router_prefixes)", "tracked prefixes"),
         ("sum by (kind) (rate(akr_router_feedback_total[1m]))", "feedback lost: {{kind}}"),
     ],

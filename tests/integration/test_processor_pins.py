@@ -1,4 +1,5 @@
-"""Cache pins expire on time: the pins gauge and the prefix table entry.
+"""Cache pins expire on time: the claims gauge (pins only here: no iat hint) and the prefix
+table entry.
 
 A pin reserves its prompt's blocks on the home worker, so prompts here span several KV
 blocks (a pin on a prompt shorter than one block reserves nothing and is not counted).
@@ -31,7 +32,7 @@ def pin_stack() -> Iterator[LocalStack]:
 
 
 def _pins(stack: LocalStack) -> float:
-    return metric(scrape(stack.processor_metrics_url), "akr_processor_pins")
+    return metric(scrape(stack.processor_metrics_url), "akr_processor_claims")
 
 
 def _pinned_call(stack: LocalStack, prefix: str, ttl: str | None, turn: int) -> str:

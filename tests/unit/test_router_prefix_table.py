@@ -53,12 +53,13 @@ def test_soft_claim_reserves_the_home_until_the_return_is_overdue() -> None:
     t = PrefixTable()
     t.observe("c", 3, 0.0, total_requests=5, blocks=20, claim_s=12.0)
     assert t.reserved_by_worker().get(3, 0) == 20
+    assert t.claims == 1  # counted in the claims gauge without a pin
     t.observe("c", 4, 10.0, total_requests=5, blocks=25, claim_s=12.0)  # moves, extends
     assert t.reserved_by_worker().get(3, 0) == 0 and t.reserved_by_worker().get(4, 0) == 25
     t.sweep(13.0)  # first timer pops; the claim now runs to 22 -> re-armed
     assert t.reserved_by_worker().get(4, 0) == 25
     t.sweep(23.0)  # overdue: the claim goes, the conversation stays live (budget left)
-    assert "c" in t and t.reserved_by_worker().get(4, 0) == 0
+    assert "c" in t and t.reserved_by_worker().get(4, 0) == 0 and t.claims == 0
 
 
 def test_pin_extension_rearms_timer_and_move_transfers_reservation() -> None:
