@@ -268,7 +268,7 @@ class Gateway:
     def _metrics(self) -> Reply:
         m = self.metrics
         if self.trace is not None:
-            m.trace_dropped = self.trace.dropped
+            m.trace_lost = self.trace.lost
         return Reply(200, generate_latest(m.registry), CONTENT_TYPE_LATEST)
 
     async def _models(self) -> Reply:

@@ -5,10 +5,12 @@ nanoseconds, no locks); the Prometheus families are built when /metrics is scrap
 runs on one event loop thread, so no lock is needed.
 
 Exposed: ``akr_gateway_requests_total{route,status}``, ``akr_gateway_hints_total{field}``
-(requests carrying each hint, after validation), ``akr_gateway_rejects_total{field}``,
+(requests carrying each hint, after validation), ``akr_gateway_rejects_total{field}`` (requests
+refused with 4xx, by the field at fault: a hint, the body, the model, the prompt),
 ``akr_gateway_upstream_errors_total{kind}``, ``akr_gateway_dropped_pin_headers_total``,
-``akr_gateway_upstream_latency_seconds{route}`` (histogram, time to upstream response headers),
-``akr_gateway_trace_dropped`` (trace records dropped because the queue was full),
+``akr_gateway_upstream_latency_seconds{route}`` (histogram, time to upstream response headers,
+the wait for an upstream slot included), ``akr_gateway_trace_records_dropped_total{reason}``
+(trace records that never reached the file: queue full, unwritable path, disk full, ...),
 ``akr_gateway_event_loop_lag_seconds`` (histogram, how long ready work waits for the loop),
 ``akr_gateway_unavailable_total{reason}`` (503 answers), ``akr_gateway_stalled_clients_total``
 (clients disconnected for reading nothing), ``akr_gateway_upstream_slots_in_use``,
@@ -84,7 +86,7 @@ class GatewayMetrics:
         self.rejects: defaultdict[str, int] = defaultdict(int)
         self.upstream_errors: defaultdict[str, int] = defaultdict(int)
         self.dropped_pin_headers = 0
-        self.trace_dropped = 0
+        self.trace_lost: Mapping[str, int] = {}  # the trace writer's losses by reason
         self.latency: dict[str, _Histogram] = {}
         self.loop_lag = _Histogram(LOOP_LAG_BUCKETS)
         self.unavailable: defaultdict[str, int] = defaultdict(int)
@@ -160,8 +162,11 @@ class _Collector:
             "Worker-pinning client headers dropped",
             value=m.dropped_pin_headers,
         )
-        yield GaugeMetricFamily(
-            "akr_gateway_trace_dropped", "Trace records dropped (queue full)", value=m.trace_dropped
+        yield _counter(
+            "akr_gateway_trace_records_dropped",
+            "Trace records that never reached the trace file, by reason",
+            ["reason"],
+            m.trace_lost,
         )
         yield _counter(
             "akr_gateway_unavailable",
@@ -185,7 +190,8 @@ class _Collector:
             )
         h = HistogramMetricFamily(
             "akr_gateway_upstream_latency_seconds",
-            "Time from sending to the upstream until its response headers",
+            "Time from the request's turn to go upstream (its wait for an upstream slot "
+            "included) until the upstream's response headers",
             labels=["route"],
         )
         for route, hist in sorted(m.latency.items()):

@@ -543,7 +543,11 @@ class ProcessorHandler:
         if itl_ms is not None:
             m.itl.observe(itl_ms / 1000.0)
         m.e2e.observe(e2e_ms / 1000.0)
-        m.observe_tokens(len(token_ids), measure.cached or 0, measure.tokens)
+        # The KV hit ratio counts prompts a worker was given: not those refused before one
+        # (too long, no worker, admission), whose 0 cached tokens say nothing of the cache. A
+        # continuation's cached tokens count within the original prompt.
+        sent = len(token_ids) if decision is not None and decision.worker_id >= 0 else 0
+        m.observe_tokens(sent, min(measure.cached or 0, sent), measure.tokens)
         if open_decision is not None:
             self.routing.feedback(
                 finish_feedback(

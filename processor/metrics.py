@@ -83,7 +83,9 @@ class ProcessorMetrics:
             registry=r,
         )
         self.prompt_tokens = Counter(
-            "akr_processor_prompt_tokens", "Prompt tokens of finished requests.", registry=r
+            "akr_processor_prompt_tokens",
+            "Prompt tokens of finished requests that a worker was given.",
+            registry=r,
         )
         self.cached_tokens = Counter(
             "akr_processor_cached_tokens", "Prompt tokens served from the KV cache.", registry=r
@@ -100,7 +102,7 @@ class ProcessorMetrics:
         self.claims = Gauge(
             "akr_processor_claims",
             "Conversations claiming their home's KV blocks: a live cache pin, or a return "
-            "expected from the iat hint.",
+            "expected (from the iat hint, or the gap learned for inferred conversations).",
             registry=r,
         )
         self.tracked_prefixes = Gauge(
@@ -125,12 +127,14 @@ class ProcessorMetrics:
         )
         self.retries = Counter(
             "akr_processor_retries",
-            "Requests retried on another worker before any token.",
+            "Attempts on another worker after a worker failed before the attempt's first "
+            "output (a request may retry more than once).",
             registry=r,
         )
         self.migrations = Counter(
             "akr_processor_migrations",
-            "Answers continued on another worker after their worker failed mid-stream.",
+            "Continuations of an answer on another worker after its worker failed mid-stream "
+            "(an answer may migrate more than once).",
             registry=r,
         )
         self.outputs_merged = Counter(
@@ -146,7 +150,11 @@ class ProcessorMetrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
-        self.workers = Gauge("akr_processor_workers", "Workers currently routable.", registry=r)
+        self.workers = Gauge(
+            "akr_processor_workers",
+            "Workers routable now: in discovery and not quarantined after failures.",
+            registry=r,
+        )
         self.expected_workers = Gauge(
             "akr_processor_expected_workers",
             "Workers the processor expects to route to (setting, or the recent peak); more "

@@ -4,7 +4,8 @@ Why a scrape-time collector: the router's state already counts everything (``Rou
 ``LoadTracker``), so nothing is added to the decision path; the families are built from those
 numbers when /metrics is read. In the default deployment (router in the processor) the
 processor exports the same state as ``akr_processor_claims`` / ``akr_processor_tracked_prefixes``;
-with a shared router those processor gauges read 0 and these are the ones to watch.
+with a shared router those processor gauges and its feedback timeouts read 0 and these are the
+ones to watch.
 
 Exposed: ``akr_router_decisions_total{reason}``, ``akr_router_prefixes``,
 ``akr_router_claiming_prefixes``, ``akr_router_prefix_evictions_total``,
@@ -44,7 +45,9 @@ class RouterCollector:
     def collect(self) -> Iterator[Metric]:
         stats = self.service.router.stats()
         c = CounterMetricFamily(
-            "akr_router_decisions", "Routing decisions by reason.", labels=["reason"]
+            "akr_router_decisions",
+            "Requests placed, by reason (a request held for admission is counted once placed).",
+            labels=["reason"],
         )
         for reason, n in sorted(stats["reasons"].items()):
             c.add_metric([reason], n)
@@ -55,7 +58,7 @@ class RouterCollector:
         yield GaugeMetricFamily(
             "akr_router_claiming_prefixes",
             "Conversations claiming their home's KV blocks: a live cache pin, or a return "
-            "expected from the iat hint.",
+            "expected (from the iat hint, or the gap learned for inferred conversations).",
             value=stats["claiming_prefixes"],
         )
         yield CounterMetricFamily(
@@ -65,7 +68,8 @@ class RouterCollector:
         )
         yield CounterMetricFamily(
             "akr_router_prefix_expirations",
-            "Prefixes expired after their conversation went quiet.",
+            "Prefixes removed because their conversation ended: its last expected request "
+            "came, or its pin or claim ran out with no request to come, or it went idle.",
             value=stats["prefix_expirations"],
         )
         yield GaugeMetricFamily(

@@ -262,8 +262,10 @@ class Router:
         self._last_sweep: float | None = None
         self.lineage: Lineage | None = None  # built on first use, in the block size then known
         self.decisions = 0
+        # Placements by reason. A held request is not counted: its queue asks again every
+        # few ms, and the processor's admission metrics count held requests once each.
         self.reasons: dict[str, int] = {
-            r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin", "held")
+            r: 0 for r in ("sticky", "overlap", "load", "exploration", "pin")
         }
 
     # ------------------------------------------------------------------ decide
@@ -319,7 +321,6 @@ class Router:
         ttft = terms["prefill_ms"] + terms["kv_full_ms"]  # the predicted TTFT
         i = pick(cfg, request, conv.entry is None, total, ttft, terms["kv_full_ms"], uncached)
         if i < 0:
-            self.reasons["held"] += 1
             return Decision(request.request_id, -1, "held", [], [], float(ttft.min()))
         reason = explain(i, conv, terms, total, overlap, learned_mean)
         self.reasons[reason] += 1

@@ -130,8 +130,12 @@ ts(
         ("akr:retries:rate1m", "retries"),
         ("akr:gateway_upstream_errors:rate1m", "gateway upstream {{kind}}"),
         ("akr:gateway_requests_5xx:rate1m", "gateway 5xx"),
-        ("akr:gateway_rejects:rate1m", "rejected hints ({{field}})"),
+        ("akr:gateway_rejects:rate1m", "rejected requests ({{field}})"),
         ("sum(rate(akr_processor_feedback_timeouts_total[1m]))", "feedback timeouts"),
+        (
+            'sum(rate(akr_router_feedback_total{kind="timeout"}[1m]))',
+            "feedback timeouts (shared router)",
+        ),
     ],
     "reqps",
 )
@@ -139,10 +143,11 @@ ts(
     "Dropped trace records",
     [
         ("sum(rate(akr_processor_trace_records_dropped_total[1m]))", "processor (per s)"),
-        ("sum(akr_gateway_trace_dropped)", "gateway (total)"),
+        ("sum(rate(akr_gateway_trace_records_dropped_total[1m]))", "gateway (per s)"),
     ],
     "short",
-    desc="Trace records dropped because the writer's queue was full (disk too slow).",
+    desc="Trace records that never reached the trace file (queue full, unwritable path, "
+    "disk full, ...), all reasons.",
 )
 ts(
     "Routing and gateway overhead",
@@ -174,7 +179,7 @@ ts(
         ("sum(akr_router_pending_feedback)", "pending feedback"),
         ("sum(akr_router_claiming_prefixes)", "claims (pins + expected returns)"),
         ("sum(akr_router_prefixes)", "tracked prefixes"),
-        ("sum by (kind) (rate(akr_router_feedback_total[1m]))", "feedback lost: {{kind}}"),
+        ("sum by (kind) (rate(akr_router_feedback_total[1m]))", "feedback by kind: {{kind}}"),
     ],
     "short",
     desc=(

@@ -70,6 +70,7 @@ def test_over_long_prompts_are_refused_fast_and_counted_as_failures() -> None:
             ("akr_processor_requests_total", {"outcome": "rejected"}),
             ("akr_processor_requests_total", {"outcome": "ok"}),
             ("akr_processor_ttft_seconds_count", {}),
+            ("akr_processor_prompt_tokens_total", {}),  # never given to a worker: no KV hit
         ):
             grew = metric(after, name, **labels) - metric(before, name, **labels)
             assert grew == (2 if labels.get("outcome") == "rejected" else 0), (name, grew)

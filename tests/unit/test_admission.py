@@ -68,6 +68,9 @@ def test_a_new_conversation_is_held_while_every_worker_is_full() -> None:
     d = r.decide(new, _full_signals(free_worker=False), 1.0)
     assert d.reason == "held" and d.worker_id == -1
     assert r.stats()["decisions"] == 0 and len(r.table) == 0  # nothing was recorded
+    for t in (1.05, 1.1, 1.15):  # the admission queue's head asks again every few ms
+        assert r.decide(new, _full_signals(free_worker=False), t).reason == "held"
+    assert sum(r.stats()["reasons"].values()) == 0  # asks are not placements
 
 
 def test_a_new_conversation_goes_where_it_starts_now() -> None:

@@ -366,6 +366,25 @@ async def test_trace_written(upstream: EchoUpstream, tmp_path) -> None:
     assert recs[1] == {**recs[1], "status": 400, "reject": "nvext.agent_hints.iat"}
 
 
+async def test_lost_trace_records_are_counted_by_reason(upstream: EchoUpstream, tmp_path) -> None:
+    """An unwritable trace path loses every record; /metrics counts them, by reason."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    client = await make_client(upstream.url, trace_path=blocker / "gw.jsonl")  # ENOTDIR
+    try:
+        for _ in range(3):
+            assert (await client.post(CHAT, json={"model": "tiny"})).status == 200
+        line = 'akr_gateway_trace_records_dropped_total{reason="unwritable"} 3.0'
+        for _ in range(100):  # the writer's task writes in the background
+            text = await (await client.get("/metrics")).text()
+            if line in text:
+                break
+            await asyncio.sleep(0.02)
+        assert line in text
+    finally:
+        await client.close()
+
+
 async def test_public_models_filter(upstream: EchoUpstream, monkeypatch) -> None:
     monkeypatch.setenv("AKR_GATEWAY_PUBLIC_MODELS", "tiny, other")
     assert GatewayConfig().public_models == ["tiny", "other"]
