@@ -491,17 +491,15 @@ class ProcessorHandler:
         self.routing.feedback(Feedback(event="first_token", request_id=decision.request_id))
         self.admission.notify()
         item: Any = first
-        relay = Relay(iterator)  # the rest, with outputs that queued up merged
+        # The rest, with outputs that queued up merged; a worker silent for stall_s while the
+        # relay waits for it fails with TimeoutError (never while the client takes its time).
+        relay = Relay(iterator, stall_s)
         try:
             while True:
                 _observe(measure, item, keep_ids, carry)
                 yield item
                 try:
-                    if stall_s:  # only around the wait: a deadline must never span the yield
-                        async with asyncio.timeout(stall_s):
-                            item = await relay.next()
-                    else:
-                        item = await relay.next()
+                    item = await relay.next()
                 except (asyncio.CancelledError, GeneratorExit):
                     raise
                 except Exception as exc:

@@ -12,6 +12,11 @@ Only plain token outputs are merged (no text, log probabilities or other fields 
 never past one that carries a finish reason, so the client gets the same tokens, usage and
 finish reason in the same order. At most ``MAX_READ_AHEAD`` outputs are read ahead of the
 client; the rest waits in the worker's stream.
+
+A worker silent for ``stall_s`` while the relay waits for its next output has failed: the
+handler gets ``TimeoutError`` after the outputs before it. One timer per stream watches that,
+re-armed only when it fires, so an output costs a clock read instead of a timer of its own
+(``asyncio.timeout`` around every read cost 5-7 µs per output).
 """
 
 from __future__ import annotations
@@ -28,9 +33,22 @@ _MERGEABLE = frozenset({"token_ids", "output_type", "index", "completion_usage",
 class Relay:
     """The rest of a worker's stream, read ahead in a task, taken in merged outputs."""
 
-    __slots__ = ("_done", "_error", "_items", "_iterator", "_room", "_task", "_wake", "merged")
+    __slots__ = (
+        "_done",
+        "_error",
+        "_items",
+        "_iterator",
+        "_loop",
+        "_reading_since",
+        "_room",
+        "_stall_s",
+        "_task",
+        "_timer",
+        "_wake",
+        "merged",
+    )
 
-    def __init__(self, iterator: AsyncIterator[Any]) -> None:
+    def __init__(self, iterator: AsyncIterator[Any], stall_s: float = 0.0) -> None:
         self._iterator = iterator
         self._items: list[Any] = []
         self.merged = 0  # outputs merged into the one before them
@@ -38,16 +56,23 @@ class Relay:
         self._error: BaseException | None = None
         self._wake: asyncio.Future[None] | None = None  # the handler, waiting for outputs
         self._room: asyncio.Future[None] | None = None  # the reader, waiting for room
-        self._task = asyncio.get_running_loop().create_task(self._read())
+        self._loop = loop = asyncio.get_running_loop()
+        self._stall_s = stall_s
+        self._reading_since: float | None = None  # loop time the wait for the worker began
+        self._timer = loop.call_at(loop.time() + stall_s, self._watch) if stall_s else None
+        self._task = loop.create_task(self._read())
 
     async def _read(self) -> None:
+        loop = self._loop
         try:
             while True:
+                self._reading_since = loop.time()
                 item = await self._iterator.__anext__()
+                self._reading_since = None
                 self._items.append(item)
                 _settle(self._wake)
-                if len(self._items) >= MAX_READ_AHEAD:
-                    self._room = asyncio.get_running_loop().create_future()
+                if len(self._items) >= MAX_READ_AHEAD:  # the client's turn: not a stall
+                    self._room = loop.create_future()
                     await self._room
         except StopAsyncIteration:
             pass
@@ -57,7 +82,22 @@ class Relay:
             self._error = exc
         finally:
             self._done = True
+            if self._timer is not None:
+                self._timer.cancel()
             _settle(self._wake)
+
+    def _watch(self) -> None:
+        """The stall timer: fail the stream if the worker has been silent for ``stall_s``,
+        else look again when it would be."""
+        if self._done:
+            return
+        since, now = self._reading_since, self._loop.time()
+        if since is not None and now - since >= self._stall_s:
+            self._error = TimeoutError(f"no output from the worker for {self._stall_s:g} s")
+            self._task.cancel()  # its finally ends the stream and wakes the handler
+            return
+        due = since + self._stall_s if since is not None else now + self._stall_s
+        self._timer = self._loop.call_at(due, self._watch)
 
     async def next(self) -> Any | None:
         """The next output, merging all that arrived since the last; None at the end of the
@@ -83,6 +123,8 @@ class Relay:
     def close(self) -> None:
         """Stop reading (the handler is done with the stream)."""
         self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def merge_run(items: list[Any]) -> tuple[Any, int]:

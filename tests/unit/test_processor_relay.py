@@ -112,3 +112,60 @@ def test_relay_reads_a_bounded_amount_ahead_and_stops_on_close() -> None:
     read_ahead, cancelled = asyncio.run(run())
     assert read_ahead == MAX_READ_AHEAD
     assert cancelled
+
+
+def test_a_silent_worker_fails_the_stream_after_the_outputs_before_it() -> None:
+    async def run() -> tuple[Any, Exception, float, bool]:
+        loop = asyncio.get_running_loop()
+        worker = Worker()
+        relay = Relay(worker, stall_s=0.2)
+        worker.queue.put_nowait(out(1))
+        await asyncio.sleep(0.1)  # the worker then says nothing more
+        first = await relay.next()
+        t0 = loop.time()
+        with pytest.raises(TimeoutError) as raised:
+            await relay.next()
+        waited = loop.time() - t0
+        await settle()
+        return first, raised.value, waited, relay._task.cancelled()
+
+    first, error, waited, cancelled = asyncio.run(run())
+    assert first == out(1)
+    assert "0.2 s" in str(error)
+    assert 0.05 <= waited <= 0.2 + 0.1  # 0.2 s after its last output, 0.1 s of it before next()
+    assert cancelled  # the read of the silent worker is given up
+
+
+def test_outputs_closer_than_the_stall_limit_never_time_out() -> None:
+    async def run() -> list[Any]:
+        worker = Worker()
+        relay = Relay(worker, stall_s=0.1)
+        got = []
+        for i in range(6):  # 0.36 s in all, each gap 0.06 s
+            await asyncio.sleep(0.06)
+            worker.queue.put_nowait(out(i))
+            got.append(await relay.next())
+        relay.close()
+        return got
+
+    assert asyncio.run(run()) == [out(i) for i in range(6)]
+
+
+def test_a_client_slow_to_take_outputs_is_not_a_stalled_worker() -> None:
+    """With the read-ahead full the relay waits for the client, not the worker: however long
+    the client takes, the stream is not failed for it."""
+
+    async def run() -> list[int]:
+        worker = Worker()
+        for i in range(MAX_READ_AHEAD + 4):
+            worker.queue.put_nowait(out(i))
+        worker.queue.put_nowait(StopAsyncIteration())
+        relay = Relay(worker, stall_s=0.05)
+        await asyncio.sleep(0.3)  # six stall limits with the read-ahead full
+        ids: list[int] = []
+        while (item := await relay.next()) is not None:
+            ids.extend(item["token_ids"])
+        relay.close()
+        return ids
+
+    assert asyncio.run(run()) == list(range(MAX_READ_AHEAD + 4))
