@@ -282,6 +282,8 @@ class Gateway:
             if public and up.status == 200:
                 payload = _filter_models(payload, public)
             reply = Reply(up.status, payload, up.headers.get("content-type", JSON))
+        except UpstreamBusy as e:
+            reply = self._unavailable("gateway_busy", self.config.retry_after_s, str(e))
         except UpstreamTimeout:
             reply = _timeout_reply()
         except UpstreamError as e:

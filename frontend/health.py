@@ -149,12 +149,11 @@ class Readiness:
             doc = {}
         doc = doc if isinstance(doc, dict) else {}
         seen = {k: doc[k] for k in ("routable_workers", "expected_workers") if k in doc}
-        routable = doc.get("routable_workers")
         self.processor_status = str(doc.get("status") or ("ready" if status == 200 else status))
-        if status == 200:
-            return Verdict(True, "", seen)
-        if isinstance(routable, int) and routable > 0:
-            return Verdict(True, "degraded", seen)  # a worker is lost but others serve
+        if status == 200:  # "degraded" (a worker lost, others serve) stays ready
+            return Verdict(True, "degraded" if doc.get("status") == "degraded" else "", seen)
+        # Any other answer is not ready, whatever it last counted: a processor whose loop has
+        # stalled still reports its last routable workers.
         return Verdict(False, str(doc.get("status") or "processor_unhealthy"), seen)
 
     async def close(self) -> None:

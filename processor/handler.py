@@ -288,7 +288,7 @@ class ProcessorHandler:
         swept = self.routing.maintain(now)
         if swept["feedback_timeouts"]:
             self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
-        routable = len(live - self._quarantine.workers())
+        routable = len(self._quarantine.healthy(live))  # the workers routing would use
         self.metrics.workers.set(routable)
         self.metrics.expected_workers.set(self.health.update(routable, now))
         if self.engine is not None:

@@ -56,3 +56,36 @@ def test_quarantine_forgets_departed_and_expired_workers() -> None:
     assert q.workers() == {1}
     q.prune(frozenset({1, 3}), now=float("inf"))  # 1's quarantine ran out
     assert q.workers() == frozenset() and q.healthy(frozenset({1, 3})) == {1, 3}
+
+
+def test_health_counts_the_workers_routing_uses_when_every_one_is_quarantined() -> None:
+    """One failed request in a one-worker fleet quarantines that worker, and routing still
+    uses it (none would be left). /health must say so, not 503 no_workers for the
+    quarantine's length (which, through the gateway's readiness, takes it out of service)."""
+    import time
+    from types import SimpleNamespace
+
+    from processor.handler import ProcessorHandler
+    from processor.health import WorkerHealth
+
+    class _Routing:
+        def maintain(self, now: float) -> dict[str, int]:
+            return {"feedback_timeouts": 0, "claiming_prefixes": 0, "prefixes": 0}
+
+        def remove_worker(self, worker_id: int) -> None:
+            pass
+
+    h = object.__new__(ProcessorHandler)
+    h._client = SimpleNamespace(instance_ids=lambda: [7])
+    h.routing = _Routing()
+    h._known_workers = frozenset({7})
+    h.metrics = ProcessorMetrics()
+    h._quarantine = Quarantine(10.0)
+    h.health = WorkerHealth(None, 60.0)
+    h.engine = None
+    h._writer = None
+    h._sweep_once()
+    h._quarantine.add(7)  # its request failed
+    h._sweep_once()
+    status, body = h.health.answer(time.monotonic())
+    assert status == 200 and body["routable_workers"] == 1, body

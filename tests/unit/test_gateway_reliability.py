@@ -153,10 +153,18 @@ async def test_readiness_follows_the_frontend_and_the_processor(stub: Stub) -> N
             assert body["routable_workers"] == 2 and body["expected_workers"] == 2
         assert proc.hits == 1, "a second probe within ready_cache_s reuses the verdict"
 
-        proc.status, proc.body = 503, {"status": "degraded", "routable_workers": 1}
+        proc.body = {"status": "degraded", "routable_workers": 1, "expected_workers": 2}
         await asyncio.sleep(0.35)
         r = await gw.get("/health")
         assert r.status == 200 and (await r.json())["status"] == "degraded"
+
+        # A stalled processor (its loop stuck) still reports its last count: not ready.
+        proc.status = 503
+        proc.body = {"status": "stalled", "routable_workers": 2, "expected_workers": 2}
+        await asyncio.sleep(0.35)
+        r = await gw.get("/ready")
+        body = await r.json()
+        assert r.status == 503 and body["reason"] == "stalled", body
 
         proc.body = {"status": "no_workers", "routable_workers": 0, "expected_workers": 2}
         await asyncio.sleep(0.35)
@@ -327,6 +335,8 @@ async def test_waiting_for_an_upstream_slot_has_a_deadline(stub: Stub) -> None:
         assert r.status == 503 and r.headers["Retry-After"] == "1"
         assert (await r.json())["error"]["code"] == "gateway_busy"
         assert 0.25 < waited < 2.0, waited
+        r = await gw.get("/v1/models")  # every route: 503, not an internal error
+        assert r.status == 503 and (await r.json())["error"]["code"] == "gateway_busy"
         assert (await first).status == 200
     finally:
         await gw.close()
