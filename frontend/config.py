@@ -16,7 +16,9 @@ JSON_ESCAPE_FACTOR = 3  # "\uXXXX" per UTF-8 byte pair, surrogate pairs: at most
 class GatewayConfig(BaseSettings):
     """Every field has a safe default: loopback only, worker pinning off, traces off."""
 
-    model_config = SettingsConfigDict(env_prefix="AKR_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AKR_GATEWAY_", extra="ignore", env_ignore_empty=True
+    )
 
     host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")

@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ProcessorConfig(BaseSettings):
     """Tunables of the processor component; every field is documented in docs/CONFIG.md."""
 
-    model_config = SettingsConfigDict(env_prefix="AKR_PROCESSOR_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AKR_PROCESSOR_", extra="ignore", env_ignore_empty=True
+    )
 
     model_name: str = Field(
         "akr-tiny", description="Public model name the processor registers; clients ask for it."

@@ -24,7 +24,9 @@ from router.tunable import tunable
 class RouterConfig(BaseSettings):
     """Tunables of the routing core (prefix table, score, learner, feedback)."""
 
-    model_config = SettingsConfigDict(env_prefix="AKR_ROUTER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="AKR_ROUTER_", extra="ignore", env_ignore_empty=True
+    )
 
     # --- Workers -----------------------------------------------------------------------
     worker_capacity_blocks: int = Field(

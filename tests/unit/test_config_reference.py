@@ -28,3 +28,18 @@ def test_environment_overrides_defaults(monkeypatch) -> None:
     assert RouterConfig().exploration == 0.5
     assert ProcessorConfig().max_retries == 4
     assert GatewayConfig().public_models == ["a", "b"]
+
+
+def test_an_empty_value_means_unset(monkeypatch) -> None:
+    """docker --env-file and Kubernetes `value: ""` pass empty strings: they must not turn a
+    path into the working directory or fail an integer's validation."""
+    monkeypatch.setenv("AKR_ROUTER_STATE_PATH", "")
+    monkeypatch.setenv("AKR_ROUTER_SEED", "")
+    monkeypatch.setenv("AKR_PROCESSOR_TRACE_PATH", "")
+    monkeypatch.setenv("AKR_PROCESSOR_EXPECTED_WORKERS", "")
+    monkeypatch.setenv("AKR_GATEWAY_TRACE_PATH", "")
+    monkeypatch.setenv("AKR_GATEWAY_MAX_BODY_BYTES", "")
+    router, processor, gateway = RouterConfig(), ProcessorConfig(), GatewayConfig()
+    assert router.state_path is None and router.seed == RouterConfig.model_fields["seed"].default
+    assert processor.trace_path is None and processor.expected_workers is None
+    assert gateway.trace_path is None and gateway.max_body_bytes is None
