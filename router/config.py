@@ -121,8 +121,10 @@ class RouterConfig(BaseSettings):
     feedback_timeout_s: float = Field(
         120.0,
         gt=0,
-        description="A request whose end was not reported after this long is learned as a "
-        "timeout and its load is released; keep it above the longest generation.",
+        description="A request whose end was not reported this long after its decision has "
+        "its load released; if its worker never sent a first token, the learner also takes it "
+        "as a timeout (a worker that answered is not penalised for a long generation). Keep it "
+        "above the longest generation, or such requests stop counting as load early.",
     )
     seed: int | None = Field(
         None, description="Seed of the sampling RNG (for reproducible runs and tests)."

@@ -4,8 +4,10 @@ Each routed request leaves a ``Pending`` record (chosen worker, the features the
 the model's predicted TTFT, a deadline). ``report()`` turns the measured TTFT/ITL into
 standardized residuals for the bandit (router/bandit.py); a failed request is learned as a
 TTFT of ``FAILURE_PENALTY_MS``. Records whose feedback never arrives are expired by
-``sweep(now)`` with ``TIMEOUT_PENALTY_MS``; the sweep runs in a background task, never on
-the request path (the prior art swept inline, per request).
+``sweep(now)``: with ``TIMEOUT_PENALTY_MS`` when the worker never sent a first token, and
+without learning when it did (the worker answered; only the request's end went unreported,
+e.g. a generation longer than the timeout). The sweep runs in a background task, never on the
+request path (the prior art swept inline, per request).
 
 Bounded: at most ``MAX_PENDING_FEEDBACK`` records; when full the oldest is dropped without
 learning (counted in ``dropped``). Insertion order equals deadline order (one timeout for
@@ -34,7 +36,14 @@ FAILURE_PENALTY_MS = 2000.0  # TTFT learned for a request reported as failed
 class Pending:
     """One decision waiting for feedback."""
 
-    __slots__ = ("deadline", "features", "predicted_ttft_ms", "queued_tokens", "worker_id")
+    __slots__ = (
+        "answered",
+        "deadline",
+        "features",
+        "predicted_ttft_ms",
+        "queued_tokens",
+        "worker_id",
+    )
 
     def __init__(
         self,
@@ -49,6 +58,7 @@ class Pending:
         self.queued_tokens = queued_tokens  # to re-predict TTFT with the observed cache hit
         self.predicted_ttft_ms = predicted_ttft_ms
         self.deadline = deadline  # monotonic seconds
+        self.answered = False  # the worker's first token came
 
 
 class FeedbackTracker:
@@ -59,7 +69,7 @@ class FeedbackTracker:
         self.bandit = bandit
         self._pending: OrderedDict[str, Pending] = OrderedDict()
         self.dropped = 0  # evicted because the store was full
-        self.timeouts = 0  # expired by sweep with the timeout penalty
+        self.timeouts = 0  # expired by sweep (penalised only when never answered)
         self.failures = 0  # reported ok=False
         self.reports = 0  # reported ok=True with a TTFT: learned from
         # Reported ok=True without a TTFT (a whole, non-streamed answer): the worker served it,
@@ -126,13 +136,20 @@ class FeedbackTracker:
             self.bandit.update(p.worker_id, x, "itl", itl_ms / ITL_SCALE_MS)
         return True
 
+    def first_token(self, request_id: str) -> None:
+        """The worker answered: a timeout of this record no longer says it is slow."""
+        p = self._pending.get(request_id)
+        if p is not None:
+            p.answered = True
+
     def discard(self, request_id: str) -> bool:
         """Forget a decision without learning from it (the client went away: says nothing
         about the worker)."""
         return self._pending.pop(request_id, None) is not None
 
     def sweep(self, now: float, batch: int | None = None) -> int:
-        """Expire up to ``batch`` overdue decisions with the timeout penalty."""
+        """Expire up to ``batch`` overdue decisions, with the timeout penalty where the
+        worker never answered."""
         batch = batch or SWEEP_BATCH
         n = 0
         pending = self._pending
@@ -143,6 +160,8 @@ class FeedbackTracker:
             del pending[rid]
             self.timeouts += 1
             n += 1
+            if p.answered:
+                continue
             self.bandit.update(
                 p.worker_id,
                 p.features,

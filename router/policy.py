@@ -454,6 +454,10 @@ class Router:
         """Feed measured latency back; False if the request id is unknown (late/dropped)."""
         return self.feedback.report(request_id, ttft_ms, itl_ms, uncached_tokens, output_tokens, ok)
 
+    def first_token(self, request_id: str) -> None:
+        """The chosen worker sent the request's first token."""
+        self.feedback.first_token(request_id)
+
     def cancel(self, request_id: str) -> bool:
         """The client cancelled: release the decision without feedback."""
         return self.feedback.discard(request_id)

@@ -127,6 +127,7 @@ class RouterService:
     def feedback(self, msg: Feedback) -> None:
         if msg.event == "first_token":
             self.load.first_token(msg.request_id)
+            self.router.first_token(msg.request_id)
             return
         self.load.finish(msg.request_id)
         if msg.cancelled:

@@ -60,6 +60,24 @@ def test_timeouts_via_sweep_penalize_the_silent_worker() -> None:
     assert corr1 > 0 > corr0 and corr1 - corr0 > 2000.0
 
 
+def test_a_worker_that_answered_is_not_penalised_when_the_end_comes_late() -> None:
+    """A generation longer than the timeout: the first token came, the end was not reported
+    in time. The record expires (bounded store) but the learner is not told the worker is
+    slow; the same expiry without a first token is the timeout penalty."""
+    f, b = _tracker(feedback_timeout_s=10.0)
+    before = b.mean_correction(0, X, "ttft")
+    for i in range(50):
+        f.add(f"long{i}", 0, X, 0.0, 30.0, now=0.0)
+        f.first_token(f"long{i}")
+    assert f.sweep(11.0) == 50 and len(f) == 0 and f.timeouts == 50
+    assert b.mean_correction(0, X, "ttft") == before
+    assert not f.report("long0", 30.0, 5.0, output_tokens=9000)  # the late end: unknown now
+    for i in range(50):
+        f.add(f"silent{i}", 1, X, 0.0, 30.0, now=20.0)
+    f.sweep(31.0)
+    assert b.mean_correction(1, X, "ttft") > before + 0.5  # the silent worker: penalised
+
+
 def test_failure_is_penalized_like_a_slow_ttft() -> None:
     f, b = _tracker()
     for i in range(60):
