@@ -77,7 +77,9 @@ class GatewayConfig(BaseSettings):
     retry_after_s: int = Field(
         1,
         ge=0,
-        description="Retry-After of a 503 whose cause carries no retry time of its own.",
+        description="Retry-After of the gateway's 503s: a full set of upstream slots, and the "
+        "processor's 'retry later' answers (no worker, admission), whose own retry time the "
+        "stock frontend does not pass on.",
     )
     processor_health_url: str | None = Field(
         None,

@@ -94,9 +94,6 @@ class ProcessorConfig(BaseSettings):
         description="With no routable worker, a request waits this long for one to appear, "
         "then fails as unavailable (the gateway answers 503 with Retry-After).",
     )
-    no_worker_retry_after_s: int = Field(
-        5, ge=1, description="Retry-After (seconds) of a request failed for lack of a worker."
-    )
     expected_workers: int | None = Field(
         None,
         ge=1,

@@ -46,6 +46,7 @@ from processor.engine_state import (
     wait_for_cards,
 )
 from processor.health import (
+    NO_WORKER_RETRY_AFTER_S,
     WorkerHealth,
     as_http_error,
     serve_metrics_and_health,
@@ -429,7 +430,7 @@ class ProcessorHandler:
             self._client.instance_ids,
             excluded,
             cfg.no_worker_wait_s,
-            cfg.no_worker_retry_after_s,
+            NO_WORKER_RETRY_AFTER_S,
             asyncio.get_running_loop().time,
         )
         live = self._quarantine.healthy(live)

@@ -81,6 +81,12 @@ class WorkerHealth:
         return 200, {"status": "ready" if routable >= expected else "degraded", **body}
 
 
+# The retry time a "no worker" failure names in its text. The stock frontend passes on only the
+# 503 status, not the text, so clients get the gateway's Retry-After
+# (AKR_GATEWAY_RETRY_AFTER_S); the number is for the trace and the log.
+NO_WORKER_RETRY_AFTER_S = 5
+
+
 async def wait_for_routable(
     instance_ids: Callable[[], Iterable[int]],
     excluded: set[int],
