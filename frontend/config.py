@@ -95,11 +95,6 @@ class GatewayConfig(BaseSettings):
         description="Longest silence allowed from the upstream (before headers and between "
         "stream chunks); exceeded -> 504 before headers, an SSE error event after.",
     )
-    allow_worker_pin_headers: bool = Field(
-        False,
-        description="Forward client headers that pin a worker (x-dynamo-worker-instance-id and "
-        "the like). Off: they are dropped, since any client could otherwise steer load.",
-    )
     trace_path: Path | None = Field(
         None, description="JSONL file for per-request traces; None disables tracing."
     )

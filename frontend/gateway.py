@@ -353,7 +353,7 @@ class Gateway:
                     field_name,
                 )
         try:
-            tr = translate(body, headers, allow_worker_pin_headers=cfg.allow_worker_pin_headers)
+            tr = translate(body, headers)
             data = _encoder.encode(tr.body) if tr.changed else raw
         except HintError as e:
             return self._reject(
@@ -376,10 +376,9 @@ class Gateway:
             for f in _HINT_FIELDS:
                 if getattr(hints, f) is not None:
                     m.count_hint(f)
-        if not cfg.allow_worker_pin_headers:
-            for name in WORKER_PIN_HEADERS:
-                if name in headers:
-                    m.dropped_pin_headers += 1
+        for name in WORKER_PIN_HEADERS:
+            if name in headers:
+                m.dropped_pin_headers += 1
 
         t_up = time.perf_counter()
         t_headers: float | None = None

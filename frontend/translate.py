@@ -12,8 +12,9 @@ precedence rules live in ``router.hints``; this module only moves fields around:
 * ``nvext.cache_control`` is dropped (carried by the ``akr.v1.pin`` annotation).
 
 Client headers are forwarded by allow-list only, so worker-pinning headers
-(``x-dynamo-worker-instance-id`` ...) and the stock frontend's other routing headers never pass
-unless ``allow_worker_pin_headers`` is set.
+(``x-dynamo-worker-instance-id`` ...) and the stock frontend's other routing headers never pass:
+the stock frontend routes among processor instances, so they could not pick a worker anyway
+(the router does), only let any client steer load between processors.
 """
 
 from __future__ import annotations
@@ -61,9 +62,7 @@ class Translation:
     changed: bool
 
 
-def upstream_headers(
-    headers: Mapping[str, str], hints: H.AgentHints, *, allow_worker_pin_headers: bool = False
-) -> dict[str, str]:
+def upstream_headers(headers: Mapping[str, str], hints: H.AgentHints) -> dict[str, str]:
     """Allow-listed client headers plus the session header derived from ``prefix_id``."""
     out = dict(_BASE_HEADERS)
     for name in PASSTHROUGH_HEADERS:
@@ -77,11 +76,6 @@ def upstream_headers(
         )
     if hints.prefix_id is not None:
         out[H.SESSION_HEADER] = hints.prefix_id
-    if allow_worker_pin_headers:
-        for name in WORKER_PIN_HEADERS:
-            v = headers.get(name)
-            if v is not None:
-                out[name] = v
     return out
 
 
@@ -105,9 +99,7 @@ def response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     return {name: upstream[name] for name in RELAYED_RESPONSE_HEADERS if name in upstream}
 
 
-def translate(
-    body: dict[str, Any], headers: Mapping[str, str], *, allow_worker_pin_headers: bool = False
-) -> Translation:
+def translate(body: dict[str, Any], headers: Mapping[str, str]) -> Translation:
     """Validate hints (raises ``router.hints.HintError``) and rewrite body and headers."""
     nvext = body.get("nvext")
     if nvext is not None and not isinstance(nvext, dict):
@@ -115,7 +107,7 @@ def translate(
     nvext = nvext or {}
     agent_hints = nvext.get("agent_hints")
     hints = H.parse_hints(agent_hints, nvext.get("cache_control"), headers)
-    up_headers = upstream_headers(headers, hints, allow_worker_pin_headers=allow_worker_pin_headers)
+    up_headers = upstream_headers(headers, hints)
     annotations = nvext.get("annotations")
     if annotations is not None and not (
         isinstance(annotations, list) and all(isinstance(a, str) for a in annotations)
