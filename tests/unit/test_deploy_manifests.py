@@ -78,12 +78,14 @@ def test_graph_schema(dgd: dict) -> None:
 
 
 def dockerfile_version() -> str:
+    """The Dynamo version the image installs; its base image's tag defaults to the same one
+    (``BASE_TAG``, overridable when NGC lacks the patch release's image)."""
     text = (K8S / "Dockerfile").read_text()
     m = re.search(r"^ARG DYNAMO_VERSION=(\S+)$", text, re.M)
-    assert m
-    assert re.search(
-        r"^FROM nvcr\.io/nvidia/ai-dynamo/vllm-runtime:\$\{DYNAMO_VERSION\}$", text, re.M
-    )
+    base = re.search(r"^ARG BASE_TAG=(\S+)$", text, re.M)
+    assert m and base and base.group(1) == m.group(1)
+    assert re.search(r"^FROM nvcr\.io/nvidia/ai-dynamo/vllm-runtime:\$\{BASE_TAG\}$", text, re.M)
+    assert '"ai-dynamo-runtime==${DYNAMO_VERSION}" "ai-dynamo==${DYNAMO_VERSION}"' in text
     return m.group(1)
 
 
