@@ -38,7 +38,8 @@ class GatewayConfig(BaseSettings):
         ge=1,
         description="The model context, in tokens, that prompts are checked against. Unset = "
         "each model's context_window in the stock frontend's /v1/models (from the model card); "
-        f"{DEFAULT_CONTEXT_TOKENS} for the body limit until that list was read.",
+        f"{DEFAULT_CONTEXT_TOKENS} for the body limit until that list was read; a prompt of a "
+        "model the list does not give a context_window for is not checked.",
     )
     max_bytes_per_token: float = Field(
         8.0,
@@ -93,7 +94,8 @@ class GatewayConfig(BaseSettings):
         300.0,
         gt=0,
         description="Longest silence allowed from the upstream (before headers and between "
-        "stream chunks); exceeded -> 504 before headers, an SSE error event after.",
+        "stream chunks; mid-stream it is noticed within twice this); exceeded -> 504 before "
+        "headers, an SSE error event after.",
     )
     trace_path: Path | None = Field(
         None, description="JSONL file for per-request traces; None disables tracing."

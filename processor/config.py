@@ -43,9 +43,15 @@ class ProcessorConfig(BaseSettings):
             "(`python -m router`); unset = the router runs in-process (default)."
         ),
     )
-    metrics_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds.")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the /metrics and /health endpoint binds."
+    )
     metrics_port: int | None = Field(
-        None, description="Port of the Prometheus /metrics endpoint; unset = not served."
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint and of /health (the readiness "
+        "the gateway's processor_health_url points at); unset = neither is served.",
     )
     trace_path: Path | None = Field(
         None,
@@ -68,8 +74,10 @@ class ProcessorConfig(BaseSettings):
         description="Admission under overload: a new conversation's first request is placed "
         "only while some worker's predicted time to first token fits in what is left of this "
         "deadline; otherwise it waits (highest priority, then latency sensitivity, first) and "
-        "at the deadline gets 503 with Retry-After. Running conversations are never held. "
-        "0 = off.",
+        "at the deadline gets 503 with Retry-After; at most 1024 wait, beyond that 503 at once. "
+        "Running conversations are never held: those the router tracks, i.e. sent with "
+        "total_requests > 1 or a cache_control pin (a prefix_id alone makes every turn a first "
+        "request). 0 = off.",
     )
     max_retries: int = Field(
         2,

@@ -298,6 +298,7 @@ class ProcessorHandler:
             self.metrics.observe_learner(self.service.router.bandit.prefill_ratios())
         self.metrics.claims.set(swept["claiming_prefixes"])
         self.metrics.tracked_prefixes.set(swept["prefixes"])
+        self.metrics.sync_prefix_evictions(swept["prefix_evictions"])
         if self._writer is not None:
             self.metrics.sync_trace_lost(self._writer.lost)
 

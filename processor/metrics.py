@@ -108,6 +108,12 @@ class ProcessorMetrics:
         self.tracked_prefixes = Gauge(
             "akr_processor_tracked_prefixes", "Prefixes in the router's table.", registry=r
         )
+        self.prefix_evictions = Counter(
+            "akr_processor_prefix_evictions",
+            "Conversations forgotten because the router's table was full "
+            "(AKR_ROUTER_PREFIX_TABLE_MAX_ENTRIES): their later turns lose their home.",
+            registry=r,
+        )
         self.trace_dropped = Counter(
             "akr_processor_trace_records_dropped",
             "Trace records that never reached the trace file, by reason (queue_full, closed, "
@@ -232,10 +238,11 @@ class ProcessorMetrics:
         """Raise the dropped-records counter to the trace writer's own counts (the writer
         counts on its task; the counter follows at each sweep)."""
         for reason, n in lost.items():
-            child = self.trace_dropped.labels(reason=reason)
-            behind = n - child._value.get()
-            if behind > 0:
-                child.inc(behind)
+            _raise_to(self.trace_dropped.labels(reason=reason), n)
+
+    def sync_prefix_evictions(self, evicted: int) -> None:
+        """Raise the evictions counter to the router table's own count (since start)."""
+        _raise_to(self.prefix_evictions, evicted)
 
     def observe_tokens(self, prompt: int, cached: int, output: int) -> None:
         self.prompt_tokens.inc(prompt)
@@ -258,3 +265,10 @@ def _remove_series(gauges: tuple[Gauge, ...], labels: set[str]) -> None:
                 g.remove(label)
             except KeyError:
                 pass
+
+
+def _raise_to(counter: Counter, total: float) -> None:
+    """Raise ``counter`` to ``total``, a count kept elsewhere since start (never lowers it)."""
+    behind = total - counter._value.get()
+    if behind > 0:
+        counter.inc(behind)

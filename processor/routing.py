@@ -123,7 +123,12 @@ class RemoteRouting:
         return None  # the router component sweeps its own state
 
     def maintain(self, now: float) -> dict[str, int]:
-        return {"feedback_timeouts": 0, "claiming_prefixes": 0, "prefixes": 0}
+        return {
+            "feedback_timeouts": 0,
+            "claiming_prefixes": 0,
+            "prefixes": 0,
+            "prefix_evictions": 0,
+        }
 
 
 def find_worker_message(
@@ -145,7 +150,11 @@ def find_worker_message(
 
 
 def _counts(stats: dict[str, Any]) -> dict[str, int]:
-    return {"claiming_prefixes": stats["claiming_prefixes"], "prefixes": stats["prefixes"]}
+    return {
+        "claiming_prefixes": stats["claiming_prefixes"],
+        "prefixes": stats["prefixes"],
+        "prefix_evictions": stats["prefix_evictions"],  # since start
+    }
 
 
 def drop_departed(

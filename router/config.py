@@ -41,7 +41,8 @@ class RouterConfig(BaseSettings):
         100_000,
         ge=1,
         description="Most conversations (prefix ids) tracked at once; beyond it the least "
-        "recently seen one is forgotten (counted in metrics).",
+        "recently seen one is forgotten (counted in akr_processor_prefix_evictions_total, or "
+        "akr_router_prefix_evictions_total for a shared router).",
     )
     max_pin_ttl_s: float = Field(
         3600.0,
@@ -89,7 +90,9 @@ class RouterConfig(BaseSettings):
         json_schema_extra=tunable(5.0, 5000.0, log=True),
         description="Most predicted time to first token (ms) a request gives up for the "
         "future of its cache: it caps the affinity value, and no worker whose predicted TTFT "
-        "(queued plus uncached prefill) is more than this behind the best one's is chosen.",
+        "(queued plus uncached prefill, plus the wait for KV blocks) is more than this behind "
+        "the best one's is chosen, except by admission, which may place a new conversation on "
+        "the best-scored worker where it starts now.",
     )
     kv_full_ms: float = Field(
         300.0,
@@ -105,7 +108,8 @@ class RouterConfig(BaseSettings):
     bandit_enabled: bool = Field(
         True,
         json_schema_extra=tunable(choices=(True, False)),
-        description="Learn per-worker latency corrections from the measured latency.",
+        description="Use the per-worker latency corrections learned from the measured "
+        "latency (learning goes on either way, so turning it back on starts informed).",
     )
     exploration: float = Field(
         0.25,
@@ -116,7 +120,10 @@ class RouterConfig(BaseSettings):
         "prompt already cached somewhere.",
     )
     default_osl: int = Field(
-        256, ge=1, description="Expected output tokens of a request without an osl hint."
+        256,
+        ge=1,
+        description="Expected output tokens of a request with neither an osl hint nor a "
+        "max_tokens (max_tokens, a cap, is taken as the expected length when there is no osl).",
     )
     feedback_timeout_s: float = Field(
         120.0,

@@ -70,7 +70,12 @@ def test_health_counts_the_workers_routing_uses_when_every_one_is_quarantined() 
 
     class _Routing:
         def maintain(self, now: float) -> dict[str, int]:
-            return {"feedback_timeouts": 0, "claiming_prefixes": 0, "prefixes": 0}
+            return {
+                "feedback_timeouts": 0,
+                "claiming_prefixes": 0,
+                "prefixes": 0,
+                "prefix_evictions": 0,
+            }
 
         def remove_worker(self, worker_id: int) -> None:
             pass
@@ -89,3 +94,12 @@ def test_health_counts_the_workers_routing_uses_when_every_one_is_quarantined() 
     h._sweep_once()
     status, body = h.health.answer(time.monotonic())
     assert status == 200 and body["routable_workers"] == 1, body
+
+
+def test_prefix_table_evictions_are_exported_by_the_processor() -> None:
+    """The in-process router's full-table evictions reach /metrics (a shared router exports
+    its own): the counter follows the table's count since start, never twice."""
+    m = ProcessorMetrics()
+    for evicted in (3, 3, 5):
+        m.sync_prefix_evictions(evicted)
+    assert "akr_processor_prefix_evictions_total 5.0" in generate_latest(m.registry).decode()
