@@ -262,9 +262,20 @@ class HttpProtocol(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()  # flushes what the client has not read yet, then closes
-            if self.transport.get_write_buffer_size():
-                # ... for at most the stall timeout: a client that never reads is dropped.
-                self.loop.call_later(self.gw.config.stall_timeout_s, self.transport.abort)
+            self._abort_if_stuck(None)
+
+    def _abort_if_stuck(self, before: int | None) -> None:
+        """While a closing connection flushes, drop it only when the client took nothing for
+        a stall timeout (``before``: the bytes left at the last look), as on a live one: a
+        slow reader gets the end of its answer, a client that never reads is dropped."""
+        t = self.transport
+        left = t.get_write_buffer_size() if t is not None else 0
+        if not left:
+            return
+        if before is not None and left >= before:
+            t.abort()
+            return
+        self.loop.call_later(self.gw.config.stall_timeout_s, self._abort_if_stuck, left)
 
     def _arm(self, delay: float) -> None:
         self._disarm()

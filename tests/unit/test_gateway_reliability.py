@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from frontend.config import GatewayConfig
 from frontend.gateway import Gateway
-from frontend.server import start_server, stop_server
+from frontend.server import HttpProtocol, start_server, stop_server
 from tests.unit.test_gateway import FastClient, make_client
 
 CHAT = "/v1/chat/completions"
@@ -415,6 +415,48 @@ async def test_a_client_that_reads_slowly_is_never_dropped(stub: Stub) -> None:
             got += len(await loop.sock_recv(sock, 8192))
         assert gw.metrics.stalled_clients == 0
         assert got >= 10 * 4096  # it was sent data all along
+
+
+class _ClosingTransport:
+    """A transport whose unsent bytes the test sets; records close and abort."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.closing = False
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.left
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_closing_connection_is_dropped_only_when_its_client_stops_reading(
+    stub: Stub,
+) -> None:
+    """After a Connection: close answer the gateway closes the connection and flushes what is
+    left. A client still taking it, however slowly, gets it all; one that takes nothing for
+    a stall timeout is dropped (before, any output left one stall timeout after the close was
+    cut, a slow reader's end of answer included)."""
+    cfg = GatewayConfig(upstream_url=stub.url, host="127.0.0.1", port=0, stall_timeout_s=0.2)
+    proto = HttpProtocol(Gateway(cfg))
+    slow = _ClosingTransport(30_000)
+    proto.transport = slow  # type: ignore[assignment]
+    proto._close()
+    assert slow.closing
+    for _ in range(15):  # the client takes 2 KB every 0.02 s, for 1.5 stall timeouts
+        await asyncio.sleep(0.02)
+        slow.left -= 2_000
+    assert slow.left == 0 and not slow.aborted
+    stuck = _ClosingTransport(30_000)
+    proto = HttpProtocol(Gateway(cfg))
+    proto.transport = stuck  # type: ignore[assignment]
+    proto._close()
+    await until(lambda: stuck.aborted, timeout_s=2.0)
 
 
 async def test_a_client_that_reads_nothing_is_dropped_and_frees_its_slot(stub: Stub) -> None:
