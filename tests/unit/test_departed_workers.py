@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 
 from processor.metrics import ProcessorMetrics
-from processor.routing import Quarantine, drop_departed
+from processor.routing import Quarantine, drop_departed, nothing_swept
 
 
 class _RecordingRouting:
@@ -70,12 +70,7 @@ def test_health_counts_the_workers_routing_uses_when_every_one_is_quarantined() 
 
     class _Routing:
         def maintain(self, now: float) -> dict[str, int]:
-            return {
-                "feedback_timeouts": 0,
-                "claiming_prefixes": 0,
-                "prefixes": 0,
-                "prefix_evictions": 0,
-            }
+            return nothing_swept()
 
         def remove_worker(self, worker_id: int) -> None:
             pass
