@@ -19,8 +19,10 @@ Used by the tests and benchmarks as ``with LocalStack(StackConfig(...)) as stack
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -107,11 +109,46 @@ class StackConfig:
         return list(self.speeds) if self.speeds else [self.speedup] * self.workers
 
 
+LISTEN_PORTS_FROM = 10_000  # the lowest port handed out
+_handed_out: collections.deque[int] = collections.deque(maxlen=1024)
+
+
 def free_port() -> int:
-    """A port free on loopback right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on loopback right now, below the kernel's ephemeral range.
+
+    Why not the kernel's pick (bind to port 0): that comes from the ephemeral range, which
+    every outgoing connection of the stack (ZMQ, the request plane, HTTP clients) also draws
+    its source port from, so between the pick and the component's own bind one of them could
+    take it (seen once: the gateway failed to start with "address already in use"). Ports
+    below that range are never taken that way. A port handed out recently is not handed out
+    again, so one launcher's components never share one."""
+    low, _ = _ephemeral_range()
+    if low - LISTEN_PORTS_FROM < 1000:  # an unusual range: fall back to the kernel's pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(LISTEN_PORTS_FROM, low)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.append(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {LISTEN_PORTS_FROM}-{low - 1}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' source ports (Linux), else its default."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def loopback_env(file_kv: Path) -> dict[str, str]:

@@ -230,3 +230,16 @@ def test_entries_rewritten_in_turn_are_not_a_lost_registration(tmp_path, childre
     clock.now += 1.0
     sup.tick()
     assert worker.last_exit is not None and worker.last_exit.reason == "lost registration"
+
+
+def test_free_ports_avoid_the_ephemeral_range_and_each_other() -> None:
+    """A stack's listening ports come from below the range outgoing connections take their
+    source ports from (which once took a gateway's port between pick and bind), and one
+    launcher never hands out the same port twice."""
+    from deploy.local_stack import LISTEN_PORTS_FROM, _ephemeral_range, free_port
+
+    low, _ = _ephemeral_range()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    if low - LISTEN_PORTS_FROM >= 1000:
+        assert all(LISTEN_PORTS_FROM <= p < low for p in ports)
