@@ -91,8 +91,7 @@ class RouterConfig(BaseSettings):
         description="Most predicted time to first token (ms) a request gives up for the "
         "future of its cache: it caps the affinity value, and no worker whose predicted TTFT "
         "(queued plus uncached prefill, plus the wait for KV blocks) is more than this behind "
-        "the best one's is chosen, except by admission, which may place a new conversation on "
-        "the best-scored worker where it starts now.",
+        "the best one's is chosen.",
     )
     kv_full_ms: float = Field(
         300.0,

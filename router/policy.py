@@ -184,9 +184,9 @@ def pick(
     of predicted TTFT behind the best worker (never a turn queued behind a hot spot); the
     predicted TTFT includes the wait for KV blocks on a full worker. Admission: a new
     conversation only goes where it starts now, i.e. its blocks fit (no KV wait) and its
-    queued plus uncached prefill fits the time left. A prompt whose own prefill on its best
-    worker exceeds the whole deadline could never fit (it would hold the queue's head until
-    refused): only its wait must fit."""
+    queued plus uncached prefill fits the time left, among the workers the guard allows. A
+    prompt whose own prefill on its best worker exceeds the whole deadline could never fit (it
+    would hold the queue's head until refused): only its wait must fit."""
     i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
     bound = float(ttft.min()) + cfg.affinity_cap_ms
     if ttft[i] > bound:
@@ -196,7 +196,8 @@ def pick(
     own = float(cost.engine_prefill_ms(cfg, uncached.min()))
     deadline = request.admit_deadline_ms
     beyond = own if deadline is not None and own > deadline else 0.0
-    fits = (kv_full <= 0.0) & (ttft - beyond <= request.admit_within_ms)
+    # Only among the workers the tail guard allows: admission never undoes it.
+    fits = (kv_full <= 0.0) & (ttft - beyond <= request.admit_within_ms) & (ttft <= bound)
     if fits[i]:
         return i
     if not fits.any():

@@ -122,3 +122,19 @@ def test_a_prompt_longer_than_the_deadline_waits_only_for_load() -> None:
     )
     sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=64_000 + queued)
     assert r.decide(short, sig, 3.0).reason == "held"  # ~1.3 s alone > 1 s left
+
+
+def test_admission_never_places_past_the_tail_guard() -> None:
+    """Worker 0 would start a new conversation 100 ms out but is waiting for KV blocks;
+    worker 1 has room but predicts 700 ms, beyond the guard's 500 ms: held, not placed there."""
+    from router.policy import pick
+
+    cfg = RouterConfig(bandit_enabled=False, affinity_cap_ms=500.0)
+    new = RouteRequest(request_id="n", prefix_id="new", prompt_tokens=640, admit_within_ms=2000)
+    total = np.array([100.0, 700.0])
+    ttft = np.array([100.0, 700.0])
+    kv_full = np.array([50.0, 0.0])
+    uncached = np.array([640.0, 640.0])
+    assert pick(cfg, new, True, total, ttft, kv_full, uncached) == -1
+    ttft[1] = total[1] = 550.0  # within the guard: placed there
+    assert pick(cfg, new, True, total, ttft, kv_full, uncached) == 1
