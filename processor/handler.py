@@ -289,7 +289,10 @@ class ProcessorHandler:
         swept = self.routing.maintain(now)
         if swept["feedback_timeouts"]:
             self.metrics.feedback_timeouts.inc(swept["feedback_timeouts"])
-        routable = len(self._quarantine.healthy(live))  # the workers routing would use
+        # Quarantined workers are not routable here even when routing, left with none else,
+        # still tries them: a dead worker stays in discovery until its lease ends, and every
+        # request to it fails (benchmarks.chaos no_worker), so /health must not say ready.
+        routable = len(live - self._quarantine.workers())
         self.metrics.workers.set(routable)
         self.metrics.expected_workers.set(self.health.update(routable, now))
         if self.engine is not None:

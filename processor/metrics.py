@@ -158,8 +158,7 @@ class ProcessorMetrics:
         )
         self.workers = Gauge(
             "akr_processor_workers",
-            "Workers routable now: in discovery and not quarantined after a failure (all of "
-            "them when every one is, since routing then uses them all).",
+            "Workers routable now: in discovery and not quarantined after a failure.",
             registry=r,
         )
         self.expected_workers = Gauge(
