@@ -122,7 +122,7 @@ def free_port() -> int:
     take it (seen once: the gateway failed to start with "address already in use"). Ports
     below that range are never taken that way. A port handed out recently is not handed out
     again, so one launcher's components never share one."""
-    low, _ = _ephemeral_range()
+    low = _ephemeral_start()
     if low - LISTEN_PORTS_FROM < 1000:  # an unusual range: fall back to the kernel's pick
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
@@ -142,13 +142,13 @@ def free_port() -> int:
     raise RuntimeError(f"no free loopback port in {LISTEN_PORTS_FROM}-{low - 1}")
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    """The kernel's range for outgoing connections' source ports (Linux), else its default."""
+def _ephemeral_start() -> int:
+    """Where the kernel's range for outgoing connections' source ports starts (Linux), else
+    its default."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def loopback_env(file_kv: Path) -> dict[str, str]:
