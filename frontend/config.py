@@ -91,11 +91,13 @@ class GatewayConfig(BaseSettings):
         1.0, ge=0, description="How long a readiness verdict is reused before probing again."
     )
     upstream_read_timeout_s: float = Field(
-        300.0,
+        400.0,
         gt=0,
         description="Longest silence allowed from the upstream (before headers and between "
         "stream chunks; mid-stream it is noticed within twice this); exceeded -> 504 before "
-        "headers, an SSE error event after.",
+        "headers, an SSE error event after. Keep it above the processor's longest wait for a "
+        "first token, (AKR_PROCESSOR_MAX_RETRIES + 1) x AKR_PROCESSOR_FIRST_TOKEN_TIMEOUT_S "
+        "(360 s by default), or a last retry is cut off.",
     )
     trace_path: Path | None = Field(
         None, description="JSONL file for per-request traces; None disables tracing."

@@ -144,7 +144,8 @@ class _Collector:
         )
         yield _counter(
             "akr_gateway_hints",
-            "Requests carrying each hint field (after validation)",
+            "Requests carrying each hint field (after validation; a pin without a TTL counts "
+            "under pin_ttl_s too, with the default TTL filled in)",
             ["field"],
             m.hints,
         )

@@ -43,3 +43,11 @@ def test_an_empty_value_means_unset(monkeypatch) -> None:
     assert router.state_path is None and router.seed == RouterConfig.model_fields["seed"].default
     assert processor.trace_path is None and processor.expected_workers is None
     assert gateway.trace_path is None and gateway.max_body_bytes is None
+
+
+def test_gateway_outwaits_the_processors_retries() -> None:
+    """The gateway's upstream silence limit must outlast every attempt the processor makes
+    before a first token, or its 504 cuts off the last retry."""
+    gateway, processor = GatewayConfig(), ProcessorConfig()
+    worst_first_token_s = (processor.max_retries + 1) * processor.first_token_timeout_s
+    assert gateway.upstream_read_timeout_s > worst_first_token_s
