@@ -1,6 +1,6 @@
 """What 300 requests arriving at once cost a normal request, whether or not their clients read.
 
-    python -m benchmarks.arrival_burst [--runs 3] [--clients 300]
+    python -m benchmarks.arrival_burst [--runs 3] [--clients 300] [--arms none,short,cut,long]
 
 The slow-reader check (``python -m benchmarks.chaos --only slow_readers``) opens 300 streams
 that are never read and measures normal requests meanwhile. This runs the same stack and the
@@ -9,10 +9,13 @@ sent by clients that *do* read, in three arms per run:
 
 * ``none``: no burst, the probe alone (the machine's floor);
 * ``short``: 300 streamed requests of 8 tokens, read to the end (the arrival alone);
+* ``cut``: 300 streamed requests of 1500 tokens whose clients hang up at their first content
+  chunk (the earliest any handling of a non-reader could stop its answer: until then a client
+  that will never read looks like one that will);
 * ``long``: 300 streamed requests of 1500 tokens, read to the end (arrival plus relaying as
   many tokens as the non-readers are sent before the gateway drops them, and more).
 
-If ``short`` already costs the probe's p99 what the non-readers do, the slow-reader figure is
+If ``cut`` already costs the probe's p99 what the non-readers do, the slow-reader figure is
 the cost of the arrival on this machine, which no handling of non-readers can remove. Figures
 are from simulated workers on 2 shared cores; compare arms within a run.
 """
@@ -27,15 +30,40 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.chaos import chat_body, open_loop, percentile, request, stack_of
+from benchmarks.chaos import Outcome, chat_body, open_loop, percentile, request, stack_of
 from benchmarks.chaos_clients import slow_reader_stack_config
 from benchmarks.gateway_overhead import cpu_by_process, cpu_since
 
 PROBE_RATE, PROBE_S = 5.0, 15.0
-ARMS = {"none": 0, "short": 8, "long": 1500}
+ARMS = {"none": 0, "short": 8, "cut": 1500, "long": 1500}
+CUT = "cut"
 
 
-async def _arm(max_tokens: int, clients: int) -> dict[str, Any]:
+async def hang_up_at_first_token(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout_s: float
+) -> Outcome:
+    """A streamed request whose client closes the connection at its first content chunk."""
+    out = Outcome(sent=time.monotonic())
+    try:
+        async with session.post(
+            f"{url}/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as resp:
+            out.status = resp.status
+            async for line in resp.content:
+                if line.startswith(b"data:") and b'"content"' in line:
+                    out.first_token = time.monotonic()
+                    out.finish = "client_closed"
+                    break
+            resp.close()  # drops the connection: the gateway sees the client leave
+            if out.finish is None:
+                out.error = "stream ended before its first token"
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        out.error = f"{type(exc).__name__}: {exc}"[:200]
+    out.ended = time.monotonic()
+    return out
+
+
+async def _arm(arm: str, max_tokens: int, clients: int) -> dict[str, Any]:
     with stack_of(slow_reader_stack_config()) as stack:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=clients + 64)
@@ -46,8 +74,9 @@ async def _arm(max_tokens: int, clients: int) -> dict[str, Any]:
                 body = chat_body(
                     stack.model_name, "write a very long report " * 10, max_tokens, True
                 )
+                send = hang_up_at_first_token if arm == CUT else request
                 burst = [
-                    asyncio.create_task(request(session, stack.url, body, timeout_s=300))
+                    asyncio.create_task(send(session, stack.url, body, timeout_s=300))
                     for _ in range(clients)
                 ]
                 await asyncio.sleep(0)  # the burst's requests leave before the probe starts
@@ -73,11 +102,11 @@ async def _arm(max_tokens: int, clients: int) -> dict[str, Any]:
     }
 
 
-async def run(runs: int, clients: int) -> list[dict[str, Any]]:
+async def run(runs: int, clients: int, arms: list[str]) -> list[dict[str, Any]]:
     rows = []
     for r in range(runs):
-        for arm, max_tokens in ARMS.items():
-            row = {"run": r + 1, "arm": arm, **await _arm(max_tokens, clients)}
+        for arm in arms:
+            row = {"run": r + 1, "arm": arm, **await _arm(arm, ARMS[arm], clients)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -87,8 +116,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=300)
+    parser.add_argument(
+        "--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.runs, args.clients))
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"--arms: unknown {', '.join(unknown)}")
+    asyncio.run(run(args.runs, args.clients, arms))
 
 
 if __name__ == "__main__":

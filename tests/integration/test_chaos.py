@@ -66,8 +66,9 @@ def test_300_non_reading_clients_are_dropped_and_normal_requests_stay_fast() -> 
     assert details["processor_active_requests_after"] == 0, details
     if result["normal_p99_ms"] >= 1000.0:
         # The slowest normal requests are those sent while the 300 arrive and stream their
-        # first tokens (the first ~3 s), as they would behind 300 reading clients. Long form:
-        # p99 0.79-1.81 s over 14 runs, 7 under 1 s (benchmarks/README, Chaos).
+        # first tokens (the first ~3 s), as they would behind 300 reading clients. Clients that
+        # hang up at their first token, the earliest any drop could come, leave the p99 over
+        # 1 s in 5 of 12 runs (benchmarks/results/arrival_burst.md): a bound, not a bug here.
         pytest.xfail(f"known miss: normal p99 {result['normal_p99_ms']:.0f} ms >= 1 s")
     assert result["normal_p99_ms"] < 1000.0, details
 
