@@ -179,6 +179,10 @@ class HintError(ValueError):
         self.field = field
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[HintError], tuple[str, str]]:
+        """Rebuilt from its own arguments, so it crosses a process pool intact."""
+        return (HintError, (self.field, self.reason))
+
 
 # --- scalar validators: return the clean value or raise HintError ---------------------------
 

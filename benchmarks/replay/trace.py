@@ -26,6 +26,11 @@ class TraceError(ValueError):
         super().__init__(f"{path}:{line}: field {field!r}: {reason}")
         self.path, self.line, self.field, self.reason = str(path), line, field, reason
 
+    def __reduce__(self) -> tuple[type[TraceError], tuple[str, int, str, str]]:
+        """Rebuilt from its own arguments: raised in a replay worker process, it reaches the
+        suite naming its file, line and field (unpicklable, it broke the whole pool)."""
+        return (TraceError, (self.path, self.line, self.field, self.reason))
+
 
 @dataclass(frozen=True, slots=True)
 class TraceRequest:

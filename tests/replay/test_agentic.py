@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from benchmarks.replay.agentic_load import ENGINE_BLOCK, live_context_tokens, mo
 from benchmarks.replay.trace import TraceError, TraceRequest
 from processor.routing import block_hashes
 from processor.traces import SCHEMA_VERSION, TraceRecord
-from router.hints import AgentHints
+from router.hints import AgentHints, HintError, parse_agent_hints
 from router.jsonl_writer import JsonlWriter
 
 HEADER = {
@@ -217,6 +218,18 @@ def test_a_bad_line_names_file_line_and_field(
     assert (err.value.path, err.value.line, err.value.field) == (str(path), line, field)
     assert reason in err.value.reason
     assert f"{path}:{line}:" in str(err.value)
+
+
+def test_a_trace_error_crosses_a_process_pool_intact(tmp_path: Path) -> None:
+    """The suite reads traces in worker processes: the error must reach it whole."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(HEADER | {"version": 1}) + "\n" + json.dumps(_row("a")) + "\n")
+    with ProcessPoolExecutor(max_workers=1) as pool, pytest.raises(TraceError) as err:
+        pool.submit(read_agentic, path).result()
+    assert (err.value.path, err.value.line, err.value.field) == (str(path), 1, "version")
+    with ProcessPoolExecutor(max_workers=1) as pool, pytest.raises(HintError) as hint:
+        pool.submit(parse_agent_hints, {"osl": -1}, None).result()
+    assert hint.value.field.endswith("osl")
 
 
 def test_an_empty_file_is_an_error(tmp_path: Path) -> None:
