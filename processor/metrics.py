@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from router.jsonl_writer import LOSS_REASONS
 from router.loop_lag import LOOP_LAG_BUCKETS
+from router.metrics import CLAIMS_HELP
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -101,8 +102,7 @@ class ProcessorMetrics:
         )
         self.claims = Gauge(
             "akr_processor_claims",
-            "Conversations claiming their home's KV blocks: a live cache pin, or a return "
-            "expected (from the iat hint, or the gap learned for inferred conversations).",
+            CLAIMS_HELP,
             registry=r,
         )
         self.tracked_prefixes = Gauge(

@@ -24,6 +24,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from router.service import RouterService
 
+CLAIMS_HELP = (
+    "Conversations claiming their home's KV blocks: a live cache pin, or a return expected "
+    "(from the iat hint, or the gap learned for inferred conversations)."
+)
+
 _FEEDBACK_KINDS = {
     "dropped": "feedback_dropped",
     "timeout": "feedback_timeouts",
@@ -57,8 +62,7 @@ class RouterCollector:
         )
         yield GaugeMetricFamily(
             "akr_router_claiming_prefixes",
-            "Conversations claiming their home's KV blocks: a live cache pin, or a return "
-            "expected (from the iat hint, or the gap learned for inferred conversations).",
+            CLAIMS_HELP,
             value=stats["claiming_prefixes"],
         )
         yield CounterMetricFamily(
