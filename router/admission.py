@@ -14,6 +14,9 @@ ones of the same rank.
 
 Pure and clock-passed: the processor drives it on the event loop's clock, the replay on its
 virtual clock. Bounded: at most ``max_len`` entries; a full queue refuses at once (counted).
+Entries that left (admitted, cancelled, refused one by one as the processor does) are deleted
+lazily from the heap and the deadline order, which are rebuilt once they hold more of those
+than of waiting requests.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 QUEUE_MAX = 1024  # held requests at most; a burst beyond it is refused at once
+_STALE_SLACK = 64  # entries that left, beyond the waiting ones, before a rebuild
 
 
 @dataclass(order=True, slots=True)
@@ -100,16 +104,29 @@ class AdmissionQueue:
         if held is not None:
             self.stats.admitted += 1
             self.stats.wait_s_sum += now - held.since
+            self._compact()
 
     def cancel(self, request_id: str) -> None:
         """The client went away while waiting."""
         if self._live.pop(request_id, None) is not None:
             self.stats.cancelled += 1
+            self._compact()
 
     def refuse(self, request_id: str) -> None:
         """A waiting request reached its deadline (the live path: each waiter times out)."""
         if self._live.pop(request_id, None) is not None:
             self.stats.rejected_deadline += 1
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop entries that left once they outnumber the waiting ones (amortized O(1))."""
+        bound = 2 * len(self._live) + _STALE_SLACK
+        if len(self._heap) <= bound and len(self._by_deadline) <= bound:
+            return
+        waiting = sorted(self._live.values(), key=lambda h: h.key[2])  # arrival order
+        self._by_deadline = deque(waiting)
+        self._heap = list(waiting)
+        heapq.heapify(self._heap)
 
     def _oldest(self) -> Held | None:
         q = self._by_deadline

@@ -107,6 +107,8 @@ class LoadTracker:
     ) -> None:
         """Count a placed request's load; ``now`` (the caller's monotonic seconds) is its start,
         which ``expire`` compares against."""
+        if request_id in self._active:  # an id reused while in flight: never leak its load
+            self.finish(request_id)
         blocks = request_blocks(prompt_tokens, osl, self.block_size)
         self._active[request_id] = _Active(worker_id, uncached_tokens, blocks, now, hashes)
         load = self._workers.setdefault(worker_id, WorkerLoad())

@@ -43,6 +43,29 @@ def test_deadlines_expire_in_arrival_order_and_skip_the_gone() -> None:
     assert q.head() is not None and q.head().request_id == "c"  # type: ignore[union-attr]
 
 
+def test_requests_leaving_one_by_one_leave_no_trace() -> None:
+    """The processor's path (admit, cancel, refuse by id; never expire): what left is
+    forgotten, and the order of those still waiting holds."""
+    q = AdmissionQueue(deadline_s=2.0)
+    q.push("old-low", 0.0, priority=-1)  # waits throughout
+    for i in range(10_000):
+        t = i * 0.001
+        rid = f"r{i}"
+        q.push(rid, t, priority=i % 3)
+        if i % 3 == 0:
+            q.admit(rid, t)
+        elif i % 3 == 1:
+            q.cancel(rid)
+        else:
+            q.refuse(rid)
+    assert len(q) == 1
+    assert len(q._heap) < 100 and len(q._by_deadline) < 100  # not one entry per request
+    q.push("high", 10.0, priority=5)
+    assert q.head() is not None and q.head().request_id == "high"  # type: ignore[union-attr]
+    assert q.next_deadline() == 2.0
+    assert [h.request_id for h in q.expire(12.5)] == ["old-low", "high"]
+
+
 def _full_signals(free_worker: bool) -> WorkerSignals:
     """Two workers whose in-flight blocks fill their 1000 KV blocks; optionally a third idle."""
     ids = [10, 11, 12] if free_worker else [10, 11]

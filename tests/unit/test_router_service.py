@@ -191,6 +191,19 @@ def test_unique_blocks_count_a_shared_prefix_once_and_are_released() -> None:
     assert load.expire(started_before=float("inf")) == 1 and load.busy() == {}
 
 
+def test_an_id_reused_while_in_flight_leaks_no_load() -> None:
+    """The same request id placed twice before it ends (two callers of a shared router):
+    the first placement's load is released, not kept for ever."""
+    from router.load import LoadTracker
+
+    load = LoadTracker(BS)
+    load.start("dup", 7, 640, prompt_tokens=10 * BS, osl=BS, hashes=tuple(range(10)), now=1.0)
+    load.start("dup", 8, 640, prompt_tokens=10 * BS, osl=BS, hashes=tuple(range(10)), now=1.0)
+    load.finish("dup")
+    load.finish("dup")
+    assert len(load) == 0 and load.busy() == {}
+
+
 def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
     """Worker W1 holds this prompt's first 40 blocks (a request in flight there shares them)
     and wins on cache, but with that request's 61 distinct blocks in use, this one's other 24
