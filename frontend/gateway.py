@@ -240,6 +240,14 @@ class Gateway:
         self.metrics.count_request("other", 404)
         return error_reply(404, f"no route {method} {path[:200]}", code="not_found")
 
+    def internal_error(self, path: str) -> Reply:
+        """The answer when handling a request raised: 500, counted like every answer."""
+        route = path if path in POST_ROUTES or path in GET_ROUTES else "other"
+        self.metrics.count_request(route, 500)
+        return error_reply(
+            500, "internal gateway error", type_="server_error", code="internal_error"
+        )
+
     def too_large(self, path: str) -> Reply:
         """The answer for a body over ``max_body_bytes`` (the server stops reading it)."""
         self.metrics.reject("body")
@@ -326,7 +334,13 @@ class Gateway:
                 "body",
             )
         model = body.get("model")
-        if cfg.public_models and isinstance(model, str) and model not in cfg.public_models:
+        if model is not None and not isinstance(model, str):
+            return self._reject(
+                route,
+                error_reply(400, "model must be a string", param="model", code="invalid_request"),
+                "model",
+            )
+        if cfg.public_models and model is not None and model not in cfg.public_models:
             return self._reject(
                 route,
                 error_reply(

@@ -425,9 +425,7 @@ class HttpProtocol(asyncio.Protocol):
                 raise
             except Exception:
                 log.exception("gateway failed on %s %s", req.method, path[:200])
-                reply = error_reply(
-                    500, "internal gateway error", type_="server_error", code="internal_error"
-                )
+                reply = self.gw.internal_error(path.split("?", 1)[0])
                 req.keep_alive = False
         keep = req.keep_alive
         head_only = req.method == "HEAD"

@@ -280,6 +280,30 @@ async def test_invalid_json_400(gw: FastClient, raw: bytes) -> None:
     assert err["param"] == "body" and err["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("model", [["tiny"], {"a": 1}, 3, True])
+async def test_a_model_that_is_not_a_string_400(
+    gw: FastClient, upstream: EchoUpstream, model: object
+) -> None:
+    r = await gw.post(CHAT, json={"model": model, "messages": []})
+    assert r.status == 400
+    err = (await r.json())["error"]
+    assert err["param"] == "model" and "string" in err["message"]
+    assert upstream.seen == []
+
+
+async def test_a_fault_of_the_gateway_is_a_counted_500(
+    gw: FastClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gw.gw, "_proxy_post", broken)
+    r = await gw.post(CHAT, json={"model": "tiny", "messages": []})
+    assert r.status == 500 and (await r.json())["error"]["code"] == "internal_error"
+    metrics = await (await gw.get("/metrics")).text()
+    assert 'akr_gateway_requests_total{route="/v1/chat/completions",status="500"} 1.0' in metrics
+
+
 async def test_body_too_large_413(upstream: EchoUpstream) -> None:
     client = await make_client(upstream.url, max_body_bytes=2048)
     try:
