@@ -100,6 +100,7 @@ class JsonlWriter:
         self._closing = False
         self._file: Any = None
         self._size = 0
+        self._torn = False  # a partial line could not be cut off the file
 
     # --- caller side ---------------------------------------------------------------------
 
@@ -178,20 +179,35 @@ class JsonlWriter:
         data, n = self._encode(batch)
         if not data:
             return
+        start: int | None = None
         try:
             if self._file is None:
                 await self._open()
             if self._size > 0 and self._size + len(data) > self.max_bytes:
                 await self._rotate()  # before writing: a file only exceeds max_bytes when
                 await self._open()  # one batch alone does
+            start = self._size
+            if self._torn:  # a failed batch's partial line is still there: end it
+                data = b"\n" + data
             await self._write(data)
+            self._torn = False
             self._size += len(data)
             self.written += n
         except OSError as e:
             self.errors += n
             self.lost[io_loss_reason(e)] += n
             log.warning("trace write to %s failed (%s); %d records lost", self.path, e, n)
+            if start is not None:
+                await self._cut_back(start)
             await self._close_file()
+
+    async def _cut_back(self, size: int) -> None:
+        """Take a failed batch's bytes off the file, so that the next batch starts on a line of
+        its own (appended to a partial line, its first record would be unreadable)."""
+        try:
+            await self._file.truncate(size)
+        except OSError:
+            self._torn = True
 
     async def _write(self, data: bytes) -> None:
         """The only disk write; tests replace it to simulate a slow disk."""

@@ -124,6 +124,32 @@ async def test_io_error_is_counted_and_writer_survives(tmp_path: Path) -> None:
     assert read_lines(tmp_path / "t.jsonl") == [{"a": 2}]
 
 
+async def test_a_write_that_fails_part_way_leaves_no_partial_line(tmp_path: Path) -> None:
+    """A disk that fills mid-write: the failed batch's bytes come off the file, so the next
+    record is whole and readable."""
+    w = JsonlWriter(tmp_path / "t.jsonl", linger_s=0)
+    fail = True
+
+    async def partial(data: bytes) -> None:
+        if fail:
+            await w._file.write(data[:5])
+            raise OSError(28, "No space left on device")
+        await w._file.write(data)
+
+    w._write = partial  # type: ignore[method-assign]
+    w.start()
+    w.put({"a": 1})
+    for _ in range(200):  # until the first batch has failed
+        if w.errors:
+            break
+        await asyncio.sleep(0.01)
+    fail = False
+    w.put({"a": 2})
+    await w.close()
+    assert w.errors == 1 and w.written == 1
+    assert read_lines(tmp_path / "t.jsonl") == [{"a": 2}]
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         JsonlWriter("x", queue_size=0)
