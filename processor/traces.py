@@ -72,11 +72,15 @@ _decoder = msgspec.json.Decoder(TraceRecord)
 
 
 def read_records(path: Path) -> Iterator[TraceRecord]:
-    """Parse and validate every line of a trace file (raises on a line that breaks the schema)."""
+    """Parse and validate every line of a trace file; a line that breaks the schema raises
+    ``ValueError`` naming the file, the line and the field."""
     with path.open("rb") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if line.strip():
-                yield _decoder.decode(line)
+                try:
+                    yield _decoder.decode(line)
+                except msgspec.DecodeError as e:  # msgspec names the field: "... at `$.x`"
+                    raise ValueError(f"{path}:{number}: {e}") from e
 
 
 def poll_records(
@@ -135,7 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(msgspec.json.schema(TraceRecord), sys.stdout, indent=2)
         print()
         return
-    rows = to_mooncake(read_records(args.src))
+    try:
+        rows = to_mooncake(read_records(args.src))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     with args.dst.open("w") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
