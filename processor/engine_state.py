@@ -107,8 +107,9 @@ def _parse_card(card_json: str) -> dict[str, Any] | None:
 
 
 def _card_capacity(card: dict[str, Any], block_size: int) -> int | None:
-    rc = card.get("runtime_config") or {}
-    blocks = rc.get("total_kv_blocks") if isinstance(rc, dict) else None
+    rc = card.get("runtime_config")
+    rc = rc if isinstance(rc, dict) else {}
+    blocks = rc.get("total_kv_blocks")
     card_block = card.get("kv_cache_block_size", block_size)
     ranks = rc.get("data_parallel_size")
     ranks = 1 if ranks is None else ranks
@@ -203,7 +204,11 @@ class EngineState:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception:  # a card or stats shape nobody foresaw: keep polling the rest
+                self.errors += 1
+                logger.exception("engine state refresh failed; keeping the last snapshot")
 
     def refresh(self) -> None:
         """One snapshot of the subscriber's maps (in-memory, no I/O; ~µs per worker)."""

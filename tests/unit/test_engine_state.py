@@ -5,6 +5,7 @@ mocker workers in tests/integration/test_processor_metrics.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from dynamo.common.forward_pass_metrics import (
 )
 
 from processor.engine_state import (
+    EngineState,
     agreed_block_size,
     capacity_blocks,
     card_block_size,
@@ -47,6 +49,8 @@ def test_capacity_from_the_card_in_router_blocks() -> None:
         "not json",
         "[]",
         json.dumps({"runtime_config": None}),
+        json.dumps({"runtime_config": [1]}),
+        json.dumps({"runtime_config": "8192 blocks"}),
         _card(None),
         _card(0),
         _card(-5),
@@ -124,6 +128,8 @@ def test_the_prompt_limit_is_the_largest_worker_context_within_its_kv_capacity()
     with_ctx["runtime_config"]["context_length"] = 32768  # the engine's max_model_len
     assert prompt_limit_tokens({"2": json.dumps(with_ctx)}, 64) == 32768
     assert prompt_limit_tokens({"1": "not json", "2": json.dumps({"x": 1})}, 64) is None
+    odd = json.dumps({"runtime_config": [1]})  # a card of another shape is skipped
+    assert prompt_limit_tokens({"1": small, "2": odd}, 64) == 1024 * 64
     assert prompt_limit_tokens({}, 64) is None
 
 
@@ -137,3 +143,35 @@ def test_prefill_chunk_is_the_smallest_engine_pass_the_cards_report() -> None:
     assert prefill_chunk_tokens({"1": with_chunk(8192), "2": _card(1024)}) == 8192
     assert prefill_chunk_tokens({"1": with_chunk(0), "2": with_chunk("x")}) is None
     assert prefill_chunk_tokens({"1": "not json", "2": _card(1024)}) is None
+
+
+async def test_a_refresh_that_raises_does_not_stop_the_polling() -> None:
+    class Subscriber:
+        def __init__(self) -> None:
+            self.stats: dict = {}
+            self.cards = {"1": _card(1024)}
+
+        def get_model_cards(self) -> dict[str, str]:
+            return self.cards
+
+        def get_recent_stats(self) -> dict:
+            return self.stats
+
+        def shutdown(self) -> None:
+            pass
+
+    sub = Subscriber()
+    state = EngineState(sub, 64, poll_s=0.01)
+    state.start()
+    sub.stats = {"not a (worker, rank) key": b""}  # a shape nobody foresaw
+    for _ in range(100):
+        if state.errors:
+            break
+        await asyncio.sleep(0.01)
+    sub.stats, sub.cards = {}, {"1": _card(2048)}
+    for _ in range(100):
+        if state.capacity.get(1) == 2048:
+            break
+        await asyncio.sleep(0.01)
+    await state.stop()
+    assert state.errors >= 1 and state.capacity == {1: 2048}
