@@ -3,18 +3,19 @@
 Why: tracing must never slow the request path (NAT's "async" logs wrote files synchronously on
 the event loop). Callers ``put`` a record into a bounded queue, O(1) and never awaiting; when the
 queue is full the record is dropped and counted. One background task drains the queue in
-batches, encodes them with msgspec (``encode_lines``) and writes through ``aiofiles`` (a worker
-thread), so a slow or full disk only fills the queue. Files rotate by size: ``path`` ->
+batches, encodes them with msgspec (``encode_lines``, in a worker thread: a batch of long
+prompts' block hashes is megabytes of JSON) and writes through ``aiofiles`` (a worker thread),
+so a slow or full disk only fills the queue. Files rotate by size: ``path`` ->
 ``path.1`` -> ... -> ``path.N`` (oldest deleted).
 
-Each batch costs one hand-off to the worker thread (unbuffered file: one ``write``, no
-``flush``), and the task waits ``linger_s`` after a batch's first record so that, under load, a
-batch holds many records. Why: every hand-off wakes a thread that must take the GIL, and in the
-processor the loop thread shares the GIL with Dynamo's Rust threads, which need it for every
-request and streamed token; one write per request (write + flush, two hand-offs) would put
-that contention on the request path. Records reach the disk ``linger_s`` later.
+Each batch costs two hand-offs to worker threads (the encoding; the unbuffered file's one
+``write``, no ``flush``), and the task waits ``linger_s`` after a batch's first record so that,
+under load, a batch holds many records. Why: every hand-off wakes a thread that must take the
+GIL, and in the processor the loop thread shares the GIL with Dynamo's Rust threads, which need
+it for every request and streamed token; one write per request (write + flush, two hand-offs)
+would put that contention on the request path. Records reach the disk ``linger_s`` later.
 
-Records are encoded later, in the writer task: do not mutate a record after ``put``.
+Records are encoded later, in a worker thread: do not mutate a record after ``put``.
 
 Every record that does not reach the file is counted in ``lost`` by reason (``LOSS_REASONS``):
 the queue was full, the writer was closed, the record could not be encoded, the path cannot
@@ -95,7 +96,6 @@ class JsonlWriter:
         self.errors = 0
         self.lost: dict[str, int] = dict.fromkeys(LOSS_REASONS, 0)
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
-        self._encoder = msgspec.json.Encoder()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._file: Any = None
@@ -163,20 +163,24 @@ class JsonlWriter:
                 return
 
     def _encode(self, batch: list[Any]) -> tuple[bytes, int]:
+        """JSON lines of the batch and how many records they hold (the rest cannot be encoded).
+        Runs in a worker thread: touches no state of the writer."""
+        encoder = msgspec.json.Encoder()  # one per call: encoders are not shared across threads
         try:
-            return self._encoder.encode_lines(batch), len(batch)
+            return encoder.encode_lines(batch), len(batch)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
             parts = []
             for r in batch:
-                try:
-                    parts.append(self._encoder.encode(r))
-                except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
-                    self.errors += 1
-                    self.lost["unencodable"] += 1
+                with contextlib.suppress(TypeError, ValueError, OverflowError, msgspec.EncodeError):
+                    parts.append(encoder.encode(r))
             return (b"\n".join(parts) + b"\n" if parts else b""), len(parts)
 
     async def _write_batch(self, batch: list[Any]) -> None:
-        data, n = self._encode(batch)
+        # Off the loop: a batch of long prompts' block hashes is megabytes of JSON (tens of ms).
+        data, n = await asyncio.to_thread(self._encode, batch)
+        if n < len(batch):
+            self.errors += len(batch) - n
+            self.lost["unencodable"] += len(batch) - n
         if not data:
             return
         start: int | None = None

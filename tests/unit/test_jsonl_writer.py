@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from router.jsonl_writer import JsonlWriter
@@ -86,6 +88,30 @@ async def test_rotation_keeps_n_files(tmp_path: Path) -> None:
 def _sizes(directory: Path) -> tuple[list[str], list[int]]:
     files = sorted(x.name for x in directory.iterdir())
     return files, [(directory / f).stat().st_size for f in files]
+
+
+async def test_records_are_encoded_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of long prompts' block hashes is megabytes of JSON: never on the loop."""
+    threads: set[int] = set()
+    real = msgspec.json.Encoder
+
+    class Watched:
+        def __init__(self) -> None:
+            self.inner = real()
+
+        def encode_lines(self, items: object) -> bytes:
+            threads.add(threading.get_ident())
+            return self.inner.encode_lines(items)
+
+    monkeypatch.setattr(msgspec.json, "Encoder", Watched)
+    w = JsonlWriter(tmp_path / "t.jsonl")
+    w.start()
+    w.put({"block_hashes": list(range(1000))})
+    await w.close()
+    assert len(read_lines(tmp_path / "t.jsonl")) == 1
+    assert threads and threading.get_ident() not in threads
 
 
 async def test_unencodable_record_is_counted_not_fatal(tmp_path: Path) -> None:
