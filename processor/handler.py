@@ -302,6 +302,7 @@ class ProcessorHandler:
         self.metrics.claims.set(swept["claiming_prefixes"])
         self.metrics.tracked_prefixes.set(swept["prefixes"])
         self.metrics.sync_prefix_evictions(swept["prefix_evictions"])
+        self.metrics.sync_feedback_dropped(swept["feedback_dropped"])
         if self._writer is not None:
             self.metrics.sync_trace_lost(self._writer.lost)
 

@@ -128,6 +128,13 @@ class ProcessorMetrics:
             "Decisions whose feedback never came and were swept with a penalty.",
             registry=r,
         )
+        self.router_feedback_dropped = Counter(
+            "akr_processor_router_feedback_dropped",
+            "Feedback messages for a standalone router (AKR_PROCESSOR_ROUTER_ENDPOINT) never "
+            "delivered: too many in flight, or the send failed. The router times those "
+            "decisions out and releases their load only then.",
+            registry=r,
+        )
         self.worker_errors = Counter(
             "akr_processor_worker_errors", "Worker failures, by worker.", ["worker"], registry=r
         )
@@ -238,6 +245,10 @@ class ProcessorMetrics:
         counts on its task; the counter follows at each sweep)."""
         for reason, n in lost.items():
             _raise_to(self.trace_dropped.labels(reason=reason), n)
+
+    def sync_feedback_dropped(self, dropped: int) -> None:
+        """Raise the dropped-feedback counter to the shared router client's own count."""
+        _raise_to(self.router_feedback_dropped, dropped)
 
     def sync_prefix_evictions(self, evicted: int) -> None:
         """Raise the evictions counter to the router table's own count (since start)."""

@@ -123,12 +123,18 @@ class RemoteRouting:
         return None  # the router component sweeps its own state
 
     def maintain(self, now: float) -> dict[str, int]:
-        return nothing_swept()
+        return {**nothing_swept(), "feedback_dropped": self.feedback_dropped}
 
 
 def nothing_swept() -> dict[str, int]:
     """What ``maintain`` reports where the router's state lives elsewhere: every count 0."""
-    return {"feedback_timeouts": 0, "claiming_prefixes": 0, "prefixes": 0, "prefix_evictions": 0}
+    return {
+        "feedback_timeouts": 0,
+        "claiming_prefixes": 0,
+        "prefixes": 0,
+        "prefix_evictions": 0,
+        "feedback_dropped": 0,
+    }
 
 
 def find_worker_message(
@@ -154,6 +160,7 @@ def _counts(stats: dict[str, Any]) -> dict[str, int]:
         "claiming_prefixes": stats["claiming_prefixes"],
         "prefixes": stats["prefixes"],
         "prefix_evictions": stats["prefix_evictions"],  # since start
+        "feedback_dropped": 0,  # the router is in this process: nothing to send
     }
 
 

@@ -136,6 +136,10 @@ ts(
             'sum(rate(akr_router_feedback_total{kind="timeout"}[1m]))',
             "feedback timeouts (shared router)",
         ),
+        (
+            "sum(rate(akr_processor_router_feedback_dropped_total[1m]))",
+            "feedback not delivered to the shared router",
+        ),
     ],
     "reqps",
 )
