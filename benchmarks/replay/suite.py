@@ -35,7 +35,7 @@ from benchmarks.replay.cluster import ClusterConfig, block_hashes_of
 from benchmarks.replay.metrics import reuse_ideal, reuse_pooled, summarize
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.report import table
-from benchmarks.replay.trace import read_mooncake
+from benchmarks.replay.trace import TraceRequest, read_mooncake
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "replay"
@@ -302,29 +302,34 @@ def read_records(path: Path, trace: TraceFile) -> list[RequestRecord]:
         header = f.readline().strip().split(",")
         if tuple(header) != RECORD_FIELDS:
             raise ValueError(f"{path}: header {header} is not {list(RECORD_FIELDS)}")
-        for line in f:
-            idx, worker, arrival, ttft, e2e, itl, reused = line.rstrip("\n").split(",")
-            t = by_index[int(idx)]
-            a = float(arrival)
-            out.append(
-                RequestRecord(
-                    index=t.index,
-                    request_id=str(t.index),
-                    worker=int(worker),
-                    arrival_ms=a,
-                    first_token_ms=a + float(ttft),
-                    finish_ms=a + float(e2e),
-                    input_length=t.input_length,
-                    output_length=t.output_length,
-                    reused_tokens=int(reused),
-                    ttft_ms=float(ttft),
-                    e2e_ms=float(e2e),
-                    itl_ms=float(itl) if itl else None,
-                    session_id=t.session_id,
-                    refused=int(worker) < 0,
-                )
-            )
+        for n, line in enumerate(f, 2):
+            try:
+                out.append(_record_row(line, by_index))
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{path}:{n}: not a record of this trace ({e!r})") from None
     return out
+
+
+def _record_row(line: str, by_index: dict[int, TraceRequest]) -> RequestRecord:
+    idx, worker, arrival, ttft, e2e, itl, reused = line.rstrip("\n").split(",")
+    t = by_index[int(idx)]
+    a = float(arrival)
+    return RequestRecord(
+        index=t.index,
+        request_id=str(t.index),
+        worker=int(worker),
+        arrival_ms=a,
+        first_token_ms=a + float(ttft),
+        finish_ms=a + float(e2e),
+        input_length=t.input_length,
+        output_length=t.output_length,
+        reused_tokens=int(reused),
+        ttft_ms=float(ttft),
+        e2e_ms=float(e2e),
+        itl_ms=float(itl) if itl else None,
+        session_id=t.session_id,
+        refused=int(worker) < 0,
+    )
 
 
 def _assemble(suite: list[Case], done: dict[tuple[str, str], dict]) -> dict:

@@ -10,6 +10,7 @@ skipped.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,17 +60,31 @@ def _int(obj: dict, key: str, path: Path, line: int, minimum: int = 0) -> int:
     return v
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
+    """Each non-blank line's object; bytes that are not UTF-8, NaN/Infinity and nesting
+    too deep for the parser are errors of that line, like any other malformed JSON."""
+    with open(path, "rb") as f:
+        for n, raw_bytes in enumerate(f, 1):
+            try:
+                raw = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TraceError(path, n, "<line>", f"not UTF-8 (byte {e.start})") from None
             if not raw.strip():
                 continue
             if not raw.endswith("\n") and raw.strip()[-1:] != "}":
                 raise TraceError(path, n, "<line>", "truncated line")
             try:
-                obj = json.loads(raw)
+                obj = json.loads(raw, parse_constant=_no_constant)
             except json.JSONDecodeError as e:
                 raise TraceError(path, n, "<line>", f"not JSON ({e.msg})") from None
+            except ValueError as e:
+                raise TraceError(path, n, "<line>", f"not JSON ({e})") from None
+            except RecursionError:
+                raise TraceError(path, n, "<line>", "not JSON (nested too deeply)") from None
             if not isinstance(obj, dict):
                 raise TraceError(path, n, "<line>", "not a JSON object")
             yield n, obj
@@ -83,7 +98,12 @@ def read_mooncake(path: Path | str, limit: int | None = None) -> list[TraceReque
         if limit is not None and len(out) >= limit:
             break
         ts = obj.get("timestamp")
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or ts < 0:
+        if (
+            not isinstance(ts, (int, float))
+            or isinstance(ts, bool)
+            or not math.isfinite(ts)
+            or ts < 0
+        ):
             raise TraceError(path, n, "timestamp", f"expected a number >= 0, got {ts!r}")
         hashes = obj.get("hash_ids")
         if not isinstance(hashes, list) or not all(

@@ -25,7 +25,7 @@ from benchmarks.replay.agentic_gen import (
     pressure_params,
 )
 from benchmarks.replay.agentic_load import ENGINE_BLOCK, live_context_tokens, modelled_load
-from benchmarks.replay.trace import TraceError, TraceRequest
+from benchmarks.replay.trace import TraceError, TraceRequest, read_mooncake
 from processor.routing import block_hashes
 from processor.traces import SCHEMA_VERSION, TraceRecord
 from router.hints import AgentHints, HintError, parse_agent_hints
@@ -218,6 +218,33 @@ def test_a_bad_line_names_file_line_and_field(
     assert (err.value.path, err.value.line, err.value.field) == (str(path), line, field)
     assert reason in err.value.reason
     assert f"{path}:{line}:" in str(err.value)
+
+
+MOONCAKE_ROW = {"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [1]}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"timestamp": NaN}\n', "NaN"),
+        (b'{"timestamp": Infinity}\n', "Infinity"),
+        (b'{"timestamp": 1, "x": "\xff"}\n', "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", "not JSON"),
+        (b'{"timestamp": 1' + b"0" * 5000 + b"}\n", "not JSON"),
+    ],
+)
+def test_a_line_json_cannot_hold_is_an_error_of_that_line(
+    tmp_path: Path, raw: bytes, reason: str
+) -> None:
+    """Not a crash without a line: both readers name the file and line."""
+    for name, read in (("mooncake", read_mooncake), ("agentic", read_agentic)):
+        path = tmp_path / f"{name}.jsonl"
+        first = json.dumps(HEADER) if name == "agentic" else json.dumps(MOONCAKE_ROW)
+        path.write_bytes(first.encode() + b"\n" + raw)
+        with pytest.raises(TraceError) as err:
+            read(path)
+        assert (err.value.path, err.value.line) == (str(path), 2), name
+        assert reason in err.value.reason, (name, err.value.reason)
 
 
 def test_a_trace_error_crosses_a_process_pool_intact(tmp_path: Path) -> None:

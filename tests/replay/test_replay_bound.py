@@ -129,3 +129,19 @@ def test_records_read_back_as_written(tmp_path: Path) -> None:
     assert [(r.index, r.worker, r.input_length, r.ttft_ms, r.refused) for r in back] == [
         (r.index, r.worker, r.input_length, r.ttft_ms, False) for r in kv
     ]
+
+
+def test_a_broken_records_file_names_its_line(tmp_path: Path) -> None:
+    """Records of another trace, or a cut file, are an error naming the line, not a KeyError."""
+    import gzip
+
+    from benchmarks.replay.suite import read_records, write_records
+
+    trace = _trace()
+    path = tmp_path / "kv.csv.gz"
+    write_records(path, _kv(trace, worker=1))
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines(keepends=True)
+    for bad, why in (("999999,0,1.0,2.0,3.0,,0\n", "999999"), ("0,0,1.0\n", "unpack")):
+        path.write_bytes(gzip.compress("".join([*lines[:2], bad, *lines[2:]]).encode()))
+        with pytest.raises(ValueError, match=rf"kv\.csv\.gz:3: .*{why}"):
+            read_records(path, trace)
