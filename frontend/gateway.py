@@ -198,7 +198,10 @@ class Gateway:
     async def _watch_models(self) -> None:
         """Keep the model list's context windows current (prompt and body limits)."""
         while True:
-            await self.readiness.refresh_models()
+            try:
+                await self.readiness.refresh_models()
+            except Exception:  # a model list nobody foresaw: keep the last limits, try again
+                log.exception("model list refresh failed; keeping the last context windows")
             await asyncio.sleep(MODEL_REFRESH_S)
 
     def body_limit(self) -> int:

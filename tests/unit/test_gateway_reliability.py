@@ -478,3 +478,30 @@ async def test_a_client_that_reads_nothing_is_dropped_and_frees_its_slot(stub: S
         raw = await asyncio.wait_for(reader.read(), timeout=5)
         assert raw.startswith(b"HTTP/1.1 200 ")
         writer.close()
+
+
+async def test_a_failed_model_refresh_keeps_the_watch_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unforeseen error in one refresh must not end the model watch for good."""
+    import frontend.gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "MODEL_REFRESH_S", 0.01)
+    gw = Gateway(GatewayConfig(upstream_url="http://127.0.0.1:9", host="127.0.0.1", port=0))
+    calls = 0
+
+    async def refresh() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a shape nobody foresaw")
+        gw.readiness.contexts = {"tiny": 4096}
+
+    monkeypatch.setattr(gw.readiness, "refresh_models", refresh)
+    await gw.start()
+    try:
+        await until(lambda: calls >= 2)
+        assert gw.readiness.contexts == {"tiny": 4096}
+        assert gw._model_watch is not None and not gw._model_watch.done()
+    finally:
+        await gw.close()
