@@ -18,11 +18,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.registrations import group_listening_ports, registrations
+
+MAX_FAILURES_KEPT = 100
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,8 @@ class Backoff:
 
 @dataclass
 class Exit:
-    """Why a child's run ended: its exit code (None while killed for a lost registration is
-    pending) and how long it ran."""
+    """Why a child's run ended: its exit code (None when it was killed for a lost
+    registration, or could not be started) and how long it ran."""
 
     code: int | None
     runtime_s: float
@@ -53,6 +56,8 @@ class Exit:
                 f"{name} (pid {pid}) lost its discovery registration while alive after "
                 f"{self.runtime_s:.1f} s; killed"
             )
+        if self.reason.startswith("restart failed"):
+            return f"{name} could not be started: {self.reason}"
         code = describe_code(self.code)
         return f"{name} (pid {pid}) exited with {code} after {self.runtime_s:.1f} s"
 
@@ -160,7 +165,8 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self.restart = restart
         self.lost_grace_s = lost_grace_s
-        self.failures: list[str] = []
+        # The latest failures, for the launcher's report; a crash loop keeps only the last.
+        self.failures: deque[str] = deque(maxlen=MAX_FAILURES_KEPT)
         self.lock = threading.RLock()
         self._last_scan = -1e9
 
@@ -175,11 +181,21 @@ class Supervisor:
                 changed |= self._check_registrations(now)
             for child in self.children:
                 if child.restart_at is not None and now >= child.restart_at:
-                    child.spawn(now)
-                    self.log(f"supervisor: restarted {child.name} (pid {child.pid})")
+                    self._respawn(child, now)
                     changed = True
             if changed:
                 self.write_status()
+
+    def _respawn(self, child: Child, now: float) -> None:
+        """A restart that cannot start (fork refused, log unwritable) is one more failed run,
+        backed off like any other: it must neither end supervision nor retry every tick."""
+        try:
+            child.spawn(now)
+        except OSError as exc:
+            child.popen, child.started_at = None, now
+            self._ended(child, Exit(None, 0.0, f"restart failed: {exc}"), now)
+            return
+        self.log(f"supervisor: restarted {child.name} (pid {child.pid})")
 
     def _check_exit(self, child: Child, now: float) -> bool:
         if child.popen is None or child.restart_at is not None or child.down:
@@ -268,8 +284,11 @@ class Supervisor:
         if self.status_path is None:
             return
         tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=1) + "\n")
-        tmp.replace(self.status_path)
+        try:
+            tmp.write_text(json.dumps(self.status(), indent=1) + "\n")
+            tmp.replace(self.status_path)
+        except OSError as exc:  # a full disk must not stop supervising the stack
+            self.log(f"supervisor: status file not written: {exc}")
 
     def restarts(self, name: str) -> int:
         return next(c.restarts for c in self.children if c.name == name)

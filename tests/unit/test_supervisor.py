@@ -111,9 +111,49 @@ def test_unsupervised_death_is_reported_with_code_and_runtime(tmp_path, children
     sup.tick()
     sup.tick()
     assert dead.restart_at is None and dead.restarts == 0
-    assert sup.failures == [f"processor (pid {dead.pid}) exited with 7 after 42.0 s"]
+    assert list(sup.failures) == [f"processor (pid {dead.pid}) exited with 7 after 42.0 s"]
     assert lines == [f"supervisor: {sup.failures[0]}; not restarted (supervision off)"]
     assert sup.status()["components"]["processor"]["state"] == "exited"
+
+
+def test_a_restart_that_cannot_start_is_backed_off_not_fatal(tmp_path, children) -> None:
+    """A spawn refused by the OS (here: the program is gone) is a failed run with backoff."""
+    clock, lines = Clock(), []
+    crash = child(tmp_path, "worker0", "raise SystemExit(3)")
+    children.append(crash)
+    sup = Supervisor(children, log=lines.append, clock=clock, backoff=Backoff(1.0, 8.0))
+    crash.spawn(clock())
+    wait_exit(crash)
+    sup.tick()
+    crash.argv = [str(tmp_path / "no-such-program")]
+    clock.now += 1.0
+    sup.tick()  # raised FileNotFoundError out of tick before
+    assert crash.popen is None and crash.restarts == 2
+    assert crash.restart_at == clock.now + 2.0
+    assert "worker0 could not be started: restart failed: " in lines[-1]
+    assert sup.status()["components"]["worker0"]["state"] == "backoff"
+    sup.tick()  # not retried before its backoff
+    assert crash.restarts == 2
+    crash.argv = [sys.executable, "-c", "import time; time.sleep(600)"]
+    clock.now += 2.0
+    sup.tick()
+    assert crash.popen is not None and crash.popen.poll() is None
+    assert lines[-1] == f"supervisor: restarted worker0 (pid {crash.pid})"
+
+
+def test_a_crash_loop_keeps_only_the_latest_failures(tmp_path, children) -> None:
+    from deploy.supervisor import MAX_FAILURES_KEPT
+
+    clock = Clock()
+    crash = child(tmp_path, "worker0", "raise SystemExit(3)")
+    children.append(crash)
+    sup = Supervisor(children, log=lambda _: None, clock=clock, backoff=Backoff(0.0, 0.0))
+    crash.argv = [str(tmp_path / "no-such-program")]
+    crash.restart_at = clock.now
+    for _ in range(MAX_FAILURES_KEPT + 5):
+        sup.tick()
+    assert crash.restarts == MAX_FAILURES_KEPT + 5
+    assert len(sup.failures) == MAX_FAILURES_KEPT
 
 
 def test_signal_deaths_name_the_signal(tmp_path, children) -> None:
@@ -243,3 +283,16 @@ def test_free_ports_avoid_the_ephemeral_range_and_each_other() -> None:
     assert len(set(ports)) == len(ports)
     if low - LISTEN_PORTS_FROM >= 1000:
         assert all(LISTEN_PORTS_FROM <= p < low for p in ports)
+
+
+def test_an_unwritable_status_file_does_not_stop_supervision(tmp_path, children) -> None:
+    clock, lines = Clock(), []
+    crash = child(tmp_path, "worker0", "raise SystemExit(3)")
+    children.append(crash)
+    status = tmp_path / "gone" / "supervisor.json"  # its directory does not exist
+    sup = Supervisor(children, status_path=status, log=lines.append, clock=clock)
+    crash.spawn(clock())
+    wait_exit(crash)
+    sup.tick()  # raised FileNotFoundError out of tick before
+    assert crash.restarts == 1
+    assert any("status file not written" in line for line in lines)
