@@ -186,6 +186,13 @@ class Supervisor:
             if changed:
                 self.write_status()
 
+    def guarded_tick(self) -> None:
+        """``tick()`` for a loop that must go on: a bad tick is logged, never raised."""
+        try:
+            self.tick()
+        except Exception as exc:  # a bad tick must not end supervision for good
+            self.log(f"supervisor: tick failed: {exc!r}")
+
     def _respawn(self, child: Child, now: float) -> None:
         """A restart that cannot start (fork refused, log unwritable) is one more failed run,
         backed off like any other: it must neither end supervision nor retry every tick."""
@@ -316,10 +323,7 @@ class SupervisorThread:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                self.supervisor.tick()
-            except Exception as exc:  # a bad tick must not end supervision for good
-                self.supervisor.log(f"supervisor: tick failed: {exc!r}")
+            self.supervisor.guarded_tick()
 
     def stop(self) -> None:
         self._stop.set()

@@ -383,7 +383,7 @@ def run(plan: Plan, ready_timeout_s: float, supervise: bool = True, poll_s: floa
         supervisor.tick()  # attribute every registration now: the stack is up
         supervisor.write_status()
         while supervise or not supervisor.failures:
-            supervisor.tick()
+            supervisor.guarded_tick()
             time.sleep(0.5)
         status = 1
     except KeyboardInterrupt:

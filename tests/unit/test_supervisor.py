@@ -296,3 +296,17 @@ def test_an_unwritable_status_file_does_not_stop_supervision(tmp_path, children)
     sup.tick()  # raised FileNotFoundError out of tick before
     assert crash.restarts == 1
     assert any("status file not written" in line for line in lines)
+
+
+def test_a_failing_tick_is_logged_by_the_launchers_loop(tmp_path, children, monkeypatch) -> None:
+    """Both launchers call guarded_tick: an unreadable discovery directory must not end them."""
+    import deploy.supervisor as supervisor_module
+
+    def unreadable(file_kv: Path) -> dict[str, int]:
+        raise PermissionError(13, "Permission denied", str(file_kv))
+
+    monkeypatch.setattr(supervisor_module, "registrations", unreadable)
+    lines: list[str] = []
+    sup = Supervisor(children, file_kv=tmp_path, log=lines.append, clock=Clock())
+    sup.guarded_tick()
+    assert lines and lines[0].startswith("supervisor: tick failed: PermissionError")
