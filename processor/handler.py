@@ -11,7 +11,8 @@ Faults: a worker that fails (or stays silent past ``first_token_timeout_s``) bef
 token is excluded and the request is retried on the next best worker, at most
 ``max_retries`` times (counted); after tokens were sent the answer is continued on another
 worker (processor/migration.py, at most ``migration_limit`` times, counted), and only past
-that does the client get a clean error; a worker silent mid-stream for
+that does the client get a clean error (a stream that breaks after the output with the finish
+reason is a whole answer: neither); a worker silent mid-stream for
 ``stream_stall_timeout_s`` (frozen, or cut off without a reset) has failed too. A worker's
 refusal (an error in its stream, e.g. a prompt beyond its admission limits) fails the
 request (outcome "rejected", 400 when the prompt exceeds a limit) without a retry, a
@@ -509,6 +510,9 @@ class ProcessorHandler:
                 except (asyncio.CancelledError, GeneratorExit):
                     raise
                 except Exception as exc:
+                    if _finishes(item):  # the whole answer came: only its stream's end was lost
+                        logger.warning("worker %x: stream lost after the last output: %r", wid, exc)
+                        return
                     raise WorkerFailed(wid, False, exc) from exc
                 if item is None:
                     return
@@ -628,6 +632,12 @@ def _observe(measure: _Measure, item: Any, keep_ids: int, carry: Continuation) -
             measure.cached = int(details["cached_tokens"])
     if item.get("finish_reason"):
         measure.finish_reason = str(item["finish_reason"])
+
+
+def _finishes(item: Any) -> bool:
+    """Whether a worker output ends the answer (a finish reason). Why: a stream that breaks
+    after it lost nothing; continuing it elsewhere would send tokens after the finish."""
+    return isinstance(item, dict) and bool(item.get("finish_reason"))
 
 
 def _item_error(item: Any) -> str | None:

@@ -1,0 +1,114 @@
+"""One request through ``ProcessorHandler.generate`` with the real in-process router: worker
+streams scripted by the test, so the failure paths (retry, continuation) run exactly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from processor.config import ProcessorConfig
+from processor.handler import ProcessorHandler
+from processor.routing import LocalRouting
+from router.config import RouterConfig
+from router.service import Feedback, RouterService
+
+BLOCK = 4
+WORKERS = (1, 2)
+
+
+class Script:
+    """A worker's answer: these outputs, then ``error`` raised (or the end of the stream)."""
+
+    def __init__(self, outputs: list[dict[str, Any]], error: BaseException | None = None) -> None:
+        self.outputs, self.error = list(outputs), error
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        if self.outputs:
+            return self.outputs.pop(0)
+        if self.error is not None:
+            raise self.error
+        raise StopAsyncIteration
+
+
+class Client:
+    """``client.direct`` of the worker endpoint: hands out the scripts in order."""
+
+    def __init__(self, scripts: list[Script]) -> None:
+        self.scripts = scripts
+        self.sent: list[tuple[int, list[int], dict[str, Any]]] = []
+
+    def instance_ids(self) -> list[int]:
+        return list(WORKERS)
+
+    async def direct(
+        self, request: dict[str, Any], worker: int, annotated: bool, context: Any
+    ) -> Script:
+        self.sent.append((worker, list(request["token_ids"]), dict(request["stop_conditions"])))
+        return self.scripts.pop(0)
+
+
+class Kv:
+    """``KvRouter.get_potential_loads``: nothing cached anywhere."""
+
+    async def get_potential_loads(self, token_ids: list[int]) -> list[dict[str, Any]]:
+        return [
+            {
+                "worker_id": w,
+                "potential_prefill_tokens": len(token_ids),
+                "potential_decode_blocks": 0,
+            }
+            for w in WORKERS
+        ]
+
+
+def handler(scripts: list[Script], **settings: Any) -> tuple[ProcessorHandler, list[Feedback]]:
+    """A started handler (without Dynamo's runtime) and the feedback its router got."""
+    config = ProcessorConfig(admission_deadline_s=0, worker_quarantine_s=0, **settings)
+    service = RouterService(RouterConfig(), block_size=BLOCK)
+    h = ProcessorHandler(None, config, service)
+    h.block_size = BLOCK
+    h._client = Client(scripts)
+    routing = LocalRouting(service, Kv(), None, BLOCK)
+    sent: list[Feedback] = []
+
+    def feedback(msg: Feedback) -> None:
+        sent.append(msg)
+        service.feedback(msg)
+
+    routing.feedback = feedback  # type: ignore[method-assign]
+    h.routing = routing
+    return h, sent
+
+
+async def answer(h: ProcessorHandler, request: dict[str, Any]) -> list[dict[str, Any]]:
+    return [item async for item in h.generate(request, None)]
+
+
+def request(prompt: int = 16, max_tokens: int = 10) -> dict[str, Any]:
+    return {
+        "token_ids": list(range(prompt)),
+        "stop_conditions": {"max_tokens": max_tokens},
+        "sampling_options": {},
+    }
+
+
+async def test_a_stream_lost_after_its_finish_reason_is_a_whole_answer() -> None:
+    """The worker sent its last output (finish reason) and then its stream broke (e.g. it died
+    before the end-of-stream marker): the answer is complete, so it is not continued elsewhere
+    (the client would get tokens after "stop") nor failed."""
+    whole = [{"token_ids": [7]}, {"token_ids": [8], "finish_reason": "stop"}]
+    h, feedback = handler(
+        [Script(whole, ConnectionError("reset")), Script([{"token_ids": [9]}])],
+        migration_limit=3,
+    )
+    outputs = await answer(h, request())
+    assert [o["token_ids"] for o in outputs] == [[7], [8]]
+    assert len(h._client.sent) == 1  # no continuation
+    finish = [f for f in feedback if f.event == "finish"]
+    assert len(finish) == 1 and finish[0].ok
+    assert h.metrics.migrations._value.get() == 0
