@@ -114,6 +114,7 @@ class _Measure:
 
     __slots__ = (
         "attempt_first",
+        "attempt_prompt",
         "attempt_start",
         "attempt_tokens",
         "cached",
@@ -134,9 +135,12 @@ class _Measure:
         self.cached: int | None = None
         self.finish_reason: str | None = None
         self.out_ids: list[int] | None = None
+        self.attempt_prompt = 0
 
-    def new_attempt(self) -> None:
+    def new_attempt(self, prompt_tokens: int) -> None:
+        """A new attempt with a prompt of its own (a continuation's is longer)."""
         self.attempt_start = time.perf_counter()
+        self.attempt_prompt = prompt_tokens
         self.attempt_first = None
         self.attempt_tokens = 0
         self.cached = None
@@ -341,7 +345,7 @@ class ProcessorHandler:
                     route, attempt_ids, excluded, retries + carry.migrations
                 )
                 open_decision = decision.request_id
-                measure.new_attempt()
+                measure.new_attempt(len(attempt_ids))
                 try:
                     forward = self._forward(attempt_request, context, decision, measure, carry)
                     async for item in forward:
@@ -370,6 +374,8 @@ class ProcessorHandler:
                         if follow is not None:
                             excluded.add(failure.worker_id)
                             attempt_request, attempt_ids = follow, follow["token_ids"]
+                            # Placed for the prompt it is: original + tokens sent.
+                            route = msgspec.structs.replace(route, prompt_tokens=len(attempt_ids))
                             self.metrics.migrations.inc()
                             logger.warning(
                                 "%s after %d tokens; continuing request %s elsewhere",
@@ -560,7 +566,7 @@ class ProcessorHandler:
             self.routing.feedback(
                 finish_feedback(
                     open_decision,
-                    len(token_ids),
+                    measure.attempt_prompt,  # the cached tokens are of this attempt's prompt
                     measure.cached,
                     measure.attempt_ttft_ms,
                     measure.attempt_itl_ms,

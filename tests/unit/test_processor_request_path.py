@@ -112,3 +112,30 @@ async def test_a_stream_lost_after_its_finish_reason_is_a_whole_answer() -> None
     finish = [f for f in feedback if f.event == "finish"]
     assert len(finish) == 1 and finish[0].ok
     assert h.metrics.migrations._value.get() == 0
+
+
+async def test_a_continuation_is_routed_and_reported_with_its_own_prompt() -> None:
+    """A continuation's prompt is the original and the tokens already sent: the router places
+    it, and the learner explains its TTFT, with that length, not the original's."""
+    cached = {"prompt_tokens_details": {"cached_tokens": 16}}
+    h, feedback = handler(
+        [
+            Script([{"token_ids": [7, 8, 9, 10]}], ConnectionError("reset")),
+            Script([{"token_ids": [11], "finish_reason": "length", "completion_usage": cached}]),
+        ],
+        migration_limit=1,
+    )
+    routes = []
+    decide = h.routing.decide
+
+    async def spy(route: Any, token_ids: list[int], live: frozenset[int]) -> Any:
+        routes.append((route.prompt_tokens, len(token_ids)))
+        return await decide(route, token_ids, live)
+
+    h.routing.decide = spy  # type: ignore[method-assign]
+    outputs = await answer(h, request(prompt=16))
+    assert [o["token_ids"] for o in outputs] == [[7, 8, 9, 10], [11]]
+    assert [len(ids) for _, ids, _ in h._client.sent] == [16, 20]
+    assert routes == [(16, 16), (20, 20)]
+    last = [f for f in feedback if f.event == "finish"][-1]
+    assert last.ok and last.uncached_tokens == 20 - 16
