@@ -446,8 +446,10 @@ class ProcessorHandler:
             asyncio.get_running_loop().time,
         )
         live = self._quarantine.healthy(live)
-        if attempt:  # a retry is a new decision with its own feedback record
-            route = msgspec.structs.replace(route, request_id=f"{route.request_id}#{attempt}")
+        if attempt:  # a retry is a new decision with its own feedback record, same turn
+            route = msgspec.structs.replace(
+                route, request_id=f"{route.request_id}#{attempt}", retry=True
+            )
         routing = self.routing
         decision_s = 0.0
 

@@ -99,6 +99,10 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     # The whole admission deadline (ms): a prompt whose own prefill exceeds it is held only
     # while its wait does not fit. None: not known, never.
     admit_deadline_ms: float | None = None
+    # Another attempt at a request already placed (the processor's retry or continuation after
+    # a worker failure): the same turn of its conversation, so it moves the home but spends
+    # none of the reuse budget and is no new turn of an inferred conversation.
+    retry: bool = False
 
 
 class Decision(msgspec.Struct):
@@ -421,12 +425,18 @@ class Router:
         if conv.inferred:
             lin = self.lineage
             assert lin is not None and request.block_hashes
-            key, _ = lin.record(request.block_hashes, conv.prefix_id, now)
             # Expected back once more, after the gap learned over inferred conversations: the
             # conversation claims its home's blocks until then (the return model of hinted
             # traffic, with learned numbers in place of the client's).
-            self.table.remove(key)
             gap_ms = lin.gap_s * 1000.0 if lin.gap_s else None
+            if request.retry and conv.prefix_id is not None:  # the turn already recorded
+                key = conv.prefix_id
+                after = self.table.observe(
+                    key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms), repeat=True
+                )
+                return after, key
+            key, _ = lin.record(request.block_hashes, conv.prefix_id, now)
+            self.table.remove(key)
             after = self.table.observe(key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms))
             return after, key
         if request.prefix_id:
@@ -438,6 +448,7 @@ class Router:
                 prompt_blocks,
                 request.pin_ttl_s,
                 claim_s(request.iat_ms),
+                repeat=request.retry,
             )
             return after, None
         return None, None

@@ -136,6 +136,7 @@ class PrefixTable:
         blocks: int,
         pin_ttl_s: float | None = None,
         claim_s: float = 0.0,
+        repeat: bool = False,
     ) -> PrefixEntry | None:
         """Record one routed request of ``prefix_id`` on ``worker_id``.
 
@@ -145,9 +146,13 @@ class PrefixTable:
         claims the home's blocks until now + claim_s (the conversation is expected back by
         then). Returns the entry, or None when the prefix is no longer live: its budget is
         exhausted and it has no pin, or the client said how many requests come and this was
-        the last one (then a pin is released at once too).
+        the last one (then a pin is released at once too). ``repeat``: another attempt at a
+        request already recorded (a retry on another worker): the home follows it, but the
+        budget is not spent again, and a prefix the first attempt ended stays ended.
         """
         entry = self.get(prefix_id, now)
+        if repeat and entry is None:
+            return None
         pin_until = now + min(pin_ttl_s, self.max_pin_ttl_s) if pin_ttl_s else 0.0
         if entry is None:
             remaining = max(0, int(total_requests) - 1)
@@ -161,7 +166,8 @@ class PrefixTable:
                 self._drop(oldest)
                 self.evictions += 1
         else:
-            entry.remaining = max(0, entry.remaining - 1)
+            if not repeat:
+                entry.remaining = max(0, entry.remaining - 1)
             self._entries.move_to_end(prefix_id)
             if entry.home != worker_id or entry.blocks != blocks:
                 self._unreserve(entry)

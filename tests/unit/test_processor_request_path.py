@@ -139,3 +139,24 @@ async def test_a_continuation_is_routed_and_reported_with_its_own_prompt() -> No
     assert routes == [(16, 16), (20, 20)]
     last = [f for f in feedback if f.event == "finish"][-1]
     assert last.ok and last.uncached_tokens == 20 - 16
+
+
+async def test_a_retry_is_the_same_turn_of_its_conversation() -> None:
+    """A request retried after its worker failed is one request of its conversation, not two:
+    the retry moves the conversation's home but spends none of its reuse budget, so its last
+    request still finds the home, and the conversation leaves no entry behind it."""
+    from router.hints import AgentHints, encode_annotations
+
+    hints = encode_annotations(AgentHints(prefix_id="conv-1", total_requests=3))
+    done = [{"token_ids": [1], "finish_reason": "stop"}]
+    h, _ = handler(
+        [Script([], ConnectionError("refused")), Script(done), Script(done), Script(done)],
+        max_retries=1,
+    )
+    table = h.service.router.table
+    remaining = []
+    for turn in range(3):
+        await answer(h, {**request(prompt=16 + 8 * turn), "annotations": hints})
+        entry = table.get("conv-1", 0.0)
+        remaining.append(None if entry is None else entry.remaining)
+    assert remaining == [2, 1, None]  # before: [1, None, 2] (the last turn began anew)

@@ -545,3 +545,20 @@ def test_unhinted_extension_continues_its_conversation() -> None:
         2.0,
     )
     assert d3.home_worker_id is None and not d3.history_fallback
+
+
+def test_a_retry_is_the_same_turn_of_its_conversation() -> None:
+    """A retry (another attempt at a request already placed) moves the home but spends no reuse
+    budget, revives no conversation the first attempt ended, and is no new turn of an inferred
+    conversation (its ~0 s gap would shorten every inferred claim)."""
+    r = _det()
+    bs = r.block_size
+    for i, expect in ((0, 2), (1, 1), (2, None)):
+        r.decide(_req(f"t{i}", 8 * bs, "conv", total=3), _sig(), float(i))
+        r.decide(_req(f"t{i}#1", 8 * bs, "conv", total=3, retry=True), _sig(), float(i) + 0.5)
+        entry = r.table.get("conv", float(i) + 0.5)
+        assert (entry.remaining if entry is not None else None) == expect
+    chain = list(range(1, 31))  # an unhinted 30-block prompt: its conversation is inferred
+    r.decide(_req("u0", 30 * bs, block_hashes=chain), _sig(), 10.0)
+    r.decide(_req("u0#1", 30 * bs, block_hashes=chain, retry=True), _sig(), 10.2)
+    assert r.lineage is not None and r.lineage.continued == 0 and r.lineage.gap_s is None
