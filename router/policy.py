@@ -428,16 +428,16 @@ class Router:
             # Expected back once more, after the gap learned over inferred conversations: the
             # conversation claims its home's blocks until then (the return model of hinted
             # traffic, with learned numbers in place of the client's).
-            gap_ms = lin.gap_s * 1000.0 if lin.gap_s else None
-            if request.retry and conv.prefix_id is not None:  # the turn already recorded
+            repeat = request.retry and conv.prefix_id is not None  # the turn already recorded
+            if repeat:
                 key = conv.prefix_id
-                after = self.table.observe(
-                    key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms), repeat=True
-                )
-                return after, key
-            key, _ = lin.record(request.block_hashes, conv.prefix_id, now)
-            self.table.remove(key)
-            after = self.table.observe(key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms))
+            else:
+                key, _ = lin.record(request.block_hashes, conv.prefix_id, now)
+                self.table.remove(key)
+            gap_ms = lin.gap_s * 1000.0 if lin.gap_s else None
+            after = self.table.observe(
+                key, chosen, now, 2, prompt_blocks, None, claim_s(gap_ms), repeat=repeat
+            )
             return after, key
         if request.prefix_id:
             after = self.table.observe(
