@@ -218,12 +218,18 @@ class UpstreamResponse:
         self.headers = conn.headers
 
     async def read(self) -> bytes:
+        """The whole body. Why it takes what arrived at each wake: the buffer's high-water
+        pause is for streams, which a relay drains; a whole-body read that left it paused got
+        no further byte and waited out the read timeout (any answer over 256 KiB: 504)."""
         conn = self._require()
+        parts: list[bytes] = []
         while not conn.done:
             await conn.wait(self._client.read_timeout)
-        body = conn.take()
+            if conn.paused:
+                parts.append(conn.take())  # take() resumes reading
+        parts.append(conn.take())
         self.release()
-        return body
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def peek_event(self) -> bytes:
         """Wait for the first whole SSE event (or the end of the body) and return what has

@@ -103,6 +103,20 @@ async def test_streaming_and_backpressure(server: TestServer) -> None:
     await c.close()
 
 
+async def test_a_whole_body_over_the_high_water_mark_is_read(server: TestServer) -> None:
+    """read() of a non-streamed answer bigger than the buffer's high-water mark: the buffer's
+    pause is lifted as the read goes, instead of the read waiting out its timeout."""
+    c = UpstreamClient(url(server), read_timeout=2.0)
+    big = b"x" * (1024 * 1024)
+    r = await c.request("POST", "/a", big)
+    async with asyncio.timeout(1.5):  # before the read timeout
+        assert await r.read() == big + b"|"
+    assert c.in_use == 0
+    r = await c.request("POST", "/a", b"again")  # the connection went back to the pool
+    assert await r.read() == b"again|"
+    await c.close()
+
+
 async def test_read_timeout() -> None:
     async def stall(request: web.Request) -> web.Response:
         await asyncio.sleep(5)
