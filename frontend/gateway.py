@@ -245,11 +245,16 @@ class Gateway:
 
     def internal_error(self, path: str) -> Reply:
         """The answer when handling a request raised: 500, counted like every answer."""
-        route = path if path in POST_ROUTES or path in GET_ROUTES else "other"
-        self.metrics.count_request(route, 500)
+        self.metrics.count_request(_route(path), 500)
         return error_reply(
             500, "internal gateway error", type_="server_error", code="internal_error"
         )
+
+    def unparsed(self, path: str, reply: Reply) -> Reply:
+        """The HTTP server's own answer to a request it could not parse (400, 431), counted
+        like every answer: a flood of malformed requests shows in the request counter."""
+        self.metrics.count_request(_route(path), reply.status)
+        return reply
 
     def too_large(self, path: str) -> Reply:
         """The answer for a body over ``max_body_bytes`` (the server stops reading it)."""
@@ -497,6 +502,11 @@ class Gateway:
     def _unavailable(self, reason: str, retry_after_s: int, message: str) -> Reply:
         self.metrics.count_unavailable(reason)
         return service_unavailable(reason, retry_after_s, message)
+
+
+def _route(path: str) -> str:
+    """The route label of a request path: a known route, else "other"."""
+    return path if path in POST_ROUTES or path in GET_ROUTES else "other"
 
 
 def _filter_models(payload: bytes, public: list[str]) -> bytes:

@@ -414,7 +414,7 @@ class HttpProtocol(asyncio.Protocol):
         """Write one response; returns whether the connection stays open."""
         path = req.url.decode("latin-1")
         if req.error is not None:
-            reply: Reply | StreamReply = req.error
+            reply: Reply | StreamReply = self.gw.unparsed(path.split("?", 1)[0], req.error)
         elif req.too_large:
             reply = self.gw.too_large(path.split("?", 1)[0])
         else:

@@ -104,6 +104,10 @@ async def test_malformed_requests_get_4xx_and_close(port: int, data: bytes, stat
     raw = await exchange(port, data)
     assert statuses(raw)[:1] == [status], raw[:200]
     assert b"Connection: close" in raw
+    metrics = await exchange(port, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert re.search(
+        rb'akr_gateway_requests_total\{route="[^"]+",status="%d"\} 1\.0' % status, metrics
+    )
 
 
 async def test_upgrade_is_not_switched(port: int) -> None:
