@@ -83,6 +83,7 @@ class _Request:
     __slots__ = (
         "body",
         "error",
+        "fields",
         "header_bytes",
         "headers",
         "http10",
@@ -102,6 +103,7 @@ class _Request:
         self.keep_alive = True
         self.http10 = False
         self.header_bytes = 0
+        self.fields = 0  # header fields received; repeated names join into one dict entry
         self.too_large = False
         self.error: Reply | None = None
 
@@ -333,7 +335,8 @@ class HttpProtocol(asyncio.Protocol):
         req = self.cur
         assert req is not None
         req.header_bytes += len(name) + len(value) + 4
-        if req.header_bytes > MAX_HEADER_BYTES or len(req.headers) >= MAX_HEADERS:
+        req.fields += 1
+        if req.header_bytes > MAX_HEADER_BYTES or req.fields > MAX_HEADERS:
             req.error = error_reply(
                 431, "request header fields too large", code="headers_too_large"
             )

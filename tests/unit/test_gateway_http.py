@@ -87,6 +87,8 @@ async def test_keepalive_and_pipelining(port: int) -> None:
             + b"\r\n",
             431,
         ),
+        # the field limit holds for a repeated name too, though its values join into one
+        (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: y\r\n" * 200 + b"\r\n", 431),
         # request smuggling shapes are refused by llhttp
         (
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
