@@ -322,7 +322,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.cur = _Request()
-        self._arm(self.request_timeout)
+        if not self.paused_reading:  # else its clock starts when reading resumes
+            self._arm(self.request_timeout)
 
     def on_url(self, url: bytes) -> None:
         req = self.cur
@@ -389,11 +390,24 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.queue.append(req)
         if len(self.queue) >= MAX_PIPELINED and not self.paused_reading:
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            self.paused_reading = True
+            self._pause_reading()
         if self.task is None:
             self._disarm()
             self.task = self.loop.create_task(self._serve_queue())
+
+    def _pause_reading(self) -> None:
+        """Stop reading while enough requests wait. The request-read clock stops too: a
+        client cannot finish a request we do not read, and the timeout closing the
+        connection then cut the answers still queued on it."""
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        self.paused_reading = True
+        self._disarm()
+
+    def _resume_reading(self) -> None:
+        self.paused_reading = False
+        self.transport.resume_reading()  # type: ignore[union-attr]
+        if self.cur is not None:  # a request begun before or during the pause
+            self._arm(self.request_timeout)
 
     async def _serve_queue(self) -> None:
         try:
@@ -404,8 +418,7 @@ class HttpProtocol(asyncio.Protocol):
                     self._finish_connection()
                     return
                 if self.paused_reading and len(self.queue) < MAX_PIPELINED // 2:
-                    self.paused_reading = False
-                    self.transport.resume_reading()  # type: ignore[union-attr]
+                    self._resume_reading()
         except (asyncio.CancelledError, ConnectionResetError):
             self._close()
         finally:

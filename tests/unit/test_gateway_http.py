@@ -180,6 +180,33 @@ async def test_slow_sender_is_cut_off(port: int) -> None:
     writer.close()
 
 
+async def test_pipelined_requests_outlast_the_request_read_timeout() -> None:
+    """Reading pauses with 8 requests queued; a 9th begun before the pause cannot be finished
+    until reading resumes, so the request-read timeout must not run meanwhile (it closed the
+    connection and cut the queued answers)."""
+    up = EchoUpstream(stall_s=0.2)  # 8 answers take 1.6 s, over the 0.5 s read timeout
+    up.server = TestServer(up.app())
+    await up.server.start_server()
+    cfg = GatewayConfig(upstream_url=up.url, host="127.0.0.1", port=0)
+    gw, server = await start_server(cfg, request_timeout=0.5)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        last = post(extra=b"Connection: close\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post() * 8 + last[:20])
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(last[20:])
+        await writer.drain()
+        async with asyncio.timeout(10):
+            raw = await reader.read(-1)
+        writer.close()
+        assert statuses(raw) == [200] * 9
+    finally:
+        await stop_server(gw, server)
+        await up.server.close()
+
+
 async def test_duplicate_hint_headers_are_rejected(port: int) -> None:
     raw = await exchange(
         port,
