@@ -86,6 +86,7 @@ class _Request:
         "fields",
         "header_bytes",
         "headers",
+        "headers_done",
         "http10",
         "keep_alive",
         "method",
@@ -98,6 +99,7 @@ class _Request:
         self.method = ""
         self.url = b""
         self.headers: dict[str, str] = {}
+        self.headers_done = False  # later fields are a chunked body's trailers
         self.body: list[bytes] = []
         self.size = 0
         self.keep_alive = True
@@ -342,6 +344,11 @@ class HttpProtocol(asyncio.Protocol):
                 431, "request header fields too large", code="headers_too_large"
             )
             raise httptools.HttpParserError("headers too large")
+        if req.headers_done:
+            # A trailer: never merged into the header section (RFC 9110 6.5.1), or a client
+            # passed hints, Authorization or a session header that a proxy in front, which
+            # checks headers but not trailers, never saw.
+            return
         key = name.decode("latin-1").lower()
         val = value.decode("latin-1")
         old = req.headers.get(key)
@@ -351,6 +358,7 @@ class HttpProtocol(asyncio.Protocol):
         req = self.cur
         assert req is not None
         p = self.parser
+        req.headers_done = True
         req.method = p.get_method().decode("latin-1")
         req.keep_alive = p.should_keep_alive()
         req.http10 = p.get_http_version() == "1.0"

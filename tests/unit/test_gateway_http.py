@@ -143,6 +143,19 @@ async def test_chunked_request_body_within_limit(port: int) -> None:
     assert statuses(raw) == [200] and b'"x-dynamo-session-id": "p1"' in raw
 
 
+async def test_trailers_are_not_taken_for_headers(port: int) -> None:
+    """A chunked body's trailer fields count against the header limits but are not request
+    headers: none is forwarded upstream or read as a hint."""
+    data = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n%x\r\n%b\r\n0\r\nX-Request-Id: from-trailer\r\n"
+        b"Authorization: Bearer from-trailer\r\n\r\n" % (len(BODY), BODY)
+    )
+    raw = await exchange(port, data)
+    assert statuses(raw) == [200] and b'"x-dynamo-session-id": "p1"' in raw
+    assert b"from-trailer" not in raw
+
+
 async def test_expect_continue(port: int) -> None:
     raw = await exchange(port, post(extra=b"Expect: 100-continue\r\nConnection: close\r\n"))
     assert statuses(raw) == [100, 200]
