@@ -33,7 +33,7 @@ import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend.config import GatewayConfig
-from frontend.health import Readiness
+from frontend.health import Readiness, Verdict
 from frontend.metrics import GatewayMetrics
 from frontend.prompt_limit import prompt_error
 from frontend.translate import WORKER_PIN_HEADERS, response_headers, translate
@@ -181,6 +181,11 @@ class Gateway:
         self.trace: JsonlWriter | None = None
         self._lag_watch: asyncio.Task[None] | None = None
         self._model_watch: asyncio.Task[None] | None = None
+        # Set on SIGTERM (frontend/server.py, stop_server): readiness answers 503 "draining"
+        # and every answer closes its connection, while requests in flight run to the end.
+        self.draining = False
+        self.connections: set[Any] = set()  # open client connections (frontend/server.py)
+        self._none_open = asyncio.Event()
 
     async def start(self) -> None:
         cfg = self.config
@@ -203,6 +208,20 @@ class Gateway:
             except Exception:  # a model list nobody foresaw: keep the last limits, try again
                 log.exception("model list refresh failed; keeping the last context windows")
             await asyncio.sleep(MODEL_REFRESH_S)
+
+    def opened(self, conn: Any) -> None:
+        self.connections.add(conn)
+        self._none_open.clear()
+
+    def closed(self, conn: Any) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._none_open.set()
+
+    async def all_closed(self) -> None:
+        """Returns once no client connection is open."""
+        if self.connections:
+            await self._none_open.wait()
 
     def body_limit(self) -> int:
         """The body size limit now: the setting, else what the largest known context needs."""
@@ -277,6 +296,9 @@ class Gateway:
 
     async def _ready(self) -> Reply:
         """200 when the stock frontend lists the models and a worker is routable, else 503."""
+        if self.draining:  # shutting down: the load balancer should send nothing new here
+            self.metrics.ready = False
+            return Reply(503, _encoder.encode(Verdict(False, "draining").body()))
         v = await self.readiness.check()
         self.metrics.ready = v.ready
         return Reply(200 if v.ready else 503, _encoder.encode(v.body()))

@@ -149,6 +149,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- connection --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.gw.opened(self)
         high = self.gw.config.client_buffer_bytes
         self.transport.set_write_buffer_limits(high=high, low=high // 4)  # type: ignore[union-attr]
         # The kernel's share too: autotuned, a send buffer held a whole 1500-token answer
@@ -164,6 +165,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.gw.closed(self)
         self._disarm()
         if self.stall is not None:
             self.stall.cancel()
@@ -260,6 +262,12 @@ class HttpProtocol(asyncio.Protocol):
             t.write_eof()
             self.loop.call_later(2.0, self._close)
         else:
+            self._close()
+
+    def close_if_idle(self) -> None:
+        """At shutdown: close a connection with no request begun, queued or being answered;
+        a busy one closes after its answers (``Connection: close`` while draining)."""
+        if self.task is None and not self.queue and self.cur is None:
             self._close()
 
     def _close(self) -> None:
@@ -422,7 +430,7 @@ class HttpProtocol(asyncio.Protocol):
             while self.queue and not self.closed:
                 req = self.queue.popleft()
                 keep = await self._answer(req)
-                if not keep:
+                if not keep or self.gw.draining:  # an answer begun before the drain: now
                     self._finish_connection()
                     return
                 if self.paused_reading and len(self.queue) < MAX_PIPELINED // 2:
@@ -451,7 +459,7 @@ class HttpProtocol(asyncio.Protocol):
                 log.exception("gateway failed on %s %s", req.method, path[:200])
                 reply = self.gw.internal_error(path.split("?", 1)[0])
                 req.keep_alive = False
-        keep = req.keep_alive
+        keep = req.keep_alive and not self.gw.draining
         head_only = req.method == "HEAD"
         t = self.transport
         assert t is not None
@@ -545,6 +553,24 @@ async def start_server(
     return gw, server
 
 
-async def stop_server(gw: Gateway, server: asyncio.Server) -> None:
+async def stop_server(gw: Gateway, server: asyncio.Server, grace_s: float = 0.0) -> None:
+    """Stop without cutting an answer: readiness says "draining" at once and every answer
+    closes its connection; new connections are still taken for ``grace_s`` (the time a load
+    balancer needs to stop sending here), then the listener closes, idle connections close,
+    and requests in flight run to their end. Only then is the gateway closed."""
+    gw.draining = True
+    if grace_s > 0:
+        await asyncio.sleep(grace_s)
     server.close()
+    for conn in list(gw.connections):
+        conn.close_if_idle()
+    await gw.all_closed()
     await gw.close()
+
+
+def stop_server_now(gw: Gateway, server: asyncio.Server) -> None:
+    """A second signal: drop every connection at once (the drain is given up)."""
+    server.close()
+    for conn in list(gw.connections):
+        if conn.transport is not None:
+            conn.transport.abort()
