@@ -46,7 +46,6 @@ class Admission:
         q = self.queue
         if q is None:
             return await decide(route)
-        route = msgspec.structs.replace(route, admit_deadline_ms=q.deadline_s * 1000.0)
         first = msgspec.structs.replace(route, admit_within_ms=q.arrival_budget_ms())
         decision = await decide(first)
         if decision.reason != "held":

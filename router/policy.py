@@ -96,9 +96,6 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     # some worker's predicted TTFT is within this many ms, else the decision says "held".
     # None: always placed (continuing turns, admission off).
     admit_within_ms: float | None = None
-    # The whole admission deadline (ms): a prompt whose own prefill exceeds it is held only
-    # while its wait does not fit. None: not known, never.
-    admit_deadline_ms: float | None = None
     # Another attempt at a request already placed (the processor's retry or continuation after
     # a worker failure): the same turn of its conversation, so it moves the home but spends
     # none of the reuse budget and is no new turn of an inferred conversation.
@@ -188,20 +185,22 @@ def pick(
     of predicted TTFT behind the best worker (never a turn queued behind a hot spot); the
     predicted TTFT includes the wait for KV blocks on a full worker. Admission: a new
     conversation only goes where it starts now, i.e. its blocks fit (no KV wait) and its
-    queued plus uncached prefill fits the time left, among the workers the guard allows. A
-    prompt whose own prefill on its best worker exceeds the whole deadline could never fit (it
-    would hold the queue's head until refused): only its wait must fit."""
+    queued plus uncached prefill fits the time left, among the workers the guard allows. Once
+    its own prefill on its best worker exceeds the time left, no worker can give it its first
+    token within the deadline and holding it longer gains it nothing: only its wait must fit.
+    (With the whole deadline as that line, a prompt just under it could be placed only in the
+    first instant, and was refused with every worker idle.)"""
     i = int(total.argmin())  # ndarray methods: no np.* dispatch overhead per call
     bound = float(ttft.min()) + cfg.affinity_cap_ms
     if ttft[i] > bound:
         i = int(np.where(ttft <= bound, total, np.inf).argmin())
     if request.admit_within_ms is None or not new_conversation:
         return i
+    within = request.admit_within_ms
     own = float(cost.engine_prefill_ms(cfg, uncached.min()))
-    deadline = request.admit_deadline_ms
-    beyond = own if deadline is not None and own > deadline else 0.0
+    beyond = own if own > within else 0.0
     # Only among the workers the tail guard allows: admission never undoes it.
-    fits = (kv_full <= 0.0) & (ttft - beyond <= request.admit_within_ms) & (ttft <= bound)
+    fits = (kv_full <= 0.0) & (ttft - beyond <= within) & (ttft <= bound)
     if fits[i]:
         return i
     if not fits.any():

@@ -110,8 +110,6 @@ class OursPolicy:
         t = req.trace
         route = route_request(req.request_id, t.hints or NO_HINTS, t.input_length, t.output_length)
         route.admit_within_ms = admit_within_ms
-        if self.queue is not None:
-            route.admit_deadline_ms = self.queue.deadline_s * 1000.0
         if wants_block_hashes(self.service.config, route):  # as the processor sends them
             route.block_hashes = req.block_list
         rows = potential_load_rows(ids, view.overlap_blocks(req), t.input_length, self._block_size)

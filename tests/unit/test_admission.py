@@ -110,41 +110,43 @@ def test_a_running_conversation_is_never_held() -> None:
     assert d.reason != "held" and d.worker_id in (10, 11)
 
 
-def test_a_prompt_longer_than_the_deadline_waits_only_for_load() -> None:
-    """120k tokens predict ~2.5 s of prefill on any worker, beyond a 2 s deadline even alone.
-    Held for that, it would never fit and would block the queue behind it until refused; it
-    is held only while its wait (beyond its own prefill) does not fit the time left."""
+def test_a_prompt_longer_than_the_time_left_waits_only_for_load() -> None:
+    """120k tokens predict ~2.4 s of prefill on any worker, beyond a 2 s deadline even alone.
+    Held for that, it would never fit and would block the queue behind it until refused; once
+    its own prefill exceeds the time left, it is held only while its wait does not fit."""
     r = Router(RouterConfig(bandit_enabled=False, seed=0))
-    prompt = 120_000
 
-    def new(i: int, left_ms: float, deadline_ms: float | None = 2000) -> RouteRequest:
+    def new(i: int, prompt: int, left_ms: float) -> RouteRequest:
         return RouteRequest(
-            request_id=f"n{i}",
-            prefix_id=f"new{i}",
-            prompt_tokens=prompt,
-            admit_within_ms=left_ms,
-            admit_deadline_ms=deadline_ms,
+            request_id=f"n{i}", prefix_id=f"new{i}", prompt_tokens=prompt, admit_within_ms=left_ms
         )
 
     queued = np.array([500.0, 0.0, 8000.0])
-    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=prompt + queued)
-    d = r.decide(new(0, 2000), sig, 1.0)
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=120_000 + queued)
+    d = r.decide(new(0, 120_000, 2000), sig, 1.0)
     assert d.worker_id == 11 and d.predicted_ttft_ms > 2000
-    assert r.decide(new(1, 2000, deadline_ms=None), sig, 1.0).reason == "held"  # as before
     # 20k tokens queued everywhere: ~0.4 s of wait, more than the 0.1 s left -> held.
-    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=prompt + queued + 20_000)
-    assert r.decide(new(2, 2000), sig, 2.0).reason != "held"
-    assert r.decide(new(3, 100), sig, 2.0).reason == "held"
-    # A prompt that fits the deadline alone is held as before: its whole TTFT must fit.
-    short = RouteRequest(
-        request_id="s",
-        prefix_id="s",
-        prompt_tokens=64_000,
-        admit_within_ms=1000,
-        admit_deadline_ms=2000,
-    )
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=120_000 + queued + 20_000)
+    assert r.decide(new(1, 120_000, 2000), sig, 2.0).reason != "held"
+    assert r.decide(new(2, 120_000, 100), sig, 2.0).reason == "held"
+    # 64k tokens, ~1.3 s alone: while that fits the time left, its whole TTFT must fit ...
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=64_000 + queued + 20_000)
+    assert r.decide(new(3, 64_000, 1500), sig, 3.0).reason == "held"  # ~1.7 s > 1.5 s left
     sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=64_000 + queued)
-    assert r.decide(short, sig, 3.0).reason == "held"  # ~1.3 s alone > 1 s left
+    assert r.decide(new(4, 64_000, 1500), sig, 3.0).worker_id == 11
+    # ... and past that, only its wait: an idle worker places it.
+    assert r.decide(new(5, 64_000, 1000), sig, 3.0).worker_id == 11
+
+
+def test_a_prompt_just_under_the_deadline_is_not_refused_on_idle_workers() -> None:
+    """98k tokens predict ~1,999 ms alone, just inside a 2 s deadline. With the whole deadline
+    as the line between "its TTFT must fit" and "only its wait", it fitted only in the first
+    instant: a few ms later it was held with every worker idle, and refused at the deadline
+    (the Mooncake trace at 8 workers lost one or two requests so)."""
+    r = Router(RouterConfig(bandit_enabled=False, seed=0))
+    sig = WorkerSignals.build([10, 11, 12], potential_prefill_tokens=np.full(3, 98_000.0))
+    late = RouteRequest(request_id="n", prefix_id="new", prompt_tokens=98_000, admit_within_ms=1990)
+    assert r.decide(late, sig, 1.0).reason != "held"
 
 
 def test_admission_never_places_past_the_tail_guard() -> None:
