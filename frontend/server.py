@@ -290,8 +290,25 @@ class HttpProtocol(asyncio.Protocol):
         self.loop.call_later(self.gw.config.stall_timeout_s, self._abort_if_stuck, left)
 
     def _arm(self, delay: float) -> None:
+        """The idle keep-alive clock: closes the connection quietly when it runs out."""
         self._disarm()
         self.timer = self.loop.call_later(delay, self._close)
+
+    def _arm_request(self) -> None:
+        """The clock of a request begun: a client that does not finish it in time gets 408."""
+        self._disarm()
+        self.timer = self.loop.call_later(self.request_timeout, self._request_timed_out)
+
+    def _request_timed_out(self) -> None:
+        """Answered (after any answers still queued, then the connection closes) and counted
+        like every answer, so a client trickling its request learns why it was cut off."""
+        self.timer = None
+        if self.cur is None or self.closed:
+            self._close()
+            return
+        self._fatal(
+            error_reply(408, "request not received within the read timeout", code="request_timeout")
+        )
 
     def _disarm(self) -> None:
         if self.timer is not None:
@@ -333,7 +350,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.cur = _Request()
         if not self.paused_reading:  # else its clock starts when reading resumes
-            self._arm(self.request_timeout)
+            self._arm_request()
 
     def on_url(self, url: bytes) -> None:
         req = self.cur
@@ -423,7 +440,7 @@ class HttpProtocol(asyncio.Protocol):
         self.paused_reading = False
         self.transport.resume_reading()  # type: ignore[union-attr]
         if self.cur is not None:  # a request begun before or during the pause
-            self._arm(self.request_timeout)
+            self._arm_request()
 
     async def _serve_queue(self) -> None:
         try:

@@ -184,13 +184,19 @@ async def test_streaming_is_chunked(port: int) -> None:
     assert raw.count(b"z#") == 5 and raw.endswith(b"0\r\n\r\n")
 
 
-async def test_slow_sender_is_cut_off(port: int) -> None:
+async def test_slow_sender_is_cut_off_with_408(port: int) -> None:
+    """Closed by the 0.5 s request-read timeout, with a reason and counted (it was a silent
+    close nothing counted)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
     await writer.drain()
     async with asyncio.timeout(5):
-        assert await reader.read() == b""  # closed by the 0.5 s request-read timeout
+        raw = await reader.read()
     writer.close()
+    assert statuses(raw) == [408] and b"Connection: close" in raw
+    assert b'"code":"request_timeout"' in raw.replace(b" ", b"")
+    metrics = await exchange(port, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert b'akr_gateway_requests_total{route="/v1/chat/completions",status="408"} 1.0' in metrics
 
 
 async def test_pipelined_requests_outlast_the_request_read_timeout() -> None:
