@@ -38,6 +38,7 @@ from frontend.metrics import GatewayMetrics
 from frontend.prompt_limit import prompt_error
 from frontend.translate import WORKER_PIN_HEADERS, response_headers, translate
 from frontend.upstream import (
+    UpstreamBroken,
     UpstreamBusy,
     UpstreamClient,
     UpstreamError,
@@ -450,7 +451,7 @@ class Gateway:
             finish(504)
             return _timeout_reply()
         except UpstreamError as e:
-            m.upstream_error("connect")
+            m.upstream_error("read" if isinstance(e, UpstreamBroken) else "connect")
             finish(502)
             return _unavailable_reply(e)
         except BaseException:  # cancelled: the client went away while we waited

@@ -47,6 +47,11 @@ class UpstreamError(ConnectionError):
     """The upstream could not be reached or broke the response."""
 
 
+class UpstreamBroken(UpstreamError):
+    """The upstream answered, then broke its response before the headers were whole (a bad
+    status line, a close mid-head): not a failure to reach it."""
+
+
 class UpstreamTimeout(TimeoutError):
     """Connect or read timeout."""
 
@@ -360,12 +365,14 @@ class UpstreamClient:
                 try:
                     while not conn.headers_done:
                         await conn.wait(self.read_timeout)
-                except UpstreamError:
+                except UpstreamError as e:
                     conn.close()
                     # A pooled connection the upstream had already closed: nothing was
                     # answered, so retry once on a fresh connection.
                     if attempt == 0 and conn.reused and not conn.got_bytes:
                         continue
+                    if conn.got_bytes:
+                        raise UpstreamBroken(str(e)) from e
                     raise
                 except BaseException:
                     conn.close()

@@ -376,3 +376,29 @@ async def test_slow_client_holds_the_upstream_back(monkeypatch: pytest.MonkeyPat
     finally:
         await stop_server(gw, server)
         await up.close()
+
+
+async def test_an_upstream_that_breaks_its_head_is_a_read_error_not_connect() -> None:
+    """Reached, then a bad status line: counted as kind="read"; unreachable stays "connect"."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 2000 OK\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    up = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    up_url = f"http://127.0.0.1:{up.sockets[0].getsockname()[1]}"
+    for upstream, kind in ((up_url, "read"), ("http://127.0.0.1:9", "connect")):
+        cfg = GatewayConfig(upstream_url=upstream, host="127.0.0.1", port=0, context_tokens=1000)
+        gw, server = await start_server(cfg)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            raw = await exchange(port, post(extra=b"Connection: close\r\n"))
+            assert statuses(raw) == [502]
+            metrics = await exchange(port, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+            assert b'akr_gateway_upstream_errors_total{kind="%b"} 1.0' % kind.encode() in metrics
+        finally:
+            await stop_server(gw, server)
+    up.close()
+    await up.wait_closed()

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from frontend.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from frontend.upstream import UpstreamBroken, UpstreamClient, UpstreamError, UpstreamTimeout
 
 
 @pytest.fixture
@@ -131,8 +131,9 @@ async def test_read_timeout() -> None:
 
 async def test_unreachable_upstream() -> None:
     c = UpstreamClient("http://127.0.0.1:9")
-    with pytest.raises(UpstreamError):
+    with pytest.raises(UpstreamError) as err:
         await c.request("GET", "/")
+    assert not isinstance(err.value, UpstreamBroken)  # not reached: a connect failure
     await c.close()
 
 
@@ -146,7 +147,7 @@ async def test_garbage_from_upstream() -> None:
     srv = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
     c = UpstreamClient(f"http://127.0.0.1:{port}")
-    with pytest.raises(UpstreamError):
+    with pytest.raises(UpstreamBroken):  # reached, then broke: the gateway counts a read error
         await c.request("GET", "/")
     await c.close()
     srv.close()
