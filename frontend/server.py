@@ -391,7 +391,12 @@ class HttpProtocol(asyncio.Protocol):
         if cl is not None and cl.isdigit() and int(cl) > self.max_body:
             req.too_large = True
             req.keep_alive = False
-        elif req.headers.get("expect", "").lower() == "100-continue" and not req.http10:
+        elif (
+            req.headers.get("expect", "").lower() == "100-continue"
+            and not req.http10
+            and self.task is None  # an earlier answer still being written: no interim line
+            and not self.queue  # before it (the client sends its body after a wait anyway)
+        ):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         if req.too_large:
             self.cur = None

@@ -402,3 +402,37 @@ async def test_an_upstream_that_breaks_its_head_is_a_read_error_not_connect() ->
             await stop_server(gw, server)
     up.close()
     await up.wait_closed()
+
+
+async def test_expect_continue_behind_a_pipelined_answer_is_not_interleaved() -> None:
+    """A pipelined request with Expect: 100-continue while the answer before it is still
+    pending: a 100 Continue written then lands before (or inside) that answer, which the
+    client reads as its status. It is left out; the client sends its body anyway."""
+    up = EchoUpstream(stall_s=0.3)
+    up.server = TestServer(up.app())
+    await up.server.start_server()
+    cfg = GatewayConfig(upstream_url=up.url, host="127.0.0.1", port=0, context_tokens=1000)
+    gw, server = await start_server(cfg)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        second = post(extra=b"Expect: 100-continue\r\nConnection: close\r\n")
+        head, body = second[: -len(BODY)], second[-len(BODY) :]
+        writer.write(post() + head)
+        await writer.drain()
+        await until_bytes(reader, b"HTTP/1.1 200")  # the first answer, after the stall
+        writer.write(body)
+        async with asyncio.timeout(10):
+            raw = b"HTTP/1.1 200" + await reader.read()
+        writer.close()
+        assert statuses(raw) == [200, 200]
+    finally:
+        await stop_server(gw, server)
+        await up.server.close()
+
+
+async def until_bytes(reader: asyncio.StreamReader, marker: bytes) -> None:
+    """Read up to and including ``marker`` (what came before it is checked to hold no 100)."""
+    async with asyncio.timeout(10):
+        seen = await reader.readuntil(marker)
+    assert b"100 Continue" not in seen, seen
