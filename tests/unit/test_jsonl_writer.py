@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -125,55 +126,44 @@ async def test_unencodable_record_is_counted_not_fatal(tmp_path: Path) -> None:
     assert w.errors == 1 and w.written == 2
 
 
-async def test_io_error_is_counted_and_writer_survives(tmp_path: Path) -> None:
-    w = JsonlWriter(tmp_path / "t.jsonl")
-    fail = True
-
+async def _first_batch_fails(w: JsonlWriter, failing: Callable[[bytes], Awaitable[None]]) -> None:
+    """Writes {"a": 1} through ``failing`` (which raises), then {"a": 2} through the writer's
+    own write; the file must hold the second record only, whole."""
     orig = w._write
 
-    async def flaky(data: bytes) -> None:
-        if fail:
-            raise OSError(28, "No space left on device")
-        await orig(data)
+    async def first_fails(data: bytes) -> None:
+        await (failing(data) if not w.errors else orig(data))
 
-    w._write = flaky  # type: ignore[method-assign]
+    w._write = first_fails  # type: ignore[method-assign]
     w.start()
     w.put({"a": 1})
     for _ in range(200):  # until the first batch has failed (after the writer's linger)
         if w.errors:
             break
         await asyncio.sleep(0.01)
-    fail = False
     w.put({"a": 2})
     await w.close()
     assert w.errors == 1 and w.written == 1
-    assert read_lines(tmp_path / "t.jsonl") == [{"a": 2}]
+    assert read_lines(w.path) == [{"a": 2}]
+
+
+async def test_io_error_is_counted_and_writer_survives(tmp_path: Path) -> None:
+    async def disk_full(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    await _first_batch_fails(JsonlWriter(tmp_path / "t.jsonl"), disk_full)
 
 
 async def test_a_write_that_fails_part_way_leaves_no_partial_line(tmp_path: Path) -> None:
     """A disk that fills mid-write: the failed batch's bytes come off the file, so the next
     record is whole and readable."""
     w = JsonlWriter(tmp_path / "t.jsonl", linger_s=0)
-    fail = True
 
     async def partial(data: bytes) -> None:
-        if fail:
-            await w._file.write(data[:5])
-            raise OSError(28, "No space left on device")
-        await w._file.write(data)
+        await w._file.write(data[:5])
+        raise OSError(28, "No space left on device")
 
-    w._write = partial  # type: ignore[method-assign]
-    w.start()
-    w.put({"a": 1})
-    for _ in range(200):  # until the first batch has failed
-        if w.errors:
-            break
-        await asyncio.sleep(0.01)
-    fail = False
-    w.put({"a": 2})
-    await w.close()
-    assert w.errors == 1 and w.written == 1
-    assert read_lines(tmp_path / "t.jsonl") == [{"a": 2}]
+    await _first_batch_fails(w, partial)
 
 
 def test_bad_arguments() -> None:
