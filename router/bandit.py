@@ -40,6 +40,7 @@ runs and how much it explores (``AKR_ROUTER_BANDIT_ENABLED``, ``AKR_ROUTER_EXPLO
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -262,9 +263,12 @@ class WorkerBandit:
         row = self._row.get(worker_id)
         if row is None:
             return None
-        y = min(RESIDUAL_CLIP, max(-RESIDUAL_CLIP, float(y)))
-        if y != y:  # NaN from a broken measurement: ignore rather than poison the posterior
+        y = float(y)
+        # NaN/inf from a broken measurement: ignore rather than poison the posterior. Checked
+        # before the clip, which would turn NaN into -RESIDUAL_CLIP (max(-c, nan) is -c).
+        if not math.isfinite(y):
             return None
+        y = min(RESIDUAL_CLIP, max(-RESIDUAL_CLIP, y))
         # Warm-up: plain mean for the first observations, then an EMA.
         n = self._baseline_n[head] + 1
         self._baseline_n[head] = n

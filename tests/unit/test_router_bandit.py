@@ -187,3 +187,14 @@ def test_state_dict_round_trips_through_json_and_msgspec() -> None:
         np.testing.assert_allclose(b2.sample(ids, x)[0], c.sample(ids, x)[0])
     with pytest.raises(ValueError):
         WorkerBandit(cfg).load_state_dict({"version": 2})
+
+
+@pytest.mark.parametrize("y", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_observation_teaches_nothing(y: float) -> None:
+    """A broken measurement (NaN or inf residual) is ignored: it was clipped first, so NaN
+    was learned as the largest speed-up there is (-RESIDUAL_CLIP) and moved the baseline."""
+    b = WorkerBandit(RouterConfig(seed=0))
+    b.sample(np.array([1]), np.stack([_x()]))
+    before = b.state_dict()
+    assert b.update(1, _x(), "ttft", y) is None
+    assert b.state_dict() == before
