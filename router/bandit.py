@@ -343,20 +343,22 @@ class WorkerBandit:
         ):
             raise ValueError("incompatible bandit state (version or feature set differs)")
         try:
-            baseline = {h: float(state["baseline"].get(h, 0.0)) for h in HEADS}
-            baseline_n = {h: int(state.get("baseline_n", {}).get(h, 0)) for h in HEADS}
+            baseline = {h: _number(state["baseline"].get(h, 0.0)) for h in HEADS}
+            baseline_n = {
+                h: int(_number(state.get("baseline_n", {}).get(h, 0), 0.0)) for h in HEADS
+            }
             workers = {
                 int(wid_s): [
                     (
                         _square(heads[h]["precision"]),
                         _vector(heads[h]["b"]),
-                        float(heads[h].get("count", 0.0)),
+                        _number(heads[h].get("count", 0.0), 0.0),
                     )
                     for h in HEADS
                 ]
                 for wid_s, heads in state["workers"].items()
             }
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise ValueError(f"damaged bandit state: {exc!r}") from exc
         for wid in list(self._row):
             self.remove(wid)
@@ -370,15 +372,31 @@ class WorkerBandit:
         self._last_ids = None
 
 
+def _number(value: Any, least: float = -math.inf) -> float:
+    """A saved number, finite and at least ``least`` (json reads NaN and Infinity): a NaN
+    baseline poisons every posterior it touches, a negative count divides by zero later."""
+    v = float(value)
+    if not (math.isfinite(v) and v >= least):
+        raise ValueError(f"number {v!r} out of range (finite, >= {least})")
+    return v
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    """A saved array without NaN or inf, which would make its worker's mean NaN."""
+    if not np.isfinite(a).all():
+        raise ValueError("non-finite values")
+    return a
+
+
 def _square(values: Any) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64)
     if a.shape != (DIM, DIM):
         raise ValueError(f"precision of shape {a.shape}, expected ({DIM}, {DIM})")
-    return a
+    return _finite(a)
 
 
 def _vector(values: Any) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64)
     if a.shape != (DIM,):
         raise ValueError(f"vector of shape {a.shape}, expected ({DIM},)")
-    return a
+    return _finite(a)

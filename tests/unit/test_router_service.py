@@ -268,3 +268,37 @@ def test_a_router_counts_in_one_block_size_and_refuses_another() -> None:
     in_process = RouterService(RouterConfig(seed=3), block_size=16)
     with pytest.raises(BlockSizeMismatch):
         in_process.use_block_size(64)
+
+
+def test_learner_state_with_out_of_range_numbers_is_skipped(tmp_path: Path) -> None:
+    """json reads NaN and Infinity: a state file carrying them (or a negative count) is not
+    usable. Loaded, a NaN baseline made every later posterior NaN, an infinite vector made its
+    worker win every decision, a count of -1 divided by zero in the next feedback, and an
+    infinite count raised OverflowError out of load_state: the process did not start."""
+    svc = RouterService(RouterConfig(seed=1))
+    for i in range(5):
+        find(svc, f"r{i}", {W1: 4096, W2: 4096})
+        svc.feedback(Feedback(event="finish", request_id=f"r{i}", ttft_ms=80.0, itl_ms=5.0))
+    before = svc.router.state_dict()
+
+    def damaged(edit) -> str:
+        state = json.loads(json.dumps(before))
+        edit(state)
+        return json.dumps(state)
+
+    def worker(state: dict) -> dict:
+        return next(iter(state["workers"].values()))["ttft"]
+
+    edits = {
+        "nan_baseline": lambda s: s["baseline"].update(ttft=float("nan")),
+        "inf_baseline_n": lambda s: s["baseline_n"].update(ttft=float("inf")),
+        "negative_baseline_n": lambda s: s["baseline_n"].update(ttft=-1),
+        "inf_b": lambda s: worker(s)["b"].__setitem__(0, float("inf")),
+        "nan_precision": lambda s: worker(s)["precision"][0].__setitem__(0, float("nan")),
+        "nan_count": lambda s: worker(s).update(count=float("nan")),
+    }
+    for name, edit in edits.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(damaged(edit))
+        assert not svc.load_state(path), name
+        assert svc.router.state_dict() == before, name
