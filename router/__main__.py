@@ -7,7 +7,9 @@ otherwise each processor runs ``RouterService`` in-process (the default, one hop
 ``find_worker`` takes a ``FindWorker`` message (the route request and the caller's KvRouter
 rows: O(workers) numbers, no tokens) and answers the ``Decision``; ``feedback`` takes
 ``Feedback`` messages (first token, finish) and answers nothing. The background task sweeps
-expiry and feedback timeouts, and snapshots the learner to ``AKR_ROUTER_STATE_PATH``. The KV
+expiry and feedback timeouts, forgets workers gone from the processors' rows (no processor
+tells it of departures; router/service.py), and snapshots the learner to
+``AKR_ROUTER_STATE_PATH``. The KV
 block size comes with the processors' messages (router/service.py).
 With ``AKR_ROUTER_METRICS_PORT`` set it serves Prometheus metrics (router/metrics.py).
 """

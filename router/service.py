@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from router.config import RouterConfig
 from router.kv_signals import signals_from_rows
@@ -40,6 +41,7 @@ from router.policy import Decision, Router, RouteRequest
 DEFAULT_BLOCK_SIZE = 64
 logger = logging.getLogger(__name__)
 STATE_SAVE_INTERVAL_S = 60.0  # period of the learner-state snapshots
+DEPARTED_AFTER_S = 600.0  # a worker in no caller's rows this long has left the fleet
 
 
 class BlockSizeMismatch(ValueError):
@@ -70,6 +72,34 @@ class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
     cancelled: bool = False
 
 
+class Departures:
+    """Workers that left the fleet, for a router no caller tells of departures
+    (``python -m router``): one absent from the callers' rows for ``DEPARTED_AFTER_S`` is
+    forgotten, so the learner, its snapshots and metrics do not grow with every instance id
+    a restarting fleet ever had. Sampled once per sweep from the latest ``find_worker`` (O(1)
+    on the request path); a sweep with no decision since the last one ages nothing."""
+
+    def __init__(self) -> None:
+        self.fleet: np.ndarray | None = None  # worker ids of the latest find_worker
+        self._seen: dict[int, float] = {}  # worker id -> last sweep it was in the fleet
+
+    def gone(self, known: list[int], now: float) -> list[int]:
+        """Workers (of the fleet seen, or ``known`` to the learner) absent too long."""
+        fleet, self.fleet = self.fleet, None
+        if fleet is None:
+            return []
+        seen = self._seen
+        for w in known:  # e.g. restored from a state file: its clock starts now
+            seen.setdefault(w, now)
+        for w in fleet.tolist():
+            seen[w] = now
+        horizon = now - DEPARTED_AFTER_S
+        gone = [w for w, t in seen.items() if t < horizon]
+        for w in gone:
+            del seen[w]
+        return gone
+
+
 class RouterService:
     """Router + load accounting behind the three calls of a request's life."""
 
@@ -81,6 +111,7 @@ class RouterService:
         self.block_size = block_size
         self.router = Router(self.config, block_size or DEFAULT_BLOCK_SIZE)
         self.load = LoadTracker(block_size or DEFAULT_BLOCK_SIZE)
+        self.departures = Departures()
 
     def use_block_size(self, block_size: int | None) -> None:
         """Count in ``block_size`` (the first caller's, when the service was built without
@@ -110,6 +141,7 @@ class RouterService:
             req.block_hashes,
         )
         decision = self.router.decide(req, signals, now)
+        self.departures.fleet = signals.worker_ids
         if decision.reason == "held":
             return decision
         wid = decision.worker_id
@@ -146,10 +178,15 @@ class RouterService:
         self.router.remove_worker(worker_id)
 
     def sweep(self, now: float) -> dict[str, int]:
-        """Background maintenance: router expiry and feedback timeouts, plus the load of
-        requests whose end never arrived (same horizon as the feedback timeout)."""
+        """Background maintenance: router expiry and feedback timeouts, the load of
+        requests whose end never arrived (same horizon as the feedback timeout), and the
+        workers that left the fleet."""
         swept = self.router.sweep(now)
         swept["load_expired"] = self.load.expire(now - self.config.feedback_timeout_s)
+        gone = self.departures.gone(self.router.bandit.workers, now)
+        for worker_id in gone:
+            self.remove_worker(worker_id)
+        swept["workers_forgotten"] = len(gone)
         return swept
 
     # -- learner state ------------------------------------------------------------------------

@@ -10,7 +10,13 @@ import pytest
 
 from router.config import RouterConfig
 from router.policy import RouteRequest
-from router.service import BlockSizeMismatch, Feedback, FindWorker, RouterService
+from router.service import (
+    DEPARTED_AFTER_S,
+    BlockSizeMismatch,
+    Feedback,
+    FindWorker,
+    RouterService,
+)
 
 BS = 64
 W1, W2 = 2**63 + 11, 2**63 + 22  # Dynamo instance ids are u64: above int64's range
@@ -302,3 +308,30 @@ def test_learner_state_with_out_of_range_numbers_is_skipped(tmp_path: Path) -> N
         path.write_text(damaged(edit))
         assert not svc.load_state(path), name
         assert svc.router.state_dict() == before, name
+
+
+def test_workers_that_left_every_callers_fleet_are_forgotten() -> None:
+    """A standalone router is told of no departures (RemoteRouting.remove_worker does
+    nothing): a worker absent from the callers' rows for DEPARTED_AFTER_S is forgotten, so
+    the learner (swept every second), its state file and its metric series do not grow with
+    every instance id a restarting fleet ever had. No decisions at all: nothing ages."""
+    svc = RouterService(RouterConfig(seed=1), block_size=None)
+    now = 0.0
+    for gen in range(5):  # each generation of two workers replaces the last one's
+        fleet = {1000 + 2 * gen: 4096, 1001 + 2 * gen: 4096}
+        for i in range(4):
+            rid = f"g{gen}r{i}"
+            msg = FindWorker(
+                request=RouteRequest(request_id=rid, prompt_tokens=4096, osl=64),
+                rows=rows(fleet, 4096),
+                block_size=BS,
+            )
+            svc.find_worker(msg, now)
+            svc.feedback(Feedback(event="finish", request_id=rid, ttft_ms=80.0, itl_ms=5.0))
+            now += 1.0
+            svc.sweep(now)
+        now += DEPARTED_AFTER_S
+        svc.sweep(now)
+    assert sorted(svc.router.bandit.workers) == [1008, 1009]
+    svc.sweep(now + 10 * DEPARTED_AFTER_S)  # an idle router keeps what it learned
+    assert sorted(svc.router.bandit.workers) == [1008, 1009]
