@@ -28,7 +28,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -62,7 +62,9 @@ class FindWorker(msgspec.Struct, kw_only=True):
 class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
     """``first_token`` (event="first_token") or the end of a request (event="finish")."""
 
-    event: str
+    # Literal: an endpoint refuses any other event (one was taken for "finish": it ended the
+    # request's load and decision, counted as an unmeasured answer).
+    event: Literal["first_token", "finish"]
     request_id: str
     ttft_ms: float | None = None
     itl_ms: float | None = None

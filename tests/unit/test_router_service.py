@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from router.config import RouterConfig
@@ -335,3 +336,24 @@ def test_workers_that_left_every_callers_fleet_are_forgotten() -> None:
     assert sorted(svc.router.bandit.workers) == [1008, 1009]
     svc.sweep(now + 10 * DEPARTED_AFTER_S)  # an idle router keeps what it learned
     assert sorted(svc.router.bandit.workers) == [1008, 1009]
+
+
+def test_a_feedback_message_with_an_unknown_event_is_refused() -> None:
+    """Any event but "first_token" was taken for "finish": a misspelt first-token message
+    ended the request's load and its decision (counted as an unmeasured answer)."""
+    from router.__main__ import RouterEndpoints
+
+    svc = service()
+    endpoints = RouterEndpoints(svc, lambda: 1.0)
+    wid = find(svc, "a", {W1: 4096, W2: 4096})
+
+    async def send(payload: dict) -> None:
+        async for _ in endpoints.feedback(payload):
+            pass
+
+    with pytest.raises(msgspec.ValidationError, match="event"):
+        asyncio.run(send({"event": "first-token", "request_id": "a"}))
+    assert svc.load.get(wid).active_requests == 1
+    assert svc.router.stats()["pending_feedback"] == 1
+    asyncio.run(send({"event": "first_token", "request_id": "a"}))
+    assert svc.load.get(wid).queued_prefill_tokens == 0
