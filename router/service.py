@@ -120,6 +120,8 @@ class RouterService:
         one); ``BlockSizeMismatch`` when it differs from the size already in use."""
         if block_size is None or block_size == self.block_size:
             return
+        if block_size < 1:  # adopted, it would divide by zero and refuse every right caller
+            raise ValueError(f"a caller names a KV block size of {block_size} tokens")
         if self.block_size is None:  # the first caller names it
             self.block_size = self.router.block_size = self.load.block_size = block_size
             return

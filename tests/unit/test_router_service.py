@@ -357,3 +357,24 @@ def test_a_feedback_message_with_an_unknown_event_is_refused() -> None:
     assert svc.router.stats()["pending_feedback"] == 1
     asyncio.run(send({"event": "first_token", "request_id": "a"}))
     assert svc.load.get(wid).queued_prefill_tokens == 0
+
+
+@pytest.mark.parametrize("size", [0, -64])
+def test_a_block_size_below_one_is_refused_and_not_adopted(size: int) -> None:
+    """A standalone router adopts the first caller's block size. A first message naming 0
+    (or less) was adopted: it raised ZeroDivisionError itself and every later caller, with the
+    workers' real size, was refused as a mismatch until the router restarted."""
+    svc = RouterService(RouterConfig(seed=3, bandit_enabled=False), block_size=None)
+
+    def ask(rid: str, block_size: int) -> int:
+        msg = FindWorker(
+            request=RouteRequest(request_id=rid, prompt_tokens=4096),
+            rows=rows({W1: 4096, W2: 64}, 4096),
+            block_size=block_size,
+        )
+        return svc.find_worker(msg, now=1.0).worker_id
+
+    with pytest.raises(ValueError, match="block size"):
+        ask("bad", size)
+    assert svc.block_size is None
+    assert ask("good", BS) == W2
