@@ -378,3 +378,33 @@ def test_a_block_size_below_one_is_refused_and_not_adopted(size: int) -> None:
         ask("bad", size)
     assert svc.block_size is None
     assert ask("good", BS) == W2
+
+
+def test_overlapping_state_saves_do_not_clobber_each_other(tmp_path, monkeypatch) -> None:
+    """The shutdown save can run while a periodic save is still in its thread: each writes a
+    temporary file of its own, so both renames succeed and the file is one whole snapshot
+    (with one shared temporary name the second save moved the first's file away)."""
+    import os
+    import threading
+
+    import router.service as service_module
+
+    path = tmp_path / "state.json"
+    first_in_rename, release = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def slow_first_replace(src: str, dst: object) -> None:
+        if not first_in_rename.is_set():
+            first_in_rename.set()
+            assert release.wait(10)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(service_module.os, "replace", slow_first_replace)
+    periodic = threading.Thread(target=service_module.write_atomic, args=(path, b'{"snapshot": 1}'))
+    periodic.start()
+    assert first_in_rename.wait(10)
+    service_module.write_atomic(path, b'{"snapshot": 2}')  # the shutdown save, meanwhile
+    release.set()
+    periodic.join(10)
+    assert json.loads(path.read_text()) in ({"snapshot": 1}, {"snapshot": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left
