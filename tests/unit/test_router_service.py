@@ -400,11 +400,20 @@ def test_overlapping_state_saves_do_not_clobber_each_other(tmp_path, monkeypatch
         real_replace(src, dst)
 
     monkeypatch.setattr(service_module.os, "replace", slow_first_replace)
-    periodic = threading.Thread(target=service_module.write_atomic, args=(path, b'{"snapshot": 1}'))
+    errors: list[BaseException] = []
+
+    def periodic_save() -> None:
+        try:
+            service_module.write_atomic(path, b'{"snapshot": 1}')
+        except BaseException as exc:  # seen by the test, not lost in the thread
+            errors.append(exc)
+
+    periodic = threading.Thread(target=periodic_save)
     periodic.start()
     assert first_in_rename.wait(10)
     service_module.write_atomic(path, b'{"snapshot": 2}')  # the shutdown save, meanwhile
     release.set()
     periodic.join(10)
+    assert errors == []
     assert json.loads(path.read_text()) in ({"snapshot": 1}, {"snapshot": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left
