@@ -296,7 +296,7 @@ def parse_agent_hints(
         if not isinstance(cache_control, dict):
             raise HintError(cc, "must be an object")
         pin_type = cache_control.get("type")
-        if pin_type not in PIN_TYPES:
+        if not isinstance(pin_type, str) or pin_type not in PIN_TYPES:  # a list is unhashable
             raise HintError(f"{cc}.type", f"must be one of {sorted(PIN_TYPES)}")
         out["pin_type"] = pin_type
         ttl = cache_control.get("ttl")

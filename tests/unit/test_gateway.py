@@ -247,6 +247,7 @@ async def test_streaming_passthrough(gw: FastClient) -> None:
         ({"nvext": {"agent_hints": {"total_requests": 0}}}, "nvext.agent_hints.total_requests"),
         ({"nvext": {"agent_hints": {"prefix_id": "a b"}}}, "nvext.agent_hints.prefix_id"),
         ({"nvext": {"cache_control": {"type": "forever"}}}, "nvext.cache_control.type"),
+        ({"nvext": {"cache_control": {"type": ["ephemeral"]}}}, "nvext.cache_control.type"),
         (
             {"nvext": {"cache_control": {"type": "ephemeral", "ttl": "soon"}}},
             "nvext.cache_control.ttl",

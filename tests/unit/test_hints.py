@@ -147,6 +147,10 @@ def test_cache_control() -> None:
     with pytest.raises(HintError) as ei:
         H.parse_agent_hints(None, {"type": "ephemeral", "ttl": "5 minutes"})
     assert ei.value.field == "nvext.cache_control.ttl"
+    for unhashable in (["ephemeral"], {"ephemeral": 1}):
+        with pytest.raises(HintError) as ei:
+            H.parse_agent_hints(None, {"type": unhashable})
+        assert ei.value.field == "nvext.cache_control.type"
     with pytest.raises(HintError) as ei:
         H.parse_agent_hints(None, "ephemeral")
     assert ei.value.field == "nvext.cache_control"
