@@ -9,7 +9,8 @@ precedence rules live in ``router.hints``; this module only moves fields around:
 * ``osl`` (as int), ``latency_sensitivity``, ``priority`` -> the stock ``nvext.agent_hints``,
   with the stock-only keys ``strict_priority``/``speculative_prefill`` passed through; every
   other ``agent_hints`` key is dropped, since the stock frontend rejects unknown keys;
-* ``nvext.cache_control`` is dropped (carried by the ``akr.v1.pin`` annotation).
+* ``nvext.cache_control`` is dropped (carried by the ``akr.v1.pin`` annotation);
+* the worker pins of ``nvext`` (``backend_instance_id`` ...) are dropped, as their headers are.
 
 Client headers are forwarded by allow-list only, so worker-pinning headers
 (``x-dynamo-worker-instance-id`` ...) and the stock frontend's other routing headers never pass:
@@ -48,6 +49,18 @@ WORKER_PIN_HEADERS = (
     "x-data-parallel-rank",
     "x-dynamo-prefill-dp-rank",
     "x-prefill-dp-rank",
+)
+# The body twins of those headers (NvExt fields of 1.6.1): the stock frontend honours them
+# just as well, so ``extra_fields: ["worker_id"]`` and a pin would steer a client's load.
+WORKER_PIN_NVEXT_KEYS = (
+    "backend_instance_id",
+    "decode_worker_id",
+    "prefill_worker_id",
+    "dp_rank",
+    "prefill_dp_rank",
+)
+_DROPPED_NVEXT_KEYS = frozenset(
+    ("agent_hints", "cache_control", "annotations", *WORKER_PIN_NVEXT_KEYS)
 )
 _BASE_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 
@@ -120,9 +133,7 @@ def translate(body: dict[str, Any], headers: Mapping[str, str]) -> Translation:
         # the upstream must never see a hint we did not validate.
         return Translation(body, up_headers, hints, changed=False)
 
-    new_nvext = {
-        k: v for k, v in nvext.items() if k not in ("agent_hints", "cache_control", "annotations")
-    }
+    new_nvext = {k: v for k, v in nvext.items() if k not in _DROPPED_NVEXT_KEYS}
     stock = _stock_agent_hints(agent_hints, hints)
     if stock:
         new_nvext["agent_hints"] = stock

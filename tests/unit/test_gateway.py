@@ -197,6 +197,21 @@ async def test_nat_body_is_translated(gw: FastClient, upstream: EchoUpstream) ->
     assert got["body"]["messages"] == body["messages"]
 
 
+async def test_worker_pins_in_the_body_are_dropped(gw: FastClient, upstream: EchoUpstream) -> None:
+    """The body twins of the worker-pinning headers: the stock frontend honours
+    ``nvext.backend_instance_id`` (and ``decode_worker_id``, ``dp_rank`` ...) to pick one of
+    the processors, which a client learns from ``extra_fields: ["worker_id"]``."""
+    pins = {"backend_instance_id": 7, "decode_worker_id": 7, "prefill_worker_id": 7}
+    pins |= {"dp_rank": 0, "prefill_dp_rank": 0}
+    nvext = {**pins, "extra_fields": ["worker_id"], "ignore_eos": True}
+    r = await gw.post(CHAT, json={"model": "tiny", "messages": [], "nvext": nvext})
+    assert r.status == 200
+    assert (await r.json())["echo"]["body"]["nvext"] == {
+        "extra_fields": ["worker_id"],
+        "ignore_eos": True,
+    }
+
+
 async def test_plain_body_passes_byte_for_byte(gw: FastClient, upstream: EchoUpstream) -> None:
     raw = b'{"model":"tiny",  "messages":[], "max_tokens": 1}'
     r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})

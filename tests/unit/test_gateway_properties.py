@@ -21,7 +21,12 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from frontend.translate import STOCK_AGENT_HINT_KEYS, WORKER_PIN_HEADERS, translate
+from frontend.translate import (
+    STOCK_AGENT_HINT_KEYS,
+    WORKER_PIN_HEADERS,
+    WORKER_PIN_NVEXT_KEYS,
+    translate,
+)
 from router import hints as H
 from tests.unit.test_gateway import EchoUpstream, make_client
 
@@ -97,6 +102,7 @@ nvext = json_value | st.fixed_dictionaries(
         "cache_control": cache_control,
         "annotations": annotations,
         "ignore_eos": st.booleans(),
+        "backend_instance_id": json_scalar,
     },
 )
 header_value = st.text(alphabet=string.ascii_letters + string.digits + " .:-_=/+@,;!*", max_size=30)
@@ -201,6 +207,7 @@ def _check_forwarded(rec: dict[str, Any]) -> None:
     assert "cookie" not in hdrs
     if isinstance(nvext, dict):
         assert "cache_control" not in nvext
+        assert not set(nvext) & set(WORKER_PIN_NVEXT_KEYS)
         ah = nvext.get("agent_hints")
         if ah is not None:
             assert set(ah) <= set(STOCK_AGENT_HINT_KEYS)
