@@ -326,13 +326,13 @@ def parse_header_hints(headers: Mapping[str, str]) -> AgentHints:
     ``headers`` must look up case-insensitively (aiohttp's CIMultiDict does) or be lower-case.
     """
     out: dict[str, object] = {}
+    # Both validated: the one that loses to x-akr-prefix-id is not ignored when it is bad.
+    v = headers.get(SESSION_HEADER)
+    if v is not None:
+        out["prefix_id"] = check_prefix_id(v.strip(), f"header:{SESSION_HEADER}")
     v = headers.get(HEADER_PREFIX_ID)
     if v is not None:
         out["prefix_id"] = check_prefix_id(v.strip(), f"header:{HEADER_PREFIX_ID}")
-    else:
-        v = headers.get(SESSION_HEADER)
-        if v is not None:
-            out["prefix_id"] = check_prefix_id(v.strip(), f"header:{SESSION_HEADER}")
     v = headers.get(HEADER_TOTAL_REQUESTS)
     if v is not None:
         out["total_requests"] = _header_int(

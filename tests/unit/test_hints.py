@@ -227,6 +227,10 @@ def test_precedence_body_over_headers_per_field() -> None:
     # A bad header is an error even when the body would win.
     with pytest.raises(HintError):
         H.parse_hints({"total_requests": 3}, None, {"x-akr-total-requests": "zero"})
+    # ... or when another header wins.
+    with pytest.raises(HintError) as ei:
+        H.parse_header_hints({"x-akr-prefix-id": "hdr", "x-dynamo-session-id": "a b"})
+    assert ei.value.field == "header:x-dynamo-session-id"
 
 
 def test_annotation_encoding_exact() -> None:
