@@ -318,7 +318,9 @@ class ProcessorHandler:
         hints = hints_from_request(request)
         token_ids: list[int] = request.get("token_ids") or []
         stop = request.get("stop_conditions") or {}
-        route = route_request(request_id, hints, len(token_ids), stop.get("max_tokens"))
+        route = route_request(
+            request_id, hints, len(token_ids), stop.get("max_tokens"), self.prompt_limit
+        )
         # A prompt no worker can hold is refused before any work that walks its tokens.
         too_long = self._beyond_capacity(len(token_ids))
         # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.

@@ -216,11 +216,20 @@ class Quarantine:
 
 
 def route_request(
-    request_id: str, hints: AgentHints, prompt_tokens: int, max_tokens: object = None
+    request_id: str,
+    hints: AgentHints,
+    prompt_tokens: int,
+    max_tokens: object = None,
+    max_len: int | None = None,
 ) -> RouteRequest:
-    """The router's view of one request: its hints, prompt length and expected answer."""
+    """The router's view of one request: its hints, prompt length and expected answer.
+    ``max_len``: the longest sequence a worker holds; no answer outgrows what it leaves after
+    the prompt, so an ``osl`` hint beyond it (up to 2^31-1 is valid) cannot make its worker
+    look full for as long as it runs."""
     # Neither says: None, and the router uses its AKR_ROUTER_DEFAULT_OSL.
     osl = hints.osl or (max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None)
+    if osl is not None and max_len is not None:
+        osl = max(1, min(osl, max_len - prompt_tokens))
     return RouteRequest(
         request_id=request_id,
         prefix_id=hints.prefix_id,
