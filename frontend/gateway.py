@@ -159,6 +159,21 @@ def _error_text(payload: bytes) -> str | None:
     return f"{err.get('message', '')} code={err.get('code')}"
 
 
+def _openai_error(status: int, payload: bytes) -> Reply | None:
+    """The stock frontend's own error body (``{"message", "type", "code"}``, no ``error``
+    object) in the OpenAI shape clients parse, its message kept; None when the body is
+    already an OpenAI error or not such a body."""
+    try:
+        doc = _decoder.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict) or "error" in doc or not isinstance(doc.get("message"), str):
+        return None
+    if status < 500:
+        return error_reply(status, doc["message"], code="rejected_by_frontend")
+    return error_reply(status, doc["message"], type_="upstream_error", code="frontend_error")
+
+
 def _unavailable_reply(e: BaseException) -> Reply:
     return error_reply(
         502, f"upstream unavailable: {e}", type_="upstream_error", code="upstream_unavailable"
@@ -506,6 +521,8 @@ class Gateway:
                 finish(503)
                 return busy
         finish(up.status)
+        if up.status >= 400 and (wrapped := _openai_error(up.status, payload)) is not None:
+            return Reply(up.status, wrapped.body, wrapped.content_type, echo)
         return Reply(up.status, payload, ctype, echo)
 
     def _upstream_unavailable(self, payload: bytes, status: int = 200) -> Reply | None:

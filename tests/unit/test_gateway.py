@@ -67,6 +67,10 @@ class EchoUpstream:
         self.seen.append(rec)
         if body.get("bad_status"):
             return web.json_response({"error": {"message": "nope"}}, status=body["bad_status"])
+        if body.get("stock_error"):  # the shape of Dynamo 1.6.1's frontend's own errors
+            return web.json_response(
+                {"message": body["stock_error"], "type": "Bad Request", "code": 400}, status=400
+            )
         if self.stall_s:
             await asyncio.sleep(self.stall_s)
         # The stock frontend echoes the client's request id; so does this stand-in.
@@ -339,6 +343,22 @@ async def test_body_too_large_413(upstream: EchoUpstream) -> None:
 async def test_upstream_status_passes_through(gw: FastClient) -> None:
     r = await gw.post(CHAT, json={"model": "tiny", "bad_status": 422})
     assert r.status == 422 and (await r.json())["error"]["message"] == "nope"
+
+
+async def test_the_stock_frontends_own_error_reaches_the_client_in_openai_shape(
+    gw: FastClient,
+) -> None:
+    """Dynamo's frontend answers its own 400s as {"message", "type", "code"}: OpenAI clients
+    look for an "error" object and found none; the message is kept, wrapped."""
+    message = "Failed to deserialize the JSON body: unknown field `allowed_worker_ids`"
+    r = await gw.post(CHAT, json={"model": "tiny", "stock_error": message})
+    assert r.status == 400
+    assert (await r.json())["error"] == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "rejected_by_frontend",
+    }
 
 
 async def test_upstream_down_502() -> None:
