@@ -289,6 +289,7 @@ class ProcessorHandler:
         self._known_workers = drop_departed(
             self.routing, self._known_workers, live, self.metrics.forget_worker
         )
+        self.metrics.keep_workers(live)  # also series counted after their worker left
         now = time.monotonic()
         self._quarantine.prune(live, now)
         swept = self.routing.maintain(now)

@@ -240,6 +240,19 @@ class ProcessorMetrics:
         for m in (self.decisions, self.worker_errors):
             m.remove_by_labels({"worker": label})
 
+    def keep_workers(self, live: frozenset[int]) -> None:
+        """End the per-worker series of every worker not in ``live``. Why, besides
+        ``forget_worker`` at departure: a request can count against a worker after it left (a
+        silent worker's requests fail at their timeout, long after its lease ran out; a
+        decision can land after an admission wait), and nothing would end that series."""
+        keep = {f"{w:x}" for w in live}
+        for m in (self.decisions, self.worker_errors):
+            at = m._labelnames.index("worker")
+            with m._lock:
+                seen = {values[at] for values in m._metrics}
+            for label in seen - keep:
+                m.remove_by_labels({"worker": label})
+
     def sync_trace_lost(self, lost: dict[str, int]) -> None:
         """Raise the dropped-records counter to the trace writer's own counts (the writer
         counts on its task; the counter follows at each sweep)."""

@@ -99,3 +99,42 @@ def test_prefix_table_evictions_are_exported_by_the_processor() -> None:
     for evicted in (3, 3, 5):
         m.sync_prefix_evictions(evicted)
     assert "akr_processor_prefix_evictions_total 5.0" in generate_latest(m.registry).decode()
+
+
+def test_a_series_counted_after_its_worker_left_is_ended_by_the_next_sweep() -> None:
+    """A request can count against a worker after the sweep forgot it: a silent worker's
+    requests fail at their timeout (stream stall 30 s, first token 120 s), long after its
+    lease ran out; a decision can land after an admission wait. That series must still end,
+    or every worker id the fleet ever churned through keeps one."""
+    from types import SimpleNamespace
+
+    from processor.handler import ProcessorHandler
+    from processor.health import WorkerHealth
+
+    class _Routing:
+        def maintain(self, now: float) -> dict[str, int]:
+            return nothing_swept()
+
+        def remove_worker(self, worker_id: int) -> None:
+            pass
+
+    live = [0xA, 0xB]
+    h = object.__new__(ProcessorHandler)
+    h._client = SimpleNamespace(instance_ids=lambda: live)
+    h.routing = _Routing()
+    h._known_workers = frozenset()
+    h.metrics = ProcessorMetrics()
+    h._quarantine = Quarantine(10.0)
+    h.health = WorkerHealth(None, 60.0)
+    h.engine = None
+    h._writer = None
+    h._sweep_once()
+    live.remove(0xA)  # its lease ran out: discovery dropped it
+    h._sweep_once()
+    h.metrics.worker_errors.labels(worker="a").inc()  # its request timed out only now
+    h.metrics.decisions.labels(worker="a", reason="load").inc()
+    h.metrics.decisions.labels(worker="b", reason="load").inc()
+    h._sweep_once()
+    text = generate_latest(h.metrics.registry).decode()
+    assert 'worker="a"' not in text
+    assert 'akr_processor_decisions_total{reason="load",worker="b"} 1.0' in text
