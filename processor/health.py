@@ -34,6 +34,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -51,20 +52,27 @@ class WorkerHealth:
 
     ``update`` runs on the event loop; ``answer`` in the HTTP server's threads. They share one
     tuple, replaced whole, so a reader never sees half an update. The clock is passed in.
+
+    The recent peak is a sliding-window maximum: the counts that may still become the peak,
+    each after the last larger one, so a second loss is not forgotten when the first ages out.
+    Bounded: the counts held decrease strictly, at most peak + 1 of them.
     """
 
     def __init__(self, expected: int | None, window_s: float) -> None:
         self._fixed = expected
         self._window_s = window_s
-        self._peak = 0
-        self._peak_at = 0.0
+        self._recent: deque[tuple[float, int]] = deque()  # (when, routable), counts decreasing
         self._state: tuple[int, int, float] | None = None  # routable, expected, when
 
     def update(self, routable: int, now: float) -> int:
         """Record the routable count at ``now``; returns the expected count."""
-        if routable >= self._peak or now - self._peak_at > self._window_s:
-            self._peak, self._peak_at = routable, now
-        expected = self._fixed if self._fixed is not None else self._peak
+        recent = self._recent
+        while recent and recent[-1][1] <= routable:
+            recent.pop()
+        recent.append((now, routable))
+        while now - recent[0][0] > self._window_s:
+            recent.popleft()
+        expected = self._fixed if self._fixed is not None else recent[0][1]
         self._state = (routable, expected, now)
         return expected
 

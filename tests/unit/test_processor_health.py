@@ -111,3 +111,18 @@ def test_health_endpoint_serves_metrics_and_health() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_second_loss_stays_degraded_for_its_whole_window() -> None:
+    """Expected = the most workers routable at once within the window. A worker lost at 10 s
+    and another at 500 s: at 611 s the first loss has aged out, but 3 were routable 112 s ago,
+    so 2 routable is still degraded until 1100 s, not ready."""
+    h = WorkerHealth(expected=None, window_s=600.0)
+    for t, routable in ((0.0, 4), (9.0, 4), (10.0, 3), (499.0, 3), (500.0, 2)):
+        h.update(routable, now=t)
+    assert h.update(2, now=611.0) == 3
+    assert h.answer(611.0)[1]["status"] == "degraded"
+    assert h.update(2, now=1099.0) == 3
+    assert h.update(2, now=1101.0) == 2
+    assert h.answer(1101.0)[1]["status"] == "ready"
+    assert h.update(5, now=1102.0) == 5  # a larger fleet is expected at once
