@@ -15,7 +15,7 @@ from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, re
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
-from processor.config import ProcessorConfig
+from processor.config import ProcessorConfig, settings_from_env
 from processor.handler import ProcessorHandler
 from router.config import RouterConfig
 from router.service import RouterService
@@ -25,9 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 @dynamo_worker()
-async def worker(runtime: DistributedRuntime) -> None:
-    config = ProcessorConfig()
-    service = RouterService(RouterConfig(), block_size=None)  # the workers' size, in start()
+async def worker(
+    runtime: DistributedRuntime, config: ProcessorConfig, router_config: RouterConfig
+) -> None:
+    service = RouterService(router_config, block_size=None)  # the workers' size, in start()
     if service.config.state_path and service.load_state(service.config.state_path):
         logger.info("restored learner state from %s", service.config.state_path)
     handler = ProcessorHandler(runtime, config, service)
@@ -61,7 +62,10 @@ async def worker(runtime: DistributedRuntime) -> None:
 
 
 def main() -> None:
-    uvloop.run(worker())
+    # Settings first: a bad one stops us with its variable named, before the runtime starts.
+    config = settings_from_env(ProcessorConfig)
+    router_config = settings_from_env(RouterConfig)
+    uvloop.run(worker(config, router_config))
 
 
 if __name__ == "__main__":
