@@ -300,7 +300,8 @@ class ProcessorHandler:
         # request to it fails (benchmarks.chaos no_worker), so /health must not say ready.
         routable = len(live - self._quarantine.workers())
         self.metrics.workers.set(routable)
-        self.metrics.expected_workers.set(self.health.update(routable, now))
+        router = not isinstance(self.routing, RemoteRouting) or self.routing.has_router()
+        self.metrics.expected_workers.set(self.health.update(routable, now, router))
         if self.engine is not None:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)
         if isinstance(self.routing, LocalRouting):  # a shared router exports its own

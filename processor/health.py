@@ -10,6 +10,8 @@ it *expects*, and says so in a gauge pair and in ``GET /health`` on its metrics 
 * 200 ``{"status": "ready", ...}``: at least one routable worker and no fewer than expected;
 * 200 ``{"status": "degraded", ...}``: some routable, fewer than expected (still serving);
 * 503 ``{"status": "no_workers", ...}``: nothing to route to;
+* 503 ``{"status": "no_router", ...}``: with a standalone router
+  (``AKR_PROCESSOR_ROUTER_ENDPOINT``), none is in discovery: no request can be placed;
 * 503 ``{"status": "stalled", ...}``: the processor's background sweep (which refreshes these
   numbers every second) has not run for ``STALL_S``, i.e. its event loop is stuck.
 
@@ -62,10 +64,12 @@ class WorkerHealth:
         self._fixed = expected
         self._window_s = window_s
         self._recent: deque[tuple[float, int]] = deque()  # (when, routable), counts decreasing
-        self._state: tuple[int, int, float] | None = None  # routable, expected, when
+        self._state: tuple[int, int, float, bool] | None = None  # routable, expected, when,
+        # and whether a router is there to place requests
 
-    def update(self, routable: int, now: float) -> int:
-        """Record the routable count at ``now``; returns the expected count."""
+    def update(self, routable: int, now: float, router: bool = True) -> int:
+        """Record the routable count at ``now`` (and whether a router is reachable in
+        discovery); returns the expected count."""
         recent = self._recent
         while recent and recent[-1][1] <= routable:
             recent.pop()
@@ -73,19 +77,21 @@ class WorkerHealth:
         while now - recent[0][0] > self._window_s:
             recent.popleft()
         expected = self._fixed if self._fixed is not None else recent[0][1]
-        self._state = (routable, expected, now)
+        self._state = (routable, expected, now, router)
         return expected
 
     def answer(self, now: float) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of ``GET /health`` (module docstring)."""
         if self._state is None:
             return 503, {"status": "starting", "routable_workers": 0, "expected_workers": 0}
-        routable, expected, at = self._state
+        routable, expected, at, router = self._state
         body: dict[str, Any] = {"routable_workers": routable, "expected_workers": expected}
         if now - at > STALL_S:
             return 503, {"status": "stalled", **body, "last_update_s_ago": round(now - at, 1)}
         if routable == 0:
             return 503, {"status": "no_workers", **body}
+        if not router:
+            return 503, {"status": "no_router", **body}
         return 200, {"status": "ready" if routable >= expected else "degraded", **body}
 
 

@@ -18,13 +18,19 @@ from typing import Any, Protocol
 import msgspec
 
 from processor.engine_state import EngineState
+from processor.health import NO_WORKER_RETRY_AFTER_S
 from router.hints import AgentHints
 from router.policy import Decision, RouteRequest
 from router.service import Feedback, FindWorker, RouterService
+from router.unavailable import Unavailable
 
 logger = logging.getLogger(__name__)
 
 MAX_FEEDBACK_IN_FLIGHT = 1024
+# How Dynamo (1.6.1) starts the error of a call no instance could take ("Unavailable: TCP
+# connection to ... failed", then "Unavailable: No workers available for endpoint ..."): it
+# comes at once, while discovery still lists a killed instance until its lease ends.
+UNREACHABLE = "Unavailable:"
 
 
 class Routing(Protocol):
@@ -99,9 +105,21 @@ class RemoteRouting:
         rows = await self._kv.get_potential_loads(token_ids)
         msg = find_worker_message(route, rows, live, self._engine, self._block_size)
         msg = msgspec.to_builtins(msg)
-        async for answer in await self._find.round_robin(msg, annotated=False):
-            return msgspec.convert(answer, Decision)
+        try:
+            async for answer in await self._find.round_robin(msg, annotated=False):
+                return msgspec.convert(answer, Decision)
+        except Exception as exc:
+            if self.has_router() and not str(exc).startswith(UNREACHABLE):
+                raise
+            # Gone (killed, restarting): "retry later", as without a worker, not a 500.
+            raise Unavailable(
+                "no_router", NO_WORKER_RETRY_AFTER_S, "no router component in discovery"
+            ) from exc
         raise RuntimeError("router component returned no decision")
+
+    def has_router(self) -> bool:
+        """Whether a router component is in discovery (health: none, nothing is routable)."""
+        return bool(self._find.instance_ids())
 
     def feedback(self, msg: Feedback) -> None:
         if len(self._sending) >= MAX_FEEDBACK_IN_FLIGHT:
