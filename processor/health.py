@@ -130,12 +130,19 @@ def as_http_error(exc: Unavailable) -> Exception:
     return HttpError(503, str(exc))
 
 
+IDLE_TIMEOUT_S = 10.0  # a metrics/health connection idle this long is closed
+
+
 def serve_metrics_and_health(
     registry: CollectorRegistry, health: WorkerHealth, port: int, host: str = "127.0.0.1"
 ) -> ThreadingHTTPServer:
     """``/metrics`` (the registry) and ``/health`` from a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
+        # A connection that sends nothing is closed after this: each holds a thread, and a
+        # scraper that connects and stalls must not keep one for ever.
+        timeout = IDLE_TIMEOUT_S
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/health":

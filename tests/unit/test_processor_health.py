@@ -126,3 +126,23 @@ def test_a_second_loss_stays_degraded_for_its_whole_window() -> None:
     assert h.update(2, now=1101.0) == 2
     assert h.answer(1101.0)[1]["status"] == "ready"
     assert h.update(5, now=1102.0) == 5  # a larger fleet is expected at once
+
+
+def test_an_idle_connection_to_the_health_server_is_closed(monkeypatch) -> None:
+    """Each connection holds a thread: one that sends nothing is closed after the idle
+    timeout (it held its thread for ever)."""
+    import processor.health as health_module
+
+    monkeypatch.setattr(health_module, "IDLE_TIMEOUT_S", 0.2)
+    m = ProcessorMetrics()
+    h = WorkerHealth(expected=None, window_s=60.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve_metrics_and_health(m.registry, h, port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+            assert idle.recv(1) == b""  # closed by the server, not by our 5 s timeout
+    finally:
+        server.shutdown()
+        server.server_close()
