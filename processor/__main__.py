@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import uvloop
 from dynamo.common.utils.graceful_shutdown import install_signal_handlers
@@ -17,11 +18,26 @@ from dynamo.runtime.logging import configure_dynamo_logging
 
 from processor.config import ProcessorConfig, settings_from_env
 from processor.handler import ProcessorHandler
+from processor.health import WorkerHealth
 from router.config import RouterConfig
 from router.service import RouterService
 
 configure_dynamo_logging()
 logger = logging.getLogger(__name__)
+
+
+class DrainingEndpoint:
+    """The endpoint as Dynamo's shutdown sees it: leaving discovery, its first step on SIGTERM,
+    first marks ``/health`` "draining", so probes stop calling this processor ready while it
+    waits the grace period and finishes what it holds (Dynamo offers no hook at the signal)."""
+
+    def __init__(self, endpoint: Any, health: WorkerHealth) -> None:
+        self._endpoint = endpoint
+        self._health = health
+
+    async def unregister_endpoint_instance(self) -> None:
+        self._health.draining = True
+        await self._endpoint.unregister_endpoint_instance()
 
 
 @dynamo_worker()
@@ -54,7 +70,9 @@ async def worker(
     # (DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS, default 5 s), let in-flight requests finish;
     # `handler.stop()` then flushes the trace queue and saves the learner. Without handlers
     # SIGTERM killed the process on the spot and both were lost.
-    install_signal_handlers(asyncio.get_running_loop(), runtime, [endpoint])
+    install_signal_handlers(
+        asyncio.get_running_loop(), runtime, [DrainingEndpoint(endpoint, handler.health)]
+    )
     try:
         await endpoint.serve_endpoint(handler.generate, graceful_shutdown=True)
     finally:

@@ -13,7 +13,9 @@ it *expects*, and says so in a gauge pair and in ``GET /health`` on its metrics 
 * 503 ``{"status": "no_router", ...}``: with a standalone router
   (``AKR_PROCESSOR_ROUTER_ENDPOINT``), none is in discovery: no request can be placed;
 * 503 ``{"status": "stalled", ...}``: the processor's background sweep (which refreshes these
-  numbers every second) has not run for ``STALL_S``, i.e. its event loop is stuck.
+  numbers every second) has not run for ``STALL_S``, i.e. its event loop is stuck;
+* 503 ``{"status": "draining", ...}``: SIGTERM came; it has left discovery and finishes what
+  it holds (a gateway asking this ``/health`` turns not ready with it).
 
 Expected workers: ``AKR_PROCESSOR_EXPECTED_WORKERS`` when set (a fleet of known size);
 otherwise the most workers routable at once within the last
@@ -66,6 +68,7 @@ class WorkerHealth:
         self._recent: deque[tuple[float, int]] = deque()  # (when, routable), counts decreasing
         self._state: tuple[int, int, float, bool] | None = None  # routable, expected, when,
         # and whether a router is there to place requests
+        self.draining = False  # set once, on SIGTERM (processor/__main__.py)
 
     def update(self, routable: int, now: float, router: bool = True) -> int:
         """Record the routable count at ``now`` (and whether a router is reachable in
@@ -86,6 +89,8 @@ class WorkerHealth:
             return 503, {"status": "starting", "routable_workers": 0, "expected_workers": 0}
         routable, expected, at, router = self._state
         body: dict[str, Any] = {"routable_workers": routable, "expected_workers": expected}
+        if self.draining:
+            return 503, {"status": "draining", **body}
         if now - at > STALL_S:
             return 503, {"status": "stalled", **body, "last_update_s_ago": round(now - at, 1)}
         if routable == 0:

@@ -8,7 +8,10 @@ learned since the last periodic snapshot were lost.
 from __future__ import annotations
 
 import json
+import signal
+import time
 
+import httpx
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
@@ -53,3 +56,30 @@ def test_sigterm_saves_the_learner_and_flushes_the_trace(tmp_path) -> None:
     log = (workdir / "processor.log").read_text(errors="replace")
     assert "Received shutdown signal" in log
     assert "not usable" in log
+
+
+def test_health_says_draining_while_the_processor_finishes(tmp_path) -> None:
+    """From SIGTERM to exit (grace period, in-flight requests) the processor's /health, which
+    the gateway's readiness asks, answers 503 "draining"; it said "ready" until the end."""
+    config = StackConfig(
+        workers=1,
+        supervise=False,  # the launcher would restart it
+        keep_workdir=False,
+        processor_env={"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "5"},
+    )
+    with LocalStack(config) as stack:
+        health = f"http://127.0.0.1:{stack.processor_metrics_port}/health"
+        assert httpx.get(health, timeout=5).json()["status"] == "ready"
+        processor = next(c for c in stack.procs if c.name == "processor")
+        assert processor.popen is not None
+        processor.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        seen = None
+        while time.monotonic() < deadline:  # the signal is handled asynchronously
+            resp = httpx.get(health, timeout=5)
+            seen = (resp.status_code, resp.json()["status"])
+            if seen == (503, "draining"):
+                break
+            time.sleep(0.05)
+        assert seen == (503, "draining")
+        assert processor.popen.poll() is None  # still finishing: the grace period runs
