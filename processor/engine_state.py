@@ -3,7 +3,8 @@
 * **block size**: ``kv_cache_block_size`` of the workers' model deployment cards. The
   processor takes it from there at start-up (``agreed_block_size``) and refuses to start when
   the workers disagree, or disagree with ``AKR_PROCESSOR_BLOCK_SIZE`` set explicitly; that
-  setting is only the fallback for cards without it.
+  setting is only the fallback for cards without it. A worker that joins later with another
+  size is left out of routing (``mismatched``) and logged.
 
 Two signals our own accounting (router/load.py) cannot produce:
 
@@ -181,10 +182,14 @@ class EngineState:
         self._sub = subscriber
         self._block_size = block_size
         self._poll_s = poll_s
-        self._cards: dict[str, int | None] = {}  # card body -> parsed capacity (bodies repeat)
+        # card body -> (capacity, block size) parsed once (bodies repeat)
+        self._cards: dict[str, tuple[int | None, int | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self.capacity: dict[int, int] = {}
         self.waiting: dict[int, int] = {}
+        # Workers whose cards state another KV block size than this processor counts in (one
+        # that joined after start-up): their blocks would be miscounted, so none is routed to.
+        self.mismatched: frozenset[int] = frozenset()
         self.errors = 0
 
     def start(self) -> None:
@@ -221,19 +226,33 @@ class EngineState:
                 logger.warning("engine state unavailable: %r", exc)
             return
         capacity: dict[int, int] = {}
+        mismatched: set[int] = set()
         for worker, body in cards.items():
             if body not in self._cards:
                 if len(self._cards) > 4 * max(len(cards), 16):  # bodies of departed workers
                     self._cards.clear()
-                self._cards[body] = capacity_blocks(body, self._block_size)
-            blocks = self._cards[body]
+                self._cards[body] = (
+                    capacity_blocks(body, self._block_size),
+                    card_block_size(body),
+                )
+            blocks, size = self._cards[body]
             try:
                 wid = int(worker)
             except (ValueError, TypeError):
                 continue
             if blocks is not None:
                 capacity[wid] = blocks
+            if size is not None and size != self._block_size:
+                mismatched.add(wid)
+        if mismatched - self.mismatched:
+            logger.error(
+                "workers %s state a kv_cache_block_size other than this processor's %d: "
+                "not routed to (restart the processor if the fleet changed block size)",
+                sorted(f"{w:x}" for w in mismatched - self.mismatched),
+                self._block_size,
+            )
         self.capacity = capacity
+        self.mismatched = frozenset(mismatched)
         self.waiting = waiting_requests(stats)
 
 

@@ -298,7 +298,7 @@ class ProcessorHandler:
         # Quarantined workers are not routable here even when routing, left with none else,
         # still tries them: a dead worker stays in discovery until its lease ends, and every
         # request to it fails (benchmarks.chaos no_worker), so /health must not say ready.
-        routable = len(live - self._quarantine.workers())
+        routable = len(live - self._quarantine.workers() - self._mismatched())
         self.metrics.workers.set(routable)
         router = not isinstance(self.routing, RemoteRouting) or self.routing.has_router()
         self.metrics.expected_workers.set(self.health.update(routable, now, router))
@@ -437,6 +437,10 @@ class ProcessorHandler:
             f"every worker ({limit} tokens)"
         )
 
+    def _mismatched(self) -> frozenset[int]:
+        """Workers counting KV in another block size (engine_state.py): never routed to."""
+        return self.engine.mismatched if self.engine is not None else frozenset()
+
     async def _decide(
         self, route: RouteRequest, token_ids: list[int], excluded: set[int], attempt: int
     ) -> tuple[Decision, float]:
@@ -444,7 +448,7 @@ class ProcessorHandler:
         cfg = self._config
         live = await wait_for_routable(
             self._client.instance_ids,
-            excluded,
+            excluded | self._mismatched(),
             cfg.no_worker_wait_s,
             NO_WORKER_RETRY_AFTER_S,
             asyncio.get_running_loop().time,

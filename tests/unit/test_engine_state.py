@@ -175,3 +175,29 @@ async def test_a_refresh_that_raises_does_not_stop_the_polling() -> None:
         await asyncio.sleep(0.01)
     await state.stop()
     assert state.errors >= 1 and state.capacity == {1: 2048}
+
+
+def test_a_worker_joining_with_another_block_size_is_marked(caplog) -> None:
+    """Start-up refuses cards that disagree; a worker that joins later with another
+    kv_cache_block_size was taken as is and its blocks counted in the wrong unit."""
+
+    class Subscriber:
+        def __init__(self) -> None:
+            self.cards = {"1": _card(1024, 64), "2": _card(1024, 64)}
+
+        def get_model_cards(self) -> dict[str, str]:
+            return self.cards
+
+        def get_recent_stats(self) -> dict:
+            return {}
+
+    sub = Subscriber()
+    state = EngineState(sub, 64, poll_s=1.0)
+    state.refresh()
+    assert state.mismatched == frozenset()
+    sub.cards = {**sub.cards, "3": _card(1024, 16)}
+    with caplog.at_level("ERROR"):
+        state.refresh()
+        state.refresh()  # logged once per newcomer
+    assert state.mismatched == {3}
+    assert len([r for r in caplog.records if "kv_cache_block_size" in r.message]) == 1

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from processor.config import ProcessorConfig
+from processor.engine_state import EngineState
 from processor.handler import ProcessorHandler
 from processor.routing import LocalRouting
 from router.config import RouterConfig
 from router.service import Feedback, RouterService
+from tests.unit.test_engine_state import _card
 
 BLOCK = 4
 WORKERS = (1, 2)
@@ -160,3 +162,34 @@ async def test_a_retry_is_the_same_turn_of_its_conversation() -> None:
         entry = table.get("conv-1", 0.0)
         remaining.append(None if entry is None else entry.remaining)
     assert remaining == [2, 1, None]  # before: [1, None, 2] (the last turn began anew)
+
+
+async def test_a_worker_with_another_block_size_is_not_routed_to() -> None:
+    """A worker whose card states another KV block size (it joined after start-up) is left
+    out of every decision: its blocks would be counted in the wrong unit."""
+
+    class Subscriber:
+        def get_model_cards(self) -> dict[str, str]:
+            return {"1": _card(1024, block_size=16), "2": _card(1024, block_size=BLOCK)}
+
+        def get_recent_stats(self) -> dict[str, Any]:
+            return {}
+
+    engine = EngineState(Subscriber(), BLOCK, poll_s=1.0)
+    engine.refresh()
+
+    class CachedOnOne(Kv):
+        """Worker 1 holds the whole prompt: the router's choice, unless it is left out."""
+
+        async def get_potential_loads(self, token_ids: list[int]) -> list[dict[str, Any]]:
+            rows = await super().get_potential_loads(token_ids)
+            rows[0]["potential_prefill_tokens"] = 0
+            return rows
+
+    h, _ = handler([Script([{"token_ids": [7], "finish_reason": "stop"}]) for _ in range(2)])
+    h.routing._kv = CachedOnOne()  # type: ignore[union-attr]
+    await answer(h, request())
+    assert [worker for worker, _, _ in h._client.sent] == [1]  # as the router would
+    h.engine = engine
+    await answer(h, request())
+    assert [worker for worker, _, _ in h._client.sent] == [1, 2]
