@@ -17,6 +17,7 @@ import signal
 import uvloop
 
 from frontend.config import GatewayConfig
+from router.envconfig import load_settings
 
 log = logging.getLogger("frontend")
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in (("host", args.host), ("port", args.port), ("upstream_url", args.upstream))
         if v is not None
     }
-    cfg = GatewayConfig(**overrides)
+    flags = {"host": "--host", "port": "--port", "upstream_url": "--upstream"}
+    cfg = load_settings(GatewayConfig, flags={k: flags[k] for k in overrides}, **overrides)
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

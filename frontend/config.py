@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -123,4 +124,12 @@ class GatewayConfig(BaseSettings):
     def _split_models(cls, v: object) -> object:
         if isinstance(v, str):
             return [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        names = [n for n in logging.getLevelNamesMapping() if n not in ("NOTSET", "WARN", "FATAL")]
+        if v.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown logging level; one of {', '.join(names)}")
         return v

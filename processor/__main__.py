@@ -16,10 +16,11 @@ from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, re
 from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
-from processor.config import ProcessorConfig, settings_from_env
+from processor.config import ProcessorConfig
 from processor.handler import ProcessorHandler
 from processor.health import WorkerHealth
 from router.config import RouterConfig
+from router.envconfig import load_settings
 from router.service import RouterService
 
 configure_dynamo_logging()
@@ -80,9 +81,9 @@ async def worker(
 
 
 def main() -> None:
-    # Settings first: a bad one stops us with its variable named, before the runtime starts.
-    config = settings_from_env(ProcessorConfig)
-    router_config = settings_from_env(RouterConfig)
+    # Read before the runtime starts: a bad value stops here, naming its variable.
+    config = load_settings(ProcessorConfig)
+    router_config = load_settings(RouterConfig)
     uvloop.run(worker(config, router_config))
 
 

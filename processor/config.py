@@ -3,27 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-S = TypeVar("S", bound=BaseSettings)
-
-
-def settings_from_env(cls: type[S]) -> S:
-    """``cls()`` read from its environment variables. A bad value exits with one line per
-    variable, named as the operator set it (``AKR_PROCESSOR_METRICS_PORT='abc': ...``), not
-    with pydantic's traceback naming the field (``metrics_port``)."""
-    try:
-        return cls()
-    except ValidationError as exc:
-        prefix = cls.model_config.get("env_prefix", "")
-        lines = [
-            f"{prefix}{str(e['loc'][0]).upper() if e['loc'] else '?'}={e['input']!r}: {e['msg']}"
-            for e in exc.errors()
-        ]
-        raise SystemExit("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 
 class ProcessorConfig(BaseSettings):

@@ -29,6 +29,7 @@ from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
 from router.config import RouterConfig
+from router.envconfig import load_settings
 from router.metrics import serve_metrics
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, FindWorker, RouterService
 
@@ -70,8 +71,7 @@ class RouterEndpoints:
 
 
 @dynamo_worker()
-async def worker(runtime: DistributedRuntime) -> None:
-    config = RouterConfig()
+async def worker(runtime: DistributedRuntime, config: RouterConfig) -> None:
     service = RouterService(config, block_size=None)
     if config.state_path and service.load_state(config.state_path):
         logger.info("restored learner state from %s", config.state_path)
@@ -102,7 +102,8 @@ async def worker(runtime: DistributedRuntime) -> None:
 
 
 def main() -> None:
-    uvloop.run(worker())
+    # Read before the runtime starts: a bad value stops here, naming its variable.
+    uvloop.run(worker(load_settings(RouterConfig)))
 
 
 if __name__ == "__main__":

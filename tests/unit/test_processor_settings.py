@@ -1,5 +1,5 @@
-"""A bad AKR_PROCESSOR_* (or AKR_ROUTER_*) setting stops the processor with a message naming
-the variable, before it connects to anything."""
+"""A bad AKR_PROCESSOR_* setting stops the processor with a message naming the variable,
+before it connects to anything (the message itself: tests/unit/test_envconfig.py)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from processor.config import ProcessorConfig, settings_from_env
-from router.config import RouterConfig
-
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AKR_PROCESSOR_METRICS_PORT", "abc")
-    monkeypatch.setenv("AKR_PROCESSOR_MAX_RETRIES", "-1")
-    with pytest.raises(SystemExit) as done:
-        settings_from_env(ProcessorConfig)
-    text = str(done.value)
-    assert "AKR_PROCESSOR_METRICS_PORT='abc'" in text and "integer" in text
-    assert "AKR_PROCESSOR_MAX_RETRIES='-1'" in text
-    monkeypatch.setenv("AKR_ROUTER_EXPLORATION", "lots")
-    with pytest.raises(SystemExit, match="AKR_ROUTER_EXPLORATION='lots'"):
-        settings_from_env(RouterConfig)
 
 
 def test_the_processor_exits_with_that_message_not_a_traceback(tmp_path: Path) -> None:
