@@ -8,8 +8,10 @@ that text, so an entry point prints it to stderr and exits with status 1.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TypeVar
+from unittest import mock
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
@@ -34,11 +36,19 @@ def describe_errors(
 
 
 def load_settings(
-    model: type[S], *, flags: Mapping[str, str] | None = None, **overrides: object
+    model: type[S],
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    **overrides: object,
 ) -> S:
-    """``model(**overrides)`` read from the environment; a bad value raises ``SystemExit``
-    naming its variable (see the module docstring)."""
+    """``model(**overrides)`` read from the process environment, or from ``environ`` alone
+    when given (a launcher checking the variables it will pass); a bad value raises
+    ``SystemExit`` naming its variable (see the module docstring)."""
     try:
-        return model(**overrides)
+        if environ is None:
+            return model(**overrides)
+        with mock.patch.dict(os.environ, environ, clear=True):
+            return model(**overrides)
     except ValidationError as exc:
         raise SystemExit(describe_errors(model, exc, flags)) from None

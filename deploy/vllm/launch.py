@@ -61,6 +61,10 @@ from dotenv import dotenv_values  # python-dotenv, a dependency of pydantic-sett
 from deploy.local_stack import REPO_ROOT, _http_get, loopback_env
 from deploy.supervisor import Child, Supervisor, describe_code, stop_groups
 from deploy.vllm.envfile import AKR_OVERRIDES, DYN_DEFAULTS, ENV_FILE, LAUNCH_DEFAULTS
+from frontend.config import GatewayConfig
+from processor.config import ProcessorConfig
+from router.config import RouterConfig
+from router.envconfig import load_settings
 
 PY = "python"  # printed commands are meant for the node's environment (venv or container)
 
@@ -153,6 +157,10 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
     ]
 
     akr = {k: v for k, v in knobs.items() if k.startswith("AKR_")}
+    # Check the AKR_* values before anything starts: a bad one stops here, named, instead of
+    # reaching vLLM's flags or a component that dies on it minutes into the launch.
+    for model in (GatewayConfig, ProcessorConfig, RouterConfig):
+        load_settings(model, environ=akr)
     # The vLLM --block-size; the processor checks it against the workers' model cards.
     block_size = akr.get("AKR_PROCESSOR_BLOCK_SIZE", "64")
     worker_endpoint = knobs["LAUNCH_WORKER_ENDPOINT"]
@@ -168,9 +176,9 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
         gpus = [str(i) for i in range(n)]
     if len(gpus) < n:
         raise SystemExit(f"{n} workers need {n} GPU ids, got {gpus}")
-    frontend_port = int(knobs["LAUNCH_FRONTEND_PORT"])
-    system_base = int(knobs["LAUNCH_WORKER_SYSTEM_PORT_BASE"])
-    kv_base = int(knobs["LAUNCH_KV_EVENTS_PORT_BASE"])
+    frontend_port = _port_knob(knobs, "LAUNCH_FRONTEND_PORT")
+    system_base = _port_knob(knobs, "LAUNCH_WORKER_SYSTEM_PORT_BASE")
+    kv_base = _port_knob(knobs, "LAUNCH_KV_EVENTS_PORT_BASE")
     kv_bind = "127.0.0.1" if loopback else "*"
     vllm_extra = shlex.split(knobs["LAUNCH_VLLM_ARGS"]) + list(args.vllm_args or [])
 
@@ -301,6 +309,16 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
         public_model,
         workdir / "dynamo_kv" if discovery == "file" else None,
     )
+
+
+def _port_knob(knobs: dict[str, str], name: str) -> int:
+    try:
+        port = int(knobs[name])
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise SystemExit(f"invalid configuration: {name}={knobs[name]!r}: not a port (1-65535)")
+    return port
 
 
 def _is_loopback(host: str) -> bool:

@@ -237,3 +237,25 @@ def test_the_stock_frontend_gets_the_body_limit_that_guards_the_processor(two_wo
 
     env = two_workers["frontend"][0]
     assert env["DYN_HTTP_BODY_LIMIT_MB"] == str(FRONTEND_BODY_LIMIT_MB)
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("AKR_PROCESSOR_BLOCK_SIZE=abc", "AKR_PROCESSOR_BLOCK_SIZE='abc'"),
+        ("AKR_GATEWAY_PORT=abc", "AKR_GATEWAY_PORT='abc'"),
+        ("AKR_ROUTER_EXPLORATION=-1", "AKR_ROUTER_EXPLORATION='-1'"),
+        ("LAUNCH_FRONTEND_PORT=http", "LAUNCH_FRONTEND_PORT='http'"),
+    ],
+)
+def test_a_bad_value_in_the_env_file_stops_the_launch_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, named: str
+) -> None:
+    """Before: --block-size abc went to vLLM as is, and a non-numeric port was a ValueError
+    traceback; now the launcher stops before anything is printed or started."""
+    env_file = tmp_path / "akr.env"
+    env_file.write_text(line + "\n")
+    with pytest.raises(SystemExit) as exc:
+        launch_main(["--workers", "1", "--model", "m", "--env-file", str(env_file), "--dry-run"])
+    assert named in str(exc.value)
+    assert capsys.readouterr().out == ""
