@@ -11,9 +11,9 @@ same hit count differ on hits only by their request path (processes, hops), not 
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -81,9 +81,12 @@ def table(stats: dict[tuple[str, str], dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else RECORDS
-    print(table(split(load(path))))
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.hit_latency", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("records", nargs="?", type=Path, default=RECORDS, help=f"default {RECORDS}")
+    print(table(split(load(ap.parse_args(argv).records))))
 
 
 if __name__ == "__main__":

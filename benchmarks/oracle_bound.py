@@ -25,7 +25,7 @@ paths and queueing cost beyond the cache.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +91,12 @@ def table(stats: dict[tuple[str, str], dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else RECORDS
-    print(table(bound(load(path))))
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.oracle_bound", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("records", nargs="?", type=Path, default=RECORDS, help=f"default {RECORDS}")
+    print(table(bound(load(ap.parse_args(argv).records))))
 
 
 if __name__ == "__main__":

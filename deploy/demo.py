@@ -10,6 +10,7 @@ replay of an agentic pressure trace at 8 workers, ours against Dynamo kv (benchm
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 import statistics
@@ -142,7 +143,12 @@ def report(records: list, elapsed: float) -> None:
     print(f"  decisions by reason {dict(Counter(r.reason for r in records))}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m deploy.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     config = StackConfig(workers=4, speedup=5.0, gpu_blocks=2048)
     print(
         "starting: 4 simulated workers (dynamo.mocker), processor + router, stock frontend, gateway"

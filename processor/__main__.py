@@ -6,6 +6,7 @@ Dynamo's own ``DYN_*`` variables (discovery backend, request and event planes, b
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 from typing import Any
@@ -80,7 +81,13 @@ async def worker(
         await handler.stop()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m processor",
+        description=__doc__,
+        epilog="Settings: AKR_PROCESSOR_* and AKR_ROUTER_* environment variables (docs/CONFIG.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     # Read before the runtime starts: a bad value stops here, naming its variable.
     config = load_settings(ProcessorConfig)
     router_config = load_settings(RouterConfig)

@@ -16,6 +16,7 @@ With ``AKR_ROUTER_METRICS_PORT`` set it serves Prometheus metrics (router/metric
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import time
@@ -101,7 +102,13 @@ async def worker(runtime: DistributedRuntime, config: RouterConfig) -> None:
             await service.save_state(config.state_path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m router",
+        description=__doc__,
+        epilog="Settings: AKR_ROUTER_* environment variables (docs/CONFIG.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     # Read before the runtime starts: a bad value stops here, naming its variable.
     uvloop.run(worker(load_settings(RouterConfig)))
 

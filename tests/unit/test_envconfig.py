@@ -53,10 +53,10 @@ def test_processor_and_router_stop_before_the_runtime(monkeypatch: pytest.Monkey
     monkeypatch.setattr(processor_main.uvloop, "run", _never_run)
     monkeypatch.setenv("AKR_PROCESSOR_BLOCK_SIZE", "abc")
     with pytest.raises(SystemExit, match="AKR_PROCESSOR_BLOCK_SIZE='abc'"):
-        processor_main.main()
+        processor_main.main([])
     monkeypatch.delenv("AKR_PROCESSOR_BLOCK_SIZE")
     monkeypatch.setenv("AKR_ROUTER_EXPLORATION", "lots")
     with pytest.raises(SystemExit, match="AKR_ROUTER_EXPLORATION='lots'"):
-        processor_main.main()
+        processor_main.main([])
     with pytest.raises(SystemExit, match="AKR_ROUTER_EXPLORATION='lots'"):
-        router_main.main()
+        router_main.main([])
