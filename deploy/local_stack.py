@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import random
 import shutil
@@ -32,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,8 @@ WORKER_MODEL = "akr-internal-workers"
 WORKER_ENDPOINT = "workers.backend.generate"
 START_ATTEMPTS = 3
 ROUTER_SERVICE = "agents.router"
+# --arm of the command line: our path, or the stock frontend's own --router-mode.
+CLI_ARMS = ("ours", "kv", "round-robin", "random")
 
 
 # The stock frontend's request body limit (Dynamo's DYN_HTTP_BODY_LIMIT_MB; its default is
@@ -539,15 +543,36 @@ def _http_post(url: str, payload: dict) -> bool:
         return False
 
 
-def main() -> None:
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
+        return value
+
+    return parse
+
+
+def _speeds(text: str) -> list[float]:
+    return [_positive(float)(s) for s in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m deploy.local_stack",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--speedup", type=float, default=10.0)
-    parser.add_argument("--speeds", type=str, default=None, help="comma list, one speed per worker")
-    parser.add_argument("--gpu-blocks", type=int, default=1024)
-    parser.add_argument("--arm", default="ours", help="ours | kv | round-robin | random")
+    parser.add_argument("--workers", type=_positive(int), default=2)
+    parser.add_argument("--speedup", type=_positive(float), default=10.0)
+    parser.add_argument(
+        "--speeds", type=_speeds, default=None, help="comma list, one speed per worker"
+    )
+    parser.add_argument("--gpu-blocks", type=_positive(int), default=1024)
+    parser.add_argument("--arm", default="ours", choices=CLI_ARMS, help=" | ".join(CLI_ARMS))
     parser.add_argument(
         "--split-workers", action="store_true", help="one mocker process per worker"
     )
@@ -556,12 +581,11 @@ def main() -> None:
         action="store_true",
         help="do not restart processes; stop the stack when one dies",
     )
-    args = parser.parse_args()
-    speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
+    args = parser.parse_args(argv)
     config = StackConfig(
         workers=args.workers,
         speedup=args.speedup,
-        speeds=speeds,
+        speeds=args.speeds,
         gpu_blocks=args.gpu_blocks,
         arm=args.arm,
         split_workers=args.split_workers,
