@@ -6,7 +6,6 @@ Dynamo's own ``DYN_*`` variables (discovery backend, request and event planes, b
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 from typing import Any
@@ -21,7 +20,7 @@ from processor.config import ProcessorConfig
 from processor.handler import ProcessorHandler
 from processor.health import WorkerHealth
 from router.config import RouterConfig
-from router.envconfig import load_settings
+from router.envconfig import load_settings, parse_no_flags
 from router.service import RouterService
 
 configure_dynamo_logging()
@@ -82,12 +81,7 @@ async def worker(
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(
-        prog="python -m processor",
-        description=__doc__,
-        epilog="Settings: AKR_PROCESSOR_* and AKR_ROUTER_* environment variables (docs/CONFIG.md).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(argv)
+    parse_no_flags("python -m processor", __doc__, "AKR_PROCESSOR_* and AKR_ROUTER_*", argv)
     # Read before the runtime starts: a bad value stops here, naming its variable.
     config = load_settings(ProcessorConfig)
     router_config = load_settings(RouterConfig)

@@ -16,7 +16,6 @@ With ``AKR_ROUTER_METRICS_PORT`` set it serves Prometheus metrics (router/metric
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
@@ -30,7 +29,7 @@ from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
 from router.config import RouterConfig
-from router.envconfig import load_settings
+from router.envconfig import load_settings, parse_no_flags
 from router.metrics import serve_metrics
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, FindWorker, RouterService
 
@@ -103,12 +102,7 @@ async def worker(runtime: DistributedRuntime, config: RouterConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(
-        prog="python -m router",
-        description=__doc__,
-        epilog="Settings: AKR_ROUTER_* environment variables (docs/CONFIG.md).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(argv)
+    parse_no_flags("python -m router", __doc__, "AKR_ROUTER_*", argv)
     # Read before the runtime starts: a bad value stops here, naming its variable.
     uvloop.run(worker(load_settings(RouterConfig)))
 

@@ -8,10 +8,11 @@ that text, so an entry point prints it to stderr and exits with status 1.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TypeVar
-from unittest import mock
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
@@ -48,7 +49,32 @@ def load_settings(
     try:
         if environ is None:
             return model(**overrides)
-        with mock.patch.dict(os.environ, environ, clear=True):
+        with _only(environ):
             return model(**overrides)
     except ValidationError as exc:
         raise SystemExit(describe_errors(model, exc, flags)) from None
+
+
+@contextlib.contextmanager
+def _only(environ: Mapping[str, str]) -> Iterator[None]:
+    """The process environment replaced by ``environ`` for the block (pydantic-settings reads
+    ``os.environ``); used before anything else runs, so no thread sees the swap."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def parse_no_flags(prog: str, doc: str | None, settings: str, argv: list[str] | None) -> None:
+    """Command line of a component configured by environment only: ``--help`` prints its
+    docstring and where its settings come from; any other argument is a usage error."""
+    argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        epilog=f"Settings: {settings} environment variables (docs/CONFIG.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)

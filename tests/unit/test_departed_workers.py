@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
 from prometheus_client import generate_latest
 
+from processor.handler import ProcessorHandler
+from processor.health import WorkerHealth
 from processor.metrics import ProcessorMetrics
 from processor.routing import Quarantine, drop_departed, nothing_swept
 
@@ -16,6 +23,32 @@ class _RecordingRouting:
 
     def remove_worker(self, worker_id: int) -> None:
         self.removed.append(worker_id)
+
+
+class _NoRouting:
+    """A router whose state lives elsewhere: nothing to sweep, nothing to forget."""
+
+    def maintain(self, now: float) -> dict[str, int]:
+        return nothing_swept()
+
+    def remove_worker(self, worker_id: int) -> None:
+        pass
+
+
+def sweeping_handler(
+    instance_ids: Callable[[], list[int]], routing: Any, known: frozenset[int]
+) -> ProcessorHandler:
+    """A handler with just what its background sweep (``_sweep_once``) reads."""
+    h = object.__new__(ProcessorHandler)
+    h._client = SimpleNamespace(instance_ids=instance_ids)
+    h.routing = routing
+    h._known_workers = known
+    h.metrics = ProcessorMetrics()
+    h._quarantine = Quarantine(10.0)
+    h.health = WorkerHealth(None, 60.0)
+    h.engine = None
+    h._writer = None
+    return h
 
 
 def test_drop_departed_removes_only_the_departed_and_tells_the_hook() -> None:
@@ -62,28 +95,7 @@ def test_health_does_not_count_a_quarantined_worker_even_the_only_one() -> None:
     """The only worker just failed a request and is quarantined. Routing, left with none
     else, still tries it, but a killed worker stays in discovery until its lease ends and every
     request to it fails: /health says no_workers, not ready (benchmarks.chaos no_worker)."""
-    import time
-    from types import SimpleNamespace
-
-    from processor.handler import ProcessorHandler
-    from processor.health import WorkerHealth
-
-    class _Routing:
-        def maintain(self, now: float) -> dict[str, int]:
-            return nothing_swept()
-
-        def remove_worker(self, worker_id: int) -> None:
-            pass
-
-    h = object.__new__(ProcessorHandler)
-    h._client = SimpleNamespace(instance_ids=lambda: [7])
-    h.routing = _Routing()
-    h._known_workers = frozenset({7})
-    h.metrics = ProcessorMetrics()
-    h._quarantine = Quarantine(10.0)
-    h.health = WorkerHealth(None, 60.0)
-    h.engine = None
-    h._writer = None
+    h = sweeping_handler(lambda: [7], _NoRouting(), frozenset({7}))
     h._sweep_once()
     assert h.health.answer(time.monotonic())[0] == 200
     h._quarantine.add(7)  # its request failed
@@ -106,28 +118,8 @@ def test_a_series_counted_after_its_worker_left_is_ended_by_the_next_sweep() -> 
     requests fail at their timeout (stream stall 30 s, first token 120 s), long after its
     lease ran out; a decision can land after an admission wait. That series must still end,
     or every worker id the fleet ever churned through keeps one."""
-    from types import SimpleNamespace
-
-    from processor.handler import ProcessorHandler
-    from processor.health import WorkerHealth
-
-    class _Routing:
-        def maintain(self, now: float) -> dict[str, int]:
-            return nothing_swept()
-
-        def remove_worker(self, worker_id: int) -> None:
-            pass
-
     live = [0xA, 0xB]
-    h = object.__new__(ProcessorHandler)
-    h._client = SimpleNamespace(instance_ids=lambda: live)
-    h.routing = _Routing()
-    h._known_workers = frozenset()
-    h.metrics = ProcessorMetrics()
-    h._quarantine = Quarantine(10.0)
-    h.health = WorkerHealth(None, 60.0)
-    h.engine = None
-    h._writer = None
+    h = sweeping_handler(lambda: live, _NoRouting(), frozenset())
     h._sweep_once()
     live.remove(0xA)  # its lease ran out: discovery dropped it
     h._sweep_once()

@@ -86,23 +86,13 @@ def test_health_is_not_ready_without_the_router_component() -> None:
     """Workers routable but no router to place requests: every request fails, so /health must
     not say ready (the gateway's readiness follows it)."""
     import time
-    from types import SimpleNamespace
 
-    from processor.handler import ProcessorHandler
-    from processor.health import WorkerHealth
-    from processor.routing import Quarantine
+    from tests.unit.test_departed_workers import sweeping_handler
 
     find = _GoneRouter()
     find.ids = [1]
-    h = object.__new__(ProcessorHandler)
-    h._client = SimpleNamespace(instance_ids=lambda: [7, 8])
-    h.routing = RemoteRouting(find, FailingEndpoint(), kv_router=_Kv())
-    h._known_workers = frozenset({7, 8})
-    h.metrics = ProcessorMetrics()
-    h._quarantine = Quarantine(10.0)
-    h.health = WorkerHealth(None, 60.0)
-    h.engine = None
-    h._writer = None
+    routing = RemoteRouting(find, FailingEndpoint(), kv_router=_Kv())
+    h = sweeping_handler(lambda: [7, 8], routing, frozenset({7, 8}))
     h._sweep_once()
     assert h.health.answer(time.monotonic())[0] == 200
     find.ids = []  # the router left discovery
