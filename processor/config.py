@@ -73,7 +73,8 @@ class ProcessorConfig(BaseSettings):
         ge=0,
         description="Admission under overload: a new conversation's first request is placed "
         "only while some worker's predicted time to first token fits in what is left of this "
-        "deadline; otherwise it waits (highest priority, then latency sensitivity, first) and "
+        "deadline (once its own prefill alone is longer than that, only its wait must fit); "
+        "otherwise it waits (highest priority, then latency sensitivity, first) and "
         "at the deadline gets 503 with Retry-After; at most 1024 wait, beyond that 503 at once. "
         "Running conversations are never held: those the router tracks, i.e. sent with "
         "total_requests > 1 or a cache_control pin (a prefix_id alone makes every turn a first "
