@@ -4,8 +4,9 @@ The decision path is the processor's (processor/routing.py): the hints become a
 ``RouteRequest`` through ``route_request``, Dynamo's ``get_potential_loads`` rows are rebuilt
 from the simulated KV-event index exactly as a KvRouter that tracks none of our load returns
 them (this prompt's uncached tokens and own blocks per worker), ``find_worker_message`` adds
-what the engines report (capacity, requests held back), and ``RouterService`` decides,
-accounts load and learns from the simulated TTFT/ITL. Admission is the processor's too
+the capacity the engines' cards state, and ``RouterService`` decides, accounts load and
+learns from the simulated TTFT/ITL (timed from the placement, as the processor times an
+attempt: a wait in the admission queue is not the worker's). Admission is the processor's too
 (router/admission.py with the processor's deadline): a held request waits in the policy's
 queue and is placed or refused by ``release``. Only the clock differs: virtual seconds.
 """
@@ -81,6 +82,7 @@ class OursPolicy:
         self.service = RouterService(config, block_size=block_size)
         self.queue = AdmissionQueue(admission_deadline_s) if admission_deadline_s > 0 else None
         self._held: dict[str, SimRequest] = {}
+        self._waited_ms: dict[str, float] = {}  # held, then placed: its wait, until its finish
         self._changes = 0  # engine events since the queue's head was last tried
         self._tried_at = -1
         self._sweep_every = sweep_interval_s
@@ -152,7 +154,9 @@ class OursPolicy:
             if w < 0:
                 break
             q.admit(h.request_id, now)
-            out.append((self._held.pop(h.request_id), w))
+            req = self._held.pop(h.request_id)
+            self._waited_ms[req.request_id] = view.now_ms - req.arrival_ms
+            out.append((req, w))
         self._tried_at = self._changes
         return out
 
@@ -167,12 +171,14 @@ class OursPolicy:
 
     def on_finish(self, req: SimRequest, worker: int, now_ms: float, rec: RequestRecord) -> None:
         self._changes += 1
+        # The processor's attempt starts after its decision (admission wait excluded).
+        ttft_ms = rec.ttft_ms - self._waited_ms.pop(req.request_id, 0.0)
         self.service.feedback(
             finish_feedback(
                 req.request_id,
                 rec.input_length,
                 rec.reused_tokens,
-                rec.ttft_ms,
+                ttft_ms,
                 rec.itl_ms,
                 rec.output_length,
                 "ok",

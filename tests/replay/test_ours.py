@@ -115,3 +115,46 @@ def test_admission_refuses_only_at_its_deadline_and_loses_nothing(
         OursPolicy(router_config(cluster, 0), cluster.block_size, admission_deadline_s=0.0),
     )
     assert not any(r.refused for r in off)
+
+
+def test_feedback_times_the_first_token_from_placement_not_from_the_admission_queue() -> None:
+    """As the processor measures an attempt (processor/handler.py: ``new_attempt`` after the
+    decision, admission wait included), the learner's TTFT starts when the request is placed:
+    a request held in the admission queue must not teach the learner its wait as the
+    worker's slowness."""
+    trace = [
+        TraceRequest(
+            index=i,
+            arrival_ms=0.0,
+            input_length=6144,
+            output_length=200,
+            hash_ids=tuple(range(100 * i, 100 * i + 12)),
+            hints=AgentHints(prefix_id=f"c{i}", total_requests=1, osl=200),
+        )
+        for i in range(6)
+    ]
+    cluster = ClusterConfig(num_workers=1, num_gpu_blocks=256)
+    policy = OursPolicy(router_config(cluster, 0), cluster.block_size, admission_deadline_s=30.0)
+    placed: dict[str, float] = {}
+    fed: dict[str, float | None] = {}
+    find, feedback = policy.service.find_worker, policy.service.feedback
+
+    def spy_find(msg, now):  # type: ignore[no-untyped-def]
+        d = find(msg, now)
+        if d.reason != "held":
+            placed[d.request_id] = now * 1000.0
+        return d
+
+    def spy_feedback(msg):  # type: ignore[no-untyped-def]
+        if msg.event == "finish":
+            fed[msg.request_id] = msg.ttft_ms
+        feedback(msg)
+
+    policy.service.find_worker = spy_find  # type: ignore[method-assign]
+    policy.service.feedback = spy_feedback  # type: ignore[method-assign]
+    records = run_replay(trace, cluster, policy)
+    served = [r for r in records if not r.refused]
+    held = [r for r in served if placed[r.request_id] > r.arrival_ms]
+    assert held, "no request waited for admission"
+    for r in served:
+        assert fed[r.request_id] == pytest.approx(r.first_token_ms - placed[r.request_id])
