@@ -134,9 +134,11 @@ class KvIndex:
         self.num_workers = num_workers
         self._masks: dict[int, int] = {}
         self._all = (1 << num_workers) - 1
+        self.version = 0  # bumped by every apply: an overlap read before it is stale
 
     def apply(self, worker: int, events: Sequence[int]) -> None:
         """Apply one pass's KV events in order (``h`` stored, ``~h`` removed)."""
+        self.version += 1
         masks = self._masks
         bit = 1 << worker
         keep = ~bit
@@ -189,13 +191,16 @@ class ClusterView:
         self._engines = engines
         self._index = index
         self._ov_req: SimRequest | None = None
+        self._ov_version = -1
         self._ov = np.zeros(self.num_workers, dtype=np.int64)
 
     def overlap_blocks(self, req: SimRequest) -> np.ndarray:
-        """Leading prompt blocks of ``req`` each worker holds, per the router's KV index."""
-        if req is not self._ov_req:
+        """Leading prompt blocks of ``req`` each worker holds, per the router's KV index now
+        (a held request asked again later sees the KV events since, as a live KvRouter)."""
+        if req is not self._ov_req or self._index.version != self._ov_version:
             self._ov = self._index.overlap(req.block_list)
             self._ov_req = req
+            self._ov_version = self._index.version
         return self._ov
 
     def waiting(self) -> np.ndarray:

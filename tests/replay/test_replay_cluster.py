@@ -8,6 +8,7 @@ import pytest
 from benchmarks.replay.cluster import (
     ClusterConfig,
     ClusterView,
+    KvIndex,
     SimRequest,
     block_hashes_of,
     run_replay,
@@ -94,6 +95,21 @@ def test_overlap_appears_when_the_pass_that_computed_it_ends() -> None:
     pol = _Fixed()
     run_replay(late, ClusterConfig(num_workers=2, kv_event_lag_ms=600.0), pol)
     assert pol.seen[1] == (500.0, [0, 0])
+
+
+def test_overlap_of_a_request_asked_again_follows_the_kv_events_since() -> None:
+    """A held request is decided again later (admission); its overlap must be the index's
+    of that moment, as a live KvRouter answers each get_potential_loads afresh."""
+    cluster = ClusterConfig(num_workers=2)
+    index = KvIndex(2)
+    view = ClusterView(cluster, [], index)
+    blocks = block_hashes_of(_req(0, 0.0, (1, 2), 1024), cluster)
+    req = SimRequest("r0", _req(0, 0.0, (1, 2), 1024), blocks, 0.0, -1, blocks.tolist())
+    assert view.overlap_blocks(req).tolist() == [0, 0]
+    index.apply(1, blocks.tolist()[:10])  # worker 1 stores 10 of its blocks
+    assert view.overlap_blocks(req).tolist() == [0, 10]
+    index.apply(1, [~h for h in blocks.tolist()[5:10]])  # and evicts 5 of them
+    assert view.overlap_blocks(req).tolist() == [0, 5]
 
 
 def test_feedback_reaches_the_policy_at_engine_times() -> None:
