@@ -233,18 +233,12 @@ class ProcessorMetrics:
             self.prefill_ratio.labels(worker=label).set(v)
         self._learner_labels = set(labels)
 
-    def forget_worker(self, worker_id: int) -> None:
-        """End the per-worker series of a worker that left discovery: in a fleet that churns
-        worker ids, labels of departed workers would otherwise pile up for good."""
-        label = f"{worker_id:x}"
-        for m in (self.decisions, self.worker_errors):
-            m.remove_by_labels({"worker": label})
-
     def keep_workers(self, live: frozenset[int]) -> None:
-        """End the per-worker series of every worker not in ``live``. Why, besides
-        ``forget_worker`` at departure: a request can count against a worker after it left (a
-        silent worker's requests fail at their timeout, long after its lease ran out; a
-        decision can land after an admission wait), and nothing would end that series."""
+        """End the per-worker series of every worker not in ``live`` (each sweep): in a fleet
+        that churns worker ids, labels of departed workers would otherwise pile up for good,
+        including those counted after their worker left (a silent worker's requests fail at
+        their timeout, long after its lease ran out; a decision can land after an admission
+        wait)."""
         keep = {f"{w:x}" for w in live}
         for m in (self.decisions, self.worker_errors):
             at = m._labelnames.index("worker")

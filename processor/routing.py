@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -186,16 +185,12 @@ def drop_departed(
     routing: Routing,
     known: frozenset[int],
     live: frozenset[int],
-    on_departed: Callable[[int], None] | None = None,
 ) -> frozenset[int]:
-    """Drop the workers that left discovery since the last look from routing (and, through
-    ``on_departed``, e.g. from per-worker metric labels); returns ``live`` (the next call's
-    ``known``)."""
+    """Drop the workers that left discovery since the last look from routing; returns
+    ``live`` (the next call's ``known``)."""
     for gone in known - live:
         logger.warning("worker %x left discovery; dropped from routing", gone)
         routing.remove_worker(gone)
-        if on_departed is not None:
-            on_departed(gone)
     return live
 
 

@@ -51,13 +51,13 @@ def sweeping_handler(
     return h
 
 
-def test_drop_departed_removes_only_the_departed_and_tells_the_hook() -> None:
-    routing, told = _RecordingRouting(), []
-    known = drop_departed(routing, frozenset(), frozenset({1, 2, 3}), told.append)
-    assert known == {1, 2, 3} and routing.removed == [] and told == []
-    known = drop_departed(routing, known, frozenset({2, 4}), told.append)
+def test_drop_departed_removes_only_the_departed() -> None:
+    routing = _RecordingRouting()
+    known = drop_departed(routing, frozenset(), frozenset({1, 2, 3}))
+    assert known == {1, 2, 3} and routing.removed == []
+    known = drop_departed(routing, known, frozenset({2, 4}))
     assert known == {2, 4}
-    assert sorted(routing.removed) == [1, 3] and sorted(told) == [1, 3]
+    assert sorted(routing.removed) == [1, 3]
 
 
 def test_processor_metrics_forget_a_departed_workers_series() -> None:
@@ -65,7 +65,7 @@ def test_processor_metrics_forget_a_departed_workers_series() -> None:
     for worker, reason in ((0xA, "overlap"), (0xA, "load"), (0xB, "overlap")):
         m.decisions.labels(worker=f"{worker:x}", reason=reason).inc()
     m.worker_errors.labels(worker="a").inc()
-    m.forget_worker(0xA)
+    m.keep_workers(frozenset({0xB}))  # a left discovery
     text = generate_latest(m.registry).decode()
     assert 'worker="a"' not in text
     assert 'akr_processor_decisions_total{reason="overlap",worker="b"} 1.0' in text
