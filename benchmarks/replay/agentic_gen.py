@@ -30,7 +30,7 @@ from benchmarks.replay.agentic_load import (
     request_cost_ms,
 )
 from benchmarks.replay.trace import TraceRequest
-from router.hints import AgentHints
+from router.hints import MAX_IAT_MS, MAX_PIN_TTL_S, AgentHints
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,9 @@ class AgenticParams:
     latency_sensitivities: tuple[float, ...] = (0.5, 1.0, 2.0)  # by agent type, cycled
     hash_block: int = 512
     stationary: bool = True  # sessions already running at 0 (see generate_agentic)
+    # The client's hints against what the session does (the requests are the same either way):
+    hint_error_sigma: float = 0.0  # per session: iat, osl, total_requests x lognormal(0, this)
+    hinted: bool = True  # False: no hints at all (no prefix_id; conversations by lineage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,27 @@ def _preroll_ms(p: AgenticParams) -> float:
     return (p.turns[1] - 1) * p.iat_ms[1]
 
 
+def _hints(seed: int, p: AgenticParams, s: int, sid: str, sess: _Session, count: int) -> AgentHints:
+    """What session ``s``'s client says: its real iat, output length and turns, each off by
+    its own factor lognormal(0, ``hint_error_sigma``) (drawn from a stream of their own, so
+    the requests do not change with the error), within the ranges a client may send. A pin's
+    ttl is the client's turns x iat."""
+    err = np.random.default_rng([seed, 3, s]).lognormal(0.0, p.hint_error_sigma, 3)
+    iat = int(_clip(round(sess.iat_ms * err[0]), 1, MAX_IAT_MS))  # whole milliseconds
+    osl = int(_clip(round(sess.osl * err[1]), *p.osl_range))
+    total = max(1, round(count * err[2]))
+    ttl = float(_clip(math.ceil(total * iat / 1000.0), 1, MAX_PIN_TTL_S)) if sess.pinned else None
+    return AgentHints(
+        prefix_id=sid,
+        total_requests=total,
+        osl=osl,
+        iat_ms=iat,
+        latency_sensitivity=p.latency_sensitivities[sess.agent % len(p.latency_sensitivities)],
+        pin_type=None if ttl is None else "ephemeral",
+        pin_ttl_s=ttl,
+    )
+
+
 def generate_agentic(seed: int, params: AgenticParams) -> list[TraceRequest]:
     """The trace: requests in planned arrival order over [0, duration). Turn k+1 of a session
     has turn k as ``parent`` and the tool gap as ``delay_ms``; its ``arrival_ms`` is the
@@ -206,16 +230,7 @@ def generate_agentic(seed: int, params: AgenticParams) -> list[TraceRequest]:
             continue
         count = last - first
         sid = f"agent{sess.agent}-s{s:06d}"
-        ttl = float(max(1, math.ceil(count * sess.iat_ms / 1000.0))) if sess.pinned else None
-        hints = AgentHints(
-            prefix_id=sid,
-            total_requests=count,
-            osl=sess.osl,
-            iat_ms=max(1, round(sess.iat_ms)),  # the hint is whole milliseconds
-            latency_sensitivity=p.latency_sensitivities[sess.agent % len(p.latency_sensitivities)],
-            pin_type=None if ttl is None else "ephemeral",
-            pin_ttl_s=ttl,
-        )
+        hints = _hints(seed, p, s, sid, sess, count) if p.hinted else None
         for k in range(first, last):
             isl, osl = sess.turns[k]
             req = TraceRequest(

@@ -114,6 +114,7 @@ def agentic_case(
     load: float = 0.75,
     speeds: tuple[float, ...] | None = None,
     max_requests: int = 15_000,
+    base: agentic.AgenticParams | None = None,
 ) -> Case:
     preset = agentic.pressure_params(
         workers,
@@ -124,6 +125,7 @@ def agentic_case(
         speed=speed,
         decode_speedup=decode_speedup,
         max_requests=max_requests,
+        base=base,
     )
     notes = {
         "pressure": preset.pressure,
@@ -198,8 +200,9 @@ def cases(quick: bool = False, seed: int = 0) -> list[Case]:
 
 def heldout_cases(seed: int = 0) -> list[Case]:
     """Cases the router was never tuned on, to see whether it was fitted to the suite: other
-    cluster sizes, pressures, loads and speed mixes, each against ``dynamo_kv`` only. The
-    traces' seeds are disjoint from the suite's (11 and up)."""
+    cluster sizes, pressures, loads and speed mixes, and clients whose hints are off by a
+    random factor per session (lognormal, sigma 1) or absent, each against ``dynamo_kv`` only.
+    The traces' seeds are disjoint from the suite's (11 and up)."""
     arms = ("ours", "dynamo_kv")
     quarter_slow = (1.0,) * 12 + (0.25,) * 4
     heldout = [
@@ -230,6 +233,22 @@ def heldout_cases(seed: int = 0) -> list[Case]:
         ),
         agentic_case("overload", 16, 512, seed=seed + 17, load=1.3, max_requests=10_000),
         Case("mooncake", 32, MooncakeTrace(), 16384, arrival_speedup_ratio=4.0),
+        agentic_case(
+            "agentic_wrong_hints",
+            8,
+            512,
+            seed=seed + 19,
+            max_requests=8000,
+            base=agentic.AgenticParams(hint_error_sigma=1.0),
+        ),
+        agentic_case(
+            "agentic_unhinted",
+            8,
+            512,
+            seed=seed + 20,
+            max_requests=8000,
+            base=agentic.AgenticParams(hinted=False),
+        ),
     ]
     return [replace(c, seed=seed, arms=arms) for c in heldout]
 
