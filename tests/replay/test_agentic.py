@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -317,6 +318,21 @@ def test_sessions_grow_their_context_and_wait_for_tool_calls() -> None:
             assert hints.pin_ttl_s == math.ceil(len(turns) * hints.iat_ms / 1000.0)
     pinned = sum(t[0].hints.pin_ttl_s is not None for t in sessions.values())  # type: ignore[union-attr]
     assert 0.25 < pinned / len(sessions) < 0.75
+
+
+def test_hint_errors_change_the_hints_and_nothing_else(tmp_path: Path) -> None:
+    exact = generate_agentic(3, SMALL)
+    wrong = generate_agentic(3, replace(SMALL, hint_error_sigma=1.0))
+    bare = generate_agentic(3, replace(SMALL, hinted=False))
+    strip = [replace(r, hints=None) for r in exact]
+    assert [replace(r, hints=None) for r in wrong] == strip
+    assert bare == strip
+    pairs = [(e.hints, w.hints) for e, w in zip(exact, wrong, strict=True)]
+    assert all(e.prefix_id == w.prefix_id for e, w in pairs if e and w)
+    assert sum(e != w for e, w in pairs) > 0.9 * len(pairs)
+    # still hints a client may send: the file round-trips through the gateway's parser
+    write_agentic(tmp_path / "w.jsonl", wrong)
+    assert read_agentic(tmp_path / "w.jsonl") == wrong
 
 
 def test_agents_of_one_type_share_their_system_prompt() -> None:
