@@ -77,11 +77,11 @@ class ProcessorMetrics:
             buckets=_DECISION_BUCKETS,
             registry=r,
         )
-        self.decisions = Counter(
+        self.decisions = _WorkerCounter(
             "akr_processor_decisions",
             "Routing decisions by chosen worker and reason.",
-            ["worker", "reason"],
-            registry=r,
+            ("worker", "reason"),
+            r,
         )
         self.prompt_tokens = Counter(
             "akr_processor_prompt_tokens",
@@ -135,8 +135,8 @@ class ProcessorMetrics:
             "decisions out and releases their load only then.",
             registry=r,
         )
-        self.worker_errors = Counter(
-            "akr_processor_worker_errors", "Worker failures, by worker.", ["worker"], registry=r
+        self.worker_errors = _WorkerCounter(
+            "akr_processor_worker_errors", "Worker failures, by worker.", ("worker",), r
         )
         self.retries = Counter(
             "akr_processor_retries",
@@ -240,12 +240,8 @@ class ProcessorMetrics:
         their timeout, long after its lease ran out; a decision can land after an admission
         wait)."""
         keep = {f"{w:x}" for w in live}
-        for m in (self.decisions, self.worker_errors):
-            at = m._labelnames.index("worker")
-            with m._lock:
-                seen = {values[at] for values in m._metrics}
-            for label in seen - keep:
-                m.remove_by_labels({"worker": label})
+        self.decisions.keep(keep)
+        self.worker_errors.keep(keep)
 
     def sync_trace_lost(self, lost: dict[str, int]) -> None:
         """Raise the dropped-records counter to the trace writer's own counts (the writer
@@ -268,6 +264,33 @@ class ProcessorMetrics:
         total = self.prompt_tokens._value.get()
         if total:
             self.kv_hit_ratio.set(self.cached_tokens._value.get() / total)
+
+
+class _WorkerCounter:
+    """A counter with a ``worker`` label that records which worker labels it created, so the
+    sweep can end departed workers' series through prometheus_client's public API alone (its
+    private fields may change in any release). The record is pruned by the same sweep."""
+
+    def __init__(
+        self, name: str, doc: str, labelnames: tuple[str, ...], registry: CollectorRegistry
+    ) -> None:
+        self._counter = Counter(name, doc, labelnames, registry=registry)
+        self._workers: set[str] = set()
+
+    def labels(self, **labels: str) -> Counter:
+        """The series of these labels (created at its first use), recorded by its worker."""
+        self._workers.add(labels["worker"])
+        return self._counter.labels(**labels)
+
+    def keep(self, workers: set[str]) -> None:
+        """End every series whose worker label is not in ``workers``."""
+        for label in self._workers - workers:
+            self._counter.remove_by_labels({"worker": label})
+        self._workers &= workers
+
+    def worker_labels(self) -> set[str]:
+        """The worker labels that may have series now."""
+        return set(self._workers)
 
 
 def _per_worker_gauge(name: str, doc: str, registry: CollectorRegistry) -> Gauge:

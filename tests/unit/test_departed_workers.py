@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -9,6 +12,7 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
+import processor.metrics
 from processor.handler import ProcessorHandler
 from processor.health import WorkerHealth
 from processor.metrics import ProcessorMetrics
@@ -130,3 +134,41 @@ def test_a_series_counted_after_its_worker_left_is_ended_by_the_next_sweep() -> 
     text = generate_latest(h.metrics.registry).decode()
     assert 'worker="a"' not in text
     assert 'akr_processor_decisions_total{reason="load",worker="b"} 1.0' in text
+
+
+def test_keep_workers_reads_no_private_field_of_prometheus_client() -> None:
+    """Ending departed workers' series must rest on prometheus_client's public API only
+    (``labels``, ``remove_by_labels``): its private fields (``_metrics``, ``_lock``,
+    ``_labelnames``) may change in any release. Every attribute read on something other than
+    our own ``self`` must be public."""
+    for fn in (ProcessorMetrics.keep_workers, *_worker_counter_methods()):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        private = [
+            ast.unparse(node)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+        ]
+        assert not private, f"{fn.__qualname__} reads {private}"
+
+
+def _worker_counter_methods() -> list[Callable[..., Any]]:
+    """The methods of the per-worker counter wrapper, if the metrics module has one."""
+    cls = getattr(processor.metrics, "_WorkerCounter", None)
+    return [] if cls is None else [f for f in vars(cls).values() if inspect.isfunction(f)]
+
+
+def test_the_worker_labels_kept_for_ending_series_are_bounded() -> None:
+    """Our own record of which worker labels have series is pruned by the same sweep: a fleet
+    churning through worker ids leaves only the live ones in it."""
+    m = ProcessorMetrics()
+    for worker in range(1000):
+        m.decisions.labels(worker=f"{worker:x}", reason="load").inc()
+        m.worker_errors.labels(worker=f"{worker:x}").inc()
+        m.keep_workers(frozenset({worker}))
+    assert m.decisions.worker_labels() == {"3e7"}
+    assert m.worker_errors.worker_labels() == {"3e7"}
+    text = generate_latest(m.registry).decode()
+    assert text.count("akr_processor_decisions_total{") == 1
+    assert text.count("akr_processor_worker_errors_total{") == 1
