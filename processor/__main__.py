@@ -46,7 +46,7 @@ async def worker(
     runtime: DistributedRuntime, config: ProcessorConfig, router_config: RouterConfig
 ) -> None:
     service = RouterService(router_config, block_size=None)  # the workers' size, in start()
-    if service.config.state_path and service.load_state(service.config.state_path):
+    if service.config.state_path and await service.load_state(service.config.state_path):
         logger.info("restored learner state from %s", service.config.state_path)
     handler = ProcessorHandler(runtime, config, service)
     await handler.start()

@@ -73,7 +73,7 @@ class RouterEndpoints:
 @dynamo_worker()
 async def worker(runtime: DistributedRuntime, config: RouterConfig) -> None:
     service = RouterService(config, block_size=None)
-    if config.state_path and service.load_state(config.state_path):
+    if config.state_path and await service.load_state(config.state_path):
         logger.info("restored learner state from %s", config.state_path)
     endpoints = RouterEndpoints(service, time.monotonic)
     if config.metrics_port is not None:

@@ -18,7 +18,7 @@ An in-process service is built with it; a standalone router takes it from the fi
 router that disagree fail loudly instead of counting blocks of different sizes.
 
 Learner state survives restarts: ``save_state`` writes the bandit's posterior as JSON from a
-worker thread, ``load_state`` reads it at start-up.
+worker thread, ``load_state`` reads it from one at start-up.
 """
 
 from __future__ import annotations
@@ -200,15 +200,17 @@ class RouterService:
         """The learner's posterior as JSON (taken on the loop, so it is consistent)."""
         return json.dumps(self.router.state_dict()).encode()
 
-    def load_state(self, path: Path) -> bool:
+    async def load_state(self, path: Path) -> bool:
         """Restore the learner from a state file; False when there is none or it is not usable.
 
-        A file of another version or a damaged one is a cache, not a reason to stay down: it is
-        logged, the learner starts from the prior, and the next save replaces the file."""
-        if not path.exists():
+        The file is read in a thread: start-up runs on the event loop, which must not wait on a
+        disk. A file of another version or a damaged one is a cache, not a reason to stay down:
+        it is logged, the learner starts from the prior, and the next save replaces the file."""
+        data = await asyncio.to_thread(read_if_exists, path)
+        if data is None:
             return False
         try:
-            self.router.load_state_dict(json.loads(path.read_bytes()))
+            self.router.load_state_dict(json.loads(data))
         except ValueError as exc:  # another version, damaged JSON or damaged content
             logger.warning("learner state %s not usable (%s); starting from the prior", path, exc)
             return False
@@ -217,6 +219,13 @@ class RouterService:
     async def save_state(self, path: Path) -> None:
         """Snapshot on the loop, write in a thread: no blocking file I/O on the event loop."""
         await asyncio.to_thread(write_atomic, path, self.state_bytes())
+
+
+def read_if_exists(path: Path) -> bytes | None:
+    """The file's bytes, or None when there is no file (blocking: call it from a thread)."""
+    if not path.exists():
+        return None
+    return path.read_bytes()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

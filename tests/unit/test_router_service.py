@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -114,8 +118,8 @@ def test_learner_state_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state" / "router.json"
     asyncio.run(svc.save_state(path))
     restored = RouterService(cfg)
-    assert restored.load_state(path)
-    assert not RouterService(cfg).load_state(tmp_path / "missing.json")
+    assert asyncio.run(restored.load_state(path))
+    assert not asyncio.run(RouterService(cfg).load_state(tmp_path / "missing.json"))
     assert restored.router.state_dict() == svc.router.state_dict()
     # and the restored learner still prefers the fast worker on a tie
     picks = []
@@ -147,7 +151,7 @@ def test_unusable_learner_state_is_skipped_and_leaves_the_learner_as_it_was(
     for name, text in files.items():
         path = tmp_path / name
         path.write_text(text)
-        assert not svc.load_state(path), name
+        assert not asyncio.run(svc.load_state(path)), name
         assert svc.router.state_dict() == before, name
 
 
@@ -307,7 +311,7 @@ def test_learner_state_with_out_of_range_numbers_is_skipped(tmp_path: Path) -> N
     for name, edit in edits.items():
         path = tmp_path / f"{name}.json"
         path.write_text(damaged(edit))
-        assert not svc.load_state(path), name
+        assert not asyncio.run(svc.load_state(path)), name
         assert svc.router.state_dict() == before, name
 
 
@@ -417,3 +421,35 @@ def test_overlapping_state_saves_do_not_clobber_each_other(tmp_path, monkeypatch
     assert errors == []
     assert json.loads(path.read_text()) in ({"snapshot": 1}, {"snapshot": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left
+
+
+async def test_learner_state_is_read_off_the_event_loop(tmp_path: Path) -> None:
+    """load_state runs in the processor's and the router's start-up coroutine, on the event
+    loop. A state file on a slow disk (here a FIFO whose data comes 0.5 s late) must not stop
+    that loop: other tasks keep running while it is read, and the state still loads."""
+    data = RouterService(RouterConfig(seed=1)).state_bytes()
+    path = tmp_path / "router.json"
+    os.mkfifo(path)
+
+    def slow_disk() -> None:
+        time.sleep(0.5)
+        with open(path, "wb") as f:
+            f.write(data)
+
+    threading.Thread(target=slow_disk, daemon=True).start()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    loaded = RouterService(RouterConfig(seed=1)).load_state(path)
+    if inspect.isawaitable(loaded):  # before the fix it was a plain call that blocked
+        loaded = await loaded
+    ticker.cancel()
+    assert loaded
+    assert ticks >= 5, f"the event loop stood still while the state was read ({ticks} ticks)"
