@@ -10,7 +10,8 @@ its own ``KvRouter`` (fed by the workers' KV events) for ``get_potential_loads``
 the rows (``worker_id``, ``potential_prefill_tokens``, ``potential_decode_blocks``), which
 with no load of ours tracked there are exactly this prompt's uncached tokens and own blocks
 per worker (see router/kv_signals.py). With ``kv_full_ms`` set, the request also carries one
-hash per prompt block (router/load.py counts distinct blocks in flight with them).
+hash per prompt block (router/load.py counts distinct blocks in flight with them); a list
+longer than the prompt's blocks is refused, naming ``request.block_hashes``.
 
 Block size: the workers' KV block size, which the processor reads from their model cards.
 An in-process service is built with it; a standalone router takes it from the first
@@ -48,6 +49,10 @@ DEPARTED_AFTER_S = 600.0  # a worker in no caller's rows this long has left the 
 
 class BlockSizeMismatch(ValueError):
     """A caller's KV block size differs from the one this router counts in."""
+
+
+class InvalidRequest(ValueError):
+    """A caller's ``find_worker`` message the router cannot account for; names the field."""
 
 
 class FindWorker(msgspec.Struct, kw_only=True):
@@ -136,6 +141,7 @@ class RouterService:
         """Decide and start accounting the request's load on the chosen worker."""
         self.use_block_size(msg.block_size)
         req, cfg = msg.request, self.config
+        check_block_hashes(req, self.block_size or DEFAULT_BLOCK_SIZE)
         live = None if msg.live is None else frozenset(msg.live)
         signals, uncached = signals_from_rows(
             msg.rows,
@@ -219,6 +225,23 @@ class RouterService:
     async def save_state(self, path: Path) -> None:
         """Snapshot on the loop, write in a thread: no blocking file I/O on the event loop."""
         await asyncio.to_thread(write_atomic, path, self.state_bytes())
+
+
+def check_block_hashes(req: RouteRequest, block_size: int) -> None:
+    """``InvalidRequest`` when ``block_hashes`` has more entries than the prompt has blocks
+    (the partial last one included). Why: the load account keeps every hash of a request in
+    flight and scans them per decision, so a longer list is a caller's bug (another block
+    size, unchained hashes) or a way to hold memory and loop time the prompt does not need.
+    The processor sends full blocks only, so its own lists always pass."""
+    hashes = req.block_hashes
+    if hashes is None:
+        return
+    blocks = max(0, -(-req.prompt_tokens // block_size))
+    if len(hashes) > blocks:
+        raise InvalidRequest(
+            f"request.block_hashes: {len(hashes)} hashes for a prompt of {req.prompt_tokens} "
+            f"tokens, which has at most {blocks} blocks of {block_size} tokens"
+        )
 
 
 def read_if_exists(path: Path) -> bytes | None:

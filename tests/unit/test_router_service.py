@@ -453,3 +453,37 @@ async def test_learner_state_is_read_off_the_event_loop(tmp_path: Path) -> None:
     ticker.cancel()
     assert loaded
     assert ticks >= 5, f"the event loop stood still while the state was read ({ticks} ticks)"
+
+
+def test_a_standalone_router_refuses_more_block_hashes_than_the_prompt_has_blocks() -> None:
+    """A remote caller's ``request.block_hashes`` longer than its prompt's blocks
+    (ceil(prompt_tokens / block_size)) was taken as is: 1,000,000 hashes for a 64-block
+    prompt took 0.3 s to decide on the router's loop and held ~42 MB per request until its
+    finish or the feedback timeout (router/load.py keeps every hash of a request in flight).
+    It is refused with an error naming the field, before any state is touched; a list up to
+    the prompt's blocks (the partial last one included) is still taken."""
+    from router.__main__ import RouterEndpoints
+
+    svc = RouterService(RouterConfig(seed=3, kv_full_ms=300.0), block_size=None)
+    endpoints = RouterEndpoints(svc, lambda: 1.0)
+
+    async def ask(rid: str, prompt: int, n_hashes: int) -> dict:
+        msg = FindWorker(
+            request=RouteRequest(
+                request_id=rid, prompt_tokens=prompt, osl=64, block_hashes=list(range(n_hashes))
+            ),
+            rows=rows({W1: prompt, W2: prompt}, prompt),
+            block_size=BS,
+        )
+        async for answer in endpoints.find_worker(msgspec.to_builtins(msg)):
+            return answer
+        raise AssertionError("no decision")
+
+    for prompt, n in ((64 * BS, 65), (64 * BS + 1, 66), (64 * BS, 1_000_000), (0, 1)):
+        with pytest.raises(ValueError, match=r"request\.block_hashes"):
+            asyncio.run(ask("bad", prompt, n))
+    assert len(svc.load) == 0 and not svc.load.busy()
+    assert svc.router.stats()["pending_feedback"] == 0
+    asyncio.run(ask("full", 64 * BS, 64))
+    asyncio.run(ask("partial", 64 * BS + 1, 65))
+    assert len(svc.load) == 2
