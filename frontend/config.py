@@ -79,9 +79,9 @@ class GatewayConfig(BaseSettings):
     retry_after_s: int = Field(
         1,
         ge=0,
-        description="Retry-After of the gateway's 503s: a full set of upstream slots, and the "
-        "processor's 'retry later' answers (no worker, admission), whose own retry time the "
-        "stock frontend does not pass on.",
+        description="Retry-After of the gateway's 503s: a full set of upstream slots or of "
+        "client connections, and the processor's 'retry later' answers (no worker, admission), "
+        "whose own retry time the stock frontend does not pass on.",
     )
     processor_health_url: str | None = Field(
         None,

@@ -10,8 +10,8 @@ connection so the stock frontend cancels the generation).
 Error answers use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400
 ``invalid_hint`` / ``invalid_json`` / ``context_length_exceeded``, 404 ``model_not_found``, 413
 ``body_too_large``, 502 ``upstream_unavailable``, 503 (type ``service_unavailable``, with
-``Retry-After``; code ``gateway_busy``, ``no_worker``, ``unavailable`` or the processor's
-reason), 504 ``upstream_timeout``.
+``Retry-After``; code ``gateway_busy``, ``too_many_connections``, ``no_worker``,
+``unavailable`` or the processor's reason), 504 ``upstream_timeout``.
 
 Why the gateway makes the 503: Dynamo 1.6.1's stock frontend keeps the status of a processor's
 ``HttpError(503, ...)`` but replaces its message (a 503 body, or a 200 stream whose first event
@@ -277,6 +277,17 @@ class Gateway:
             return await self._models()
         self.metrics.count_request("other", 404)
         return error_reply(404, f"no route {method} {path[:200]}", code="not_found")
+
+    def too_many_connections(self, path: str | None) -> Reply:
+        """503 for a client connection past the server's cap (frontend/server.py), counted;
+        ``path`` None: refused before its request was read."""
+        if path is not None:
+            self.metrics.count_request(_route(path), 503)
+        return self._unavailable(
+            "too_many_connections",
+            self.config.retry_after_s,
+            "the gateway holds as many client connections as it can serve; retry later",
+        )
 
     def internal_error(self, path: str) -> Reply:
         """The answer when handling a request raised: 500, counted like every answer."""

@@ -17,7 +17,11 @@ at most 0.5 ms at p50. The server does only what the gateway needs, defensively:
   ``stall_timeout_s`` (its receive window stays shut) is disconnected and counted; that closes
   its upstream stream and frees its upstream slot;
 * a client disconnect cancels the request's task, which closes the upstream connection, so the
-  stock frontend cancels the generation.
+  stock frontend cancels the generation;
+* client connections are capped from RLIMIT_NOFILE (``connection_cap``): each may need an
+  upstream connection too, so past half the descriptors left a new connection gets 503 with
+  ``Retry-After`` and is closed, counted as ``too_many_connections``; a few past the cap are
+  still read, so health probes and scrapes are answered when clients hold all the others.
 
 Duplicate request header fields are joined with ", " (RFC 9110), so two different values of a
 hint header fail validation instead of one silently winning.
@@ -29,6 +33,8 @@ import asyncio
 import collections
 import fcntl
 import logging
+import os
+import resource
 import socket
 import struct
 import termios
@@ -69,6 +75,19 @@ MAX_PIPELINED = 8
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _discard_received(fd: int, max_reads: int = 16) -> None:
+    """Drop what a client has sent so far (at most ``max_reads`` x 64 KiB), without
+    blocking: only on a non-blocking socket, as the event loop's are."""
+    if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+        return
+    try:
+        for _ in range(max_reads):
+            if not os.read(fd, 65536):
+                return
+    except OSError:  # BlockingIOError: nothing more for now
+        pass
 
 
 def _date() -> bytes:
@@ -112,6 +131,39 @@ class _Request:
 
 REQUEST_READ_TIMEOUT_S = 60.0  # a client must send a whole request within this time
 CLIENT_KEEPALIVE_TIMEOUT_S = 75.0  # idle client keep-alive connections are closed after this
+# Descriptors the gateway may open after start besides client and upstream sockets: readiness
+# probes (two pools of two), the trace file and its rotation, name lookups, the socket of a
+# connection being refused.
+FD_HEADROOM = 32
+# Connections past the cap that are still read: a liveness probe must not fail because clients
+# hold every connection (a restart would drop them all). Only the local routes are answered
+# on them, each answer closes them, and their request must come within PROBE_WAIT_S.
+PROBE_CONNECTIONS = 8
+PROBE_WAIT_S = 2.0
+LOCAL_ROUTES = frozenset({"/live", "/ready", "/health", "/metrics"})
+
+
+def connection_cap(soft_limit: int, open_fds: int) -> int | None:
+    """Client connections the gateway serves at once; None: no limit (RLIM_INFINITY).
+
+    Why: each connection may hold an upstream connection too (its requests are answered one
+    at a time). Without a cap, clients took every descriptor and each accepted request failed
+    with 502 "Too many open files" connecting upstream (tests/unit/test_gateway_fd_limit.py).
+    So half of what is left after the descriptors open at start, ``FD_HEADROOM`` and the
+    ``PROBE_CONNECTIONS``."""
+    if soft_limit == resource.RLIM_INFINITY:
+        return None
+    return max(1, (soft_limit - open_fds - FD_HEADROOM - PROBE_CONNECTIONS) // 2)
+
+
+def fd_budget() -> tuple[int, int]:
+    """The soft RLIMIT_NOFILE and the descriptors open now (blocking: call from a thread)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_fds = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no procfs: the headroom alone
+        open_fds = 0
+    return soft, open_fds
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -123,8 +175,11 @@ class HttpProtocol(asyncio.Protocol):
         *,
         request_timeout: float = REQUEST_READ_TIMEOUT_S,
         keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT_S,
+        max_connections: int | None = None,
     ) -> None:
         self.gw = gateway
+        self.max_connections = max_connections
+        self.probe_only = False  # past the cap: local routes answered, anything else 503
         self.max_body = gateway.body_limit()
         self.request_timeout = request_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -149,6 +204,9 @@ class HttpProtocol(asyncio.Protocol):
     # -- connection --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if not self._admit():
+            self._refuse()
+            return
         self.gw.opened(self)
         high = self.gw.config.client_buffer_bytes
         self.transport.set_write_buffer_limits(high=high, low=high // 4)  # type: ignore[union-attr]
@@ -162,6 +220,34 @@ class HttpProtocol(asyncio.Protocol):
             except OSError:
                 pass
         self._arm(self.keepalive_timeout)
+
+    def _admit(self) -> bool:
+        """Whether to take this connection: under the cap, or on one of the probe slots past
+        it (then only local routes are answered, each answer closes it, and its request must
+        come within ``PROBE_WAIT_S``)."""
+        cap, open_now = self.max_connections, len(self.gw.connections)
+        if cap is None or open_now < cap:
+            return True
+        if open_now >= cap + PROBE_CONNECTIONS:
+            return False
+        self.probe_only = True
+        self.request_timeout = self.keepalive_timeout = PROBE_WAIT_S
+        return True
+
+    def _refuse(self) -> None:
+        """Past the connection cap: 503 with Retry-After, then close at once. Not read on
+        as ``_answer_early`` does: its descriptor is what an admitted connection needs for
+        its upstream. What the client has already sent is dropped first, so the close is a
+        FIN after the answer, not a reset that can destroy it."""
+        self.closed = True
+        reply = self.gw.too_many_connections(None)
+        head = self._head(reply.status, reply.content_type, len(reply.body), False, reply.headers)
+        assert self.transport is not None
+        self.transport.write(head + reply.body)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            _discard_received(sock.fileno())
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -471,6 +557,8 @@ class HttpProtocol(asyncio.Protocol):
             reply: Reply | StreamReply = self.gw.unparsed(path.split("?", 1)[0], req.error)
         elif req.too_large:
             reply = self.gw.too_large(path.split("?", 1)[0])
+        elif self.probe_only and path.split("?", 1)[0] not in LOCAL_ROUTES:
+            reply = self.gw.too_many_connections(path.split("?", 1)[0])
         else:
             body = b"".join(req.body) if len(req.body) != 1 else req.body[0]
             try:
@@ -481,7 +569,7 @@ class HttpProtocol(asyncio.Protocol):
                 log.exception("gateway failed on %s %s", req.method, path[:200])
                 reply = self.gw.internal_error(path.split("?", 1)[0])
                 req.keep_alive = False
-        keep = req.keep_alive and not self.gw.draining
+        keep = req.keep_alive and not self.gw.draining and not self.probe_only
         head_only = req.method == "HEAD"
         t = self.transport
         assert t is not None
@@ -565,8 +653,11 @@ async def start_server(
     gw = gateway if gateway is not None else Gateway(config)
     await gw.start()
     loop = asyncio.get_running_loop()
+    cap = connection_cap(*await asyncio.to_thread(fd_budget))
+    if cap is not None:
+        log.info("client connections capped at %d (RLIMIT_NOFILE)", cap)
     server = await loop.create_server(
-        lambda: HttpProtocol(gw, request_timeout=request_timeout),
+        lambda: HttpProtocol(gw, request_timeout=request_timeout, max_connections=cap),
         config.host,
         config.port,
         backlog=1024,
