@@ -18,9 +18,9 @@ at most 0.5 ms at p50. The server does only what the gateway needs, defensively:
   its upstream stream and frees its upstream slot;
 * a client disconnect cancels the request's task, which closes the upstream connection, so the
   stock frontend cancels the generation;
-* client connections are capped from RLIMIT_NOFILE (``connection_cap``): each may need an
-  upstream connection too, so past half the descriptors left a new connection gets 503 with
-  ``Retry-After`` and is closed, counted as ``too_many_connections``; a few past the cap are
+* client connections are capped from RLIMIT_NOFILE, its soft limit first raised to the hard
+  one (``raise_fd_limit``, ``connection_cap``): each may need an upstream connection too, so
+  past half the descriptors left a new connection gets 503 with ``Retry-After`` and is closed, counted as ``too_many_connections``; a few past the cap are
   still read, so health probes and scrapes are answered when clients hold all the others.
 
 Duplicate request header fields are joined with ", " (RFC 9110), so two different values of a
@@ -156,9 +156,31 @@ def connection_cap(soft_limit: int, open_fds: int) -> int | None:
     return max(1, (soft_limit - open_fds - FD_HEADROOM - PROBE_CONNECTIONS) // 2)
 
 
+FD_SOFT_MAX = 1 << 20  # the most descriptors the gateway asks for when the hard limit allows
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (at most ``FD_SOFT_MAX``) and return it.
+
+    Why: a shell's usual soft limit of 1024 caps the gateway at ~480 client connections while
+    the hard limit, which any process may raise its soft limit to, is often 512k or more. The
+    gateway uses epoll and starts no children, so a high limit costs nothing (Go's runtime and
+    nginx's ``worker_rlimit_nofile`` do the same). An operator's lower hard limit still rules."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = FD_SOFT_MAX if hard == resource.RLIM_INFINITY else min(hard, FD_SOFT_MAX)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as e:  # a sandbox may refuse: keep the soft limit
+            log.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, want, e)
+    return soft
+
+
 def fd_budget() -> tuple[int, int]:
-    """The soft RLIMIT_NOFILE and the descriptors open now (blocking: call from a thread)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    """The soft RLIMIT_NOFILE, raised to the hard one, and the descriptors open now
+    (blocking: call from a thread)."""
+    soft = raise_fd_limit()
     try:
         open_fds = len(os.listdir("/proc/self/fd"))
     except OSError:  # no procfs: the headroom alone

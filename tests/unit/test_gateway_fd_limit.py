@@ -19,6 +19,7 @@ import json
 import os
 import resource
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -176,3 +177,27 @@ async def test_a_burst_past_the_fd_limit_is_served_or_refused_never_502(gateway)
     refused = _metric(metrics, 'akr_gateway_unavailable_total{reason="too_many_connections"}')
     assert refused == statuses[503] > 0, (refused, statuses)
     assert (await _ask(port, "POST", "/v1/chat/completions", CHAT))[0] == 200
+
+
+def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
+    """A soft limit of 128 under a hard one of 4096: the gateway takes 4096 (a shell's soft
+    1024 would cap it at ~480 connections); a hard limit of 128 stays 128."""
+    probe = "from frontend.server import raise_fd_limit; print(raise_fd_limit())"
+    for soft, hard, want in ((128, 4096, 4096), (128, 128, 128)):
+
+        def limit(soft: int = soft, hard: int = hard) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                probe + "; import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])",
+            ],
+            cwd=REPO,
+            preexec_fn=limit,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out == [str(want), str(want)], (soft, hard, out)
