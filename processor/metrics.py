@@ -50,6 +50,10 @@ class ProcessorMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # Totals this object keeps itself, as prometheus_client's values are private: what
+        # each synced counter was raised to, and (prompt, cached) tokens for the hit ratio.
+        self._synced: dict[str, float] = {}
+        self._tokens = [0, 0]
         self.requests = Counter(
             "akr_processor_requests", "Requests finished, by outcome.", ["outcome"], registry=r
         )
@@ -247,23 +251,32 @@ class ProcessorMetrics:
         """Raise the dropped-records counter to the trace writer's own counts (the writer
         counts on its task; the counter follows at each sweep)."""
         for reason, n in lost.items():
-            _raise_to(self.trace_dropped.labels(reason=reason), n)
+            self._raise_to(f"trace_dropped:{reason}", self.trace_dropped.labels(reason=reason), n)
 
     def sync_feedback_dropped(self, dropped: int) -> None:
         """Raise the dropped-feedback counter to the shared router client's own count."""
-        _raise_to(self.router_feedback_dropped, dropped)
+        self._raise_to("feedback_dropped", self.router_feedback_dropped, dropped)
 
     def sync_prefix_evictions(self, evicted: int) -> None:
         """Raise the evictions counter to the router table's own count (since start)."""
-        _raise_to(self.prefix_evictions, evicted)
+        self._raise_to("prefix_evictions", self.prefix_evictions, evicted)
+
+    def _raise_to(self, key: str, counter: Counter, total: float) -> None:
+        """Raise ``counter`` to ``total``, a count kept elsewhere since start (never lowers
+        it). What it was raised to is kept here: prometheus_client's value is private."""
+        behind = total - self._synced.get(key, 0.0)
+        if behind > 0:
+            counter.inc(behind)
+            self._synced[key] = total
 
     def observe_tokens(self, prompt: int, cached: int, output: int) -> None:
         self.prompt_tokens.inc(prompt)
         self.cached_tokens.inc(cached)
         self.output_tokens.inc(output)
-        total = self.prompt_tokens._value.get()
-        if total:
-            self.kv_hit_ratio.set(self.cached_tokens._value.get() / total)
+        self._tokens[0] += prompt
+        self._tokens[1] += cached
+        if self._tokens[0]:
+            self.kv_hit_ratio.set(self._tokens[1] / self._tokens[0])
 
 
 class _WorkerCounter:
@@ -305,10 +318,3 @@ def _remove_series(gauges: tuple[Gauge, ...], labels: set[str]) -> None:
                 g.remove(label)
             except KeyError:
                 pass
-
-
-def _raise_to(counter: Counter, total: float) -> None:
-    """Raise ``counter`` to ``total``, a count kept elsewhere since start (never lowers it)."""
-    behind = total - counter._value.get()
-    if behind > 0:
-        counter.inc(behind)
