@@ -6,7 +6,9 @@ queue is full the record is dropped and counted. One background task drains the 
 batches, encodes them with msgspec (``encode_lines``, in a worker thread: a batch of long
 prompts' block hashes is megabytes of JSON) and writes through ``aiofiles`` (a worker thread),
 so a slow or full disk only fills the queue. Files rotate by size: ``path`` ->
-``path.1`` -> ... -> ``path.N`` (oldest deleted).
+``path.1`` -> ... -> ``path.N`` (oldest deleted). A file deleted or moved away from ``path``
+(its directory removed, an external logrotate) is noticed at the next batch, which goes to a
+new file at ``path``: records written into the old, unreachable file would count as written.
 
 Each batch costs two hand-offs to worker threads (the encoding; the unbuffered file's one
 ``write``, no ``flush``), and the task waits ``linger_s`` after a batch's first record so that,
@@ -100,6 +102,7 @@ class JsonlWriter:
         self._closing = False
         self._file: Any = None
         self._size = 0
+        self._ident: tuple[int, int] | None = None  # (device, inode) of the open file
         self._torn = False  # a partial line could not be cut off the file
 
     # --- caller side ---------------------------------------------------------------------
@@ -175,15 +178,24 @@ class JsonlWriter:
                     parts.append(encoder.encode(r))
             return (b"\n".join(parts) + b"\n" if parts else b""), len(parts)
 
+    def _prepare(self, batch: list[Any]) -> tuple[bytes, int, tuple[int, int] | None]:
+        """``_encode``, and which file ``path`` names now: in the same worker thread, so the
+        check costs no extra hand-off."""
+        return *self._encode(batch), _ident(self.path)
+
     async def _write_batch(self, batch: list[Any]) -> None:
         # Off the loop: a batch of long prompts' block hashes is megabytes of JSON (tens of ms).
-        data, n = await asyncio.to_thread(self._encode, batch)
+        data, n, at_path = await asyncio.to_thread(self._prepare, batch)
         if n < len(batch):
             self.errors += len(batch) - n
             self.lost["unencodable"] += len(batch) - n
         if not data:
             return
         start: int | None = None
+        if self._file is not None and at_path != self._ident:
+            log.warning("trace file %s was deleted or moved; writing a new one", self.path)
+            await self._close_file()
+            self._torn = False  # a partial line left behind is in the old file
         try:
             if self._file is None:
                 await self._open()
@@ -222,7 +234,8 @@ class JsonlWriter:
     async def _open(self) -> None:
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
         self._file = await aiofiles.open(self.path, "ab", buffering=0)
-        self._size = (await aiofiles.os.stat(self.path)).st_size
+        st = await aiofiles.os.stat(self.path)
+        self._size, self._ident = st.st_size, (st.st_dev, st.st_ino)
 
     async def _close_file(self) -> None:
         if self._file is not None:
@@ -241,6 +254,15 @@ class JsonlWriter:
                     await aiofiles.os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
             await aiofiles.os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         self._size = 0
+
+
+def _ident(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 _STOP = object()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,13 @@ from router.jsonl_writer import JsonlWriter
 
 def read_lines(p: Path) -> list[dict]:
     return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+
+async def _until(done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for the writer task to get somewhere (it signals nothing)."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:  # noqa: ASYNC110 - no event to wait on
+        await asyncio.sleep(0.01)
 
 
 async def test_writes_and_close_flushes(tmp_path: Path) -> None:
@@ -267,3 +275,24 @@ def test_io_loss_reasons() -> None:
     assert io_loss_reason(OSError(errno.EROFS, "ro")) == "unwritable"
     assert io_loss_reason(PermissionError(errno.EACCES, "no")) == "unwritable"
     assert io_loss_reason(OSError(errno.EIO, "io")) == "io_error"
+
+
+@pytest.mark.parametrize("how", ["directory removed", "file moved away"])
+async def test_records_after_the_file_vanished_reach_a_new_file(tmp_path: Path, how: str) -> None:
+    """The trace directory removed (or the file moved away, as logrotate does) mid-run: later
+    records go to a new file at the configured path, not into the unreachable old inode while
+    being counted as written (a silent loss no alert sees)."""
+    path = tmp_path / "traces" / "t.jsonl"
+    w = JsonlWriter(path, linger_s=0)
+    w.start()
+    w.put({"i": 0})
+    await _until(lambda: w.written == 1)
+    if how == "directory removed":
+        shutil.rmtree(path.parent)
+    else:
+        path.rename(tmp_path / "moved.jsonl")
+    for i in (1, 2):
+        w.put({"i": i})
+    await w.close()
+    assert read_lines(path) == [{"i": 1}, {"i": 2}]
+    assert w.written == 3 and sum(w.lost.values()) == 0
