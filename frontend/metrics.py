@@ -34,7 +34,8 @@ from prometheus_client.core import (
 
 from router.loop_lag import LOOP_LAG_BUCKETS
 
-# Upstream time to response headers: ~1 ms (overhead) up to minutes (long prefill queues).
+# Upstream time to response headers: ~1 ms (overhead) up to minutes (long prefill queues),
+# bounded by the upstream read timeout (400 s by default) plus the wait for a slot.
 LATENCY_BUCKETS = (
     0.001,
     0.0025,
@@ -53,6 +54,7 @@ LATENCY_BUCKETS = (
     60.0,
     120.0,
     300.0,
+    600.0,
 )
 
 

@@ -14,6 +14,9 @@ from router.jsonl_writer import LOSS_REASONS
 from router.loop_lag import LOOP_LAG_BUCKETS
 from router.metrics import CLAIMS_HELP
 
+# Seconds, up to what a request may take and still be answered: its first token alone may
+# come after (1 + max_retries) x first_token_timeout_s (360 s by default); a value above the
+# top bound would read as that bound in every quantile.
 _LATENCY_BUCKETS = (
     0.001,
     0.0025,
@@ -30,6 +33,9 @@ _LATENCY_BUCKETS = (
     10.0,
     30.0,
     60.0,
+    120.0,
+    300.0,
+    600.0,
 )
 _DECISION_BUCKETS = (
     0.00005,
