@@ -287,8 +287,8 @@ class ProcessorHandler:
     def _sweep_once(self) -> None:
         live = frozenset(self._client.instance_ids())
         self._known_workers = drop_departed(self.routing, self._known_workers, live)
-        self.metrics.keep_workers(live)
         now = time.monotonic()
+        self.metrics.keep_workers(live, now)
         self._quarantine.prune(live, now)
         swept = self.routing.maintain(now)
         if swept["feedback_timeouts"]:

@@ -37,6 +37,11 @@ _LATENCY_BUCKETS = (
     300.0,
     600.0,
 )
+# How long the per-worker counters of a worker that left discovery are kept: a killed
+# worker's streams break about 10 s before discovery drops it, and the requests a silent one
+# held fail at their timeout (first token: 120 s by default) after that. Their counts must be
+# scraped (Prometheus's default interval: 1 min) before the series end.
+SERIES_LINGER_S = 600.0
 _DECISION_BUCKETS = (
     0.00005,
     0.0001,
@@ -222,6 +227,7 @@ class ProcessorMetrics:
             r,
         )
         self._learner_labels: set[str] = set()
+        self._departed: dict[str, float] = {}  # worker label -> when a sweep first missed it
 
     def observe_engine(self, capacity: dict[int, int], waiting: dict[int, int]) -> None:
         """Per-worker engine gauges; series of workers that left are removed (bounded)."""
@@ -243,15 +249,28 @@ class ProcessorMetrics:
             self.prefill_ratio.labels(worker=label).set(v)
         self._learner_labels = set(labels)
 
-    def keep_workers(self, live: frozenset[int]) -> None:
-        """End the per-worker series of every worker not in ``live`` (each sweep): in a fleet
-        that churns worker ids, labels of departed workers would otherwise pile up for good,
-        including those counted after their worker left (a silent worker's requests fail at
-        their timeout, long after its lease ran out; a decision can land after an admission
-        wait)."""
+    def keep_workers(self, live: frozenset[int], now: float) -> None:
+        """Per-worker counter series follow the fleet (each sweep, ``now`` monotonic).
+
+        ``worker_errors`` starts at 0 for every live worker, so a worker's first errors are an
+        increase that rate() sees (a series born at its value counts nothing). A worker not
+        in ``live`` keeps its series for ``SERIES_LINGER_S`` after the first sweep that missed
+        it, so its last counts are scraped, then they end: in a fleet that churns worker ids,
+        labels of departed workers would otherwise pile up for good, including those counted
+        after their worker left (a silent worker's requests fail at their timeout, long after
+        its lease ran out; a decision can land after an admission wait)."""
         keep = {f"{w:x}" for w in live}
-        self.decisions.keep(keep)
-        self.worker_errors.keep(keep)
+        for label in keep:
+            self.worker_errors.labels(worker=label)
+            self._departed.pop(label, None)
+        gone = (self.decisions.worker_labels() | self.worker_errors.worker_labels()) - keep
+        ended = set()
+        for label in gone:
+            if now - self._departed.setdefault(label, now) > SERIES_LINGER_S:
+                del self._departed[label]
+                ended.add(label)
+        self.decisions.end(ended)
+        self.worker_errors.end(ended)
 
     def sync_trace_lost(self, lost: dict[str, int]) -> None:
         """Raise the dropped-records counter to the trace writer's own counts (the writer
@@ -301,11 +320,11 @@ class _WorkerCounter:
         self._workers.add(labels["worker"])
         return self._counter.labels(**labels)
 
-    def keep(self, workers: set[str]) -> None:
-        """End every series whose worker label is not in ``workers``."""
-        for label in self._workers - workers:
+    def end(self, workers: set[str]) -> None:
+        """End every series of these workers."""
+        for label in workers & self._workers:
             self._counter.remove_by_labels({"worker": label})
-        self._workers &= workers
+        self._workers -= workers
 
     def worker_labels(self) -> set[str]:
         """The worker labels that may have series now."""

@@ -16,7 +16,7 @@ import processor.metrics
 import router.metrics
 from processor.handler import ProcessorHandler
 from processor.health import WorkerHealth
-from processor.metrics import ProcessorMetrics
+from processor.metrics import SERIES_LINGER_S, ProcessorMetrics
 from processor.routing import Quarantine, drop_departed, nothing_swept
 
 
@@ -70,10 +70,31 @@ def test_processor_metrics_forget_a_departed_workers_series() -> None:
     for worker, reason in ((0xA, "overlap"), (0xA, "load"), (0xB, "overlap")):
         m.decisions.labels(worker=f"{worker:x}", reason=reason).inc()
     m.worker_errors.labels(worker="a").inc()
-    m.keep_workers(frozenset({0xB}))  # a left discovery
+    m.keep_workers(frozenset({0xB}), now=0.0)  # a left discovery
+    m.keep_workers(frozenset({0xB}), now=SERIES_LINGER_S + 1.0)
     text = generate_latest(m.registry).decode()
     assert 'worker="a"' not in text
     assert 'akr_processor_decisions_total{reason="overlap",worker="b"} 1.0' in text
+
+
+def test_a_crashed_workers_errors_show_as_an_increase() -> None:
+    """A killed worker's streams all break at once, and discovery drops it about 10 s later.
+    rate()/increase() count nothing of a series that is born at its final value or ends
+    before a scrape saw it, so its errors must count from a 0 already scraped and stay
+    after it left, for a few scrapes at least."""
+    m = ProcessorMetrics()
+    m.keep_workers(frozenset({0xA, 0xB}), now=0.0)
+    assert 'akr_processor_worker_errors_total{worker="a"} 0.0' in _text(m)
+    m.worker_errors.labels(worker="a").inc(3)  # its streams broke at the kill
+    m.keep_workers(frozenset({0xB}), now=10.0)  # its lease ran out
+    assert 'akr_processor_worker_errors_total{worker="a"} 3.0' in _text(m)
+    m.keep_workers(frozenset({0xB}), now=10.0 + SERIES_LINGER_S + 1.0)
+    assert 'worker="a"' not in _text(m)
+    assert 'akr_processor_worker_errors_total{worker="b"} 0.0' in _text(m)
+
+
+def _text(m: ProcessorMetrics) -> str:
+    return generate_latest(m.registry).decode()
 
 
 def test_learned_prefill_ratio_series_follow_the_learners_workers() -> None:
@@ -118,8 +139,8 @@ def test_prefix_table_evictions_are_exported_by_the_processor() -> None:
     assert "akr_processor_prefix_evictions_total 5.0" in generate_latest(m.registry).decode()
 
 
-def test_a_series_counted_after_its_worker_left_is_ended_by_the_next_sweep() -> None:
-    """A request can count against a worker after the sweep forgot it: a silent worker's
+def test_a_series_counted_after_its_worker_left_is_ended_after_the_linger() -> None:
+    """A request can count against a worker after the sweep saw it leave: a silent worker's
     requests fail at their timeout (stream stall 30 s, first token 120 s), long after its
     lease ran out; a decision can land after an admission wait. That series must still end,
     or every worker id the fleet ever churned through keeps one."""
@@ -132,6 +153,7 @@ def test_a_series_counted_after_its_worker_left_is_ended_by_the_next_sweep() -> 
     h.metrics.decisions.labels(worker="a", reason="load").inc()
     h.metrics.decisions.labels(worker="b", reason="load").inc()
     h._sweep_once()
+    h.metrics.keep_workers(frozenset(live), time.monotonic() + SERIES_LINGER_S + 1.0)
     text = generate_latest(h.metrics.registry).decode()
     assert 'worker="a"' not in text
     assert 'akr_processor_decisions_total{reason="load",worker="b"} 1.0' in text
@@ -157,12 +179,15 @@ def test_metrics_code_reads_no_private_field_of_prometheus_client() -> None:
 
 def test_the_worker_labels_kept_for_ending_series_are_bounded() -> None:
     """Our own record of which worker labels have series is pruned by the same sweep: a fleet
-    churning through worker ids leaves only the live ones in it."""
+    churning through worker ids leaves only the live ones in it, once the departed ones'
+    linger is over."""
     m = ProcessorMetrics()
+    step = processor.metrics.SERIES_LINGER_S + 1.0  # each departed worker's linger runs out
     for worker in range(1000):
         m.decisions.labels(worker=f"{worker:x}", reason="load").inc()
         m.worker_errors.labels(worker=f"{worker:x}").inc()
-        m.keep_workers(frozenset({worker}))
+        m.keep_workers(frozenset({worker}), worker * step)
+    m.keep_workers(frozenset({999}), 1000 * step)
     assert m.decisions.worker_labels() == {"3e7"}
     assert m.worker_errors.worker_labels() == {"3e7"}
     text = generate_latest(m.registry).decode()
