@@ -74,7 +74,8 @@ ts(
     [
         ("akr:requests:rate1m", "{{outcome}}"),
         ("sum(akr_processor_active_requests)", "in flight"),
-        ("sum(akr_processor_workers)", "routable workers"),
+        # min, not sum: every processor counts the same fleet (the fewest any one sees)
+        ("min(akr_processor_workers)", "routable workers (fewest a processor sees)"),
     ],
     "reqps",
 )

@@ -213,3 +213,21 @@ def test_result_labels_follow_the_outer_aggregation() -> None:
         "instance",
     }
     assert result_labels("akr:decisions:rate1m", labels) == {"worker", "reason"}
+
+
+# Gauges in which every processor reports its own view of the one worker fleet: with N
+# processors (replicas behind the stock frontend, docs/DEPLOY.md) a sum counts each worker N
+# times.
+FLEET_VIEWS = ("akr_processor_workers", "akr_processor_expected_workers")
+
+
+def test_no_expression_adds_up_the_processors_views_of_one_fleet() -> None:
+    exprs = [*names.rule_exprs().values(), *names.alert_exprs().values()]
+    exprs += names.dashboard_exprs()
+    summed = [
+        e
+        for e in exprs
+        for name in FLEET_VIEWS
+        if re.search(rf"\bsum\s*(?:by\s*\([^)]*\)\s*)?\(\s*{name}\b", e)
+    ]
+    assert not summed, summed
