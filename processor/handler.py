@@ -570,6 +570,8 @@ class ProcessorHandler:
         # continuation's cached tokens count within the original prompt.
         sent = len(token_ids) if decision is not None and decision.worker_id >= 0 else 0
         m.observe_tokens(sent, min(measure.cached or 0, sent), measure.tokens)
+        # The same in the trace, whose prompt_tokens is the original prompt's.
+        cached = None if measure.cached is None else min(measure.cached, len(token_ids))
         if open_decision is not None:
             self.routing.feedback(
                 finish_feedback(
@@ -616,7 +618,7 @@ class ProcessorHandler:
                 itl_ms=itl_ms,
                 e2e_ms=e2e_ms,
                 output_tokens=measure.tokens,
-                cached_tokens=measure.cached,
+                cached_tokens=cached,
                 finish_reason=measure.finish_reason or (outcome if outcome != "ok" else None),
                 error=error,
                 prompt_token_ids=token_ids[:keep] if keep else None,

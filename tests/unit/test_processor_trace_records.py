@@ -1,0 +1,53 @@
+"""The processor's trace record of a request agrees with itself and with the metrics, for
+the outcomes that take unusual paths (a continuation elsewhere, a request never placed)."""
+
+from __future__ import annotations
+
+from processor.handler import ProcessorHandler
+from processor.traces import TraceRecord
+from tests.unit.test_processor_request_path import Script, answer, handler, request
+
+
+class Captured:
+    """The trace writer's ``put``: keeps the records."""
+
+    def __init__(self) -> None:
+        self.records: list[TraceRecord] = []
+
+    def put(self, record: TraceRecord) -> bool:
+        self.records.append(record)
+        return True
+
+
+def traced(h: ProcessorHandler) -> Captured:
+    h._writer = Captured()  # type: ignore[assignment]
+    return h._writer  # type: ignore[return-value]
+
+
+async def test_a_continuations_cached_tokens_count_within_the_original_prompt() -> None:
+    """A continuation's prompt is the original plus the tokens sent; the worker's cached count
+    is of that longer prompt. The record's prompt_tokens is the original's, so its
+    cached_tokens must not exceed it (the metrics count it the same way)."""
+    cached = {"prompt_tokens_details": {"cached_tokens": 20}}
+    h, _ = handler(
+        [
+            Script([{"token_ids": [7, 8, 9, 10]}], ConnectionError("reset")),
+            Script([{"token_ids": [11], "finish_reason": "length", "completion_usage": cached}]),
+        ],
+        migration_limit=1,
+    )
+    trace = traced(h)
+    await answer(h, request(prompt=16))
+    (rec,) = trace.records
+    assert rec.migrations == 1 and rec.prompt_tokens == 16
+    assert rec.cached_tokens == 16
+    assert h.metrics.cached_tokens._value.get() == 16
+
+
+async def test_a_placed_request_records_its_decision_time() -> None:
+    h, _ = handler([Script([{"token_ids": [7], "finish_reason": "stop"}])])
+    trace = traced(h)
+    await answer(h, request())
+    (rec,) = trace.records
+    assert rec.worker_id is not None and rec.decision_us is not None and rec.decision_us > 0
+    assert rec.error is None and rec.finish_reason == "stop"
