@@ -611,7 +611,7 @@ class ProcessorHandler:
                 home_worker_id=None if decision is None else decision.home_worker_id,
                 inferred_conversation=None if decision is None else decision.inferred_conversation,
                 candidates=[] if decision is None else decision.candidates,
-                decision_us=decision_us,
+                decision_us=None if decision is None else decision_us,
                 retries=retries,
                 migrations=migrations,
                 ttft_ms=ttft_ms,

@@ -3,6 +3,10 @@ the outcomes that take unusual paths (a continuation elsewhere, a request never 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
+
 from processor.handler import ProcessorHandler
 from processor.traces import TraceRecord
 from tests.unit.test_processor_request_path import Script, answer, handler, request
@@ -42,6 +46,24 @@ async def test_a_continuations_cached_tokens_count_within_the_original_prompt() 
     assert rec.migrations == 1 and rec.prompt_tokens == 16
     assert rec.cached_tokens == 16
     assert h.metrics.cached_tokens._value.get() == 16
+
+
+@pytest.mark.parametrize("why", ["unavailable", "rejected"])
+async def test_a_request_never_placed_has_no_decision_time(why: str) -> None:
+    """No routable worker, or a prompt longer than any worker's KV: no decision was made, so
+    the record has neither a worker nor a decision time (0 µs would read as a decision that
+    took no time)."""
+    h, _ = handler([], no_worker_wait_s=0)
+    if why == "unavailable":
+        h._client.instance_ids = lambda: []  # type: ignore[method-assign]
+    else:  # every worker holds 2 blocks of 4 tokens; the prompt has 16
+        h.engine = SimpleNamespace(capacity={1: 2, 2: 2}, mismatched=frozenset())  # type: ignore[assignment]
+    trace = traced(h)
+    with pytest.raises(Exception, match="akr_unavailable" if why == "unavailable" else "exceeds"):
+        await answer(h, request(prompt=16))
+    (rec,) = trace.records
+    assert rec.worker_id is None and rec.finish_reason == why
+    assert rec.decision_us is None
 
 
 async def test_a_placed_request_records_its_decision_time() -> None:
