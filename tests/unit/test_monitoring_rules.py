@@ -231,3 +231,39 @@ def test_no_expression_adds_up_the_processors_views_of_one_fleet() -> None:
         if re.search(rf"\bsum\s*(?:by\s*\([^)]*\)\s*)?\(\s*{name}\b", e)
     ]
     assert not summed, summed
+
+
+DEPLOY = names.HERE.parent.parent / "docs" / "DEPLOY.md"
+_ROW = re.compile(r"^\| `(akr_[a-z0-9_]+)` \| (counter|gauge|histogram) \| ([^|]*) \|", re.M)
+
+
+def _documented() -> dict[str, tuple[str, frozenset[str]]]:
+    """The metric reference table of docs/DEPLOY.md: name -> (type, label names)."""
+    rows = _ROW.findall(DEPLOY.read_text())
+    return {n: (kind, _label_list(labels.replace("-", ""))) for n, kind, labels in rows}
+
+
+def _registered() -> dict[str, tuple[str, frozenset[str]]]:
+    """Every family our components register, named as the table names it."""
+    out = {}
+    for name, s in exposed().items():
+        if s.kind == "bucket":
+            out[name.removesuffix("_bucket")] = ("histogram", s.labels - {"le"})
+        elif s.kind in ("counter", "gauge"):
+            out[name] = (s.kind, s.labels)
+    return out
+
+
+def test_the_metric_reference_is_what_the_code_registers() -> None:
+    """Both ways: every documented metric exists with that type and those labels, and every
+    registered one is documented."""
+    documented, registered = _documented(), _registered()
+    assert len(documented) == len(_ROW.findall(DEPLOY.read_text())), "a metric listed twice"
+    assert documented == registered, {
+        "documented, not registered (or other type/labels)": {
+            n: v for n, v in documented.items() if registered.get(n) != v
+        },
+        "registered, not documented (or other type/labels)": {
+            n: v for n, v in registered.items() if documented.get(n) != v
+        },
+    }
