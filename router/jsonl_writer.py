@@ -104,6 +104,8 @@ class JsonlWriter:
         self._size = 0
         self._ident: tuple[int, int] | None = None  # (device, inode) of the open file
         self._torn = False  # a partial line could not be cut off the file
+        self._failures = 0  # failed writes in a row
+        self._unlogged = 0  # records they lost since the last warning
 
     # --- caller side ---------------------------------------------------------------------
 
@@ -209,13 +211,42 @@ class JsonlWriter:
             self._torn = False
             self._size += len(data)
             self.written += n
+            self._resumed()
         except OSError as e:
             self.errors += n
             self.lost[io_loss_reason(e)] += n
-            log.warning("trace write to %s failed (%s); %d records lost", self.path, e, n)
+            self._failed(e, n)
             if start is not None:
                 await self._cut_back(start)
             await self._close_file()
+
+    def _failed(self, e: OSError, n: int) -> None:
+        """Log the 1st, 2nd, 4th, 8th, ... failed write in a row. Why: on a full disk every
+        batch fails (ten a second under load), and a warning each would flood a log that
+        often sits on the same disk; the losses are counted in ``lost`` anyway."""
+        self._failures += 1
+        self._unlogged += n
+        if self._failures & (self._failures - 1) == 0:
+            log.warning(
+                "trace write to %s failed (%s), %d in a row; %d records lost since the last "
+                "warning",
+                self.path,
+                e,
+                self._failures,
+                self._unlogged,
+            )
+            self._unlogged = 0
+
+    def _resumed(self) -> None:
+        """A write succeeded after failures: say so (with what the last warning left out)."""
+        if self._failures:
+            log.warning(
+                "trace writes to %s resumed after %d failed; %d more records were lost",
+                self.path,
+                self._failures,
+                self._unlogged,
+            )
+            self._failures = self._unlogged = 0
 
     async def _cut_back(self, size: int) -> None:
         """Take a failed batch's bytes off the file, so that the next batch starts on a line of

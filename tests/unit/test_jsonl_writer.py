@@ -296,3 +296,20 @@ async def test_records_after_the_file_vanished_reach_a_new_file(tmp_path: Path, 
     await w.close()
     assert read_lines(path) == [{"i": 1}, {"i": 2}]
     assert w.written == 3 and sum(w.lost.values()) == 0
+
+
+async def test_a_full_disk_is_logged_ever_more_rarely_not_per_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every batch fails on a full disk (one every linger under load): one warning per batch
+    would flood the log, which often sits on that same disk. Warnings come at the 1st, 2nd,
+    4th, ... failure in a row; the losses are counted anyway."""
+    w = JsonlWriter("/dev/full", linger_s=0)
+    w.start()
+    with caplog.at_level("WARNING", logger="router.jsonl_writer"):
+        for i in range(64):
+            w.put({"i": i})
+            await _until(lambda i=i: w.lost["disk_full"] == i + 1)
+        await w.close()
+    assert w.lost["disk_full"] == 64
+    assert len(caplog.records) == 7, [r.getMessage() for r in caplog.records]  # 1, 2, ..., 64
