@@ -20,8 +20,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from router.cost import Candidate
 
@@ -30,42 +32,139 @@ from router.cost import Candidate
 SCHEMA_VERSION = 2
 
 
-class TraceRecord(msgspec.Struct, omit_defaults=True):
-    """One finished (or failed) request as the processor saw it."""
+_HINT = "as the router used it: the client's hint"
 
-    v: int
-    ts: float  # unix seconds when the request arrived
-    request_id: str
-    prompt_tokens: int
-    block_size: int
-    block_hashes: list[int]
-    # hints (None: not sent)
-    prefix_id: str | None = None
-    total_requests: int | None = None
-    iat_ms: int | None = None
-    osl: int | None = None
-    latency_sensitivity: float | None = None
-    priority: int | None = None
-    pin_ttl_s: float | None = None
-    # decision: the best candidates, best first, each with the terms of its score (ms)
-    worker_id: int | None = None
-    reason: str | None = None
-    home_worker_id: int | None = None  # the conversation's home before this decision
-    inferred_conversation: str | None = None  # no prefix id: the one its lineage continues
-    candidates: list[Candidate] = []
-    decision_us: float | None = None
-    retries: int = 0
-    migrations: int = 0  # continuations on another worker after tokens were sent
-    # outcome
-    ttft_ms: float | None = None
-    itl_ms: float | None = None
-    e2e_ms: float | None = None
-    output_tokens: int = 0
-    cached_tokens: int | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-    prompt_token_ids: list[int] | None = None
-    output_token_ids: list[int] | None = None
+
+class TraceRecord(msgspec.Struct, omit_defaults=True):
+    """One finished (or failed) request as the processor saw it; each field's description is
+    in the printed schema. A field whose value is absent (null) is left out of the line."""
+
+    v: Annotated[int, Meta(description="schema version of this record")]
+    ts: Annotated[float, Meta(description="unix time (s) the request reached the processor")]
+    request_id: Annotated[
+        str, Meta(description="Dynamo's request id: the answer's id without its 'chatcmpl-'")
+    ]
+    prompt_tokens: Annotated[int, Meta(description="prompt length (tokens)")]
+    block_size: Annotated[
+        int, Meta(description="the workers' KV block size (tokens): the unit of block_hashes")
+    ]
+    block_hashes: Annotated[
+        list[int],
+        Meta(
+            description=(
+                "Dynamo's hash of each full prompt block, each block on its own (not "
+                "chained); empty for a prompt refused as longer than every worker's KV"
+            )
+        ),
+    ]
+    prefix_id: Annotated[
+        str | None, Meta(description="the conversation id the client sent; absent: none")
+    ] = None
+    total_requests: Annotated[int | None, Meta(description=f"{_HINT}, else the default 1")] = None
+    iat_ms: Annotated[
+        int | None,
+        Meta(description="the client's iat hint (ms; LOW/MEDIUM/HIGH: 50/250/750); absent: none"),
+    ] = None
+    osl: Annotated[
+        int | None,
+        Meta(
+            description=(
+                f"{_HINT}, else the request's max_tokens (absent: neither); at most what the "
+                "longest sequence a worker holds leaves after the prompt"
+            )
+        ),
+    ] = None
+    latency_sensitivity: Annotated[
+        float | None, Meta(description=f"{_HINT}, else the default 0")
+    ] = None
+    priority: Annotated[int | None, Meta(description=f"{_HINT}, else the default 0")] = None
+    pin_ttl_s: Annotated[
+        float | None,
+        Meta(description="cache_control pin TTL (s): the client's, 300 for a pin without one"),
+    ] = None
+    worker_id: Annotated[
+        int | None,
+        Meta(
+            description=(
+                "worker of the last attempt (Dynamo instance id, decimal; the metrics' worker "
+                "label is the same id in hex); absent: no decision"
+            )
+        ),
+    ] = None
+    reason: Annotated[
+        str | None, Meta(description="why that worker: sticky, pin, overlap, load, exploration")
+    ] = None
+    home_worker_id: Annotated[
+        int | None, Meta(description="the conversation's home worker before this decision")
+    ] = None
+    inferred_conversation: Annotated[
+        str | None,
+        Meta(description="without a prefix_id: the conversation its prompt extends (lineage)"),
+    ] = None
+    candidates: Annotated[
+        list[Candidate],
+        Meta(description="the best scored workers, best first, with their score's terms in ms"),
+    ] = []
+    decision_us: Annotated[
+        float | None,
+        Meta(description="time of the last routing decision (µs); absent: no decision"),
+    ] = None
+    retries: Annotated[
+        int, Meta(description="attempts on another worker after a failure before any token")
+    ] = 0
+    migrations: Annotated[
+        int, Meta(description="continuations on another worker after tokens were sent")
+    ] = 0
+    ttft_ms: Annotated[
+        float | None,
+        Meta(
+            description=(
+                "time to first token from arrival (ms), admission wait and retries included; "
+                "absent: no token"
+            )
+        ),
+    ] = None
+    itl_ms: Annotated[
+        float | None, Meta(description="mean inter-token latency (ms); absent: under 2 tokens")
+    ] = None
+    e2e_ms: Annotated[
+        float | None, Meta(description="from arrival to the end of the answer or failure (ms)")
+    ] = None
+    output_tokens: Annotated[int, Meta(description="tokens streamed back")] = 0
+    cached_tokens: Annotated[
+        int | None,
+        Meta(
+            description=(
+                "prompt tokens the worker served from its KV cache (at most prompt_tokens); "
+                "absent: not reported"
+            )
+        ),
+    ] = None
+    finish_reason: Annotated[
+        str | None,
+        Meta(
+            description=(
+                "the worker's finish reason (stop, length, ...); for a request that did not "
+                "end ok without one, its outcome: cancelled, rejected, unavailable or error"
+            )
+        ),
+    ] = None
+    error: Annotated[
+        str | None,
+        Meta(
+            description=(
+                "why the request failed ('client disconnected' when cancelled); absent: it ended ok"
+            )
+        ),
+    ] = None
+    prompt_token_ids: Annotated[
+        list[int] | None,
+        Meta(description="the first AKR_PROCESSOR_TRACE_TOKENS prompt ids; absent by default"),
+    ] = None
+    output_token_ids: Annotated[
+        list[int] | None,
+        Meta(description="the first AKR_PROCESSOR_TRACE_TOKENS output ids; absent by default"),
+    ] = None
 
 
 _decoder = msgspec.json.Decoder(TraceRecord)

@@ -16,7 +16,8 @@ What the processor records and how it maps:
   partial block anyway). Dynamo's replay and ours rebuild the prompts from the ids, so equal
   leading blocks are shared exactly as the worker shared them.
 - hints: the record's prefix_id, total_requests, iat_ms, osl, latency_sensitivity, priority
-  and pin ttl, as the client sent them.
+  and pin ttl, as the processor's router used them: the client's hints, with the router's
+  defaults and max_tokens (as osl) where the client sent none (``TraceRecord``'s schema).
 - failed requests (``error`` set, or no prompt or no output token) are not replayable: they
   are left out and listed in the returned ``Converted`` (the CLI prints them).
 

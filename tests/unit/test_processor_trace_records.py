@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 from processor.handler import ProcessorHandler
@@ -73,3 +74,31 @@ async def test_a_placed_request_records_its_decision_time() -> None:
     (rec,) = trace.records
     assert rec.worker_id is not None and rec.decision_us is not None and rec.decision_us > 0
     assert rec.error is None and rec.finish_reason == "stop"
+
+
+def _schema_fields() -> dict[str, dict]:
+    schema = msgspec.json.schema(TraceRecord)
+    return schema["$defs"]["TraceRecord"]["properties"]
+
+
+def test_the_printed_schema_describes_every_field() -> None:
+    """``python -m processor.traces schema`` is where the README sends users: units, absent
+    values and the outcomes must be there, not only types."""
+    fields = _schema_fields()
+    assert [name for name, spec in fields.items() if not spec.get("description")] == []
+
+
+async def test_hint_fields_hold_what_the_router_used_as_the_schema_says() -> None:
+    """A request without hints: the record holds the values the router used (its defaults,
+    osl from max_tokens), not "absent" as for a hint not sent."""
+    h, _ = handler([Script([{"token_ids": [7], "finish_reason": "stop"}])])
+    trace = traced(h)
+    await answer(h, request(prompt=16, max_tokens=10))
+    (rec,) = trace.records
+    used = (rec.prefix_id, rec.total_requests, rec.osl, rec.iat_ms)
+    used += (rec.latency_sensitivity, rec.priority, rec.pin_ttl_s)
+    assert used == (None, 1, 10, None, 0.0, 0, None)
+    fields = _schema_fields()
+    assert "max_tokens" in fields["osl"]["description"]
+    for name in ("total_requests", "latency_sensitivity", "priority"):
+        assert "default" in fields[name]["description"], name
