@@ -101,7 +101,12 @@ class GatewayConfig(BaseSettings):
         "(360 s by default), or a last retry is cut off.",
     )
     trace_path: Path | None = Field(
-        None, description="JSONL file for per-request traces; None disables tracing."
+        None,
+        description="JSONL trace, one line per completion request answered: ts (unix s), "
+        "route, status, then either reject (the field a 4xx names) or latency_ms (until the "
+        "upstream's answer was read), upstream_ttfb_ms (until its headers; null if none came) "
+        "and hints (the validated agent hints; null without). Rotated at 64 MiB, 3 backups "
+        "kept; unset = none.",
     )
     public_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -303,15 +303,15 @@ class Gateway:
         return reply
 
     def too_large(self, path: str) -> Reply:
-        """The answer for a body over ``max_body_bytes`` (the server stops reading it)."""
-        self.metrics.reject("body")
-        self.metrics.count_request(path if path in POST_ROUTES else "other", 413)
-        return error_reply(
+        """The answer for a body over ``max_body_bytes`` (the server stops reading it):
+        counted and traced like every reject."""
+        reply = error_reply(
             413,
             f"request body exceeds {self.body_limit()} bytes",
             param="body",
             code="body_too_large",
         )
+        return self._reject(path if path in POST_ROUTES else "other", reply, "body")
 
     def _method_not_allowed(self, path: str, allow: str) -> Reply:
         self.metrics.count_request(path, 405)

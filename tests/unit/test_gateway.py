@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -413,6 +414,21 @@ async def test_trace_written(upstream: EchoUpstream, tmp_path) -> None:
     assert recs[0]["status"] == 200 and recs[0]["hints"]["prefix_id"] == "sess-123"
     assert recs[0]["hints"]["pin_ttl_s"] == 3.0
     assert recs[1] == {**recs[1], "status": 400, "reject": "nvext.agent_hints.iat"}
+    described = GatewayConfig.model_fields["trace_path"].description or ""
+    for key in {k for rec in recs for k in rec}:  # where users look: docs/CONFIG.md
+        assert re.search(rf"\b{key}\b", described), key
+
+
+async def test_a_body_over_the_limit_has_its_trace_record(upstream: EchoUpstream, tmp_path) -> None:
+    """A 413 is a reject like the others (counted under field "body"): the trace, one line
+    per completion request answered, has its record too."""
+    path = tmp_path / "gw.jsonl"
+    client = await make_client(upstream.url, trace_path=path, max_body_bytes=2048)
+    r = await client.post(CHAT, data=b"{" + b" " * 4096 + b"}")
+    assert r.status == 413
+    await client.close()  # flushes the writer
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["route"], r["status"], r["reject"]) for r in recs] == [(CHAT, 413, "body")]
 
 
 async def test_lost_trace_records_are_counted_by_reason(upstream: EchoUpstream, tmp_path) -> None:
