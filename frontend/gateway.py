@@ -186,6 +186,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.metrics.start_routes(POST_ROUTES)
         self.client = UpstreamClient(
             config.upstream_url,
             read_timeout=config.upstream_read_timeout_s,

@@ -58,6 +58,13 @@ LATENCY_BUCKETS = (
 )
 
 
+# Label values whose series exist at 0 from the start: rate() and increase() count nothing of
+# a series born at its first value, so a burst of errors that created one would be invisible.
+UPSTREAM_ERROR_KINDS = ("connect", "read", "timeout")
+UNAVAILABLE_REASONS = ("gateway_busy", "no_worker", "unavailable")
+SERVER_ERRORS = (500, 502, 503, 504)
+
+
 class _Histogram:
     __slots__ = ("buckets", "counts", "total")
 
@@ -95,7 +102,17 @@ class GatewayMetrics:
         self.stalled_clients = 0
         self.slots_in_use: Callable[[], int] = lambda: 0
         self.ready: bool | None = None  # unknown until /health or /ready was asked
+        for kind in UPSTREAM_ERROR_KINDS:
+            self.upstream_errors[kind] = 0
+        for reason in UNAVAILABLE_REASONS:
+            self.unavailable[reason] = 0
         self.registry.register(_Collector(self))
+
+    def start_routes(self, routes: tuple[str, ...]) -> None:
+        """The server-error series of ``routes`` at 0 (see ``SERVER_ERRORS``)."""
+        for route in routes:
+            for status in SERVER_ERRORS:
+                self.requests[(route, status)] += 0
 
     def count_unavailable(self, reason: str) -> None:
         self.unavailable[reason] += 1

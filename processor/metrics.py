@@ -13,6 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from router.jsonl_writer import LOSS_REASONS
 from router.loop_lag import LOOP_LAG_BUCKETS
 from router.metrics import CLAIMS_HELP
+from router.unavailable import REASONS as UNAVAILABLE_REASONS
+
+# How a request ends (processor/handler.py), the label of akr_processor_requests_total.
+OUTCOMES = ("ok", "cancelled", "rejected", "unavailable", "error")
 
 # Seconds, up to what a request may take and still be answered: its first token alone may
 # come after (1 + max_retries) x first_token_timeout_s (360 s by default); a value above the
@@ -195,7 +199,10 @@ class ProcessorMetrics:
             ["reason"],
             registry=r,
         )
-        self.unavailable.labels(reason="no_worker")
+        for reason in UNAVAILABLE_REASONS:  # from 0: rate() misses the burst that makes one
+            self.unavailable.labels(reason=reason)
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome=outcome)
         self.admission_depth = Gauge(
             "akr_processor_admission_queue_depth",
             "New conversations held because every worker is full.",
