@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import get_args
@@ -162,7 +163,7 @@ def test_worker_flags_match_the_launcher(components: dict[str, dict], plan) -> N
     """The k8s worker uses the launcher's worker flags, minus what the operator provides."""
     launcher = next(p for p in plan.processes if p.name == "worker0").argv
     k8s = components["worker"]["args"]
-    operator_side = {"--endpoint", "--discovery-backend", "--request-plane", "--event-plane"}
+    operator_side = {"--discovery-backend", "--request-plane", "--event-plane"}
     launcher_flags = (
         {w for w in launcher if w.startswith("--")} - operator_side - {"--gpu-memory-utilization"}
     )
@@ -256,3 +257,50 @@ def test_the_k8s_frontend_has_the_launchers_body_limit(components: dict[str, dic
 
     env = {e["name"]: e["value"] for e in components["frontend"].get("env", [])}
     assert env["DYN_HTTP_BODY_LIMIT_MB"] == str(FRONTEND_BODY_LIMIT_MB)
+
+
+# What the Dynamo operator gives a worker of a Deployment-backed graph: its graph's Dynamo
+# namespace plus a hash of the workers' spec (DYN_NAMESPACE_WORKER_SUFFIX), which
+# dynamo.common.utils.namespace.get_worker_namespace appends to the default endpoint's
+# namespace (rolling updates put each worker generation in a namespace of its own). The
+# processor, a component without a type, gets DYN_NAMESPACE only.
+OPERATOR_ENV = {"DYN_NAMESPACE": "default-akr"}
+WORKER_OPERATOR_ENV = {**OPERATOR_ENV, "DYN_NAMESPACE_WORKER_SUFFIX": "5f3c2a1b"}
+
+
+def kubelet_expand(word: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of a container's command and args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), word)
+
+
+def shell_expand(word: str, env: Mapping[str, str]) -> str:
+    """``${VAR}`` and ``${VAR:-default}``, as the processor's ``sh -c`` expands them."""
+    return re.sub(
+        r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}",
+        lambda m: env.get(m[1]) or (m[2] or ""),
+        word,
+    )
+
+
+def worker_registers_at(args: list[str], env: Mapping[str, str], monkeypatch) -> str:
+    """The endpoint dynamo.vllm registers under (dynamo/vllm/args.py: ``--endpoint`` when
+    given, else ``<worker namespace>.backend.generate``)."""
+    from dynamo.common.utils.namespace import get_worker_namespace
+
+    if "--endpoint" in args:
+        return kubelet_expand(args[args.index("--endpoint") + 1], env).removeprefix("dyn://")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return f"{get_worker_namespace()}.backend.generate"
+
+
+def test_the_processor_finds_the_workers_under_the_operators_namespaces(
+    components: dict[str, dict], monkeypatch
+) -> None:
+    """Before: the workers registered under their default endpoint, whose namespace the
+    operator suffixes with the workers' spec hash, while the processor looked for
+    ``$DYN_NAMESPACE.backend.generate``: it waited for workers for ever."""
+    worker = worker_registers_at(components["worker"]["args"], WORKER_OPERATOR_ENV, monkeypatch)
+    script = " ".join(components["processor"]["args"])
+    (wanted,) = re.findall(r'AKR_PROCESSOR_WORKER_ENDPOINT="([^"]*)"', script)
+    assert shell_expand(wanted, OPERATOR_ENV) == worker == "default-akr.backend.generate"
