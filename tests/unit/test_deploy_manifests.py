@@ -177,7 +177,7 @@ def test_gateway_service_and_pod_monitor_select_real_ports(components: dict[str,
     services = {d["metadata"]["name"]: d for d in all_docs if d["kind"] == "Service"}
     graph = docs["DynamoGraphDeployment"]
     for name, port in (("gateway", "http"), ("processor", "metrics")):
-        svc = services[f"akr-{name}"]
+        svc = services[service_selecting(name, graph)]
         assert svc["spec"]["ports"][0]["targetPort"] == _ports(components[name])[port]
         labels = next(c for c in graph["spec"]["components"] if c["name"] == name)["podTemplate"][
             "metadata"
@@ -241,7 +241,23 @@ def test_alert_rules_are_loaded_and_name_real_series() -> None:
     } <= raw
 
 
-def test_gateway_probes_liveness_and_readiness(components: dict[str, dict]) -> None:
+def our_services() -> dict[str, dict]:
+    """The Services the manifest itself defines, by name."""
+    docs = load_all(K8S / "dynamo-graph.yaml")
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+
+
+def service_selecting(component: str, dgd: dict) -> str:
+    """The name of our Service whose selector matches ``component``'s pod labels."""
+    comp = next(c for c in dgd["spec"]["components"] if c["name"] == component)
+    labels = comp["podTemplate"]["metadata"]["labels"]
+    (name,) = [
+        n for n, svc in our_services().items() if svc["spec"]["selector"].items() <= labels.items()
+    ]
+    return name
+
+
+def test_gateway_probes_liveness_and_readiness(components: dict[str, dict], dgd: dict) -> None:
     """Liveness on /live (restart a stuck gateway), readiness on /ready (which asks the
     processor's /health through its Service)."""
     gw = components["gateway"]
@@ -249,7 +265,19 @@ def test_gateway_probes_liveness_and_readiness(components: dict[str, dict]) -> N
     assert gw["readinessProbe"]["httpGet"]["path"] == "/ready"
     env = {e["name"]: e.get("value") for e in gw["env"]}
     port = _ports(components["processor"])["metrics"]
-    assert env["AKR_GATEWAY_PROCESSOR_HEALTH_URL"] == f"http://akr-processor:{port}/health"
+    service = service_selecting("processor", dgd)
+    assert env["AKR_GATEWAY_PROCESSOR_HEALTH_URL"] == f"http://{service}:{port}/health"
+
+
+def test_our_services_are_not_named_like_the_operators(dgd: dict) -> None:
+    """Before: Services akr-gateway and akr-processor. With Kubernetes discovery (the
+    operator's default) the operator creates a Service for every component, named
+    <graph>-<component> (the rule AKR_GATEWAY_UPSTREAM_URL relies on for akr-frontend), on the
+    Dynamo system port: same names, other selector and port, fought over by kubectl and the
+    operator's reconcile."""
+    graph = dgd["metadata"]["name"]
+    operator_names = {f"{graph}-{c['name']}".lower() for c in dgd["spec"]["components"]}
+    assert not operator_names & set(our_services())
 
 
 def test_the_k8s_frontend_has_the_launchers_body_limit(components: dict[str, dict]) -> None:
