@@ -332,3 +332,30 @@ def test_the_processor_finds_the_workers_under_the_operators_namespaces(
     script = " ".join(components["processor"]["args"])
     (wanted,) = re.findall(r'AKR_PROCESSOR_WORKER_ENDPOINT="([^"]*)"', script)
     assert shell_expand(wanted, OPERATOR_ENV) == worker == "default-akr.backend.generate"
+
+
+def drain_grace_s(main: dict) -> float:
+    """How long a component waits on SIGTERM before its drain (Dynamo's variable, or its
+    default as the installed wheel defines it)."""
+    from dynamo.common.utils import graceful_shutdown
+
+    env = _env(main)
+    return float(
+        env.get(graceful_shutdown._GRACE_PERIOD_ENV, graceful_shutdown._DEFAULT_GRACE_PERIOD_SECS)
+    )
+
+
+def test_draining_components_get_time_to_finish_their_answers(
+    dgd: dict, components: dict[str, dict]
+) -> None:
+    """The gateway and the processor both finish the answers in flight after the grace
+    (docs/DEPLOY.md, section 6). Before: the processor had no terminationGracePeriodSeconds
+    (Kubernetes' 30 s, or the operator's default), so a processor rollout cut answers the
+    gateway, given 120 s for them, was still relaying."""
+    pods = {c["name"]: c["podTemplate"]["spec"] for c in dgd["spec"]["components"]}
+    gateway = pods["gateway"]["terminationGracePeriodSeconds"]
+    for name in ("gateway", "processor"):
+        period = pods[name].get("terminationGracePeriodSeconds")
+        assert period is not None, f"{name}: no terminationGracePeriodSeconds"
+        assert period > drain_grace_s(components[name]), name
+        assert period >= gateway, f"{name}: cut before the gateway's answers end"
