@@ -359,3 +359,13 @@ def test_draining_components_get_time_to_finish_their_answers(
         assert period is not None, f"{name}: no terminationGracePeriodSeconds"
         assert period > drain_grace_s(components[name]), name
         assert period >= gateway, f"{name}: cut before the gateway's answers end"
+
+
+def test_every_container_asks_for_what_it_needs(components: dict[str, dict]) -> None:
+    """Before: only the workers named resources (a GPU); the gateway, processor and stock
+    frontend ran as BestEffort pods, the first to be starved of CPU or evicted on a busy node,
+    and every token passes through all three."""
+    for name in ("gateway", "processor", "frontend"):
+        requests = components[name].get("resources", {}).get("requests", {})
+        assert {"cpu", "memory"} <= requests.keys(), name
+    assert components["worker"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
