@@ -41,16 +41,12 @@ class DrainingEndpoint:
         await self._endpoint.unregister_endpoint_instance()
 
 
-@dynamo_worker()
-async def worker(
-    runtime: DistributedRuntime, config: ProcessorConfig, router_config: RouterConfig
-) -> None:
-    service = RouterService(router_config, block_size=None)  # the workers' size, in start()
-    if service.config.state_path and await service.load_state(service.config.state_path):
-        logger.info("restored learner state from %s", service.config.state_path)
-    handler = ProcessorHandler(runtime, config, service)
-    await handler.start()
-    endpoint = runtime.endpoint(config.endpoint)
+async def register_public_model(endpoint: Any, config: ProcessorConfig, handler: Any) -> None:
+    """Register ``endpoint`` as the public model, with the workers' block size and context.
+
+    ``ignore_weights``: the stock frontend needs the model's tokenizer, chat template and
+    config, never its weights; without it a Hugging Face id in ``AKR_PROCESSOR_MODEL_PATH``
+    downloads the whole model before the processor serves."""
     # Our context is the workers' (their cards): the stock frontend lists it, and the gateway
     # checks prompts against it (see processor.engine_state.prompt_limit_tokens).
     runtime_config = ModelRuntimeConfig()
@@ -65,7 +61,21 @@ async def worker(
         worker_type=WorkerType.Aggregated,
         kv_cache_block_size=handler.block_size,
         runtime_config=runtime_config,
+        ignore_weights=True,
     )
+
+
+@dynamo_worker()
+async def worker(
+    runtime: DistributedRuntime, config: ProcessorConfig, router_config: RouterConfig
+) -> None:
+    service = RouterService(router_config, block_size=None)  # the workers' size, in start()
+    if service.config.state_path and await service.load_state(service.config.state_path):
+        logger.info("restored learner state from %s", service.config.state_path)
+    handler = ProcessorHandler(runtime, config, service)
+    await handler.start()
+    endpoint = runtime.endpoint(config.endpoint)
+    await register_public_model(endpoint, config, handler)
     logger.info("processor serving %s as model %s", config.endpoint, config.model_name)
     # SIGTERM/SIGINT: leave discovery, wait Dynamo's grace period
     # (DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS, default 5 s), let in-flight requests finish;
