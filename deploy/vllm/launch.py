@@ -102,6 +102,8 @@ def read_env_file(path: Path | None) -> dict[str, str]:
     for name, value, _ in (*LAUNCH_DEFAULTS, *DYN_DEFAULTS):
         values[name] = value
     if path is not None:
+        if not path.is_file():  # dotenv reads a missing file as an empty one
+            raise SystemExit(f"--env-file {path}: no such file")
         for key, value in dotenv_values(path).items():
             if value is not None and value != "":
                 values[key] = value

@@ -259,3 +259,15 @@ def test_a_bad_value_in_the_env_file_stops_the_launch_naming_it(
         launch_main(["--workers", "1", "--model", "m", "--env-file", str(env_file), "--dry-run"])
     assert named in str(exc.value)
     assert capsys.readouterr().out == ""
+
+
+def test_an_env_file_that_does_not_exist_stops_the_launch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a mistyped --env-file path was read as an empty file, so the stack started on
+    the defaults with none of the operator's settings, and nothing said so."""
+    missing = tmp_path / "akr.envv"
+    with pytest.raises(SystemExit) as exc:
+        launch_main(["--workers", "1", "--model", "m", "--env-file", str(missing), "--dry-run"])
+    assert str(missing) in str(exc.value)
+    assert capsys.readouterr().out == ""
