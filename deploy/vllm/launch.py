@@ -44,6 +44,7 @@ is not installed on the build machine, so ``--help`` could not run):
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import json
 import os
@@ -53,6 +54,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +62,13 @@ from dotenv import dotenv_values  # python-dotenv, a dependency of pydantic-sett
 
 from deploy.local_stack import REPO_ROOT, _http_get, loopback_env
 from deploy.supervisor import Child, Supervisor, describe_code, stop_groups
-from deploy.vllm.envfile import AKR_OVERRIDES, DYN_DEFAULTS, ENV_FILE, LAUNCH_DEFAULTS
+from deploy.vllm.envfile import (
+    AKR_OVERRIDES,
+    DYN_DEFAULTS,
+    ENV_FILE,
+    LAUNCH_DEFAULTS,
+    model_variables,
+)
 from frontend.config import GatewayConfig
 from processor.config import ProcessorConfig
 from router.config import RouterConfig
@@ -104,12 +112,37 @@ def read_env_file(path: Path | None) -> dict[str, str]:
     if path is not None:
         if not path.is_file():  # dotenv reads a missing file as an empty one
             raise SystemExit(f"--env-file {path}: no such file")
-        for key, value in dotenv_values(path).items():
+        in_file = dotenv_values(path)
+        check_names(path, in_file.keys())
+        for key, value in in_file.items():
             if value is not None and value != "":
                 values[key] = value
             elif key in values and value == "":
                 values[key] = ""
     return values
+
+
+def known_names() -> set[str]:
+    """Every variable the launcher reads from an env file (the names akr.env lists)."""
+    return {n for n, _, _ in (*LAUNCH_DEFAULTS, *DYN_DEFAULTS)} | set(model_variables())
+
+
+def check_names(path: Path, names: Iterable[str]) -> None:
+    """Stop on a name the launcher would drop: a typo would silently leave its default."""
+    known = known_names()
+    unknown = [n for n in names if n not in known]
+    if not unknown:
+        return
+    lines = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        lines.append(f"  {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise SystemExit(
+        f"--env-file {path}: variables the launcher does not read:\n"
+        + "\n".join(lines)
+        + "\nIt reads the names deploy/vllm/akr.env lists; give any other variable (HF_TOKEN,"
+        " VLLM_*, other DYN_*) to the launcher's own environment: every process inherits it."
+    )
 
 
 def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:

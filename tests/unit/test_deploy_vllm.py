@@ -271,3 +271,39 @@ def test_an_env_file_that_does_not_exist_stops_the_launch(
         launch_main(["--workers", "1", "--model", "m", "--env-file", str(missing), "--dry-run"])
     assert str(missing) in str(exc.value)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("LAUNCH_GPU=4,5", "LAUNCH_GPUS"),
+        ("AKR_ROUTER_EXPLORATON=0.1", "AKR_ROUTER_EXPLORATION"),
+        ("HF_TOKEN=secret", None),
+    ],
+)
+def test_a_variable_the_launcher_does_not_read_stops_the_launch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, named: str | None
+) -> None:
+    """Before: an unknown name in the env file was dropped without a word. LAUNCH_GPU=4,5
+    put the workers on GPUs 0 and 1 (another job's, perhaps); a mistyped AKR_* variable went
+    to the processor, which ignores names it does not know; other variables reached no
+    process at all. Each is now named, with the closest known name."""
+    env_file = tmp_path / "akr.env"
+    env_file.write_text(line + "\n")
+    with pytest.raises(SystemExit) as exc:
+        launch_main(["--workers", "2", "--model", "m", "--env-file", str(env_file), "--dry-run"])
+    message = str(exc.value)
+    assert line.split("=")[0] in message
+    if named:
+        assert f"did you mean {named}?" in message
+    assert capsys.readouterr().out == ""
+
+
+def test_every_generated_env_file_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    """The template and the tuner's files (benchmarks/results/tune/*/akr.env) name only
+    variables the launcher reads."""
+    files = [ENV_FILE, *REPO_ROOT.glob("benchmarks/results/tune/*/akr.env")]
+    assert len(files) > 1
+    for path in files:
+        launch_main(["--workers", "1", "--model", "m", "--env-file", str(path), "--dry-run"])
+    assert "dynamo.vllm" in capsys.readouterr().out
