@@ -470,7 +470,9 @@ def _stop(children: list[Child]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m deploy.vllm.launch",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument(
         "--workers", type=int, required=True, help="number of vLLM workers (one GPU each)"
@@ -509,18 +511,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="do not restart processes; stop the stack when one dies",
     )
-    parser.add_argument(
-        "vllm_args",
-        nargs=argparse.REMAINDER,
-        help="after --: extra vLLM engine flags for every worker",
-    )
-    args = parser.parse_args(argv)
-    if args.vllm_args and args.vllm_args[0] == "--":
-        args.vllm_args = args.vllm_args[1:]
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [-- VLLM_FLAGS ...]"
+    parser.epilog = "-- VLLM_FLAGS ...: extra vLLM engine flags for every worker, after --."
+    own, vllm_args = split_at_separator(sys.argv[1:] if argv is None else list(argv))
+    args, stray = parser.parse_known_args(own)
+    if stray:  # a stray word must not turn the launcher flags after it into vLLM's
+        parser.error(f"unrecognized arguments: {' '.join(stray)} (vLLM flags go after --)")
+    args.vllm_args = vllm_args
     if "--dry-run" in args.vllm_args:  # never start GPUs because the flag came after "--"
         args.vllm_args.remove("--dry-run")
         args.dry_run = True
     return args
+
+
+def split_at_separator(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The launcher's words and the vLLM flags after the first ``--``."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -307,3 +307,25 @@ def test_every_generated_env_file_is_accepted(capsys: pytest.CaptureFixture[str]
     for path in files:
         launch_main(["--workers", "1", "--model", "m", "--env-file", str(path), "--dry-run"])
     assert "dynamo.vllm" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # --env-file forgotten: the path, then every later flag, became vLLM arguments.
+        ["deploy/vllm/akr.env", "--no-supervise"],
+        # vLLM flags without the "--" separator.
+        ["--max-model-len", "8192"],
+    ],
+)
+def test_words_before_the_separator_must_be_launcher_flags(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: extra vLLM flags were a REMAINDER positional, so the first stray word swallowed
+    every launcher flag after it into each worker's argv (--no-supervise went to vLLM, the
+    stack was supervised; the env file was never read)."""
+    with pytest.raises(SystemExit) as exc:
+        launch_main(["--workers", "1", "--model", "m", *argv, "--dry-run"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[0] in err and "after --" in err
