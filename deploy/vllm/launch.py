@@ -202,9 +202,7 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
     if akr.get("AKR_PROCESSOR_WORKER_ENDPOINT", worker_endpoint) != worker_endpoint:
         raise SystemExit("AKR_PROCESSOR_WORKER_ENDPOINT must equal LAUNCH_WORKER_ENDPOINT")
     public_model = args.served_model_name or akr.get("AKR_PROCESSOR_MODEL_NAME") or args.model
-    model_path = args.model
-    if Path(args.model).expanduser().is_dir():
-        model_path = str(Path(args.model).expanduser().resolve())
+    model_path = resolve_model(args.model)
 
     gpus = [g for g in (args.gpus or knobs["LAUNCH_GPUS"]).split(",") if g.strip()]
     if not gpus:
@@ -267,7 +265,7 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
                     "-m",
                     "dynamo.vllm",
                     "--model",
-                    args.model,
+                    model_path,
                     "--served-model-name",
                     knobs["LAUNCH_WORKER_MODEL"],
                     "--endpoint",
@@ -344,6 +342,18 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
         public_model,
         workdir / "dynamo_kv" if discovery == "file" else None,
     )
+
+
+def resolve_model(model: str) -> str:
+    """A local directory as an absolute path (the processes run in the repository, without a
+    shell), a Hugging Face id as is. A word that is neither stops here: vLLM would take it for
+    a hub id and fail only once every process had started."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1:  # not org/name
+        raise SystemExit(f"--model {model}: no such directory (a Hugging Face id is org/name)")
+    return model
 
 
 def _port_knob(knobs: dict[str, str], name: str) -> int:

@@ -329,3 +329,37 @@ def test_words_before_the_separator_must_be_launcher_flags(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert argv[0] in err and "after --" in err
+
+
+def test_a_local_model_directory_reaches_workers_and_processor_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the processor got the directory resolved, the workers the word as typed; they
+    run in the repository, not the caller's directory, and without a shell, so './qwen' or
+    '~/qwen' named no directory there and vLLM took it for a hub id."""
+    model = tmp_path / "qwen"
+    model.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for typed in ("./qwen", "~/qwen"):
+        procs = dry_run(capsys, "--workers", "1", "--model", typed)
+        assert flag(procs["worker0"][1], "--model") == str(model.resolve())
+        assert procs["processor"][0]["AKR_PROCESSOR_MODEL_PATH"] == str(model.resolve())
+
+
+@pytest.mark.parametrize("typed", ["/models/nope", "./nope", "~/nope", "a/b/c"])
+def test_a_model_path_that_names_no_directory_stops_the_launch(
+    typed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a directory and not a Hugging Face id (org/name): before, the launcher started
+    every process, and the mistake showed as a worker dying minutes into the launch."""
+    with pytest.raises(SystemExit) as exc:
+        launch_main(["--workers", "1", "--model", typed, "--dry-run"])
+    assert typed in str(exc.value)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_hugging_face_id_is_passed_as_is(capsys: pytest.CaptureFixture[str]) -> None:
+    procs = dry_run(capsys, "--workers", "1", "--model", "Qwen/Qwen3-0.6B")
+    assert flag(procs["worker0"][1], "--model") == "Qwen/Qwen3-0.6B"
+    assert procs["processor"][0]["AKR_PROCESSOR_MODEL_PATH"] == "Qwen/Qwen3-0.6B"
