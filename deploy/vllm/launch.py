@@ -57,11 +57,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from dotenv import dotenv_values  # python-dotenv, a dependency of pydantic-settings
 
 from deploy.local_stack import REPO_ROOT, _http_get, loopback_env
-from deploy.supervisor import Child, Supervisor, describe_code, stop_groups
+from deploy.supervisor import Child, Exit, Supervisor, describe_code, stop_groups
 from deploy.vllm.envfile import (
     AKR_OVERRIDES,
     DYN_DEFAULTS,
@@ -385,8 +386,8 @@ def run(plan: Plan, ready_timeout_s: float, supervise: bool = True, poll_s: floa
     (plan.workdir / "traces").mkdir(exist_ok=True)
     launcher_log = plan.workdir / "launcher.log"
 
-    def log(line: str) -> None:
-        print(line, flush=True)
+    def log(line: str, stream: TextIO = sys.stdout) -> None:
+        print(line, file=stream, flush=True)
         with open(launcher_log, "a") as out:
             out.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
@@ -451,14 +452,14 @@ def run(plan: Plan, ready_timeout_s: float, supervise: bool = True, poll_s: floa
         status = 1
     except KeyboardInterrupt:
         pass
-    except SystemExit as exc:
-        print(exc, file=sys.stderr, flush=True)
+    except SystemExit as exc:  # the reason the launch ends: kept in launcher.log too
+        log(str(exc), sys.stderr)
         status = 1
     finally:
         _stop(children)
         supervisor.write_status()  # the final counts, even when a signal cut a tick short
         if status or supervisor.failures:
-            print(f"work directory kept (logs, traces): {plan.workdir}", file=sys.stderr)
+            log(f"work directory kept (logs, traces): {plan.workdir}", sys.stderr)
     return status
 
 
@@ -468,6 +469,7 @@ def _check_started(children: list[Child], workdir: Path) -> None:
         code = child.popen.poll() if child.popen is not None else None
         if code is not None:
             runtime = time.monotonic() - child.started_at
+            child.last_exit = Exit(code, runtime, "exited")  # for supervisor.json
             raise SystemExit(
                 f"{child.name} exited with {describe_code(code)} during start-up after "
                 f"{runtime:.1f} s; see {child.log_path}"

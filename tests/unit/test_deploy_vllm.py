@@ -363,3 +363,35 @@ def test_a_hugging_face_id_is_passed_as_is(capsys: pytest.CaptureFixture[str]) -
     procs = dry_run(capsys, "--workers", "1", "--model", "Qwen/Qwen3-0.6B")
     assert flag(procs["worker0"][1], "--model") == "Qwen/Qwen3-0.6B"
     assert procs["processor"][0]["AKR_PROCESSOR_MODEL_PATH"] == "Qwen/Qwen3-0.6B"
+
+
+def test_a_death_during_start_up_is_recorded_in_the_work_directory(tmp_path: Path) -> None:
+    """Before: the failure line went to stderr only. launcher.log ended at 'waiting for
+    model', and supervisor.json showed the dead process without its exit, so a launch run
+    under nohup or systemd left no trace of why it stopped."""
+    import signal
+    import socket
+
+    from deploy.vllm.launch import Plan, Process, run
+
+    with socket.socket() as sock:  # a port nothing answers on: the stack never gets ready
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    plan = Plan(
+        [Process("worker0", ["python", "-c", "raise SystemExit(3)"])],
+        tmp_path,
+        "127.0.0.1",
+        port,
+        port,
+        None,
+        [],
+        "m",
+    )
+    saved = signal.getsignal(signal.SIGTERM)
+    try:
+        assert run(plan, ready_timeout_s=30, poll_s=0.05) == 1
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert "worker0 exited with 3 during start-up" in (tmp_path / "launcher.log").read_text()
+    status = json.loads((tmp_path / "supervisor.json").read_text())
+    assert status["components"]["worker0"]["last_exit"]["code"] == 3
