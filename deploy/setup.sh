@@ -17,13 +17,15 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -f .model/akr-tiny/to
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-"${pip[@]}" install -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
-"${pip[@]}" install aiohttp msgspec prometheus-client pyzmq tqdm typing-extensions zstandard \
-  pyyaml packaging 2>&1 | grep -v '^WARNING: Location' || true
-"${pip[@]}" install --no-deps ai-dynamo==1.6.1 2>&1 | grep -v '^WARNING: Location' || true
+# pip's noise filtered out, its exit status kept (pipefail): a failed install stops here,
+# before the stamp, so the next run tries again.
+install() { "${pip[@]}" install "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
+install --upgrade pip
+install -e ".[test]"
+install aiohttp msgspec prometheus-client pyzmq tqdm typing-extensions zstandard pyyaml packaging
+install --no-deps ai-dynamo==1.6.1
 # The real NeMo Agent Toolkit client, for the tests that drive the gateway with it.
-"${pip[@]}" install nvidia-nat-core==1.9.0 openai 2>&1 | grep -v '^WARNING: Location' || true
+install nvidia-nat-core==1.9.0 openai
 "$VENV/bin/python" -c "import dynamo.frontend, dynamo.mocker, dynamo.llm, router, processor, frontend"
 "$VENV/bin/python" deploy/make_model.py .model/akr-tiny >/dev/null
 echo "$want" > "$STAMP"
