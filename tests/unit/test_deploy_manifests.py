@@ -369,3 +369,35 @@ def test_every_container_asks_for_what_it_needs(components: dict[str, dict]) -> 
         requests = components[name].get("resources", {}).get("requests", {})
         assert {"cpu", "memory"} <= requests.keys(), name
     assert components["worker"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+
+
+def served_paths(component: str) -> set[str]:
+    """The GET paths a component of ours answers (a probe elsewhere gets 404)."""
+    from frontend.gateway import GET_ROUTES
+
+    return {"gateway": set(GET_ROUTES)}[component]
+
+
+def test_probes_point_at_paths_and_ports_the_component_serves(
+    components: dict[str, dict],
+) -> None:
+    for name, main in components.items():
+        ports = _ports(main)
+        for kind in PROBES:
+            probe = main.get(kind)
+            if probe is None:
+                continue
+            port = probe["httpGet"]["port"]
+            assert port in ports or port in ports.values(), (name, kind, port)
+            assert probe["httpGet"]["path"] in served_paths(name), (name, kind)
+
+
+def test_no_machine_paths_in_the_kubernetes_files() -> None:
+    """Paths in the image and manifest are the container's, never a build machine's."""
+    for path in K8S.iterdir():
+        text = path.read_text()
+        for machine in ("/home/", "/work/", "/tmp/", "/Users/", "/root/", str(REPO_ROOT)):
+            assert machine not in text, (path.name, machine)
