@@ -395,3 +395,33 @@ def test_a_death_during_start_up_is_recorded_in_the_work_directory(tmp_path: Pat
     assert "worker0 exited with 3 during start-up" in (tmp_path / "launcher.log").read_text()
     status = json.loads((tmp_path / "supervisor.json").read_text())
     assert status["components"]["worker0"]["last_exit"]["code"] == 3
+
+
+def dynamo_reads(name: str) -> bool:
+    """Whether the installed ai-dynamo wheel names ``name`` (Python sources or the Rust core)."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("dynamo.runtime").origin).parent.parent
+    if name.encode() in (root / "_core.abi3.so").read_bytes():
+        return True
+    return any(name in p.read_text(errors="replace") for p in root.rglob("*.py"))
+
+
+def test_every_dynamo_variable_the_launchers_and_graph_set_exists(capsys) -> None:
+    """A misspelt DYN_* variable is ignored by Dynamo without a word: each one the launcher
+    prints (file and etcd discovery), akr.env lists or the Kubernetes graph sets must be a
+    name the installed wheel knows."""
+    import yaml
+
+    names: set[str] = {n for n, _, _ in envfile.DYN_DEFAULTS}
+    for extra in ([], ["--discovery", "etcd"]):
+        for env, _ in dry_run(capsys, "--workers", "1", "--model", "m", *extra).values():
+            names |= set(env)
+    graph = REPO_ROOT / "deploy" / "k8s" / "dynamo-graph.yaml"
+    for doc in yaml.safe_load_all(graph.read_text()):
+        for comp in (doc or {}).get("spec", {}).get("components", []):
+            for container in comp["podTemplate"]["spec"]["containers"]:
+                names |= {e["name"] for e in container.get("env", [])}
+    dynamo = {n for n in names if n.startswith(("DYN_", "ETCD_", "NATS_"))}
+    assert len(dynamo) > 10
+    assert not {n for n in dynamo if not dynamo_reads(n)}
