@@ -20,8 +20,9 @@ at most 0.5 ms at p50. The server does only what the gateway needs, defensively:
   stock frontend cancels the generation;
 * client connections are capped from RLIMIT_NOFILE, its soft limit first raised to the hard
   one (``raise_fd_limit``, ``connection_cap``): each may need an upstream connection too, so
-  past half the descriptors left a new connection gets 503 with ``Retry-After`` and is closed, counted as ``too_many_connections``; a few past the cap are
-  still read, so health probes and scrapes are answered when clients hold all the others.
+  past half the descriptors left a new connection gets 503 with ``Retry-After`` and is
+  closed, counted as ``too_many_connections``; a few past the cap are still read, so health
+  probes and scrapes are answered when clients hold all the others.
 
 Duplicate request header fields are joined with ", " (RFC 9110), so two different values of a
 hint header fail validation instead of one silently winning.
