@@ -30,8 +30,8 @@ from aiohttp.test_utils import TestServer
 
 from deploy.local_stack import free_port
 from frontend import server
+from tests.unit.gateway_process import REPO, spawn_gateway
 
-REPO = Path(__file__).resolve().parents[2]
 LIMIT = 128
 CHAT = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -62,23 +62,10 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[int, int, Path]]:
     """(port, pid, stderr path) of a gateway limited to ``LIMIT`` descriptors."""
     upstream = await _upstream()
     port = free_port()
-    env = {
-        **os.environ,
-        "AKR_GATEWAY_HOST": "127.0.0.1",
-        "AKR_GATEWAY_PORT": str(port),
-        "AKR_GATEWAY_UPSTREAM_URL": str(upstream.make_url("")).rstrip("/"),
-        "AKR_GATEWAY_CONTEXT_TOKENS": "4096",
-    }
     err = tmp_path / "gateway.err"
     with err.open("wb") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "frontend",
-            cwd=REPO,
-            env=env,
-            stderr=stderr,
-            preexec_fn=_lower_fd_limit,
+        proc = await spawn_gateway(
+            str(upstream.make_url("")), port, stderr=stderr, preexec_fn=_lower_fd_limit
         )
     try:
         for _ in range(300):  # until it answers

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from deploy.local_stack import free_port
+from tests.unit.gateway_process import spawn_gateway
 
-REPO = Path(__file__).resolve().parents[2]
 EVENTS = 6
 
 
@@ -70,15 +67,9 @@ async def _request(port: int, method: str, path: str, body: bytes = b"") -> tupl
 async def gateway() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     upstream = await _slow_upstream()
     port = free_port()
-    env = {
-        **os.environ,
-        "AKR_GATEWAY_HOST": "127.0.0.1",
-        "AKR_GATEWAY_PORT": str(port),
-        "AKR_GATEWAY_UPSTREAM_URL": str(upstream.make_url("")).rstrip("/"),
-        "AKR_GATEWAY_CONTEXT_TOKENS": "4096",
-        "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "1",
-    }
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "frontend", cwd=REPO, env=env)
+    proc = await spawn_gateway(
+        str(upstream.make_url("")), port, {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "1"}
+    )
     try:
         for _ in range(300):  # until it listens
             try:

@@ -1,0 +1,30 @@
+"""A gateway process of this checkout in front of a stand-in upstream: for tests of what only
+a whole process shows (signals, descriptor limits)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def spawn_gateway(
+    upstream_url: str, port: int, extra_env: dict[str, str] | None = None, **popen: Any
+) -> asyncio.subprocess.Process:
+    """``python -m frontend`` on 127.0.0.1:``port`` relaying to ``upstream_url``; ``popen``
+    goes to ``create_subprocess_exec`` (stderr, preexec_fn ...)."""
+    env = {
+        **os.environ,
+        "AKR_GATEWAY_HOST": "127.0.0.1",
+        "AKR_GATEWAY_PORT": str(port),
+        "AKR_GATEWAY_UPSTREAM_URL": upstream_url.rstrip("/"),
+        "AKR_GATEWAY_CONTEXT_TOKENS": "4096",
+        **(extra_env or {}),
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "frontend", cwd=REPO, env=env, **popen
+    )
