@@ -206,6 +206,15 @@ class ProcessorHandler:
         from dynamo.llm import FpmEventSubscriber, KvRouter, KvRouterConfig
 
         cfg = self._config
+        # Health and metrics from the start: /live answers while the workers load (minutes
+        # on GPUs), driven by the loop-lag watch's ticks; /health says "starting" until then.
+        self._lag_watch = asyncio.create_task(
+            watch_loop_lag(self._loop_tick, asyncio.get_running_loop().time)
+        )
+        if cfg.metrics_port is not None:
+            self._http = serve_metrics_and_health(
+                self.metrics.registry, self.health, cfg.metrics_port, cfg.metrics_host
+            )
         endpoint = self._runtime.endpoint(cfg.worker_endpoint)
         self._client = await endpoint.client()
         await self._client.wait_for_instances()
@@ -244,15 +253,13 @@ class ProcessorHandler:
         if self._config.trace_path is not None:
             self._writer = JsonlWriter(self._config.trace_path, queue_size=cfg.trace_queue_size)
             self._writer.start()
-        if self._config.metrics_port is not None:
-            self._http = serve_metrics_and_health(
-                self.metrics.registry, self.health, cfg.metrics_port, cfg.metrics_host
-            )
         self._sweep_once()  # gauges (workers routable, ...) valid before the first periodic sweep
         self._sweeper = asyncio.create_task(self._sweep_forever())
-        self._lag_watch = asyncio.create_task(
-            watch_loop_lag(self.metrics.loop_lag.observe, asyncio.get_running_loop().time)
-        )
+
+    def _loop_tick(self, lag_s: float) -> None:
+        """The loop-lag watch's timer fired ``lag_s`` late: a lag sample, and a liveness beat."""
+        self.metrics.loop_lag.observe(lag_s)
+        self.health.beat(time.monotonic())
 
     async def stop(self) -> None:
         for task in (self._sweeper, self._lag_watch):

@@ -15,7 +15,13 @@ it *expects*, and says so in a gauge pair and in ``GET /health`` on its metrics 
 * 503 ``{"status": "stalled", ...}``: the processor's background sweep (which refreshes these
   numbers every second) has not run for ``STALL_S``, i.e. its event loop is stuck;
 * 503 ``{"status": "draining", ...}``: SIGTERM came; it has left discovery and finishes what
-  it holds (a gateway asking this ``/health`` turns not ready with it).
+  it holds (a gateway asking this ``/health`` turns not ready with it);
+* 503 ``{"status": "starting", ...}``: it has not yet seen its first worker.
+
+``GET /live`` is the liveness probe: 200 while the event loop ticks (a timer every 50 ms, the
+loop-lag watch), 503 ``{"status": "stalled"}`` once it has not for ``STALL_S``. It answers
+from start-up on, also while the processor waits for its first worker (model loading can
+take minutes), so Kubernetes restarts a processor whose loop is stuck and nothing else.
 
 Expected workers: ``AKR_PROCESSOR_EXPECTED_WORKERS`` when set (a fleet of known size);
 otherwise the most workers routable at once within the last
@@ -69,6 +75,18 @@ class WorkerHealth:
         self._state: tuple[int, int, float, bool] | None = None  # routable, expected, when,
         # and whether a router is there to place requests
         self.draining = False  # set once, on SIGTERM (processor/__main__.py)
+        self._beat: float | None = None  # when the event loop last ticked (``beat``)
+
+    def beat(self, now: float) -> None:
+        """The event loop ticked at ``now`` (called on the loop; read by ``live``)."""
+        self._beat = now
+
+    def live(self, now: float) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of ``GET /live`` (module docstring)."""
+        beat = self._beat
+        if beat is not None and now - beat > STALL_S:
+            return 503, {"status": "stalled", "last_tick_s_ago": round(now - beat, 1)}
+        return 200, {"status": "alive"}
 
     def update(self, routable: int, now: float, router: bool = True) -> int:
         """Record the routable count at ``now`` (and whether a router is reachable in
@@ -136,12 +154,13 @@ def as_http_error(exc: Unavailable) -> Exception:
 
 
 IDLE_TIMEOUT_S = 10.0  # a metrics/health connection idle this long is closed
+GET_PATHS = ("/health", "/live", "/metrics", "/")  # what the metrics port answers
 
 
 def serve_metrics_and_health(
     registry: CollectorRegistry, health: WorkerHealth, port: int, host: str = "127.0.0.1"
 ) -> ThreadingHTTPServer:
-    """``/metrics`` (the registry) and ``/health`` from a daemon thread."""
+    """``/metrics`` (the registry), ``/health`` and ``/live`` from a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
         # A connection that sends nothing is closed after this: each holds a thread, and a
@@ -150,10 +169,11 @@ def serve_metrics_and_health(
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/health":
-                status, body = health.answer(time.monotonic())
+            if path in ("/health", "/live"):
+                answer = health.answer if path == "/health" else health.live
+                status, body = answer(time.monotonic())
                 self._send(status, "application/json", json.dumps(body).encode())
-            elif path in ("/metrics", "/"):
+            elif path in GET_PATHS:
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
             else:
                 self._send(404, "text/plain", b"not found\n")

@@ -8,13 +8,24 @@ is killed and a request fails within the no-worker wait instead of hanging.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from deploy.local_stack import StackConfig
+from deploy.local_stack import (
+    DEFAULT_MODEL_DIR,
+    PUBLIC_MODEL,
+    WORKER_ENDPOINT,
+    StackConfig,
+    free_port,
+    loopback_env,
+)
 from tests.integration.processor_util import chat, metric, poll, running_stack, scrape
 
 pytestmark = pytest.mark.integration
@@ -114,3 +125,45 @@ def test_no_worker_fails_fast_and_lost_traces_are_counted(tmp_path: Path) -> Non
             f"no worker: 503 after {first_s:.2f} s (worker still listed), {later_s:.2f} s "
             f"once it left discovery; {lost:g} lost trace records counted"
         )
+
+
+def test_the_metrics_port_answers_before_any_worker(tmp_path: Path) -> None:
+    """Before: the port opened only once a worker's model card was read, so a Kubernetes
+    liveness probe could not tell a processor waiting for its workers (minutes of weight
+    loading) from a dead one. Now /live answers from start-up and /health says "starting"."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **loopback_env(tmp_path / "kv"),
+        "AKR_PROCESSOR_MODEL_NAME": PUBLIC_MODEL,
+        "AKR_PROCESSOR_MODEL_PATH": str(DEFAULT_MODEL_DIR),
+        "AKR_PROCESSOR_WORKER_ENDPOINT": WORKER_ENDPOINT,
+        "AKR_PROCESSOR_METRICS_PORT": str(port),
+    }
+    log = (tmp_path / "processor.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "processor"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        live = poll("/live", lambda: _get_or_none(f"{base}/live"), 60)
+        assert (live.status_code, live.json()) == (200, {"status": "alive"})
+        health = httpx.get(f"{base}/health", timeout=5)
+        assert health.status_code == 503
+        assert health.json()["status"] == "starting"
+        assert proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+
+def _get_or_none(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.TransportError:  # not listening yet
+        return None

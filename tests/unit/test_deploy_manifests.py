@@ -269,6 +269,14 @@ def test_gateway_probes_liveness_and_readiness(components: dict[str, dict], dgd:
     assert env["AKR_GATEWAY_PROCESSOR_HEALTH_URL"] == f"http://{service}:{port}/health"
 
 
+def test_the_processor_has_a_liveness_probe(components: dict[str, dict]) -> None:
+    """Before: none, so a processor whose event loop was stuck stayed for good (the gateway
+    only turned not ready). /live on its metrics port, answered from start-up on."""
+    proc = components["processor"]
+    assert proc["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert proc["livenessProbe"]["httpGet"]["port"] == _ports(proc)["metrics"]
+
+
 def test_our_services_are_not_named_like_the_operators(dgd: dict) -> None:
     """Before: Services akr-gateway and akr-processor. With Kubernetes discovery (the
     operator's default) the operator creates a Service for every component, named
@@ -377,8 +385,9 @@ PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 def served_paths(component: str) -> set[str]:
     """The GET paths a component of ours answers (a probe elsewhere gets 404)."""
     from frontend.gateway import GET_ROUTES
+    from processor.health import GET_PATHS
 
-    return {"gateway": set(GET_ROUTES)}[component]
+    return {"gateway": set(GET_ROUTES), "processor": set(GET_PATHS)}[component]
 
 
 def test_probes_point_at_paths_and_ports_the_component_serves(

@@ -113,6 +113,38 @@ def test_health_endpoint_serves_metrics_and_health() -> None:
         server.server_close()
 
 
+def test_liveness_follows_the_event_loop_ticks_not_the_workers() -> None:
+    """/live is for restarting a stuck processor: alive before any worker was seen and with
+    none routable, stalled only when the loop has not ticked for STALL_S."""
+    h = WorkerHealth(expected=None, window_s=60.0)
+    assert h.live(100.0) == (200, {"status": "alive"})  # just started, no tick yet
+    h.beat(100.0)
+    assert h.answer(100.0)[1]["status"] == "starting"
+    assert h.live(100.0 + STALL_S) == (200, {"status": "alive"})
+    h.update(0, now=100.0)
+    assert h.live(100.0)[0] == 200  # no worker: not ready, still alive
+    assert h.live(100.0 + STALL_S + 1.0) == (503, {"status": "stalled", "last_tick_s_ago": 11.0})
+
+
+def test_the_metrics_port_answers_live() -> None:
+    m = ProcessorMetrics()
+    h = WorkerHealth(expected=None, window_s=60.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve_metrics_and_health(m.registry, h, port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=5) as resp:
+            assert (resp.status, json.loads(resp.read())) == (200, {"status": "alive"})
+        h.beat(time.monotonic() - STALL_S - 1.0)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=5)
+        assert err.value.code == 503
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_second_loss_stays_degraded_for_its_whole_window() -> None:
     """Expected = the most workers routable at once within the window. A worker lost at 10 s
     and another at 500 s: at 611 s the first loss has aged out, but 3 were routable 112 s ago,
