@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,3 +32,20 @@ async def spawn_gateway(
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "frontend", cwd=REPO, env=env, **popen
     )
+
+
+async def stand_in_upstream(
+    chat: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> TestServer:
+    """A started stand-in for the stock frontend: model ``tiny`` listed, ``chat`` answering
+    ``/v1/chat/completions``."""
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "tiny"}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server

@@ -30,27 +30,19 @@ from aiohttp.test_utils import TestServer
 
 from deploy.local_stack import free_port
 from frontend import server
-from tests.unit.gateway_process import REPO, spawn_gateway
+from tests.unit.gateway_process import REPO, spawn_gateway, stand_in_upstream
 
 LIMIT = 128
 CHAT = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
 async def _upstream() -> TestServer:
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "tiny"}]})
-
     async def chat(request: web.Request) -> web.Response:
         await request.read()
         await asyncio.sleep(0.5)  # so a burst's requests are in flight together
         return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
 
-    app = web.Application()
-    app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/chat/completions", chat)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server
+    return await stand_in_upstream(chat)
 
 
 def _lower_fd_limit() -> None:

@@ -17,15 +17,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from deploy.local_stack import free_port
-from tests.unit.gateway_process import spawn_gateway
+from tests.unit.gateway_process import spawn_gateway, stand_in_upstream
 
 EVENTS = 6
 
 
 async def _slow_upstream() -> TestServer:
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "tiny"}]})
-
     async def chat(request: web.Request) -> web.StreamResponse:
         await request.read()
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -36,12 +33,7 @@ async def _slow_upstream() -> TestServer:
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/chat/completions", chat)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server
+    return await stand_in_upstream(chat)
 
 
 async def _request(port: int, method: str, path: str, body: bytes = b"") -> tuple[str, bytes]:

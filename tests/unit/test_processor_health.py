@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -25,6 +26,14 @@ def _dropped(m: ProcessorMetrics) -> dict[str, float]:
         for s in fam.samples
         if s.name.endswith("_total")
     }
+
+
+def _serve(health: WorkerHealth) -> tuple[ThreadingHTTPServer, int]:
+    """The metrics and health server on a free loopback port: (server, port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return serve_metrics_and_health(ProcessorMetrics().registry, health, port), port
 
 
 def test_trace_losses_are_exported_by_reason_from_zero() -> None:
@@ -89,13 +98,9 @@ async def test_a_worker_that_appears_within_the_wait_is_used() -> None:
 
 
 def test_health_endpoint_serves_metrics_and_health() -> None:
-    m = ProcessorMetrics()
     h = WorkerHealth(expected=None, window_s=60.0)
     h.update(1, now=time.monotonic())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = serve_metrics_and_health(m.registry, h, port)
+    server, port = _serve(h)
     try:
         base = f"http://127.0.0.1:{port}"
         with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
@@ -127,12 +132,8 @@ def test_liveness_follows_the_event_loop_ticks_not_the_workers() -> None:
 
 
 def test_the_metrics_port_answers_live() -> None:
-    m = ProcessorMetrics()
     h = WorkerHealth(expected=None, window_s=60.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = serve_metrics_and_health(m.registry, h, port)
+    server, port = _serve(h)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=5) as resp:
             assert (resp.status, json.loads(resp.read())) == (200, {"status": "alive"})
@@ -166,12 +167,8 @@ def test_an_idle_connection_to_the_health_server_is_closed(monkeypatch) -> None:
     import processor.health as health_module
 
     monkeypatch.setattr(health_module, "IDLE_TIMEOUT_S", 0.2)
-    m = ProcessorMetrics()
     h = WorkerHealth(expected=None, window_s=60.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = serve_metrics_and_health(m.registry, h, port)
+    server, port = _serve(h)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
             assert idle.recv(1) == b""  # closed by the server, not by our 5 s timeout
