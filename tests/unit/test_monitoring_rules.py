@@ -267,3 +267,32 @@ def test_the_metric_reference_is_what_the_code_registers() -> None:
             n: v for n, v in registered.items() if documented.get(n) != v
         },
     }
+
+
+def test_down_alerts_match_the_job_names_of_both_scrape_setups() -> None:
+    """The 'cannot be scraped' alerts match on job: the job names of prometheus.yml, and in
+    Kubernetes the PodMonitor's relabeling of job to the pod's app.kubernetes.io/name, which
+    the graph gives the gateway and processor pods (their names must be those jobs)."""
+    jobs = {c["job_name"] for c in yaml.safe_load(names.PROMETHEUS.read_text())["scrape_configs"]}
+    matched = {
+        job
+        for expr in names.alert_exprs().values()
+        for job in re.findall(r'\bup\{job="([^"]+)"\}', expr)
+    }
+    assert matched == {"akr-gateway", "akr-processor"} and matched <= jobs
+    graph = names.HERE.parent / "k8s" / "dynamo-graph.yaml"
+    docs = [d for d in yaml.safe_load_all(graph.read_text()) if d]
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        assert {
+            "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+            "targetLabel": "job",
+        } in endpoint["relabelings"]
+    pod_names = {
+        s["podTemplate"]["metadata"]["labels"].get("app.kubernetes.io/name")
+        for d in docs
+        if d["kind"] == "DynamoGraphDeployment"
+        for s in d["spec"]["components"]
+        if "metadata" in s.get("podTemplate", {})
+    }
+    assert matched <= pod_names
