@@ -154,13 +154,15 @@ def as_http_error(exc: Unavailable) -> Exception:
 
 
 IDLE_TIMEOUT_S = 10.0  # a metrics/health connection idle this long is closed
-GET_PATHS = ("/health", "/live", "/metrics", "/")  # what the metrics port answers
+METRICS_PATHS = ("/metrics", "/")
+GET_PATHS = ("/health", "/live", *METRICS_PATHS)  # what the metrics port answers
 
 
 def serve_metrics_and_health(
     registry: CollectorRegistry, health: WorkerHealth, port: int, host: str = "127.0.0.1"
 ) -> ThreadingHTTPServer:
     """``/metrics`` (the registry), ``/health`` and ``/live`` from a daemon thread."""
+    probes = {"/health": health.answer, "/live": health.live}  # JSON (status, body) answers
 
     class Handler(BaseHTTPRequestHandler):
         # A connection that sends nothing is closed after this: each holds a thread, and a
@@ -169,11 +171,11 @@ def serve_metrics_and_health(
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path in ("/health", "/live"):
-                answer = health.answer if path == "/health" else health.live
-                status, body = answer(time.monotonic())
+            probe = probes.get(path)
+            if probe is not None:
+                status, body = probe(time.monotonic())
                 self._send(status, "application/json", json.dumps(body).encode())
-            elif path in GET_PATHS:
+            elif path in METRICS_PATHS:
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
             else:
                 self._send(404, "text/plain", b"not found\n")
