@@ -38,7 +38,7 @@ import numpy as np
 
 from router.config import RouterConfig
 from router.kv_signals import signals_from_rows
-from router.load import LoadTracker
+from router.load import LoadTracker, request_blocks
 from router.policy import Decision, Router, RouteRequest
 
 DEFAULT_BLOCK_SIZE = 64
@@ -236,7 +236,7 @@ def check_block_hashes(req: RouteRequest, block_size: int) -> None:
     hashes = req.block_hashes
     if hashes is None:
         return
-    blocks = max(0, -(-req.prompt_tokens // block_size))
+    blocks = max(0, request_blocks(req.prompt_tokens, 0, block_size))
     if len(hashes) > blocks:
         raise InvalidRequest(
             f"request.block_hashes: {len(hashes)} hashes for a prompt of {req.prompt_tokens} "
