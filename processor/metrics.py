@@ -68,7 +68,8 @@ class ProcessorMetrics:
         # Totals this object keeps itself, as prometheus_client's values are private: what
         # each synced counter was raised to, and (prompt, cached) tokens for the hit ratio.
         self._synced: dict[str, float] = {}
-        self._tokens = [0, 0]
+        self._prompt_total = 0
+        self._cached_total = 0
         self.requests = Counter(
             "akr_processor_requests", "Requests finished, by outcome.", ["outcome"], registry=r
         )
@@ -305,10 +306,10 @@ class ProcessorMetrics:
         self.prompt_tokens.inc(prompt)
         self.cached_tokens.inc(cached)
         self.output_tokens.inc(output)
-        self._tokens[0] += prompt
-        self._tokens[1] += cached
-        if self._tokens[0]:
-            self.kv_hit_ratio.set(self._tokens[1] / self._tokens[0])
+        self._prompt_total += prompt
+        self._cached_total += cached
+        if self._prompt_total:
+            self.kv_hit_ratio.set(self._cached_total / self._prompt_total)
 
 
 class _WorkerCounter:
