@@ -478,7 +478,9 @@ async def trace_unwritable(short: bool) -> tuple[dict, dict]:
         async with aiohttp.ClientSession() as session:
             url = stack.processor_metrics_url
             name = "akr_processor_trace_records_dropped_total"
-            before = await poll("the stack's own requests' records counted", _all_lost(url), 20)
+            before = await poll(
+                "the stack's own requests' records counted", _all_lost(session, url), 20
+            )
             outcomes = await asyncio.gather(
                 *(
                     request(session, stack.url, chat_body(stack.model_name, f"trace {i}", 4, False))
@@ -729,15 +731,14 @@ async def _status(session: aiohttp.ClientSession, url: str) -> int | str:
         return type(exc).__name__
 
 
-def _all_lost(url: str) -> Callable[[], Awaitable[Samples | None]]:
+def _all_lost(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[Samples | None]]:
     """A probe: the processor's metrics once every request it finished (the stack's warm-up
     ones) has its trace record counted as dropped, None before. Waiting for the count to hold
     still for a second was not enough: on a loaded machine the warm-up's loss was counted
     later, during the scenario, as one more loss than the scenario's requests."""
 
     async def probe() -> Samples | None:
-        async with aiohttp.ClientSession() as session:
-            now = await scrape(session, url)
+        now = await scrape(session, url)
         finished = metric(now, "akr_processor_requests_total")
         lost = metric(now, "akr_processor_trace_records_dropped_total")
         return now if finished > 0 and lost >= finished else None
