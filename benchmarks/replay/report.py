@@ -7,6 +7,8 @@ COLUMNS = (
     ("p90", "ttft_p90_ms", "ms"),
     ("p99", "ttft_p99_ms", "ms"),
     ("ITL p99", "itl_p99_ms", "ms"),
+    ("E2E p50", "e2e_p50_ms", "ms"),
+    ("E2E p99", "e2e_p99_ms", "ms"),
     ("reuse", "reuse", ""),
     ("goodput", "goodput", "/s"),
 )
