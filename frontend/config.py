@@ -103,10 +103,12 @@ class GatewayConfig(BaseSettings):
     trace_path: Path | None = Field(
         None,
         description="JSONL trace, one line per completion request answered: ts (unix s), "
-        "route, status, then either reject (the field a 4xx names) or latency_ms (until the "
-        "upstream's answer was read), upstream_ttfb_ms (until its headers; null if none came) "
-        "and hints (the validated agent hints; null without). Rotated at 64 MiB, 3 backups "
-        "kept; unset = none.",
+        "request_id (the x-request-id the answer carries: the client's when it is 1..128 "
+        "characters of A-Z a-z 0-9 . _ : @ / + = -, else a new UUID; the processor's trace "
+        "record has it as x_request_id), route, status, then either reject (the field a 4xx "
+        "names) or latency_ms (until the upstream's answer was read), upstream_ttfb_ms (until "
+        "its headers; null if none came) and hints (the validated agent hints; null "
+        "without). Rotated at 64 MiB, 3 backups kept; unset = none.",
     )
     public_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

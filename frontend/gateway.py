@@ -36,7 +36,7 @@ from frontend.config import GatewayConfig
 from frontend.health import Readiness, Verdict
 from frontend.metrics import GatewayMetrics
 from frontend.prompt_limit import prompt_error
-from frontend.translate import WORKER_PIN_HEADERS, response_headers, translate
+from frontend.translate import WORKER_PIN_HEADERS, request_id, translate, upstream_body
 from frontend.upstream import (
     UpstreamBroken,
     UpstreamBusy,
@@ -45,7 +45,7 @@ from frontend.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from router.hints import AgentHints, HintError
+from router.hints import REQUEST_ID_HEADER, AgentHints, HintError
 from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
 from router.unavailable import parse_unavailable
@@ -83,7 +83,7 @@ class StreamReply:
     upstream: UpstreamResponse
     gateway: Gateway
     finish: Any  # callable(status) recording metrics and the trace record
-    headers: dict[str, str] = field(default_factory=dict)  # relayed from the upstream
+    headers: dict[str, str] = field(default_factory=dict)  # sent with the status line
     complete: bool = False
 
     async def relay(self, sink: Callable[[bytes], None], *, paused: bool = False) -> None:
@@ -303,16 +303,18 @@ class Gateway:
         self.metrics.count_request(_route(path), reply.status)
         return reply
 
-    def too_large(self, path: str) -> Reply:
+    def too_large(self, path: str, headers: Mapping[str, str]) -> Reply:
         """The answer for a body over ``max_body_bytes`` (the server stops reading it):
-        counted and traced like every reject."""
+        counted and traced like every reject, with its request id."""
         reply = error_reply(
             413,
             f"request body exceeds {self.body_limit()} bytes",
             param="body",
             code="body_too_large",
         )
-        return self._reject(path if path in POST_ROUTES else "other", reply, "body")
+        rid = request_id(headers)
+        reply.headers[REQUEST_ID_HEADER] = rid
+        return self._reject(path if path in POST_ROUTES else "other", reply, "body", rid)
 
     def _method_not_allowed(self, path: str, allow: str) -> Reply:
         self.metrics.count_request(path, 405)
@@ -359,17 +361,33 @@ class Gateway:
 
     # --- POST routes -------------------------------------------------------------------------
 
-    def _reject(self, route: str, reply: Reply, field: str) -> Reply:
+    def _reject(self, route: str, reply: Reply, field: str, rid: str) -> Reply:
         self.metrics.reject(field)
         self.metrics.count_request(route, reply.status)
         if self.trace is not None:
             self.trace.put(
-                {"ts": time.time(), "route": route, "status": reply.status, "reject": field}
+                {
+                    "ts": time.time(),
+                    "request_id": rid,
+                    "route": route,
+                    "status": reply.status,
+                    "reject": field,
+                }
             )
         return reply
 
     async def _proxy_post(
         self, route: str, headers: Mapping[str, str], raw: bytes
+    ) -> Reply | StreamReply:
+        """Every answer of a completion route carries its request id (``translate.request_id``),
+        as does its trace record."""
+        rid = request_id(headers)
+        reply = await self._forward(route, headers, raw, rid)
+        reply.headers[REQUEST_ID_HEADER] = rid
+        return reply
+
+    async def _forward(
+        self, route: str, headers: Mapping[str, str], raw: bytes, rid: str
     ) -> Reply | StreamReply:
         t0 = time.perf_counter()
         cfg, m = self.config, self.metrics
@@ -382,6 +400,7 @@ class Gateway:
                     400, f"request body is not valid JSON: {e}", param="body", code="invalid_json"
                 ),
                 "body",
+                rid,
             )
         if not isinstance(body, dict):
             return self._reject(
@@ -390,6 +409,7 @@ class Gateway:
                     400, "request body must be a JSON object", param="body", code="invalid_json"
                 ),
                 "body",
+                rid,
             )
         model = body.get("model")
         if model is not None and not isinstance(model, str):
@@ -397,6 +417,7 @@ class Gateway:
                 route,
                 error_reply(400, "model must be a string", param="model", code="invalid_request"),
                 "model",
+                rid,
             )
         if cfg.public_models and model is not None and model not in cfg.public_models:
             return self._reject(
@@ -408,6 +429,7 @@ class Gateway:
                     code="model_not_found",
                 ),
                 "model",
+                rid,
             )
         ctx = cfg.context_tokens or (self.readiness.contexts.get(model, 0) if model else 0)
         if ctx:
@@ -423,10 +445,11 @@ class Gateway:
                         code="context_length_exceeded",
                     ),
                     field_name,
+                    rid,
                 )
         try:
-            tr = translate(body, headers)
-            data = _encoder.encode(tr.body) if tr.changed else raw
+            tr = translate(body, headers, rid)
+            data = upstream_body(tr, raw)
         except HintError as e:
             return self._reject(
                 route,
@@ -434,6 +457,7 @@ class Gateway:
                     400, f"invalid hint {e.field}: {e.reason}", param=e.field, code="invalid_hint"
                 ),
                 e.field,
+                rid,
             )
         except (msgspec.EncodeError, OverflowError, TypeError, ValueError, RecursionError) as e:
             return self._reject(
@@ -442,6 +466,7 @@ class Gateway:
                     400, f"request body cannot be forwarded: {e}", param="body", code="invalid_json"
                 ),
                 "body",
+                rid,
             )
         hints = tr.hints
         if not hints.is_empty():
@@ -460,6 +485,7 @@ class Gateway:
             if self.trace is not None:
                 record = {
                     "ts": time.time(),
+                    "request_id": rid,
                     "route": route,
                     "status": status,
                     "latency_ms": (time.perf_counter() - t0) * 1e3,
@@ -487,7 +513,6 @@ class Gateway:
         t_headers = time.perf_counter()
         m.observe_upstream(route, t_headers - t_up)
         ctype = up.headers.get("content-type", JSON)
-        echo = response_headers(up.headers)
         if ctype.startswith("text/event-stream"):
             # Hold the headers until the first event: an error before any token becomes a 503.
             try:
@@ -508,7 +533,7 @@ class Gateway:
                 raise
             busy = self._upstream_unavailable(first) if up.status == 200 else None
             if busy is None:
-                return StreamReply(up.status, ctype, up, self, finish, echo)
+                return StreamReply(up.status, ctype, up, self, finish)
             up.close()
             finish(503)
             return busy
@@ -534,8 +559,8 @@ class Gateway:
                 return busy
         finish(up.status)
         if up.status >= 400 and (wrapped := _openai_error(up.status, payload)) is not None:
-            return Reply(up.status, wrapped.body, wrapped.content_type, echo)
-        return Reply(up.status, payload, ctype, echo)
+            return Reply(up.status, wrapped.body, wrapped.content_type)
+        return Reply(up.status, payload, ctype)
 
     def _upstream_unavailable(self, payload: bytes, status: int = 200) -> Reply | None:
         """Our 503 for an upstream "retry later": a 503, or an error (body or first SSE event)

@@ -579,7 +579,7 @@ class HttpProtocol(asyncio.Protocol):
         if req.error is not None:
             reply: Reply | StreamReply = self.gw.unparsed(path.split("?", 1)[0], req.error)
         elif req.too_large:
-            reply = self.gw.too_large(path.split("?", 1)[0])
+            reply = self.gw.too_large(path.split("?", 1)[0], req.headers)
         elif self.probe_only and path.split("?", 1)[0] not in LOCAL_ROUTES:
             reply = self.gw.too_many_connections(path.split("?", 1)[0])
         else:

@@ -68,7 +68,7 @@ from processor.routing import (
     route_request,
 )
 from processor.traces import SCHEMA_VERSION, TraceRecord
-from router.hints import hints_from_request
+from router.hints import annotated_request_id, hints_from_request
 from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
 from router.policy import Decision, RouteRequest, wants_block_hashes
@@ -413,6 +413,7 @@ class ProcessorHandler:
             self._finish(
                 arrival,
                 request_id,
+                request,
                 route,
                 token_ids,
                 prompt_hashes,
@@ -549,6 +550,7 @@ class ProcessorHandler:
         self,
         arrival: float,
         request_id: str,
+        request: dict[str, Any],
         route: RouteRequest,
         token_ids: list[int],
         prompt_hashes: list[int] | None,
@@ -599,6 +601,7 @@ class ProcessorHandler:
                 v=SCHEMA_VERSION,
                 ts=arrival,
                 request_id=request_id,
+                x_request_id=annotated_request_id(request.get("annotations")),
                 prompt_tokens=len(token_ids),
                 block_size=self.block_size,
                 block_hashes=(

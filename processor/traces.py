@@ -28,8 +28,8 @@ from msgspec import Meta
 from router.cost import Candidate
 
 # 2: a candidate is router.cost.Candidate (score, the six named terms, overlap, uncached and
-# queued tokens), the same type the decision returns.
-SCHEMA_VERSION = 2
+# queued tokens), the same type the decision returns. 3: x_request_id.
+SCHEMA_VERSION = 3
 
 
 _HINT = "as the router used it: the client's hint"
@@ -57,6 +57,16 @@ class TraceRecord(msgspec.Struct, omit_defaults=True):
             )
         ),
     ]
+    x_request_id: Annotated[
+        str | None,
+        Meta(
+            description=(
+                "the id the gateway answered with in x-request-id (the client's, else its own), "
+                "also in the gateway's trace record as request_id; absent: not sent through the "
+                "gateway"
+            )
+        ),
+    ] = None
     prefix_id: Annotated[
         str | None, Meta(description="the conversation id the client sent; absent: none")
     ] = None

@@ -70,6 +70,18 @@ annotation before appending its own, so the namespace cannot be forged around va
 invalid values (each field falls back to ``None``) and never raises; the last valid value of a
 key wins. ``hints_from_request`` combines annotations, ``routing`` and ``agent_context`` of a
 preprocessed request the same total way.
+
+Request id (not a hint)
+-----------------------
+The gateway names every completion request with the client's ``x-request-id`` when it is 1..128
+characters of the prefix-id set, else with a new UUID4. The answer carries it back in
+``x-request-id``, the gateway's trace record keeps it, and it travels to the processor as one
+more annotation, ``akr.v1.request_id=<id>`` (``annotated_request_id`` reads it back, same
+rule), for the processor's trace record. Why an annotation: Dynamo 1.6.1 hands a backend the
+client's ``x-request-id`` only inside its trace context, which it builds only with its tracing
+on (``DYN_LOGGING_JSONL``; off by default). Its own request id header, ``x-dynamo-request-id``,
+takes UUIDs only, is deprecated (a warning per request), and two requests in flight with one
+id both fail, so it must never carry a client's value.
 """
 
 from __future__ import annotations
@@ -96,9 +108,11 @@ __all__ = [
     "MAX_PIN_TTL_S",
     "OSL_LEVELS",
     "PIN_TYPES",
+    "REQUEST_ID_HEADER",
     "SESSION_HEADER",
     "AgentHints",
     "HintError",
+    "annotated_request_id",
     "check_prefix_id",
     "decode_annotations",
     "encode_annotations",
@@ -108,7 +122,9 @@ __all__ = [
     "parse_header_hints",
     "parse_hints",
     "parse_ttl",
+    "request_id_annotation",
     "strip_own",
+    "valid_request_id",
 ]
 
 OSL_LEVELS: dict[str, int] = {"LOW": 128, "MEDIUM": 512, "HIGH": 2048}
@@ -117,6 +133,7 @@ PIN_TYPES: frozenset[str] = frozenset({"ephemeral"})
 DEFAULT_PIN_TTL_S = 300.0
 MAX_PIN_TTL_S = 86_400.0
 MAX_PREFIX_ID_LEN = 256
+MAX_REQUEST_ID_LEN = 128
 MAX_TOTAL_REQUESTS = 1_000_000
 MAX_OSL = 2**31 - 1
 MAX_IAT_MS = 86_400_000
@@ -126,6 +143,7 @@ ANNOTATION_PREFIX = "akr.v1."
 ANNOTATION_NAMESPACE = "akr."  # every version; the gateway strips client strings starting so
 
 SESSION_HEADER = "x-dynamo-session-id"
+REQUEST_ID_HEADER = "x-request-id"
 HEADER_PREFIX_ID = "x-akr-prefix-id"
 HEADER_TOTAL_REQUESTS = "x-akr-total-requests"
 HEADER_OSL = "x-akr-osl"
@@ -145,7 +163,10 @@ HINT_HEADERS: tuple[str, ...] = (
     HEADER_CACHE_TYPE,
 )
 
-_PREFIX_ID_RE = re.compile(rf"[A-Za-z0-9._:@/+=\-]{{1,{MAX_PREFIX_ID_LEN}}}")
+_SAFE_CHARS = r"A-Za-z0-9._:@/+=\-"  # prefix ids and request ids: no space, quote or control
+_PREFIX_ID_RE = re.compile(rf"[{_SAFE_CHARS}]{{1,{MAX_PREFIX_ID_LEN}}}")
+_REQUEST_ID_RE = re.compile(rf"[{_SAFE_CHARS}]{{1,{MAX_REQUEST_ID_LEN}}}")
+_REQUEST_ID_KEY = f"{ANNOTATION_PREFIX}request_id="
 _TTL_RE = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)(ms|s|m|h)?")
 _TTL_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _INT_RE = re.compile(r"[+-]?\d{1,19}")
@@ -496,6 +517,29 @@ def hints_from_request(request: object) -> AgentHints:
         if _is_int(prio) and INT32_MIN <= prio <= INT32_MAX:  # type: ignore[operator]
             fill["priority"] = prio
     return merge(h, AgentHints(**fill)) if fill else h  # type: ignore[arg-type]
+
+
+def valid_request_id(v: str) -> bool:
+    """Whether ``v`` may name a request: 1..128 characters of the prefix-id set (safe in a
+    response header, a log line and a JSON string as it is)."""
+    return _REQUEST_ID_RE.fullmatch(v) is not None
+
+
+def request_id_annotation(request_id: str) -> str:
+    """The annotation that carries a (valid) request id to the processor."""
+    return _REQUEST_ID_KEY + request_id
+
+
+def annotated_request_id(annotations: object) -> str | None:
+    """The request id the gateway annotated, or None (none, or not a valid one); total."""
+    if not isinstance(annotations, (list, tuple)):
+        return None
+    found = None
+    for a in annotations:
+        if isinstance(a, str) and a.startswith(_REQUEST_ID_KEY):
+            v = a[len(_REQUEST_ID_KEY) :]
+            found = v if valid_request_id(v) else found
+    return found
 
 
 def strip_own(annotations: Iterable[object]) -> list[object]:

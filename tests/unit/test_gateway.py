@@ -193,6 +193,7 @@ async def test_nat_body_is_translated(gw: FastClient, upstream: EchoUpstream) ->
         "akr.v1.priority=2",
         "akr.v1.latency_sensitivity=2.0",
         "akr.v1.pin=ephemeral:3.0",
+        "akr.v1.request_id=rq-1",
     ]
     h = got["headers"]
     assert h["x-dynamo-session-id"] == "sess-123"
@@ -214,18 +215,27 @@ async def test_worker_pins_in_the_body_are_dropped(gw: FastClient, upstream: Ech
     assert (await r.json())["echo"]["body"]["nvext"] == {
         "extra_fields": ["worker_id"],
         "ignore_eos": True,
+        "annotations": [f"akr.v1.request_id={r.headers['x-request-id']}"],
     }
 
 
-async def test_plain_body_passes_byte_for_byte(gw: FastClient, upstream: EchoUpstream) -> None:
+async def test_plain_body_keeps_its_bytes(gw: FastClient, upstream: EchoUpstream) -> None:
+    """A body without hints is not re-encoded: the client's bytes, the request id's annotation
+    put in front."""
     raw = b'{"model":"tiny",  "messages":[], "max_tokens": 1}'
     r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
     assert r.status == 200
-    assert upstream.seen[-1]["raw"] == raw.decode()
+    rid = r.headers["x-request-id"]
+    head = '{"nvext":{"annotations":["akr.v1.request_id=' + rid + '"]},'
+    assert upstream.seen[-1]["raw"] == head + raw.decode()[1:]
     assert "x-dynamo-session-id" not in upstream.seen[-1]["headers"]
     raw = b'{"model":"tiny", "nvext": {"ignore_eos": true}}'
-    await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
-    assert upstream.seen[-1]["body"] == json.loads(raw)
+    r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
+    annotations = [f"akr.v1.request_id={r.headers['x-request-id']}"]
+    assert upstream.seen[-1]["body"] == {
+        "model": "tiny",
+        "nvext": {"ignore_eos": True, "annotations": annotations},
+    }
 
 
 async def test_header_hints(gw: FastClient, upstream: EchoUpstream) -> None:
@@ -419,6 +429,64 @@ async def test_trace_written(upstream: EchoUpstream, tmp_path) -> None:
         assert re.search(rf"\b{key}\b", described), key
 
 
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (None, False),
+        ("rq-7f3a", True),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),
+        ("a" * 128, True),
+        ("a" * 129, False),  # too long
+        ("two words", False),  # a space; also what two x-request-id fields join into
+        ('q"uote', False),
+        ("", False),
+    ],
+)
+async def test_the_request_id_is_the_clients_or_a_new_one_everywhere(
+    upstream: EchoUpstream, tmp_path, sent: str | None, kept: bool
+) -> None:
+    """The answer's x-request-id, what the stock frontend is sent (header and annotation, the
+    processor's trace reads the annotation) and the gateway's trace record name one id: the
+    client's when it is 1..128 characters of the safe set, else a new UUID4."""
+    path = tmp_path / "gw.jsonl"
+    client = await make_client(upstream.url, trace_path=path)
+    headers = {} if sent is None else {"x-request-id": sent}
+    for stream in (False, True):
+        r = await client.post(CHAT, json={"model": "tiny", "stream": stream}, headers=headers)
+        await r.read()
+        assert r.status == 200
+        rid = r.headers["x-request-id"]
+        assert rid == sent if kept else UUID4.fullmatch(rid), rid
+        got = upstream.seen[-1]
+        assert got["headers"]["x-request-id"] == rid
+        assert got["body"]["nvext"]["annotations"] == [f"akr.v1.request_id={rid}"]
+    await client.close()  # flushes the writer
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    ids = [r["request_id"] for r in recs]
+    assert len(ids) == 2 and (ids[0] == ids[1] == sent if kept else ids[0] != ids[1])
+
+
+async def test_refused_requests_carry_their_request_id(upstream: EchoUpstream, tmp_path) -> None:
+    """A 400 and a 413 answer name the id in their header and their trace record as well."""
+    path = tmp_path / "gw.jsonl"
+    client = await make_client(upstream.url, trace_path=path, max_body_bytes=2048)
+    bad_hint = {"model": "tiny", "nvext": {"agent_hints": {"iat": 0}}}
+    r1 = await client.post(CHAT, json=bad_hint, headers={"x-request-id": "rq-400"})
+    r2 = await client.post(CHAT, data=b"{" + b" " * 4096 + b"}")
+    await client.close()
+    assert (r1.status, r1.headers["x-request-id"]) == (400, "rq-400")
+    assert r2.status == 413 and UUID4.fullmatch(r2.headers["x-request-id"])
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["status"], r["request_id"]) for r in recs] == [
+        (400, "rq-400"),
+        (413, r2.headers["x-request-id"]),
+    ]
+    assert not upstream.seen
+
+
 async def test_a_body_over_the_limit_has_its_trace_record(upstream: EchoUpstream, tmp_path) -> None:
     """A 413 is a reject like the others (counted under field "body"): the trace, one line
     per completion request answered, has its record too."""
@@ -483,7 +551,11 @@ async def test_duplicate_keys_cannot_smuggle_hints(gw: FastClient, upstream: Ech
     )
     r = await gw.post(CHAT, data=raw, headers={"Content-Type": "application/json"})
     assert r.status == 200
-    assert upstream.seen[-1]["body"] == {"model": "tiny", "nvext": {"ignore_eos": True}}
+    annotations = [f"akr.v1.request_id={r.headers['x-request-id']}"]
+    assert upstream.seen[-1]["body"] == {
+        "model": "tiny",
+        "nvext": {"ignore_eos": True, "annotations": annotations},
+    }
 
 
 def test_metrics_exposition() -> None:

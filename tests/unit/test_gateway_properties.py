@@ -26,6 +26,7 @@ from frontend.translate import (
     WORKER_PIN_HEADERS,
     WORKER_PIN_NVEXT_KEYS,
     translate,
+    upstream_body,
 )
 from router import hints as H
 from tests.unit.test_gateway import EchoUpstream, make_client
@@ -217,7 +218,11 @@ def _check_forwarded(rec: dict[str, Any]) -> None:
         own = [a for a in anns if a.startswith("akr.")]
         assert all(a.startswith(H.ANNOTATION_PREFIX) for a in own)
         h = H.decode_annotations(anns)
-        assert own == H.encode_annotations(h), "annotations are exactly the gateway's encoding"
+        rid = hdrs[H.REQUEST_ID_HEADER]
+        assert H.valid_request_id(rid) and H.annotated_request_id(anns) == rid
+        assert own == [*H.encode_annotations(h), H.request_id_annotation(rid)], (
+            "annotations are exactly the gateway's encoding"
+        )
         assert hdrs.get(H.SESSION_HEADER) == h.prefix_id
 
 
@@ -291,7 +296,7 @@ def test_gateway_still_healthy(env: Env) -> None:
 def test_translate_raises_only_hint_errors(body: dict, nv: object, hdrs: dict) -> None:
     body = {**body, "nvext": nv}
     try:
-        tr = translate(body, {k.lower(): v for k, v in hdrs.items()})
+        tr = translate(body, {k.lower(): v for k, v in hdrs.items()}, "rid-1")
     except H.HintError as e:
         assert e.field and e.reason
         return
@@ -300,3 +305,22 @@ def test_translate_raises_only_hint_errors(body: dict, nv: object, hdrs: dict) -
         _check_forwarded(
             {"body": tr.body, "headers": {k.lower(): v for k, v in tr.headers.items()}}
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "nvext"), json_value),
+    pad=st.sampled_from(["", " ", "\n\t \r"]),
+    indent=st.sampled_from([None, 1]),
+)
+def test_a_body_without_nvext_goes_as_it_came_behind_the_request_id(
+    body: dict, pad: str, indent: int | None
+) -> None:
+    """Not re-encoded: the client's bytes after its "{", the request id's annotation before
+    them, and the whole the same JSON object plus that annotation (``{}`` included)."""
+    raw = (pad + json.dumps(body, indent=indent) + pad).encode()
+    tr = translate(body, {}, "rid-1")
+    assert not tr.changed
+    sent = upstream_body(tr, raw)
+    assert json.loads(sent) == {**body, "nvext": {"annotations": ["akr.v1.request_id=rid-1"]}}
+    assert sent.endswith(raw.lstrip()[1:])

@@ -320,3 +320,23 @@ def test_decode_is_total(anns: list) -> None:
     assert isinstance(h, AgentHints)
     if h.latency_sensitivity is not None:
         assert math.isfinite(h.latency_sensitivity)
+
+
+def test_request_id_annotation_round_trip_and_rule() -> None:
+    """Read back exactly what the gateway writes; a value outside the rule (1..128 characters
+    of the prefix-id set) is no id, and the annotation is not a hint."""
+    anns = ["mine", H.request_id_annotation("rq-1"), "akr.v1.osl=9"]
+    assert H.annotated_request_id(anns) == "rq-1"
+    assert H.decode_annotations(anns) == AgentHints(osl=9)
+    for junk in (None, {}, [], ["akr.v1.request_id="], ["akr.v1.request_id=a b"], [7]):
+        assert H.annotated_request_id(junk) is None
+    assert H.annotated_request_id([H.request_id_annotation("x" * 129)]) is None
+    assert H.valid_request_id("x" * 128) and not H.valid_request_id("x" * 129)
+    assert not H.valid_request_id("") and not H.valid_request_id("a\r\nb")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(), st.text().map(lambda s: "akr.v1.request_id=" + s))))
+def test_annotated_request_id_is_total(anns: list) -> None:
+    rid = H.annotated_request_id(anns)
+    assert rid is None or H.valid_request_id(rid)

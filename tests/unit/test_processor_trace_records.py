@@ -76,6 +76,17 @@ async def test_a_placed_request_records_its_decision_time() -> None:
     assert rec.error is None and rec.finish_reason == "stop"
 
 
+async def test_the_record_keeps_the_request_id_the_gateway_annotated() -> None:
+    """The gateway's ``akr.v1.request_id`` annotation is the record's x_request_id (the id of
+    the gateway's own record and of the client's answer); without one the field is absent."""
+    h, _ = handler([Script([{"token_ids": [7], "finish_reason": "stop"}])] * 2)
+    trace = traced(h)
+    annotated = {**request(), "annotations": ["mine", "akr.v1.request_id=rq-42"]}
+    await answer(h, annotated)
+    await answer(h, request())
+    assert [r.x_request_id for r in trace.records] == ["rq-42", None]
+
+
 def _schema_fields() -> dict[str, dict]:
     schema = msgspec.json.schema(TraceRecord)
     return schema["$defs"]["TraceRecord"]["properties"]
