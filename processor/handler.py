@@ -245,6 +245,7 @@ class ProcessorHandler:
             feedback = await self._runtime.endpoint(
                 f"{self._config.router_endpoint}.feedback"
             ).client()
+            self.metrics.router_available.set(0)  # until one is in discovery (the sweep)
             await find.wait_for_instances()
             self.routing = RemoteRouting(find, feedback, kv_router, self.engine, self.block_size)
             logger.info("routing through the router component %s", self._config.router_endpoint)
@@ -306,6 +307,7 @@ class ProcessorHandler:
         routable = len(live - self._quarantine.workers() - self._mismatched())
         self.metrics.workers.set(routable)
         router = not isinstance(self.routing, RemoteRouting) or self.routing.has_router()
+        self.metrics.router_available.set(router)
         self.metrics.expected_workers.set(self.health.update(routable, now, router))
         if self.engine is not None:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)

@@ -194,6 +194,14 @@ class ProcessorMetrics:
             "than akr_processor_workers means a worker was lost.",
             registry=r,
         )
+        self.router_available = Gauge(
+            "akr_processor_router_available",
+            "1 while the processor has a router to place requests with: always with the "
+            "in-process router; with a shared one (AKR_PROCESSOR_ROUTER_ENDPOINT) while one is "
+            "in discovery. 0: every request fails with 503 no_router.",
+            registry=r,
+        )
+        self.router_available.set(1)  # until a shared router is looked for (handler.start)
         self.unavailable = Counter(
             "akr_processor_unavailable",
             "Requests failed as 'retry later' (503 with Retry-After at the gateway), by reason.",

@@ -134,6 +134,8 @@ def test_dashboard_and_rule_metrics_exist_in_real_output() -> None:
         and "akr_processor_ttft_seconds_bucket" in samples
     )
     assert "akr_gateway_rejects_total{field=" in outputs["gateway"]
+    # The shared router was found: the AkrRouterUnavailable gauge is back at 1 after start-up.
+    assert "\nakr_processor_router_available 1.0\n" in samples
     assert "akr_router_decisions_total{reason=" in outputs["router"]
     assert "akr_router_worker_prefill_ratio{worker=" in outputs["router"]
 

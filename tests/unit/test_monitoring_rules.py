@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import get_args
 
 import pytest
 import yaml
@@ -23,10 +24,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.monitoring import names
+from frontend.gateway import GET_ROUTES, POST_ROUTES
+from frontend.metrics import UNAVAILABLE_REASONS as GATEWAY_UNAVAILABLE_REASONS
 from frontend.metrics import GatewayMetrics
-from processor.metrics import ProcessorMetrics
-from router.metrics import RouterCollector
+from processor.metrics import OUTCOMES, ProcessorMetrics
+from router.metrics import _FEEDBACK_KINDS, RouterCollector
+from router.policy import Reason
 from router.service import RouterService
+from router.unavailable import REASONS as PROCESSOR_UNAVAILABLE_REASONS
 
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
 RANGE_FUNCTIONS = {"rate", "irate", "increase"}
@@ -34,7 +39,9 @@ _SELECTOR = re.compile(
     r"(?<![\w:\"])((?:akr|dynamo)_[a-z0-9_]+|akr:[a-z0-9_:]+)(?:\{([^}]*)\})?(\[[^\]]+\])?"
 )
 _MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"[^\"]*\"")
+_VALUE_MATCHER = re.compile(r"(\w+)\s*(=~|!~|!=|=)\s*\"([^\"]*)\"")
 _BY = re.compile(r"\bby\s*\(([^)]*)\)")
+_IGNORING = re.compile(r"\bignoring\s*\(([^)]*)\)")
 _COMPARISON = re.compile(r"\s(?:<|>|==|!=|<=|>=)\s")
 
 
@@ -44,6 +51,21 @@ class Series:
 
     kind: str
     labels: frozenset[str]
+
+
+# Every value the code gives the labels our files match on, so that a matcher that selects
+# nothing (a misspelt route or reason: the rule is then silently dead) is caught. A label not
+# listed here is not checked.
+LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
+    ("akr_processor_decisions_total", "reason"): frozenset(get_args(Reason)),
+    ("akr_processor_requests_total", "outcome"): frozenset(OUTCOMES),
+    ("akr_processor_unavailable_total", "reason"): frozenset(PROCESSOR_UNAVAILABLE_REASONS),
+    ("akr_gateway_requests_total", "route"): frozenset((*POST_ROUTES, *GET_ROUTES, "other")),
+    ("akr_gateway_unavailable_total", "reason"): frozenset(
+        (*GATEWAY_UNAVAILABLE_REASONS, *PROCESSOR_UNAVAILABLE_REASONS)
+    ),
+    ("akr_router_feedback_total", "kind"): frozenset(_FEEDBACK_KINDS),
+}
 
 
 def _registries() -> Iterator[CollectorRegistry]:
@@ -141,11 +163,37 @@ def problems(expr: str, ours: dict[str, Series], rules: dict[str, frozenset[str]
         missing = {label for label in _MATCHER.findall(matchers) if label not in labels}
         if missing:
             found.append(f"{name} has no label {sorted(missing)}")
+        for label, op, value in _VALUE_MATCHER.findall(matchers):
+            known = LABEL_VALUES.get((name, label))
+            if known is None or op in ("!=", "!~"):
+                continue
+            hit = value in known if op == "=" else any(re.fullmatch(value, v) for v in known)
+            if not hit:
+                found.append(f'{name}{{{label}{op}"{value}"}} matches no value the code gives it')
     for by in [] if foreign else _BY.findall(expr):
         missing = _label_list(by) - available
         if missing:
             found.append(f"by ({by}): no series here has {sorted(missing)}")
+    found += _ratio_problems(expr)
     return found
+
+
+def _ratio_problems(expr: str) -> list[str]:
+    """A ratio joined with ``ignoring (x) group_left`` (a per-reason share of all requests):
+    its sides must carry the same labels but x, or Prometheus matches no pair (or too many)."""
+    ignoring = _IGNORING.search(expr)
+    if ignoring is None:
+        return []
+    sides = [_label_list(by) for by in _BY.findall(expr)]
+    if len(sides) != 2:
+        return [f"a ratio with ignoring ({ignoring.group(1)}) needs sum by (...) on both sides"]
+    left, right = sides
+    if left - _label_list(ignoring.group(1)) != right:
+        return [
+            f"ratio sides do not match: by {sorted(left)} ignoring its {ignoring.group(1)}"
+            f" vs by {sorted(right)}"
+        ]
+    return []
 
 
 def _quantile_keeps_le(expr: str) -> bool:
@@ -197,6 +245,13 @@ def test_legends_and_alert_texts_name_labels_their_series_carry() -> None:
         ("sum by (worker) (rate(akr_processor_retries_total[1m]))", "no series here has"),
         ('rate(akr_processor_requests_total{reason="x"}[1m])', "has no label"),
         ("rate(akr_processor_requests[1m])", "neither exposed"),
+        ('rate(akr_gateway_requests_total{route="/v1/chat/completion"}[1m])', "matches no value"),
+        ('rate(akr_processor_unavailable_total{reason=~"admission"}[1m])', "matches no value"),
+        (
+            "sum by (job, reason) (rate(akr_gateway_unavailable_total[5m])) / ignoring (reason) "
+            "group_left sum by (job, route) (rate(akr_gateway_requests_total[5m]))",
+            "ratio sides do not match",
+        ),
     ],
 )
 def test_the_checker_catches_each_mistake(expr: str, complaint: str) -> None:

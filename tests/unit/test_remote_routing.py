@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 
 from processor.metrics import ProcessorMetrics
 from processor.routing import RemoteRouting
-from router.service import Feedback
+from router.service import Feedback, RouterService
 
 
 class FailingEndpoint:
@@ -100,3 +100,25 @@ def test_health_is_not_ready_without_the_router_component() -> None:
     status, body = h.health.answer(time.monotonic())
     assert status == 503 and body["status"] == "no_router", body
     assert body["routable_workers"] == 2
+
+
+def test_the_router_gauge_follows_the_shared_router_in_discovery() -> None:
+    """``akr_processor_router_available`` (the AkrRouterUnavailable alert) is 0 exactly while
+    no shared router is in discovery, whatever the traffic; an in-process router is always 1."""
+    from processor.routing import LocalRouting
+    from tests.unit.test_departed_workers import sweeping_handler
+
+    find = _GoneRouter()
+    routing = RemoteRouting(find, FailingEndpoint(), kv_router=_Kv())
+    h = sweeping_handler(lambda: [7], routing, frozenset({7}))
+    seen = []
+    for ids in ([1], [], [2]):
+        find.ids = ids
+        h._sweep_once()
+        seen.append(h.metrics.router_available._value.get())
+    assert seen == [1.0, 0.0, 1.0]
+    service = RouterService(block_size=64)
+    h = sweeping_handler(lambda: [], LocalRouting(service, kv_router=None), frozenset())
+    h.service = service
+    h._sweep_once()
+    assert h.metrics.router_available._value.get() == 1.0
