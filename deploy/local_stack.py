@@ -386,36 +386,47 @@ class LocalStack:
         else:
             groups = sorted(Counter(speeds).items())
         for index, (speed, count) in enumerate(groups):
-            self._spawn(
-                f"mocker{index}",
-                [
-                    sys.executable,
-                    "-m",
-                    self.config.worker_module,
-                    "--model-path",
-                    str(self.config.model_dir),
-                    "--model-name",
-                    WORKER_MODEL,
-                    "--endpoint",
-                    f"dyn://{WORKER_ENDPOINT}",
-                    "--num-workers",
-                    str(count),
-                    "--speedup-ratio",
-                    str(speed),
-                    "--num-gpu-blocks-override",
-                    str(self.config.gpu_blocks),
-                    "--block-size",
-                    str(self.config.block_size),
-                    "--discovery-backend",
-                    "file",
-                    "--request-plane",
-                    "tcp",
-                    "--event-plane",
-                    "zmq",
-                    *self.config.mocker_args,
-                ],
-                self.config.worker_env,
-            )
+            self._spawn_workers(f"mocker{index}", speed, count, self.config.gpu_blocks)
+
+    def add_worker(self, gpu_blocks: int) -> str:
+        """One more worker process in the running stack (a worker that joins later, with a KV
+        capacity of its own); supervised and stopped like the others. Returns its name."""
+        with self.supervisor.lock:
+            name = f"mocker{sum(p.name.startswith('mocker') for p in self.procs)}"
+            self._spawn_workers(name, self.config.speedup, 1, gpu_blocks)
+        return name
+
+    def _spawn_workers(self, name: str, speed: float, count: int, gpu_blocks: int) -> None:
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                self.config.worker_module,
+                "--model-path",
+                str(self.config.model_dir),
+                "--model-name",
+                WORKER_MODEL,
+                "--endpoint",
+                f"dyn://{WORKER_ENDPOINT}",
+                "--num-workers",
+                str(count),
+                "--speedup-ratio",
+                str(speed),
+                "--num-gpu-blocks-override",
+                str(gpu_blocks),
+                "--block-size",
+                str(self.config.block_size),
+                "--discovery-backend",
+                "file",
+                "--request-plane",
+                "tcp",
+                "--event-plane",
+                "zmq",
+                *self.config.mocker_args,
+            ],
+            self.config.worker_env,
+        )
 
     def _start_router(self) -> None:
         env = {

@@ -38,9 +38,11 @@ class GatewayConfig(BaseSettings):
         None,
         ge=1,
         description="The model context, in tokens, that prompts are checked against. Unset = "
-        "each model's context_window in the stock frontend's /v1/models (from the model card); "
-        f"{DEFAULT_CONTEXT_TOKENS} for the body limit until that list was read; a prompt of a "
-        "model the list does not give a context_window for is not checked.",
+        "the longest prompt a worker takes now, as the processor's /health reports it "
+        "(prompt_limit, with processor_health_url set), else each model's context_window in the "
+        "stock frontend's /v1/models (registered at the processor's start); both re-read every "
+        f"10 s in the background. {DEFAULT_CONTEXT_TOKENS} for the body limit until then; a "
+        "prompt of a model neither gives a limit for is not checked.",
     )
     max_bytes_per_token: float = Field(
         8.0,

@@ -5,7 +5,15 @@ Why a probe of its own: a static "healthy" kept a gateway in service while the p
 dead or had no worker. Why cached: Kubernetes probes every few seconds per pod and monitoring
 may poll too; one probe per ``ready_cache_s`` (concurrent callers share it) keeps the cost flat.
 The probes use connections of their own, so a gateway whose upstream slots are all taken still
-answers its readiness. The same model list gives each model's context window (the prompt limit).
+answers its readiness.
+
+The same probes keep the prompt limit of each model (``contexts``): the ``context_window`` the
+model list gives, overridden for the processor's model by the ``prompt_limit`` its ``/health``
+reports. Why both: the model list shows the context the processor registered at start-up, which
+Dynamo 1.6.1 cannot change afterwards (a registered model may change only its taints), while
+the processor's ``/health`` follows workers that join later or change. The gateway re-reads
+both every ``MODEL_REFRESH_S`` in the background (``Gateway._watch_models``) and on readiness
+probes; the request path only looks the model up in ``contexts``.
 """
 
 from __future__ import annotations
@@ -76,7 +84,9 @@ class Readiness:
             self.processor = UpstreamClient(
                 base, pool_size=2, read_timeout=PROBE_TIMEOUT_S, connect_timeout=1.0
             )
-        self.contexts: dict[str, int] = {}
+        self.contexts: dict[str, int] = {}  # the limits in force: the two below, merged
+        self._listed: dict[str, int] = {}  # the model list's context windows
+        self._live: tuple[str, int] | None = None  # the processor's (model, prompt_limit)
         self.processor_status: str | None = None  # last processor verdict ("no_workers"...)
         self._last: tuple[float, Verdict] | None = None
         self._probe: asyncio.Task[Verdict] | None = None
@@ -108,8 +118,10 @@ class Readiness:
         return proc
 
     async def refresh_models(self) -> None:
-        """Re-read the model list (context windows) without judging readiness."""
+        """Re-read the model list and the processor's prompt limit, without judging readiness."""
         await self._probe_models()
+        if self.processor is not None:
+            await self._probe_processor()
 
     async def _get(self, client: UpstreamClient, path: str) -> tuple[int, bytes]:
         up = await client.request("GET", path)
@@ -129,7 +141,8 @@ class Readiness:
             contexts = model_contexts(payload)
         except (msgspec.DecodeError, TypeError):
             return Verdict(False, "frontend_unhealthy", {"error": "unreadable model list"})
-        self.contexts = contexts
+        self._listed = contexts
+        self._merge_limits()
         wanted = self.config.public_models or list(contexts)
         missing = [m for m in wanted if m not in contexts]
         if not wanted or missing:
@@ -148,6 +161,12 @@ class Readiness:
         except msgspec.DecodeError:
             doc = {}
         doc = doc if isinstance(doc, dict) else {}
+        model, limit = doc.get("model"), doc.get("prompt_limit")
+        if isinstance(model, str) and type(limit) is int and limit > 0:
+            self._live = (model, limit)
+        else:  # none stated (starting, or no card states one): the model list's
+            self._live = None
+        self._merge_limits()
         seen = {k: doc[k] for k in ("routable_workers", "expected_workers") if k in doc}
         self.processor_status = str(doc.get("status") or ("ready" if status == 200 else status))
         if status == 200:  # "degraded" (a worker lost, others serve) stays ready
@@ -155,6 +174,11 @@ class Readiness:
         # Any other answer is not ready, whatever it last counted: a processor whose loop has
         # stalled still reports its last routable workers.
         return Verdict(False, str(doc.get("status") or "processor_unhealthy"), seen)
+
+    def _merge_limits(self) -> None:
+        """``contexts`` from the model list and the processor's live limit (which wins)."""
+        live = {self._live[0]: self._live[1]} if self._live is not None else {}
+        self.contexts = {**self._listed, **live}
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -17,7 +17,11 @@ Two signals our own accounting (router/load.py) cannot produce:
   and decodes preempted back to the queue. A request sent there waits behind them. Our load
   count sees a full worker only as a number; the engine knows it is stalling.
 
-Both come from Dynamo's ``FpmEventSubscriber`` in tracking mode (the same discovery and
+And the **prompt limit** (``prompt_limit``): the longest prompt some worker takes, from the same
+cards (``prompt_limit_tokens``), kept current as workers come and go; the processor answers it
+in ``/health``, where the gateway reads it (``frontend/health.py``).
+
+All come from Dynamo's ``FpmEventSubscriber`` in tracking mode (the same discovery and
 event plane as KV events; ZMQ on our loopback stacks), read by a background task every
 ``ENGINE_POLL_S``: the request path only reads two small dicts. Bounded: one entry per
 worker that publishes, rebuilt on every refresh, so workers that left disappear with
@@ -182,14 +186,16 @@ class EngineState:
         self._sub = subscriber
         self._block_size = block_size
         self._poll_s = poll_s
-        # card body -> (capacity, block size) parsed once (bodies repeat)
-        self._cards: dict[str, tuple[int | None, int | None]] = {}
+        # card body -> (capacity, block size, prompt limit) parsed once (bodies repeat)
+        self._cards: dict[str, tuple[int | None, int | None, int | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self.capacity: dict[int, int] = {}
         self.waiting: dict[int, int] = {}
         # Workers whose cards state another KV block size than this processor counts in (one
         # that joined after start-up): their blocks would be miscounted, so none is routed to.
         self.mismatched: frozenset[int] = frozenset()
+        # The longest prompt a worker takes now; the last known while no card states one.
+        self.prompt_limit: int | None = None
         self.errors = 0
 
     def start(self) -> None:
@@ -227,6 +233,7 @@ class EngineState:
             return
         capacity: dict[int, int] = {}
         mismatched: set[int] = set()
+        limits: list[int] = []
         for worker, body in cards.items():
             if body not in self._cards:
                 if len(self._cards) > 4 * max(len(cards), 16):  # bodies of departed workers
@@ -234,8 +241,11 @@ class EngineState:
                 self._cards[body] = (
                     capacity_blocks(body, self._block_size),
                     card_block_size(body),
+                    prompt_limit_tokens({worker: body}, self._block_size),
                 )
-            blocks, size = self._cards[body]
+            blocks, size, limit = self._cards[body]
+            if limit is not None:
+                limits.append(limit)
             try:
                 wid = int(worker)
             except (ValueError, TypeError):
@@ -254,6 +264,9 @@ class EngineState:
         self.capacity = capacity
         self.mismatched = frozenset(mismatched)
         self.waiting = waiting_requests(stats)
+        if limits and max(limits) != self.prompt_limit:
+            logger.info("longest prompt a worker takes: %d tokens", max(limits))
+            self.prompt_limit = max(limits)
 
 
 def prompt_limit_tokens(cards: dict[str, str], block_size: int) -> int | None:

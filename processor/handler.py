@@ -191,10 +191,13 @@ class ProcessorHandler:
         self._lag_watch: asyncio.Task[None] | None = None
         self._known_workers: frozenset[int] = frozenset()
         self.engine: EngineState | None = None  # the workers' own reports
-        # The longest prompt a worker can take (their cards), registered as our context_length.
+        # The longest prompt a worker can take (their cards): registered as our context_length
+        # at start-up, then kept current by the sweep (EngineState) for /health and routing.
         self.prompt_limit: int | None = None
         self._quarantine = Quarantine(self._config.worker_quarantine_s)
-        self.health = WorkerHealth(config.expected_workers, config.expected_workers_window_s)
+        self.health = WorkerHealth(
+            config.expected_workers, config.expected_workers_window_s, config.model_name
+        )
         self._http: Any = None
         self.admission = Admission(config.admission_deadline_s, self.metrics)
 
@@ -226,8 +229,7 @@ class ProcessorHandler:
         )
         self.service.use_block_size(self.block_size)
         logger.info("workers' KV block size: %d tokens", self.block_size)
-        self.prompt_limit = prompt_limit_tokens(cards, self.block_size)
-        logger.info("longest prompt a worker takes: %s tokens", self.prompt_limit)
+        self.prompt_limit = prompt_limit_tokens(cards, self.block_size)  # EngineState logs it
         router_cfg = self.service.config
         chunk = prefill_chunk_tokens(cards)
         if chunk is not None and "prefill_chunk_tokens" not in router_cfg.model_fields_set:
@@ -308,7 +310,10 @@ class ProcessorHandler:
         self.metrics.workers.set(routable)
         router = not isinstance(self.routing, RemoteRouting) or self.routing.has_router()
         self.metrics.router_available.set(router)
-        self.metrics.expected_workers.set(self.health.update(routable, now, router))
+        if self.engine is not None and self.engine.prompt_limit is not None:
+            self.prompt_limit = self.engine.prompt_limit
+        expected = self.health.update(routable, now, router, self.prompt_limit)
+        self.metrics.expected_workers.set(expected)
         if self.engine is not None:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)
         if isinstance(self.routing, LocalRouting):  # a shared router exports its own

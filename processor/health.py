@@ -18,6 +18,12 @@ it *expects*, and says so in a gauge pair and in ``GET /health`` on its metrics 
   it holds (a gateway asking this ``/health`` turns not ready with it);
 * 503 ``{"status": "starting", ...}``: it has not yet seen its first worker.
 
+Every answer after start-up also names the public ``model`` and, once a worker's card states
+it, its ``prompt_limit``: the longest prompt some worker takes now (tokens). The gateway reads
+it to check prompts (``frontend/health.py``): unlike the context the stock frontend lists
+(registered once; Dynamo 1.6.1 lets a registered model change only its taints), it follows
+workers that join, leave or change.
+
 ``GET /live`` is the liveness probe: 200 while the event loop ticks (a timer every 50 ms, the
 loop-lag watch), 503 ``{"status": "stalled"}`` once it has not for ``STALL_S``. It answers
 from start-up on, also while the processor waits for its first worker (model loading can
@@ -68,12 +74,13 @@ class WorkerHealth:
     Bounded: the counts held decrease strictly, at most peak + 1 of them.
     """
 
-    def __init__(self, expected: int | None, window_s: float) -> None:
+    def __init__(self, expected: int | None, window_s: float, model: str | None = None) -> None:
         self._fixed = expected
         self._window_s = window_s
+        self._model = model
         self._recent: deque[tuple[float, int]] = deque()  # (when, routable), counts decreasing
-        self._state: tuple[int, int, float, bool] | None = None  # routable, expected, when,
-        # and whether a router is there to place requests
+        # routable, expected, when, whether a router is there to place requests, prompt limit
+        self._state: tuple[int, int, float, bool, int | None] | None = None
         self.draining = False  # set once, on SIGTERM (processor/__main__.py)
         self._beat: float | None = None  # when the event loop last ticked (``beat``)
 
@@ -88,9 +95,11 @@ class WorkerHealth:
             return 503, {"status": "stalled", "last_tick_s_ago": round(now - beat, 1)}
         return 200, {"status": "alive"}
 
-    def update(self, routable: int, now: float, router: bool = True) -> int:
+    def update(
+        self, routable: int, now: float, router: bool = True, prompt_limit: int | None = None
+    ) -> int:
         """Record the routable count at ``now`` (and whether a router is reachable in
-        discovery); returns the expected count."""
+        discovery, and the longest prompt a worker takes); returns the expected count."""
         recent = self._recent
         while recent and recent[-1][1] <= routable:
             recent.pop()
@@ -98,15 +107,19 @@ class WorkerHealth:
         while now - recent[0][0] > self._window_s:
             recent.popleft()
         expected = self._fixed if self._fixed is not None else recent[0][1]
-        self._state = (routable, expected, now, router)
+        self._state = (routable, expected, now, router, prompt_limit)
         return expected
 
     def answer(self, now: float) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of ``GET /health`` (module docstring)."""
         if self._state is None:
             return 503, {"status": "starting", "routable_workers": 0, "expected_workers": 0}
-        routable, expected, at, router = self._state
+        routable, expected, at, router, prompt_limit = self._state
         body: dict[str, Any] = {"routable_workers": routable, "expected_workers": expected}
+        if self._model is not None:
+            body["model"] = self._model
+        if prompt_limit is not None:
+            body["prompt_limit"] = prompt_limit
         if self.draining:
             return 503, {"status": "draining", **body}
         if now - at > STALL_S:

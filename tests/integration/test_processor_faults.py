@@ -223,9 +223,10 @@ def test_killed_worker_loses_no_request(two_workers: LocalStack) -> None:
     # Still serving, but short of the two workers seen: readiness says degraded, the gauges
     # (and the AkrWorkersLost alert) say one lost.
     health = httpx.get(url.replace("/metrics", "/health"), timeout=5)
+    stated = {"model": stack.model_name, "prompt_limit": 1024 * 64}  # 1024 blocks of KV each
     assert (health.status_code, health.json()) == (
         200,
-        {"status": "degraded", "routable_workers": 1, "expected_workers": 2},
+        {"status": "degraded", "routable_workers": 1, "expected_workers": 2, **stated},
     )
     assert metric(scrape(url), "akr_processor_expected_workers") == 2
     for t in threads:

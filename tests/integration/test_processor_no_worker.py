@@ -75,9 +75,10 @@ def test_no_worker_fails_fast_and_lost_traces_are_counted(tmp_path: Path) -> Non
     )
     with running_stack(config) as stack:
         url = stack.processor_metrics_url
+        stated = {"model": stack.model_name, "prompt_limit": 1024 * 64}  # 1024 blocks of KV
         assert _health(url) == (
             200,
-            {"status": "ready", "routable_workers": 1, "expected_workers": 1},
+            {"status": "ready", "routable_workers": 1, "expected_workers": 1, **stated},
         )
         n = 5
         for i in range(n):
@@ -109,7 +110,12 @@ def test_no_worker_fails_fast_and_lost_traces_are_counted(tmp_path: Path) -> Non
             lambda: (h := _health(url))[0] == 503 and h,
             30,
         )
-        assert health == {"status": "no_workers", "routable_workers": 0, "expected_workers": 1}
+        assert health == {
+            "status": "no_workers",
+            "routable_workers": 0,
+            "expected_workers": 1,
+            **stated,  # the last limit known while no worker is left
+        }
         # Once discovery has dropped the worker: the bounded wait, then the same error.
         status, text, later_s = _ask(stack.frontend_url, stack.model_name, stream=False)
         print(f"stock frontend, no worker in discovery: {status} {text[:200]}")

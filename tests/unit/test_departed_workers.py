@@ -52,6 +52,7 @@ def sweeping_handler(
     h._quarantine = Quarantine(10.0)
     h.health = WorkerHealth(None, 60.0)
     h.engine = None
+    h.prompt_limit = None
     h._writer = None
     return h
 

@@ -201,3 +201,27 @@ def test_a_worker_joining_with_another_block_size_is_marked(caplog) -> None:
         state.refresh()  # logged once per newcomer
     assert state.mismatched == {3}
     assert len([r for r in caplog.records if "kv_cache_block_size" in r.message]) == 1
+
+
+def test_the_prompt_limit_follows_workers_that_join_leave_or_change() -> None:
+    """Read on every refresh, not only at start-up: a worker that joins with a larger KV raises
+    it, a changed card lowers it, and with no card at all the last known limit stays."""
+
+    class Subscriber:
+        def __init__(self) -> None:
+            self.cards = {"1": _card(64)}
+
+        def get_model_cards(self) -> dict[str, str]:
+            return self.cards
+
+        def get_recent_stats(self) -> dict:
+            return {}
+
+    sub = Subscriber()
+    state = EngineState(sub, 64, poll_s=1.0)
+    seen = []
+    for cards in ({"1": _card(64)}, {"1": _card(64), "2": _card(256)}, {"2": _card(128)}, {}):
+        sub.cards = cards
+        state.refresh()
+        seen.append(state.prompt_limit)
+    assert seen == [64 * 64, 256 * 64, 128 * 64, 128 * 64]

@@ -146,12 +146,14 @@ async def test_readiness_follows_the_frontend_and_the_processor(stub: Stub) -> N
         stub.url, public_models="tiny", processor_health_url=proc_url, ready_cache_s=0.3
     )
     try:
+        await until(lambda: proc.hits)  # the model watch's first read (its next is 10 s on)
+        before = proc.hits
         for path in ("/health", "/ready"):
             r = await gw.get(path)
             body = await r.json()
             assert r.status == 200 and body["status"] == "ready", body
             assert body["routable_workers"] == 2 and body["expected_workers"] == 2
-        assert proc.hits == 1, "a second probe within ready_cache_s reuses the verdict"
+        assert proc.hits == before + 1, "a second probe within ready_cache_s reuses the verdict"
 
         proc.body = {"status": "degraded", "routable_workers": 1, "expected_workers": 2}
         await asyncio.sleep(0.35)
@@ -505,3 +507,50 @@ async def test_a_failed_model_refresh_keeps_the_watch_alive(
         assert gw._model_watch is not None and not gw._model_watch.done()
     finally:
         await gw.close()
+
+
+async def test_the_prompt_limit_follows_the_processors_health_without_a_restart(
+    stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model list keeps the context the processor registered at start-up (1000 tokens
+    here: Dynamo cannot change it later); the processor's /health says what its workers take
+    now. The background watch reads it, with no readiness probe asked and nothing fetched per
+    request: a prompt over the listed context passes once the processor reports more, and is
+    refused again when its workers shrink."""
+    import frontend.gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "MODEL_REFRESH_S", 0.05)
+    proc = ProcessorHealth()
+    app = web.Application()
+    app.router.add_get("/health", proc.handle)
+    proc_server = TestServer(app)
+    await proc_server.start_server()
+    gw = await make_client(
+        stub.url, public_models="tiny", processor_health_url=str(proc_server.make_url("/health"))
+    )
+    prompt = {"model": "tiny", "messages": [{"role": "user", "content": "a" * 20_000}]}
+    try:
+        await until(lambda: gw.gw.readiness.contexts)
+        r = await gw.post(CHAT, json=prompt)  # 20,000 bytes over 1000 tokens x 8
+        assert r.status == 400 and "1000 tokens" in (await r.json())["error"]["message"]
+        proc.body = {**proc.body, "model": "tiny", "prompt_limit": 4096}
+        await until(lambda: gw.gw.readiness.contexts == {"tiny": 4096})
+        assert (await gw.post(CHAT, json=prompt)).status == 200
+        assert gw.gw.body_limit() == 4096 * 8 * 3 + 1024 * 1024  # new connections' body limit
+        proc.body = {**proc.body, "prompt_limit": 2000}
+        await until(lambda: gw.gw.readiness.contexts == {"tiny": 2000})
+        r = await gw.post(CHAT, json=prompt)
+        assert r.status == 400 and "2000 tokens" in (await r.json())["error"]["message"]
+        proc.body = {"status": "starting"}  # states no limit: the model list's again
+        await until(lambda: gw.gw.readiness.contexts == {"tiny": 1000})
+        proc.body = {"status": "ready", "model": "tiny", "prompt_limit": 4096}
+        await until(lambda: gw.gw.readiness.contexts == {"tiny": 4096})
+        monkeypatch.setattr(gateway_module, "MODEL_REFRESH_S", 3600.0)
+        await asyncio.sleep(0.2)  # the watch's last short sleep ends; it now sleeps an hour
+        seen = (proc.hits, stub.model_probes)
+        for _ in range(10):
+            assert (await gw.post(CHAT, json=prompt)).status == 200
+        assert (proc.hits, stub.model_probes) == seen, "fetched per request"
+    finally:
+        await gw.close()
+        await proc_server.close()

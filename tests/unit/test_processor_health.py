@@ -175,3 +175,20 @@ def test_an_idle_connection_to_the_health_server_is_closed(monkeypatch) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_health_names_the_model_and_its_prompt_limit_once_known() -> None:
+    """What the gateway checks prompts against (frontend/health.py): absent until a card
+    states a limit, then the latest one the sweep gave."""
+    h = WorkerHealth(expected=None, window_s=60.0, model="m")
+    h.update(1, 0.0)
+    assert h.answer(0.0)[1] == {
+        "status": "ready",
+        "routable_workers": 1,
+        "expected_workers": 1,
+        "model": "m",
+    }
+    h.update(1, 1.0, prompt_limit=4096)
+    h.update(2, 2.0, prompt_limit=16384)
+    status, body = h.answer(2.0)
+    assert status == 200 and body["prompt_limit"] == 16384 and body["model"] == "m"
