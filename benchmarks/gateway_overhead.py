@@ -92,7 +92,7 @@ def payloads(
     for i in range(n):
         body = nat_body(model, i)
         gw.append((json.dumps(body).encode(), {"Content-Type": "application/json"}))
-        tr = translate(body, {})
+        tr = translate(body, {}, f"bench-{i}")  # as the gateway sends it, request id included
         fe.append((json.dumps(tr.body).encode(), tr.headers))
     return gw, fe
 

@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,9 @@ def write_results(out: Path, result: dict[str, Any], table: str) -> str:
 
 
 def translated(body: dict[str, Any]) -> dict[str, Any]:
-    """The body the gateway would forward (its headers only repeat ``prefix_id``)."""
-    return translate(body, {}).body
+    """The body the gateway would forward (its headers only repeat ``prefix_id`` and the
+    request id, which the body's annotation carries too)."""
+    return translate(body, {}, str(uuid.uuid4())).body
 
 
 def join(records: list[Record], traces: list[Any], t0_wall: float) -> list[dict[str, float]]:
