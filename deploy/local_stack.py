@@ -55,6 +55,15 @@ WORKER_MODEL = "akr-internal-workers"
 WORKER_ENDPOINT = "workers.backend.generate"
 START_ATTEMPTS = 3
 ROUTER_SERVICE = "agents.router"
+# Dynamo's planes on loopback without etcd or NATS, as every Dynamo process of the stack runs.
+LOOPBACK_PLANES = (
+    "--discovery-backend",
+    "file",
+    "--request-plane",
+    "tcp",
+    "--event-plane",
+    "zmq",
+)
 # --arm of the command line: our path, or the stock frontend's own --router-mode.
 CLI_ARMS = ("ours", "kv", "round-robin", "random")
 
@@ -417,12 +426,7 @@ class LocalStack:
                 str(gpu_blocks),
                 "--block-size",
                 str(self.config.block_size),
-                "--discovery-backend",
-                "file",
-                "--request-plane",
-                "tcp",
-                "--event-plane",
-                "zmq",
+                *LOOPBACK_PLANES,
                 *self.config.mocker_args,
             ],
             self.config.worker_env,
@@ -466,12 +470,7 @@ class LocalStack:
                 "127.0.0.1",
                 "--http-port",
                 str(self.frontend_port),
-                "--discovery-backend",
-                "file",
-                "--request-plane",
-                "tcp",
-                "--event-plane",
-                "zmq",
+                *LOOPBACK_PLANES,
                 *router_args,
                 *self.config.frontend_args,
             ],

@@ -37,6 +37,23 @@ def _card(blocks: object, block_size: object = 64, dp: object = None) -> str:
     )
 
 
+class _Subscriber:
+    """A stand-in for Dynamo's subscriber: model cards and stats the test sets directly."""
+
+    def __init__(self, cards: dict[str, str]) -> None:
+        self.cards = cards
+        self.stats: dict = {}
+
+    def get_model_cards(self) -> dict[str, str]:
+        return self.cards
+
+    def get_recent_stats(self) -> dict:
+        return self.stats
+
+    def shutdown(self) -> None:
+        pass
+
+
 def test_capacity_from_the_card_in_router_blocks() -> None:
     assert capacity_blocks(_card(192), 64) == 192
     assert capacity_blocks(_card(100, block_size=16), 64) == 25  # 1600 tokens = 25 of ours
@@ -146,21 +163,7 @@ def test_prefill_chunk_is_the_smallest_engine_pass_the_cards_report() -> None:
 
 
 async def test_a_refresh_that_raises_does_not_stop_the_polling() -> None:
-    class Subscriber:
-        def __init__(self) -> None:
-            self.stats: dict = {}
-            self.cards = {"1": _card(1024)}
-
-        def get_model_cards(self) -> dict[str, str]:
-            return self.cards
-
-        def get_recent_stats(self) -> dict:
-            return self.stats
-
-        def shutdown(self) -> None:
-            pass
-
-    sub = Subscriber()
+    sub = _Subscriber({"1": _card(1024)})
     state = EngineState(sub, 64, poll_s=0.01)
     state.start()
     sub.stats = {"not a (worker, rank) key": b""}  # a shape nobody foresaw
@@ -181,17 +184,7 @@ def test_a_worker_joining_with_another_block_size_is_marked(caplog) -> None:
     """Start-up refuses cards that disagree; a worker that joins later with another
     kv_cache_block_size was taken as is and its blocks counted in the wrong unit."""
 
-    class Subscriber:
-        def __init__(self) -> None:
-            self.cards = {"1": _card(1024, 64), "2": _card(1024, 64)}
-
-        def get_model_cards(self) -> dict[str, str]:
-            return self.cards
-
-        def get_recent_stats(self) -> dict:
-            return {}
-
-    sub = Subscriber()
+    sub = _Subscriber({"1": _card(1024, 64), "2": _card(1024, 64)})
     state = EngineState(sub, 64, poll_s=1.0)
     state.refresh()
     assert state.mismatched == frozenset()
@@ -207,17 +200,7 @@ def test_the_prompt_limit_follows_workers_that_join_leave_or_change() -> None:
     """Read on every refresh, not only at start-up: a worker that joins with a larger KV raises
     it, a changed card lowers it, and with no card at all the last known limit stays."""
 
-    class Subscriber:
-        def __init__(self) -> None:
-            self.cards = {"1": _card(64)}
-
-        def get_model_cards(self) -> dict[str, str]:
-            return self.cards
-
-        def get_recent_stats(self) -> dict:
-            return {}
-
-    sub = Subscriber()
+    sub = _Subscriber({"1": _card(64)})
     state = EngineState(sub, 64, poll_s=1.0)
     seen = []
     for cards in ({"1": _card(64)}, {"1": _card(64), "2": _card(256)}, {"2": _card(128)}, {}):
