@@ -17,7 +17,7 @@ import signal
 import uvloop
 
 from frontend.config import GatewayConfig
-from router.envconfig import load_settings
+from router.envconfig import listening, load_settings
 
 log = logging.getLogger("frontend")
 
@@ -35,10 +35,11 @@ def grace_period_s() -> float:
         ) from None
 
 
-async def _serve(cfg: GatewayConfig, grace_s: float) -> None:
+async def _serve(cfg: GatewayConfig, grace_s: float, address_names: str) -> None:
     from frontend.server import start_server, stop_server, stop_server_now
 
-    gw, server = await start_server(cfg)
+    with listening("the gateway", cfg.host, cfg.port, address_names):
+        gw, server = await start_server(cfg)
     stop, now = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -74,11 +75,13 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     flags = {"host": "--host", "port": "--port", "upstream_url": "--upstream"}
-    cfg = load_settings(GatewayConfig, flags={k: flags[k] for k in overrides}, **overrides)
+    given = {k: flags[k] for k in overrides}
+    cfg = load_settings(GatewayConfig, flags=given, **overrides)
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvloop.run(_serve(cfg, grace_period_s()))
+    address = ", ".join(given.get(k) or f"AKR_GATEWAY_{k.upper()}" for k in ("host", "port"))
+    uvloop.run(_serve(cfg, grace_period_s(), address))
 
 
 if __name__ == "__main__":

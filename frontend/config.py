@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from frontend.upstream import split_http_url
+
 DEFAULT_CONTEXT_TOKENS = 131072
 BODY_OVERHEAD_BYTES = 1024 * 1024
 JSON_ESCAPE_FACTOR = 3  # "\uXXXX" per UTF-8 byte pair, surrogate pairs: at most 3 x the text
@@ -18,7 +20,7 @@ class GatewayConfig(BaseSettings):
     """Every field has a safe default: loopback only, worker pinning off, traces off."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AKR_GATEWAY_", extra="ignore", env_ignore_empty=True
+        env_prefix="AKR_GATEWAY_", extra="ignore", env_ignore_empty=True, allow_inf_nan=False
     )
 
     host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
@@ -133,6 +135,20 @@ class GatewayConfig(BaseSettings):
     def _split_models(cls, v: object) -> object:
         if isinstance(v, str):
             return [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        if split_http_url(v)[2].endswith("/v1"):
+            raise ValueError("no trailing /v1: the gateway appends the client's /v1/... path")
+        return v
+
+    @field_validator("processor_health_url")
+    @classmethod
+    def _health_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_http_url(v)
         return v
 
     @field_validator("log_level")

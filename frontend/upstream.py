@@ -308,6 +308,16 @@ class UpstreamResponse:
             conn.close()
 
 
+def split_http_url(url: str) -> tuple[str, int, str]:
+    """``http://host[:port][/path]`` as host, port (80 if none) and path without its trailing
+    ``/``; ``ValueError`` saying what is wrong. Plain HTTP only: the gateway's upstreams (the
+    stock frontend, the processor's health) run beside it."""
+    u = urlsplit(url)
+    if u.scheme != "http" or not u.hostname:
+        raise ValueError("expected an http://host[:port] URL")
+    return u.hostname, u.port or 80, u.path.rstrip("/")  # .port: ValueError if not a port
+
+
 class UpstreamClient:
     """Pooled keep-alive HTTP/1.1 client for one ``http://host:port`` upstream."""
 
@@ -322,12 +332,10 @@ class UpstreamClient:
         quickack: bool = True,
         slot_wait: float | None = None,
     ) -> None:
-        u = urlsplit(base_url)
-        if u.scheme != "http" or not u.hostname:
-            raise ValueError(f"upstream must be an http://host[:port] URL, got {base_url!r}")
-        self.host = u.hostname
-        self.port = u.port or 80
-        self.prefix = u.path.rstrip("/")
+        try:
+            self.host, self.port, self.prefix = split_http_url(base_url)
+        except ValueError as exc:
+            raise ValueError(f"upstream {base_url!r}: {exc}") from None
         self._host_header = f"{self.host}:{self.port}".encode()
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout

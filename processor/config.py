@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from router.envconfig import dynamo_path
 
 
 class ProcessorConfig(BaseSettings):
     """Tunables of the processor component; every field is documented in docs/CONFIG.md."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AKR_PROCESSOR_", extra="ignore", env_ignore_empty=True
+        env_prefix="AKR_PROCESSOR_", extra="ignore", env_ignore_empty=True, allow_inf_nan=False
     )
 
     model_name: str = Field(
@@ -128,3 +130,13 @@ class ProcessorConfig(BaseSettings):
         description="A worker silent this long between two outputs of a streaming answer has "
         "failed: the answer is continued on another worker (see migration_limit). 0 = no limit.",
     )
+
+    @field_validator("endpoint", "worker_endpoint")
+    @classmethod
+    def _endpoint_path(cls, v: str) -> str:
+        return dynamo_path(v, 3)
+
+    @field_validator("router_endpoint")
+    @classmethod
+    def _component_path(cls, v: str | None) -> str | None:
+        return None if v is None else dynamo_path(v, 2)

@@ -68,6 +68,7 @@ from processor.routing import (
     route_request,
 )
 from processor.traces import SCHEMA_VERSION, TraceRecord
+from router.envconfig import listening
 from router.hints import annotated_request_id, hints_from_request
 from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
@@ -215,9 +216,11 @@ class ProcessorHandler:
             watch_loop_lag(self._loop_tick, asyncio.get_running_loop().time)
         )
         if cfg.metrics_port is not None:
-            self._http = serve_metrics_and_health(
-                self.metrics.registry, self.health, cfg.metrics_port, cfg.metrics_host
-            )
+            names = "AKR_PROCESSOR_METRICS_HOST, AKR_PROCESSOR_METRICS_PORT"
+            with listening("the processor's metrics", cfg.metrics_host, cfg.metrics_port, names):
+                self._http = serve_metrics_and_health(
+                    self.metrics.registry, self.health, cfg.metrics_port, cfg.metrics_host
+                )
         endpoint = self._runtime.endpoint(cfg.worker_endpoint)
         self._client = await endpoint.client()
         await self._client.wait_for_instances()

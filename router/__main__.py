@@ -29,7 +29,7 @@ from dynamo.runtime import DistributedRuntime, dynamo_worker
 from dynamo.runtime.logging import configure_dynamo_logging
 
 from router.config import RouterConfig
-from router.envconfig import load_settings, parse_no_flags
+from router.envconfig import listening, load_settings, parse_no_flags
 from router.metrics import serve_metrics
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, FindWorker, RouterService
 
@@ -77,7 +77,9 @@ async def worker(runtime: DistributedRuntime, config: RouterConfig) -> None:
         logger.info("restored learner state from %s", config.state_path)
     endpoints = RouterEndpoints(service, time.monotonic)
     if config.metrics_port is not None:
-        serve_metrics(service, config.metrics_port, config.metrics_host)
+        names = "AKR_ROUTER_METRICS_HOST, AKR_ROUTER_METRICS_PORT"
+        with listening("the router's metrics", config.metrics_host, config.metrics_port, names):
+            serve_metrics(service, config.metrics_port, config.metrics_host)
         logger.info(
             "router metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port
         )

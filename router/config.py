@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router.envconfig import dynamo_path
 from router.tunable import tunable
 
 
@@ -25,7 +26,7 @@ class RouterConfig(BaseSettings):
     """Tunables of the routing core (prefix table, score, learner, feedback)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AKR_ROUTER_", extra="ignore", env_ignore_empty=True
+        env_prefix="AKR_ROUTER_", extra="ignore", env_ignore_empty=True, allow_inf_nan=False
     )
 
     # --- Workers -----------------------------------------------------------------------
@@ -152,6 +153,13 @@ class RouterConfig(BaseSettings):
     )
     metrics_port: int | None = Field(
         None,
+        ge=1,
+        le=65535,
         description="Port of the standalone router's Prometheus /metrics; unset = not served "
         "(the in-process router is exported by the processor).",
     )
+
+    @field_validator("service_endpoint")
+    @classmethod
+    def _component_path(cls, v: str) -> str:
+        return dynamo_path(v, 2)

@@ -3,7 +3,8 @@
 A bad value must stop the component with one line per bad variable, named as the operator
 set it (``AKR_GATEWAY_PORT='abc': Input should be a valid integer ...``), not with a pydantic
 traceback that names only the field (``port``). ``load_settings`` raises ``SystemExit`` with
-that text, so an entry point prints it to stderr and exits with status 1.
+that text, so an entry point prints it to stderr and exits with status 1. The same holds for
+what only the start can tell: an address a component cannot listen on (``listening``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,29 @@ def _only(environ: Mapping[str, str]) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def dynamo_path(value: str, parts: int) -> str:
+    """``value`` if it is a Dynamo path of ``parts`` names (``namespace.component`` or
+    ``namespace.component.endpoint``, ``dyn://`` allowed), else ``ValueError``. Dynamo checks
+    a path only when the runtime first uses it: for the processor's own endpoint that is after
+    the first worker has loaded, minutes into a GPU start, and then as a traceback."""
+    names = value.removeprefix("dyn://").split(".")
+    if len(names) != parts or not all(name.strip() for name in names):
+        raise ValueError("expected namespace.component" + (".endpoint" if parts == 3 else ""))
+    return value
+
+
+@contextlib.contextmanager
+def listening(what: str, host: str, port: int, names: str) -> Iterator[None]:
+    """Bind ``host:port`` inside the block: an address that cannot be had (in use, unknown
+    host, not allowed) stops the component with one line saying where it came from
+    (``names``: the variables or flags), not with the socket's traceback."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise SystemExit(f"{what} cannot listen on {host}:{port} ({names}): {reason}") from None
 
 
 def parse_no_flags(prog: str, doc: str | None, settings: str, argv: list[str] | None) -> None:

@@ -73,7 +73,7 @@ from deploy.vllm.envfile import (
 from frontend.config import GatewayConfig
 from processor.config import ProcessorConfig
 from router.config import RouterConfig
-from router.envconfig import load_settings
+from router.envconfig import dynamo_path, load_settings
 
 PY = "python"  # printed commands are meant for the node's environment (venv or container)
 
@@ -200,6 +200,10 @@ def build_plan(args: argparse.Namespace, knobs: dict[str, str]) -> Plan:
     # The vLLM --block-size; the processor checks it against the workers' model cards.
     block_size = akr.get("AKR_PROCESSOR_BLOCK_SIZE", "64")
     worker_endpoint = knobs["LAUNCH_WORKER_ENDPOINT"]
+    try:
+        dynamo_path(worker_endpoint, 3)
+    except ValueError as exc:
+        raise SystemExit(f"LAUNCH_WORKER_ENDPOINT={worker_endpoint!r}: {exc}") from None
     if akr.get("AKR_PROCESSOR_WORKER_ENDPOINT", worker_endpoint) != worker_endpoint:
         raise SystemExit("AKR_PROCESSOR_WORKER_ENDPOINT must equal LAUNCH_WORKER_ENDPOINT")
     public_model = args.served_model_name or akr.get("AKR_PROCESSOR_MODEL_NAME") or args.model

@@ -299,6 +299,18 @@ def test_a_variable_the_launcher_does_not_read_stops_the_launch(
     assert capsys.readouterr().out == ""
 
 
+def test_a_worker_endpoint_that_is_no_dynamo_path_stops_the_launch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the plan went out with ``--endpoint dyn://garbage`` for every worker and the
+    processor, each failing only after it had started."""
+    env_file = tmp_path / "akr.env"
+    env_file.write_text("LAUNCH_WORKER_ENDPOINT=garbage\n")
+    with pytest.raises(SystemExit, match="LAUNCH_WORKER_ENDPOINT='garbage': expected namespace"):
+        launch_main(["--workers", "1", "--model", "m", "--env-file", str(env_file), "--dry-run"])
+    assert capsys.readouterr().out == ""
+
+
 def test_every_generated_env_file_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
     """The template and the tuner's files (benchmarks/results/tune/*/akr.env) name only
     variables the launcher reads."""
