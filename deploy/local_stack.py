@@ -192,6 +192,10 @@ class LocalStack:
         self._own_workdir = self.config.workdir is None
         self.workdir = Path(self.config.workdir or tempfile.mkdtemp(prefix="akr-stack-"))
         self.file_kv = self.workdir / "dynamo_kv"
+        # Each Dynamo process writes a logging-config file into its temporary directory at
+        # start-up and never removes it (dynamo.runtime.logging), one per process start: in the
+        # work directory they go with it instead of piling up in the machine's /tmp.
+        self.tmp_dir = self.workdir / "tmp"
         # Our components leave discovery on SIGTERM, then wait a grace period before stopping
         # their endpoints (Dynamo's default 5 s lets remote frontends notice). A local stack
         # is stopped as a whole, so it has nobody to warn.
@@ -199,6 +203,7 @@ class LocalStack:
             **os.environ,
             **loopback_env(self.file_kv),
             "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0",
+            "TMPDIR": str(self.tmp_dir),
         }
         self.procs: list[Child] = []
         self.supervisor = Supervisor(
@@ -280,7 +285,10 @@ class LocalStack:
         self._watch.start()
 
     def _start(self) -> None:
+        # A work directory used before holds the registrations of a stack that is gone.
+        shutil.rmtree(self.file_kv, ignore_errors=True)
         self.file_kv.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(exist_ok=True)
         if not (self.config.model_dir / "tokenizer.json").exists():
             from deploy.make_model import build
 
@@ -576,12 +584,24 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("--workers", type=_positive(int), default=2)
-    parser.add_argument("--speedup", type=_positive(float), default=10.0)
     parser.add_argument(
-        "--speeds", type=_speeds, default=None, help="comma list, one speed per worker"
+        "--workers", type=_positive(int), default=2, help="simulated workers (default 2)"
     )
-    parser.add_argument("--gpu-blocks", type=_positive(int), default=1024)
+    parser.add_argument(
+        "--speedup",
+        type=_positive(float),
+        default=10.0,
+        help="the mocker's speed-up over its timing model, every worker (default 10)",
+    )
+    parser.add_argument(
+        "--speeds", type=_speeds, default=None, help="comma list, one speed-up per worker"
+    )
+    parser.add_argument(
+        "--gpu-blocks",
+        type=_positive(int),
+        default=1024,
+        help="KV blocks of 64 tokens per worker (default 1024)",
+    )
     parser.add_argument("--arm", default="ours", choices=CLI_ARMS, help=" | ".join(CLI_ARMS))
     parser.add_argument(
         "--split-workers", action="store_true", help="one mocker process per worker"
@@ -590,6 +610,13 @@ def main(argv: list[str] | None = None) -> None:
         "--no-supervise",
         action="store_true",
         help="do not restart processes; stop the stack when one dies",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="logs, traces and discovery go here and stay after the stop (default: a "
+        "temporary directory, removed when the stack stops cleanly)",
     )
     args = parser.parse_args(argv)
     config = StackConfig(
@@ -600,6 +627,7 @@ def main(argv: list[str] | None = None) -> None:
         arm=args.arm,
         split_workers=args.split_workers,
         supervise=not args.no_supervise,
+        workdir=args.workdir,
     )
     stack = LocalStack(config)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -125,11 +125,18 @@ def test_unsupervised_runtime_death_is_reported_and_the_workdir_kept(
     shutil.rmtree(workdir)
 
 
-def test_a_clean_stack_removes_its_workdir() -> None:
+def test_a_clean_stack_removes_its_workdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """...and leaves nothing in the temporary directory it was started with. Before, each
+    Dynamo process start left a logging-config file there (dynamo.runtime.logging writes one
+    and never removes it): thousands in /tmp after a day of test runs."""
+    machine_tmp = tmp_path / "machine-tmp"
+    machine_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(machine_tmp))
     with LocalStack(StackConfig(workers=1, arm="round-robin")) as stack:
         workdir = stack.workdir
         assert _chat_ok(stack.url, stack.model_name)
     assert not workdir.exists()
+    assert sorted(p.name for p in machine_tmp.iterdir()) == []
 
 
 STANDIN_GATEWAY = textwrap.dedent(

@@ -7,6 +7,8 @@ start-up and kept its work directory), ``--speeds a,b`` was a ValueError traceba
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import deploy.local_stack as local_stack
@@ -38,7 +40,7 @@ def test_bad_flag_is_a_usage_error(
 
 
 def test_documented_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's three commands reach LocalStack with the configuration they name."""
+    """The README's commands reach LocalStack with the configuration they name."""
     seen = []
 
     class Stop(Exception):
@@ -53,6 +55,7 @@ def test_documented_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--workers", "4", "--speedup", "10"],
         ["--speeds", "1,1,0.5,0.5"],
         ["--arm", "kv"],
+        ["--workdir", "akr-run"],
     )
     for argv in documented:
         with pytest.raises(Stop):
@@ -60,3 +63,6 @@ def test_documented_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen[0].workers == 4 and seen[0].speedup == 10.0
     assert seen[1].worker_speeds() == [1.0, 1.0, 0.5, 0.5]
     assert seen[2].arm == "kv"
+    # Before, the only work directory was a temporary one, removed at Ctrl-C with the traces
+    # the README's tuning flow starts from.
+    assert seen[3].workdir == Path("akr-run") and seen[0].workdir is None
