@@ -807,7 +807,9 @@ def write(report: Report, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m benchmarks.chaos",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--short", action="store_true", help="the reduced form of the test suite")
     parser.add_argument("--only", default=None, help="comma list of scenarios")

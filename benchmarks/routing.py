@@ -586,7 +586,11 @@ def plot(path: Path, all_records: list[Record], results: dict) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.routing",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--short", action="store_true", help="the `make bench` version (default)")
     mode.add_argument("--full", action="store_true", help="the full version (committed results)")

@@ -80,7 +80,9 @@ def render() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m deploy.config_reference",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--check", action="store_true", help="fail if docs/CONFIG.md is stale")
     args = parser.parse_args()

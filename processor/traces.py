@@ -236,7 +236,9 @@ def to_mooncake(records: Iterable[TraceRecord]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m processor.traces",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("schema", help="print the JSON Schema of a trace record")

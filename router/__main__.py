@@ -9,9 +9,9 @@ rows: O(workers) numbers, no tokens) and answers the ``Decision``; ``feedback`` 
 ``Feedback`` messages (first token, finish) and answers nothing. The background task sweeps
 expiry and feedback timeouts, forgets workers gone from the processors' rows (no processor
 tells it of departures; router/service.py), and snapshots the learner to
-``AKR_ROUTER_STATE_PATH``. The KV
-block size comes with the processors' messages (router/service.py).
-With ``AKR_ROUTER_METRICS_PORT`` set it serves Prometheus metrics (router/metrics.py).
+``AKR_ROUTER_STATE_PATH``. The KV block size comes with the processors' messages
+(router/service.py). With ``AKR_ROUTER_METRICS_PORT`` set it serves Prometheus metrics
+(router/metrics.py).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ ours against Dynamo kv, as one short table (``python -m benchmarks.replay.demo``
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +50,14 @@ def demo_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m benchmarks.replay.demo", description=__doc__
+    ).parse_args(argv)
     t0 = time.perf_counter()
     print(demo_table())
     print(f"({time.perf_counter() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

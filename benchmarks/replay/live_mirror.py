@@ -122,7 +122,11 @@ def pooled_tail(ours: np.ndarray, kv: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.replay.live_mirror",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     ap.add_argument("--workload", default="agentic_pressure")
     ap.add_argument("--seeds", default="1,2,3")
     args = ap.parse_args()

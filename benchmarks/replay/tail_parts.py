@@ -80,7 +80,11 @@ def tail_parts(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.replay.tail_parts",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     ap.add_argument("--workload", default="agentic_pressure")
     ap.add_argument("--seeds", default="1,2,3")
     args = ap.parse_args()

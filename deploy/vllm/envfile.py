@@ -180,7 +180,9 @@ def variables_in(text: str) -> set[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m deploy.vllm.envfile",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument(
         "--check", action="store_true", help="fail if akr.env misses or adds an AKR_ variable"

@@ -7,6 +7,8 @@ whole demo, and the record analyses took ``--help`` for a file name (FileNotFoun
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -53,3 +55,30 @@ def test_processor_without_arguments_still_starts(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(processor_main.uvloop, "run", lambda coro: started.append(coro.close()))
     processor_main.main([])
     assert started
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "processor.traces",
+        "benchmarks.routing",
+        "benchmarks.replay.live_mirror",
+        "benchmarks.replay.tail_parts",
+        "benchmarks.replay.demo",
+        "benchmarks.chaos",
+        "deploy.config_reference",
+        "deploy.vllm.envfile",
+    ],
+)
+def test_usage_names_the_command_to_type(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], module: str
+) -> None:
+    """Commands the README and the Makefile show. Their usage said ``routing.py``,
+    ``traces.py``... (argparse's default, the file name under ``python -m``), which is not a
+    command that runs; ``python -m benchmarks.replay.demo --help`` ran the whole replay."""
+    mod = importlib.import_module(module)
+    monkeypatch.setattr(sys, "argv", [str(mod.__file__), "--help"])
+    with pytest.raises(SystemExit) as exc:
+        mod.main()
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m {module} ")
