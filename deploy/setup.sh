@@ -21,7 +21,9 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # before the stamp, so the next run tries again.
 install() { "${pip[@]}" install "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 install --upgrade pip
-install -e ".[test]"
+# setuptools' notice on every editable install (folders named like the package may shadow it)
+# is a warning block of 10 lines in a set-up that otherwise prints one.
+PYTHONWARNINGS="ignore:Editable installation" install -e ".[test]"
 install aiohttp msgspec prometheus-client pyzmq tqdm typing-extensions zstandard pyyaml packaging
 install --no-deps ai-dynamo==1.6.1
 # The real NeMo Agent Toolkit client, for the tests that drive the gateway with it.
