@@ -55,7 +55,7 @@ def test_documented_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--workers", "4", "--speedup", "10"],
         ["--speeds", "1,1,0.5,0.5"],
         ["--arm", "kv"],
-        ["--workdir", "akr-run"],
+        ["--workdir", "/tmp/akr-run"],
     )
     for argv in documented:
         with pytest.raises(Stop):
@@ -65,4 +65,4 @@ def test_documented_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen[2].arm == "kv"
     # Before, the only work directory was a temporary one, removed at Ctrl-C with the traces
     # the README's tuning flow starts from.
-    assert seen[3].workdir == Path("akr-run") and seen[0].workdir is None
+    assert seen[3].workdir == Path("/tmp/akr-run") and seen[0].workdir is None
