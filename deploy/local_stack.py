@@ -330,10 +330,10 @@ class LocalStack:
             return
         keep = self.config.keep_workdir
         if keep is None and self.failed:
+            failures = ["start-up failed"] if self.start_failed else []
             self._log(
                 f"stack work directory kept (logs, traces): {self.workdir}; failures: "
-                + ("start-up failed; " if self.start_failed else "")
-                + "; ".join(self.supervisor.failures)
+                + "; ".join([*failures, *self.supervisor.failures])
             )
         elif not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -7,6 +7,7 @@ start-up and kept its work directory), ``--speeds a,b`` was a ValueError traceba
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,16 @@ def test_documented_flags_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     # Before, the only work directory was a temporary one, removed at Ctrl-C with the traces
     # the README's tuning flow starts from.
     assert seen[3].workdir == Path("/tmp/akr-run") and seen[0].workdir is None
+
+
+def test_a_failed_start_is_reported_in_one_clean_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: '...; failures: start-up failed; ' with a dangling separator when nothing
+    else had failed (seen with AKR_ROUTER_EXPLORATION=lots: the processor exits at start)."""
+    stack = local_stack.LocalStack(local_stack.StackConfig())
+    stack.start_failed = True
+    stack.stop()
+    line = capsys.readouterr().err.strip()
+    assert line.endswith(f"kept (logs, traces): {stack.workdir}; failures: start-up failed")
+    shutil.rmtree(stack.workdir)
