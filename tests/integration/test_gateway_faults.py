@@ -64,8 +64,10 @@ def test_non_readers_leave_a_normal_requests_latency_alone(slow_reader_stack: Lo
 
 def test_health_is_false_while_the_processor_is_down() -> None:
     """Readiness asks the processor: killed, /health and /ready answer 503 within about a
-    second (the cache), while /live stays 200. Also: an over-long prompt gets 400 here."""
-    with running_stack(StackConfig(workers=1, speedup=10.0)) as stack:
+    second (the cache), while /live stays 200. Also: an over-long prompt gets 400 here. The
+    kill is the test's own, so the work directory goes at the end (it was kept: one
+    /tmp/akr-stack-* left behind by every test run)."""
+    with running_stack(StackConfig(workers=1, speedup=10.0, keep_workdir=False)) as stack:
         gw = stack.gateway_url
         r = httpx.get(f"{gw}/health", timeout=5)
         assert r.status_code == 200 and r.json()["status"] == "ready", r.text
@@ -93,6 +95,7 @@ def test_health_is_false_while_the_processor_is_down() -> None:
         assert r.status_code == 503 and r.json()["reason"] == "processor_unreachable", r.text
         assert httpx.get(f"{gw}/live", timeout=5).status_code == 200
         assert took < 3.0, took
+    assert not stack.workdir.exists()
 
 
 class _NoAnswerStack(LocalStack):
