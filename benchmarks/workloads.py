@@ -36,11 +36,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from benchmarks.replay.trace import MOONCAKE_HASH_BLOCK, mooncake_trace
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO_ROOT / ".model" / "akr-tiny"
-MOONCAKE_TRACE = REPO_ROOT.parent / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
 BLOCK_SIZE = 64
-MOONCAKE_HASH_BLOCK = 512  # tokens per hash_id in the original trace
 
 
 # ----------------------------------------------------------------------------- data model
@@ -259,9 +259,9 @@ class MooncakeParams:
     max_requests: int | None = None
 
 
-def mooncake_rows(p: MooncakeParams, path: Path = MOONCAKE_TRACE) -> list[dict[str, Any]]:
+def mooncake_rows(p: MooncakeParams, path: Path | None = None) -> list[dict[str, Any]]:
     rows = []
-    with open(path) as f:
+    with open(mooncake_trace(path)) as f:
         for line in f:
             r = json.loads(line)
             ids = r["hash_ids"]

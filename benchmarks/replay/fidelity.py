@@ -31,9 +31,9 @@ from benchmarks.replay.cluster import ClusterConfig, Policy, run_replay
 from benchmarks.replay.dynamo_kv import KvKnobs, KvPortPolicy, RoundRobinPolicy
 from benchmarks.replay.dynamo_ref import run_dynamo_replay
 from benchmarks.replay.records import RequestRecord
-from benchmarks.replay.trace import TraceRequest, read_mooncake
+from benchmarks.replay.trace import MOONCAKE_TRACE, TraceRequest, mooncake_trace, read_mooncake
 
-TRACE = Path("../shared/traces/mooncake_conversation_trace.jsonl")
+TRACE = MOONCAKE_TRACE
 OUT = Path("benchmarks/results/replay")
 BARS = {
     "rr_reused_equal_frac": 0.99,
@@ -384,8 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="extra KV runs on the 1,000-request case to show run-to-run spread (0: none)",
     )
     args = ap.parse_args(list(argv) if argv is not None else None)
-    if not args.trace.is_file():
-        print(f"trace not found: {args.trace}", file=sys.stderr)
+    try:
+        mooncake_trace(args.trace)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
         return 2
     cases = {"mooncake_first1000_w4": (1000, 4)}
     if args.quick:

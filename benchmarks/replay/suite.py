@@ -35,11 +35,10 @@ from benchmarks.replay.cluster import ClusterConfig, block_hashes_of
 from benchmarks.replay.metrics import reuse_ideal, reuse_pooled, summarize
 from benchmarks.replay.records import RequestRecord
 from benchmarks.replay.report import table
-from benchmarks.replay.trace import TraceRequest, read_mooncake
+from benchmarks.replay.trace import TraceRequest, mooncake_trace, read_mooncake
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "replay"
-MOONCAKE = ROOT.parent / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
 SLO_TTFT_MS = 2000.0  # goodput counts requests whose first token came within this
 ALL_ARMS = ("ours", "dynamo_kv", "dynamo_kv_port", "round_robin")
 SESSION_ARMS = (*ALL_ARMS, "dynamo_kv_affinity")
@@ -84,7 +83,8 @@ class MooncakeTrace:
     limit: int | None = None
 
     def __call__(self, _: Path) -> TraceFile:
-        return TraceFile(MOONCAKE, "mooncake", read_mooncake(MOONCAKE, self.limit), self.limit)
+        path = mooncake_trace()
+        return TraceFile(path, "mooncake", read_mooncake(path, self.limit), self.limit)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,24 @@ from pathlib import Path
 from router.hints import AgentHints
 
 MOONCAKE_HASH_BLOCK = 512  # tokens per hash_id in the Mooncake traces
+# The public Mooncake FAST'25 conversation trace is not part of the repository: the replay
+# suite, the live benchmark's Mooncake workload and their tests read it beside the checkout.
+MOONCAKE_TRACE = (
+    Path(__file__).resolve().parents[3] / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
+)
+MOONCAKE_SOURCE = "kvcache-ai/Mooncake, FAST25-release/traces/conversation_trace.jsonl"
+
+
+def mooncake_trace(path: Path | None = None) -> Path:
+    """``path`` (default: the shared trace) if it exists; else a ``FileNotFoundError`` saying
+    where the trace belongs and where to get it."""
+    path = MOONCAKE_TRACE if path is None else path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the Mooncake conversation trace is missing: {path} "
+            f"(save {MOONCAKE_SOURCE} there; README.md, 'Two commands')"
+        )
+    return path
 
 
 class TraceError(ValueError):

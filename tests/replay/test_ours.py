@@ -11,14 +11,10 @@ from benchmarks.replay.ours import OursPolicy, router_config
 from benchmarks.replay.trace import TraceRequest, read_mooncake
 from router.hints import AgentHints
 
-MOONCAKE = Path(__file__).resolve().parents[3] / "shared/traces/mooncake_conversation_trace.jsonl"
-
 
 @pytest.fixture(scope="module")
-def mooncake_slice() -> list[TraceRequest]:
-    if not MOONCAKE.exists():
-        pytest.fail(f"the shared Mooncake trace is missing: {MOONCAKE}")
-    return read_mooncake(MOONCAKE, limit=400)
+def mooncake_slice(mooncake_path: Path) -> list[TraceRequest]:
+    return read_mooncake(mooncake_path, limit=400)
 
 
 def test_same_seed_gives_identical_records(mooncake_slice: list[TraceRequest]) -> None:

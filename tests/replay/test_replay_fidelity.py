@@ -16,15 +16,15 @@ from benchmarks.replay.cluster import ClusterConfig, run_replay
 from benchmarks.replay.dynamo_kv import KvKnobs, RoundRobinPolicy
 from benchmarks.replay.dynamo_ref import run_dynamo_replay
 from benchmarks.replay.fidelity import BARS, agentic_case, compare_kv, ttft_stats
-from benchmarks.replay.trace import read_mooncake
+from benchmarks.replay.trace import MOONCAKE_TRACE, read_mooncake
 
-TRACE = Path("../shared/traces/mooncake_conversation_trace.jsonl")
+TRACE = MOONCAKE_TRACE
 N = 1000
 
 
 @pytest.fixture(scope="module")
-def trace():
-    return read_mooncake(TRACE, limit=N)
+def trace(mooncake_path: Path):
+    return read_mooncake(mooncake_path, limit=N)
 
 
 def test_round_robin_matches_dynamo_request_by_request(trace) -> None:
