@@ -14,16 +14,14 @@ import uvloop
 from dynamo.common.utils.graceful_shutdown import install_signal_handlers
 from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
 from dynamo.runtime import DistributedRuntime, dynamo_worker
-from dynamo.runtime.logging import configure_dynamo_logging
 
 from processor.config import ProcessorConfig
 from processor.handler import ProcessorHandler
 from processor.health import WorkerHealth
 from router.config import RouterConfig
-from router.envconfig import load_settings, parse_no_flags
+from router.envconfig import configure_logging, load_settings, parse_no_flags
 from router.service import RouterService
 
-configure_dynamo_logging()
 logger = logging.getLogger(__name__)
 
 
@@ -95,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     # Read before the runtime starts: a bad value stops here, naming its variable.
     config = load_settings(ProcessorConfig)
     router_config = load_settings(RouterConfig)
+    configure_logging()
     uvloop.run(worker(config, router_config))
 
 

@@ -26,14 +26,12 @@ import msgspec
 import uvloop
 from dynamo.common.utils.graceful_shutdown import install_signal_handlers
 from dynamo.runtime import DistributedRuntime, dynamo_worker
-from dynamo.runtime.logging import configure_dynamo_logging
 
 from router.config import RouterConfig
-from router.envconfig import listening, load_settings, parse_no_flags
+from router.envconfig import configure_logging, listening, load_settings, parse_no_flags
 from router.metrics import serve_metrics
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, FindWorker, RouterService
 
-configure_dynamo_logging()
 logger = logging.getLogger(__name__)
 
 
@@ -106,7 +104,9 @@ async def worker(runtime: DistributedRuntime, config: RouterConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     parse_no_flags("python -m router", __doc__, "AKR_ROUTER_*", argv)
     # Read before the runtime starts: a bad value stops here, naming its variable.
-    uvloop.run(worker(load_settings(RouterConfig)))
+    config = load_settings(RouterConfig)
+    configure_logging()
+    uvloop.run(worker(config))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,16 @@ def listening(what: str, host: str, port: int, names: str) -> Iterator[None]:
         raise SystemExit(f"{what} cannot listen on {host}:{port} ({names}): {reason}") from None
 
 
+def configure_logging() -> None:
+    """Dynamo's logging, for our Dynamo components (processor, router), once their settings
+    are read. Its SGLang part is skipped: it writes a config file into $TMPDIR at every start
+    and never removes it, and no SGLang runs in these processes."""
+    os.environ.setdefault("DYN_SKIP_SGLANG_LOG_FORMATTING", "1")
+    from dynamo.runtime.logging import configure_dynamo_logging
+
+    configure_dynamo_logging()
+
+
 def parse_no_flags(prog: str, doc: str | None, settings: str, argv: list[str] | None) -> None:
     """Command line of a component configured by environment only: ``--help`` prints its
     docstring and where its settings come from; any other argument is a usage error."""

@@ -52,6 +52,7 @@ def test_help_prints_usage_and_starts_nothing(
 
 def test_processor_without_arguments_still_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[object] = []
+    monkeypatch.setattr(processor_main, "configure_logging", lambda: None)
     monkeypatch.setattr(processor_main.uvloop, "run", lambda coro: started.append(coro.close()))
     processor_main.main([])
     assert started

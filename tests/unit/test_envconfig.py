@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from pydantic_settings import BaseSettings
@@ -11,6 +16,7 @@ from pydantic_settings import BaseSettings
 import frontend.__main__ as gateway_main
 import processor.__main__ as processor_main
 import router.__main__ as router_main
+from deploy.local_stack import REPO_ROOT
 from frontend.config import GatewayConfig
 from processor.config import ProcessorConfig
 from router.config import RouterConfig
@@ -168,3 +174,29 @@ async def test_a_taken_gateway_port_is_one_line_naming_it() -> None:
     )
     assert "address already in use" in last.lower()
     assert "Traceback" not in err.decode()
+
+
+def test_processor_and_router_leave_no_file_in_tmpdir(tmp_path: Path) -> None:
+    """Importing either entry module, and each start, wrote a logging-config file into
+    $TMPDIR that nothing removed (Dynamo's SGLang logging set-up): thousands in /tmp after a
+    day of tests. Logging is now set up in main(), after the settings, without that part."""
+    started = textwrap.dedent(
+        """
+        import logging
+        import processor.__main__ as p, router.__main__ as r
+        for main in (p, r):
+            main.uvloop.run = lambda coro: coro.close()
+            main.main([])
+        assert any(isinstance(h, logging.Handler) for h in logging.getLogger().handlers)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", started],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
