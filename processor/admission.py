@@ -5,7 +5,8 @@ worker is full); a held request waits in the bounded queue. Only the head asks a
 request of this processor got its first token or ended (``notify``) and at least every
 ``POLL_S`` (KV events and other processors also free room), with what is left of its deadline.
 At the deadline, or with the queue full, it raises ``Unavailable`` (503 with Retry-After at the
-gateway). A client that goes away while waiting leaves the queue.
+gateway). A client that goes away while waiting leaves the queue, as does a request whose
+try fails (e.g. no shared router to ask).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Admission:
                     await asyncio.wait_for(changed.wait(), timeout=min(POLL_S, left_ms / 1000.0))
                 except TimeoutError:
                     pass
-        except (asyncio.CancelledError, GeneratorExit):
+        except BaseException:  # gone, or a try that raised (no router): leave the queue
             q.cancel(held.request_id)
             raise
         finally:
