@@ -311,11 +311,12 @@ class ProcessorHandler:
         # request to it fails (benchmarks.chaos no_worker), so /health must not say ready.
         routable = len(live - self._quarantine.workers() - self._mismatched())
         self.metrics.workers.set(routable)
-        router = not isinstance(self.routing, RemoteRouting) or self.routing.has_router()
-        self.metrics.router_available.set(router)
+        remote = isinstance(self.routing, RemoteRouting)
+        no_router = self.routing.unavailable_reason() if remote else None
+        self.metrics.router_available.set(no_router is None)
         if self.engine is not None and self.engine.prompt_limit is not None:
             self.prompt_limit = self.engine.prompt_limit
-        expected = self.health.update(routable, now, router, self.prompt_limit)
+        expected = self.health.update(routable, now, no_router, self.prompt_limit)
         self.metrics.expected_workers.set(expected)
         if self.engine is not None:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)

@@ -12,6 +12,8 @@ it *expects*, and says so in a gauge pair and in ``GET /health`` on its metrics 
 * 503 ``{"status": "no_workers", ...}``: nothing to route to;
 * 503 ``{"status": "no_router", ...}``: with a standalone router
   (``AKR_PROCESSOR_ROUTER_ENDPOINT``), none is in discovery: no request can be placed;
+* 503 ``{"status": "router_timeout", ...}``: the standalone router is in discovery but leaves
+  calls unanswered (processor/routing.py ``ROUTER_SILENT_AFTER``), until it answers again;
 * 503 ``{"status": "stalled", ...}``: the processor's background sweep (which refreshes these
   numbers every second) has not run for ``STALL_S``, i.e. its event loop is stuck;
 * 503 ``{"status": "draining", ...}``: SIGTERM came; it has left discovery and finishes what
@@ -79,8 +81,8 @@ class WorkerHealth:
         self._window_s = window_s
         self._model = model
         self._recent: deque[tuple[float, int]] = deque()  # (when, routable), counts decreasing
-        # routable, expected, when, whether a router is there to place requests, prompt limit
-        self._state: tuple[int, int, float, bool, int | None] | None = None
+        # routable, expected, when, why no router places requests (None: one does), limit
+        self._state: tuple[int, int, float, str | None, int | None] | None = None
         self.draining = False  # set once, on SIGTERM (processor/__main__.py)
         self._beat: float | None = None  # when the event loop last ticked (``beat``)
 
@@ -96,10 +98,15 @@ class WorkerHealth:
         return 200, {"status": "alive"}
 
     def update(
-        self, routable: int, now: float, router: bool = True, prompt_limit: int | None = None
+        self,
+        routable: int,
+        now: float,
+        no_router: str | None = None,
+        prompt_limit: int | None = None,
     ) -> int:
-        """Record the routable count at ``now`` (and whether a router is reachable in
-        discovery, and the longest prompt a worker takes); returns the expected count."""
+        """Record the routable count at ``now`` (and why no router places requests, the
+        status to answer: ``no_router``, ``router_timeout``; and the longest prompt a worker
+        takes); returns the expected count."""
         recent = self._recent
         while recent and recent[-1][1] <= routable:
             recent.pop()
@@ -107,14 +114,14 @@ class WorkerHealth:
         while now - recent[0][0] > self._window_s:
             recent.popleft()
         expected = self._fixed if self._fixed is not None else recent[0][1]
-        self._state = (routable, expected, now, router, prompt_limit)
+        self._state = (routable, expected, now, no_router, prompt_limit)
         return expected
 
     def answer(self, now: float) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of ``GET /health`` (module docstring)."""
         if self._state is None:
             return 503, {"status": "starting", "routable_workers": 0, "expected_workers": 0}
-        routable, expected, at, router, prompt_limit = self._state
+        routable, expected, at, no_router, prompt_limit = self._state
         body: dict[str, Any] = {"routable_workers": routable, "expected_workers": expected}
         if self._model is not None:
             body["model"] = self._model
@@ -126,8 +133,8 @@ class WorkerHealth:
             return 503, {"status": "stalled", **body, "last_update_s_ago": round(now - at, 1)}
         if routable == 0:
             return 503, {"status": "no_workers", **body}
-        if not router:
-            return 503, {"status": "no_router", **body}
+        if no_router is not None:
+            return 503, {"status": no_router, **body}
         return 200, {"status": "ready" if routable >= expected else "degraded", **body}
 
 

@@ -198,7 +198,8 @@ class ProcessorMetrics:
             "akr_processor_router_available",
             "1 while the processor has a router to place requests with: always with the "
             "in-process router; with a shared one (AKR_PROCESSOR_ROUTER_ENDPOINT) while one is "
-            "in discovery. 0: every request fails with 503 no_router.",
+            "in discovery and answers. 0: every request fails with 503 no_router (none in "
+            "discovery) or router_timeout (it leaves calls unanswered).",
             registry=r,
         )
         self.router_available.set(1)  # until a shared router is looked for (handler.start)

@@ -5,6 +5,18 @@ per-worker rows of the prompt, so only O(workers) numbers ever leave the process
 both drive the same ``router.service.RouterService`` calls: ``find_worker`` before
 forwarding, ``first_token`` and ``finish`` after. The remote variant sends feedback without
 waiting for it (bounded: past ``MAX_FEEDBACK_IN_FLIGHT`` messages it drops and counts).
+
+Every call to a shared router ends within ``ROUTER_TIMEOUT_S``: a router still in discovery
+but not answering (frozen, a stuck event loop, a network black hole) would otherwise hold
+each request that needs a decision. A decision past it fails as 503 ``router_timeout``, as
+"retry later" as any other unavailability. The router may still make it, late: the first
+answer after the silence sends a cancel for each decision given up (else it would hold load
+on its worker and, never reported, count against that worker in the learner at the router's
+feedback timeout). Sent once the router answers again, not at once: a frozen router reads
+the cancel and the request it cancels in any order when it resumes.
+``ROUTER_SILENT_AFTER`` calls in a row without an answer make the router "not answering":
+``/health`` says ``router_timeout``, and requests fail at once instead of each waiting the
+deadline, until a probe the background sweep sends gets an answer.
 """
 
 from __future__ import annotations
@@ -12,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import msgspec
@@ -26,6 +40,22 @@ from router.unavailable import Unavailable
 logger = logging.getLogger(__name__)
 
 MAX_FEEDBACK_IN_FLIGHT = 1024
+# Longest a call to the shared router may take, request sent and answer back (decisions and
+# feedback alike). Why this value: a decision takes milliseconds (on loopback with 64-256
+# clients, p50 4-6 ms; 256 saturating two shared cores, stack included: p99 0.37 s, worst
+# 0.43 s),
+# and Dynamo's request plane (1.6.1) ends a call itself only when the router does not
+# acknowledge the request within 5 s (a frozen router: the client then gets a 500, and
+# Dynamo skips the router for seconds after), never when it acknowledged and then does not
+# answer (a stuck event loop: the request waited for good). Below 5 s every such call is ours
+# to end, the same way; 4x the worst decision seen keeps a slow router from being cut off.
+ROUTER_TIMEOUT_S = 2.0
+# Calls in a row left unanswered after which the router counts as not answering: one can be
+# one late message; the sweep's probe, sent within a second, confirms it (or clears it).
+ROUTER_SILENT_AFTER = 2
+# The probe: a "first token" of a request the router never placed, a no-op for the router
+# that still needs its event loop to answer. No real request id (a UUID) takes this one.
+PROBE = {"event": "first_token", "request_id": "akr-router-probe"}
 # How Dynamo (1.6.1) starts the error of a call no instance could take ("Unavailable: TCP
 # connection to ... failed", then "Unavailable: No workers available for endpoint ..."): it
 # comes at once, while discovery still lists a killed instance until its lease ends.
@@ -95,52 +125,118 @@ class RemoteRouting:
         self._kv = kv_router
         self._engine = engine
         self._block_size = block_size
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()  # feedback and probe calls
         self.feedback_dropped = 0
+        self.unanswered = 0  # calls in a row the router left unanswered (_call)
+        self._probing = False
+        # Decisions given up (timed out), cancelled once the router answers again; at most
+        # MAX_FEEDBACK_IN_FLIGHT, more are counted as dropped feedback.
+        self._given_up: deque[str] = deque()
 
     async def decide(
         self, route: RouteRequest, token_ids: list[int], live: frozenset[int]
     ) -> Decision:
+        if self.unanswered >= ROUTER_SILENT_AFTER:  # known silent: no use waiting again
+            raise _unavailable(self.unavailable_reason() or "router_timeout")
         rows = await self._kv.get_potential_loads(token_ids)
         msg = find_worker_message(route, rows, live, self._engine, self._block_size)
-        msg = msgspec.to_builtins(msg)
         try:
-            async for answer in await self._find.round_robin(msg, annotated=False):
-                return msgspec.convert(answer, Decision)
+            answer = await self._call(self._find, msgspec.to_builtins(msg))
+        except TimeoutError as exc:
+            if len(self._given_up) < MAX_FEEDBACK_IN_FLIGHT:
+                self._given_up.append(route.request_id)
+            else:
+                self.feedback_dropped += 1
+            raise _unavailable("router_timeout") from exc
         except Exception as exc:
             if self.has_router() and not str(exc).startswith(UNREACHABLE):
                 raise
             # Gone (killed, restarting): "retry later", as without a worker, not a 500.
-            raise Unavailable(
-                "no_router", NO_WORKER_RETRY_AFTER_S, "no router component in discovery"
-            ) from exc
-        raise RuntimeError("router component returned no decision")
+            raise _unavailable("no_router") from exc
+        if answer is None:
+            raise RuntimeError("router component returned no decision")
+        return msgspec.convert(answer, Decision)
+
+    async def _call(self, client: Any, payload: dict[str, Any]) -> Any:
+        """The first answer of one call to the router (None: it answered nothing), or
+        ``TimeoutError`` past ``ROUTER_TIMEOUT_S``. A call timed out is cancelled: its request
+        future and answer stream are dropped, so a late answer finds no reader and ends at
+        the router. Counts the calls in a row the router left unanswered; an answer cancels
+        the decisions given up meanwhile."""
+        first = None
+        try:
+            async with asyncio.timeout(ROUTER_TIMEOUT_S):
+                async for answer in await client.round_robin(payload, annotated=False):
+                    first = answer
+                    break
+        except TimeoutError:
+            self.unanswered += 1
+            raise
+        self.unanswered = 0
+        while self._given_up:
+            rid = self._given_up.popleft()
+            self.feedback(Feedback(event="finish", request_id=rid, cancelled=True))
+        return first
 
     def has_router(self) -> bool:
         """Whether a router component is in discovery (health: none, nothing is routable)."""
         return bool(self._find.instance_ids())
 
+    def unavailable_reason(self) -> str | None:
+        """Why no request can be placed now, or None: ``no_router`` (none in discovery) or
+        ``router_timeout`` (it leaves calls unanswered); ``/health`` answers it as status."""
+        if not self.has_router():
+            return "no_router"
+        if self.unanswered >= ROUTER_SILENT_AFTER:
+            return "router_timeout"
+        return None
+
     def feedback(self, msg: Feedback) -> None:
         if len(self._sending) >= MAX_FEEDBACK_IN_FLIGHT:
             self.feedback_dropped += 1
             return
-        task = asyncio.get_running_loop().create_task(self._send(msgspec.to_builtins(msg)))
+        self._spawn(self._send(msgspec.to_builtins(msg)))
+
+    def _spawn(self, call: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(call)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, payload: dict[str, Any]) -> None:
         try:
-            async for _ in await self._feedback.round_robin(payload, annotated=False):
-                pass
+            await self._call(self._feedback, payload)
         except Exception as exc:  # feedback is advisory; the router times it out
             self.feedback_dropped += 1
             logger.debug("feedback to the router failed: %r", exc)
+
+    async def _probe(self) -> None:
+        """One probe of a router that left a call unanswered: an answer clears it."""
+        try:
+            await self._call(self._feedback, PROBE)
+        except Exception as exc:  # unanswered (counted by _call) or unreachable: next sweep
+            logger.debug("router probe failed: %r", exc)
+        finally:
+            self._probing = False
 
     def remove_worker(self, worker_id: int) -> None:
         return None  # the router component sweeps its own state
 
     def maintain(self, now: float) -> dict[str, int]:
+        if self.unanswered and not self._probing:  # one probe at a time, one per sweep
+            self._probing = True
+            self._spawn(self._probe())
         return {**nothing_swept(), "feedback_dropped": self.feedback_dropped}
+
+
+_WHY = {
+    "no_router": "no router component in discovery",
+    "router_timeout": f"the router leaves calls unanswered (none within {ROUTER_TIMEOUT_S:g} s)",
+}
+
+
+def _unavailable(reason: str) -> Unavailable:
+    """The "retry later" of a request the shared router cannot place (``_WHY``)."""
+    return Unavailable(reason, NO_WORKER_RETRY_AFTER_S, _WHY[reason])
 
 
 def nothing_swept() -> dict[str, int]:

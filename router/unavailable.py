@@ -16,8 +16,9 @@ import re
 
 MARKER = "akr_unavailable"
 # Every reason the processor raises: no routable worker (processor/health.py), no shared
-# router (processor/routing.py), admission refused (processor/admission.py).
-REASONS = ("no_worker", "no_router", "admission_deadline", "admission_queue_full")
+# router or one that does not answer (processor/routing.py), admission refused
+# (processor/admission.py).
+REASONS = ("no_worker", "no_router", "router_timeout", "admission_deadline", "admission_queue_full")
 _PATTERN = re.compile(MARKER + r" retry_after_s=(\d+) reason=([a-z_]+)")
 
 

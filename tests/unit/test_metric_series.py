@@ -16,7 +16,13 @@ def test_processor_outcomes_and_unavailable_reasons_start_at_zero() -> None:
     text = generate_latest(ProcessorMetrics().registry).decode()
     for outcome in ("ok", "cancelled", "rejected", "unavailable", "error"):
         assert f'akr_processor_requests_total{{outcome="{outcome}"}} 0.0' in text, outcome
-    for reason in ("no_worker", "no_router", "admission_deadline", "admission_queue_full"):
+    for reason in (
+        "no_worker",
+        "no_router",
+        "router_timeout",
+        "admission_deadline",
+        "admission_queue_full",
+    ):
         assert f'akr_processor_unavailable_total{{reason="{reason}"}} 0.0' in text, reason
 
 

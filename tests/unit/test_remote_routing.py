@@ -122,3 +122,152 @@ def test_the_router_gauge_follows_the_shared_router_in_discovery() -> None:
     h.service = service
     h._sweep_once()
     assert h.metrics.router_available._value.get() == 1.0
+
+
+class _SharedRouter:
+    """A shared router's endpoint (find_worker or feedback) that answers at once, or, while
+    ``silent``, never: before acknowledging the request (``"send"``: frozen) or after
+    (``"answer"``: a stuck event loop). Counts the calls it saw and the waits cancelled."""
+
+    def __init__(self, answer: Any = None) -> None:
+        self.answer = answer
+        self.silent: str | None = None
+        self.payloads: list[Any] = []
+        self.cancelled = 0
+
+    def instance_ids(self) -> list[int]:
+        return [1]
+
+    async def round_robin(self, payload: Any, annotated: bool = False) -> Any:
+        self.payloads.append(payload)
+        if self.silent == "send":
+            await self._forever()
+        return self._stream(self.silent == "answer")
+
+    async def _stream(self, hang: bool) -> Any:
+        if hang:
+            await self._forever()
+        if self.answer is not None:
+            yield self.answer
+
+    async def _forever(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def _decision_answer(request_id: str) -> dict[str, Any]:
+    import msgspec
+
+    from router.policy import Decision
+
+    return msgspec.to_builtins(Decision(request_id, 7, "load", [], [], 1.0))
+
+
+async def _settle(routing: RemoteRouting | None = None) -> None:
+    """Let the feedback and probe calls the routing spawned run (with ``routing``: to their
+    end, deadline included)."""
+    if routing is not None:
+        await asyncio.gather(*routing._sending, return_exceptions=True)
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_router_that_does_not_answer_gets_a_deadline(monkeypatch) -> None:
+    """Before: a router in discovery that never answered (frozen, stuck loop) held every
+    request that needed a decision. Now the call ends at ROUTER_TIMEOUT_S, really cancelled,
+    as 503 router_timeout; the decision given up is cancelled once the router answers again."""
+    import pytest
+
+    import processor.routing as routing_mod
+    from router.policy import RouteRequest
+    from router.unavailable import Unavailable, parse_unavailable
+
+    monkeypatch.setattr(routing_mod, "ROUTER_TIMEOUT_S", 0.01)  # the router never answers
+    find, feedback = _SharedRouter(_decision_answer("r")), _SharedRouter()
+    routing = RemoteRouting(find, feedback, kv_router=_Kv())
+    for n, stage in enumerate(("send", "answer"), start=1):
+        find.silent = stage
+        with pytest.raises(Unavailable) as err:
+            await routing.decide(RouteRequest(request_id=f"r{n}", prompt_tokens=8), [1], {7})
+        assert parse_unavailable(str(err.value)) == ("router_timeout", 5)
+        assert find.cancelled == n  # the wait for the router was cancelled, not left behind
+    assert routing.unanswered == 2
+    assert routing.unavailable_reason() == "router_timeout"
+    await _settle(routing)
+    assert feedback.payloads == []  # no cancel sent to a router that does not read
+
+    # Known silent: the next request fails at once, without asking (or waiting) again.
+    with pytest.raises(Unavailable):
+        await routing.decide(RouteRequest(request_id="r3", prompt_tokens=8), [1], {7})
+    assert len(find.payloads) == 2
+
+    # The sweep probes it; the router answers: it counts as answering again, and both
+    # decisions given up are cancelled at the router.
+    find.silent = None
+    routing.maintain(0.0)
+    await _settle(routing)
+    assert routing.unanswered == 0 and routing.unavailable_reason() is None
+    probe, *cancels = feedback.payloads
+    assert probe == routing_mod.PROBE
+    assert cancels == [
+        {"event": "finish", "request_id": rid, "cancelled": True} for rid in ("r1", "r2")
+    ]
+    decision = await routing.decide(RouteRequest(request_id="r4", prompt_tokens=8), [1], {7})
+    assert decision.worker_id == 7
+    assert routing.feedback_dropped == 0 and not routing._sending
+
+
+async def test_a_silent_router_is_probed_one_call_at_a_time(monkeypatch) -> None:
+    """The sweep runs every second; a probe outlives it by up to ROUTER_TIMEOUT_S: at most
+    one is in flight, and each one left unanswered counts."""
+    import processor.routing as routing_mod
+
+    monkeypatch.setattr(routing_mod, "ROUTER_TIMEOUT_S", 30.0)  # still waiting below
+    feedback = _SharedRouter()
+    feedback.silent = "answer"
+    routing = RemoteRouting(_SharedRouter(), feedback, kv_router=_Kv())
+    routing.maintain(0.0)  # nothing unanswered: no probe
+    await _settle()
+    assert feedback.payloads == []
+    routing.unanswered = 1
+    for _ in range(3):
+        routing.maintain(0.0)
+        await _settle()
+    assert feedback.payloads == [routing_mod.PROBE]
+    for task in list(routing._sending):
+        task.cancel()
+    await _settle()
+    assert not routing._sending
+
+
+async def test_health_and_gauge_say_router_timeout_until_it_answers(monkeypatch) -> None:
+    """/health (so the gateway's readiness) and akr_processor_router_available (the
+    AkrRouterUnavailable alert) follow a router that stops answering, and its return."""
+    import time
+
+    import processor.routing as routing_mod
+    from tests.unit.test_departed_workers import sweeping_handler
+
+    monkeypatch.setattr(routing_mod, "ROUTER_TIMEOUT_S", 0.01)
+    feedback = _SharedRouter()
+    feedback.silent = "answer"
+    routing = RemoteRouting(_SharedRouter(), feedback, kv_router=_Kv())
+    h = sweeping_handler(lambda: [7], routing, frozenset({7}))
+    routing.unanswered = 1  # one decision timed out: not yet "not answering"
+    h._sweep_once()
+    assert h.health.answer(time.monotonic())[0] == 200
+    await _settle(routing)  # the sweep's probe is left unanswered too
+    h._sweep_once()
+    status, body = h.health.answer(time.monotonic())
+    assert status == 503 and body["status"] == "router_timeout", body
+    assert h.metrics.router_available._value.get() == 0.0
+    await _settle(routing)  # (the probe that sweep started, unanswered)
+    feedback.silent = None  # it answers the next probe
+    h._sweep_once()
+    await _settle(routing)
+    h._sweep_once()
+    assert h.health.answer(time.monotonic())[0] == 200
+    assert h.metrics.router_available._value.get() == 1.0
