@@ -97,7 +97,9 @@ async def wait_for_traces(stack: LocalStack, expected: int, timeout_s: float = 1
         await asyncio.sleep(0.1)
 
 
-def report(records: list, elapsed: float) -> None:
+def report(records: list, elapsed: float, sent: int) -> None:
+    """Print the per-turn table and the summary of the ``sent`` requests' trace records; a
+    request without a record is said so, not silently left out of the figures."""
     records = [r for r in records if r.prefix_id]  # skip the launcher's readiness probe
     by_session: dict[str, list] = defaultdict(list)
     for rec in sorted(records, key=lambda r: r.ts):
@@ -125,6 +127,12 @@ def report(records: list, elapsed: float) -> None:
     print("\nsummary")
     failed = sum(1 for r in records if r.error)
     print(f"  requests            {len(records)} in {elapsed:.1f} s, failed {failed}")
+    if len(records) < sent:
+        print(
+            f"  missing             {sent - len(records)} of {sent} requests have no trace "
+            "record; the figures leave them out (akr_processor_trace_records_dropped_total "
+            "counts lost records)"
+        )
     if ttfts:
         p90 = ttfts[int(0.9 * (len(ttfts) - 1))]
         print(
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"running {sessions} agent sessions x {turns} turns through the gateway ...")
         elapsed = asyncio.run(workload(stack, sessions, turns))
         records = asyncio.run(wait_for_traces(stack, sessions * turns + 1))
-        report(records, elapsed)
+        report(records, elapsed, sessions * turns)
     print("stack stopped")
     # The same question at cluster scale, where it matters: KV pressure, sessions paused in
     # tool calls, 8 workers. A virtual-clock replay of the engines (benchmarks/replay).
