@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -21,6 +22,22 @@ def pids_alive(pids: list[int]) -> list[int]:
             continue
         alive.append(pid)
     return alive
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Processes the tests start keep their temporary files (Dynamo writes a logging-config
+    file per process it configures) in one directory of the session, removed at its end,
+    instead of leaving them in the machine's /tmp run after run."""
+    path = tmp_path_factory.mktemp("processes")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(path)
+    yield
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
