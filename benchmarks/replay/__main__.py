@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--records", type=Path, default=None, help="write records here (dir)")
     suite = sub.add_parser("suite", help="the standard suite -> results/replay/suite.json")
     suite.add_argument("--quick", action="store_true", help="small slices, for a smoke run")
-    suite.add_argument("--only", type=str, default=None, help="comma-separated workloads")
+    suite.add_argument(
+        "--only",
+        type=str,
+        default=None,
+        help="comma-separated workloads or cases; the report in --out keeps the others",
+    )
     suite.add_argument(
         "--heldout", action="store_true", help="cases outside the suite -> heldout.json"
     )

@@ -114,6 +114,7 @@ def agentic_case(
     load: float = 0.75,
     speeds: tuple[float, ...] | None = None,
     max_requests: int = 15_000,
+    duration_s: float = 600.0,
     base: agentic.AgenticParams | None = None,
 ) -> Case:
     preset = agentic.pressure_params(
@@ -125,6 +126,7 @@ def agentic_case(
         speed=speed,
         decode_speedup=decode_speedup,
         max_requests=max_requests,
+        duration_s=duration_s,
         base=base,
     )
     notes = {
@@ -202,7 +204,8 @@ def heldout_cases(seed: int = 0) -> list[Case]:
     """Cases the router was never tuned on, to see whether it was fitted to the suite: other
     cluster sizes, pressures, loads and speed mixes (down to a light load whose sessions fit in
     the cache, where no router should gain), and clients whose hints are off by a
-    random factor per session (lognormal, sigma 1) or absent, each against ``dynamo_kv`` only.
+    random factor per session (lognormal, sigma 1) or absent, and tool calls of 10-60 s (the
+    window is longer so that the trace holds enough requests), each against ``dynamo_kv`` only.
     The traces' seeds are disjoint from the suite's (11 and up)."""
     arms = ("ours", "dynamo_kv")
     quarter_slow = (1.0,) * 12 + (0.25,) * 4
@@ -252,6 +255,15 @@ def heldout_cases(seed: int = 0) -> list[Case]:
             seed=seed + 20,
             max_requests=8000,
             base=agentic.AgenticParams(hinted=False),
+        ),
+        agentic_case(
+            "agentic_long_gaps",
+            8,
+            512,
+            seed=seed + 22,
+            max_requests=8000,
+            duration_s=1800.0,
+            base=agentic.AgenticParams(iat_ms=(10_000.0, 60_000.0)),
         ),
     ]
     return [replace(c, seed=seed, arms=arms) for c in heldout]
@@ -368,9 +380,14 @@ def _assemble(suite: list[Case], done: dict[tuple[str, str], dict]) -> dict:
     return out
 
 
-def render(title: str, command: str, suite: list[Case], result: dict) -> str:
-    """The markdown report: one table per case, in the suite's order, ratios to dynamo_kv."""
+def render(
+    title: str, command: str, suite: list[Case], result: dict, updated_by: str | None = None
+) -> str:
+    """The markdown report: one table per case, in the suite's order, ratios to dynamo_kv;
+    ``updated_by``: the command that reran some of its cases (``--only``)."""
     lines = [f"# {title}\n\n`{command}`\n"]
+    if updated_by:
+        lines.append(f"Cases it names rerun by `{updated_by}`.\n")
     for case in suite:
         lines.append(f"\n## {case.workload}, {case.workers} workers\n")
         figures = result[case.workload][str(case.workers)]
@@ -379,12 +396,26 @@ def render(title: str, command: str, suite: list[Case], result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_previous(path: Path, full: list[Case], ran: list[Case], result: dict) -> list[Case]:
+    """``result`` with the cases of ``full`` it lacks taken from the report at ``path`` (a run
+    with ``--only`` updates its cases there instead of overwriting the others); the cases now
+    in ``result``, in the suite's order."""
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    ran_keys = {c.key for c in ran}
+    for case in full:
+        old = previous.get(case.workload, {}).get(str(case.workers))
+        if case.key not in ran_keys and old is not None:
+            result.setdefault(case.workload, {})[str(case.workers)] = old
+    return [c for c in full if str(c.workers) in result.get(c.workload, {})]
+
+
 def main(args: argparse.Namespace) -> int:
     name = "heldout" if args.heldout else "suite"
-    suite = heldout_cases(args.seed) if args.heldout else cases(quick=args.quick, seed=args.seed)
+    full = heldout_cases(args.seed) if args.heldout else cases(quick=args.quick, seed=args.seed)
+    suite = full
     if args.only:
         keep = set(args.only.split(","))
-        suite = [c for c in suite if c.workload in keep or c.key in keep]
+        suite = [c for c in full if c.workload in keep or c.key in keep]
     out_dir = args.out or (RESULTS if not args.quick else Path(tempfile.mkdtemp()) / "replay")
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[tuple[str, str], dict] = {}
@@ -400,10 +431,17 @@ def main(args: argparse.Namespace) -> int:
                 key, arm, figures = fut.result()
                 done[(key, arm)] = figures
     result = _assemble(suite, done)
+    report = suite
+    if args.only:
+        report = merge_previous(out_dir / f"{name}.json", full, suite, result)
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     title = "Replay: held-out cases" if args.heldout else "Replay suite"
     command = " ".join(["python -m benchmarks.replay", *sys.argv[1:]])
-    markdown = render(title, command, suite, result)
+    updated_by = None
+    if args.only:
+        updated_by = command
+        command = "python -m benchmarks.replay suite" + (" --heldout" if args.heldout else "")
+    markdown = render(title, command, report, result, updated_by)
     (out_dir / f"{name}.md").write_text(markdown)
     from benchmarks.replay.plot import plot_suite
 
