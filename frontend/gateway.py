@@ -211,17 +211,19 @@ class Gateway:
             self._lag_watch = loop.create_task(
                 watch_loop_lag(self.metrics.loop_lag.observe, loop.time)
             )
-        if cfg.context_tokens is None and self._model_watch is None:
+        if self._model_watch is None:
             self._model_watch = asyncio.get_running_loop().create_task(self._watch_models())
         if cfg.trace_path is not None and self.trace is None:
             self.trace = JsonlWriter(cfg.trace_path)
             self.trace.start()
 
     async def _watch_models(self) -> None:
-        """Keep the model list's context windows current (prompt and body limits)."""
+        """Keep the model list's context windows (prompt and body limits) and the readiness
+        gauge current."""
         while True:
             try:
-                await self.readiness.refresh_models()
+                verdict = await self.readiness.refresh_models()
+                self.metrics.ready = verdict.ready and not self.draining
             except Exception:  # a model list nobody foresaw: keep the last limits, try again
                 log.exception("model list refresh failed; keeping the last context windows")
             await asyncio.sleep(MODEL_REFRESH_S)

@@ -13,7 +13,9 @@ reports. Why both: the model list shows the context the processor registered at 
 Dynamo 1.6.1 cannot change afterwards (a registered model may change only its taints), while
 the processor's ``/health`` follows workers that join later or change. The gateway re-reads
 both every ``MODEL_REFRESH_S`` in the background (``Gateway._watch_models``) and on readiness
-probes; the request path only looks the model up in ``contexts``.
+probes; the request path only looks the model up in ``contexts``. The background reads also
+keep the ``akr_gateway_ready`` gauge current where nothing asks ``/ready`` (a single-node
+deployment has no readiness probe), so the alert on it does not read a verdict of long ago.
 """
 
 from __future__ import annotations
@@ -117,11 +119,17 @@ class Readiness:
         proc.detail = {**frontend.detail, **proc.detail}
         return proc
 
-    async def refresh_models(self) -> None:
-        """Re-read the model list and the processor's prompt limit, without judging readiness."""
-        await self._probe_models()
-        if self.processor is not None:
-            await self._probe_processor()
+    async def refresh_models(self) -> Verdict:
+        """Re-read the model list and the processor's prompt limit (the processor is asked
+        even when the model list fails); the readiness verdict these probes give."""
+        frontend = await self._probe_models()
+        if self.processor is None:
+            return frontend
+        proc = await self._probe_processor()
+        if not frontend.ready:
+            return frontend
+        proc.detail = {**frontend.detail, **proc.detail}
+        return proc
 
     async def _get(self, client: UpstreamClient, path: str) -> tuple[int, bytes]:
         up = await client.request("GET", path)

@@ -14,7 +14,8 @@ the wait for an upstream slot included), ``akr_gateway_trace_records_dropped_tot
 ``akr_gateway_event_loop_lag_seconds`` (histogram, how long ready work waits for the loop),
 ``akr_gateway_unavailable_total{reason}`` (503 answers), ``akr_gateway_stalled_clients_total``
 (clients disconnected for reading nothing), ``akr_gateway_upstream_slots_in_use``,
-``akr_gateway_ready`` (the last readiness verdict, 1/0).
+``akr_gateway_ready`` (the last readiness verdict, 1/0: of a ``/ready`` request or of the
+gateway's own probe every 10 s).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class GatewayMetrics:
         self.unavailable: defaultdict[str, int] = defaultdict(int)
         self.stalled_clients = 0
         self.slots_in_use: Callable[[], int] = lambda: 0
-        self.ready: bool | None = None  # unknown until /health or /ready was asked
+        self.ready: bool | None = None  # unknown until the first readiness probe
         for kind in UPSTREAM_ERROR_KINDS:
             self.upstream_errors[kind] = 0
         for reason in UNAVAILABLE_REASONS:

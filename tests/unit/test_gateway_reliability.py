@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from frontend.config import GatewayConfig
 from frontend.gateway import Gateway
+from frontend.health import Verdict
 from frontend.server import HttpProtocol, start_server, stop_server
 from tests.unit.test_gateway import FastClient, make_client
 
@@ -183,6 +184,49 @@ async def test_readiness_follows_the_frontend_and_the_processor(stub: Stub) -> N
         assert r.status == 200 and (await r.json())["status"] == "live"
         metrics = await (await gw.get("/metrics")).text()
         assert "akr_gateway_ready 0.0" in metrics
+    finally:
+        await gw.close()
+        await proc_server.close()
+
+
+async def test_the_ready_gauge_follows_the_background_probe(
+    stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing asking /ready (a single-node deployment has no readiness probe), the gauge
+    the AkrGatewayNotReady alert reads still follows the path behind the gateway. Before, it
+    kept the verdict of the last /ready ever asked, or stayed absent."""
+    import frontend.gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "MODEL_REFRESH_S", 0.05)
+    proc = ProcessorHealth()
+    app = web.Application()
+    app.router.add_get("/health", proc.handle)
+    proc_server = TestServer(app)
+    await proc_server.start_server()
+    gw = await make_client(
+        stub.url,
+        public_models="tiny",
+        processor_health_url=str(proc_server.make_url("/health")),
+        context_tokens=1000,  # a fixed prompt limit: the model list is not needed for it
+    )
+
+    async def gauge() -> str:
+        text = await (await gw.get("/metrics")).text()
+        return next((x for x in text.splitlines() if x.startswith("akr_gateway_ready ")), "")
+
+    try:
+        for _ in range(250):
+            if await gauge() == "akr_gateway_ready 1.0":
+                break
+            await asyncio.sleep(0.02)
+        assert await gauge() == "akr_gateway_ready 1.0"
+        proc.status = 503
+        proc.body = {"status": "no_workers", "routable_workers": 0, "expected_workers": 2}
+        for _ in range(250):
+            if await gauge() == "akr_gateway_ready 0.0":
+                break
+            await asyncio.sleep(0.02)
+        assert await gauge() == "akr_gateway_ready 0.0"
     finally:
         await gw.close()
         await proc_server.close()
@@ -492,12 +536,13 @@ async def test_a_failed_model_refresh_keeps_the_watch_alive(
     gw = Gateway(GatewayConfig(upstream_url="http://127.0.0.1:9", host="127.0.0.1", port=0))
     calls = 0
 
-    async def refresh() -> None:
+    async def refresh() -> Verdict:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("a shape nobody foresaw")
         gw.readiness.contexts = {"tiny": 4096}
+        return Verdict(True, "")
 
     monkeypatch.setattr(gw.readiness, "refresh_models", refresh)
     await gw.start()
