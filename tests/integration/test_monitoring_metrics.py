@@ -19,6 +19,7 @@ import pytest
 
 from deploy.local_stack import LocalStack, StackConfig, free_port
 from deploy.monitoring import names
+from frontend.metrics import UPSTREAM_ERROR_KINDS
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +135,11 @@ def test_dashboard_and_rule_metrics_exist_in_real_output() -> None:
         and "akr_processor_ttft_seconds_bucket" in samples
     )
     assert "akr_gateway_rejects_total{field=" in outputs["gateway"]
+    # AkrGatewayNotReady's gauge says ready on a serving stack; AkrGatewayUpstreamErrors'
+    # counter has each kind's series from the start (a first burst is then seen by rate()).
+    assert "\nakr_gateway_ready 1.0\n" in outputs["gateway"]
+    for kind in UPSTREAM_ERROR_KINDS:
+        assert f'akr_gateway_upstream_errors_total{{kind="{kind}"}} 0.0' in outputs["gateway"]
     # The shared router was found: the AkrRouterUnavailable gauge is back at 1 after start-up.
     assert "\nakr_processor_router_available 1.0\n" in samples
     assert "akr_router_decisions_total{reason=" in outputs["router"]

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from deploy.monitoring import names
 from frontend.gateway import GET_ROUTES, POST_ROUTES
 from frontend.metrics import UNAVAILABLE_REASONS as GATEWAY_UNAVAILABLE_REASONS
-from frontend.metrics import GatewayMetrics
+from frontend.metrics import UPSTREAM_ERROR_KINDS, GatewayMetrics
 from processor.metrics import OUTCOMES, ProcessorMetrics
 from router.metrics import _FEEDBACK_KINDS, RouterCollector
 from router.policy import Reason
@@ -64,6 +64,7 @@ LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("akr_gateway_unavailable_total", "reason"): frozenset(
         (*GATEWAY_UNAVAILABLE_REASONS, *PROCESSOR_UNAVAILABLE_REASONS)
     ),
+    ("akr_gateway_upstream_errors_total", "kind"): frozenset(UPSTREAM_ERROR_KINDS),
     ("akr_router_feedback_total", "kind"): frozenset(_FEEDBACK_KINDS),
 }
 
