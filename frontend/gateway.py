@@ -11,13 +11,16 @@ Error answers use OpenAI's shape ``{"error": {"message", "type", "param", "code"
 ``invalid_hint`` / ``invalid_json`` / ``context_length_exceeded``, 404 ``model_not_found``, 413
 ``body_too_large``, 502 ``upstream_unavailable``, 503 (type ``service_unavailable``, with
 ``Retry-After``; code ``gateway_busy``, ``too_many_connections``, ``no_worker``,
-``unavailable`` or the processor's reason), 504 ``upstream_timeout``.
+``no_router``, ``router_timeout`` or ``unavailable``), 504 ``upstream_timeout``.
 
 Why the gateway makes the 503: Dynamo 1.6.1's stock frontend keeps the status of a processor's
 ``HttpError(503, ...)`` but replaces its message (a 503 body, or a 200 stream whose first event
 is an error with code 503), and sends no ``Retry-After``. The gateway turns both into a real 503
-with ``Retry-After`` before the client saw a 200; the reason comes from the processor's marker
-(``router.unavailable``) when a message carries it, else from the processor's last health.
+with ``Retry-After`` before the client saw a 200. The processor's reason (the marker of
+``router.unavailable`` in its text) does not come through that frontend (docs/DESIGN.md,
+"Retry-later answers"); the reason is then the processor's state from its ``/health``
+(no worker, no router, a silent router), else ``unavailable`` (an admission refusal). A
+marker is still read where a message carries one.
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ POST_ROUTES = ("/v1/chat/completions", "/v1/completions")
 GET_ROUTES = ("/v1/models", "/health", "/ready", "/live", "/metrics")
 PROMPT_FIELDS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
 MODEL_REFRESH_S = 10.0  # how often the model list (context windows) is re-read
+# The processor's /health statuses that say why it answers "retry later", as the reasons it
+# gives (router.unavailable.REASONS).
+PROCESSOR_STATES = {
+    "no_workers": "no_worker",
+    "no_router": "no_router",
+    "router_timeout": "router_timeout",
+}
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -533,12 +543,12 @@ class Gateway:
                 up.close()
                 finish(499)
                 raise
-            busy = self._upstream_unavailable(first) if up.status == 200 else None
-            if busy is None:
+            later = self._retry_later(first) if up.status == 200 else None
+            if later is None:
                 return StreamReply(up.status, ctype, up, self, finish)
             up.close()
             finish(503)
-            return busy
+            return await self._retry_later_reply(*later)
         try:
             payload = await up.read()
         except UpstreamTimeout:
@@ -555,28 +565,40 @@ class Gateway:
         finally:
             up.close()  # no-op after a complete read
         if up.status >= 500:
-            busy = self._upstream_unavailable(payload, up.status)
-            if busy is not None:
+            later = self._retry_later(payload, up.status)
+            if later is not None:
                 finish(503)
-                return busy
+                return await self._retry_later_reply(*later)
         finish(up.status)
         if up.status >= 400 and (wrapped := _openai_error(up.status, payload)) is not None:
             return Reply(up.status, wrapped.body, wrapped.content_type)
         return Reply(up.status, payload, ctype)
 
-    def _upstream_unavailable(self, payload: bytes, status: int = 200) -> Reply | None:
-        """Our 503 for an upstream "retry later": a 503, or an error (body or first SSE event)
-        carrying the processor's marker or code 503; None for anything else."""
+    def _retry_later(self, payload: bytes, status: int = 200) -> tuple[str | None, int] | None:
+        """An upstream "retry later" (a 503, or an error, body or first SSE event, carrying the
+        processor's marker or code 503): (the marker's reason, else None; Retry-After). None
+        for anything else."""
         text = _error_text(payload)
         if text is None:
             return None
         marked = parse_unavailable(text)
         if marked is not None:
-            return self._unavailable(marked[0], marked[1], "no capacity, retry later")
+            return marked
         if status != 503 and not text.endswith(" code=503"):
             return None
-        reason = "no_worker" if self.readiness.processor_status == "no_workers" else "unavailable"
-        return self._unavailable(reason, self.config.retry_after_s, "no capacity, retry later")
+        return None, self.config.retry_after_s
+
+    async def _retry_later_reply(self, reason: str | None, retry_after_s: int) -> Reply:
+        """Our 503 for an upstream "retry later". Without the processor's own reason (the stock
+        frontend drops its text, docs/DESIGN.md "Retry-later answers"), the state its
+        ``/health`` gives at most ``ready_cache_s`` ago: no worker, no router, a silent router.
+        A refusal of admission is no state of the processor: it stays ``unavailable``."""
+        if reason is None:
+            reason = "unavailable"
+            if self.readiness.processor is not None:
+                await self.readiness.check()
+                reason = PROCESSOR_STATES.get(self.readiness.processor_status or "", reason)
+        return self._unavailable(reason, retry_after_s, "no capacity, retry later")
 
     def _unavailable(self, reason: str, retry_after_s: int, message: str) -> Reply:
         self.metrics.count_unavailable(reason)

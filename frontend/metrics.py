@@ -62,7 +62,14 @@ LATENCY_BUCKETS = (
 # Label values whose series exist at 0 from the start: rate() and increase() count nothing of
 # a series born at its first value, so a burst of errors that created one would be invisible.
 UPSTREAM_ERROR_KINDS = ("connect", "read", "timeout")
-UNAVAILABLE_REASONS = ("gateway_busy", "too_many_connections", "no_worker", "unavailable")
+UNAVAILABLE_REASONS = (
+    "gateway_busy",
+    "too_many_connections",
+    "no_worker",
+    "no_router",
+    "router_timeout",
+    "unavailable",
+)
 SERVER_ERRORS = (500, 502, 503, 504)
 
 

@@ -6,8 +6,9 @@ its client: it answers a generic "Internal server error". What it does keep is t
 Dynamo's ``HttpError``, so the processor raises ``HttpError(503, <this text>)``
 (processor/health.py ``as_http_error``): the client of the stock frontend gets 503
 (non-streamed) or an SSE error event with code 503 (streamed). The text, marker included,
-stays in the processor's trace record and log; ``parse_unavailable`` reads it wherever the
-text does arrive (a component that sees the processor's own error, or a future frontend).
+stays in the processor's trace record and log (docs/DESIGN.md, "Retry-later answers", has
+what the frontend sends); ``parse_unavailable`` reads it wherever the text does arrive (a
+component that sees the processor's own error, or a future frontend).
 """
 
 from __future__ import annotations

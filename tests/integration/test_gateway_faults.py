@@ -15,6 +15,7 @@ from benchmarks.chaos_clients import slow_reader_stack_config, slow_readers
 from deploy.local_stack import LocalStack, StackConfig
 from frontend.config import GatewayConfig
 from frontend.server import start_server, stop_server
+from router.unavailable import MARKER
 from tests.integration.processor_util import metric, poll, running_stack, scrape
 
 pytestmark = pytest.mark.integration
@@ -136,17 +137,32 @@ def test_processor_unavailable_reaches_the_client_as_503() -> None:
     )
     stack = _NoAnswerStack(config)
     with stack:
-        direct = httpx.post(
-            f"{stack.frontend_url}/v1/chat/completions",
-            json={
-                "model": stack.model_name,
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 1,
-                "stream": True,
-            },
-            timeout=30,
-        )
-        assert direct.status_code == 200 and '"code":503' in direct.text  # what 1.6.1 does
+        direct = {
+            stream: httpx.post(
+                f"{stack.frontend_url}/v1/chat/completions",
+                json={
+                    "model": stack.model_name,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 1,
+                    "stream": stream,
+                },
+                timeout=30,
+            )
+            for stream in (False, True)
+        }
+        # What 1.6.1 does (docs/DESIGN.md, "Retry-later answers"): the status stays, its own
+        # text replaces the engine's (marker, reason and retry time gone), no Retry-After.
+        assert direct[False].status_code == 503
+        assert direct[False].json() == {
+            "message": "Internal server error",
+            "type": "Service Unavailable",
+            "code": 503,
+        }
+        assert direct[True].status_code == 200 and '"code":503' in direct[True].text
+        assert '"message":"Service temporarily unavailable"' in direct[True].text
+        for r in direct.values():
+            assert MARKER not in r.text and "no_worker" not in r.text, r.text
+            assert "retry-after" not in r.headers, r.headers
         *answers, (_, _, metrics) = asyncio.run(
             _ask_through_gateway(stack.frontend_url, stack.model_name)
         )

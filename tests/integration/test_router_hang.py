@@ -1,7 +1,8 @@
 """A shared router that stops answering while still in discovery (frozen with SIGSTOP): a
 request gets 503 with Retry-After within the router deadline instead of hanging (Dynamo's
 request plane answered a 500 after 5 s there, and a router that acknowledges and never
-answers held requests for good), ``/health`` and the router gauge say ``router_timeout``,
+answers held requests for good), ``/health``, the router gauge and the gateway's 503 (its
+``code``) say ``router_timeout``,
 the decision the router makes late is released, and serving resumes once it answers."""
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def test_a_frozen_router_answers_503_within_its_deadline_and_serving_resumes() -
             # Known silent: a request fails at once instead of waiting the deadline again.
             resp, known_s = _ask(stack.gateway_url, stack.model_name)
             assert resp.status_code == 503 and known_s < ROUTER_TIMEOUT_S, (resp.text, known_s)
+            # The stock frontend drops the processor's reason from its 503; the gateway reads
+            # it from the processor's /health and says it, header and all.
+            assert resp.json()["error"]["code"] == "router_timeout", resp.text
+            assert resp.headers["retry-after"]
         finally:
             stack.signal("router", signal.SIGCONT)
         thawed = time.monotonic()

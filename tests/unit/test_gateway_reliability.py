@@ -346,6 +346,50 @@ async def test_upstream_503_becomes_503_with_retry_after(stub: Stub, stream: boo
         await gw.close()
 
 
+@pytest.mark.parametrize(
+    ("health", "reason"),
+    [
+        ("ready", "unavailable"),  # an admission refusal: no state of the processor says so
+        ("no_workers", "no_worker"),
+        ("no_router", "no_router"),
+        ("router_timeout", "router_timeout"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_processors_health_names_the_503s_reason(
+    stub: Stub, health: str, reason: str, stream: bool
+) -> None:
+    """The stock frontend drops the processor's text (docs/DESIGN.md "Retry-later answers"):
+    its state, read fresh from its /health, gives the reason instead. Before, a health read
+    up to 10 s earlier, and only no_workers."""
+    proc = ProcessorHealth()
+    app = web.Application()
+    app.router.add_get("/health", proc.handle)
+    proc_server = TestServer(app)
+    await proc_server.start_server()
+    gw = await ready_gateway(
+        stub.url,
+        processor_health_url=str(proc_server.make_url("/health")),
+        ready_cache_s=0.3,
+        retry_after_s=3,
+    )
+    try:
+        await until(lambda: proc.hits)  # the model watch read it once, as "ready"
+        proc.status = 200 if health == "ready" else 503
+        proc.body = {"status": health, "routable_workers": 0, "expected_workers": 1}
+        await asyncio.sleep(0.35)  # past the readiness cache, not the 10 s model watch
+        stub.answer = "sse_503" if stream else "503"
+        r = await gw.post(CHAT, json={"model": "tiny", "messages": [], "stream": stream})
+        assert r.status == 503 and r.headers["Retry-After"] == "3"
+        err = (await r.json())["error"]
+        assert err["type"] == "service_unavailable" and err["code"] == reason, err
+        metrics = await (await gw.get("/metrics")).text()
+        assert f'akr_gateway_unavailable_total{{reason="{reason}"}} 1.0' in metrics
+    finally:
+        await gw.close()
+        await proc_server.close()
+
+
 async def test_marker_gives_reason_and_retry_after(stub: Stub) -> None:
     stub.answer = "500_marker"
     gw = await ready_gateway(stub.url)

@@ -35,5 +35,5 @@ def test_gateway_error_series_start_at_zero() -> None:
             assert line in text, line
     for kind in ("connect", "read", "timeout"):
         assert f'akr_gateway_upstream_errors_total{{kind="{kind}"}} 0.0' in text, kind
-    for reason in ("gateway_busy", "no_worker", "unavailable"):
+    for reason in ("gateway_busy", "no_worker", "no_router", "router_timeout", "unavailable"):
         assert f'akr_gateway_unavailable_total{{reason="{reason}"}} 0.0' in text, reason
