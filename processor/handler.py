@@ -72,7 +72,7 @@ from router.envconfig import listening
 from router.hints import annotated_request_id, hints_from_request
 from router.jsonl_writer import JsonlWriter
 from router.loop_lag import watch_loop_lag
-from router.policy import Decision, RouteRequest, wants_block_hashes
+from router.policy import Decision, RouteRequest
 from router.service import STATE_SAVE_INTERVAL_S, Feedback, RouterService
 from router.unavailable import Unavailable
 
@@ -343,7 +343,7 @@ class ProcessorHandler:
         too_long = self._beyond_capacity(len(token_ids))
         # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.
         prompt_hashes: list[int] | None = [] if too_long else None
-        if not too_long and wants_block_hashes(self.service.config, route):
+        if not too_long:
             prompt_hashes = block_hashes(token_ids, self.block_size)
             route.block_hashes = chain_hashes(prompt_hashes)
         self.metrics.active.inc()

@@ -94,16 +94,6 @@ class RouterConfig(BaseSettings):
         "(queued plus uncached prefill, plus the wait for KV blocks) is more than this behind "
         "the best one's is chosen.",
     )
-    kv_full_ms: float = Field(
-        300.0,
-        ge=0,
-        json_schema_extra=tunable(0.0, 2000.0),
-        description="Wait (ms) for one turnover of a worker's KV blocks: a request that does "
-        "not fit next to our requests in flight there is predicted to wait one turnover plus "
-        "one per capacity of overflow, in its score and in the tail guard; 0 = off. Set it "
-        "alike on processors and a standalone router.",
-    )
-
     # --- Learner (router/bandit.py) ---------------------------------------------------
     bandit_enabled: bool = Field(
         True,

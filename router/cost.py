@@ -23,8 +23,8 @@ eviction_ms  the recompute time of other conversations' claimed blocks that the 
              blocks while pinned (cache_control) or while its next request is expected
              (iat hint; router/prefix_table.py), and releases them after its last one.
 kv_full_ms   the predicted wait for KV blocks when our requests in flight there plus this
-             one's new blocks do not fit the worker's KV capacity: one turnover of the KV
-             (the kv_full_ms setting) per capacity of overflow, plus one.
+             one's new blocks do not fit the worker's KV capacity: until enough of them end,
+             at the hold time measured from the requests' decode (output tokens x ITL).
 affinity_ms  subtracted, on the conversation's home only while it has requests to come or a
              pin: the recompute time of the blocks only the home holds, capped at
              affinity_cap_ms and scaled by the requests still to come.
@@ -160,24 +160,25 @@ def eviction_ms(
 
 
 def kv_full_ms(
-    cfg: RouterConfig,
     used_blocks: np.ndarray | None,
     shared_blocks: np.ndarray | None,
     request_blocks: int,
     capacity_blocks: np.ndarray,
+    hold_ms: float,
 ) -> np.ndarray:
     """The predicted wait for free KV blocks where the distinct blocks of our requests in
     flight + this request's blocks not already among them exceed the capacity (None: not
-    tracked, no cost). ``kv_full_ms`` is one turnover of the worker's KV (its requests in
-    flight finishing and freeing their blocks); a request whose blocks overflow by k
-    capacities waits 1 + k turnovers, so a queue far beyond the KV costs its real wait, not a
-    flat fee. decode_ms cannot say this: it counts a shared prompt once per request, with no
-    cliff."""
-    if not cfg.kv_full_ms or used_blocks is None or shared_blocks is None:
+    tracked, no cost). Blocks free as requests end, and a request holds its blocks for about
+    ``hold_ms`` (measured, router/load.py): a full worker's KV turns over once per hold, so
+    freeing the overflow takes ``hold x overflow / capacity``. The same overflow costs
+    seconds where answers are long and milliseconds where they are short. decode_ms cannot
+    say this: it counts a shared prompt once per request, with no cliff."""
+    if used_blocks is None or shared_blocks is None:
         return np.zeros(capacity_blocks.shape)
     overflow = used_blocks + (request_blocks - shared_blocks) - capacity_blocks
-    turnovers = 1.0 + np.maximum(overflow, 0.0) / np.maximum(capacity_blocks, 1.0)
-    return np.where(overflow > 0, cfg.kv_full_ms * turnovers, 0.0)
+    turnovers = np.maximum(overflow, 0.0) / np.maximum(capacity_blocks, 1.0)
+    # At least 1 ms: a request that does not fit always shows a wait (admission reads it so).
+    return np.where(overflow > 0, np.maximum(hold_ms * turnovers, 1.0), 0.0)
 
 
 def reuse_factor(remaining_requests: int, pinned: bool) -> float:
@@ -230,7 +231,11 @@ def breakdown(
         "decode_ms": decode_ms(cfg, block_size, decode, speed),
         "eviction_ms": eviction_ms(cfg, block_size, uncached, decode, claimed_blocks, capacity),
         "kv_full_ms": kv_full_ms(
-            cfg, signals.used_blocks, signals.shared_blocks, request_blocks, capacity
+            signals.used_blocks,
+            signals.shared_blocks,
+            request_blocks,
+            capacity,
+            signals.hold_ms,
         ),
         "learned_ms": np.zeros(uncached.shape),
         "affinity_ms": affinity_ms(cfg, block_size, overlap_blocks, home, reuse),

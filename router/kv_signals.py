@@ -87,5 +87,6 @@ def signals_from_rows(
         capacity_blocks=aligned(ids, reported_capacity, capacity_blocks),
         used_blocks=used,
         shared_blocks=shared,
+        hold_ms=load.hold_ms,
     )
     return signals, dict(zip(ids.tolist(), own.tolist(), strict=True))

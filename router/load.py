@@ -14,13 +14,17 @@ State is one small record per request in flight and three numbers per live worke
 update is O(1). A record whose end is never reported is expired by ``expire`` (called by the
 background sweep), so lost feedback cannot leak load or memory.
 
-Unique blocks (only when the caller passes a request's chained block hashes, i.e. with
-``kv_full_ms`` set): ``decode_blocks`` counts a system prompt shared by ten requests ten
-times (Dynamo's sequence tracker counts it once), which is right for decode cost but wrong
-for memory. With hashes each worker also keeps a reference count per block of its requests in
-flight, so ``used_blocks`` = distinct prompt blocks + each request's own output and partial
-blocks: what the engine must hold for our traffic. The hashes of a request live only while it
-is in flight (released at finish or expiry), one int per 64-token block.
+How long a request holds its blocks (``hold_ms``): the time it decodes, output tokens x
+ITL, as requests report it when they end (an EWMA over all workers), for the KV-full term's
+wait. It starts at ``HOLD_PRIOR_MS`` until the first report.
+
+Unique blocks (when the caller passes a request's chained block hashes): ``decode_blocks``
+counts a system prompt shared by ten requests ten times (Dynamo's sequence tracker counts it
+once), which is right for decode cost but wrong for memory. With hashes each worker also keeps
+a reference count per block of its requests in flight, so ``used_blocks`` = distinct prompt
+blocks + each request's own output and partial blocks: what the engine must hold for our
+traffic. The hashes of a request live only while it is in flight (released at finish or
+expiry), one int per 64-token block.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from dataclasses import dataclass
 def request_blocks(prompt_tokens: int, osl: int, block_size: int) -> int:
     """KV blocks a request holds by its end: prompt + expected output, the last one partial."""
     return -(-(prompt_tokens + osl) // block_size)
+
+
+HOLD_EWMA = 0.02  # weight of each finished request in hold_ms: about the last 50 requests
+HOLD_PRIOR_MS = 300.0  # before any request reported its decode: the fixed turnover it replaced
 
 
 @dataclass(slots=True)
@@ -83,6 +91,8 @@ class LoadTracker:
         self.block_size = block_size
         self._active: dict[str, _Active] = {}
         self._workers: dict[int, WorkerLoad] = {}
+        self.hold_ms = HOLD_PRIOR_MS  # how long a request holds its KV blocks (EWMA, ms)
+        self._hold_measured = False
 
     def __len__(self) -> int:
         return len(self._active)
@@ -141,7 +151,14 @@ class LoadTracker:
             expired += 1
         return expired
 
-    def finish(self, request_id: str) -> None:
+    def finish(self, request_id: str, decode_ms: float | None = None) -> None:
+        """End a request's load; ``decode_ms``, how long it decoded (output tokens x ITL),
+        updates ``hold_ms``."""
+        if decode_ms is not None and decode_ms > 0:
+            if self._hold_measured:
+                self.hold_ms += HOLD_EWMA * (decode_ms - self.hold_ms)
+            else:  # the first report replaces the prior
+                self.hold_ms, self._hold_measured = decode_ms, True
         active = self._active.pop(request_id, None)
         if active is None:
             return

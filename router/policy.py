@@ -69,13 +69,6 @@ def claim_s(iat_ms: float | None) -> float:
     return CLAIM_SERVICE_S + CLAIM_GAP_SLACK * iat_ms / 1000.0
 
 
-def wants_block_hashes(cfg: RouterConfig, request: RouteRequest) -> bool:
-    """Whether the caller should send the prompt's chained block hashes: the KV-full term
-    counts distinct blocks with them, and a request without a prefix id finds its
-    conversation by them (router/lineage.py)."""
-    return cfg.kv_full_ms > 0 or request.prefix_id is None
-
-
 class RouteRequest(msgspec.Struct, kw_only=True):
     """What the router needs to know about one request (from the agent hints)."""
 
@@ -86,11 +79,11 @@ class RouteRequest(msgspec.Struct, kw_only=True):
     osl: int | None = None  # expected output tokens; None -> config default_osl
     iat_ms: float | None = None  # expected gap between calls: how long the home is claimed
     latency_sensitivity: float = 0.0  # higher = explore less
-    priority: int = 0  # engine queue priority; carried, not used for placement
+    priority: int = 0  # engine queue priority; orders admission's queue, not placement
     pin_ttl_s: float | None = None  # cache_control TTL; keeps the conversation pinned
-    # Chained block hashes of the prompt, sent when the router charges full workers
-    # (kv_full_ms > 0: unique-block accounting in router/load.py) or the request has no
-    # prefix_id (its conversation is inferred from them). One int per block.
+    # Chained block hashes of the prompt: the KV-full term counts distinct blocks with them
+    # (router/load.py), and a request without a prefix_id finds its conversation by them
+    # (router/lineage.py). One int per block; None: not sent (no KV-full term, no lineage).
     block_hashes: list[int] | None = None
     # Admission (router/admission.py): a new conversation's first request is placed only if
     # some worker's predicted TTFT is within this many ms, else the decision says "held".

@@ -5,13 +5,13 @@ prefix table) and the ``LoadTracker`` of the requests it placed. The processor c
 in-process by default; ``python -m router`` serves the same object as Dynamo endpoints so
 several processors share one learner and one view of the load (``router/__main__.py``).
 
-What crosses the wire per request is O(workers) numbers, never the prompt: the caller asks
-its own ``KvRouter`` (fed by the workers' KV events) for ``get_potential_loads`` and passes
-the rows (``worker_id``, ``potential_prefill_tokens``, ``potential_decode_blocks``), which
-with no load of ours tracked there are exactly this prompt's uncached tokens and own blocks
-per worker (see router/kv_signals.py). With ``kv_full_ms`` set, the request also carries one
-hash per prompt block (router/load.py counts distinct blocks in flight with them); a list
-longer than the prompt's blocks is refused, naming ``request.block_hashes``.
+What crosses the wire per request is O(workers) numbers, never the prompt: the caller asks its
+own ``KvRouter`` (fed by the workers' KV events) for ``get_potential_loads`` and passes the
+rows (``worker_id``, ``potential_prefill_tokens``, ``potential_decode_blocks``), which with no
+load of ours tracked there are exactly this prompt's uncached tokens and own blocks per worker
+(see router/kv_signals.py). The request also carries one hash per prompt block (router/load.py
+counts distinct blocks in flight with them); a list longer than the prompt's blocks is refused,
+naming ``request.block_hashes``.
 
 Block size: the workers' KV block size, which the processor reads from their model cards.
 An in-process service is built with it; a standalone router takes it from the first
@@ -173,7 +173,9 @@ class RouterService:
             self.load.first_token(msg.request_id)
             self.router.first_token(msg.request_id)
             return
-        self.load.finish(msg.request_id)
+        # How long it decoded (after its first token), for the load's KV hold time.
+        measured = msg.ok and not msg.cancelled and msg.itl_ms and msg.output_tokens > 1
+        self.load.finish(msg.request_id, msg.itl_ms * (msg.output_tokens - 1) if measured else None)
         if msg.cancelled:
             self.router.cancel(msg.request_id)
         else:

@@ -31,7 +31,8 @@ class WorkerSignals:
     tokens plus prefill already queued there. ``decode_blocks`` and ``active_requests`` include the
     requests we placed (router/load.py). ``used_blocks`` / ``shared_blocks``: distinct KV blocks
     our requests in flight hold on the worker, and how many leading blocks of this prompt are
-    among them (router/load.py; None unless the request carried block hashes).
+    among them (router/load.py; None unless the request carried block hashes). ``hold_ms``:
+    how long a request holds its KV blocks, measured (router/load.py).
     """
 
     worker_ids: np.ndarray
@@ -42,6 +43,7 @@ class WorkerSignals:
     capacity_blocks: np.ndarray
     used_blocks: np.ndarray | None = None
     shared_blocks: np.ndarray | None = None
+    hold_ms: float = 0.0
 
     def __len__(self) -> int:
         return int(self.worker_ids.shape[0])

@@ -24,7 +24,6 @@ from processor.routing import find_worker_message, finish_feedback, route_reques
 from router.admission import AdmissionQueue
 from router.config import RouterConfig
 from router.hints import AgentHints
-from router.policy import wants_block_hashes
 from router.service import Feedback, RouterService
 
 # Worker ids as the processor sees them: Dynamo instance ids (uint64). Offset so that an id is
@@ -112,8 +111,7 @@ class OursPolicy:
         t = req.trace
         route = route_request(req.request_id, t.hints or NO_HINTS, t.input_length, t.output_length)
         route.admit_within_ms = admit_within_ms
-        if wants_block_hashes(self.service.config, route):  # as the processor sends them
-            route.block_hashes = req.block_list
+        route.block_hashes = req.block_list  # as the processor sends them
         rows = potential_load_rows(ids, view.overlap_blocks(req), t.input_length, self._block_size)
         msg = find_worker_message(route, rows, frozenset(ids), self._engine, self._block_size)  # type: ignore[arg-type]
         decision = self.service.find_worker(msg, now)

@@ -75,7 +75,6 @@ async def _run(kv: Any, workers: list[int]) -> list[dict[str, Any]]:
             prefill_chunk_tokens=0,
             affinity_weight=0.0,
             bandit_enabled=False,
-            kv_full_ms=0.0,
             worker_capacity_blocks=10**6,
         ),
         BLOCK,

@@ -101,7 +101,7 @@ def test_whole_flow_three_trials(tmp_path: Path) -> None:
         (["--set", "no_such_knob=1"], ["--set", "no_such_knob", "unknown setting"]),
         (["--only", "no_such_knob"], ["--only", "no_such_knob", "unknown setting"]),
         (["--only", "seed"], ["--only", "seed", "not tunable"]),
-        (["--set", "kv_full_ms=soon"], ["--set", "kv_full_ms"]),
+        (["--set", "affinity_cap_ms=soon"], ["--set", "affinity_cap_ms"]),
         (["--objective", "speed"], ["--objective", "speed"]),
     ],
 )

@@ -239,22 +239,27 @@ def test_history_fallback_split_keeps_queued_part() -> None:
     np.testing.assert_allclose(queued, [1000, 0])
 
 
-def test_kv_wait_is_one_turnover_per_capacity_of_overflow() -> None:
-    """No wait where the request fits beside our blocks in flight; one turnover
-    (kv_full_ms) just past the capacity, two at one capacity of overflow: a queue far beyond
-    the KV costs more than one that barely overflows, and more load never costs less."""
-    cfg = RouterConfig(kv_full_ms=300.0)
+def test_kv_wait_is_the_time_the_kv_takes_to_turn_over_the_overflow() -> None:
+    """No wait where the request fits beside our blocks in flight. Past the capacity, a full
+    KV turns over once per hold time (how long requests keep their blocks), so the wait is
+    hold x overflow / capacity: a queue far beyond the KV costs more than one that barely
+    overflows, more load never costs less, and the same overflow costs in proportion to the
+    hold (long answers: seconds; short ones: milliseconds)."""
     capacity = np.full(5, 128.0)
     used = np.array([0.0, 100.0, 101.0, 228.0, 356.0])
-    wait = cost.kv_full_ms(cfg, used, np.zeros(5), 28, capacity)
+    wait = cost.kv_full_ms(used, np.zeros(5), 28, capacity, 800.0)
     assert wait[:2].tolist() == [0.0, 0.0]
-    assert wait[2] == pytest.approx(300.0 * (1 + 1 / 128))
-    assert wait[3] == pytest.approx(600.0)
-    assert wait[4] == pytest.approx(900.0)
+    assert wait[2] == pytest.approx(800.0 / 128)
+    assert wait[3] == pytest.approx(800.0)
+    assert wait[4] == pytest.approx(1600.0)
     assert np.all(np.diff(wait) >= 0)
+    long_answers = cost.kv_full_ms(used, np.zeros(5), 28, capacity, 8000.0)
+    assert long_answers[2:] == pytest.approx(10 * wait[2:])
     # Blocks already held by our requests in flight are not new: no overflow, no wait.
-    assert cost.kv_full_ms(cfg, used, np.full(5, 28.0), 28, capacity)[1] == 0.0
-    assert not cost.kv_full_ms(RouterConfig(kv_full_ms=0.0), used, None, 28, capacity).any()
+    assert cost.kv_full_ms(used, np.full(5, 28.0), 28, capacity, 800.0)[1] == 0.0
+    assert not cost.kv_full_ms(used, None, 28, capacity, 800.0).any()  # not counted
+    # A hold measured at 0 (one-token answers) still shows that the request does not fit.
+    assert np.all(cost.kv_full_ms(used, np.zeros(5), 28, capacity, 0.0)[2:] > 0)
 
 
 def test_chunked_prefill_is_the_mockers_polynomial_per_pass() -> None:

@@ -472,16 +472,16 @@ def test_signals_take_the_workers_reported_capacity() -> None:
 
 def test_tail_guard_counts_the_wait_for_kv_blocks() -> None:
     """The home holds all 1000 blocks of the prompt with nothing queued, but our requests in
-    flight there overflow its 2000 KV blocks by four capacities: a wait of five turnovers
-    (1500 ms). The idle workers would recompute the prompt (960 ms) and carry 1000 decode
-    blocks each (240 ms). The score keeps the turn home (1500 - 500 affinity < 960 + 240),
+    flight there overflow its 2000 KV blocks by five capacities: five turnovers of the KV at
+    300 ms each (1500 ms). The idle workers would recompute the prompt (960 ms) and carry 1000
+    decode blocks each (240 ms). The score keeps the turn home (1500 - 500 affinity < 960 + 240),
     540 ms behind the best predicted TTFT once the KV wait counts: the guard moves it. Without
-    the KV term (kv_full_ms 0) the home is predicted at 0 ms and keeps it."""
+    the KV term (no distinct-block count) the home is predicted at 0 ms and keeps it."""
     prompt = 64_000
     rb = request_blocks(prompt, RouterConfig().default_osl, BS)
     chosen = {}
-    for kv_full in (0.0, 300.0):
-        r = _det(kv_full_ms=kv_full, prefill_chunk_tokens=0)  # the ms above: linear prefill
+    for kv_full in (False, True):
+        r = _det(prefill_chunk_tokens=0)  # the ms above: linear prefill
         r.table.observe("conv", 10, 0.0, total_requests=10, blocks=1000)
         sig = _sig(
             overlap_blocks=[1000, 0, 0, 0],
@@ -489,16 +489,18 @@ def test_tail_guard_counts_the_wait_for_kv_blocks() -> None:
             decode_blocks=[0, 1000, 1000, 1000],
             capacity_blocks=2000,
         )
-        sig.used_blocks = np.array([10_000.0 - rb, 0.0, 0.0, 0.0])
-        sig.shared_blocks = np.zeros(4)
+        if kv_full:  # our distinct blocks in flight are counted (the prompt's hashes came)
+            sig.used_blocks = np.array([12_000.0 - rb, 0.0, 0.0, 0.0])
+            sig.shared_blocks = np.zeros(4)
+            sig.hold_ms = 300.0  # a request holds its blocks 300 ms
         d = r.decide(_req(f"k{kv_full}", prompt, "conv", total=10), sig, 1.0)
         chosen[kv_full] = d.worker_id
         if kv_full:
             by_id = {c.worker_id: c for c in d.candidates}
             assert by_id[10].terms["kv_full_ms"] == pytest.approx(1500.0)
             assert by_id[10].score < by_id[d.worker_id].score  # the guard, not the score
-    assert chosen[0.0] == 10
-    assert chosen[300.0] != 10
+    assert chosen[False] == 10
+    assert chosen[True] != 10
 
 
 def test_decode_load_counts_in_each_workers_learned_time() -> None:

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from router.config import RouterConfig
+from router.load import HOLD_PRIOR_MS
 from router.policy import RouteRequest
 from router.service import (
     DEPARTED_AFTER_S,
@@ -215,21 +216,38 @@ def test_an_id_reused_while_in_flight_leaks_no_load() -> None:
     assert len(load) == 0 and load.busy() == {}
 
 
+def test_the_kv_hold_time_is_learned_from_how_long_requests_decode() -> None:
+    """A request holds its blocks while it decodes: output tokens after the first x ITL, as
+    the finish reports them. The first report replaces the prior; later ones move an
+    average. Failed, cancelled and one-token answers say nothing about it."""
+    svc = RouterService(RouterConfig(seed=3))
+    assert svc.load.hold_ms == HOLD_PRIOR_MS
+    finish = Feedback(event="finish", request_id="a", ttft_ms=50.0, itl_ms=20.0, output_tokens=101)
+    svc.feedback(finish)
+    assert svc.load.hold_ms == pytest.approx(2000.0)
+    for quiet in (
+        Feedback(event="finish", request_id="b", itl_ms=90.0, output_tokens=101, ok=False),
+        Feedback(event="finish", request_id="c", itl_ms=90.0, output_tokens=101, cancelled=True),
+        Feedback(event="finish", request_id="d", ttft_ms=50.0, output_tokens=1),
+    ):
+        svc.feedback(quiet)
+    assert svc.load.hold_ms == pytest.approx(2000.0)
+    svc.feedback(
+        Feedback(event="finish", request_id="e", ttft_ms=5.0, itl_ms=40.0, output_tokens=101)
+    )
+    assert 2000.0 < svc.load.hold_ms < 4000.0
+
+
 def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
     """Worker W1 holds this prompt's first 40 blocks (a request in flight there shares them)
     and wins on cache, but with that request's 61 distinct blocks in use, this one's other 24
     prompt blocks + 1 output block exceed W1's 80: the engine would make it wait for blocks.
-    With kv_full_ms the request goes to W2, where it fits; without, the cache wins as before."""
+    With its block hashes the router sees it and sends the request to W2, where it fits;
+    without them (no distinct-block count), the cache wins."""
 
-    def run(kv_full_ms: float) -> int:
-        svc = RouterService(
-            RouterConfig(
-                seed=3,
-                bandit_enabled=False,
-                worker_capacity_blocks=80,
-                kv_full_ms=kv_full_ms,
-            )
-        )
+    def run(send_hashes: bool) -> int:
+        svc = RouterService(RouterConfig(seed=3, bandit_enabled=False, worker_capacity_blocks=80))
+        svc.load.finish("earlier", decode_ms=500.0)  # a request held its blocks 500 ms
         shared = [1000 + i for i in range(40)]
         svc.load.start(
             "busy",
@@ -243,18 +261,25 @@ def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
         assert svc.load.get(W1).used_blocks == 61
         hashes = shared + [9000 + j for j in range(24)]
         msg = FindWorker(
-            request=RouteRequest(request_id="r", prompt_tokens=4096, osl=64, block_hashes=hashes),
+            request=RouteRequest(
+                request_id="r",
+                prompt_tokens=4096,
+                osl=64,
+                block_hashes=hashes if send_hashes else None,
+            ),
             rows=rows({W1: 4096 - 40 * BS, W2: 4096}, 4096),
         )
         decision = svc.find_worker(msg, now=1.0)
         by_worker = {c.worker_id: c for c in decision.candidates}
-        # 61 blocks in flight + 25 new (65 minus the 40 shared) overflow the 80 by 6.
-        assert by_worker[W1].terms["kv_full_ms"] == pytest.approx(kv_full_ms * (1 + 6 / 80))
+        # 61 blocks in flight + 25 new (65 minus the 40 shared) overflow the 80 by 6: 6/80 of
+        # the time the KV takes to turn over.
+        wait = 500.0 * 6 / 80 if send_hashes else 0.0
+        assert by_worker[W1].terms["kv_full_ms"] == pytest.approx(wait)
         assert by_worker[W2].terms["kv_full_ms"] == 0.0
         return decision.worker_id
 
-    assert run(0.0) == W1
-    assert run(500.0) == W2
+    assert run(False) == W1
+    assert run(True) == W2
 
 
 def test_a_router_counts_in_one_block_size_and_refuses_another() -> None:
@@ -464,7 +489,7 @@ def test_a_standalone_router_refuses_more_block_hashes_than_the_prompt_has_block
     the prompt's blocks (the partial last one included) is still taken."""
     from router.__main__ import RouterEndpoints
 
-    svc = RouterService(RouterConfig(seed=3, kv_full_ms=300.0), block_size=None)
+    svc = RouterService(RouterConfig(seed=3), block_size=None)
     endpoints = RouterEndpoints(svc, lambda: 1.0)
 
     async def ask(rid: str, prompt: int, n_hashes: int) -> dict:
