@@ -136,12 +136,18 @@ class ProcessorHealth:
         return web.json_response(self.body, status=self.status)
 
 
-async def test_readiness_follows_the_frontend_and_the_processor(stub: Stub) -> None:
+async def serve_processor_health() -> tuple[ProcessorHealth, TestServer]:
+    """A processor's ``/health`` on a free port, its answer set through the returned object."""
     proc = ProcessorHealth()
     app = web.Application()
     app.router.add_get("/health", proc.handle)
-    proc_server = TestServer(app)
-    await proc_server.start_server()
+    server = TestServer(app)
+    await server.start_server()
+    return proc, server
+
+
+async def test_readiness_follows_the_frontend_and_the_processor(stub: Stub) -> None:
+    proc, proc_server = await serve_processor_health()
     proc_url = str(proc_server.make_url("/health"))
     gw = await make_client(
         stub.url, public_models="tiny", processor_health_url=proc_url, ready_cache_s=0.3
@@ -198,11 +204,7 @@ async def test_the_ready_gauge_follows_the_background_probe(
     import frontend.gateway as gateway_module
 
     monkeypatch.setattr(gateway_module, "MODEL_REFRESH_S", 0.05)
-    proc = ProcessorHealth()
-    app = web.Application()
-    app.router.add_get("/health", proc.handle)
-    proc_server = TestServer(app)
-    await proc_server.start_server()
+    proc, proc_server = await serve_processor_health()
     gw = await make_client(
         stub.url,
         public_models="tiny",
@@ -362,11 +364,7 @@ async def test_the_processors_health_names_the_503s_reason(
     """The stock frontend drops the processor's text (docs/DESIGN.md "Retry-later answers"):
     its state, read fresh from its /health, gives the reason instead. Before, a health read
     up to 10 s earlier, and only no_workers."""
-    proc = ProcessorHealth()
-    app = web.Application()
-    app.router.add_get("/health", proc.handle)
-    proc_server = TestServer(app)
-    await proc_server.start_server()
+    proc, proc_server = await serve_processor_health()
     gw = await ready_gateway(
         stub.url,
         processor_health_url=str(proc_server.make_url("/health")),
@@ -609,11 +607,7 @@ async def test_the_prompt_limit_follows_the_processors_health_without_a_restart(
     import frontend.gateway as gateway_module
 
     monkeypatch.setattr(gateway_module, "MODEL_REFRESH_S", 0.05)
-    proc = ProcessorHealth()
-    app = web.Application()
-    app.router.add_get("/health", proc.handle)
-    proc_server = TestServer(app)
-    await proc_server.start_server()
+    proc, proc_server = await serve_processor_health()
     gw = await make_client(
         stub.url, public_models="tiny", processor_health_url=str(proc_server.make_url("/health"))
     )
