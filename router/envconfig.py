@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 from collections.abc import Iterator, Mapping
 from typing import TypeVar
@@ -47,6 +48,9 @@ def load_settings(
     """``model(**overrides)`` read from the process environment, or from ``environ`` alone
     when given (a launcher checking the variables it will pass); a bad value raises
     ``SystemExit`` naming its variable (see the module docstring)."""
+    unknown = unknown_variables(model, os.environ if environ is None else environ)
+    if unknown:
+        raise SystemExit(f"invalid configuration ({model.__name__}):\n" + "\n".join(unknown))
     try:
         if environ is None:
             return model(**overrides)
@@ -54,6 +58,21 @@ def load_settings(
             return model(**overrides)
     except ValidationError as exc:
         raise SystemExit(describe_errors(model, exc, flags)) from None
+
+
+def unknown_variables(model: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
+    """One line per variable with the model's prefix that names none of its settings: a typo,
+    or a setting a newer version removed, would otherwise leave its default in silence."""
+    prefix = model.model_config.get("env_prefix", "")
+    if not prefix:
+        return []
+    known = {f"{prefix}{name.upper()}" for name in model.model_fields}
+    lines = []
+    for name in sorted(n for n in environ if n.startswith(prefix) and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"  {name}: not a setting{hint}; docs/CONFIG.md lists them")
+    return lines
 
 
 @contextlib.contextmanager

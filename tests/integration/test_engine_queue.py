@@ -4,8 +4,8 @@ One mocker worker with 8 KV blocks (512 tokens). Request A (~6 blocks of prompt,
 answer) holds most of them; request B (another ~6 blocks) cannot be scheduled until A ends,
 so the engine reports it as held back in its forward-pass metrics. The processor reads that
 over the loopback event plane: its gauge shows the waiting request on the worker, keyed by the
-same worker id the processor routes to. The second test checks the router's own count
-(``AKR_ROUTER_KV_FULL_MS``, router/load.py) end to end.
+same worker id the processor routes to. The second test checks the router's own count of
+the blocks in flight (router/load.py, the KV-full term of router/cost.py) end to end.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
+from router.load import HOLD_PRIOR_MS
 from tests.integration.processor_util import chat, poll, running_stack, scrape, trace_of
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ def two_tight_workers() -> Iterator[LocalStack]:
         workers=2,
         speedup=1.0,
         gpu_blocks=8,
-        processor_env={"AKR_ROUTER_KV_FULL_MS": "500", "AKR_ROUTER_BANDIT_ENABLED": "false"},
+        processor_env={"AKR_ROUTER_BANDIT_ENABLED": "false"},
     )
     with running_stack(config) as running:
         yield running
@@ -107,6 +108,6 @@ def test_a_request_that_would_not_fit_leaves_its_cache(two_tight_workers: LocalS
     trace_a, trace_b = trace_of(stack, rid_a), trace_of(stack, rid_b)
     assert trace_b.worker_id != trace_a.worker_id
     full = {c.worker_id: c.terms["kv_full_ms"] for c in trace_b.candidates}
-    # A's 7 blocks + B's 2 new ones overflow the 8-block worker by one: one turnover of its KV
-    # plus one per capacity of overflow (router/cost.py).
-    assert full == {trace_a.worker_id: 500.0 * (1 + 1 / 8), trace_b.worker_id: 0.0}
+    # A's 7 blocks + B's 2 new ones overflow the 8-block worker by one: 1/8 of the time its KV
+    # takes to turn over, the prior hold while no request has finished (router/cost.py).
+    assert full == {trace_a.worker_id: pytest.approx(HOLD_PRIOR_MS / 8), trace_b.worker_id: 0.0}

@@ -44,6 +44,26 @@ def test_good_values_load(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(RouterConfig).exploration == 0.5
 
 
+def test_a_variable_that_names_no_setting_stops_the_component(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A typo, or a setting a newer version removed (AKR_ROUTER_KV_FULL_MS), used to leave
+    its default in silence; other components' prefixes are theirs to check."""
+    monkeypatch.setenv("AKR_ROUTER_DECODE_BLOCK_WIEGHT", "1.0")
+    monkeypatch.setenv("AKR_ROUTER_KV_FULL_MS", "300")
+    monkeypatch.setenv("AKR_GATEWAY_NOT_OURS", "1")
+    with pytest.raises(SystemExit) as exc:
+        load_settings(RouterConfig)
+    lines = str(exc.value).splitlines()
+    assert lines[1].startswith("  AKR_ROUTER_DECODE_BLOCK_WIEGHT: not a setting (did you mean")
+    assert "AKR_ROUTER_DECODE_BLOCK_WEIGHT?" in lines[1]
+    assert lines[2].startswith("  AKR_ROUTER_KV_FULL_MS: not a setting;")
+    assert len(lines) == 3
+    monkeypatch.delenv("AKR_ROUTER_DECODE_BLOCK_WIEGHT")
+    monkeypatch.delenv("AKR_ROUTER_KV_FULL_MS")
+    assert load_settings(RouterConfig).decode_block_weight == 0.25
+
+
 def test_unknown_log_level_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AKR_GATEWAY_LOG_LEVEL", "loud")
     with pytest.raises(SystemExit, match="AKR_GATEWAY_LOG_LEVEL='loud'"):
