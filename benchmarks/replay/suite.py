@@ -204,8 +204,9 @@ def heldout_cases(seed: int = 0) -> list[Case]:
     """Cases the router was never tuned on, to see whether it was fitted to the suite: other
     cluster sizes, pressures, loads and speed mixes (down to a light load whose sessions fit in
     the cache, where no router should gain), and clients whose hints are off by a
-    random factor per session (lognormal, sigma 1) or absent, and tool calls of 10-60 s (the
-    window is longer so that the trace holds enough requests), each against ``dynamo_kv`` only.
+    random factor per session (lognormal, sigma 1) or absent, tool calls of 10-60 s, and long
+    answers (~850 tokens, up to 8k) between tool calls of 20-120 s (their windows are longer so
+    that the traces hold enough requests), each against ``dynamo_kv`` only.
     The traces' seeds are disjoint from the suite's (11 and up)."""
     arms = ("ours", "dynamo_kv")
     quarter_slow = (1.0,) * 12 + (0.25,) * 4
@@ -264,6 +265,16 @@ def heldout_cases(seed: int = 0) -> list[Case]:
             max_requests=8000,
             duration_s=1800.0,
             base=agentic.AgenticParams(iat_ms=(10_000.0, 60_000.0)),
+        ),
+        agentic_case(
+            "agentic_long_answers",
+            8,
+            512,
+            seed=seed + 23,
+            pressure=1.0,
+            max_requests=8000,
+            duration_s=3600.0,
+            base=agentic.AgenticParams(iat_ms=(20_000.0, 120_000.0), osl_range=(64, 8192)),
         ),
     ]
     return [replace(c, seed=seed, arms=arms) for c in heldout]
