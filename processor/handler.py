@@ -342,9 +342,8 @@ class ProcessorHandler:
         # A prompt no worker can hold is refused before any work that walks its tokens.
         too_long = self._beyond_capacity(len(token_ids))
         # Dynamo's per-block hashes, once per request: for the router (chained) and the trace.
-        prompt_hashes: list[int] | None = [] if too_long else None
+        prompt_hashes: list[int] = [] if too_long else block_hashes(token_ids, self.block_size)
         if not too_long:
-            prompt_hashes = block_hashes(token_ids, self.block_size)
             route.block_hashes = chain_hashes(prompt_hashes)
         self.metrics.active.inc()
         excluded: set[int] = set()
@@ -564,7 +563,7 @@ class ProcessorHandler:
         request: dict[str, Any],
         route: RouteRequest,
         token_ids: list[int],
-        prompt_hashes: list[int] | None,
+        prompt_hashes: list[int],
         decision: Decision | None,
         open_decision: str | None,
         decision_us: float,
@@ -615,11 +614,7 @@ class ProcessorHandler:
                 x_request_id=annotated_request_id(request.get("annotations")),
                 prompt_tokens=len(token_ids),
                 block_size=self.block_size,
-                block_hashes=(
-                    prompt_hashes
-                    if prompt_hashes is not None
-                    else block_hashes(token_ids, self.block_size)
-                ),
+                block_hashes=prompt_hashes,
                 prefix_id=route.prefix_id,
                 total_requests=route.total_requests,
                 iat_ms=route.iat_ms,

@@ -45,9 +45,9 @@ def signals_from_rows(
     rank. Vectorized: no Python loop over workers beyond reading Dynamo's rows.
     ``reported_capacity`` (blocks per worker from the workers' own cards) overrides
     ``capacity_blocks`` where present. With ``block_hashes`` (the prompt's chained block
-    hashes; only when the router charges full workers) the signals also carry each worker's
-    distinct blocks in use by our requests and how many of this prompt's leading blocks they
-    already hold (router/load.py).
+    hashes, which the processor sends with every prompt it routes) the signals also carry each
+    worker's distinct blocks in use by our requests and how many of this prompt's leading
+    blocks they already hold (router/load.py).
     """
     if live is not None and not live.issuperset(map(_WORKER_ID, rows)):
         rows = [row for row in rows if row["worker_id"] in live]
