@@ -23,8 +23,9 @@ eviction_ms  the recompute time of other conversations' claimed blocks that the 
              blocks while pinned (cache_control) or while its next request is expected
              (iat hint; router/prefix_table.py), and releases them after its last one.
 kv_full_ms   the predicted wait for KV blocks when our requests in flight there plus this
-             one's new blocks do not fit the worker's KV capacity: until enough of them end,
-             at the hold time measured from the requests' decode (output tokens x ITL).
+             one's new blocks do not fit the worker's KV capacity: until enough of them end
+             to free the overflow, each after the hold time measured from the requests'
+             decode (output tokens x ITL).
 affinity_ms  subtracted, on the conversation's home only while it has requests to come or a
              pin: the recompute time of the blocks only the home holds, capped at
              affinity_cap_ms and scaled by the requests still to come.
@@ -164,19 +165,28 @@ def kv_full_ms(
     shared_blocks: np.ndarray | None,
     request_blocks: int,
     capacity_blocks: np.ndarray,
+    active_requests: np.ndarray,
     hold_ms: float,
 ) -> np.ndarray:
     """The predicted wait for free KV blocks where the distinct blocks of our requests in
     flight + this request's blocks not already among them exceed the capacity (None: not
-    tracked, no cost). Blocks free as requests end, and a request holds its blocks for about
-    ``hold_ms`` (measured, router/load.py): a full worker's KV turns over once per hold, so
-    freeing the overflow takes ``hold x overflow / capacity``. The same overflow costs
-    seconds where answers are long and milliseconds where they are short. decode_ms cannot
-    say this: it counts a shared prompt once per request, with no cliff."""
+    tracked, no cost).
+
+    Blocks free as the n requests in flight there end, each after about ``hold_ms`` of decode
+    (measured, router/load.py) and each freeing about used / n blocks. With their remaining
+    times spread evenly over one hold, the k-th end comes after k / (n + 1) holds, and the
+    overflow needs k = ceil(n x overflow / used) of them. So a worker that a few long prompts
+    fill costs a good part of a hold even for one block too many, and one with many small
+    requests about hold x overflow / used. The same overflow costs seconds where answers are
+    long and milliseconds where they are short. decode_ms cannot say this: it counts a shared
+    prompt once per request, with no cliff."""
     if used_blocks is None or shared_blocks is None:
         return np.zeros(capacity_blocks.shape)
-    overflow = used_blocks + (request_blocks - shared_blocks) - capacity_blocks
-    turnovers = np.maximum(overflow, 0.0) / np.maximum(capacity_blocks, 1.0)
+    overflow = np.maximum(used_blocks + (request_blocks - shared_blocks) - capacity_blocks, 0.0)
+    n = np.maximum(active_requests, 1.0)
+    ends = np.minimum(np.ceil(n * overflow / np.maximum(used_blocks, 1.0)), n)
+    # A request larger than the whole KV waits at least the turnover of its overflow.
+    turnovers = np.maximum(ends / (n + 1.0), overflow / np.maximum(capacity_blocks, 1.0))
     # At least 1 ms: a request that does not fit always shows a wait (admission reads it so).
     return np.where(overflow > 0, np.maximum(hold_ms * turnovers, 1.0), 0.0)
 
@@ -235,6 +245,7 @@ def breakdown(
             signals.shared_blocks,
             request_blocks,
             capacity,
+            signals.active_requests,
             signals.hold_ms,
         ),
         "learned_ms": np.zeros(uncached.shape),

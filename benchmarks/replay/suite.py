@@ -206,7 +206,8 @@ def heldout_cases(seed: int = 0) -> list[Case]:
     the cache, where no router should gain), and clients whose hints are off by a
     random factor per session (lognormal, sigma 1) or absent, tool calls of 10-60 s, and long
     answers (~850 tokens, up to 8k) between tool calls of 20-120 s (their windows are longer so
-    that the traces hold enough requests), each against ``dynamo_kv`` only.
+    that the traces hold enough requests), and 40 agent types with system prompts of 2-6k
+    tokens (fitted to a 16k context, like the other cases), each against ``dynamo_kv`` only.
     The traces' seeds are disjoint from the suite's (11 and up)."""
     arms = ("ours", "dynamo_kv")
     quarter_slow = (1.0,) * 12 + (0.25,) * 4
@@ -275,6 +276,14 @@ def heldout_cases(seed: int = 0) -> list[Case]:
             max_requests=8000,
             duration_s=3600.0,
             base=agentic.AgenticParams(iat_ms=(20_000.0, 120_000.0), osl_range=(64, 8192)),
+        ),
+        agentic_case(
+            "agentic_many_agents",
+            8,
+            512,
+            seed=seed + 24,
+            max_requests=8000,
+            base=agentic.AgenticParams(num_agent_types=40, system_prompt_blocks=(8, 24)),
         ),
     ]
     return [replace(c, seed=seed, arms=arms) for c in heldout]

@@ -239,27 +239,46 @@ def test_history_fallback_split_keeps_queued_part() -> None:
     np.testing.assert_allclose(queued, [1000, 0])
 
 
-def test_kv_wait_is_the_time_the_kv_takes_to_turn_over_the_overflow() -> None:
-    """No wait where the request fits beside our blocks in flight. Past the capacity, a full
-    KV turns over once per hold time (how long requests keep their blocks), so the wait is
-    hold x overflow / capacity: a queue far beyond the KV costs more than one that barely
-    overflows, more load never costs less, and the same overflow costs in proportion to the
-    hold (long answers: seconds; short ones: milliseconds)."""
+def test_kv_wait_is_the_time_until_enough_requests_in_flight_end() -> None:
+    """No wait where the request fits beside our blocks in flight. Past the capacity, the n
+    requests there end one by one, the k-th after about k / (n + 1) holds, each freeing
+    used / n blocks: one block too many on a worker that two long prompts fill costs a third
+    of a hold, the same on a worker of fifty small requests a fiftieth, and an overflow as
+    large as all they hold costs nearly a whole hold. More overflow never costs less, and
+    the wait scales with the hold (long answers: seconds; short ones: milliseconds)."""
     capacity = np.full(5, 128.0)
-    used = np.array([0.0, 100.0, 101.0, 228.0, 356.0])
-    wait = cost.kv_full_ms(used, np.zeros(5), 28, capacity, 800.0)
+    used = np.array([0.0, 100.0, 101.0, 128.0, 128.0])
+    active = np.array([0.0, 2.0, 2.0, 2.0, 50.0])
+    wait = cost.kv_full_ms(used, np.zeros(5), 28, capacity, active, 900.0)
     assert wait[:2].tolist() == [0.0, 0.0]
-    assert wait[2] == pytest.approx(800.0 / 128)
-    assert wait[3] == pytest.approx(800.0)
-    assert wait[4] == pytest.approx(1600.0)
-    assert np.all(np.diff(wait) >= 0)
-    long_answers = cost.kv_full_ms(used, np.zeros(5), 28, capacity, 8000.0)
+    assert wait[2] == pytest.approx(900.0 / 3)  # 1 block over: the first of 2 ends
+    assert wait[3] == pytest.approx(900.0 / 3)  # 28 over, 64 freed per end: still the first
+    # 28 over, 2.56 blocks per end: 11 of 50 ends (0.216 holds), never less than the
+    # overflow's share of the KV (0.219 holds).
+    assert wait[4] == pytest.approx(900.0 * 28 / 128)
+    # Overflowing by all the blocks in flight needs every request there to end.
+    two_long = np.full(1, 2.0)
+    whole = cost.kv_full_ms(np.full(1, 128.0), np.zeros(1), 256, np.full(1, 256.0), two_long, 900.0)
+    assert whole[0] == pytest.approx(900.0 * 2 / 3)
+    # A request larger than the KV itself waits at least its overflow's turnover.
+    huge = cost.kv_full_ms(np.zeros(1), np.zeros(1), 384, capacity[:1], np.zeros(1), 900.0)
+    assert huge[0] == pytest.approx(900.0 * 256 / 128)
+    overflows = cost.kv_full_ms(
+        np.full(4, 120.0),
+        np.zeros(4),
+        np.array([10, 20, 60, 130]),
+        np.full(4, 128.0),
+        np.full(4, 6.0),
+        900.0,
+    )
+    assert np.all(np.diff(overflows) >= 0)
+    long_answers = cost.kv_full_ms(used, np.zeros(5), 28, capacity, active, 9000.0)
     assert long_answers[2:] == pytest.approx(10 * wait[2:])
     # Blocks already held by our requests in flight are not new: no overflow, no wait.
-    assert cost.kv_full_ms(used, np.full(5, 28.0), 28, capacity, 800.0)[1] == 0.0
-    assert not cost.kv_full_ms(used, None, 28, capacity, 800.0).any()  # not counted
+    assert cost.kv_full_ms(used, np.full(5, 28.0), 28, capacity, active, 900.0)[1] == 0.0
+    assert not cost.kv_full_ms(used, None, 28, capacity, active, 900.0).any()  # not counted
     # A hold measured at 0 (one-token answers) still shows that the request does not fit.
-    assert np.all(cost.kv_full_ms(used, np.zeros(5), 28, capacity, 0.0)[2:] > 0)
+    assert np.all(cost.kv_full_ms(used, np.zeros(5), 28, capacity, active, 0.0)[2:] > 0)
 
 
 def test_chunked_prefill_is_the_mockers_polynomial_per_pass() -> None:
