@@ -102,6 +102,27 @@ def split_prefill(
     return uncached, queued
 
 
+def kept_overlap(
+    overlap_blocks: np.ndarray,
+    used_blocks: np.ndarray | None,
+    shared_blocks: np.ndarray | None,
+    request_blocks: int,
+    capacity_blocks: np.ndarray,
+) -> np.ndarray:
+    """The blocks of this prompt still cached when it runs. Where it does not fit beside our
+    requests in flight (kv_full_ms), it waits while the engine admits and grows others in
+    the room those requests leave; of its cached blocks that no request in flight holds, at
+    most that room (capacity - used) survives, the rest is evicted before it runs. Elsewhere
+    the overlap as reported (None: not tracked)."""
+    if used_blocks is None or shared_blocks is None:
+        return overlap_blocks
+    overflow = used_blocks + (request_blocks - shared_blocks) - capacity_blocks
+    if not np.count_nonzero(overflow > 0):
+        return overlap_blocks
+    room = np.maximum(capacity_blocks - used_blocks, 0.0)
+    return np.where(overflow > 0, np.minimum(overlap_blocks, shared_blocks + room), overlap_blocks)
+
+
 def prefill_ms(cfg: RouterConfig, uncached: np.ndarray, queued: np.ndarray) -> np.ndarray:
     """Time to first token: this request's prefill behind the prefill queued on the worker."""
     return engine_prefill_ms(cfg, uncached + queued)

@@ -7,7 +7,9 @@
    prefix_table.py): its home worker, remaining reuse budget, pin, last prompt's blocks.
 2. History fallback: if no worker reports any KV overlap (workers without KV events, or
    the events lag) but the table saw this conversation on worker ``w`` within
-   ``HISTORY_WINDOW_S``, credit ``w`` with the last prompt's blocks as overlap.
+   ``HISTORY_WINDOW_S``, credit ``w`` with the last prompt's blocks as overlap. Where the
+   request does not fit beside our requests in flight, only the cache they hold plus the
+   room they leave counts (``cost.kept_overlap``): the rest is evicted while it waits.
 3. Score every worker with the additive cost model (router/cost.py) plus the bandit's
    sampled latency correction (router/bandit.py).
 4. ``pick`` the lowest score that the tail guard and admission allow, ``explain`` why it
@@ -281,6 +283,10 @@ class Router:
         kv_overlap = signals.overlap_blocks
         overlap = history_overlap(conv, kv_overlap, prompt_blocks, now)
         fallback = overlap is not kv_overlap
+        blocks = request_blocks(request.prompt_tokens, request.osl or cfg.default_osl, bs)
+        overlap = cost.kept_overlap(
+            overlap, signals.used_blocks, signals.shared_blocks, blocks, signals.capacity_blocks
+        )
 
         # 3) Score: the named terms of router/cost.py, then the learner's correction.
         uncached, queued = cost.split_prefill(
@@ -288,7 +294,7 @@ class Router:
             overlap,
             signals.potential_prefill_tokens,
             bs,
-            kv_overlap if fallback else None,
+            kv_overlap if overlap is not kv_overlap else None,
         )
         terms = cost.breakdown(
             cfg,
@@ -298,9 +304,7 @@ class Router:
             queued=queued,
             overlap_blocks=overlap,
             claimed_blocks=self._claimed(ids, conv),
-            request_blocks=request_blocks(
-                request.prompt_tokens, request.osl or cfg.default_osl, bs
-            ),
+            request_blocks=blocks,
             home=conv.home,
             reuse=cost.reuse_factor(conv.remaining, conv.pinned),
             speed=self.bandit.speed_factors(ids) if cfg.bandit_enabled else None,

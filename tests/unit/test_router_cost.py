@@ -281,6 +281,21 @@ def test_kv_wait_is_the_time_until_enough_requests_in_flight_end() -> None:
     assert np.all(cost.kv_full_ms(used, np.zeros(5), 28, capacity, active, 0.0)[2:] > 0)
 
 
+def test_a_prompt_that_does_not_fit_keeps_only_the_cache_the_room_holds() -> None:
+    """Where the request fits beside our requests in flight, the reported overlap stands.
+    Where it does not, it waits while the engine fills the room those requests leave: of its
+    cached blocks that no request in flight holds, at most that room survives; the blocks a
+    request in flight holds stay."""
+    capacity = np.full(4, 100.0)
+    overlap = np.full(4, 40.0)
+    used = np.array([50.0, 90.0, 90.0, 100.0])
+    shared = np.array([0.0, 0.0, 30.0, 0.0])
+    kept = cost.kept_overlap(overlap, used, shared, 45, capacity)
+    # 50 + 45 fits; 90 + 45 leaves room for 10; 30 held + 10 of room; a full KV keeps none.
+    assert kept.tolist() == [40.0, 10.0, 40.0, 0.0]
+    assert cost.kept_overlap(overlap, None, None, 45, capacity) is overlap  # not tracked
+
+
 def test_chunked_prefill_is_the_mockers_polynomial_per_pass() -> None:
     """With the mocker's slope, the predicted prefill of t tokens is the mocker's time for t
     tokens alone on a worker: passes of at most the chunk, each 4.21e-7 t^2 + 0.01518 t +

@@ -471,10 +471,11 @@ def test_signals_take_the_workers_reported_capacity() -> None:
 
 
 def test_tail_guard_counts_the_wait_for_kv_blocks() -> None:
-    """The home holds all 1000 blocks of the prompt with nothing queued, but our requests in
-    flight there overflow its 2000 KV blocks by five capacities: five turnovers of the KV at
-    300 ms each (1500 ms). The idle workers would recompute the prompt (960 ms) and carry 1000
-    decode blocks each (240 ms). The score keeps the turn home (1500 - 500 affinity < 960 + 240),
+    """The home holds all 1000 blocks of the prompt with nothing queued (a request of ours in
+    flight there holds them, so they stay cached), but our requests in flight there overflow
+    its 2000 KV blocks by five capacities: five turnovers of the KV at 300 ms each (1500 ms).
+    The idle workers would recompute the prompt (960 ms) and carry 1000 decode blocks each
+    (240 ms). The score keeps the turn home (1500 - 500 affinity < 960 + 240),
     540 ms behind the best predicted TTFT once the KV wait counts: the guard moves it. Without
     the KV term (no distinct-block count) the home is predicted at 0 ms and keeps it."""
     prompt = 64_000
@@ -490,8 +491,8 @@ def test_tail_guard_counts_the_wait_for_kv_blocks() -> None:
             capacity_blocks=2000,
         )
         if kv_full:  # our distinct blocks in flight are counted (the prompt's hashes came)
-            sig.used_blocks = np.array([12_000.0 - rb, 0.0, 0.0, 0.0])
-            sig.shared_blocks = np.zeros(4)
+            sig.used_blocks = np.array([13_000.0 - rb, 0.0, 0.0, 0.0])
+            sig.shared_blocks = np.array([1000.0, 0.0, 0.0, 0.0])
             sig.hold_ms = 300.0  # a request holds its blocks 300 ms
         d = r.decide(_req(f"k{kv_full}", prompt, "conv", total=10), sig, 1.0)
         chosen[kv_full] = d.worker_id
