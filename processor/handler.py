@@ -322,6 +322,7 @@ class ProcessorHandler:
             self.metrics.observe_engine(self.engine.capacity, self.engine.waiting)
         if isinstance(self.routing, LocalRouting):  # a shared router exports its own
             self.metrics.observe_learner(self.service.router.bandit.prefill_ratios())
+            self.metrics.kv_hold_ms.set(self.service.load.hold_ms)
         self.metrics.claims.set(swept["claiming_prefixes"])
         self.metrics.tracked_prefixes.set(swept["prefixes"])
         self.metrics.sync_prefix_evictions(swept["prefix_evictions"])

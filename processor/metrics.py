@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from router.jsonl_writer import LOSS_REASONS
 from router.loop_lag import LOOP_LAG_BUCKETS
-from router.metrics import CLAIMS_HELP
+from router.metrics import CLAIMS_HELP, KV_HOLD_HELP
 from router.unavailable import REASONS as UNAVAILABLE_REASONS
 
 # How a request ends (processor/handler.py), the label of akr_processor_requests_total.
@@ -128,6 +128,7 @@ class ProcessorMetrics:
         self.tracked_prefixes = Gauge(
             "akr_processor_tracked_prefixes", "Prefixes in the router's table.", registry=r
         )
+        self.kv_hold_ms = Gauge("akr_processor_kv_hold_ms", KV_HOLD_HELP, registry=r)
         self.prefix_evictions = Counter(
             "akr_processor_prefix_evictions",
             "Conversations forgotten because the router's table was full "

@@ -11,7 +11,8 @@ Exposed: ``akr_router_decisions_total{reason}``, ``akr_router_prefixes``,
 ``akr_router_claiming_prefixes``, ``akr_router_prefix_evictions_total``,
 ``akr_router_prefix_expirations_total``, ``akr_router_pending_feedback``,
 ``akr_router_feedback_total{kind}`` (dropped / timeout / failure / unmeasured / unknown),
-``akr_router_requests_in_flight``, ``akr_router_worker_prefill_ratio{worker}`` (the learner's
+``akr_router_requests_in_flight``, ``akr_router_kv_hold_ms``,
+``akr_router_worker_prefill_ratio{worker}`` (the learner's
 prefill time of each worker over the model's: 2 = twice as slow).
 """
 
@@ -24,6 +25,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from router.service import RouterService
 
+KV_HOLD_HELP = (
+    "How long a request holds its KV blocks (ms): the decode time of finished requests, "
+    "averaged over about the last 50. The KV-full wait is in units of it."
+)
 CLAIMS_HELP = (
     "Conversations claiming their home's KV blocks: a live cache pin, or a return expected "
     "(from the iat hint, or the gap learned for inferred conversations)."
@@ -89,6 +94,9 @@ class RouterCollector:
         for kind, key in _FEEDBACK_KINDS.items():
             c.add_metric([kind], stats[key])
         yield c
+        yield GaugeMetricFamily(
+            "akr_router_kv_hold_ms", KV_HOLD_HELP, value=self.service.load.hold_ms
+        )
         yield GaugeMetricFamily(
             "akr_router_requests_in_flight",
             "Requests placed by this router and not finished.",

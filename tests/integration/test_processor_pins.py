@@ -15,6 +15,7 @@ import pytest
 
 from deploy.local_stack import LocalStack, StackConfig
 from processor.handler import SWEEP_INTERVAL_S
+from router.load import HOLD_PRIOR_MS
 from tests.integration.processor_util import chat, metric, poll, running_stack, scrape, trace_of
 
 pytestmark = pytest.mark.integration
@@ -67,6 +68,15 @@ def test_pin_expires_on_time(pin_stack: LocalStack) -> None:
     rid2 = _pinned_call(stack, "pin-expiry", None, 1)
     rec2 = trace_of(stack, rid2)
     assert rec2.reason != "pin" and rec2.pin_ttl_s is None
+    # A finished answer of 4 tokens replaces the prior hold time with its measured decode.
+    poll(
+        "the measured KV hold time",
+        lambda: (
+            metric(scrape(stack.processor_metrics_url), "akr_processor_kv_hold_ms")
+            not in (0.0, HOLD_PRIOR_MS)
+        ),
+        SWEEP_S + SLACK_S,
+    )
     assert _pins(stack) == 0
     print(f"\npin 2s: gauge 1 -> 0 after {expired - sent:.2f} s (sweep {SWEEP_S} s)")
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from prometheus_client import CollectorRegistry
 
 from router.config import RouterConfig
 from router.load import HOLD_PRIOR_MS
+from router.metrics import RouterCollector
 from router.policy import RouteRequest
 from router.service import (
     DEPARTED_AFTER_S,
@@ -236,6 +238,10 @@ def test_the_kv_hold_time_is_learned_from_how_long_requests_decode() -> None:
         Feedback(event="finish", request_id="e", ttft_ms=5.0, itl_ms=40.0, output_tokens=101)
     )
     assert 2000.0 < svc.load.hold_ms < 4000.0
+    # Exported as operators read it: the unit of the KV-full wait.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RouterCollector(svc))
+    assert registry.get_sample_value("akr_router_kv_hold_ms") == svc.load.hold_ms
 
 
 def test_a_request_that_would_not_fit_goes_where_it_fits() -> None:
