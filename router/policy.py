@@ -278,14 +278,15 @@ class Router:
         bs = self.block_size
         prompt_blocks = request.prompt_tokens // bs
 
-        # 1) The conversation and its home; 2) the history fallback for missing KV events.
+        # 1) The conversation and its home; 2) the history fallback for missing KV events,
+        # and on a worker the request does not fit, only the cache it can keep there.
         conv = self._conversation(request, ids, now)
         kv_overlap = signals.overlap_blocks
         overlap = history_overlap(conv, kv_overlap, prompt_blocks, now)
         fallback = overlap is not kv_overlap
-        blocks = request_blocks(request.prompt_tokens, request.osl or cfg.default_osl, bs)
+        needed = request_blocks(request.prompt_tokens, request.osl or cfg.default_osl, bs)
         overlap = cost.kept_overlap(
-            overlap, signals.used_blocks, signals.shared_blocks, blocks, signals.capacity_blocks
+            overlap, signals.used_blocks, signals.shared_blocks, needed, signals.capacity_blocks
         )
 
         # 3) Score: the named terms of router/cost.py, then the learner's correction.
@@ -304,7 +305,7 @@ class Router:
             queued=queued,
             overlap_blocks=overlap,
             claimed_blocks=self._claimed(ids, conv),
-            request_blocks=blocks,
+            request_blocks=needed,
             home=conv.home,
             reuse=cost.reuse_factor(conv.remaining, conv.pinned),
             speed=self.bandit.speed_factors(ids) if cfg.bandit_enabled else None,
