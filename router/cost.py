@@ -102,6 +102,17 @@ def split_prefill(
     return uncached, queued
 
 
+def kv_overflow(
+    used_blocks: np.ndarray,
+    shared_blocks: np.ndarray,
+    request_blocks: int,
+    capacity_blocks: np.ndarray,
+) -> np.ndarray:
+    """Blocks by which our requests in flight + this request's blocks not already among them
+    exceed each worker's KV (<= 0: it fits). kept_overlap and kv_full_ms read the same figure."""
+    return used_blocks + (request_blocks - shared_blocks) - capacity_blocks
+
+
 def kept_overlap(
     overlap_blocks: np.ndarray,
     used_blocks: np.ndarray | None,
@@ -116,7 +127,7 @@ def kept_overlap(
     the overlap as reported (None: not tracked)."""
     if used_blocks is None or shared_blocks is None:
         return overlap_blocks
-    overflow = used_blocks + (request_blocks - shared_blocks) - capacity_blocks
+    overflow = kv_overflow(used_blocks, shared_blocks, request_blocks, capacity_blocks)
     if not np.count_nonzero(overflow > 0):
         return overlap_blocks
     room = np.maximum(capacity_blocks - used_blocks, 0.0)
@@ -203,7 +214,9 @@ def kv_full_ms(
     prompt once per request, with no cliff."""
     if used_blocks is None or shared_blocks is None:
         return np.zeros(capacity_blocks.shape)
-    overflow = np.maximum(used_blocks + (request_blocks - shared_blocks) - capacity_blocks, 0.0)
+    overflow = np.maximum(
+        kv_overflow(used_blocks, shared_blocks, request_blocks, capacity_blocks), 0.0
+    )
     n = np.maximum(active_requests, 1.0)
     ends = np.minimum(np.ceil(n * overflow / np.maximum(used_blocks, 1.0)), n)
     # A request larger than the whole KV waits at least the turnover of its overflow.
